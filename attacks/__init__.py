@@ -1,0 +1,58 @@
+"""Attacks: what malicious clients do. See README.md in this folder and ``attacks.base``.
+
+``build_attack(config)`` returns the configured :class:`~attacks.base.Attack` (or None
+for ``[attack] name = "none"``) after checking its parameters.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from attacks.base import Attack, AttackContext
+from fedsec.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fedsec.config import ExperimentConfig
+    from fedsec.data import Dataset
+
+ATTACK_CLASSES: tuple[type[Attack], ...] = ()
+ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in ATTACK_CLASSES}
+
+__all__ = ["ATTACKS", "Attack", "AttackContext", "attack_names", "build_attack"]
+
+
+def attack_names() -> list[str]:
+    return ["none", *sorted(ATTACKS)]
+
+
+def build_attack(config: ExperimentConfig, dataset: Dataset | None = None) -> Attack | None:
+    """The attack ``config`` names, its parameters checked (against ``dataset`` if given)."""
+    a = config.attack
+    if a.name == "none":
+        if a.params:
+            raise ConfigError(f"attack.{sorted(a.params)[0]} given but attack.name is 'none'")
+        return None
+    cls = ATTACKS.get(a.name)
+    if cls is None:
+        raise ConfigError(f"unknown attack.name {a.name!r}; valid: {', '.join(attack_names())}")
+    params = {}
+    for key, value in a.params.items():
+        if key not in cls.params:
+            raise ConfigError(
+                f"unknown key attack.{key} for attack {a.name!r}; its parameters: "
+                + (", ".join(sorted(cls.params)) or "none")
+            )
+        params[key] = _typed(f"attack.{key}", value, cls.params[key])
+    attack = cls(target_label=a.target_label, **params)
+    attack.check(config, dataset)
+    return attack
+
+
+def _typed(key: str, value: object, default: object) -> object:
+    """``value`` as the type of the parameter's default (an int is a valid float)."""
+    kind = type(default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be of type {kind.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,121 @@
+"""What an attack is: a data transform, a training procedure and an update transform.
+
+A malicious client runs :meth:`Attack.local_update` instead of honest training:
+
+1. ``attacker_data``: the examples it trains on (its own data, poisoned: edge cases
+   relabelled, a trigger stamped, labels flipped, ...);
+2. ``train``: the training procedure (plain SGD by default; PGD projects onto an L2
+   ball every few steps);
+3. ``transform_update``: what it does to its trained model before replying (model
+   replacement scales the update, sign flip negates it, ...).
+
+Besides, an attack may edit the data set before it is partitioned
+(``edit_dataset``: e.g. take tail examples away from every honest client) and names the
+inputs its success is measured on (``backdoor_test_set``: backdoor accuracy is the share
+of them the global model classifies as the target).
+
+Everything the platform needs to know about *when* a client is malicious lives in the
+``[attack]`` schedule keys (``fedsec.sampling.AttackSchedule``); an Attack subclass only
+says *what* a malicious client does. Parameters follow scikit-learn's convention: the
+constructor stores them, :meth:`check` judges them (and the data set) in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from fedsec.errors import ConfigError
+from fedsec.training import TrainStats, flatten_params, train
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fedsec.config import ExperimentConfig
+    from fedsec.data import Dataset
+    from fedsec.task import FederatedTask
+
+
+@dataclass(frozen=True)
+class AttackContext:
+    """What a malicious client knows when it trains in a round.
+
+    ``round_examples`` is N_round, the examples of every client sampled this round
+    (the attacker's own poisoned set included): model replacement scales by
+    N_round / N_attacker, the knowledge Bagdasaryan et al. and Wang et al. grant the
+    attacker.
+    """
+
+    server_round: int
+    partition_id: int
+    attacker_index: int  # position of this client in the attacker pool
+    num_attackers: int  # size of the attacker pool
+    round_examples: int
+    target_label: int
+    seed: int
+    device: torch.device
+
+
+class Attack:
+    """Base class: a client that trains honestly on its own data.
+
+    Subclasses set ``name`` (the config name), ``params`` (their parameter names with
+    defaults) and override the hooks they change.
+    """
+
+    name: ClassVar[str] = ""
+    params: ClassVar[dict[str, Any]] = {}
+    default_target: ClassVar[int | None] = None  # None: the config must give target_label
+
+    def __init__(self, target_label: int = -1, **params: Any) -> None:
+        self.target_label = target_label
+        for key, default in self.params.items():
+            setattr(self, key, params.get(key, default))
+
+    # ----------------------------------------------------------------- validation
+    def check(self, config: ExperimentConfig, dataset: Dataset | None) -> None:
+        """Raise ConfigError for bad parameters; ``dataset`` is None for a cheap check."""
+        if self.target_label == -1 and self.default_target is None:
+            raise ConfigError(f"attack {self.name!r} needs attack.target_label")
+        if dataset is not None and not 0 <= self.target <= dataset.num_classes - 1:
+            raise ConfigError(
+                f"attack.target_label must be a class of {dataset.name} "
+                f"(0..{dataset.num_classes - 1}), got {self.target}"
+            )
+
+    @property
+    def target(self) -> int:
+        return self.default_target if self.target_label == -1 else self.target_label
+
+    # ------------------------------------------------------------ data, evaluation
+    def edit_dataset(self, dataset: Dataset, seed: int) -> Dataset:
+        """The data set the federation is built from (before partitioning)."""
+        return dataset
+
+    def attacker_data(self, task: FederatedTask, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The examples malicious client ``partition_id`` trains on."""
+        return task.client_data(partition_id)
+
+    def backdoor_test_set(self, task: FederatedTask) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Inputs and target labels that backdoor accuracy is measured on (None: untargeted)."""
+        return None
+
+    # ------------------------------------------------------------------- training
+    def local_update(self, model: torch.nn.Module, task: FederatedTask, ctx: AttackContext,
+                     train_kwargs: dict[str, Any]) -> TrainStats:
+        """Train ``model`` (holding the global model) maliciously, in place."""
+        x, y = self.attacker_data(task, ctx.partition_id)
+        global_flat = flatten_params(model).detach().clone()
+        stats = self.train(model, x, y, global_flat, ctx, train_kwargs)
+        self.transform_update(model, global_flat, ctx, stats)
+        return stats
+
+    def train(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+              global_flat: torch.Tensor, ctx: AttackContext,
+              train_kwargs: dict[str, Any]) -> TrainStats:
+        """The training procedure; plain local SGD unless overridden."""
+        return train(model, x, y, **train_kwargs)
+
+    def transform_update(self, model: torch.nn.Module, global_flat: torch.Tensor,
+                         ctx: AttackContext, stats: TrainStats) -> None:
+        """Change the trained model before it is sent; nothing unless overridden."""

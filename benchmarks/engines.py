@@ -1,0 +1,104 @@
+"""How much does each engine add on top of the training it runs?
+
+Times the same rounds three ways, in this process:
+
+- ``bare``: the client training (``fedsec.training.train`` with the ClientApp's exact
+  arguments), a weighted average and the central evaluation, called in a plain loop:
+  the compute any engine must do;
+- ``inprocess``: ``fedsec run`` on the in-process engine (ServerApp + ClientApp through
+  Flower Messages, run directory written every round);
+- ``flower``: the same on Flower's simulation engine (Ray), first round excluded
+  (Ray start-up) and reported separately.
+
+Prints the times and ratios and ends with ``inprocess_overhead: <inprocess / bare>``.
+
+    python benchmarks/engines.py [--rounds 5] [--repeats 2] [--skip-flower]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord
+
+from fedsec.cli import DEFAULT_EXPERIMENT
+from fedsec.config import load_config
+from fedsec.engines import run_experiment
+from fedsec.results import read_metrics
+from fedsec.sampling import ClientSampler
+from fedsec.server import CentralEvaluator
+from fedsec.task import get_task
+from fedsec.training import train
+
+
+def bare_rounds(config) -> float:
+    """The federation's compute with no framework at all; returns seconds."""
+    torch.set_num_threads(config.engine.client_num_cpus)
+    task = get_task(config)
+    t = config.train
+    sampler = ClientSampler(task.num_clients, t.clients_per_round, config.seed)
+    evaluator = CentralEvaluator(task)
+    state = task.new_model().state_dict()
+    start = time.perf_counter()
+    for server_round in range(1, t.rounds + 1):
+        states, sizes = [], []
+        for pid in sampler.sample(server_round):
+            model = task.new_model()
+            model.load_state_dict(state)
+            x, y = task.client_data(pid)
+            stats = train(model, x, y, **task.train_kwargs(server_round, pid))
+            states.append(model.state_dict())
+            sizes.append(stats.num_examples)
+        weights = torch.tensor(sizes, dtype=torch.float32) / sum(sizes)
+        state = {k: sum(w * s[k] for w, s in zip(weights, states)) for k in state}
+        evaluator(ArrayRecord(state))
+    return time.perf_counter() - start
+
+
+def engine_rounds(config, out: Path) -> tuple[float, list[dict]]:
+    start = time.perf_counter()
+    run_experiment(config, out)
+    return time.perf_counter() - start, read_metrics(out / "metrics.jsonl")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip-flower", action="store_true")
+    args = parser.parse_args()
+
+    config = load_config(DEFAULT_EXPERIMENT, [f"train.rounds={args.rounds}"])
+    get_task(config)  # load and partition the data once, outside every timing
+    print(f"config: default experiment ({config.data.name}, {config.model.name}, "
+          f"{config.data.num_clients} clients, {config.train.clients_per_round}/round), "
+          f"{args.rounds} rounds, torch threads per client = {config.engine.client_num_cpus}")
+
+    bare, inproc = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeats):  # interleaved, so drift hits both alike
+            bare.append(bare_rounds(config))
+            inproc.append(engine_rounds(config, Path(tmp) / f"inprocess-{i}")[0])
+        print(f"bare compute      : {min(bare):7.2f} s  (runs: {', '.join(f'{b:.2f}' for b in bare)})")
+        print(f"inprocess engine  : {min(inproc):7.2f} s  (runs: {', '.join(f'{b:.2f}' for b in inproc)})")
+        if not args.skip_flower:
+            flower_cfg = config.with_overrides(["engine.name=flower"]).validate()
+            total, rounds = engine_rounds(flower_cfg, Path(tmp) / "flower")
+            first = rounds[0]["time_s"]
+            steady = (rounds[-1]["time_s"] - first) / max(len(rounds) - 1, 1)
+            bare_per_round = min(bare) / args.rounds
+            print(f"flower engine     : {total:7.2f} s in all (start-up, data loading and "
+                  f"round 1: {total - (rounds[-1]['time_s'] - first):.2f} s)")
+            print(f"flower per round  : {steady:7.2f} s after round 1 "
+                  f"(bare: {bare_per_round:.2f} s/round, ratio {steady / bare_per_round:.3f})")
+    print(f"inprocess_overhead: {min(inproc) / min(bare):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Robust aggregation defenses for Flower, and their registry.
+
+Each defense is a Flower strategy (a ``FedAvg`` subclass) usable in any ServerApp::
+
+    import defenses
+    strategy = defenses.MultiMetrics(keep_fraction=0.3, variant="paper")
+    result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=10)
+
+Config files name them (``DEFENSES``) and :func:`build_defense` builds one from a name
+and a parameter table, raising ``ConfigError`` for anything invalid. The math of each
+defense lives in :mod:`defenses.rules`, free of Flower.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from fedsec.errors import ConfigError
+
+from .adapter import DefenseStrategy, RoundReport
+from .strategies.bulyan import Bulyan
+from .strategies.fedavg import FedAvg
+from .strategies.flame import FLAME
+from .strategies.fltrust import FLTrust
+from .strategies.foolsgold import FoolsGold
+from .strategies.krum import Krum
+from .strategies.median import Median
+from .strategies.multi_krum import MultiKrum
+from .strategies.multi_metrics import MultiMetrics
+from .strategies.norm_clipping import NormClipping
+from .strategies.rfa import RFA
+from .strategies.rlr import RLR
+from .strategies.trimmed_mean import TrimmedMean
+from .strategies.weak_dp import WeakDP
+
+#: Config name -> strategy class.
+DEFENSES: dict[str, type[DefenseStrategy]] = {
+    cls.rule_class.name: cls
+    for cls in (
+        FedAvg, Krum, MultiKrum, Median, TrimmedMean, Bulyan, NormClipping, WeakDP, RFA,
+        FoolsGold, FLAME, FLTrust, RLR, MultiMetrics,
+    )
+}
+
+#: Rule parameter filled from the experiment's seed, never from the defense's table.
+SEED_PARAMETER = "seed"
+
+
+def defense_names() -> list[str]:
+    """The config names of all defenses, sorted."""
+    return sorted(DEFENSES)
+
+
+def defense_parameters(name: str) -> dict[str, Any]:
+    """The parameters a config may set for defense ``name``, with their defaults."""
+    rule_class = _strategy_class(name).rule_class
+    return {
+        spec.name: spec.default
+        for spec in fields(rule_class)
+        if spec.init and spec.name != SEED_PARAMETER
+    }
+
+
+def build_defense(
+    name: str, params: dict[str, Any], *, seed: int = 0, **strategy_kwargs: Any
+) -> DefenseStrategy:
+    """Build defense ``name`` with ``params`` as a Flower strategy.
+
+    ``seed`` seeds defenses that draw random numbers (weak-dp, flame). Keyword
+    arguments beyond it go to the strategy (``device``, Flower ``FedAvg`` parameters,
+    FLTrust's ``root_update_fn``). Raises ``ConfigError`` for an unknown name or
+    parameter, a wrong type or a value out of range.
+    """
+    cls = _strategy_class(name)
+    if not isinstance(params, dict):
+        raise ConfigError(f"defense {name!r}: parameters must be a table, got {params!r}")
+    valid = defense_parameters(name)
+    if SEED_PARAMETER in params:
+        raise ConfigError(
+            f"defense {name!r}: 'seed' is not a defense parameter; the experiment's seed "
+            "seeds the defense"
+        )
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"defense {name!r}: unknown parameter {unknown[0]!r}; valid: "
+            f"{', '.join(valid) or '(none)'}"
+        )
+    kwargs = dict(params)
+    if SEED_PARAMETER in {spec.name for spec in fields(cls.rule_class)}:
+        kwargs[SEED_PARAMETER] = seed
+    return cls(**kwargs, **strategy_kwargs)
+
+
+def _strategy_class(name: str) -> type[DefenseStrategy]:
+    if not isinstance(name, str) or name not in DEFENSES:
+        raise ConfigError(f"unknown defense {name!r}; valid: {', '.join(defense_names())}")
+    return DEFENSES[name]
+
+
+__all__ = [
+    "DEFENSES",
+    "Bulyan",
+    "DefenseStrategy",
+    "FLAME",
+    "FLTrust",
+    "FedAvg",
+    "FoolsGold",
+    "Krum",
+    "Median",
+    "MultiKrum",
+    "MultiMetrics",
+    "NormClipping",
+    "RFA",
+    "RLR",
+    "RoundReport",
+    "TrimmedMean",
+    "WeakDP",
+    "build_defense",
+    "defense_names",
+    "defense_parameters",
+]

@@ -1,0 +1,329 @@
+"""The one adapter from an aggregation rule to a Flower strategy.
+
+:class:`DefenseStrategy` is Flower's ``FedAvg`` with its ``aggregate_train`` replaced:
+it checks every reply on its own, stacks the good ones into an ``(n, d)`` tensor,
+runs the rule, turns the new model back into an ``ArrayRecord`` and reports verdicts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedsec.errors import ConfigError
+
+from .rules import AggregationRule
+
+#: MetricRecord key whose value, when present, is the client's stable key.
+CLIENT_KEY_METRIC = "partition-id"
+
+
+@dataclass
+class RoundReport:
+    """Verdicts of one ``aggregate_train`` call, keyed by client key.
+
+    A client key is the reply's MetricRecord ``partition-id`` when present, else the
+    sender's node id.
+
+    round: the server round.
+    accepted: clients whose model went into the new global model.
+    rejected: valid replies the defense left out.
+    invalid: replies refused before the defense saw them, with the reason.
+    scores: the defense's score per scored client (empty if it has none).
+    kept_previous: True when no new model came out of the round.
+    note: why the previous model was kept, empty otherwise.
+    """
+
+    round: int
+    accepted: list[int] = field(default_factory=list)
+    rejected: list[int] = field(default_factory=list)
+    invalid: dict[int, str] = field(default_factory=dict)
+    scores: dict[int, float] = field(default_factory=dict)
+    kept_previous: bool = False
+    note: str = ""
+
+
+@dataclass
+class _Reply:
+    key: int
+    content: RecordDict
+    num_examples: float
+
+
+class DefenseStrategy(FedAvg):
+    """Run an :class:`~defenses.rules.AggregationRule` as a Flower ``FedAvg`` strategy.
+
+    Parameters
+    ----------
+    rule : AggregationRule
+        The defense's math; validated here, so a bad parameter raises ``ConfigError``
+        before any round runs.
+    device : str (default: "cpu")
+        Torch device the aggregation runs on ("cpu", "cuda", "cuda:1", ...).
+    **fedavg_kwargs
+        Any parameter of Flower's ``FedAvg`` (``fraction_train``, ``min_train_nodes``,
+        ``weighted_by_key``, ``train_metrics_aggr_fn``, ...).
+
+    Each round, ``configure_train`` remembers the global ``ArrayRecord`` it sends. In
+    ``aggregate_train`` a reply is refused (logged, listed in ``last_report.invalid``)
+    if it carries an error, lacks exactly one ArrayRecord or one MetricRecord with a
+    finite ``weighted_by_key`` value > 0, has other array keys, shapes or dtypes than
+    the global model, holds NaN/Inf, or shares its client key with another reply.
+    Flower's own all-or-nothing consistency check is not used. The rest go to the
+    rule; if none is left, or the rule keeps the model, ``aggregate_train`` returns
+    ``(None, None)`` and Flower keeps the previous global model.
+
+    The rule sees the floating-point arrays only, flattened in the global record's key
+    order, as float32 (float64 if any array is float64); the new model is cast back
+    to each array's dtype. Other arrays (integer buffers such as BatchNorm's
+    ``num_batches_tracked``) are copied from the global model, so clients cannot
+    change them. Train metrics are aggregated by ``train_metrics_aggr_fn`` (FedAvg's
+    weighted mean by default) over the accepted replies only.
+
+    After each ``aggregate_train``, ``last_report`` holds a :class:`RoundReport`.
+    ``state_dict()`` / ``load_state_dict()`` checkpoint the rule's state (FoolsGold
+    histories, noise stream positions).
+    """
+
+    #: The rule class a named defense wraps (the registry lists its parameters).
+    rule_class: ClassVar[type[AggregationRule]] = AggregationRule
+
+    def __init__(self, rule: AggregationRule, *, device: str = "cpu", **fedavg_kwargs: Any):
+        rule.validate()
+        super().__init__(**fedavg_kwargs)
+        self.rule = rule
+        self.device = _parse_device(device)
+        self.last_report: RoundReport | None = None
+        self._global_arrays: ArrayRecord | None = None
+
+    def summary(self) -> None:
+        """Log the defense, then FedAvg's settings."""
+        log(INFO, "\t├──> Defense: %s on %s", self.rule, self.device)
+        super().summary()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rule's state, for checkpoints."""
+        return self.rule.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the rule's state from :meth:`state_dict`."""
+        self.rule.load_state_dict(state)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Remember the global model sent this round, then sample as ``FedAvg`` does."""
+        self._global_arrays = arrays
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Check each reply, run the rule on the valid ones, report the verdicts."""
+        if self._global_arrays is None:
+            raise RuntimeError("configure_train must run before aggregate_train")
+        layout = ModelLayout(self._global_arrays)
+        report = RoundReport(round=server_round)
+        self.last_report = report
+        replies = list(replies)
+        log(INFO, "aggregate_train: received %d replies", len(replies))
+        models = torch.empty(len(replies), layout.size, dtype=layout.dtype, device=self.device)
+        loaded: list[_Reply] = []
+        for message in replies:
+            key = _client_key(message)
+            reason = self._problem(message, layout) or layout.load(
+                next(iter(message.content.array_records.values())), models[len(loaded)]
+            )
+            if reason:
+                self._refuse(report, key, reason)
+                continue
+            weight = next(iter(message.content.metric_records.values()))[self.weighted_by_key]
+            loaded.append(_Reply(key, message.content, float(weight)))
+        rows = self._unique_rows(loaded, report)
+        if not rows:
+            return self._keep_previous(report, "no valid reply")
+        valid = [loaded[row] for row in rows]
+        models = models[: len(rows)] if len(rows) == len(loaded) else models[rows]
+
+        keys = [reply.key for reply in valid]
+        global_model = layout.flatten(self._global_arrays, self.device)
+        result = self.rule.aggregate(
+            models,
+            torch.tensor([r.num_examples for r in valid], dtype=torch.float64, device=self.device),
+            global_model,
+            keys,
+            self._root_update(server_round, layout, global_model),
+        )
+        accepted = result.accepted.tolist()
+        report.accepted = [k for k, ok in zip(keys, accepted) if ok]
+        report.rejected = [k for k, ok in zip(keys, accepted) if not ok]
+        if result.scores is not None:
+            report.scores = {
+                k: s for k, s in zip(keys, result.scores.tolist()) if not math.isnan(s)
+            }
+        if result.model is None:
+            return self._keep_previous(report, result.note)
+        log(INFO, "aggregate_train: %s accepted %s, rejected %s", self.rule.name,
+            report.accepted, report.rejected)
+        arrays = layout.unflatten(result.model, self._global_arrays)
+        return arrays, self._aggregate_metrics([r.content for r, ok in zip(valid, accepted) if ok])
+
+    def _root_update(
+        self, server_round: int, layout: ModelLayout, global_model: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The server's own update this round, for rules that need one (FLTrust)."""
+        return None
+
+    def _problem(self, message: Message, layout: ModelLayout) -> str:
+        """Why a reply cannot be used, judged from its records' headers ("" if none)."""
+        if message.has_error():
+            return f"error reply: {message.error.reason}"
+        if not message.has_content():
+            return "reply has no content"
+        content = message.content
+        if len(content.array_records) != 1:
+            return f"expected one ArrayRecord, found {len(content.array_records)}"
+        if len(content.metric_records) != 1:
+            return f"expected one MetricRecord, found {len(content.metric_records)}"
+        weight = next(iter(content.metric_records.values())).get(self.weighted_by_key)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
+                or not math.isfinite(weight) or weight <= 0:
+            return f"MetricRecord needs a finite {self.weighted_by_key!r} > 0, got {weight!r}"
+        return layout.mismatch(next(iter(content.array_records.values())))
+
+    def _unique_rows(self, loaded: list[_Reply], report: RoundReport) -> list[int]:
+        """Rows of ``loaded`` whose client key no other reply claims; refuse the rest."""
+        counts: dict[int, int] = {}
+        for reply in loaded:
+            counts[reply.key] = counts.get(reply.key, 0) + 1
+        for key in sorted(k for k, c in counts.items() if c > 1):
+            self._refuse(report, key, "several replies claim this client key")
+        return [row for row, reply in enumerate(loaded) if counts[reply.key] == 1]
+
+    def _aggregate_metrics(self, contents: list[RecordDict]) -> MetricRecord | None:
+        """``train_metrics_aggr_fn`` over the accepted replies; None if they disagree."""
+        try:
+            return self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        except (TypeError, ValueError) as error:
+            log(WARNING, "aggregate_train: train metrics not aggregated: %s", error)
+            return None
+
+    def _refuse(self, report: RoundReport, key: int, reason: str) -> None:
+        log(WARNING, "aggregate_train: refused reply of client %s: %s", key, reason)
+        report.invalid[key] = reason
+
+    def _keep_previous(
+        self, report: RoundReport, note: str
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        report.kept_previous, report.note = True, note
+        log(WARNING, "aggregate_train: kept the previous global model (%s)", note)
+        return None, None
+
+
+class ModelLayout:
+    """Where each floating-point array of a model sits in the flat vector."""
+
+    def __init__(self, record: ArrayRecord) -> None:
+        self.specs = {key: (array.dtype, tuple(array.shape)) for key, array in record.items()}
+        self.floating = [key for key, (dtype, _) in self.specs.items() if _is_float(dtype)]
+        self.size = sum(math.prod(self.specs[key][1]) for key in self.floating)
+        wide = any(np.dtype(self.specs[key][0]) == np.float64 for key in self.floating)
+        self.dtype = torch.float64 if wide else torch.float32
+
+    def mismatch(self, record: ArrayRecord) -> str:
+        """How ``record``'s headers differ from the global model's keys, shapes, dtypes."""
+        if set(record.keys()) != set(self.specs):
+            missing = sorted(set(self.specs) - set(record.keys()))
+            extra = sorted(set(record.keys()) - set(self.specs))
+            return f"array keys differ from the global model (missing {missing}, extra {extra})"
+        for key, array in record.items():
+            if (array.dtype, tuple(array.shape)) != self.specs[key]:
+                return (f"array {key!r} is {array.dtype}{list(array.shape)}, expected "
+                        f"{self.specs[key][0]}{list(self.specs[key][1])}")
+        return ""
+
+    def load(self, record: ArrayRecord, row: torch.Tensor) -> str:
+        """Copy the floating-point arrays of ``record`` into ``row``; say what is wrong.
+
+        Checks on the host what the arrays really hold (their headers were checked by
+        :meth:`mismatch`): bytes that do not decode, another dtype or shape, NaN/Inf.
+        """
+        offset = 0
+        for key in self.floating:
+            dtype, shape = self.specs[key]
+            try:
+                values = record[key].numpy()
+            except (ValueError, TypeError, EOFError) as error:
+                return f"array {key!r} cannot be decoded: {error}"
+            if values.dtype != np.dtype(dtype) or values.shape != shape:
+                return f"array {key!r} holds {values.dtype}{list(values.shape)}, not its header"
+            if not np.isfinite(values).all():
+                return f"array {key!r} has NaN or Inf values"
+            row[offset : offset + values.size] = torch.from_numpy(values.reshape(-1))
+            offset += values.size
+        return ""
+
+    def flatten(self, record: ArrayRecord, device: torch.device) -> torch.Tensor:
+        """The floating-point arrays of a server-side ``record`` as one vector."""
+        vector = torch.empty(self.size, dtype=self.dtype, device=device)
+        problem = self.mismatch(record) or self.load(record, vector)
+        if problem:
+            raise ValueError(f"server-side model does not fit the global model: {problem}")
+        return vector
+
+    def unflatten(self, vector: torch.Tensor, template: ArrayRecord) -> ArrayRecord:
+        """An ArrayRecord like ``template`` whose floating-point arrays hold ``vector``."""
+        host = vector.to("cpu").numpy()
+        out = ArrayRecord()
+        offset = 0
+        for key, array in template.items():
+            dtype, shape = self.specs[key]
+            if key in self.floating:
+                size = math.prod(shape)
+                values = host[offset : offset + size].reshape(shape).astype(dtype)
+                out[key] = Array(np.ascontiguousarray(values))
+                offset += size
+            else:
+                out[key] = Array(array.dtype, tuple(array.shape), array.stype, array.data)
+        return out
+
+
+def _is_float(dtype: str) -> bool:
+    try:
+        return np.dtype(dtype).kind == "f"
+    except TypeError:
+        return False
+
+
+def _client_key(message: Message) -> int:
+    """The reply's ``partition-id`` metric if it has one, else its sender's node id."""
+    if message.has_content():
+        for metrics in message.content.metric_records.values():
+            value = metrics.get(CLIENT_KEY_METRIC)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+    return message.metadata.src_node_id
+
+
+def _parse_device(device: str) -> torch.device:
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(
+            f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}"
+        ) from error
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} needs CUDA, which this machine does not have")
+    return parsed

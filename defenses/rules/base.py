@@ -1,0 +1,293 @@
+"""What every aggregation rule shares: its input, its result, parameter checks, helpers.
+
+A rule is the math of one defense, free of Flower: it takes the sampled clients'
+flattened models as one ``(n, d)`` float tensor and returns the new global model.
+It runs on whatever device that tensor lives on. Column-blocked helpers keep the
+extra memory a small fraction of the ``(n, d)`` matrix and sum in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from types import NoneType, UnionType
+from typing import Any, ClassVar, get_args, get_type_hints
+
+import numpy as np
+import torch
+
+from fedsec.errors import ConfigError
+
+#: Columns per block in the blocked helpers: a float32 block of 30 clients is 3.9 MB.
+BLOCK_COLUMNS = 1 << 15
+
+
+@dataclass
+class ClientBatch:
+    """One round's input to a rule.
+
+    models: ``(n, d)`` floating tensor, one flattened local model per row.
+    weights: ``(n,)`` example counts (data sizes), finite and >= 0.
+    global_model: ``(d,)`` the global model the clients started from.
+    client_ids: stable key per row (used by stateful rules); ``None`` if unknown.
+    root_update: ``(d,)`` the server's own update on its root data (FLTrust only).
+    """
+
+    models: torch.Tensor
+    weights: torch.Tensor
+    global_model: torch.Tensor
+    client_ids: list[int] | None = None
+    root_update: torch.Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        return self.models.shape[0]
+
+
+@dataclass
+class AggregationResult:
+    """What a rule decided.
+
+    model: the new global model ``(d,)``, or ``None`` to keep the previous one
+        (``note`` says why).
+    accepted: ``(n,)`` bool, the clients whose models went into ``model``.
+    scores: ``(n,)`` the rule's per-client score (meaning documented per rule;
+        NaN for rows that were not scored), or ``None`` for rules without one.
+    note: why the round was skipped, empty otherwise.
+    """
+
+    model: torch.Tensor | None
+    accepted: torch.Tensor
+    scores: torch.Tensor | None = None
+    note: str = ""
+
+
+def param(default: Any, check: Callable[[Any], bool], expect: str) -> Any:
+    """A rule parameter: its default, its range check and the words for a valid value."""
+    return field(default=default, metadata={"check": check, "expect": expect})
+
+
+def positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def non_negative(value: float) -> bool:
+    return math.isfinite(value) and value >= 0
+
+
+@dataclass(kw_only=True)
+class AggregationRule:
+    """Base of every rule: sklearn-style, the constructor only stores parameters.
+
+    Subclasses are dataclasses whose fields are made with :func:`param`, set the config
+    ``name``, and implement :meth:`_aggregate`. :meth:`validate` is the one place where
+    parameters are checked; the strategy adapter calls it when it is built.
+    """
+
+    name: ClassVar[str] = ""
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` for a parameter of the wrong type or out of range."""
+        hints = get_type_hints(type(self))
+        for spec in fields(self):
+            if not spec.init:
+                continue
+            value = getattr(self, spec.name)
+            expect = spec.metadata["expect"]
+            if not _has_type(value, hints[spec.name]) or not spec.metadata["check"](value):
+                raise ConfigError(
+                    f"defense {self.name!r}: parameter {spec.name!r} must be {expect}, "
+                    f"got {value!r}"
+                )
+
+    def min_clients(self) -> int:
+        """Fewest valid clients the rule needs; with fewer the round keeps the model."""
+        return 1
+
+    def aggregate(
+        self,
+        models: torch.Tensor,
+        weights: torch.Tensor,
+        global_model: torch.Tensor,
+        client_ids: Sequence[int] | None = None,
+        root_update: torch.Tensor | None = None,
+    ) -> AggregationResult:
+        """Aggregate one round; see :class:`ClientBatch` for the inputs.
+
+        Rows with NaN/Inf values or a negative or non-finite weight are never used.
+        A result whose model is not finite (e.g. an overflow) keeps the previous model.
+        """
+        n = models.shape[0]
+        if models.dim() != 2 or weights.shape != (n,) or global_model.shape != models.shape[1:]:
+            raise ValueError("expected models (n, d), weights (n,) and global_model (d,)")
+        usable = torch.isfinite(models).all(dim=1) & torch.isfinite(weights) & (weights >= 0)
+        rows = usable.nonzero().squeeze(1)
+        ids = None if client_ids is None else [client_ids[i] for i in rows.tolist()]
+        if rows.numel() < n:
+            models, weights = models[rows], weights[rows]
+        batch = ClientBatch(models, weights, global_model, ids, root_update)
+        accepted = torch.zeros(n, dtype=torch.bool, device=global_model.device)
+        if batch.n < self.min_clients():
+            return AggregationResult(
+                None, accepted, None,
+                f"{self.name} needs at least {self.min_clients()} valid clients, got {batch.n}",
+            )
+        result = self._aggregate(batch)
+        accepted[rows] = result.accepted
+        scores = None
+        if result.scores is not None:
+            scores = torch.full((n,), math.nan, dtype=result.scores.dtype, device=accepted.device)
+            scores[rows] = result.scores
+        if result.model is not None and not bool(torch.isfinite(result.model).all()):
+            return AggregationResult(None, accepted.zero_(), scores, "aggregate is not finite")
+        return AggregationResult(result.model, accepted, scores, result.note)
+
+    def _aggregate(self, batch: ClientBatch) -> AggregationResult:
+        """The rule itself, on finite rows only (``batch.n >= min_clients()``)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """State carried from round to round (empty for stateless rules)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(f"{self.name} keeps no state, got keys {sorted(state)}")
+
+
+@dataclass(kw_only=True)
+class SeededRule(AggregationRule):
+    """A rule that draws random numbers: round ``t`` of seed ``s`` uses its own stream.
+
+    The stream of each call is derived from ``(seed, calls so far)``, so one seed
+    reproduces a run on a given device, and the call count is the whole state.
+    """
+
+    seed: int = param(0, lambda v: v >= 0, "an int >= 0")
+    _calls: int = field(default=0, init=False, repr=False, compare=False)
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        state = np.random.SeedSequence([self.seed, self._calls]).generate_state(2, np.uint32)
+        self._calls += 1
+        generator = torch.Generator(device=device)
+        generator.manual_seed(int(state[0]) << 32 | int(state[1]))
+        return generator
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"calls": self._calls}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._calls = int(state["calls"])
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    if isinstance(hint, UnionType):
+        return any(_has_type(value, option) for option in get_args(hint))
+    if hint is NoneType:
+        return value is None
+    if isinstance(value, bool):
+        return hint is bool
+    if hint is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, hint)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def column_blocks(d: int) -> Iterator[slice]:
+    """Slices of at most ``BLOCK_COLUMNS`` columns covering ``range(d)``."""
+    return (slice(start, min(start + BLOCK_COLUMNS, d)) for start in range(0, d, BLOCK_COLUMNS))
+
+
+def blockwise_sums(
+    kernel: Callable[..., tuple[torch.Tensor, ...]],
+    models: torch.Tensor,
+    *vectors: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """Sum ``kernel(models[:, cols], *(v[cols] for v in vectors))`` over column blocks.
+
+    Each block is computed in the models' dtype and the blocks are summed in float64.
+    If a float32 sum overflows (absurd client values), it is redone in float64 blocks.
+    """
+    for dtype in (models.dtype, torch.float64):
+        totals: list[torch.Tensor] = []
+        for cols in column_blocks(models.shape[1]):
+            parts = kernel(models[:, cols].to(dtype), *(v[cols].to(dtype) for v in vectors))
+            parts64 = [part.to(torch.float64) for part in parts]
+            totals = parts64 if not totals else [t + p for t, p in zip(totals, parts64)]
+        flat = torch.cat([t.reshape(-1) for t in totals])
+        if dtype == torch.float64 or bool(torch.isfinite(flat).all()):
+            break
+    return tuple(totals)
+
+
+def distances_to(models: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+    """``||w_i - point||_2`` per row, float64."""
+    (squares,) = blockwise_sums(
+        lambda block, at: (torch.linalg.vector_norm(block - at, dim=1) ** 2,), models, point
+    )
+    return squares.sqrt()
+
+
+def gram(models: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
+    """Gram matrix ``(n, n)`` of ``models - center`` (or of ``models``), in float64."""
+    if center is None:
+        return blockwise_sums(lambda block: (block @ block.T,), models)[0]
+
+    def kernel(block: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor]:
+        shifted = block - start
+        return (shifted @ shifted.T,)
+
+    return blockwise_sums(kernel, models, center)[0]
+
+
+def squared_distances(models: torch.Tensor) -> torch.Tensor:
+    """Pairwise squared L2 distances ``(n, n)`` in float64, via a Gram matrix.
+
+    The rows are first shifted by the first row (distances do not change) so that a
+    common component of all models does not cost precision.
+    """
+    products = gram(models, models[0])
+    sq = products.diagonal()
+    return (sq[:, None] + sq[None, :] - 2 * products).clamp_min(0)
+
+
+def cosine_from_gram(products: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities from a Gram matrix; 0 where a vector is zero."""
+    norms = products.diagonal().clamp_min(0).sqrt()
+    denominator = (norms[:, None] * norms[None, :]).clamp_min(torch.finfo(products.dtype).tiny)
+    return (products / denominator).clamp(-1, 1)
+
+
+def normalized(weights: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Weights (float64) restricted to ``mask`` and scaled to sum to 1.
+
+    Uniform over the mask if its weights sum to 0.
+    """
+    inside = torch.ones_like(weights, dtype=torch.float64) if mask is None else mask.double()
+    weights = weights.to(torch.float64) * inside
+    total = weights.sum()
+    uniform = inside / inside.sum().clamp_min(1)
+    return torch.where(total > 0, weights / total.clamp_min(torch.finfo(torch.float64).tiny), uniform)
+
+
+def combine(batch: ClientBatch, coefficients: torch.Tensor) -> torch.Tensor:
+    """``w_0 + sum_i c_i (w_i - w_0)`` without forming the updates."""
+    coefficients = coefficients.to(torch.float64)
+    rest = (1 - coefficients.sum()).to(batch.models.dtype)
+    return coefficients.to(batch.models.dtype) @ batch.models + rest * batch.global_model
+
+
+def keep_mask(n: int, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A bool ``(n,)`` mask that is True at ``rows``."""
+    mask = torch.zeros(n, dtype=torch.bool, device=device)
+    mask[rows] = True
+    return mask
+
+
+def lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` lowest scores; ties go to the lower index."""
+    return torch.argsort(scores, stable=True)[:k]

@@ -1,0 +1,71 @@
+"""Krum (Blanchard, El Mhamdi, Guerraoui, Stainer; NeurIPS 2017).
+
+"Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import (
+    AggregationResult,
+    AggregationRule,
+    ClientBatch,
+    keep_mask,
+    lowest,
+    param,
+    squared_distances,
+)
+
+
+def krum_scores(distances: torch.Tensor, num_malicious: int) -> torch.Tensor:
+    """Krum score of each client: the sum of its ``n - f - 2`` smallest squared distances.
+
+    ``distances`` is the ``(n, n)`` squared-distance matrix; a client's distance to
+    itself never counts. At least one neighbour counts (for ``n - f - 2 < 1``).
+    """
+    n = distances.shape[0]
+    return sum_of_nearest(distances.clone().fill_diagonal_(torch.inf), krum_neighbours(n, num_malicious))
+
+
+def krum_neighbours(n: int, num_malicious: int) -> int:
+    """How many nearest neighbours a Krum score sums over among ``n`` clients."""
+    return min(max(1, n - num_malicious - 2), n - 1)
+
+
+def sum_of_nearest(distances: torch.Tensor, k: int) -> torch.Tensor:
+    """Row-wise sum of the ``k`` smallest entries (excluded pairs hold ``inf``)."""
+    return torch.topk(distances, k, dim=1, largest=False).values.sum(dim=1)
+
+
+@dataclass(kw_only=True)
+class KrumRule(AggregationRule):
+    """Krum: the new global model is the one client model with the lowest Krum score.
+
+    Score of client i = sum of squared L2 distances from w_i to its ``n - f - 2``
+    nearest other models, computed on the full models from a Gram matrix. Blanchard et
+    al. need ``n >= 2f + 3``; with fewer valid clients the round keeps the model.
+
+    Parameters
+    ----------
+    num_malicious : int (default: 1)
+        ``f``, the number of attackers to tolerate per round (the paper's schedule
+        has one attacker per round).
+
+    Cost: O(n^2 d) flops for the Gram matrix, O(n^2) memory. Scores: Krum scores.
+    """
+
+    name = "krum"
+    num_malicious: int = param(1, lambda v: v >= 0, "an int >= 0")
+
+    def min_clients(self) -> int:
+        return 2 * self.num_malicious + 3
+
+    def _aggregate(self, batch: ClientBatch) -> AggregationResult:
+        scores = krum_scores(squared_distances(batch.models), self.num_malicious)
+        best = lowest(scores, 1)
+        return AggregationResult(
+            batch.models[best[0]].clone(), keep_mask(batch.n, best, batch.models.device), scores
+        )

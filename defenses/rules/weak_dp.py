@@ -1,0 +1,57 @@
+"""Weak differential privacy (Sun, Kairouz, Suresh, McMahan; arXiv 1911.07963, 2019).
+
+Norm-difference clipping followed by Gaussian noise on the aggregate, as the edge-case
+backdoor paper (Wang et al., NeurIPS 2020) and Multi-metrics (Huang et al., 2023) run it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import (
+    AggregationResult,
+    ClientBatch,
+    SeededRule,
+    combine,
+    distances_to,
+    non_negative,
+    normalized,
+    param,
+    positive,
+)
+from .norm_clipping import clipping_factors
+
+
+@dataclass(kw_only=True)
+class WeakDPRule(SeededRule):
+    """Norm clipping to ``norm_bound``, then add ``N(0, noise_std^2)`` to every parameter.
+
+    Parameters
+    ----------
+    norm_bound : float (default: 1.5)
+        L2 bound of each update (the EMNIST setting; 2 on CIFAR-10).
+    noise_std : float (default: 0.025)
+        Standard deviation of the noise added to the aggregated model (the EMNIST
+        setting; 0.0025 on CIFAR-10).
+    seed : int (default: 0)
+        Seeds the noise; round ``t`` draws from a stream derived from ``(seed, t)``.
+
+    Cost: as norm clipping plus drawing ``d`` normal numbers. Scores: update norms.
+    """
+
+    name = "weak-dp"
+    norm_bound: float = param(1.5, positive, "a number > 0")
+    noise_std: float = param(0.025, non_negative, "a number >= 0")
+
+    def _aggregate(self, batch: ClientBatch) -> AggregationResult:
+        norms = distances_to(batch.models, batch.global_model)
+        coefficients = normalized(batch.weights) * clipping_factors(norms, self.norm_bound)
+        model = combine(batch, coefficients)
+        noise = torch.randn(
+            model.shape, generator=self._generator(model.device), dtype=model.dtype,
+            device=model.device,
+        )
+        accepted = torch.ones(batch.n, dtype=torch.bool, device=batch.models.device)
+        return AggregationResult(model + self.noise_std * noise, accepted, norms)

@@ -1,0 +1,2 @@
+"""One Flower strategy per defense: a thin :class:`~defenses.adapter.DefenseStrategy`
+that builds its rule from the defense's parameters."""

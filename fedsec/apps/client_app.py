@@ -1,0 +1,73 @@
+"""The ClientApp: answers who it is, and trains the global model on its partition."""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from attacks import AttackContext
+from fedsec.config import ExperimentConfig
+from fedsec.seeding import derive_seed
+from fedsec.task import FederatedTask, get_task, resolve_device
+from fedsec.training import train
+
+app = ClientApp()
+
+
+def partition_id(context: Context) -> int:
+    return int(context.node_config["partition-id"])
+
+
+@app.query("identify")
+def identify(msg: Message, context: Context) -> Message:
+    """Tell the server this node's partition id (node ids say nothing about it)."""
+    info = ConfigRecord({
+        "partition-id": partition_id(context),
+        "num-partitions": int(context.node_config["num-partitions"]),
+    })
+    return Message(RecordDict({"node": info}), reply_to=msg)
+
+
+@app.train()
+def local_train(msg: Message, context: Context) -> Message:
+    """Train the received global model on this client's data (maliciously, if scheduled)."""
+    config = ExperimentConfig.from_flat(context.run_config)
+    torch.set_num_threads(config.engine.client_num_cpus)
+    task = get_task(config)
+    pid = partition_id(context)
+    server_round = int(msg.content["config"]["server-round"])
+
+    model = task.new_model()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    kwargs = task.train_kwargs(server_round, pid)
+    if task.attack is not None and task.schedule.is_malicious(pid, server_round):
+        stats = task.attack.local_update(model, task, attack_context(task, pid, server_round), kwargs)
+    else:
+        x, y = task.client_data(pid)
+        stats = train(model, x, y, **kwargs)
+    content = RecordDict({
+        "arrays": ArrayRecord(model.state_dict()),
+        "metrics": MetricRecord({
+            "num-examples": stats.num_examples,
+            "train_loss": stats.loss,
+            "partition-id": pid,
+        }),
+    })
+    return Message(content, reply_to=msg)
+
+
+def attack_context(task: FederatedTask, pid: int, server_round: int) -> AttackContext:
+    """What malicious client ``pid`` knows in ``server_round``."""
+    schedule = task.schedule
+    clients, _ = schedule.sample(server_round)
+    return AttackContext(
+        server_round=server_round,
+        partition_id=pid,
+        attacker_index=schedule.pool.index(pid),
+        num_attackers=len(schedule.pool),
+        round_examples=sum(task.client_examples(c, server_round) for c in clients),
+        target_label=task.attack.target,
+        seed=derive_seed(task.config.seed, "attack", server_round, pid),
+        device=resolve_device(task.config.engine.device),
+    )

@@ -1,0 +1,424 @@
+"""Experiment configuration: one TOML file, typed sections, validated in one place.
+
+An experiment file looks like::
+
+    seed = 0
+    [data]
+    name = "mnist5k"
+    partition = "dirichlet"
+    alpha = 0.5
+    num_clients = 20
+    [model]
+    name = "lenet"
+    [train]
+    rounds = 20
+    clients_per_round = 10
+    [engine]
+    name = "inprocess"
+
+Every key has a default (the dataclasses below), so a file names only what it changes.
+``[attack]`` and ``[defense]`` hold a ``name`` plus that method's own parameters, which
+the attack and defense registries check.
+
+The same config travels to Flower apps as a flat run config (``"data.alpha": 0.5``):
+:meth:`ExperimentConfig.to_flat` and :meth:`ExperimentConfig.from_flat` convert, so an
+experiment file means the same thing on every engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedsec.errors import ConfigError
+
+ENGINE_NAMES = ("inprocess", "flower")
+SCHEDULE_NAMES = ("fixed-frequency", "every-round", "random-pool")
+DEVICE_NAMES = ("cpu", "cuda", "auto")
+
+
+@dataclass
+class DataConfig:
+    """Which data set, and how its training split is divided among clients."""
+
+    name: str = "mnist5k"
+    dir: str = ""  # "" = the data set's default location (if it reads files)
+    partition: str = "dirichlet"
+    alpha: float = 0.5  # Dirichlet concentration: the non-IID degree (lower = more skew)
+    classes_per_client: int = 2  # for partition = "pathological"
+    num_clients: int = 20
+    min_partition_size: int = 10
+
+
+@dataclass
+class ModelConfig:
+    name: str = "lenet"
+
+
+@dataclass
+class TrainConfig:
+    """Federated and local training (the papers' SGD setup by default)."""
+
+    rounds: int = 20
+    clients_per_round: int = 10
+    local_epochs: int = 2
+    batch_size: int = 32
+    lr: float = 0.05
+    lr_decay: float = 0.998  # client lr in round r is lr * lr_decay ** (r - 1)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    pretrain_epochs: int = 0  # > 0: start from a model trained centrally for E epochs
+    pretrain_cache: str = ""  # "" = ~/.cache/fedsec/pretrained (or $FEDSEC_CACHE)
+
+
+@dataclass
+class EngineConfig:
+    """How the apps run: in one process, or on Flower's simulation engine (Ray).
+
+    ``client_num_cpus`` is both the torch thread count of each client's training and
+    the CPUs Ray reserves per client. Float results depend on the thread count, so
+    identical metrics across engines need the same value on both.
+    """
+
+    name: str = "inprocess"
+    client_num_cpus: int = 2
+    client_num_gpus: float = 0.0
+    device: str = "cpu"  # where training and aggregation run: cpu, cuda or auto
+    round_timeout: float = 3600.0  # seconds the server waits for a round's replies
+
+
+@dataclass
+class AttackConfig:
+    """Which clients are malicious, in which rounds; what they do is the attack's own.
+
+    The attacker pool is ``num_attackers`` partition ids (or ``fraction`` of all clients,
+    when > 0) drawn from the seed. Schedules:
+
+    - ``fixed-frequency``: ``attackers_per_round`` pool members join rounds
+      ``start_round``, ``start_round + every``, ... (the papers' "one attacker every 10
+      rounds"); the pool sits out every other round.
+    - ``every-round``: as fixed-frequency with ``every = 1``.
+    - ``random-pool``: attackers are sampled like everyone else and attack whenever
+      they are sampled between ``start_round`` and ``end_round``.
+
+    A pool member that trains outside ``start_round..end_round`` trains honestly.
+    """
+
+    name: str = "none"
+    num_attackers: int = 1
+    fraction: float = 0.0
+    schedule: str = "fixed-frequency"
+    every: int = 10
+    attackers_per_round: int = 1
+    start_round: int = 1
+    end_round: int = 0  # 0 = the last round
+    target_label: int = -1  # -1 = the attack's own default (ARDIS 7 -> 1, Southwest -> 9)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def pool_size(self, num_clients: int) -> int:
+        if self.fraction > 0:
+            return max(1, round(self.fraction * num_clients))
+        return self.num_attackers
+
+    def last_round(self, rounds: int) -> int:
+        return self.end_round or rounds
+
+
+@dataclass
+class DefenseConfig:
+    name: str = "fedavg"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExperimentConfig:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ExperimentConfig:
+        """Build from a nested dict (a parsed TOML file); checks keys and types."""
+        if not isinstance(raw, dict):
+            raise ConfigError("config must be a TOML table of sections")
+        cfg = cls()
+        for key, value in raw.items():
+            if key == "seed":
+                cfg.seed = _coerce("seed", value, int)
+            elif key in _SECTIONS:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"[{key}] must be a table, got {_typename(value)}")
+                _fill_section(key, getattr(cfg, key), value)
+            else:
+                raise ConfigError(
+                    f"unknown config key {key!r}; valid top-level keys: seed, "
+                    + ", ".join(f"[{s}]" for s in _SECTIONS)
+                )
+        return cfg
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any]) -> ExperimentConfig:
+        """Inverse of :meth:`to_flat` (Flower run configs are flat)."""
+        nested: dict[str, Any] = {}
+        for key, value in flat.items():
+            if key.startswith("output."):
+                continue  # where results go is not part of the experiment
+            section, _, name = key.partition(".")
+            if name:
+                nested.setdefault(section, {})[name] = value
+            else:
+                nested[section] = value
+        return cls.from_dict(nested)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested dict with attack/defense parameters inlined (TOML-ready)."""
+        out: dict[str, Any] = {"seed": self.seed}
+        for section in _SECTIONS:
+            sec = getattr(self, section)
+            values = {f.name: getattr(sec, f.name) for f in dataclasses.fields(sec)}
+            params = values.pop("params", {})
+            out[section] = {**values, **params}
+        return out
+
+    def to_flat(self) -> dict[str, Any]:
+        flat: dict[str, Any] = {"seed": self.seed}
+        for section, values in self.to_dict().items():
+            if isinstance(values, dict):
+                flat.update({f"{section}.{k}": v for k, v in values.items()})
+        return flat
+
+    def to_toml(self) -> str:
+        return dumps_toml(self.to_dict())
+
+    def with_overrides(self, assignments: list[str]) -> ExperimentConfig:
+        """Apply ``section.key=value`` strings (values parsed as TOML, else text)."""
+        raw = self.to_dict()
+        for item in assignments:
+            key, sep, text = item.partition("=")
+            key = key.strip()
+            if not sep or not key:
+                raise ConfigError(f"--set expects section.key=value, got {item!r}")
+            value = _parse_value(text.strip())
+            section, _, name = key.partition(".")
+            if not name:
+                if section != "seed":
+                    raise ConfigError(
+                        f"--set {item!r}: expected section.key=value (or seed=N)"
+                    )
+                raw["seed"] = value
+            elif section not in _SECTIONS:
+                raise ConfigError(
+                    f"--set {item!r}: unknown section {section!r}; valid sections: "
+                    + ", ".join(_SECTIONS)
+                )
+            else:
+                raw[section][name] = value
+        return ExperimentConfig.from_dict(raw)
+
+    # ---------------------------------------------------------------- validation
+    def validate(self) -> ExperimentConfig:
+        """Check every value and every name against its registry; raise ConfigError.
+
+        This is the one place where a config is judged; it is cheap (no data is
+        loaded beyond checking that required files exist) so the CLI calls it before
+        any training starts.
+        """
+        from fedsec import data as data_registry
+        from fedsec.models import model_names
+        from fedsec.partition import PARTITION_SCHEMES
+
+        d, t, e = self.data, self.train, self.engine
+        _one_of("data.name", d.name, data_registry.dataset_names())
+        _one_of("data.partition", d.partition, PARTITION_SCHEMES)
+        _one_of("model.name", self.model.name, model_names())
+        _one_of("engine.name", e.name, ENGINE_NAMES)
+        _one_of("engine.device", e.device, DEVICE_NAMES)
+        _positive("data.alpha", d.alpha)
+        _at_least("data.num_clients", d.num_clients, 1)
+        _at_least("data.classes_per_client", d.classes_per_client, 1)
+        _at_least("data.min_partition_size", d.min_partition_size, 1)
+        _at_least("train.rounds", t.rounds, 1)
+        _at_least("train.clients_per_round", t.clients_per_round, 1)
+        _at_least("train.local_epochs", t.local_epochs, 1)
+        _at_least("train.batch_size", t.batch_size, 1)
+        _at_least("train.pretrain_epochs", t.pretrain_epochs, 0)
+        _positive("train.lr", t.lr)
+        _positive("train.lr_decay", t.lr_decay)
+        if not 0.0 <= t.momentum < 1.0:
+            raise ConfigError(f"train.momentum must be in [0, 1), got {t.momentum}")
+        if t.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay must be >= 0, got {t.weight_decay}")
+        if t.clients_per_round > d.num_clients:
+            raise ConfigError(
+                f"train.clients_per_round ({t.clients_per_round}) must be <= "
+                f"data.num_clients ({d.num_clients})"
+            )
+        _at_least("engine.client_num_cpus", e.client_num_cpus, 1)
+        if e.client_num_gpus < 0:
+            raise ConfigError(f"engine.client_num_gpus must be >= 0, got {e.client_num_gpus}")
+        _positive("engine.round_timeout", e.round_timeout)
+        data_registry.check_available(d.name, d.dir or None)
+        self._validate_attack_schedule()
+        _validate_defense(self)
+        _validate_attack(self)
+        return self
+
+    def _validate_attack_schedule(self) -> None:
+        a, n = self.attack, self.data.num_clients
+        if a.name == "none":
+            return
+        _one_of("attack.schedule", a.schedule, SCHEDULE_NAMES)
+        if not 0.0 <= a.fraction <= 1.0:
+            raise ConfigError(f"attack.fraction must be in [0, 1], got {a.fraction}")
+        pool = a.pool_size(n)
+        if not 1 <= pool <= n:
+            raise ConfigError(
+                f"attack.num_attackers must be between 1 and data.num_clients ({n}), got {pool}"
+            )
+        _at_least("attack.every", a.every, 1)
+        _at_least("attack.start_round", a.start_round, 1)
+        _at_least("attack.end_round", a.end_round, 0)
+        if a.schedule != "random-pool":
+            per_round = a.attackers_per_round
+            if not 1 <= per_round <= min(pool, self.train.clients_per_round):
+                raise ConfigError(
+                    f"attack.attackers_per_round must be between 1 and min(attacker pool "
+                    f"{pool}, train.clients_per_round {self.train.clients_per_round}), got {per_round}"
+                )
+            if n - pool < self.train.clients_per_round - per_round:
+                raise ConfigError(
+                    f"too few honest clients: {n - pool} outside the attacker pool, but a round "
+                    f"needs {self.train.clients_per_round - per_round}; lower attack.num_attackers "
+                    "or train.clients_per_round"
+                )
+
+
+# ---------------------------------------------------------------------- loading
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read an experiment file (or the defaults), apply overrides and validate."""
+    if path is None:
+        cfg = ExperimentConfig()
+    else:
+        cfg = ExperimentConfig.from_dict(read_toml(path))
+    if overrides:
+        cfg = cfg.with_overrides(overrides)
+    return cfg.validate()
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not valid TOML: not UTF-8 text") from None
+
+
+def dumps_toml(data: dict[str, Any]) -> str:
+    """Write a nested dict of scalars as TOML (top-level scalars first)."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for section, values in data.items():
+        if isinstance(values, dict):
+            lines.append(f"\n[{section}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------- helpers
+_SECTIONS = ("data", "model", "train", "engine", "attack", "defense")
+
+
+def _fill_section(name: str, section: Any, values: dict[str, Any]) -> None:
+    fields = {f.name: f for f in dataclasses.fields(section) if f.name != "params"}
+    has_params = any(f.name == "params" for f in dataclasses.fields(section))
+    for key, value in values.items():
+        if key in fields:
+            setattr(section, key, _coerce(f"{name}.{key}", value, _field_type(fields[key])))
+        elif has_params:
+            if isinstance(value, (dict, list)):
+                raise ConfigError(f"{name}.{key} must be a single value, got {_typename(value)}")
+            section.params[key] = value
+        else:
+            raise ConfigError(
+                f"unknown key {name}.{key}; valid keys in [{name}]: " + ", ".join(fields)
+            )
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    return {"str": str, "int": int, "float": float, "bool": bool}[str(f.type)]
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Accept a value of the field's type (an int where a float is expected)."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, bool):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{key} must be {_KIND_NAMES[kind]}, got {_typename(value)} {value!r}")
+    return value
+
+
+_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _typename(value: Any) -> str:
+    return {dict: "a table", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word such as digits or dirichlet is a string
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    raise ConfigError(f"cannot write {value!r} to TOML")
+
+
+def _one_of(key: str, value: str, valid: Any) -> None:
+    if value not in valid:
+        raise ConfigError(f"unknown {key} {value!r}; valid: " + ", ".join(valid))
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key} must be > 0, got {value}")
+
+
+def _at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{key} must be >= {low}, got {value}")
+
+
+def _validate_defense(cfg: ExperimentConfig) -> None:
+    from defenses import build_defense
+
+    build_defense(cfg.defense.name, cfg.defense.params, seed=cfg.seed)
+
+
+def _validate_attack(cfg: ExperimentConfig) -> None:
+    from attacks import build_attack
+
+    build_attack(cfg)

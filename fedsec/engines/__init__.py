@@ -1,0 +1,30 @@
+"""Engines: where the same ServerApp and ClientApp run.
+
+- ``inprocess``: one process, no Ray (fast; many small runs).
+- ``flower``: Flower's simulation engine on Ray, launched through ``flwr run``.
+
+Both hand the apps the same flat run config, including ``output.dir``, where the
+ServerApp writes the run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedsec.config import ExperimentConfig
+
+
+def run_experiment(config: ExperimentConfig, out_dir: str | Path) -> None:
+    """Run a validated experiment on the engine its config names."""
+    if config.engine.name == "flower":
+        from fedsec.engines.flower import run_flower
+
+        run_flower(config, out_dir)
+        return
+    from fedsec.apps.client_app import app as client_app
+    from fedsec.apps.server_app import OUTPUT_DIR_KEY
+    from fedsec.apps.server_app import app as server_app
+    from fedsec.engines.inprocess import run_inprocess
+
+    run_config = {**config.to_flat(), OUTPUT_DIR_KEY: str(Path(out_dir).resolve())}
+    run_inprocess(server_app, client_app, config.data.num_clients, run_config)

@@ -1,0 +1,76 @@
+"""The initial global model: random, or trained centrally first (the papers' setup).
+
+Huang et al. 2023 and Wang et al. 2020 start federated training from a model trained
+centrally for some epochs. That model depends only on the data set, the model, the seed,
+the number of epochs and the optimiser settings, so it is cached on disk under a key of
+exactly those and reused by every run (and every seed of a sweep) that shares them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from fedsec.seeding import derive_seed
+from fedsec.task import FederatedTask, resolve_device
+from fedsec.training import train
+
+
+def initial_state(task: FederatedTask, log=print) -> dict[str, torch.Tensor]:
+    """State dict of the round-0 global model for ``task``."""
+    cfg = task.config
+    model = task.new_model()
+    epochs = cfg.train.pretrain_epochs
+    if epochs == 0:
+        return model.state_dict()
+    path = _cache_path(task)
+    if path.is_file():
+        log(f"pre-trained model: {path} (cached)")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    log(f"pre-training {cfg.model.name} on {cfg.data.name} for {epochs} epochs ...")
+    x, y = task.train_data()
+    t = cfg.train
+    train(
+        model, x, y, epochs=epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
+        weight_decay=t.weight_decay, seed=derive_seed(cfg.seed, "pretrain"),
+        device=resolve_device(cfg.engine.device),
+    )
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    _atomic_save(state, path)
+    log(f"pre-trained model saved: {path}")
+    return state
+
+
+def _cache_path(task: FederatedTask) -> Path:
+    cfg = task.config
+    t = cfg.train
+    key = {
+        "data": cfg.data.name, "dir": cfg.data.dir, "model": cfg.model.name,
+        "seed": cfg.seed, "epochs": t.pretrain_epochs, "lr": t.lr,
+        "batch_size": t.batch_size, "momentum": t.momentum, "weight_decay": t.weight_decay,
+        "torch": torch.__version__, "threads": cfg.engine.client_num_cpus,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    root = Path(t.pretrain_cache or os.environ.get("FEDSEC_CACHE", "~/.cache/fedsec"))
+    if not t.pretrain_cache:
+        root = root / "pretrained"
+    name = f"{cfg.data.name}-{cfg.model.name}-seed{cfg.seed}-e{t.pretrain_epochs}-{digest}.pt"
+    return root.expanduser() / name
+
+
+def _atomic_save(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write to a temporary file and rename, so a killed run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,113 @@
+"""Seeded choice of the clients that train in each round.
+
+Flower samples node ids with ``random.sample`` over ids drawn from ``os.urandom``, which
+no seed controls. fedsec samples *partition ids* instead, from a stream that depends only
+on (seed, round): the same seed gives the same clients on every engine, and a resumed
+run samples what the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedsec.seeding import rng
+
+
+class ClientSampler:
+    """Chooses ``clients_per_round`` of ``num_clients`` partition ids per round.
+
+    Parameters
+    ----------
+    num_clients : int
+        Number of partitions (clients) in the federation.
+    clients_per_round : int
+        Clients sampled, without replacement, in each round.
+    seed : int
+        Experiment seed.
+    """
+
+    def __init__(self, num_clients: int, clients_per_round: int, seed: int) -> None:
+        self.num_clients = num_clients
+        self.clients_per_round = clients_per_round
+        self.seed = seed
+
+    def sample(self, server_round: int) -> list[int]:
+        """Sorted partition ids of the clients of ``server_round``."""
+        chosen = rng(self.seed, "sampling", server_round).choice(
+            self.num_clients, size=self.clients_per_round, replace=False
+        )
+        return sorted(int(c) for c in np.asarray(chosen))
+
+
+class AttackSchedule:
+    """Which clients train in each round, and which of them are malicious.
+
+    Wraps the plain sampler with the attack config's schedule (see
+    ``fedsec.config.AttackConfig``). Server and clients build the same schedule from the
+    same config, so a client knows whether it attacks without any message saying so,
+    and the strategy sees nothing but the replies.
+
+    Parameters
+    ----------
+    attack : AttackConfig
+        The ``[attack]`` section.
+    num_clients, clients_per_round, rounds, seed
+        As in the experiment config.
+    """
+
+    def __init__(self, attack, num_clients: int, clients_per_round: int, rounds: int,
+                 seed: int) -> None:
+        self.attack = attack
+        self.num_clients = num_clients
+        self.clients_per_round = clients_per_round
+        self.rounds = rounds
+        self.seed = seed
+
+    @property
+    def enabled(self) -> bool:
+        return self.attack.name != "none"
+
+    @property
+    def pool(self) -> list[int]:
+        """The attacker pool: sorted partition ids, fixed by the seed."""
+        if not self.enabled:
+            return []
+        size = self.attack.pool_size(self.num_clients)
+        return sorted(int(c) for c in rng(self.seed, "attackers").permutation(self.num_clients)[:size])
+
+    def in_window(self, server_round: int) -> bool:
+        a = self.attack
+        return self.enabled and a.start_round <= server_round <= a.last_round(self.rounds)
+
+    def attack_rounds_before(self, server_round: int) -> int | None:
+        """Index k of ``server_round`` among the scheduled attack rounds, else None."""
+        if not self.in_window(server_round) or self.attack.schedule == "random-pool":
+            return None
+        every = 1 if self.attack.schedule == "every-round" else self.attack.every
+        offset = server_round - self.attack.start_round
+        return offset // every if offset % every == 0 else None
+
+    def is_malicious(self, partition_id: int, server_round: int) -> bool:
+        """Whether client ``partition_id`` attacks when it trains in ``server_round``."""
+        return self.in_window(server_round) and partition_id in self.pool
+
+    def sample(self, server_round: int) -> tuple[list[int], list[int]]:
+        """(sorted clients of the round, sorted malicious clients among them)."""
+        plain = ClientSampler(self.num_clients, self.clients_per_round, self.seed)
+        if not self.enabled:
+            return plain.sample(server_round), []
+        pool = self.pool
+        if self.attack.schedule == "random-pool":
+            clients = plain.sample(server_round)
+        else:
+            honest = np.setdiff1d(np.arange(self.num_clients), pool)
+            k = self.attack_rounds_before(server_round)
+            per_round = 0 if k is None else self.attack.attackers_per_round
+            chosen = rng(self.seed, "sampling", server_round).choice(
+                honest, size=self.clients_per_round - per_round, replace=False)
+            # Attackers take turns: attack round k uses pool members k*m .. k*m + m - 1.
+            attackers = [pool[(k * per_round + j) % len(pool)] for j in range(per_round)]
+            clients = sorted(int(c) for c in chosen) + attackers
+            clients.sort()
+        malicious = [c for c in clients if self.is_malicious(c, server_round)]
+        return clients, malicious

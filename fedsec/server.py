@@ -1,0 +1,259 @@
+"""The server's round loop, shared by every engine.
+
+Each round: choose clients by partition id with the seeded sampler, let the strategy
+build its messages (``configure_train``) over a view of the grid that holds only those
+clients, send them, hand the replies, in partition order, to the strategy's
+``aggregate_train``, evaluate the new global model centrally and log the round.
+
+The strategy is any Flower ``FedAvg``-style strategy: fedsec's defenses or Flower's own.
+It sees only the replies; which clients were malicious is known to the loop alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from defenses import build_defense
+from fedsec.config import ExperimentConfig
+from fedsec.errors import ConfigError
+from fedsec.pretrain import initial_state
+from fedsec.results import MODEL_FILE, RunWriter
+from fedsec.task import FederatedTask, get_task, resolve_device
+from fedsec.training import evaluate
+
+IDENTIFY = f"{MessageType.QUERY}.identify"
+
+
+class RoundGrid(Grid):
+    """A grid that shows a strategy only this round's sampled nodes.
+
+    Flower strategies sample with ``random.sample`` over ``grid.get_node_ids()``; given
+    exactly the nodes fedsec's seeded sampler chose (and ``fraction_train = 1``), they
+    select all of them, so the strategy's own ``configure_train`` still builds the
+    messages (and can keep whatever state it needs, such as the global model).
+    """
+
+    def __init__(self, grid: Grid, node_ids: list[int]) -> None:
+        self._grid = grid
+        self._node_ids = node_ids
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self._node_ids)
+
+    def set_run(self, run):  # pragma: no cover - the real grid owns the run
+        self._grid.set_run(run)
+
+    @property
+    def run(self):
+        return self._grid.run
+
+    def create_message(self, *args, **kwargs):  # pragma: no cover - deprecated in Flower
+        return self._grid.create_message(*args, **kwargs)
+
+    def push_messages(self, messages):
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids):
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return self._grid.send_and_receive(messages, timeout=timeout)
+
+
+@dataclass
+class RoundOutcome:
+    arrays: ArrayRecord
+    record: dict[str, Any]
+
+
+def discover_partitions(grid: Grid, num_clients: int, timeout: float,
+                        progress: Callable[[str], None] = print) -> dict[int, int]:
+    """Map partition id -> node id by asking every connected node who it is.
+
+    Node ids are random (simulation) or assigned by the SuperLink (deployment); the
+    partition id is what a node's ``node_config`` says, so only the node can tell.
+    SuperNodes of a deployment connect one by one: wait for ``num_clients`` of them.
+    """
+    deadline = time.monotonic() + timeout
+    next_note = time.monotonic() + 10
+    while len(node_ids := list(grid.get_node_ids())) < num_clients:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"only {len(node_ids)} of {num_clients} clients connected within {timeout:.0f}s"
+            )
+        if time.monotonic() > next_note:
+            progress(f"waiting for clients: {len(node_ids)} of {num_clients} connected")
+            next_note += 10
+        time.sleep(0.5)
+    queries = [
+        Message(content=RecordDict(), dst_node_id=node_id, message_type=IDENTIFY)
+        for node_id in node_ids
+    ]
+    mapping: dict[int, int] = {}
+    for reply in grid.send_and_receive(queries, timeout=timeout):
+        if reply.has_error():
+            continue
+        info = reply.content["node"]
+        if int(info["num-partitions"]) != num_clients:
+            raise ConfigError(
+                f"the federation has {int(info['num-partitions'])} partitions but "
+                f"data.num_clients = {num_clients}; run Flower with "
+                f'--federation-config "num-supernodes={num_clients}" or set data.num_clients'
+            )
+        mapping[int(info["partition-id"])] = reply.metadata.src_node_id
+    missing = sorted(set(range(num_clients)) - set(mapping))
+    if missing:
+        raise RuntimeError(f"no node answered for partition ids {missing[:10]}")
+    return mapping
+
+
+def run_federation(
+    grid: Grid,
+    config: ExperimentConfig,
+    out_dir: str | Path,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every round of ``config`` over ``grid``; write the run directory."""
+    torch.set_num_threads(config.engine.client_num_cpus)
+    task = get_task(config)
+    writer = RunWriter(out_dir, config)
+    strategy = build_defense(config.defense.name, config.defense.params, seed=config.seed)
+    _sample_exactly_the_given_nodes(strategy, config.train.clients_per_round)
+    schedule = task.schedule
+    arrays = ArrayRecord(initial_state(task, log=progress))
+    node_of = discover_partitions(grid, task.num_clients, config.engine.round_timeout, progress)
+    partition_of = {node: pid for pid, node in node_of.items()}
+    evaluator = CentralEvaluator(task)
+
+    t_start = time.time()
+    for server_round in range(1, config.train.rounds + 1):
+        sampled, malicious = schedule.sample(server_round)
+        outcome = run_round(grid, strategy, arrays, server_round, sampled, node_of,
+                            partition_of, config)
+        if schedule.enabled:
+            outcome.record["malicious_clients"] = malicious
+            outcome.record.update(detection_counts(outcome.record, malicious))
+        arrays = outcome.arrays
+        record = {"round": server_round, **evaluator(arrays), **outcome.record}
+        record["time_s"] = round(time.time() - t_start, 3)
+        writer.log_round(record)
+        progress(_progress_line(record, config.train.rounds))
+
+    torch.save(arrays.to_torch_state_dict(), Path(out_dir) / MODEL_FILE)
+    return writer.finish({})
+
+
+def run_round(
+    grid: Grid,
+    strategy,
+    arrays: ArrayRecord,
+    server_round: int,
+    sampled: list[int],
+    node_of: dict[int, int],
+    partition_of: dict[int, int],
+    config: ExperimentConfig,
+) -> RoundOutcome:
+    """One round of training and aggregation over the clients ``sampled``."""
+    round_grid = RoundGrid(grid, [node_of[p] for p in sampled])
+    messages = strategy.configure_train(server_round, arrays, ConfigRecord(), round_grid)
+    replies = list(grid.send_and_receive(messages, timeout=config.engine.round_timeout))
+    # Completion order differs between engines; aggregation must not depend on it.
+    replies.sort(key=lambda m: partition_of.get(m.metadata.src_node_id, -1))
+    answered = {partition_of.get(m.metadata.src_node_id) for m in replies}
+    failed = sorted(
+        {partition_of.get(m.metadata.src_node_id) for m in replies if m.has_error()}
+        | (set(sampled) - answered)
+    )
+    new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+    record: dict[str, Any] = {
+        "clients": sampled,
+        "failed_clients": failed,
+        "train_loss": _metric(train_metrics, "train_loss"),
+    }
+    report = getattr(strategy, "last_report", None)
+    if report is not None and getattr(report, "round", None) == server_round:
+        record["accepted_clients"] = sorted(report.accepted)
+        record["rejected_clients"] = sorted(report.rejected)
+    if new_arrays is None:
+        record["kept_previous_model"] = True
+        new_arrays = arrays
+    return RoundOutcome(new_arrays, record)
+
+
+class CentralEvaluator:
+    """Server-side evaluation of a global model.
+
+    Main accuracy (MA) on the task's test split and, when the attack has a backdoor test
+    set, backdoor accuracy (BA): the share of those inputs classified as the target.
+    """
+
+    def __init__(self, task: FederatedTask) -> None:
+        self.model = task.new_model()
+        self.device = resolve_device(task.config.engine.device)
+        self.x, self.y = task.test_data()
+        self.backdoor = task.attack.backdoor_test_set(task) if task.attack else None
+
+    def __call__(self, arrays: ArrayRecord) -> dict[str, float]:
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        stats = evaluate(self.model, self.x, self.y, device=self.device)
+        out = {"main_accuracy": stats.accuracy, "test_loss": stats.loss}
+        if self.backdoor is not None:
+            x, target = self.backdoor
+            out["backdoor_accuracy"] = evaluate(self.model, x, target, device=self.device).accuracy
+        return out
+
+
+def detection_counts(record: dict[str, Any], malicious: list[int]) -> dict[str, int]:
+    """Confusion counts of the defense's verdict against the attack's ground truth.
+
+    A rejected malicious client is a true positive, a rejected honest one a false
+    positive. Rounds whose strategy gives no verdict count nothing.
+    """
+    if "rejected_clients" not in record:
+        return {}
+    rejected, accepted, bad = set(record["rejected_clients"]), set(record["accepted_clients"]), set(malicious)
+    return {
+        "true_positives": len(rejected & bad),
+        "false_positives": len(rejected - bad),
+        "false_negatives": len(accepted & bad),
+        "true_negatives": len(accepted - bad),
+    }
+
+
+def _sample_exactly_the_given_nodes(strategy, clients_per_round: int) -> None:
+    """Make a Flower strategy take every node of a ``RoundGrid`` and evaluate none.
+
+    fedsec evaluates centrally on the server, so federated evaluation is switched off.
+    """
+    strategy.fraction_train = 1.0
+    strategy.min_train_nodes = clients_per_round
+    strategy.min_available_nodes = clients_per_round
+    strategy.fraction_evaluate = 0.0
+    strategy.min_evaluate_nodes = 0
+
+
+def _metric(metrics, key: str) -> float | None:
+    if metrics is None or key not in metrics:
+        return None
+    return float(metrics[key])
+
+
+def _progress_line(record: dict[str, Any], rounds: int) -> str:
+    parts = [f"round {record['round']:>{len(str(rounds))}}/{rounds}",
+             f"main_accuracy {record['main_accuracy']:.4f}"]
+    if record.get("backdoor_accuracy") is not None:
+        parts.append(f"backdoor_accuracy {record['backdoor_accuracy']:.4f}")
+    if record.get("train_loss") is not None:
+        parts.append(f"train_loss {record['train_loss']:.4f}")
+    if record["failed_clients"]:
+        parts.append(f"failed {record['failed_clients']}")
+    parts.append(f"{record['time_s']:.1f}s")
+    return "  ".join(parts)

@@ -1,0 +1,128 @@
+"""What both Flower apps need from a config: the data, its partition, the model.
+
+A ``FederatedTask`` is built once per process and cached (a Ray worker hosting many
+virtual clients, or the in-process engine, loads and partitions the data once), then
+shared by the ServerApp and every ClientApp call in that process.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attacks import Attack, build_attack
+from fedsec.config import ExperimentConfig
+from fedsec.data import Dataset, load_dataset
+from fedsec.models import build_model
+from fedsec.partition import partition_indices
+from fedsec.sampling import AttackSchedule
+from fedsec.seeding import derive_seed
+
+
+@dataclass(frozen=True)
+class FederatedTask:
+    """A data set split among clients, the model they train, and who attacks when."""
+
+    config: ExperimentConfig
+    dataset: Dataset
+    partitions: tuple[np.ndarray, ...]
+    attack: Attack | None = None
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.partitions)
+
+    @property
+    def schedule(self) -> AttackSchedule:
+        c = self.config
+        return AttackSchedule(c.attack, self.num_clients, c.train.clients_per_round,
+                              c.train.rounds, c.seed)
+
+    def client_data(self, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training examples held by client ``partition_id``."""
+        idx = self.partitions[partition_id]
+        return _tensors(self.dataset.x_train[idx], self.dataset.y_train[idx])
+
+    def train_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole training split (central pre-training)."""
+        return _tensors(self.dataset.x_train, self.dataset.y_train)
+
+    def test_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return _tensors(self.dataset.x_test, self.dataset.y_test)
+
+    def new_model(self) -> torch.nn.Module:
+        """A freshly initialised model; the seed makes the initial weights reproducible."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.config.seed, "init-model"))
+            return build_model(
+                self.config.model.name, self.dataset.input_shape, self.dataset.num_classes
+            )
+
+    def train_kwargs(self, server_round: int, partition_id: int) -> dict:
+        """Keyword arguments of ``fedsec.training.train`` for one client in one round."""
+        t = self.config.train
+        return {
+            "epochs": t.local_epochs, "batch_size": t.batch_size,
+            "lr": t.lr * t.lr_decay ** (server_round - 1),
+            "momentum": t.momentum, "weight_decay": t.weight_decay,
+            "seed": derive_seed(self.config.seed, "client-train", server_round, partition_id),
+            "device": resolve_device(self.config.engine.device),
+        }
+
+    def client_examples(self, partition_id: int, server_round: int) -> int:
+        """How many examples client ``partition_id`` trains on in ``server_round``."""
+        if self.attack is not None and self.schedule.is_malicious(partition_id, server_round):
+            return len(self.attack.attacker_data(self, partition_id)[1])
+        return len(self.partitions[partition_id])
+
+
+def get_task(config: ExperimentConfig) -> FederatedTask:
+    """The task for ``config``; data are loaded and partitioned at most once per process.
+
+    The cache key holds exactly what the data, the partition and the attack depend on,
+    so two configs that differ only in, say, the defense share one task.
+    """
+    key = json.dumps({"seed": config.seed, "data": config.to_dict()["data"],
+                      "attack": config.to_dict()["attack"]}, sort_keys=True)
+    if key not in _TASK_CACHE:
+        if len(_TASK_CACHE) >= _TASK_CACHE_SIZE:
+            _TASK_CACHE.pop(next(iter(_TASK_CACHE)))
+        _TASK_CACHE[key] = _build(config)
+    return FederatedTask(config, *_TASK_CACHE[key])
+
+
+_TASK_CACHE: dict[str, tuple[Dataset, tuple[np.ndarray, ...], Attack | None]] = {}
+_TASK_CACHE_SIZE = 4
+
+
+def _build(config: ExperimentConfig) -> tuple[Dataset, tuple[np.ndarray, ...], Attack | None]:
+    d = config.data
+    dataset = load_dataset(d.name, d.dir or None)
+    attack = build_attack(config, dataset)
+    if attack is not None:
+        # e.g. tail examples become the attacker's and leave every honest client's data
+        dataset = attack.edit_dataset(dataset, derive_seed(config.seed, "attack-data"))
+    parts = partition_indices(
+        dataset.y_train, d.num_clients, d.partition, alpha=d.alpha,
+        classes_per_client=d.classes_per_client, min_size=d.min_partition_size,
+        seed=derive_seed(config.seed, "partition"),
+    )
+    return dataset, tuple(parts), attack
+
+
+def _tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; an explicit ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from fedsec.errors import ConfigError
+
+        raise ConfigError("engine.device = 'cuda' but torch sees no CUDA device; use cpu or auto")
+    return torch.device(name)

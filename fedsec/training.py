@@ -1,0 +1,244 @@
+"""Local training and evaluation loops, plus flat-parameter helpers.
+
+Every client, the central pre-training and the attacks train through ``train``, and
+everything that scores a model goes through ``evaluate`` / ``predict_logits``.  Pure torch
+(no Flower), whole data sets as tensors in memory (federated client shards are small),
+no DataLoader: minibatches are index slices of a seeded permutation.
+
+The flat-vector helpers (``flatten_params``, ``assign_flat_params``) let defenses and attacks
+treat a model update as one vector.  They cover parameters only, in ``model.parameters()``
+order; buffers such as BatchNorm running statistics are not part of the vector and must be
+handled separately (e.g. through ``state_dict``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fedsec.errors import ConfigError
+
+Array = torch.Tensor | np.ndarray
+Device = torch.device | str
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    """What one ``train`` call did.
+
+    loss: mean cross-entropy per example over the last epoch (measured during training,
+    i.e. with dropout active and weights changing); num_examples: size of the training set
+    (the FedAvg weight, not multiplied by epochs); num_steps: optimizer steps taken.
+    """
+
+    loss: float
+    num_examples: int
+    num_steps: int
+
+
+@dataclass(frozen=True)
+class EvalStats:
+    """Model quality on a data set: mean cross-entropy, accuracy in [0, 1], size."""
+
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+def _as_tensor(a: Array) -> torch.Tensor:
+    """Return ``a`` as a tensor, sharing memory with a numpy array instead of copying it."""
+    return torch.from_numpy(a) if isinstance(a, np.ndarray) else a
+
+
+def _check_data(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Raise if features and labels do not pair up, or there is nothing to use."""
+    if y.dim() != 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"need x of shape (N, ...) and labels y of shape (N,), got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    if y.shape[0] == 0:
+        raise ConfigError("the data set is empty: training or evaluation needs at least one example")
+
+
+def _is_positive_int(value: object) -> bool:
+    """True for an int >= 1 (bools excluded: ``True`` is not a count)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_batch_size(batch_size: int) -> None:
+    """Raise ConfigError unless ``batch_size`` is an int >= 1."""
+    if not _is_positive_int(batch_size):
+        raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
+
+
+def _check_hyperparameters(epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float) -> None:
+    """Raise ConfigError for training settings outside their valid ranges."""
+    if not _is_positive_int(epochs):
+        raise ConfigError(f"epochs must be an int >= 1, got {epochs!r}")
+    _check_batch_size(batch_size)
+    if not lr > 0:
+        raise ConfigError(f"lr must be > 0, got {lr!r}")
+    if not 0 <= momentum < 1:
+        raise ConfigError(f"momentum must be in [0, 1), got {momentum!r}")
+    if not weight_decay >= 0:
+        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay!r}")
+
+
+def _batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device, order: torch.Tensor | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (x, y) minibatches on ``device``, in ``order`` if given; the last one may be short."""
+    n = y.shape[0]
+    for start in range(0, n, batch_size):
+        if order is None:
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        else:
+            index = order[start : start + batch_size]
+            xb, yb = x[index], y[index]
+        yield xb.to(device, non_blocking=True), yb.to(device, dtype=torch.long, non_blocking=True)
+
+
+def _cuda_index(device: torch.device) -> int | None:
+    """Index of the CUDA device ``device`` names, or None for a non-CUDA device."""
+    if device.type != "cuda":
+        return None
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _seed_global_rng(seed: int, cuda_index: int | None) -> None:
+    """Seed the global generator that dropout on this device draws from (CPU or one GPU)."""
+    if cuda_index is None:
+        torch.default_generator.manual_seed(seed)
+    else:
+        with torch.cuda.device(cuda_index):
+            torch.cuda.manual_seed(seed)
+
+
+def train(
+    model: nn.Module,
+    x: Array,
+    y: Array,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    seed: int,
+    device: Device = "cpu",
+    after_step: Callable[[int], None] | None = None,
+) -> TrainStats:
+    """Train ``model`` in place with minibatch SGD (momentum, weight decay) on cross-entropy.
+
+    Each epoch visits every example once in the order of ``torch.randperm`` drawn from a
+    ``torch.Generator`` seeded with ``seed``; the last, possibly partial, batch is used, so
+    an epoch has ceil(N / batch_size) steps.  ``after_step(k)`` runs after the k-th
+    optimizer step (k = 1, 2, ... over all epochs): attacks hook in there, e.g. PGD projects
+    the weights back onto a norm ball every few steps.
+
+    Dropout draws its masks from torch's global generator (of the training device), not
+    from our generator, so that generator is seeded with ``seed`` too: the same model, data
+    and seed then give bit-identical weights (at the same ``torch.set_num_threads``).  The
+    seeding happens inside ``torch.random.fork_rng``, so the caller's global random stream
+    is left as it was.  A fresh optimizer is made per call (no momentum carried over between rounds, as
+    for an FL client).  The model is moved to ``device`` and stays in train mode; the data
+    may live on the CPU and travels one batch at a time.
+    """
+    _check_hyperparameters(epochs, batch_size, lr, momentum, weight_decay)
+    x, y = _as_tensor(x), _as_tensor(y)
+    _check_data(x, y)
+    device = torch.device(device)
+    n = y.shape[0]
+    model.to(device)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    order_rng = torch.Generator().manual_seed(seed)
+    step = 0
+    cuda_index = _cuda_index(device)
+    with torch.random.fork_rng(devices=[] if cuda_index is None else [cuda_index]):
+        _seed_global_rng(seed, cuda_index)
+        for _ in range(epochs):
+            loss_sum = torch.zeros((), device=device)
+            order = torch.randperm(n, generator=order_rng).to(x.device)
+            for xb, yb in _batches(x, y, batch_size, device, order):
+                loss = F.cross_entropy(model(xb), yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach() * yb.shape[0]
+                step += 1
+                if after_step is not None:
+                    after_step(step)
+    return TrainStats(loss=loss_sum.item() / n, num_examples=n, num_steps=step)
+
+
+def evaluate(model: nn.Module, x: Array, y: Array, *, batch_size: int = 1024, device: Device = "cpu") -> EvalStats:
+    """Mean cross-entropy and accuracy of ``model`` on (x, y), in eval mode without gradients.
+
+    The model is moved to ``device`` and left in eval mode.
+    """
+    _check_batch_size(batch_size)
+    x, y = _as_tensor(x), _as_tensor(y)
+    _check_data(x, y)
+    device = torch.device(device)
+    model.to(device)
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    with torch.no_grad():
+        for xb, yb in _batches(x, y, batch_size, device):
+            logits = model(xb)
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+            correct += (logits.argmax(dim=1) == yb).sum()
+    n = y.shape[0]
+    return EvalStats(loss=loss_sum.item() / n, accuracy=correct.item() / n, num_examples=n)
+
+
+def predict_logits(model: nn.Module, x: Array, batch_size: int = 1024, device: Device = "cpu") -> torch.Tensor:
+    """Logits of ``model`` for every row of ``x``: an (N, classes) tensor on the CPU.
+
+    Runs in eval mode under ``torch.no_grad`` (not inference mode, so the result can still
+    be used as a constant in later autograd computations); leaves the model in eval mode.
+    """
+    _check_batch_size(batch_size)
+    x = _as_tensor(x)
+    if x.shape[0] == 0:
+        raise ConfigError("the data set is empty: prediction needs at least one example")
+    device = torch.device(device)
+    model.to(device)
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(x[i : i + batch_size].to(device)).cpu() for i in range(0, x.shape[0], batch_size)])
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of scalars in ``model.parameters()`` (buffers excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def flatten_params(model: nn.Module) -> torch.Tensor:
+    """All parameters as one detached 1-D copy, in ``model.parameters()`` order, on their device."""
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def assign_flat_params(model: nn.Module, flat: torch.Tensor) -> None:
+    """Copy the 1-D vector ``flat`` into the model's parameters in place (inverse of ``flatten_params``).
+
+    The values are copied (converted to each parameter's dtype and device), so later changes
+    to ``flat`` do not reach the model.  Raises ValueError if the length does not match.
+    """
+    expected = parameter_count(model)
+    if flat.dim() != 1 or flat.numel() != expected:
+        raise ValueError(
+            f"flat parameter vector has shape {tuple(flat.shape)} but the model needs a 1-D vector of {expected} values"
+        )
+    offset = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(flat[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()

@@ -1,0 +1,253 @@
+"""Aggregation rules on hand-made inputs whose right answer is known."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from defenses.rules import (
+    AggregationRule,
+    BulyanRule,
+    FedAvgRule,
+    FLAMERule,
+    FLTrustRule,
+    FoolsGoldRule,
+    KrumRule,
+    MedianRule,
+    MultiKrumRule,
+    MultiMetricsRule,
+    NormClippingRule,
+    RFARule,
+    RLRRule,
+    TrimmedMeanRule,
+    WeakDPRule,
+)
+
+
+def honest_and_outlier(n: int = 10, d: int = 200, outlier: int = 3, seed: int = 0):
+    """``n`` models: honest ones share an update direction, ``outlier`` goes elsewhere."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(d, generator=gen, dtype=torch.float64)
+    direction = 0.1 * torch.randn(d, generator=gen, dtype=torch.float64)
+    models = base + direction + 0.02 * torch.randn(n, d, generator=gen, dtype=torch.float64)
+    models[outlier] = base + 2.0 * torch.randn(d, generator=gen, dtype=torch.float64)
+    return models.float(), base.float()
+
+
+def run(rule: AggregationRule, models, global_model, weights=None, **kwargs):
+    rule.validate()
+    weights = torch.ones(models.shape[0]) if weights is None else weights
+    return rule.aggregate(models, weights, global_model, list(range(models.shape[0])), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [KrumRule(), MultiKrumRule(), MultiMetricsRule(variant="paper"), FLAMERule()],
+    ids=lambda r: r.name,
+)
+def test_a_clear_outlier_is_rejected(rule):
+    models, base = honest_and_outlier()
+    result = run(rule, models, base)
+    assert not result.accepted[3]
+    assert result.accepted.any()
+    assert torch.isfinite(result.model).all()
+
+
+def test_krum_picks_one_model_and_multi_krum_averages_n_minus_f():
+    models, base = honest_and_outlier()
+    krum = run(KrumRule(num_malicious=1), models, base)
+    assert int(krum.accepted.sum()) == 1
+    assert torch.equal(krum.model, models[krum.accepted][0])
+    assert int(krum.scores.argmax()) == 3
+    multi = run(MultiKrumRule(num_malicious=1), models, base)
+    assert multi.accepted.tolist() == [i != 3 for i in range(10)]
+    torch.testing.assert_close(multi.model, models[multi.accepted].mean(dim=0))
+
+
+def test_krum_score_is_the_sum_of_the_nearest_squared_distances():
+    models = torch.tensor([[0.0], [1.0], [3.0], [7.0], [15.0]])
+    # n - f - 2 = 2 nearest others; squared distances to the others:
+    # 0: 1, 9, 49, 225 -> 10; 1: 1, 4, 36, 196 -> 5; 3: 9, 4, 16, 144 -> 13
+    # 7: 49, 36, 16, 64 -> 52; 15: 225, 196, 144, 64 -> 208
+    result = run(KrumRule(num_malicious=1), models, torch.zeros(1))
+    assert result.scores.tolist() == [10.0, 5.0, 13.0, 52.0, 208.0]
+    assert result.accepted.tolist() == [False, True, False, False, False]
+
+
+def test_krum_keeps_the_model_with_too_few_clients():
+    result = run(KrumRule(num_malicious=1), torch.randn(4, 3), torch.zeros(3))
+    assert result.model is None and "at least 5" in result.note
+
+
+def test_median_of_known_vectors():
+    models = torch.tensor([[1.0, -5.0], [3.0, 0.0], [2.0, 9.0], [100.0, 1.0]])
+    result = run(MedianRule(), models, torch.zeros(2))
+    assert result.model.tolist() == [2.5, 0.5]
+    odd = run(MedianRule(), models[:3], torch.zeros(2))
+    assert odd.model.tolist() == [2.0, 0.0]
+
+
+def test_trimmed_mean_of_known_vectors():
+    models = torch.tensor([[1.0], [2.0], [3.0], [4.0], [100.0]])
+    assert run(TrimmedMeanRule(beta=0.2), models, torch.zeros(1)).model.tolist() == [3.0]
+    assert run(TrimmedMeanRule(beta=0.0), models, torch.zeros(1)).model.tolist() == [22.0]
+
+
+def test_bulyan_ignores_an_outlier_and_needs_4f_plus_3_clients():
+    models, base = honest_and_outlier(n=7)
+    result = run(BulyanRule(num_malicious=1), models, base)
+    assert not result.accepted[3] and int(result.accepted.sum()) == 5
+    honest = torch.cat([models[:3], models[4:]])
+    assert (result.model - honest.mean(dim=0)).norm() < 0.1 * (models[3] - base).norm()
+    assert run(BulyanRule(num_malicious=1), models[:6], base).model is None
+
+
+def test_bulyan_averages_the_values_closest_to_the_median():
+    models = torch.tensor([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0], [1000.0]])
+    result = run(BulyanRule(num_malicious=1), models, torch.zeros(1))
+    # Repeated Krum drops 1000 and one extreme (0 or 5); beta = 3 values around the median.
+    assert not result.accepted[6]
+    assert result.model.item() in (2.0, 3.0)
+
+
+def test_fedavg_is_the_weighted_mean():
+    models = torch.tensor([[0.0, 2.0], [4.0, 6.0]])
+    result = run(FedAvgRule(), models, torch.zeros(2), weights=torch.tensor([3.0, 1.0]))
+    assert result.model.tolist() == [1.0, 3.0]
+
+
+def test_norm_clipping_clips_to_exactly_the_bound():
+    start = torch.tensor([1.0, 1.0, 1.0])
+    models = start + torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.3, 0.4]])
+    one = run(NormClippingRule(norm_bound=1.5), models[:1], start)
+    assert torch.linalg.vector_norm(one.model - start).item() == pytest.approx(1.5, rel=1e-6)
+    torch.testing.assert_close(one.model, start + torch.tensor([0.9, 1.2, 0.0]))
+    both = run(NormClippingRule(norm_bound=1.5), models, start)
+    torch.testing.assert_close(both.model, start + torch.tensor([0.45, 0.75, 0.2]))
+    assert both.scores.tolist() == pytest.approx([5.0, 0.5])
+
+
+def test_weak_dp_adds_seeded_noise_of_the_given_std():
+    start = torch.zeros(20_000)
+    models = torch.zeros(2, 20_000)
+    first = run(WeakDPRule(noise_std=0.025, seed=7), models, start).model
+    again = run(WeakDPRule(noise_std=0.025, seed=7), models, start).model
+    other = run(WeakDPRule(noise_std=0.025, seed=8), models, start).model
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert first.std().item() == pytest.approx(0.025, rel=0.05)
+
+
+def test_seeded_rules_resume_their_noise_stream_from_a_checkpoint():
+    start, models = torch.zeros(50), torch.zeros(3, 50)
+    straight = WeakDPRule(seed=1)
+    run(straight, models, start)
+    second = run(straight, models, start).model
+    resumed = WeakDPRule(seed=1)
+    resumed.load_state_dict(straight.state_dict() | {"calls": 1})
+    assert torch.equal(run(resumed, models, start).model, second)
+
+
+def test_rfa_of_symmetric_points_is_the_centre():
+    centre = torch.tensor([1.0, -2.0, 0.5])
+    offsets = torch.tensor([[1.0, 0, 0], [-1.0, 0, 0], [0, 2.0, 0], [0, -2.0, 0]])
+    result = run(RFARule(), centre + offsets, torch.zeros(3))
+    torch.testing.assert_close(result.model, centre)
+
+
+def test_rfa_resists_one_far_point_unlike_the_mean():
+    models = torch.tensor([[0.0], [1.0], [2.0], [1000.0]])
+    result = run(RFARule(max_iter=50), models, torch.zeros(1))
+    assert 1.0 <= result.model.item() <= 2.0
+    assert int(result.scores.argmax()) == 3
+
+
+def test_foolsgold_down_weights_two_identical_clients_over_rounds():
+    gen = torch.Generator().manual_seed(0)
+    rule = FoolsGoldRule()
+    start = torch.zeros(50)
+    for _ in range(3):
+        honest = torch.randn(3, 50, generator=gen)
+        sybil = torch.randn(50, generator=gen)
+        models = torch.cat([honest, sybil.expand(2, 50)])
+        result = run(rule, models, start)
+    assert result.scores[3:].tolist() == [0.0, 0.0]
+    assert (result.scores[:3] > 0.5).all()
+    assert result.accepted.tolist() == [True, True, True, False, False]
+    assert sorted(rule.state_dict()["history"]) == [0, 1, 2, 3, 4]
+
+
+def test_foolsgold_history_is_keyed_by_client_id_and_survives_a_checkpoint():
+    rule = FoolsGoldRule()
+    start = torch.zeros(4)
+    rule.aggregate(torch.eye(4)[:2], torch.ones(2), start, [10, 20])
+    rule.aggregate(torch.eye(4)[2:], torch.ones(2), start, [20, 30])
+    history = rule.state_dict()["history"]
+    assert history[20].tolist() == [0.0, 1.0, 1.0, 0.0]
+    copy = FoolsGoldRule()
+    copy.load_state_dict(rule.state_dict())
+    assert copy.state_dict()["history"][30].tolist() == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_flame_keeps_the_bigger_of_two_separated_groups():
+    gen = torch.Generator().manual_seed(1)
+    start = torch.zeros(100)
+    big_direction, small_direction = torch.randn(100, generator=gen), torch.randn(100, generator=gen)
+    big = big_direction + 0.01 * torch.randn(6, 100, generator=gen)
+    small = small_direction + 0.01 * torch.randn(4, 100, generator=gen)
+    models = torch.cat([small[:2], big[:3], small[2:], big[3:]])
+    result = run(FLAMERule(noise_lambda=0.0), models, start)
+    assert result.accepted.tolist() == [False, False, True, True, True, False, False, True, True, True]
+
+
+def test_flame_clips_to_the_median_norm_and_adds_scaled_noise():
+    start = torch.zeros(3)
+    models = torch.tensor([[1.0, 0, 0], [2.0, 0, 0], [3.0, 0, 0]])
+    result = run(FLAMERule(noise_lambda=0.0), models, start)
+    assert result.accepted.all()
+    torch.testing.assert_close(result.model, torch.tensor([5.0 / 3, 0, 0]))
+    noisy = run(FLAMERule(noise_lambda=0.1), torch.ones(3, 20_000), torch.zeros(20_000))
+    norm = math.sqrt(20_000)
+    assert (noisy.model - 1).std().item() == pytest.approx(0.1 * norm, rel=0.05)
+
+
+def test_fltrust_gives_zero_weight_to_an_update_opposite_to_the_root_update():
+    start = torch.zeros(3)
+    root = torch.tensor([1.0, 0.0, 0.0])
+    models = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [-5.0, 0.0, 0.0]])
+    result = run(FLTrustRule(), models, start, root_update=root)
+    assert result.scores.tolist() == [1.0, 0.0, 0.0]
+    assert result.accepted.tolist() == [True, False, False]
+    torch.testing.assert_close(result.model, root)  # rescaled to ||g_0||
+
+
+def test_fltrust_keeps_the_model_when_it_trusts_nobody():
+    result = run(FLTrustRule(), -torch.ones(2, 3), torch.zeros(3), root_update=torch.ones(3))
+    assert result.model is None and not result.accepted.any()
+
+
+def test_rlr_flips_the_learning_rate_where_signs_disagree():
+    start = torch.zeros(2)
+    # coordinate 0: four clients agree (+); coordinate 1: signs cancel (2 vs 2)
+    updates = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, -1.0], [1.0, -3.0]])
+    result = run(RLRRule(threshold=4, server_lr=1.0), start + updates, start)
+    assert result.model.tolist() == [1.0, 0.5]  # mean is [1, -0.5]; lr -1 on coordinate 1
+    relaxed = run(RLRRule(threshold=0), start + updates, start)
+    assert relaxed.model.tolist() == [1.0, -0.5]
+
+
+def test_rows_with_nan_or_inf_are_never_used():
+    models = torch.tensor([[1.0, 1.0], [float("nan"), 0.0], [3.0, float("inf")], [3.0, 3.0]])
+    result = run(FedAvgRule(), models, torch.zeros(2))
+    assert result.model.tolist() == [2.0, 2.0]
+    assert result.accepted.tolist() == [True, False, False, True]
+    assert run(MedianRule(), models[1:3], torch.zeros(2)).model is None
+
+
+def test_an_aggregate_that_overflows_keeps_the_model():
+    huge = torch.full((2, 3), 3e38)
+    result = run(FedAvgRule(), huge, torch.zeros(3), weights=torch.tensor([1.0, 1.0]))
+    assert torch.isfinite(result.model).all()
+    result = run(TrimmedMeanRule(beta=0.0), huge, torch.zeros(3))
+    assert result.model is None and result.note == "aggregate is not finite"

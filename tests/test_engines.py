@@ -1,0 +1,153 @@
+"""End to end: the same ServerApp and ClientApp on the in-process and Flower engines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import Message
+from flwr.clientapp import ClientApp
+
+from fedsec.apps import client_app as client_module
+from fedsec.apps.server_app import OUTPUT_DIR_KEY
+from fedsec.apps.server_app import app as server_app
+from fedsec.cli import DEFAULT_EXPERIMENT, main
+from fedsec.config import ExperimentConfig, load_config
+from fedsec.engines.flower import flower_env
+from fedsec.engines.processes import free_port, marked_pids, start_process, stop_marked, wait_for_port
+from fedsec.engines.inprocess import run_inprocess
+from fedsec.models import build_model
+from fedsec.results import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["data.name=digits", "model.name=mlp", "data.num_clients=4", "data.min_partition_size=5",
+         "train.clients_per_round=3", "train.rounds=2", "train.local_epochs=1",
+         "engine.client_num_cpus=1", "seed=5"]
+
+
+def rounds_without_time(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+def run_cli(out: Path, *overrides: str) -> None:
+    argv = ["run", "--out", str(out)]
+    for item in (*SMALL, *overrides):
+        argv += ["--set", item]
+    assert main(argv) == 0
+
+
+def test_inprocess_run_writes_a_complete_run_directory(tmp_path, capsys):
+    run_cli(tmp_path / "run")
+    rounds = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:
+        assert 0.0 <= r["main_accuracy"] <= 1.0
+        assert len(r["clients"]) == 3 and r["failed_clients"] == []
+    assert rounds[-1]["main_accuracy"] > 0.3  # digits + MLP learns fast; chance is 0.1
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["rounds"] == 2 and summary["seed"] == 5
+    assert summary["final_main_accuracy"] == rounds[-1]["main_accuracy"]
+    state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    build_model("mlp", (1, 8, 8), 10).load_state_dict(state)  # strict: every tensor there
+    out = capsys.readouterr().out
+    assert "round 1/2" in out and "round 2/2" in out and "main_accuracy" in out
+
+
+def test_same_seed_same_metrics_and_other_seed_differs(tmp_path):
+    run_cli(tmp_path / "a")
+    run_cli(tmp_path / "b")
+    run_cli(tmp_path / "c", "seed=6")
+    assert rounds_without_time(tmp_path / "a") == rounds_without_time(tmp_path / "b")
+    assert rounds_without_time(tmp_path / "a") != rounds_without_time(tmp_path / "c")
+
+
+def test_a_failing_client_is_recorded_and_the_round_goes_on(tmp_path):
+    config = load_config(None, SMALL + ["train.clients_per_round=4"])
+    failing = ClientApp()
+
+    @failing.query("identify")
+    def identify(msg: Message, context):
+        return client_module.identify(msg, context)
+
+    @failing.train()
+    def train(msg: Message, context):
+        if client_module.partition_id(context) == 2:
+            raise RuntimeError("client 2 crashed")
+        return client_module.local_train(msg, context)
+
+    run_config = {**config.to_flat(), OUTPUT_DIR_KEY: str(tmp_path / "run")}
+    run_inprocess(server_app, failing, 4, run_config)
+    rounds = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["failed_clients"] for r in rounds] == [[2], [2]]
+    assert all(r["main_accuracy"] > 0.2 for r in rounds)
+
+
+@pytest.mark.slow
+def test_flower_engine_gives_identical_rounds_to_inprocess(tmp_path):
+    run_cli(tmp_path / "inprocess")
+    run_cli(tmp_path / "flower", "engine.name=flower")
+    assert rounds_without_time(tmp_path / "flower") == rounds_without_time(tmp_path / "inprocess")
+    assert marked_pids(str(tmp_path / "flower" / ".flwr")) == []
+
+
+@pytest.mark.slow
+def test_flwr_run_dot_runs_the_repo_as_a_flower_app(tmp_path):
+    """`flwr run .` at the repo root, as a user does, against a SuperLink we own."""
+    home = tmp_path / "flwr-home"
+    env = flower_env(home)
+    port = free_port()
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "t"\n[superlink.t]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+    bin_dir = Path(sys.executable).parent
+    link = start_process([str(bin_dir / "flower-superlink"), "--insecure", "--simulation",
+                          "--host", "127.0.0.1", "--port", str(port),
+                          "--disable-runtime-dependency-installation"], env, home / "superlink.log")
+    try:
+        wait_for_port(port, link, home / "superlink.log")
+        overrides = " ".join(f"{k}={_toml(v)}" for k, v in _small_flat().items())
+        overrides += f' {OUTPUT_DIR_KEY}="{tmp_path / "run"}"'
+        result = subprocess.run(
+            [str(bin_dir / "flwr"), "run", ".", "t", "--run-config", overrides,
+             "--federation-config", "num-supernodes=4 client-resources-num-cpus=1", "--stream"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    finally:
+        stop_marked(str(home))
+        link.wait()
+    assert marked_pids(str(home)) == []
+    assert [r["round"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+    assert rounds_without_time(tmp_path / "run") == _inprocess_reference(tmp_path)
+
+
+def _small_flat() -> dict:
+    flat = load_config(None, SMALL).to_flat()
+    return {k: v for k, v in flat.items() if k.split(".")[0] in
+            ("seed", "data", "model", "train", "engine")}
+
+
+def _inprocess_reference(tmp_path: Path) -> list[dict]:
+    run_cli(tmp_path / "reference")
+    return rounds_without_time(tmp_path / "reference")
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+def test_pyproject_flower_app_config_is_the_default_experiment():
+    """`flwr run .` must run what `fedsec run` runs (on Flower's engine)."""
+    table = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert table.pop("output") == {"dir": "runs/flwr-run"}
+    assert table["engine"].pop("name") == "flower"
+    default = load_config(DEFAULT_EXPERIMENT)
+    default.engine.name = ExperimentConfig().engine.name
+    assert ExperimentConfig.from_dict(table) == default
