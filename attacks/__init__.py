@@ -9,13 +9,26 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from attacks.base import Attack, AttackContext
+from attacks.dba import DBA
+from attacks.edge_case import EdgeCase
+from attacks.edge_case_pgd import EdgeCasePGD
+from attacks.edge_case_pgd_replacement import EdgeCasePGDReplacement
+from attacks.gaussian import GaussianNoise
+from attacks.label_flip import LabelFlip
+from attacks.neurotoxin import Neurotoxin
+from attacks.pgd import PatternPGD
+from attacks.pixel_replacement import PixelReplacement
+from attacks.sign_flip import SignFlip
 from fedsec.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from fedsec.config import ExperimentConfig
     from fedsec.data import Dataset
 
-ATTACK_CLASSES: tuple[type[Attack], ...] = ()
+ATTACK_CLASSES: tuple[type[Attack], ...] = (
+    EdgeCase, EdgeCasePGD, EdgeCasePGDReplacement, PixelReplacement, PatternPGD, DBA,
+    Neurotoxin, LabelFlip, GaussianNoise, SignFlip,
+)
 ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in ATTACK_CLASSES}
 
 __all__ = ["ATTACKS", "Attack", "AttackContext", "attack_names", "build_attack"]

@@ -36,6 +36,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from fedsec.task import FederatedTask
 
 
+def num_classes(config: ExperimentConfig, dataset: Dataset | None) -> int:
+    """Classes of the experiment's data set, read from the registry when not loaded."""
+    if dataset is not None:
+        return dataset.num_classes
+    from fedsec.data import num_classes as registry_num_classes
+
+    return registry_num_classes(config.data.name)
+
+
 @dataclass(frozen=True)
 class AttackContext:
     """What a malicious client knows when it trains in a round.
@@ -77,10 +86,11 @@ class Attack:
         """Raise ConfigError for bad parameters; ``dataset`` is None for a cheap check."""
         if self.target_label == -1 and self.default_target is None:
             raise ConfigError(f"attack {self.name!r} needs attack.target_label")
-        if dataset is not None and not 0 <= self.target <= dataset.num_classes - 1:
+        classes = num_classes(config, dataset)
+        if not 0 <= self.target <= classes - 1:
             raise ConfigError(
-                f"attack.target_label must be a class of {dataset.name} "
-                f"(0..{dataset.num_classes - 1}), got {self.target}"
+                f"attack.target_label must be a class of {config.data.name} "
+                f"(0..{classes - 1}), got {self.target}"
             )
 
     @property

@@ -1,6 +1,7 @@
 """The ``fedsec`` command.
 
     fedsec run [CONFIG.toml] [--set section.key=value ...] [--out DIR]
+    fedsec run --resume RUN_DIR
     fedsec partition [CONFIG.toml] [--set ...] [--out FILE.png]
 
 A user error (bad config, missing data) prints one line and exits with code 2 before
@@ -15,7 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+from fedsec.checkpoint import CHECKPOINT_FILE
+from fedsec.config import load_config
 from fedsec.errors import FedsecError
+from fedsec.results import CONFIG_FILE
 
 EXIT_USAGE = 2
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parent / "default.toml"
@@ -33,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one experiment")
     _config_args(run)
     run.add_argument("--out", help="run directory (default: runs/<config>-<time>)")
+    run.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue an interrupted run from its last checkpoint")
     run.set_defaults(handler=cmd_run)
 
     part = sub.add_parser("partition", help="plot the per-client label histogram as a PNG")
@@ -49,8 +55,6 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from fedsec.config import load_config
-
     return load_config(args.config or DEFAULT_EXPERIMENT, args.overrides)
 
 
@@ -58,17 +62,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedsec.engines import run_experiment
     from fedsec.task import get_task
 
-    config = _load(args)
+    if args.resume:
+        out = Path(args.resume)
+        if args.config or args.overrides or args.out:
+            raise FedsecError("--resume takes the run directory alone: its config.toml is the experiment")
+        if not (out / CHECKPOINT_FILE).is_file():
+            raise FedsecError(f"cannot resume {out}: no {CHECKPOINT_FILE} there (not a run "
+                              "directory, or it died before its first checkpoint)")
+        config = load_config(out / CONFIG_FILE)
+    else:
+        config = _load(args)
+        stem = Path(args.config).stem if args.config else "default"
+        out = Path(args.out or f"runs/{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     get_task(config)  # load the data and check the attack against it before any training
-    stem = Path(args.config).stem if args.config else "default"
-    out = Path(args.out or f"runs/{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     print(f"fedsec: {config.data.name} / {config.model.name} / {config.defense.name}, "
           f"{config.data.num_clients} clients, {config.train.rounds} rounds on the "
           f"{config.engine.name} engine -> {out}", flush=True)
     # fedsec prints one line per round; Flower's per-round INFO log would repeat it.
     logging.getLogger("flwr").setLevel(logging.WARNING)
     try:
-        run_experiment(config, out)
+        run_experiment(config, out, resume=bool(args.resume))
     except KeyboardInterrupt:
         print(f"fedsec: interrupted; finished rounds are in {out}/metrics.jsonl", file=sys.stderr)
         return 130

@@ -72,6 +72,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     pretrain_epochs: int = 0  # > 0: start from a model trained centrally for E epochs
     pretrain_cache: str = ""  # "" = ~/.cache/fedsec/pretrained (or $FEDSEC_CACHE)
+    min_replies: int = 1  # fewer valid replies than this: the round keeps the old model
 
 
 @dataclass
@@ -88,6 +89,8 @@ class EngineConfig:
     client_num_gpus: float = 0.0
     device: str = "cpu"  # where training and aggregation run: cpu, cuda or auto
     round_timeout: float = 3600.0  # seconds the server waits for a round's replies
+    connect_timeout: float = 600.0  # seconds to wait for every client to connect and answer
+    checkpoint_every: int = 1  # rounds between checkpoints (0: none); see --resume
 
 
 @dataclass
@@ -250,6 +253,12 @@ class ExperimentConfig:
         _at_least("train.local_epochs", t.local_epochs, 1)
         _at_least("train.batch_size", t.batch_size, 1)
         _at_least("train.pretrain_epochs", t.pretrain_epochs, 0)
+        _at_least("train.min_replies", t.min_replies, 1)
+        if t.min_replies > t.clients_per_round:
+            raise ConfigError(
+                f"train.min_replies ({t.min_replies}) must be <= train.clients_per_round "
+                f"({t.clients_per_round})"
+            )
         _positive("train.lr", t.lr)
         _positive("train.lr_decay", t.lr_decay)
         if not 0.0 <= t.momentum < 1.0:
@@ -265,6 +274,8 @@ class ExperimentConfig:
         if e.client_num_gpus < 0:
             raise ConfigError(f"engine.client_num_gpus must be >= 0, got {e.client_num_gpus}")
         _positive("engine.round_timeout", e.round_timeout)
+        _positive("engine.connect_timeout", e.connect_timeout)
+        _at_least("engine.checkpoint_every", e.checkpoint_every, 0)
         data_registry.check_available(d.name, d.dir or None)
         self._validate_attack_schedule()
         _validate_defense(self)

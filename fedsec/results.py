@@ -49,15 +49,21 @@ class RunWriter:
         The run directory; created if needed.
     config : ExperimentConfig
         The resolved experiment, written to ``config.toml`` at once.
+    keep_rounds : int
+        Rounds of an existing ``metrics.jsonl`` to keep (a resumed run keeps those up to
+        its checkpoint and drops later ones, which it runs again); 0 starts afresh.
     """
 
-    def __init__(self, out_dir: str | Path, config: ExperimentConfig) -> None:
+    def __init__(self, out_dir: str | Path, config: ExperimentConfig, keep_rounds: int = 0) -> None:
         self.out_dir = Path(out_dir)
         self.config = config
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._started = time.time()
         atomic_write_text(self.out_dir / CONFIG_FILE, config.to_toml())
-        (self.out_dir / METRICS_FILE).unlink(missing_ok=True)
+        metrics = self.out_dir / METRICS_FILE
+        kept = [r for r in read_metrics(metrics) if r["round"] <= keep_rounds]
+        atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
+        self.elapsed_before = kept[-1].get("time_s", 0.0) if kept else 0.0
+        self._started = time.time() - self.elapsed_before
 
     def log_round(self, record: dict[str, Any]) -> None:
         """Append one round's record and flush it to disk."""

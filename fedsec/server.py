@@ -22,6 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from defenses import build_defense
+from fedsec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedsec.config import ExperimentConfig
 from fedsec.errors import ConfigError
 from fedsec.pretrain import initial_state
@@ -120,21 +121,37 @@ def run_federation(
     config: ExperimentConfig,
     out_dir: str | Path,
     progress: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Run every round of ``config`` over ``grid``; write the run directory."""
+    """Run every round of ``config`` over ``grid``; write the run directory.
+
+    With ``resume``, continue from the checkpoint in ``out_dir``: rounds logged after it
+    are dropped and run again, so the finished ``metrics.jsonl`` is the one an
+    uninterrupted run writes.
+    """
     torch.set_num_threads(config.engine.client_num_cpus)
     task = get_task(config)
-    writer = RunWriter(out_dir, config)
     strategy = build_defense(config.defense.name, config.defense.params, seed=config.seed)
     _sample_exactly_the_given_nodes(strategy, config.train.clients_per_round)
+    checkpoint = load_checkpoint(out_dir) if resume else None
+    if checkpoint is None:
+        first_round = 1
+        arrays = ArrayRecord(initial_state(task, log=progress))
+    else:
+        first_round = checkpoint.round + 1
+        arrays = ArrayRecord(checkpoint.model)
+        if hasattr(strategy, "load_state_dict"):
+            strategy.load_state_dict(checkpoint.strategy)
+        progress(f"fedsec: resuming after round {checkpoint.round}")
+    writer = RunWriter(out_dir, config, keep_rounds=first_round - 1)
     schedule = task.schedule
-    arrays = ArrayRecord(initial_state(task, log=progress))
-    node_of = discover_partitions(grid, task.num_clients, config.engine.round_timeout, progress)
+    node_of = discover_partitions(grid, task.num_clients, config.engine.connect_timeout, progress)
     partition_of = {node: pid for pid, node in node_of.items()}
     evaluator = CentralEvaluator(task)
+    every = config.engine.checkpoint_every
 
-    t_start = time.time()
-    for server_round in range(1, config.train.rounds + 1):
+    t_start = time.time() - writer.elapsed_before
+    for server_round in range(first_round, config.train.rounds + 1):
         sampled, malicious = schedule.sample(server_round)
         outcome = run_round(grid, strategy, arrays, server_round, sampled, node_of,
                             partition_of, config)
@@ -145,6 +162,11 @@ def run_federation(
         record = {"round": server_round, **evaluator(arrays), **outcome.record}
         record["time_s"] = round(time.time() - t_start, 3)
         writer.log_round(record)
+        if every and (server_round % every == 0 or server_round == config.train.rounds):
+            save_checkpoint(out_dir, Checkpoint(
+                round=server_round, model=arrays.to_torch_state_dict(),
+                strategy=strategy.state_dict() if hasattr(strategy, "state_dict") else {},
+            ))
         progress(_progress_line(record, config.train.rounds))
 
     torch.save(arrays.to_torch_state_dict(), Path(out_dir) / MODEL_FILE)
@@ -172,16 +194,19 @@ def run_round(
         {partition_of.get(m.metadata.src_node_id) for m in replies if m.has_error()}
         | (set(sampled) - answered)
     )
+    record: dict[str, Any] = {"clients": sampled, "failed_clients": failed}
+    if len(replies) - sum(m.has_error() for m in replies) < config.train.min_replies:
+        # Too few clients answered: aggregating them would let a handful steer the model.
+        record.update(train_loss=None, skipped=True, kept_previous_model=True)
+        return RoundOutcome(arrays, record)
     new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
-    record: dict[str, Any] = {
-        "clients": sampled,
-        "failed_clients": failed,
-        "train_loss": _metric(train_metrics, "train_loss"),
-    }
+    record["train_loss"] = _metric(train_metrics, "train_loss")
     report = getattr(strategy, "last_report", None)
     if report is not None and getattr(report, "round", None) == server_round:
         record["accepted_clients"] = sorted(report.accepted)
         record["rejected_clients"] = sorted(report.rejected)
+        if report.invalid:
+            record["invalid_clients"] = {str(k): v for k, v in sorted(report.invalid.items())}
     if new_arrays is None:
         record["kept_previous_model"] = True
         new_arrays = arrays

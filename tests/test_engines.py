@@ -146,7 +146,7 @@ def _toml(value) -> str:
 def test_pyproject_flower_app_config_is_the_default_experiment():
     """`flwr run .` must run what `fedsec run` runs (on Flower's engine)."""
     table = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    assert table.pop("output") == {"dir": "runs/flwr-run"}
+    assert table.pop("output") == {"dir": "runs/flwr-run", "resume": False}
     assert table["engine"].pop("name") == "flower"
     default = load_config(DEFAULT_EXPERIMENT)
     default.engine.name = ExperimentConfig().engine.name

@@ -99,11 +99,11 @@ def paper_features(batch: ClientBatch) -> torch.Tensor:
         kernel, batch.models, batch.global_model
     )
     # <w_i, w_0> and ||w_i||^2 from the update terms keep the cosines accurate to
-    # far below their spread across clients.
+    # far below their spread across clients (the clamp only matters for absurd inputs).
     dot = dot_update + global_sq
     norm_sq = (euclid_sq + 2 * dot_update + global_sq).clamp_min(0)
     tiny = torch.finfo(torch.float64).tiny
-    cosine = dot / (norm_sq * global_sq).sqrt().clamp_min(tiny)
+    cosine = (dot / (norm_sq * global_sq).sqrt().clamp_min(tiny)).clamp(-1, 1)
     features = torch.stack([manhattan, euclid_sq.sqrt(), cosine], dim=1)
     return (features[:, None, :] - features[None, :, :]).abs().sum(dim=1)
 
@@ -120,11 +120,12 @@ def reference_features(models: torch.Tensor) -> torch.Tensor:
 
     l1, shifted_gram, shifted_dot, anchor_sq = blockwise_sums(kernel, models, models[0])
     # Gram of the models from the Gram of their shift by models[0] (exact algebra,
-    # but no float32 cancellation of the large common part of all models).
+    # but no float32 cancellation of the large common part of all models). Rows far
+    # smaller than the largest one get inexact cosines; the clamp keeps them in [-1, 1].
     products = shifted_gram + shifted_dot[:, None] + shifted_dot[None, :] + anchor_sq
     norms = products.diagonal().clamp_min(0).sqrt()
     tiny = torch.finfo(torch.float64).tiny
-    cosine = products / (norms[:, None] * norms[None, :]).clamp_min(tiny)
+    cosine = (products / (norms[:, None] * norms[None, :]).clamp_min(tiny)).clamp(-1, 1)
     cos_term = ((1 - cosine) ** 2).fill_diagonal_(0).sum(dim=1)
     manhattan = torch.zeros(n, dtype=torch.float64, device=models.device)
     manhattan.index_add_(0, rows, l1).index_add_(0, cols, l1)

@@ -40,6 +40,7 @@ __all__ = [
     "load_ardis",
     "load_dataset",
     "load_southwest",
+    "num_classes",
     "requires_dir",
 ]
 
@@ -62,6 +63,11 @@ def _source(name: str) -> DatasetSource:
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
     """Load data set ``name`` from ``data_dir`` (ignored by data sets that read no files)."""
     return _source(name)(data_dir)
+
+
+def num_classes(name: str) -> int:
+    """Number of classes of data set ``name``, known without reading any file."""
+    return _source(name).num_classes
 
 
 def requires_dir(name: str) -> bool:

@@ -41,6 +41,7 @@ class DatasetSource:
     locate: Callable[[Path], object] | None = None
     default_dir: str | None = None
     hint: str = ""
+    num_classes: int = 10  # known without reading the data (cheap config checks)
 
     @property
     def requires_dir(self) -> bool:

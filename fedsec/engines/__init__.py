@@ -14,17 +14,21 @@ from pathlib import Path
 from fedsec.config import ExperimentConfig
 
 
-def run_experiment(config: ExperimentConfig, out_dir: str | Path) -> None:
-    """Run a validated experiment on the engine its config names."""
+def run_experiment(config: ExperimentConfig, out_dir: str | Path, resume: bool = False) -> None:
+    """Run a validated experiment on the engine its config names.
+
+    ``resume`` continues the run in ``out_dir`` from its last checkpoint.
+    """
     if config.engine.name == "flower":
         from fedsec.engines.flower import run_flower
 
-        run_flower(config, out_dir)
+        run_flower(config, out_dir, resume=resume)
         return
     from fedsec.apps.client_app import app as client_app
-    from fedsec.apps.server_app import OUTPUT_DIR_KEY
+    from fedsec.apps.server_app import OUTPUT_DIR_KEY, RESUME_KEY
     from fedsec.apps.server_app import app as server_app
     from fedsec.engines.inprocess import run_inprocess
 
-    run_config = {**config.to_flat(), OUTPUT_DIR_KEY: str(Path(out_dir).resolve())}
+    run_config = {**config.to_flat(), OUTPUT_DIR_KEY: str(Path(out_dir).resolve()),
+                  RESUME_KEY: resume}
     run_inprocess(server_app, client_app, config.data.num_clients, run_config)

@@ -19,6 +19,7 @@ Ray cluster instead of starting a local one (see README.md, "Engines").
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from fedsec.engines.processes import free_port, marked_env, start_process, stop_
 from fedsec.errors import FedsecError
 
 CONNECTION_NAME = "fedsec"
+# The ServerApp's own progress lines inside Flower's streamed log.
+_PROGRESS = re.compile(r"(fedsec: .*|round \d+/\d+ .*)")
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
@@ -49,10 +52,14 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     return env
 
 
-def write_app(app_dir: Path, config: ExperimentConfig, out_dir: Path) -> Path:
-    """A Flower App folder whose run config is ``config`` and whose output is ``out_dir``."""
+def write_app(app_dir: Path, config: ExperimentConfig, out_dir: Path, resume: bool = False,
+              clientapp: str = "fedsec.apps.client_app:app") -> Path:
+    """A Flower App folder whose run config is ``config`` and whose output is ``out_dir``.
+
+    ``clientapp`` names the ClientApp object (tests substitute one that fails on purpose).
+    """
     app_dir.mkdir(parents=True, exist_ok=True)
-    run_config = {**config.to_dict(), "output": {"dir": str(out_dir.resolve())}}
+    run_config = {**config.to_dict(), "output": {"dir": str(out_dir.resolve()), "resume": resume}}
     text = (
         '[project]\nname = "fedsec-experiment"\nversion = "1.0.0"\n'
         'description = "A fedsec experiment as a Flower App"\nlicense = "Apache-2.0"\n'
@@ -60,7 +67,7 @@ def write_app(app_dir: Path, config: ExperimentConfig, out_dir: Path) -> Path:
         '[tool.flwr.app]\npublisher = "fedsec"\n\n'
         "[tool.flwr.app.components]\n"
         'serverapp = "fedsec.apps.server_app:app"\n'
-        'clientapp = "fedsec.apps.client_app:app"\n\n'
+        f'clientapp = "{clientapp}"\n\n'
         + _nest("tool.flwr.app.config", dumps_toml(run_config))
     )
     (app_dir / "pyproject.toml").write_text(text, encoding="utf-8")
@@ -68,12 +75,13 @@ def write_app(app_dir: Path, config: ExperimentConfig, out_dir: Path) -> Path:
 
 
 def run_flower(
-    config: ExperimentConfig, out_dir: str | Path, progress: Callable[[str], None] = print
+    config: ExperimentConfig, out_dir: str | Path, progress: Callable[[str], None] = print,
+    resume: bool = False, clientapp: str = "fedsec.apps.client_app:app",
 ) -> None:
     """Run ``config`` on Flower's simulation engine; results land in ``out_dir``."""
     out_dir = Path(out_dir).resolve()
     flwr_home = out_dir / ".flwr"
-    app_dir = write_app(flwr_home / "app", config, out_dir)
+    app_dir = write_app(flwr_home / "app", config, out_dir, resume, clientapp)
     env = flower_env(flwr_home)
     port = free_port()
     _write_connection(flwr_home, port)
@@ -94,17 +102,20 @@ def run_flower(
         )
         cmd = [_bin("flwr"), "run", str(app_dir), CONNECTION_NAME,
                "--federation-config", federation, "--stream"]
+        run_log = flwr_home / "flwr-run.log"
         with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, bufsize=1) as flwr_run:
+                              text=True, bufsize=1) as flwr_run, run_log.open("w") as log:
             for line in flwr_run.stdout:
-                line = line.rstrip()
-                if line.startswith("round ") or line.startswith("fedsec:"):
-                    progress(line)
+                log.write(line)
+                log.flush()
+                if _PROGRESS.search(line):
+                    progress(_PROGRESS.search(line).group(0).rstrip())
             code = flwr_run.wait()
-        if code != 0:
-            raise RuntimeError(f"`flwr run` exited with code {code}; see {log_path}")
-        if not (out_dir / "summary.json").is_file():
-            raise RuntimeError(f"the Flower run ended without a summary; see {log_path}")
+        if code != 0 or not (out_dir / "summary.json").is_file():
+            raise RuntimeError(
+                f"the Flower run failed (flwr run exit code {code}); its log: {run_log}\n"
+                + "".join(run_log.read_text().splitlines(keepends=True)[-15:])
+            )
     finally:
         stop_marked(str(flwr_home))
         superlink.wait()

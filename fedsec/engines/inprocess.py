@@ -10,6 +10,7 @@ federation. A ClientApp that raises becomes an error reply, as under Flower.
 
 from __future__ import annotations
 
+import time
 import traceback
 from collections.abc import Iterable
 from uuid import uuid4
@@ -76,7 +77,20 @@ class InProcessGrid(Grid):
         return [self._replies.pop(i) for i in message_ids if i in self._replies]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout=None) -> Iterable[Message]:
-        return self.pull_messages(self.push_messages(messages))
+        """Deliver each message in turn; drop a reply whose call took over ``timeout``.
+
+        The nodes of a real federation train concurrently, so a client is late when its
+        own call takes longer than the round's timeout, whatever ran before it here.
+        Such a reply is discarded, as Flower's engines discard late replies, and the
+        client counts as failed. (A call cannot be stopped midway in this process.)
+        """
+        ids = []
+        for msg in messages:
+            start = time.monotonic()
+            ids += self.push_messages([msg])
+            if timeout is not None and time.monotonic() - start > timeout:
+                self._replies.pop(ids[-1], None)
+        return self.pull_messages(ids)
 
     def _deliver(self, msg: Message) -> Message:
         context = self._contexts.get(msg.metadata.dst_node_id)

@@ -1,0 +1,48 @@
+"""``dba``: the distributed backdoor attack of Xie et al. (2020, ICLR).
+
+The global pattern trigger (:mod:`attacks.triggers`: ``num_parts`` one-pixel-high bars
+of ``trigger_size`` pixels, two per row, ``trigger_gap`` pixels apart; with the defaults
+DBA's four bars at rows 0 and 3, columns 0-3 and 6-9) is split into its bars: the
+attacker at position i of the attacker pool stamps only bar ``i % num_parts`` on
+``poison_fraction`` of its own examples, relabelled to the target, and trains with plain
+local SGD. Its update is multiplied by ``scale`` (Xie et al.'s scale factor gamma,
+``w <- w0 + scale (w - w0)``; 1 = unscaled, the default). Backdoor accuracy is measured
+with the FULL trigger (all parts) on test images not of the target class: the parts
+must combine in the global model, which is the point of the attack.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from attacks.procedures import scale_update
+from attacks.triggers import PatternTriggerAttack
+from fedsec.errors import ConfigError
+
+
+class DBA(PatternTriggerAttack):
+    name = "dba"
+    params = {**PatternTriggerAttack.params, "num_parts": 4, "scale": 1.0}
+
+    @property
+    def num_parts_of_global(self) -> int:  # the global trigger has num_parts bars
+        return self.num_parts
+
+    def check(self, config, dataset) -> None:
+        if self.num_parts < 1:
+            raise ConfigError(f"attack.num_parts must be >= 1, got {self.num_parts}")
+        super().check(config, dataset)
+        if not self.scale > 0:
+            raise ConfigError(f"attack.scale must be > 0, got {self.scale}")
+
+    def part_index(self, task, partition_id: int) -> int:
+        """The bar this attacker stamps: its position in the attacker pool, mod num_parts."""
+        return task.schedule.pool.index(partition_id) % self.num_parts
+
+    def client_trigger(self, task, partition_id: int) -> np.ndarray:
+        _, height, width = task.dataset.input_shape
+        return self.parts(height, width)[self.part_index(task, partition_id)]
+
+    def transform_update(self, model, global_flat, ctx, stats) -> None:
+        if self.scale != 1.0:
+            scale_update(model, global_flat, self.scale)

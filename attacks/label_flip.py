@@ -1,0 +1,47 @@
+"""``label-flip``: the attacker relabels its examples of ``source_label`` as the target.
+
+Data poisoning only: plain local SGD on its own partition with every label
+``source_label`` replaced by the target (default 7 -> 1); the update is sent as it is.
+Backdoor accuracy: the share of the test examples of ``source_label`` that the global
+model classifies as the target.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attacks.base import Attack, num_classes
+from fedsec.errors import ConfigError
+
+
+class LabelFlip(Attack):
+    name = "label-flip"
+    params = {"source_label": 7}
+    default_target = 1
+
+    def __init__(self, target_label: int = -1, **params) -> None:
+        super().__init__(target_label, **params)
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def check(self, config, dataset) -> None:
+        super().check(config, dataset)
+        classes = num_classes(config, dataset)
+        if not 0 <= self.source_label < classes:
+            raise ConfigError(
+                f"attack.source_label must be a class of {config.data.name} (0..{classes - 1}), "
+                f"got {self.source_label}"
+            )
+        if self.source_label == self.target:
+            raise ConfigError(f"attack.source_label and the target label are both {self.target}; they must differ")
+
+    def attacker_data(self, task, partition_id: int):
+        if partition_id not in self._cache:
+            x, y = task.client_data(partition_id)
+            flipped = torch.where(y == self.source_label, torch.full_like(y, self.target), y)
+            self._cache[partition_id] = (x, flipped)
+        return self._cache[partition_id]
+
+    def backdoor_test_set(self, task):
+        d = task.dataset
+        x = d.x_test[d.y_test == self.source_label]
+        return torch.from_numpy(x.copy()), torch.full((len(x),), self.target, dtype=torch.int64)

@@ -1,0 +1,93 @@
+"""``neurotoxin``: a backdoor hidden in the coordinates benign clients rarely change.
+
+Zhang et al. (2022, ICML, "Neurotoxin: Durable Backdoors in Federated Learning"): the
+attacker estimates the benign update direction, masks the coordinates that benign
+clients change MOST (the top ``mask_fraction`` by magnitude; 0.05 is the authors'
+``gradmask_ratio = 0.95``, keeping the bottom 95%), and writes its backdoor only into
+the others, where later benign rounds overwrite it least, so it lasts longer.
+
+As implemented here:
+
+- Benign-update estimate: the gradient of the mean cross-entropy over the attacker's
+  own CLEAN partition (before poisoning) at the round's global model, model in eval
+  mode (no dropout: the estimate is deterministic). One local SGD step moves each
+  coordinate by -lr * gradient, so the coordinates of largest |gradient| are the ones
+  honest training changes most.
+- Mask: the ``round(mask_fraction * d)`` coordinates of largest |gradient| over the
+  whole flat parameter vector (all layers together).
+- Training: plain local SGD on the poisoned set; after every optimizer step the masked
+  coordinates are reset to their global values (so momentum and weight decay cannot
+  move them either), hence the sent model equals the global model bit for bit there.
+- Poison: the pattern trigger (:mod:`attacks.triggers`) on ``poison_fraction`` of the
+  attacker's examples, relabelled to the target; BA on triggered non-target test
+  images. The pattern works on every data set, unlike ARDIS / Southwest edge cases.
+- No boosting and no projection: the update is sent as trained.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from attacks.triggers import PatternTriggerAttack
+from fedsec.errors import ConfigError
+from fedsec.training import assign_flat_params, flatten_params, train
+
+
+def mean_loss_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                       device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """Flat gradient of the mean cross-entropy over (x, y), model in eval mode."""
+    model.to(device)
+    model.eval()
+    params = list(model.parameters())
+    grad = torch.zeros(sum(p.numel() for p in params), device=device)
+    n = y.shape[0]
+    for start in range(0, n, batch_size):
+        xb = x[start:start + batch_size].to(device)
+        yb = y[start:start + batch_size].to(device, dtype=torch.long)
+        loss = F.cross_entropy(model(xb), yb, reduction="sum") / n
+        parts = torch.autograd.grad(loss, params, allow_unused=True)
+        grad += torch.cat([torch.zeros(p.numel(), device=device) if g is None else g.reshape(-1)
+                           for p, g in zip(params, parts)])
+    return grad
+
+
+def top_fraction_mask(scores: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Boolean mask of the ``round(fraction * len)`` entries of largest ``|scores|``."""
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    k = round(fraction * scores.numel())
+    if k > 0:
+        mask[torch.topk(scores.abs(), k, sorted=False).indices] = True
+    return mask
+
+
+class Neurotoxin(PatternTriggerAttack):
+    name = "neurotoxin"
+    params = {**PatternTriggerAttack.params, "mask_fraction": 0.05}
+
+    def __init__(self, target_label: int = -1, **params) -> None:
+        super().__init__(target_label, **params)
+        self._clean: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.last_mask: torch.Tensor | None = None  # the mask of the latest update (tests, logs)
+
+    def check(self, config, dataset) -> None:
+        super().check(config, dataset)
+        if not 0 <= self.mask_fraction < 1:
+            raise ConfigError(f"attack.mask_fraction must be in [0, 1), got {self.mask_fraction}")
+
+    def attacker_data(self, task, partition_id: int):
+        if partition_id not in self._clean:
+            self._clean[partition_id] = task.client_data(partition_id)
+        return super().attacker_data(task, partition_id)
+
+    def train(self, model, x, y, global_flat, ctx, train_kwargs):
+        device = ctx.device
+        center = global_flat.to(device)
+        clean_x, clean_y = self._clean[ctx.partition_id]
+        mask = top_fraction_mask(mean_loss_gradient(model, clean_x, clean_y, device), self.mask_fraction)
+        self.last_mask = mask
+
+        def keep_masked_at_global(step: int) -> None:
+            assign_flat_params(model, torch.where(mask, center, flatten_params(model)))
+
+        return train(model, x, y, **{**train_kwargs, "device": device}, after_step=keep_masked_at_global)

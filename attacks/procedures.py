@@ -1,0 +1,106 @@
+"""Training procedures and update transforms that several attacks share.
+
+- :func:`project_to_ball` / :func:`projected_train`: PGD as Wang et al. (2020) run it:
+  plain local SGD, and every ``project_every`` optimizer steps (and once more after the
+  last step) the WHOLE parameter vector is projected onto the L2 ball of radius ``eps``
+  around the round's global model. Inside the ball the projection changes nothing.
+- :func:`scale_update`: ``w <- w0 + factor (w - w0)``; model replacement (Bagdasaryan
+  et al. 2020) uses ``factor = N_round / N_attacker``.
+- :class:`ProjectedGradientMixin`, :class:`ModelReplacementMixin`: the two as mix-ins
+  that put them into an attack's ``train`` / ``transform_update`` hooks (list them
+  before the attack class they modify: ``class X(ProjectedGradientMixin, Base)``).
+
+Everything works on the flat parameter vector (``fedsec.training.flatten_params``),
+on the device the model trains on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from attacks.base import AttackContext
+from fedsec.errors import ConfigError
+from fedsec.training import TrainStats, assign_flat_params, flatten_params, train
+
+
+def project_to_ball(model: torch.nn.Module, center: torch.Tensor, eps: float) -> bool:
+    """Project the model's parameters onto {w : ||w - center||_2 <= eps}, in place.
+
+    Returns whether the model moved; a model inside the ball is left bit-for-bit as it
+    was (no copy back).
+    """
+    w = flatten_params(model)
+    diff = w - center.to(w.device)
+    norm = float(torch.linalg.vector_norm(diff))
+    if norm <= eps:
+        return False
+    assign_flat_params(model, center.to(w.device) + diff * (eps / norm))
+    return True
+
+
+def projected_train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    center: torch.Tensor, eps: float, project_every: int,
+                    train_kwargs: dict[str, Any]) -> TrainStats:
+    """Local SGD with an L2-ball projection around ``center`` every ``project_every`` steps
+    and after the last step (so the returned model always lies in the ball)."""
+    device = torch.device(train_kwargs.get("device", "cpu"))
+    model.to(device)
+    center = center.to(device)
+
+    def after_step(step: int) -> None:
+        if step % project_every == 0:
+            project_to_ball(model, center, eps)
+
+    stats = train(model, x, y, **train_kwargs, after_step=after_step)
+    project_to_ball(model, center, eps)
+    return stats
+
+
+def scale_update(model: torch.nn.Module, global_flat: torch.Tensor, factor: float) -> None:
+    """``w <- w0 + factor * (w - w0)`` on the flat parameter vector, in place."""
+    w = flatten_params(model)
+    w0 = global_flat.to(w.device)
+    assign_flat_params(model, w0 + factor * (w - w0))
+
+
+def replacement_factor(ctx: AttackContext, stats: TrainStats) -> float:
+    """N_round / N_attacker: the boost that lets one update replace the FedAvg average."""
+    return ctx.round_examples / stats.num_examples
+
+
+class ProjectedGradientMixin:
+    """Makes an attack's ``train`` PGD: SGD projected onto the L2 ball of radius
+    ``eps * eps_decay ** (round - 1)`` around the round's global model every
+    ``project_every`` steps and after the last step. ``eps_decay = 0.998`` reproduces the
+    decaying radius that Wang et al.'s code uses against Krum / Multi-Krum (and Huang et
+    al.'s against Multi-metrics); 1.0 (the default) keeps it fixed."""
+
+    pgd_params: ClassVar[dict[str, Any]] = {"eps": 1.0, "project_every": 10, "eps_decay": 1.0}
+
+    def radius(self, server_round: int) -> float:
+        return self.eps * self.eps_decay ** (server_round - 1)
+
+    def train(self, model, x, y, global_flat, ctx: AttackContext, train_kwargs):
+        return projected_train(model, x, y, global_flat.to(ctx.device),
+                               self.radius(ctx.server_round), self.project_every,
+                               {**train_kwargs, "device": ctx.device})
+
+    def check(self, config, dataset) -> None:
+        super().check(config, dataset)
+        if not self.eps > 0:
+            raise ConfigError(f"attack.eps (the PGD radius) must be > 0, got {self.eps}")
+        if self.project_every < 1:
+            raise ConfigError(f"attack.project_every must be >= 1 (optimizer steps), got {self.project_every}")
+        if not 0 < self.eps_decay <= 1:
+            raise ConfigError(f"attack.eps_decay must be in (0, 1], got {self.eps_decay}")
+
+
+class ModelReplacementMixin:
+    """Makes an attack's ``transform_update`` model replacement:
+    ``w <- w0 + (N_round / N_attacker) (w - w0)`` with ``N_round = ctx.round_examples``
+    and ``N_attacker`` the size of the attacker's (poisoned) training set."""
+
+    def transform_update(self, model, global_flat, ctx: AttackContext, stats: TrainStats) -> None:
+        scale_update(model, global_flat, replacement_factor(ctx, stats))

@@ -1,0 +1,135 @@
+"""Pixel-pattern triggers and the base class of the attacks that stamp them.
+
+Trigger geometry (the pattern of Bagdasaryan et al. 2020's pixel-pattern backdoor, which
+Xie et al. 2020 split into DBA's local triggers): white bars of ``size`` pixels, one
+pixel high, in the image's top-left corner, set to 1.0 (the brightest value) in every
+channel. The global trigger is ``num_parts`` bars laid out two per row::
+
+    part 0: row 0,            columns 0 .. size-1
+    part 1: row 0,            columns size+gap .. 2*size+gap-1
+    part 2: row gap+1,        columns 0 .. size-1
+    part 3: row gap+1,        columns size+gap .. 2*size+gap-1
+    part i: row (i // 2) * (gap + 1), columns (i % 2) * (size + gap) + [0, size)
+
+With the defaults (4 parts, size 4, gap 2) that is DBA's layout: bars at rows 0 and 3,
+columns 0-3 and 6-9, a 4 x 10 pixel box. The parts are disjoint and their union is the
+global trigger. An image must be at least that box (8x8 ``digits`` needs e.g.
+``trigger_size = 2, trigger_gap = 1``, a 3 x 5 box).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from attacks.base import Attack
+from fedsec.errors import ConfigError
+from fedsec.seeding import derive_seed
+
+GLOBAL_PARTS = 4  # parts of the pattern that pixel-replacement, pgd and neurotoxin stamp whole
+
+
+def trigger_box(num_parts: int, size: int, gap: int) -> tuple[int, int]:
+    """(height, width) of the smallest top-left box holding all ``num_parts`` bars."""
+    rows = (num_parts + 1) // 2
+    width = size if num_parts == 1 else 2 * size + gap
+    return (rows - 1) * (gap + 1) + 1, width
+
+
+def trigger_parts(height: int, width: int, num_parts: int = GLOBAL_PARTS, size: int = 4,
+                  gap: int = 2) -> np.ndarray:
+    """Boolean masks (num_parts, height, width), one bar each (see the module docstring)."""
+    need = trigger_box(num_parts, size, gap)
+    if need[0] > height or need[1] > width:
+        raise ValueError(f"a trigger of {need[0]}x{need[1]} pixels does not fit {height}x{width} images")
+    i = np.arange(num_parts)
+    rows = (i // 2) * (gap + 1)
+    first_cols = (i % 2) * (size + gap)
+    cols = np.arange(width)
+    masks = np.zeros((num_parts, height, width), dtype=bool)
+    # part i covers row rows[i], columns first_cols[i] .. first_cols[i] + size - 1
+    masks[i, rows, :] = (cols[None, :] >= first_cols[:, None]) & (cols[None, :] < first_cols[:, None] + size)
+    return masks
+
+
+def stamp(x: np.ndarray, mask: np.ndarray, value: float = 1.0) -> np.ndarray:
+    """A copy of images ``x`` (N, C, H, W) with the pixels of ``mask`` (H, W) set to ``value``."""
+    out = np.array(x, dtype=x.dtype, copy=True)
+    out[:, :, mask] = value
+    return out
+
+
+class PatternTriggerAttack(Attack):
+    """Base of the pattern-trigger attacks: poison a share of the attacker's own data.
+
+    ``attacker_data``: a seeded ``poison_fraction`` of the attacker's partition (at least
+    one example) gets the trigger stamped and the target label; the rest stays clean, and
+    the set keeps its size. ``backdoor_test_set``: every test image NOT of the target
+    class, with the FULL (global) trigger stamped, labelled target. Subclasses choose the
+    trigger a client stamps (:meth:`client_trigger`) and the training procedure.
+    """
+
+    params: ClassVar[dict[str, Any]] = {"poison_fraction": 0.3, "trigger_size": 4, "trigger_gap": 2}
+    default_target = 2
+    num_parts_of_global: ClassVar[int] = GLOBAL_PARTS
+
+    def __init__(self, target_label: int = -1, **params: Any) -> None:
+        super().__init__(target_label, **params)
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ----------------------------------------------------------------- validation
+    def check(self, config, dataset) -> None:
+        super().check(config, dataset)
+        if not 0 < self.poison_fraction <= 1:
+            raise ConfigError(f"attack.poison_fraction must be in (0, 1], got {self.poison_fraction}")
+        if self.trigger_size < 1:
+            raise ConfigError(f"attack.trigger_size must be >= 1 (pixels), got {self.trigger_size}")
+        if self.trigger_gap < 0:
+            raise ConfigError(f"attack.trigger_gap must be >= 0 (pixels), got {self.trigger_gap}")
+        if dataset is not None:
+            _, height, width = dataset.input_shape
+            need = trigger_box(self.num_parts_of_global, self.trigger_size, self.trigger_gap)
+            if need[0] > height or need[1] > width:
+                raise ConfigError(
+                    f"the trigger ({self.num_parts_of_global} bars of attack.trigger_size="
+                    f"{self.trigger_size} px, attack.trigger_gap={self.trigger_gap}) needs "
+                    f"{need[0]}x{need[1]} px but {dataset.name} images are {height}x{width}; "
+                    "lower attack.trigger_size or attack.trigger_gap"
+                )
+
+    # -------------------------------------------------------------------- trigger
+    def parts(self, height: int, width: int) -> np.ndarray:
+        return trigger_parts(height, width, self.num_parts_of_global, self.trigger_size, self.trigger_gap)
+
+    def global_trigger(self, height: int, width: int) -> np.ndarray:
+        """The full trigger (H, W): the union of all parts."""
+        return self.parts(height, width).any(axis=0)
+
+    def client_trigger(self, task, partition_id: int) -> np.ndarray:
+        """The mask client ``partition_id`` stamps; the global trigger unless overridden."""
+        _, height, width = task.dataset.input_shape
+        return self.global_trigger(height, width)
+
+    # ------------------------------------------------------------- data, evaluation
+    def attacker_data(self, task, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if partition_id not in self._cache:
+            idx = task.partitions[partition_id]
+            x = task.dataset.x_train[idx]
+            y = task.dataset.y_train[idx].copy()
+            rng = np.random.default_rng(derive_seed(task.config.seed, "attacker-data", partition_id))
+            count = max(1, round(self.poison_fraction * len(idx)))
+            poisoned = np.sort(rng.choice(len(idx), size=count, replace=False))
+            x = x.copy()
+            x[poisoned] = stamp(x[poisoned], self.client_trigger(task, partition_id))
+            y[poisoned] = self.target
+            self._cache[partition_id] = (torch.from_numpy(x), torch.from_numpy(y))
+        return self._cache[partition_id]
+
+    def backdoor_test_set(self, task) -> tuple[torch.Tensor, torch.Tensor]:
+        d = task.dataset
+        keep = d.y_test != self.target
+        _, height, width = d.input_shape
+        x = stamp(d.x_test[keep], self.global_trigger(height, width))
+        return torch.from_numpy(x), torch.full((len(x),), self.target, dtype=torch.int64)

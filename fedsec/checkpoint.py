@@ -1,0 +1,53 @@
+"""Checkpoints: everything a run needs to continue after it was killed.
+
+A checkpoint holds the round it was taken after, the global model and the strategy's
+state (FoolsGold's history, a defense's noise generator, ...). Nothing else is needed:
+client sampling, client training and attacks draw from streams derived from
+(seed, round, client), so round r + 1 of a resumed run draws exactly what it would have
+drawn without the interruption. The file is written to a temporary name and renamed, so
+a kill mid-write leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class Checkpoint:
+    round: int
+    model: dict[str, torch.Tensor]
+    strategy: dict[str, Any]
+
+
+def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
+    path = Path(run_dir) / CHECKPOINT_FILE
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=CHECKPOINT_FILE, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"round": checkpoint.round, "model": checkpoint.model,
+                    "strategy": checkpoint.strategy}, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(run_dir: str | Path) -> Checkpoint | None:
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    # Strategy states hold plain Python containers and tensors (and generator states),
+    # all of which torch's restricted unpickler accepts.
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    return Checkpoint(round=int(data["round"]), model=data["model"], strategy=data["strategy"])

@@ -1,0 +1,55 @@
+"""Property-based: no input makes a defense produce NaN or raise."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import defenses
+from defenses.rules import MultiMetricsRule
+
+SPECIAL = [0.0, 1.0, -1.0, math.nan, math.inf, -math.inf, 1e30, -1e30, 3e38, -3e38, 1e-30]
+values = st.one_of(st.sampled_from(SPECIAL), st.floats(-10, 10, width=32))
+
+
+@st.composite
+def rounds(draw):
+    """A round: ``n`` in 1..8 rows drawn from a small pool (so duplicates are common)."""
+    n = draw(st.integers(1, 8))
+    d = draw(st.integers(1, 6))
+    pool = draw(st.lists(st.lists(values, min_size=d, max_size=d), min_size=1, max_size=n))
+    rows = draw(st.lists(st.integers(0, len(pool) - 1), min_size=n, max_size=n))
+    models = torch.tensor([pool[i] for i in rows], dtype=torch.float32)
+    weights = torch.tensor(draw(st.lists(st.sampled_from([0.0, 1.0, 7.0, 1e6]),
+                                         min_size=n, max_size=n)))
+    finite = st.floats(-10, 10, width=32)
+    start = torch.tensor(draw(st.lists(finite, min_size=d, max_size=d)))
+    root = torch.tensor(draw(st.lists(finite, min_size=d, max_size=d)))
+    return models, weights, start, root
+
+
+RULES = [cls.rule_class() for cls in defenses.DEFENSES.values()]
+RULES.append(MultiMetricsRule(variant="reference"))
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: f"{r.name}-{getattr(r, 'variant', '')}")
+@settings(max_examples=50, deadline=None)
+@given(data=rounds())
+def test_every_defense_gives_a_finite_model_or_keeps_the_previous_one(rule, data):
+    models, weights, start, root = data
+    fresh = dataclasses.replace(rule)  # no state carried between examples
+    result = fresh.aggregate(models, weights, start, list(range(len(models))), root)
+    usable = torch.isfinite(models).all(dim=1)
+    assert result.accepted.shape == (len(models),)
+    assert not (result.accepted & ~usable).any()
+    if result.model is None:
+        assert result.note and not result.accepted.any()
+    else:
+        assert result.model.shape == start.shape
+        assert torch.isfinite(result.model).all()
+        assert result.accepted.any()
