@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default: runs/<config>-<time>)")
     run.add_argument("--resume", metavar="RUN_DIR",
                      help="continue an interrupted run from its last checkpoint")
+    run.add_argument("--check", action="store_true",
+                     help="validate the experiment (config, data, attack) and exit without training")
     run.set_defaults(handler=cmd_run)
 
     part = sub.add_parser("partition", help="plot the per-client label histogram as a PNG")
@@ -75,6 +77,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         stem = Path(args.config).stem if args.config else "default"
         out = Path(args.out or f"runs/{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     get_task(config)  # load the data and check the attack against it before any training
+    if args.check:
+        print(f"fedsec: {args.config or args.resume or 'default experiment'} is valid")
+        return 0
     print(f"fedsec: {config.data.name} / {config.model.name} / {config.defense.name}, "
           f"{config.data.num_clients} clients, {config.train.rounds} rounds on the "
           f"{config.engine.name} engine -> {out}", flush=True)

@@ -239,6 +239,7 @@ class ExperimentConfig:
         from fedsec.partition import PARTITION_SCHEMES
 
         d, t, e = self.data, self.train, self.engine
+        _at_least("seed", self.seed, 0)
         _one_of("data.name", d.name, data_registry.dataset_names())
         _one_of("data.partition", d.partition, PARTITION_SCHEMES)
         _one_of("model.name", self.model.name, model_names())
