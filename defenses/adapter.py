@@ -36,8 +36,8 @@ class RoundReport:
     sender's node id.
 
     round: the server round.
-    accepted: clients whose model went into the new global model.
-    rejected: valid replies the defense left out.
+    accepted: clients whose model went into the new global model (sorted).
+    rejected: valid replies the defense left out (sorted).
     invalid: replies refused before the defense saw them, with the reason.
     scores: the defense's score per scored client (empty if it has none).
     kept_previous: True when no new model came out of the round.
@@ -165,8 +165,8 @@ class DefenseStrategy(FedAvg):
             self._root_update(server_round, layout, global_model),
         )
         accepted = result.accepted.tolist()
-        report.accepted = [k for k, ok in zip(keys, accepted) if ok]
-        report.rejected = [k for k, ok in zip(keys, accepted) if not ok]
+        report.accepted = sorted(k for k, ok in zip(keys, accepted) if ok)
+        report.rejected = sorted(k for k, ok in zip(keys, accepted) if not ok)
         if result.scores is not None:
             report.scores = {
                 k: s for k, s in zip(keys, result.scores.tolist()) if not math.isnan(s)

@@ -35,7 +35,7 @@ from typing import Any
 
 from fedsec.errors import ConfigError
 
-ENGINE_NAMES = ("inprocess", "flower")
+ENGINE_NAMES = ("inprocess", "flower", "deployment")
 SCHEDULE_NAMES = ("fixed-frequency", "every-round", "random-pool")
 DEVICE_NAMES = ("cpu", "cuda", "auto")
 

@@ -187,15 +187,15 @@ def run_round(
     round_grid = RoundGrid(grid, [node_of[p] for p in sampled])
     messages = strategy.configure_train(server_round, arrays, ConfigRecord(), round_grid)
     replies = list(grid.send_and_receive(messages, timeout=config.engine.round_timeout))
+    # A reply from a node outside this round (or an error the SuperLink wrote for a node
+    # that vanished) cannot be attributed: only the round's own clients' replies count.
+    replies = [m for m in replies if partition_of.get(m.metadata.src_node_id) in sampled]
     # Completion order differs between engines; aggregation must not depend on it.
-    replies.sort(key=lambda m: partition_of.get(m.metadata.src_node_id, -1))
-    answered = {partition_of.get(m.metadata.src_node_id) for m in replies}
-    failed = sorted(
-        {partition_of.get(m.metadata.src_node_id) for m in replies if m.has_error()}
-        | (set(sampled) - answered)
-    )
+    replies.sort(key=lambda m: partition_of[m.metadata.src_node_id])
+    answered = {partition_of[m.metadata.src_node_id] for m in replies if not m.has_error()}
+    failed = sorted(set(sampled) - answered)
     record: dict[str, Any] = {"clients": sampled, "failed_clients": failed}
-    if len(replies) - sum(m.has_error() for m in replies) < config.train.min_replies:
+    if len(answered) < config.train.min_replies:
         # Too few clients answered: aggregating them would let a handful steer the model.
         record.update(train_loss=None, skipped=True, kept_previous_model=True)
         return RoundOutcome(arrays, record)

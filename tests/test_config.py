@@ -42,7 +42,7 @@ def test_flat_and_toml_round_trips_keep_every_value():
     [
         (["data.name=cifar100"], "unknown data.name 'cifar100'; valid: "),
         (["model.name=gpt"], "unknown model.name 'gpt'; valid: "),
-        (["engine.name=spark"], "unknown engine.name 'spark'; valid: inprocess, flower"),
+        (["engine.name=spark"], "unknown engine.name 'spark'; valid: inprocess, flower, deployment"),
         (["data.alpha=0"], "data.alpha must be > 0"),
         (["data.alpha=-1"], "data.alpha must be > 0"),
         (["train.clients_per_round=30"], "clients_per_round (30) must be <= data.num_clients (20)"),

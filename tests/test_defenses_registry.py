@@ -25,7 +25,7 @@ def test_every_defense_is_registered_and_builds_with_its_defaults():
         assert strategy.rule.name == name
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", defenses.defense_names())
 def test_strategy_signature_matches_its_rule(name):
     """Each named strategy exposes exactly its rule's parameters with the same defaults."""
     cls = defenses.DEFENSES[name]

@@ -121,7 +121,7 @@ class AggregationRule:
         n = models.shape[0]
         if models.dim() != 2 or weights.shape != (n,) or global_model.shape != models.shape[1:]:
             raise ValueError("expected models (n, d), weights (n,) and global_model (d,)")
-        usable = torch.isfinite(models).all(dim=1) & torch.isfinite(weights) & (weights >= 0)
+        usable = finite_rows(models) & torch.isfinite(weights) & (weights >= 0)
         rows = usable.nonzero().squeeze(1)
         ids = None if client_ids is None else [client_ids[i] for i in rows.tolist()]
         if rows.numel() < n:
@@ -202,6 +202,15 @@ def column_blocks(d: int) -> Iterator[slice]:
     return (slice(start, min(start + BLOCK_COLUMNS, d)) for start in range(0, d, BLOCK_COLUMNS))
 
 
+def finite_rows(models: torch.Tensor) -> torch.Tensor:
+    """Bool ``(n,)``: rows without NaN/Inf (checked in column blocks: ``isfinite`` on
+    the whole matrix would allocate more than the matrix itself)."""
+    finite = torch.ones(models.shape[0], dtype=torch.bool, device=models.device)
+    for cols in column_blocks(models.shape[1]):
+        finite &= torch.isfinite(models[:, cols]).all(dim=1)
+    return finite
+
+
 def blockwise_sums(
     kernel: Callable[..., tuple[torch.Tensor, ...]],
     models: torch.Tensor,
@@ -278,7 +287,7 @@ def combine(batch: ClientBatch, coefficients: torch.Tensor) -> torch.Tensor:
     """``w_0 + sum_i c_i (w_i - w_0)`` without forming the updates."""
     coefficients = coefficients.to(torch.float64)
     rest = (1 - coefficients.sum()).to(batch.models.dtype)
-    return coefficients.to(batch.models.dtype) @ batch.models + rest * batch.global_model
+    return (coefficients.to(batch.models.dtype) @ batch.models).addcmul_(batch.global_model, rest)
 
 
 def keep_mask(n: int, rows: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 - ``inprocess``: one process, no Ray (fast; many small runs).
 - ``flower``: Flower's simulation engine on Ray, launched through ``flwr run``.
+- ``deployment``: Flower's deployment engine on this machine: a SuperLink and one
+  SuperNode process per client over loopback, launched through ``flwr run``.
 
 Both hand the apps the same flat run config, including ``output.dir``, where the
 ServerApp writes the run directory.
@@ -19,10 +21,11 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, resume: bool =
 
     ``resume`` continues the run in ``out_dir`` from its last checkpoint.
     """
-    if config.engine.name == "flower":
-        from fedsec.engines.flower import run_flower
+    if config.engine.name in ("flower", "deployment"):
+        from fedsec.engines.flower import run_deployment, run_flower
 
-        run_flower(config, out_dir, resume=resume)
+        launch = run_flower if config.engine.name == "flower" else run_deployment
+        launch(config, out_dir, resume=resume)
         return
     from fedsec.apps.client_app import app as client_app
     from fedsec.apps.server_app import OUTPUT_DIR_KEY, RESUME_KEY

@@ -30,6 +30,7 @@ from fedsec.engines.processes import free_port, marked_env, start_process, stop_
 from fedsec.errors import FedsecError
 
 CONNECTION_NAME = "fedsec"
+DEFAULT_CLIENTAPP = "fedsec.apps.client_app:app"
 # The ServerApp's own progress lines inside Flower's streamed log.
 _PROGRESS = re.compile(r"(fedsec: .*|round \d+/\d+ .*)")
 
@@ -53,7 +54,7 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
 
 
 def write_app(app_dir: Path, config: ExperimentConfig, out_dir: Path, resume: bool = False,
-              clientapp: str = "fedsec.apps.client_app:app") -> Path:
+              clientapp: str = DEFAULT_CLIENTAPP) -> Path:
     """A Flower App folder whose run config is ``config`` and whose output is ``out_dir``.
 
     ``clientapp`` names the ClientApp object (tests substitute one that fails on purpose).
@@ -76,49 +77,104 @@ def write_app(app_dir: Path, config: ExperimentConfig, out_dir: Path, resume: bo
 
 def run_flower(
     config: ExperimentConfig, out_dir: str | Path, progress: Callable[[str], None] = print,
-    resume: bool = False, clientapp: str = "fedsec.apps.client_app:app",
+    resume: bool = False, clientapp: str = DEFAULT_CLIENTAPP,
 ) -> None:
-    """Run ``config`` on Flower's simulation engine; results land in ``out_dir``."""
-    out_dir = Path(out_dir).resolve()
-    flwr_home = out_dir / ".flwr"
-    app_dir = write_app(flwr_home / "app", config, out_dir, resume, clientapp)
-    env = flower_env(flwr_home)
-    port = free_port()
-    _write_connection(flwr_home, port)
-    log_path = flwr_home / "superlink.log"
-    superlink = start_process(
-        [_bin("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
-         "--host", "127.0.0.1", "--port", str(port),
-         "--disable-runtime-dependency-installation"],
-        env, log_path,
-    )
-    try:
-        wait_for_port(port, superlink, log_path)
-        e = config.engine
-        federation = (
+    """Run ``config`` on Flower's simulation engine (Ray); results land in ``out_dir``."""
+    e = config.engine
+    with FlowerLauncher(config, out_dir, resume, clientapp) as launcher:
+        launcher.start_superlink(simulation=True)
+        launcher.submit(progress, federation_config=(
             f"num-supernodes={config.data.num_clients} "
             f"client-resources-num-cpus={e.client_num_cpus} "
             f"client-resources-num-gpus={e.client_num_gpus}"
-        )
-        cmd = [_bin("flwr"), "run", str(app_dir), CONNECTION_NAME,
-               "--federation-config", federation, "--stream"]
-        run_log = flwr_home / "flwr-run.log"
-        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, bufsize=1) as flwr_run, run_log.open("w") as log:
+        ))
+
+
+def run_deployment(
+    config: ExperimentConfig, out_dir: str | Path, progress: Callable[[str], None] = print,
+    resume: bool = False, clientapp: str = DEFAULT_CLIENTAPP,
+) -> None:
+    """Run ``config`` on Flower's deployment engine, all on this machine.
+
+    One ``flower-superlink`` and one ``flower-supernode`` per client, talking over
+    loopback, each SuperNode told its ``partition-id`` / ``num-partitions`` through
+    ``--node-config``: the processes a real deployment runs on many machines.
+    """
+    with FlowerLauncher(config, out_dir, resume, clientapp) as launcher:
+        launcher.start_superlink(simulation=False)
+        for pid in range(config.data.num_clients):
+            launcher.start_supernode(pid, config.data.num_clients)
+        launcher.submit(progress)
+
+
+class FlowerLauncher:
+    """Starts Flower's processes for one run and stops every one of them on exit.
+
+    Everything lives in ``OUT_DIR/.flwr``: ``FLWR_HOME``, the generated app, one log
+    per process, and ``flwr-run.log`` (what ``flwr run --stream`` printed).
+    """
+
+    def __init__(self, config: ExperimentConfig, out_dir: str | Path, resume: bool,
+                 clientapp: str) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir).resolve()
+        self.home = self.out_dir / ".flwr"
+        self.app_dir = write_app(self.home / "app", config, self.out_dir, resume, clientapp)
+        self.env = flower_env(self.home)
+        self.port = free_port()
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def __enter__(self) -> FlowerLauncher:
+        _write_connection(self.home, self.port)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stop_marked(str(self.home))
+        for proc in self.processes.values():
+            proc.wait()
+
+    def start_superlink(self, simulation: bool) -> None:
+        cmd = [_bin("flower-superlink"), "--insecure", "--isolation", "subprocess",
+               "--host", "127.0.0.1", "--port", str(self.port),
+               "--disable-runtime-dependency-installation"]
+        self._start("superlink", cmd + (["--simulation"] if simulation else []), self.port)
+
+    def start_supernode(self, partition_id: int, num_partitions: int) -> None:
+        port = free_port()
+        cmd = [_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
+               "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}",
+               "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(port)]
+        self._start(f"supernode-{partition_id}", cmd, port)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one process (tests: a SuperNode dying mid-run)."""
+        self.processes[name].kill()
+
+    def submit(self, progress: Callable[[str], None], federation_config: str | None = None) -> None:
+        """``flwr run`` the app, stream its log, and fail unless the run finished."""
+        cmd = [_bin("flwr"), "run", str(self.app_dir), CONNECTION_NAME, "--stream"]
+        if federation_config:
+            cmd += ["--federation-config", federation_config]
+        run_log = self.home / "flwr-run.log"
+        with subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, bufsize=1) as flwr_run, \
+                run_log.open("w") as log:
             for line in flwr_run.stdout:
                 log.write(line)
                 log.flush()
-                if _PROGRESS.search(line):
-                    progress(_PROGRESS.search(line).group(0).rstrip())
+                if match := _PROGRESS.search(line):
+                    progress(match.group(0).rstrip())
             code = flwr_run.wait()
-        if code != 0 or not (out_dir / "summary.json").is_file():
+        if code != 0 or not (self.out_dir / "summary.json").is_file():
             raise RuntimeError(
                 f"the Flower run failed (flwr run exit code {code}); its log: {run_log}\n"
                 + "".join(run_log.read_text().splitlines(keepends=True)[-15:])
             )
-    finally:
-        stop_marked(str(flwr_home))
-        superlink.wait()
+
+    def _start(self, name: str, cmd: list[str], port: int) -> None:
+        log_path = self.home / f"{name}.log"
+        self.processes[name] = proc = start_process(cmd, self.env, log_path)
+        wait_for_port(port, proc, log_path)
 
 
 def _write_connection(flwr_home: Path, port: int) -> None:

@@ -1,0 +1,109 @@
+"""Attack configs: one-line errors before any training, and one end-to-end run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from attacks import ATTACKS, attack_names, build_attack
+from fedsec.cli import main
+from fedsec.config import load_config
+from fedsec.errors import ConfigError
+from fedsec.results import read_metrics
+from fedsec.sampling import AttackSchedule
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DIGITS = ["data.name=digits", "model.name=mlp", "data.num_clients=6", "data.min_partition_size=5",
+          "train.clients_per_round=3", "train.rounds=4", "train.local_epochs=1",
+          "engine.client_num_cpus=1", "seed=4"]
+
+
+def config_error(*overrides: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, list(overrides))
+    message = str(info.value)
+    assert "\n" not in message and message
+    return message
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["attack.name=backdoorz"], "unknown attack.name 'backdoorz'; valid: none, dba, edge-case"),
+    ([*DIGITS, "attack.name=label-flip", "attack.num_attackers=7"], "attack.num_attackers must be between 1 and data.num_clients (6)"),
+    ([*DIGITS, "attack.name=pgd", "attack.eps=0"], "attack.eps (the PGD radius) must be > 0, got 0.0"),
+    ([*DIGITS, "attack.name=edge-case-pgd", "attack.eps=-1.5"], "attack.eps (the PGD radius) must be > 0, got -1.5"),
+    ([*DIGITS, "attack.name=label-flip", "attack.target_label=10"], "attack.target_label must be a class of digits (0..9), got 10"),
+    ([*DIGITS, "attack.name=pixel-replacement", "attack.target_label=-3"], "attack.target_label must be a class of digits (0..9), got -3"),
+    ([*DIGITS, "attack.name=edge-case", "attack.edge_case=southwest"], "attack.edge_case 'southwest' (32x32 RGB plane photos) does not fit data set 'digits'"),
+    ([*DIGITS, "attack.name=edge-case-pgd", "attack.edge_case=ardis"], "attack.edge_case 'ardis' (28x28 handwritten digits) does not fit data set 'digits'"),
+    (["attack.name=edge-case-pgd"], "edge_case 'ardis' needs attack.edge_case_dir: the folder holding ardis_iv.npz"),
+    (["attack.name=edge-case", "attack.edge_case_dir=/nonexistent/edge"], "attack.edge_case_dir: ardis: data directory not found: /nonexistent/edge; the folder must hold ardis_iv.npz"),
+    ([*DIGITS, "attack.name=edge-case", "attack.edge_case=plane"], "unknown attack.edge_case 'plane'; valid: auto, ardis, southwest, tail"),
+    ([*DIGITS, "attack.name=label-flip", "attack.source_label=1"], "attack.source_label and the target label are both 1"),
+    ([*DIGITS, "attack.name=dba", "attack.poison_fraction=1.5"], "attack.poison_fraction must be in (0, 1], got 1.5"),
+    ([*DIGITS, "attack.name=neurotoxin", "attack.mask_fraction=1.0"], "attack.mask_fraction must be in [0, 1), got 1.0"),
+    ([*DIGITS, "attack.name=gaussian", "attack.sigma=0"], "attack.sigma must be > 0, got 0.0"),
+    ([*DIGITS, "attack.name=gaussian", "attack.target_label=3"], "attack 'gaussian' is untargeted; remove attack.target_label"),
+    ([*DIGITS, "attack.name=pgd", "attack.radius=2"], "unknown key attack.radius for attack 'pgd'; its parameters: eps, eps_decay"),
+    ([*DIGITS, "attack.name=pgd", "attack.eps=big"], "attack.eps must be of type float, got 'big'"),
+])
+def test_bad_attack_configs_fail_in_load_config_with_one_line(overrides, expected):
+    assert expected in config_error(*overrides)
+
+
+def test_missing_edge_case_files_name_the_folder_and_the_files(tmp_path):
+    message = config_error("attack.name=edge-case", f"attack.edge_case_dir={tmp_path}")
+    assert str(tmp_path) in message and "ardis_iv.npz" in message and "ARDIS_train_2828.csv" in message
+
+
+def test_checks_that_need_the_data_run_before_training(tmp_path, capsys):
+    overrides = [*DIGITS, "attack.name=pixel-replacement"]  # the default trigger is too big for 8x8
+    config = load_config(None, overrides)
+    from fedsec.data import load_dataset
+
+    with pytest.raises(ConfigError, match="needs 4x10 px but digits images are 8x8"):
+        build_attack(config, load_dataset("digits"))
+    argv = ["run", "--out", str(tmp_path / "run")]
+    for item in overrides:
+        argv += ["--set", item]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "needs 4x10 px" in err and err.count("\n") == 1
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_every_attack_has_defaults_that_validate_somewhere():
+    assert attack_names() == ["none", *sorted(ATTACKS)]
+    assert set(ATTACKS) == {"edge-case", "edge-case-pgd", "edge-case-pgd-replacement", "pixel-replacement",
+                            "pgd", "dba", "neurotoxin", "label-flip", "gaussian", "sign-flip"}
+    for name in ATTACKS:
+        extra = ["attack.trigger_size=2", "attack.trigger_gap=1"] if name in (
+            "pixel-replacement", "pgd", "dba", "neurotoxin") else []
+        assert build_attack(load_config(None, [*DIGITS, f"attack.name={name}", *extra])) is not None
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ardis_iv.npz").is_file(),
+                    reason=f"edge-case data not found at {SHARED_DATA} (ardis_iv.npz)")
+def test_ardis_config_with_the_shared_folder_is_valid():
+    cfg = load_config(None, ["attack.name=edge-case-pgd-replacement", f"attack.edge_case_dir={SHARED_DATA}"])
+    attack = build_attack(cfg)
+    assert attack.source == "ardis" and attack.target == 1 and attack.counts() == (66, 100, 0)
+
+
+def test_end_to_end_run_records_backdoor_accuracy_and_the_scheduled_attackers(tmp_path):
+    overrides = [*DIGITS, "attack.name=pixel-replacement", "attack.trigger_size=2", "attack.trigger_gap=1",
+                 "attack.num_attackers=2", "attack.every=2", "attack.start_round=2"]
+    argv = ["run", "--out", str(tmp_path / "run")]
+    for item in overrides:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    rounds = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    config = load_config(None, overrides)
+    schedule = AttackSchedule(config.attack, 6, 3, 4, config.seed)
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
+    for r in rounds:
+        assert 0.0 <= r["backdoor_accuracy"] <= 1.0
+        assert r["malicious_clients"] == schedule.sample(r["round"])[1]
+        assert r["clients"] == schedule.sample(r["round"])[0]
+    assert [len(r["malicious_clients"]) for r in rounds] == [0, 1, 0, 1]
+    assert rounds[1]["malicious_clients"] != rounds[3]["malicious_clients"]  # the pool takes turns
