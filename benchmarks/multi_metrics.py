@@ -28,6 +28,7 @@ import resource
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from defenses.rules import AggregationResult, MultiMetricsRule  # noqa: E402
+from defenses.rules import AggregationResult, MultiMetricsRule
 
 SIZES = {"vgg9": (10, 9_225_610), "lenet": (30, 1_199_882)}
 OUTLIER = 3
@@ -117,6 +118,35 @@ def measure_memory(variant: str, size: str) -> None:
     print((after - before) * 1024 / models.numel() / models.element_size())
 
 
+def compare(size: str, repeats: int) -> float:
+    """Time and compare the loop and both variants on one model size; return the speedup."""
+    n, d = SIZES[size]
+    models, weights, start = make_round(n, d)
+    reference = MultiMetricsRule(variant="reference")
+    paper = MultiMetricsRule(variant="paper")
+    reference.aggregate(models[:, :1000], weights, start[:1000])  # warm up
+    loop_s, loop = best_time(partial(loop_aggregate, models, weights), 1)
+    loop64_s, loop64 = best_time(partial(loop_aggregate, models.double(), weights), 1)
+    ref_s, ours = best_time(partial(reference.aggregate, models, weights, start), repeats)
+    paper_s, mine = best_time(partial(paper.aggregate, models, weights, start), repeats)
+    print(f"\n{size}: n = {n}, d = {d:,}, outlier = client {OUTLIER}")
+    print(f"  loop over ordered pairs, float32  {loop_s:8.3f} s")
+    print(f"  loop over ordered pairs, float64  {loop64_s:8.3f} s")
+    print(f"  reference variant                 {ref_s:8.3f} s   "
+          f"speedup {loop_s / ref_s:.1f}x (float32 loop), {loop64_s / ref_s:.1f}x (float64)")
+    print(f"  kept                              {kept(ours)}; float32 loop {kept(loop)}, "
+          f"float64 loop {kept(loop64)}")
+    print(f"  max relative score difference     {relative(ours, loop64):.1e} to the float64 "
+          f"loop, {relative(ours, loop):.1e} to the float32 loop "
+          f"(float32 loop to float64 loop: {relative(loop, loop64):.1e})")
+    print(f"  paper variant                     {paper_s:8.3f} s   kept {kept(mine)}")
+    for variant in ("reference", "paper"):
+        extra = peak_extra_memory(variant, size)
+        print(f"  peak extra memory, {variant:9s}      {extra:8.3f} x the (n, d) matrix "
+              f"({extra * n * d * 4 / 2**20:,.0f} MiB)")
+    return loop_s / ref_s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -125,36 +155,8 @@ def main() -> None:
     if args.memory:
         measure_memory(*args.memory)
         return
-
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    speedups = []
-    for size, (n, d) in SIZES.items():
-        models, weights, start = make_round(n, d)
-        reference = MultiMetricsRule(variant="reference")
-        paper = MultiMetricsRule(variant="paper")
-        reference.aggregate(models[:, :1000], weights, start[:1000])  # warm up
-        loop_s, loop = best_time(lambda: loop_aggregate(models, weights), 1)
-        wide = models.double()
-        loop64_s, loop64 = best_time(lambda: loop_aggregate(wide, weights), 1)
-        del wide
-        ref_s, ours = best_time(lambda: reference.aggregate(models, weights, start), args.repeats)
-        paper_s, mine = best_time(lambda: paper.aggregate(models, weights, start), args.repeats)
-        speedups.append(loop_s / ref_s)
-        print(f"\n{size}: n = {n}, d = {d:,}, outlier = client {OUTLIER}")
-        print(f"  loop over ordered pairs, float32  {loop_s:8.3f} s")
-        print(f"  loop over ordered pairs, float64  {loop64_s:8.3f} s")
-        print(f"  reference variant                 {ref_s:8.3f} s   "
-              f"speedup {loop_s / ref_s:.1f}x (float32 loop), {loop64_s / ref_s:.1f}x (float64)")
-        print(f"  kept                              {kept(ours)}; float32 loop {kept(loop)}, "
-              f"float64 loop {kept(loop64)}")
-        print(f"  max relative score difference     {relative(ours, loop64):.1e} to the float64 "
-              f"loop, {relative(ours, loop):.1e} to the float32 loop "
-              f"(float32 loop to float64 loop: {relative(loop, loop64):.1e})")
-        print(f"  paper variant                     {paper_s:8.3f} s   kept {kept(mine)}")
-        for variant in ("reference", "paper"):
-            extra = peak_extra_memory(variant, size)
-            print(f"  peak extra memory, {variant:9s}      {extra:8.3f} x the (n, d) matrix "
-                  f"({extra * n * d * 4 / 2**20:,.0f} MiB)")
+    speedups = [compare(size, args.repeats) for size in SIZES]
     print(f"\nspeedup_vs_loop: {min(speedups):.1f}")
 
 

@@ -101,9 +101,11 @@ def _strategy_class(name: str) -> type[DefenseStrategy]:
 
 __all__ = [
     "DEFENSES",
+    "FLAME",
+    "RFA",
+    "RLR",
     "Bulyan",
     "DefenseStrategy",
-    "FLAME",
     "FLTrust",
     "FedAvg",
     "FoolsGold",
@@ -112,8 +114,6 @@ __all__ = [
     "MultiKrum",
     "MultiMetrics",
     "NormClipping",
-    "RFA",
-    "RLR",
     "RoundReport",
     "TrimmedMean",
     "WeakDP",

@@ -165,18 +165,19 @@ class DefenseStrategy(FedAvg):
             self._root_update(server_round, layout, global_model),
         )
         accepted = result.accepted.tolist()
-        report.accepted = sorted(k for k, ok in zip(keys, accepted) if ok)
-        report.rejected = sorted(k for k, ok in zip(keys, accepted) if not ok)
+        report.accepted = sorted(k for k, ok in zip(keys, accepted, strict=True) if ok)
+        report.rejected = sorted(k for k, ok in zip(keys, accepted, strict=True) if not ok)
         if result.scores is not None:
             report.scores = {
-                k: s for k, s in zip(keys, result.scores.tolist()) if not math.isnan(s)
+                k: s for k, s in zip(keys, result.scores.tolist(), strict=True) if not math.isnan(s)
             }
         if result.model is None:
             return self._keep_previous(report, result.note)
         log(INFO, "aggregate_train: %s accepted %s, rejected %s", self.rule.name,
             report.accepted, report.rejected)
         arrays = layout.unflatten(result.model, self._global_arrays)
-        return arrays, self._aggregate_metrics([r.content for r, ok in zip(valid, accepted) if ok])
+        contents = [r.content for r, ok in zip(valid, accepted, strict=True) if ok]
+        return arrays, self._aggregate_metrics(contents)
 
     def _root_update(
         self, server_round: int, layout: ModelLayout, global_model: torch.Tensor

@@ -104,13 +104,14 @@ def test_a_nan_reply_and_a_wrong_shape_reply_are_refused_and_the_rest_aggregated
     nan_arrays["fc.weight"] = Array(weight)
     wrong_shape = model_arrays(8)
     wrong_shape["fc.bias"] = Array(np.zeros(5))
-    replies = good_replies(3) + [
+    replies = [
+        *good_replies(3),
         reply(200, nan_arrays, {"num-examples": 5, "partition-id": 7}),
         reply(201, wrong_shape, {"num-examples": 5, "partition-id": 8}),
     ]
     strategy = started(defenses.FedAvg(), model_arrays(99), [100, 101, 102, 200, 201])
     with caplog.at_level(logging.WARNING, logger="flwr"):
-        arrays, metrics = strategy.aggregate_train(1, replies)
+        arrays, _ = strategy.aggregate_train(1, replies)
     expected, _ = FlowerFedAvg().aggregate_train(1, good_replies(3))
     np.testing.assert_allclose(arrays["fc.weight"].numpy(), expected["fc.weight"].numpy(),
                                rtol=1e-6)
@@ -138,8 +139,9 @@ def test_every_kind_of_bad_reply_is_refused_without_failing_the_round():
         reply(304, missing_key, {"num-examples": 3}),
         reply(305, wrong_dtype, {"num-examples": 3}),
         reply(306, corrupt, {"num-examples": 3}),
-    ] + good_replies(2)
-    strategy = started(defenses.FedAvg(), model_arrays(99), list(range(300, 307)) + [100, 101])
+        *good_replies(2),
+    ]
+    strategy = started(defenses.FedAvg(), model_arrays(99), [*range(300, 307), 100, 101])
     arrays, _ = strategy.aggregate_train(1, replies)
     assert arrays is not None
     report = strategy.last_report
@@ -177,9 +179,10 @@ def test_last_report_lists_verdicts_and_scores_of_a_defense():
         reply(100 + i, model_arrays(50, shift=0.01 * i), {"num-examples": 10, "partition-id": i})
         for i in range(6)
     ]
-    replies.append(reply(106, model_arrays(51, shift=30.0), {"num-examples": 10, "partition-id": 6}))
+    outlier = model_arrays(51, shift=30.0)
+    replies.append(reply(106, outlier, {"num-examples": 10, "partition-id": 6}))
     strategy = started(defenses.Krum(num_malicious=1), global_arrays, list(range(100, 107)))
-    arrays, metrics = strategy.aggregate_train(4, replies)
+    _, metrics = strategy.aggregate_train(4, replies)
     report = strategy.last_report
     assert report.round == 4
     assert len(report.accepted) == 1 and 6 in report.rejected

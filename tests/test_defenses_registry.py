@@ -39,7 +39,8 @@ def test_strategy_signature_matches_its_rule(name):
 
 def test_parameters_and_seed_reach_the_rule():
     strategy = defenses.build_defense("weak-dp", {"noise_std": 0.0025, "norm_bound": 2}, seed=11)
-    assert (strategy.rule.noise_std, strategy.rule.norm_bound, strategy.rule.seed) == (0.0025, 2, 11)
+    rule = strategy.rule
+    assert (rule.noise_std, rule.norm_bound, rule.seed) == (0.0025, 2, 11)
     direct = defenses.MultiMetrics(keep_fraction=0.5, variant="reference", fraction_train=0.5)
     assert (direct.rule.keep_fraction, direct.rule.variant, direct.fraction_train) == (
         0.5, "reference", 0.5)

@@ -226,7 +226,7 @@ def blockwise_sums(
         for cols in column_blocks(models.shape[1]):
             parts = kernel(models[:, cols].to(dtype), *(v[cols].to(dtype) for v in vectors))
             parts64 = [part.to(torch.float64) for part in parts]
-            totals = parts64 if not totals else [t + p for t, p in zip(totals, parts64)]
+            totals = [t + p for t, p in zip(totals, parts64, strict=True)] if totals else parts64
         flat = torch.cat([t.reshape(-1) for t in totals])
         if dtype == torch.float64 or bool(torch.isfinite(flat).all()):
             break
@@ -280,7 +280,8 @@ def normalized(weights: torch.Tensor, mask: torch.Tensor | None = None) -> torch
     weights = weights.to(torch.float64) * inside
     total = weights.sum()
     uniform = inside / inside.sum().clamp_min(1)
-    return torch.where(total > 0, weights / total.clamp_min(torch.finfo(torch.float64).tiny), uniform)
+    tiny = torch.finfo(torch.float64).tiny
+    return torch.where(total > 0, weights / total.clamp_min(tiny), uniform)
 
 
 def combine(batch: ClientBatch, coefficients: torch.Tensor) -> torch.Tensor:

@@ -14,9 +14,9 @@ from .base import (
     AggregationResult,
     AggregationRule,
     ClientBatch,
-    gram,
     combine,
     cosine_from_gram,
+    gram,
     normalized,
     param,
     positive,
@@ -61,7 +61,8 @@ class FoolsGoldRule(AggregationRule):
         weights = self._weights(similarity)
         accepted = weights > 0
         if not bool(accepted.any()):
-            return AggregationResult(None, accepted, weights, "FoolsGold gave every client weight 0")
+            note = "FoolsGold gave every client weight 0"
+            return AggregationResult(None, accepted, weights, note)
         return AggregationResult(combine(batch, normalized(weights)), accepted, weights)
 
     def _update_histories(self, batch: ClientBatch) -> torch.Tensor:

@@ -26,8 +26,8 @@ def krum_scores(distances: torch.Tensor, num_malicious: int) -> torch.Tensor:
     ``distances`` is the ``(n, n)`` squared-distance matrix; a client's distance to
     itself never counts. At least one neighbour counts (for ``n - f - 2 < 1``).
     """
-    n = distances.shape[0]
-    return sum_of_nearest(distances.clone().fill_diagonal_(torch.inf), krum_neighbours(n, num_malicious))
+    others = distances.clone().fill_diagonal_(torch.inf)
+    return sum_of_nearest(others, krum_neighbours(distances.shape[0], num_malicious))
 
 
 def krum_neighbours(n: int, num_malicious: int) -> int:
@@ -66,6 +66,5 @@ class KrumRule(AggregationRule):
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:
         scores = krum_scores(squared_distances(batch.models), self.num_malicious)
         best = lowest(scores, 1)
-        return AggregationResult(
-            batch.models[best[0]].clone(), keep_mask(batch.n, best, batch.models.device), scores
-        )
+        model = batch.models.index_select(0, best).squeeze(0)
+        return AggregationResult(model, keep_mask(batch.n, best, batch.models.device), scores)
