@@ -95,19 +95,16 @@ class EdgeCase(Attack):
         if self.source in src.PAPER_DEFAULTS:
             edge, clean, _ = src.PAPER_DEFAULTS[self.source]
             tail_test = 0
+        elif class_size is None:
+            if self._tail_counts is None:
+                raise RuntimeError("tail edge cases are chosen in edit_dataset(), which has not run")
+            (edge, tail_test), clean = self._tail_counts, src.TAIL_CLEAN
         else:
-            if class_size is None:
-                if self._tail_counts is None:
-                    raise RuntimeError("tail edge cases are chosen in edit_dataset(), which has not run")
-                return (*self._tail_counts[:1], self._clean_or(src.TAIL_CLEAN), self._tail_counts[1])
             share = max(1, round(src.TAIL_SHARE * class_size))
             edge, clean, tail_test = share, src.TAIL_CLEAN, share
         return (edge if self.num_edge_cases == -1 else self.num_edge_cases,
-                self._clean_or(clean),
+                clean if self.num_clean == -1 else self.num_clean,
                 tail_test if self.num_tail_test == -1 else self.num_tail_test)
-
-    def _clean_or(self, default: int) -> int:
-        return default if self.num_clean == -1 else self.num_clean
 
     # ------------------------------------------------------------------ validation
     def check(self, config, dataset) -> None:

@@ -15,8 +15,9 @@ outlier, it times
 
 It prints the times, the speedup over the float32 loop, whether the same clients were
 kept, the largest relative score difference to each loop, the peak extra memory of
-each variant (``ru_maxrss`` growth in a fresh subprocess, relative to the ``(n, d)``
+each variant (peak RSS growth in a fresh subprocess, relative to the ``(n, d)``
 float32 matrix) and ends with ``speedup_vs_loop: <the smaller of the two speedups>``.
+Linux only (it reads /proc).
 
     python benchmarks/multi_metrics.py [--repeats 3]
 """
@@ -24,7 +25,7 @@ float32 matrix) and ends with ``speedup_vs_loop: <the smaller of the two speedup
 from __future__ import annotations
 
 import argparse
-import resource
+import os
 import subprocess
 import sys
 import time
@@ -98,7 +99,10 @@ def best_time(fn, repeats: int) -> tuple[float, AggregationResult]:
 
 
 def peak_extra_memory(variant: str, size: str) -> float:
-    """Peak RSS growth of one aggregation, in units of the (n, d) float32 matrix."""
+    """Peak RSS growth of one aggregation, in units of the (n, d) float32 matrix.
+
+    Measured in a fresh process (``VmHWM`` of /proc/self/status: ``ru_maxrss`` would
+    inherit this big process's peak across ``exec``)."""
     out = subprocess.run(
         [sys.executable, __file__, "--memory", variant, size],
         check=True, capture_output=True, text=True,
@@ -112,10 +116,17 @@ def measure_memory(variant: str, size: str) -> None:
     models, weights, start = make_round(n, d)
     rule = MultiMetricsRule(variant=variant)
     rule.aggregate(models[:, :1000], weights, start[:1000])  # load kernels and libraries
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
+    before = _status_kib("VmHWM")
     rule.aggregate(models, weights, start)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print((after - before) * 1024 / models.numel() / models.element_size())
+    print((_status_kib("VmHWM") - before) * 1024 / models.numel() / models.element_size())
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
 
 
 def compare(size: str, repeats: int) -> float:
@@ -150,14 +161,19 @@ def compare(size: str, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--memory", nargs=2, metavar=("VARIANT", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory:
         measure_memory(*args.memory)
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start")
     speedups = [compare(size, args.repeats) for size in SIZES]
-    print(f"\nspeedup_vs_loop: {min(speedups):.1f}")
+    print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
+    print(f"speedup_vs_loop: {min(speedups):.1f}")
 
 
 if __name__ == "__main__":

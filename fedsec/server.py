@@ -131,7 +131,8 @@ def run_federation(
     """
     torch.set_num_threads(config.engine.client_num_cpus)
     task = get_task(config)
-    strategy = build_defense(config.defense.name, config.defense.params, seed=config.seed)
+    strategy = build_defense(config.defense.name, config.defense.params, seed=config.seed,
+                             device=str(resolve_device(config.engine.device)))
     _sample_exactly_the_given_nodes(strategy, config.train.clients_per_round)
     checkpoint = load_checkpoint(out_dir) if resume else None
     if checkpoint is None:

@@ -51,6 +51,15 @@ def test_bad_attack_configs_fail_in_load_config_with_one_line(overrides, expecte
     assert expected in config_error(*overrides)
 
 
+def test_ardis_with_cifar10_is_rejected_without_reading_cifar():
+    from fedsec.config import ExperimentConfig
+
+    config = ExperimentConfig.from_dict({"data": {"name": "cifar10"},
+                                         "attack": {"name": "edge-case", "edge_case": "ardis"}})
+    with pytest.raises(ConfigError, match="'ardis' .* does not fit data set 'cifar10'"):
+        build_attack(config)
+
+
 def test_missing_edge_case_files_name_the_folder_and_the_files(tmp_path):
     message = config_error("attack.name=edge-case", f"attack.edge_case_dir={tmp_path}")
     assert str(tmp_path) in message and "ardis_iv.npz" in message and "ARDIS_train_2828.csv" in message

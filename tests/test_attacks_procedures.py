@@ -94,6 +94,28 @@ def test_projected_training_ends_inside_the_ball_and_projects_every_k_steps():
     assert torch.linalg.vector_norm(flatten_params(free) - center).item() > 0.1
 
 
+def test_projection_runs_every_k_steps_and_after_the_last(monkeypatch):
+    import attacks.procedures as procedures
+
+    calls = []
+    real = procedures.project_to_ball
+    monkeypatch.setattr(procedures, "project_to_ball",
+                        lambda model, center, eps: calls.append(steps[0]) or real(model, center, eps))
+    steps = [0]
+    model = tiny_model()
+    x, y = torch.rand(50, 1, 4, 4), torch.randint(0, 3, (50,))
+
+    def count(step):
+        steps[0] = step
+
+    kwargs = dict(epochs=2, batch_size=8, lr=0.1, seed=0)  # 7 steps an epoch, 14 in all
+    original_train = procedures.train
+    monkeypatch.setattr(procedures, "train", lambda *a, after_step, **k: original_train(
+        *a, **k, after_step=lambda s: (count(s), after_step(s))))
+    procedures.projected_train(model, x, y, flatten_params(model), 0.01, 4, kwargs)
+    assert calls == [4, 8, 12, 14]
+
+
 @pytest.mark.parametrize("attack", ["pgd", "edge-case-pgd"])
 def test_pgd_attacks_send_a_model_within_eps_of_the_global_model(attack):
     extra = TRIGGER if attack == "pgd" else ["attack.edge_case=tail", "attack.num_clean=20"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
+import defenses.rules.base as rules_base
 from defenses.rules import (
     AggregationRule,
     BulyanRule,
@@ -250,3 +252,28 @@ def test_an_aggregate_that_overflows_keeps_the_model():
     assert torch.isfinite(result.model).all()
     result = run(TrimmedMeanRule(beta=0.0), huge, torch.zeros(3))
     assert result.model is None and result.note == "aggregate is not finite"
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [MedianRule(), TrimmedMeanRule(beta=0.2), BulyanRule(), RLRRule(threshold=2), KrumRule(),
+     FLAMERule(), MultiMetricsRule(variant="paper"), MultiMetricsRule(variant="reference"),
+     NormClippingRule(norm_bound=0.5), RFARule(), FoolsGoldRule()],
+    ids=lambda r: f"{r.name}-{getattr(r, 'variant', '')}",
+)
+def test_column_blocks_do_not_change_the_result(rule, monkeypatch):
+    models, base = honest_and_outlier(n=9, d=50)
+    models, base = models.double(), base.double()
+    whole = dataclasses.replace(rule).aggregate(models, torch.ones(9), base, list(range(9)))
+    monkeypatch.setattr(rules_base, "BLOCK_COLUMNS", 7)
+    blocked = dataclasses.replace(rule).aggregate(models, torch.ones(9), base, list(range(9)))
+    assert torch.equal(blocked.accepted, whole.accepted)
+    torch.testing.assert_close(blocked.model, whole.model, rtol=1e-12, atol=1e-12)
+
+
+def test_a_nan_in_a_later_column_block_is_found(monkeypatch):
+    monkeypatch.setattr(rules_base, "BLOCK_COLUMNS", 4)
+    models = torch.ones(3, 10)
+    models[1, 9] = float("nan")
+    result = FedAvgRule().aggregate(models, torch.ones(3), torch.zeros(10))
+    assert result.accepted.tolist() == [True, False, True]

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
-from fedsec.cli import main
 from fedsec.config import load_config
 from fedsec.engines.flower import DEFAULT_CLIENTAPP, FlowerLauncher
 from fedsec.engines.processes import marked_pids
-from fedsec.results import read_metrics
+from tests.runs import rounds_without_time, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -19,24 +17,13 @@ SMALL = ["data.name=digits", "model.name=mlp", "data.num_clients=3", "data.min_p
          "engine.client_num_cpus=1", "seed=4"]
 
 
-def rounds_without_time(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "time_s"} for r in read_metrics(run_dir / "metrics.jsonl")]
-
-
-def cli_run(out: Path, *extra: str) -> None:
-    argv = ["run", "--out", str(out)]
-    for item in (*SMALL, *extra):
-        argv += ["--set", item]
-    assert main(argv) == 0
-
-
 def test_deployment_matches_inprocess_and_survives_a_killed_supernode(tmp_path):
     """Rounds 1-2 equal the in-process engine's; SuperNode 2 is killed as round 3 starts.
 
     Each SuperNode starts a fresh ClientApp process per message (Flower's subprocess
     isolation), hence the generous round timeout.
     """
-    cli_run(tmp_path / "inprocess")
+    run_cli(tmp_path / "inprocess", SMALL)
     config = load_config(None, [*SMALL, "train.rounds=3", "engine.round_timeout=90"])
     out = tmp_path / "deployment"
     with FlowerLauncher(config, out, resume=False, clientapp=DEFAULT_CLIENTAPP) as launcher:

@@ -10,19 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import Message
-from flwr.clientapp import ClientApp
 
-from fedsec.apps import client_app as client_module
 from fedsec.apps.server_app import OUTPUT_DIR_KEY
-from fedsec.apps.server_app import app as server_app
-from fedsec.cli import DEFAULT_EXPERIMENT, main
+from fedsec.cli import DEFAULT_EXPERIMENT
 from fedsec.config import ExperimentConfig, load_config
 from fedsec.engines.flower import flower_env
 from fedsec.engines.processes import free_port, marked_pids, start_process, stop_marked, wait_for_port
-from fedsec.engines.inprocess import run_inprocess
 from fedsec.models import build_model
 from fedsec.results import read_metrics
+from tests import runs
+from tests.runs import rounds_without_time
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["data.name=digits", "model.name=mlp", "data.num_clients=4", "data.min_partition_size=5",
@@ -30,15 +27,8 @@ SMALL = ["data.name=digits", "model.name=mlp", "data.num_clients=4", "data.min_p
          "engine.client_num_cpus=1", "seed=5"]
 
 
-def rounds_without_time(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "time_s"} for r in read_metrics(run_dir / "metrics.jsonl")]
-
-
 def run_cli(out: Path, *overrides: str) -> None:
-    argv = ["run", "--out", str(out)]
-    for item in (*SMALL, *overrides):
-        argv += ["--set", item]
-    assert main(argv) == 0
+    runs.run_cli(out, [*SMALL, *overrides])
 
 
 def test_inprocess_run_writes_a_complete_run_directory(tmp_path, capsys):
@@ -64,27 +54,6 @@ def test_same_seed_same_metrics_and_other_seed_differs(tmp_path):
     run_cli(tmp_path / "c", "seed=6")
     assert rounds_without_time(tmp_path / "a") == rounds_without_time(tmp_path / "b")
     assert rounds_without_time(tmp_path / "a") != rounds_without_time(tmp_path / "c")
-
-
-def test_a_failing_client_is_recorded_and_the_round_goes_on(tmp_path):
-    config = load_config(None, SMALL + ["train.clients_per_round=4"])
-    failing = ClientApp()
-
-    @failing.query("identify")
-    def identify(msg: Message, context):
-        return client_module.identify(msg, context)
-
-    @failing.train()
-    def train(msg: Message, context):
-        if client_module.partition_id(context) == 2:
-            raise RuntimeError("client 2 crashed")
-        return client_module.local_train(msg, context)
-
-    run_config = {**config.to_flat(), OUTPUT_DIR_KEY: str(tmp_path / "run")}
-    run_inprocess(server_app, failing, 4, run_config)
-    rounds = read_metrics(tmp_path / "run" / "metrics.jsonl")
-    assert [r["failed_clients"] for r in rounds] == [[2], [2]]
-    assert all(r["main_accuracy"] > 0.2 for r in rounds)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fedsec.cli import main
 from fedsec.results import read_metrics
+from tests.runs import rounds_without_time
 
 REPO = Path(__file__).resolve().parents[1]
 # weak-dp draws noise every round from a generator whose state must survive the kill.
@@ -24,10 +25,6 @@ def argv(out: Path) -> list[str]:
     for item in CONFIG:
         args += ["--set", item]
     return args
-
-
-def without_time(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "time_s"} for r in read_metrics(run_dir / "metrics.jsonl")]
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path):
@@ -50,7 +47,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path):
     assert 3 <= done < 8 and not (killed / "summary.json").exists()
 
     assert main(["run", "--resume", str(killed)]) == 0
-    assert without_time(killed) == without_time(tmp_path / "whole")
+    assert rounds_without_time(killed) == rounds_without_time(tmp_path / "whole")
     assert [r["round"] for r in read_metrics(killed / "metrics.jsonl")] == list(range(1, 9))
 
 

@@ -19,8 +19,12 @@ import torch
 
 from fedsec.errors import ConfigError
 
-#: Columns per block in the blocked helpers: a float32 block of 30 clients is 3.9 MB.
-BLOCK_COLUMNS = 1 << 15
+#: Columns per block in the blocked helpers (a float32 block of 30 clients is 16 MB):
+#: few enough blocks that a busy CPU costs few thread synchronisations.
+BLOCK_COLUMNS = 1 << 17
+#: Columns per chunk for sums that must be accurate to about 1e-9 (Multi-metrics):
+#: float32 partial sums this short, added up in float64.
+CHUNK_COLUMNS = 1 << 12
 
 
 @dataclass
@@ -203,8 +207,15 @@ def column_blocks(d: int) -> Iterator[slice]:
 
 
 def finite_rows(models: torch.Tensor) -> torch.Tensor:
-    """Bool ``(n,)``: rows without NaN/Inf (checked in column blocks: ``isfinite`` on
-    the whole matrix would allocate more than the matrix itself)."""
+    """Bool ``(n,)``: rows without NaN/Inf.
+
+    Row sums are finite for such rows unless they overflow, so one pass of sums
+    settles the common case; otherwise the entries are checked column block by block
+    (``isfinite`` on the whole matrix would allocate more than the matrix itself).
+    """
+    (sums,) = blockwise_sums(lambda block: (block.sum(dim=1),), models)
+    if bool(torch.isfinite(sums).all()):
+        return torch.ones(models.shape[0], dtype=torch.bool, device=models.device)
     finite = torch.ones(models.shape[0], dtype=torch.bool, device=models.device)
     for cols in column_blocks(models.shape[1]):
         finite &= torch.isfinite(models[:, cols]).all(dim=1)
@@ -215,13 +226,15 @@ def blockwise_sums(
     kernel: Callable[..., tuple[torch.Tensor, ...]],
     models: torch.Tensor,
     *vectors: torch.Tensor,
+    wide: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Sum ``kernel(models[:, cols], *(v[cols] for v in vectors))`` over column blocks.
 
-    Each block is computed in the models' dtype and the blocks are summed in float64.
-    If a float32 sum overflows (absurd client values), it is redone in float64 blocks.
+    Each block is computed in the models' dtype (in float64 if ``wide``) and the blocks
+    are summed in float64. If a float32 sum overflows (absurd client values), it is
+    redone in float64 blocks.
     """
-    for dtype in (models.dtype, torch.float64):
+    for dtype in (torch.float64 if wide else models.dtype, torch.float64):
         totals: list[torch.Tensor] = []
         for cols in column_blocks(models.shape[1]):
             parts = kernel(models[:, cols].to(dtype), *(v[cols].to(dtype) for v in vectors))
@@ -231,6 +244,22 @@ def blockwise_sums(
         if dtype == torch.float64 or bool(torch.isfinite(flat).all()):
             break
     return tuple(totals)
+
+
+def chunks(block: torch.Tensor, *vectors: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
+    """``block`` ``(n, b)`` and ``vectors`` ``(b,)`` cut into chunks of ``CHUNK_COLUMNS``.
+
+    Yields views ``(n, m, C)`` and ``(m, C)`` of the whole chunks, then ``(n, 1, r)``
+    and ``(1, r)`` of the remaining ``r`` columns, so a reduction over the last axis
+    sums at most ``C`` terms.
+    """
+    n, b = block.shape
+    whole = b // CHUNK_COLUMNS * CHUNK_COLUMNS
+    if whole:
+        yield (block[:, :whole].reshape(n, -1, CHUNK_COLUMNS),
+               *(v[:whole].reshape(-1, CHUNK_COLUMNS) for v in vectors))
+    if whole < b:
+        yield block[:, whole:].reshape(n, 1, -1), *(v[whole:].reshape(1, -1) for v in vectors)
 
 
 def distances_to(models: torch.Tensor, point: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,8 @@ class FLAMERule(SeededRule):
     noise_lambda : float (default: 0.001)
         ``lambda``; the paper uses 0.001 for image classification (0.01 for NLP).
     seed : int (default: 0)
-        Seeds the noise; round ``t`` draws from a stream derived from ``(seed, t)``.
+        Seeds the noise: each call draws from a stream derived from the seed and the
+        number of earlier calls, so a run (and a resumed run) is reproducible.
 
     Cost: O(n^2 d) for the Gram matrix of the updates, HDBSCAN on the ``(n, n)``
     distances (on the host, the only data that leaves the device), one pass to
@@ -65,7 +66,7 @@ class FLAMERule(SeededRule):
             model.shape, generator=self._generator(model.device), dtype=model.dtype,
             device=model.device,
         )
-        model = model + (self.noise_lambda * bound).to(model.dtype) * noise
+        model.add_(noise.mul_((self.noise_lambda * bound).to(model.dtype)))
         scores = distances.sum(dim=1) / max(batch.n - 1, 1)
         return AggregationResult(model, accepted, scores)
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,7 @@ from .base import (
     AggregationRule,
     ClientBatch,
     blockwise_sums,
+    chunks,
     combine,
     keep_mask,
     lowest,
@@ -61,9 +63,18 @@ class MultiMetricsRule(AggregationRule):
     variant : str (default: "paper")
         ``"paper"`` or ``"reference"``.
 
+    Precision: ``Sigma`` is badly conditioned on real models (about 1e8 to 1e10 on the
+    benchmark's VGG-9 and LeNet rounds), so the scores amplify rounding in the three
+    terms. Float32 models are summed in float32 over chunks of 4,096 columns and in
+    float64 across chunks: the reference scores then match a float64 loop over pairs
+    to about 1e-5 relative, the paper scores to about 1e-3 (its summed absolute
+    differences of nearly equal norms cancel more); float64 models give float64
+    results. A float32 loop over pairs, as the reference code runs, is off by up to
+    24% there and can keep other clients (``benchmarks/README.md``).
+
     Cost: ``paper``: one pass over the ``(n, d)`` models for the features, one to
-    average. ``reference``: O(n^2 d) flops (Gram matrix and L1 distances, in column
-    blocks of float32 summed in float64), extra memory a few column blocks.
+    average. ``reference``: O(n^2 d) flops for the L1 distances (``pdist``) and the
+    Gram matrix, no loop over pairs. Extra memory: a few column blocks.
     Scores: the Multi-metrics scores.
     """
 
@@ -87,13 +98,7 @@ def paper_features(batch: ClientBatch) -> torch.Tensor:
     Manhattan and Euclidean distances to ``w_0`` and of the cosine with ``w_0``."""
 
     def kernel(block: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        update = block - start
-        return (
-            torch.linalg.vector_norm(update, ord=1, dim=1),
-            (update * update).sum(dim=1),
-            update @ start,
-            start @ start,
-        )
+        return _added(_paper_chunk_sums(*parts) for parts in chunks(block, start))
 
     manhattan, euclid_sq, dot_update, global_sq = blockwise_sums(
         kernel, batch.models, batch.global_model
@@ -115,8 +120,7 @@ def reference_features(models: torch.Tensor) -> torch.Tensor:
     rows, cols = torch.triu_indices(n, n, 1, device=models.device)
 
     def kernel(block: torch.Tensor, anchor: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        shifted = block - anchor
-        return F.pdist(block, p=1), shifted @ shifted.T, shifted @ anchor, anchor @ anchor
+        return _added(_reference_chunk_sums(*parts) for parts in chunks(block, anchor))
 
     l1, shifted_gram, shifted_dot, anchor_sq = blockwise_sums(kernel, models, models[0])
     # Gram of the models from the Gram of their shift by models[0] (exact algebra,
@@ -131,6 +135,40 @@ def reference_features(models: torch.Tensor) -> torch.Tensor:
     manhattan.index_add_(0, rows, l1).index_add_(0, cols, l1)
     length = (norms[:, None] - norms[None, :]).abs().sum(dim=1)
     return torch.stack([cos_term, manhattan, length], dim=1)
+
+
+def _paper_chunk_sums(models: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Over chunks ``(n, m, C)`` of the models and ``(m, C)`` of ``w_0``, in float64:
+    ``||u_i||_1``, ``||u_i||^2`` and ``<u_i, w_0>`` with ``u_i = w_i - w_0``, and
+    ``||w_0||^2``."""
+    update = models - start
+    wide = torch.float64
+    return (
+        torch.linalg.vector_norm(update, ord=1, dim=2).sum(dim=1, dtype=wide),
+        torch.linalg.vector_norm(update, dim=2).to(wide).square().sum(dim=1),
+        torch.einsum("nmc,mc->nm", update, start).sum(dim=1, dtype=wide),
+        torch.linalg.vector_norm(start, dim=1).to(wide).square().sum(),
+    )
+
+
+def _reference_chunk_sums(models: torch.Tensor, anchor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Over chunks ``(n, m, C)`` of the models and ``(m, C)`` of ``a = w_1``, in float64:
+    the pairwise L1 distances (``pdist`` order), the Gram matrix of ``w_i - a``,
+    ``<w_i - a, a>`` and ``||a||^2``."""
+    shifted = (models - anchor).transpose(0, 1)  # (m, n, C)
+    wide = torch.float64
+    l1 = torch.stack([F.pdist(part, p=1) for part in models.unbind(dim=1)])
+    return (
+        l1.sum(dim=0, dtype=wide),
+        torch.bmm(shifted, shifted.transpose(1, 2)).sum(dim=0, dtype=wide),
+        torch.einsum("mnc,mc->mn", shifted, anchor).sum(dim=0, dtype=wide),
+        torch.linalg.vector_norm(anchor, dim=1).to(wide).square().sum(),
+    )
+
+
+def _added(parts: Iterator[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """Element-wise sum of tuples of tensors."""
+    return tuple(sum(terms) for terms in zip(*parts, strict=True))
 
 
 def whitened_square_norms(features: torch.Tensor) -> torch.Tensor:

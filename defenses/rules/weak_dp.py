@@ -36,7 +36,8 @@ class WeakDPRule(SeededRule):
         Standard deviation of the noise added to the aggregated model (the EMNIST
         setting; 0.0025 on CIFAR-10).
     seed : int (default: 0)
-        Seeds the noise; round ``t`` draws from a stream derived from ``(seed, t)``.
+        Seeds the noise: each call draws from a stream derived from the seed and the
+        number of earlier calls, so a run (and a resumed run) is reproducible.
 
     Cost: as norm clipping plus drawing ``d`` normal numbers. Scores: update norms.
     """
@@ -54,4 +55,4 @@ class WeakDPRule(SeededRule):
             device=model.device,
         )
         accepted = torch.ones(batch.n, dtype=torch.bool, device=batch.models.device)
-        return AggregationResult(model + self.noise_std * noise, accepted, norms)
+        return AggregationResult(model.add_(noise, alpha=self.noise_std), accepted, norms)
