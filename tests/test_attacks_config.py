@@ -116,3 +116,14 @@ def test_end_to_end_run_records_backdoor_accuracy_and_the_scheduled_attackers(tm
         assert r["clients"] == schedule.sample(r["round"])[0]
     assert [len(r["malicious_clients"]) for r in rounds] == [0, 1, 0, 1]
     assert rounds[1]["malicious_clients"] != rounds[3]["malicious_clients"]  # the pool takes turns
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ardis_iv.npz").is_file(),
+                    reason=f"edge-case data not found at {SHARED_DATA} (ardis_iv.npz)")
+@pytest.mark.parametrize("name,every", [("ec-pgd-k1.toml", 1), ("ec-pgd-k10.toml", 10)])
+def test_edge_case_pgd_experiment_configs_are_valid(name, every):
+    path = Path(__file__).resolve().parents[1] / "experiments" / "edge-case-pgd" / name
+    cfg = load_config(path, [f"attack.edge_case_dir={SHARED_DATA}"])
+    assert cfg.attack.name == "edge-case-pgd" and cfg.attack.every == every
+    assert cfg.attack.params["edge_case_dir"] == str(SHARED_DATA)
+    assert cfg.data.name == "mnist5k" and cfg.data.num_clients >= 20 and cfg.train.pretrain_epochs == 10

@@ -21,7 +21,7 @@ MNIST5K = ["data.name=mnist5k", "data.num_clients=20", "train.rounds=2", "seed=2
 @pytest.fixture
 def shared_data() -> Path:
     if not (SHARED_DATA / "ardis_iv.npz").is_file():
-        pytest.skip(f"edge-case data not found at {SHARED_DATA} (ardis_iv.npz; see the repository's README)")
+        pytest.skip(f"edge-case data not found at {SHARED_DATA} (ardis_iv.npz)")
     return SHARED_DATA
 
 
