@@ -132,7 +132,14 @@ class AttackConfig:
 
 @dataclass
 class DefenseConfig:
+    """The server's aggregation strategy; ``params`` are the defense's own (defenses/).
+
+    ``root_size`` is the size of the clean root set the server holds for defenses that
+    train on one (FLTrust): a seeded sample of the training split, as in Cao et al.
+    """
+
     name: str = "fedavg"
+    root_size: int = 100
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -277,6 +284,7 @@ class ExperimentConfig:
         _positive("engine.round_timeout", e.round_timeout)
         _positive("engine.connect_timeout", e.connect_timeout)
         _at_least("engine.checkpoint_every", e.checkpoint_every, 0)
+        _at_least("defense.root_size", self.defense.root_size, 1)
         data_registry.check_available(d.name, d.dir or None)
         self._validate_attack_schedule()
         _validate_defense(self)

@@ -28,7 +28,8 @@ from fedsec.errors import ConfigError
 from fedsec.pretrain import initial_state
 from fedsec.results import MODEL_FILE, RunWriter
 from fedsec.task import FederatedTask, get_task, resolve_device
-from fedsec.training import evaluate
+from fedsec.seeding import derive_seed, rng
+from fedsec.training import evaluate, train
 
 IDENTIFY = f"{MessageType.QUERY}.identify"
 
@@ -134,6 +135,8 @@ def run_federation(
     strategy = build_defense(config.defense.name, config.defense.params, seed=config.seed,
                              device=str(resolve_device(config.engine.device)))
     _sample_exactly_the_given_nodes(strategy, config.train.clients_per_round)
+    if hasattr(strategy, "root_update_fn"):  # defenses that train on a server root set
+        strategy.root_update_fn = RootTrainer(task)
     checkpoint = load_checkpoint(out_dir) if resume else None
     if checkpoint is None:
         first_round = 1
@@ -235,6 +238,30 @@ class CentralEvaluator:
             x, target = self.backdoor
             out["backdoor_accuracy"] = evaluate(self.model, x, target, device=self.device).accuracy
         return out
+
+
+class RootTrainer:
+    """The server's update on its clean root set (FLTrust's g_0).
+
+    The root set is ``defense.root_size`` examples drawn, seeded, from the training
+    split (Cao et al. sample it from the training data); the server trains the global
+    model on it as a client would, with a stream of its own.
+    """
+
+    def __init__(self, task: FederatedTask) -> None:
+        self.task = task
+        x, y = task.train_data()
+        size = min(task.config.defense.root_size, len(y))
+        idx = torch.from_numpy(rng(task.config.seed, "root-set").choice(len(y), size, replace=False))
+        self.x, self.y = x[idx], y[idx]
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
+        model = self.task.new_model()
+        model.load_state_dict(arrays.to_torch_state_dict())
+        kwargs = self.task.train_kwargs(server_round, 0)  # its seed is replaced below
+        kwargs["seed"] = derive_seed(self.task.config.seed, "root-train", server_round)
+        train(model, self.x, self.y, **kwargs)
+        return ArrayRecord(model.state_dict())
 
 
 def detection_counts(record: dict[str, Any], malicious: list[int]) -> dict[str, int]:

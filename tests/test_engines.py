@@ -120,3 +120,20 @@ def test_pyproject_flower_app_config_is_the_default_experiment():
     default = load_config(DEFAULT_EXPERIMENT)
     default.engine.name = ExperimentConfig().engine.name
     assert ExperimentConfig.from_dict(table) == default
+
+
+def test_fltrust_trains_on_the_server_root_set_and_rejects_a_sign_flipper(tmp_path):
+    """The platform hands FLTrust its root-set trainer; a flipped update gets zero trust.
+
+    IID clients, so that every honest update points the root update's way (with label
+    skew an honest update can point away from it and be rejected too).
+    """
+    run_cli(tmp_path / "run", "defense.name=fltrust", "defense.root_size=200",
+            "data.partition=iid", "attack.name=sign-flip", "attack.schedule=every-round",
+            "train.rounds=3")
+    rounds = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    for r in rounds:
+        assert len(r["malicious_clients"]) == 1
+        assert r["malicious_clients"][0] in r["rejected_clients"]
+        assert (r["true_positives"], r["false_positives"]) == (1, 0)
+    assert rounds[-1]["main_accuracy"] > rounds[0]["main_accuracy"]
