@@ -135,25 +135,9 @@ class DefenseStrategy(FedAvg):
         layout = ModelLayout(self._global_arrays)
         report = RoundReport(round=server_round)
         self.last_report = report
-        replies = list(replies)
-        log(INFO, "aggregate_train: received %d replies", len(replies))
-        models = torch.empty(len(replies), layout.size, dtype=layout.dtype, device=self.device)
-        loaded: list[_Reply] = []
-        for message in replies:
-            key = _client_key(message)
-            reason = self._problem(message, layout) or layout.load(
-                next(iter(message.content.array_records.values())), models[len(loaded)]
-            )
-            if reason:
-                self._refuse(report, key, reason)
-                continue
-            weight = next(iter(message.content.metric_records.values()))[self.weighted_by_key]
-            loaded.append(_Reply(key, message.content, float(weight)))
-        rows = self._unique_rows(loaded, report)
-        if not rows:
+        models, valid = self._load_valid(list(replies), layout, report)
+        if not valid:
             return self._keep_previous(report, "no valid reply")
-        valid = [loaded[row] for row in rows]
-        models = models[: len(rows)] if len(rows) == len(loaded) else models[rows]
 
         keys = [reply.key for reply in valid]
         global_model = layout.flatten(self._global_arrays, self.device)
@@ -168,9 +152,8 @@ class DefenseStrategy(FedAvg):
         report.accepted = sorted(k for k, ok in zip(keys, accepted, strict=True) if ok)
         report.rejected = sorted(k for k, ok in zip(keys, accepted, strict=True) if not ok)
         if result.scores is not None:
-            report.scores = {
-                k: s for k, s in zip(keys, result.scores.tolist(), strict=True) if not math.isnan(s)
-            }
+            scores = zip(keys, result.scores.tolist(), strict=True)
+            report.scores = {k: s for k, s in scores if not math.isnan(s)}
         if result.model is None:
             return self._keep_previous(report, result.note)
         log(INFO, "aggregate_train: %s accepted %s, rejected %s", self.rule.name,
@@ -178,6 +161,27 @@ class DefenseStrategy(FedAvg):
         arrays = layout.unflatten(result.model, self._global_arrays)
         contents = [r.content for r, ok in zip(valid, accepted, strict=True) if ok]
         return arrays, self._aggregate_metrics(contents)
+
+    def _load_valid(
+        self, replies: list[Message], layout: ModelLayout, report: RoundReport
+    ) -> tuple[torch.Tensor, list[_Reply]]:
+        """The valid replies and their models as rows of one tensor; refuse the rest."""
+        log(INFO, "aggregate_train: received %d replies", len(replies))
+        models = torch.empty(len(replies), layout.size, dtype=layout.dtype, device=self.device)
+        loaded: list[_Reply] = []
+        for message in replies:
+            key = _client_key(message)
+            reason = self._problem(message, layout) or layout.load(
+                next(iter(message.content.array_records.values())), models[len(loaded)]
+            )
+            if reason:
+                self._refuse(report, key, reason)
+                continue
+            weight = next(iter(message.content.metric_records.values()))[self.weighted_by_key]
+            loaded.append(_Reply(key, message.content, float(weight)))
+        rows = self._unique_rows(loaded, report)
+        models = models[: len(rows)] if len(rows) == len(loaded) else models[rows]
+        return models, [loaded[row] for row in rows]
 
     def _root_update(
         self, server_round: int, layout: ModelLayout, global_model: torch.Tensor

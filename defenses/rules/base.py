@@ -143,7 +143,7 @@ class AggregationRule:
         if result.scores is not None:
             scores = torch.full((n,), math.nan, dtype=result.scores.dtype, device=accepted.device)
             scores[rows] = result.scores
-        if result.model is not None and not bool(torch.isfinite(result.model).all()):
+        if result.model is not None and not bool(finite_rows(result.model[None])[0]):
             return AggregationResult(None, accepted.zero_(), scores, "aggregate is not finite")
         return AggregationResult(result.model, accepted, scores, result.note)
 
