@@ -8,6 +8,8 @@ run samples what the uninterrupted run would have.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from fedsec.seeding import rng
@@ -67,7 +69,7 @@ class AttackSchedule:
     def enabled(self) -> bool:
         return self.attack.name != "none"
 
-    @property
+    @functools.cached_property
     def pool(self) -> list[int]:
         """The attacker pool: sorted partition ids, fixed by the seed."""
         if not self.enabled:

@@ -35,3 +35,36 @@ def test_derive_seed_streams():
     assert len({derive_seed(0, "x", 1), derive_seed(1, "x", 1), derive_seed(0, "y", 1),
                 derive_seed(0, "x", 2)}) == 4
     assert 0 <= derive_seed(123, "partition") < 2**32
+
+
+def schedule(**attack):
+    from fedsec.config import AttackConfig
+    from fedsec.sampling import AttackSchedule
+
+    return AttackSchedule(AttackConfig(name="sign-flip", **attack), num_clients=20,
+                          clients_per_round=10, rounds=30, seed=0)
+
+
+def test_fixed_frequency_puts_one_attacker_in_rounds_1_11_21_only():
+    s = schedule(num_attackers=2, every=10)
+    assert len(s.pool) == 2
+    for r in range(1, 31):
+        clients, malicious = s.sample(r)
+        assert len(clients) == 10 == len(set(clients))
+        if r in (1, 11, 21):
+            assert len(malicious) == 1 and malicious[0] in s.pool and malicious[0] in clients
+        else:
+            assert malicious == [] and not set(clients) & set(s.pool)  # the pool sits out
+    # attackers take turns across attack rounds
+    assert [s.sample(r)[1][0] for r in (1, 11, 21)] == [s.pool[0], s.pool[1], s.pool[0]]
+
+
+def test_window_and_random_pool():
+    s = schedule(num_attackers=5, schedule="random-pool", start_round=5, end_round=8)
+    for r in range(1, 31):
+        clients, malicious = s.sample(r)
+        expected = sorted(set(clients) & set(s.pool)) if 5 <= r <= 8 else []
+        assert malicious == expected
+        assert all(s.is_malicious(c, r) == (c in expected) for c in clients)
+    every = schedule(schedule="every-round", attackers_per_round=1, end_round=3)
+    assert [len(every.sample(r)[1]) for r in range(1, 6)] == [1, 1, 1, 0, 0]
