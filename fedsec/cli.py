@@ -2,6 +2,8 @@
 
     fedsec run [CONFIG.toml] [--set section.key=value ...] [--out DIR]
     fedsec run --resume RUN_DIR
+    fedsec run                          (no config: the showcase, fedsec/showcase.toml)
+    fedsec sweep SWEEP.toml [--set section.key=value ...] [--out DIR] [--parallel N] [--dry-run]
     fedsec partition [CONFIG.toml] [--set ...] [--out FILE.png]
 
 A user error (bad config, missing data) prints one line and exits with code 2 before
@@ -16,13 +18,18 @@ import sys
 import time
 from pathlib import Path
 
+from fedsec import report
 from fedsec.checkpoint import CHECKPOINT_FILE
 from fedsec.config import load_config
 from fedsec.errors import FedsecError
 from fedsec.results import CONFIG_FILE
+from fedsec.unlearning import cli as unlearning_cli
 
 EXIT_USAGE = 2
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parent / "default.toml"
+"""The plain built-in experiment (what ``flwr run .`` runs; ``partition`` without a config)."""
+SHOWCASE = Path(__file__).resolve().parent / "showcase.toml"
+"""``fedsec run`` without a config: a sweep of one attack against FedAvg and Multi-metrics."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run one experiment")
-    _config_args(run)
+    _config_args(run, "experiment TOML (default: the showcase, an edge-case PGD attacker "
+                      "against FedAvg and Multi-metrics side by side; --set applies to both)")
     run.add_argument("--out", help="run directory (default: runs/<config>-<time>)")
     run.add_argument("--resume", metavar="RUN_DIR",
                      help="continue an interrupted run from its last checkpoint")
@@ -43,15 +51,30 @@ def build_parser() -> argparse.ArgumentParser:
                      help="validate the experiment (config, data, attack) and exit without training")
     run.set_defaults(handler=cmd_run)
 
+    sweep = sub.add_parser("sweep", help="run a grid of experiments (resumable)")
+    sweep.add_argument("sweep", metavar="SWEEP.toml", help="sweep file (base experiment + axes)")
+    sweep.add_argument("--out", help="results directory (default: runs/sweeps/<name>)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="SECTION.KEY=VALUE",
+                       help="override one value of the base experiment (before the axes)")
+    sweep.add_argument("--parallel", type=int,
+                       help="runs at once (default: cores // engine.client_num_cpus)")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="validate every run of the grid, list them with their state, and exit")
+    sweep.set_defaults(handler=cmd_sweep)
+
     part = sub.add_parser("partition", help="plot the per-client label histogram as a PNG")
     _config_args(part)
     part.add_argument("--out", default="partition.png", help="PNG file to write")
     part.set_defaults(handler=cmd_partition)
+    unlearning_cli.register(sub)
+    report.register(sub)
     return parser
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="experiment TOML (default: the built-in one)")
+def _config_args(p: argparse.ArgumentParser,
+                 config_help: str = "experiment TOML (default: fedsec/default.toml)") -> None:
+    p.add_argument("config", nargs="?", help=config_help)
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.KEY=VALUE", help="override one config value")
 
@@ -72,13 +95,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise FedsecError(f"cannot resume {out}: no {CHECKPOINT_FILE} there (not a run "
                               "directory, or it died before its first checkpoint)")
         config = load_config(out / CONFIG_FILE)
+    elif not args.config:
+        return cmd_showcase(args)
     else:
         config = _load(args)
-        stem = Path(args.config).stem if args.config else "default"
-        out = Path(args.out or f"runs/{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+        out = Path(args.out or f"runs/{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     get_task(config)  # load the data and check the attack against it before any training
     if args.check:
-        print(f"fedsec: {args.config or args.resume or 'default experiment'} is valid")
+        print(f"fedsec: {args.config or args.resume} is valid")
         return 0
     print(f"fedsec: {config.data.name} / {config.model.name} / {config.defense.name}, "
           f"{config.data.num_clients} clients, {config.train.rounds} rounds on the "
@@ -90,6 +114,78 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"fedsec: interrupted; finished rounds are in {out}/metrics.jsonl", file=sys.stderr)
         return 130
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fedsec.sweep import load_sweep
+
+    if args.parallel is not None and args.parallel < 1:
+        raise FedsecError(f"--parallel must be >= 1, got {args.parallel}")
+    sweep = load_sweep(args.sweep, args.out, args.overrides)
+    root = Path(args.out) if args.out else Path("runs") / "sweeps" / sweep.name
+    code = _sweep(sweep, root, args.parallel, args.dry_run)
+    if code == 0 and not args.dry_run:
+        print(f"fedsec: sweep {sweep.name} complete: {len(sweep.runs)} runs in {root}; "
+              f"tables and plots: fedsec report {root}")
+    return code
+
+
+def _sweep(sweep, root: Path, parallel: int | None, dry_run: bool = False) -> int:
+    """Run (or with ``dry_run`` list) a loaded sweep; 0 when every run finished."""
+    from fedsec.sweep import default_parallel, pretrain_all, run_sweep
+    from fedsec.task import get_task
+
+    parallel = parallel or default_parallel(sweep)
+    states = [r.state() for r in sweep.runs]
+    print(f"fedsec: sweep {sweep.name}: {len(states)} runs ({states.count('done')} done, "
+          f"{states.count('partial')} to resume, {states.count('new')} new), "
+          f"{parallel} at a time -> {root}", flush=True)
+    if dry_run:
+        for run, state in zip(sweep.runs, states):
+            print(f"{state:8s}{run.id}")
+        return 0
+    for run in sweep.runs:  # data, attack and defense checked against the data, before any run
+        if run.state() != "done":
+            get_task(run.config)
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    pretrain_all(sweep, log=lambda msg: print(f"fedsec: {msg}", flush=True))
+    try:
+        failed = run_sweep(sweep, root, parallel)
+    except KeyboardInterrupt:
+        print(f"fedsec: interrupted; rerun the same command to resume {root}", file=sys.stderr)
+        return 130
+    if failed:
+        print(f"fedsec: {len(failed)} of {len(sweep.runs)} runs failed: "
+              + ", ".join(f"{r.id} ({r.dir}/run.log)" for r in failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_showcase(args: argparse.Namespace) -> int:
+    """``fedsec run`` without a config: the showcase sweep, then its side-by-side plot."""
+    from fedsec.report import write_report
+    from fedsec.sweep import load_sweep
+
+    root = Path(args.out or f"runs/showcase-{time.strftime('%Y%m%d-%H%M%S')}")
+    sweep = load_sweep(SHOWCASE, root, args.overrides)
+    if args.check:
+        for run in sweep.runs:
+            from fedsec.task import get_task
+            get_task(run.config)
+        print("fedsec: the showcase experiment is valid")
+        return 0
+    cfg = sweep.runs[0].config
+    print(f"fedsec: showcase: {cfg.attack.name} ({cfg.attack.params.get('edge_case', '')}) "
+          f"against {' and '.join(sweep.axes['defense'])}, {cfg.data.name} / {cfg.model.name}, "
+          f"{cfg.data.num_clients} clients, {cfg.train.rounds} rounds, seed {cfg.seed}", flush=True)
+    code = _sweep(sweep, root, None)
+    if code != 0:
+        return code
+    report, short = write_report(root)
+    print(short, end="")
+    print(f"fedsec: curves of both runs in {root / report['files']['png'][0]}; "
+          f"tables in {root / 'report.md'}")
     return 0
 
 

@@ -51,6 +51,10 @@ class DataConfig:
     classes_per_client: int = 2  # for partition = "pathological"
     num_clients: int = 20
     min_partition_size: int = 10
+    # Seed of the federation itself: the partition, the attacker pool and the attack's
+    # edits of the data set. -1 = the experiment seed. Fixing it while varying ``seed``
+    # trains many models on the same clients (datamodels, KLoM; see fedsec/unlearning).
+    partition_seed: int = -1
 
 
 @dataclass
@@ -73,6 +77,19 @@ class TrainConfig:
     pretrain_epochs: int = 0  # > 0: start from a model trained centrally for E epochs
     pretrain_cache: str = ""  # "" = ~/.cache/fedsec/pretrained (or $FEDSEC_CACHE)
     min_replies: int = 1  # fewer valid replies than this: the round keeps the old model
+    # Comma-separated partition ids that never train (e.g. "3,7"): the federation
+    # without them, as retraining for unlearning needs. Rounds sample from the remaining
+    # clients; when clients_per_round exceeds their number, every remaining client trains.
+    # A string, not a list, because Flower run configs hold scalars only.
+    exclude_clients: str = ""
+
+    def excluded(self) -> tuple[int, ...]:
+        """The partition ids of ``exclude_clients``, sorted (ConfigError if malformed)."""
+        return parse_client_ids(self.exclude_clients, "train.exclude_clients")
+
+    def round_size(self, num_clients: int) -> int:
+        """Clients that train per round: ``clients_per_round``, capped by the non-excluded."""
+        return min(self.clients_per_round, num_clients - len(self.excluded()))
 
 
 @dataclass
@@ -152,6 +169,11 @@ class ExperimentConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     defense: DefenseConfig = field(default_factory=DefenseConfig)
+
+    @property
+    def federation_seed(self) -> int:
+        """The seed of the partition and attacker pool (``data.partition_seed`` or ``seed``)."""
+        return self.seed if self.data.partition_seed < 0 else self.data.partition_seed
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -256,6 +278,7 @@ class ExperimentConfig:
         _at_least("data.num_clients", d.num_clients, 1)
         _at_least("data.classes_per_client", d.classes_per_client, 1)
         _at_least("data.min_partition_size", d.min_partition_size, 1)
+        _at_least("data.partition_seed", d.partition_seed, -1)
         _at_least("train.rounds", t.rounds, 1)
         _at_least("train.clients_per_round", t.clients_per_round, 1)
         _at_least("train.local_epochs", t.local_epochs, 1)
@@ -277,6 +300,18 @@ class ExperimentConfig:
             raise ConfigError(
                 f"train.clients_per_round ({t.clients_per_round}) must be <= "
                 f"data.num_clients ({d.num_clients})"
+            )
+        excluded = t.excluded()
+        bad = [c for c in excluded if c >= d.num_clients]
+        if bad:
+            raise ConfigError(f"train.exclude_clients: unknown client id {bad[0]}; ids are "
+                              f"0..{d.num_clients - 1}")
+        if len(excluded) >= d.num_clients:
+            raise ConfigError("train.exclude_clients names every client; at least one must train")
+        if t.min_replies > t.round_size(d.num_clients):
+            raise ConfigError(
+                f"train.min_replies ({t.min_replies}) exceeds the {t.round_size(d.num_clients)} "
+                "clients a round can have without train.exclude_clients"
             )
         _at_least("engine.client_num_cpus", e.client_num_cpus, 1)
         if e.client_num_gpus < 0:
@@ -356,6 +391,19 @@ def dumps_toml(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parse_client_ids(text: str, key: str = "clients") -> tuple[int, ...]:
+    """Sorted distinct partition ids from ``"3,7"`` (``""`` = none); ConfigError if malformed."""
+    ids = set()
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit():
+            raise ConfigError(f"{key}: {part!r} is not a client id (expected ids like 3,7)")
+        ids.add(int(part))
+    return tuple(sorted(ids))
+
+
 # ---------------------------------------------------------------------- helpers
 _SECTIONS = ("data", "model", "train", "engine", "attack", "defense")
 
@@ -386,6 +434,8 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
         return float(value)
     if kind is int and isinstance(value, bool):
         raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if key == "train.exclude_clients" and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # --set train.exclude_clients=3 parses as an integer
     if not isinstance(value, kind):
         raise ConfigError(f"{key} must be {_KIND_NAMES[kind]}, got {_typename(value)} {value!r}")
     return value

@@ -26,18 +26,27 @@ class ClientSampler:
         Clients sampled, without replacement, in each round.
     seed : int
         Experiment seed.
+    exclude : sequence of int
+        Partition ids that never train (``train.exclude_clients``). Rounds sample from
+        the others; if fewer than ``clients_per_round`` remain, every one of them trains.
     """
 
-    def __init__(self, num_clients: int, clients_per_round: int, seed: int) -> None:
+    def __init__(self, num_clients: int, clients_per_round: int, seed: int,
+                 exclude: tuple[int, ...] = ()) -> None:
         self.num_clients = num_clients
         self.clients_per_round = clients_per_round
         self.seed = seed
+        self.exclude = tuple(exclude)
 
     def sample(self, server_round: int) -> list[int]:
         """Sorted partition ids of the clients of ``server_round``."""
-        chosen = rng(self.seed, "sampling", server_round).choice(
-            self.num_clients, size=self.clients_per_round, replace=False
-        )
+        generator = rng(self.seed, "sampling", server_round)
+        if self.exclude:
+            remaining = np.setdiff1d(np.arange(self.num_clients), self.exclude)
+            chosen = generator.choice(remaining, size=min(self.clients_per_round, len(remaining)),
+                                      replace=False)
+        else:
+            chosen = generator.choice(self.num_clients, size=self.clients_per_round, replace=False)
         return sorted(int(c) for c in np.asarray(chosen))
 
 
@@ -55,15 +64,22 @@ class AttackSchedule:
         The ``[attack]`` section.
     num_clients, clients_per_round, rounds, seed
         As in the experiment config.
+    pool_seed : int, optional
+        Seed of the attacker pool (the config's ``federation_seed``); default ``seed``.
+    exclude : sequence of int
+        Partition ids that never train (``train.exclude_clients``), attackers included:
+        an excluded pool member never attacks, and the others take the turns.
     """
 
     def __init__(self, attack, num_clients: int, clients_per_round: int, rounds: int,
-                 seed: int) -> None:
+                 seed: int, pool_seed: int | None = None, exclude: tuple[int, ...] = ()) -> None:
         self.attack = attack
         self.num_clients = num_clients
         self.clients_per_round = clients_per_round
         self.rounds = rounds
         self.seed = seed
+        self.pool_seed = seed if pool_seed is None else pool_seed
+        self.exclude = tuple(exclude)
 
     @property
     def enabled(self) -> bool:
@@ -75,7 +91,7 @@ class AttackSchedule:
         if not self.enabled:
             return []
         size = self.attack.pool_size(self.num_clients)
-        return sorted(int(c) for c in rng(self.seed, "attackers").permutation(self.num_clients)[:size])
+        return sorted(int(c) for c in rng(self.pool_seed, "attackers").permutation(self.num_clients)[:size])
 
     def in_window(self, server_round: int) -> bool:
         a = self.attack
@@ -95,18 +111,20 @@ class AttackSchedule:
 
     def sample(self, server_round: int) -> tuple[list[int], list[int]]:
         """(sorted clients of the round, sorted malicious clients among them)."""
-        plain = ClientSampler(self.num_clients, self.clients_per_round, self.seed)
+        plain = ClientSampler(self.num_clients, self.clients_per_round, self.seed, self.exclude)
         if not self.enabled:
             return plain.sample(server_round), []
-        pool = self.pool
+        pool = [c for c in self.pool if c not in self.exclude]
         if self.attack.schedule == "random-pool":
             clients = plain.sample(server_round)
         else:
-            honest = np.setdiff1d(np.arange(self.num_clients), pool)
+            honest = np.setdiff1d(np.arange(self.num_clients), self.pool)
+            if self.exclude:
+                honest = np.setdiff1d(honest, self.exclude)
             k = self.attack_rounds_before(server_round)
-            per_round = 0 if k is None else self.attack.attackers_per_round
+            per_round = 0 if k is None or not pool else min(self.attack.attackers_per_round, len(pool))
             chosen = rng(self.seed, "sampling", server_round).choice(
-                honest, size=self.clients_per_round - per_round, replace=False)
+                honest, size=min(self.clients_per_round - per_round, len(honest)), replace=False)
             # Attackers take turns: attack round k uses pool members k*m .. k*m + m - 1.
             attackers = [pool[(k * per_round + j) % len(pool)] for j in range(per_round)]
             clients = sorted(int(c) for c in chosen) + attackers

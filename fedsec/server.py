@@ -134,7 +134,7 @@ def run_federation(
     task = get_task(config)
     strategy = build_defense(config.defense.name, config.defense.params, seed=config.seed,
                              device=str(resolve_device(config.engine.device)))
-    _sample_exactly_the_given_nodes(strategy, config.train.clients_per_round)
+    _sample_exactly_the_given_nodes(strategy, config.train.round_size(config.data.num_clients))
     if hasattr(strategy, "root_update_fn"):  # defenses that train on a server root set
         strategy.root_update_fn = RootTrainer(task)
     checkpoint = load_checkpoint(out_dir) if resume else None

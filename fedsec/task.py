@@ -39,7 +39,8 @@ class FederatedTask:
     def schedule(self) -> AttackSchedule:
         c = self.config
         return AttackSchedule(c.attack, self.num_clients, c.train.clients_per_round,
-                              c.train.rounds, c.seed)
+                              c.train.rounds, c.seed, pool_seed=c.federation_seed,
+                              exclude=c.train.excluded())
 
     def client_data(self, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The training examples held by client ``partition_id``."""
@@ -83,9 +84,11 @@ def get_task(config: ExperimentConfig) -> FederatedTask:
     """The task for ``config``; data are loaded and partitioned at most once per process.
 
     The cache key holds exactly what the data, the partition and the attack depend on,
-    so two configs that differ only in, say, the defense share one task.
+    so two configs that differ only in, say, the defense share one task. Data, partition
+    and attack edits depend on ``config.federation_seed`` (``data.partition_seed``, or the
+    experiment seed), so runs that vary only the training seed share the federation.
     """
-    key = json.dumps({"seed": config.seed, "data": config.to_dict()["data"],
+    key = json.dumps({"seed": config.federation_seed, "data": config.to_dict()["data"],
                       "attack": config.to_dict()["attack"]}, sort_keys=True)
     if key not in _TASK_CACHE:
         if len(_TASK_CACHE) >= _TASK_CACHE_SIZE:
@@ -104,11 +107,11 @@ def _build(config: ExperimentConfig) -> tuple[Dataset, tuple[np.ndarray, ...], A
     attack = build_attack(config, dataset)
     if attack is not None:
         # e.g. tail examples become the attacker's and leave every honest client's data
-        dataset = attack.edit_dataset(dataset, derive_seed(config.seed, "attack-data"))
+        dataset = attack.edit_dataset(dataset, derive_seed(config.federation_seed, "attack-data"))
     parts = partition_indices(
         dataset.y_train, d.num_clients, d.partition, alpha=d.alpha,
         classes_per_client=d.classes_per_client, min_size=d.min_partition_size,
-        seed=derive_seed(config.seed, "partition"),
+        seed=derive_seed(config.federation_seed, "partition"),
     )
     return dataset, tuple(parts), attack
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedsec.cli import main
+from fedsec.cli import DEFAULT_EXPERIMENT, main
 from fedsec.results import read_metrics
 
 
 def run_cli(out: Path, overrides: list[str]) -> None:
-    """``fedsec run --out OUT --set ...`` in this process; fails the test unless it succeeds."""
-    argv = ["run", "--out", str(out)]
+    """``fedsec run fedsec/default.toml --out OUT --set ...`` in this process; fails the
+    test unless it succeeds."""
+    argv = ["run", str(DEFAULT_EXPERIMENT), "--out", str(out)]
     for item in overrides:
         argv += ["--set", item]
     assert main(argv) == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from attacks import ATTACKS, attack_names, build_attack
-from fedsec.cli import main
+from fedsec.cli import DEFAULT_EXPERIMENT, main
 from fedsec.config import load_config
 from fedsec.errors import ConfigError
 from fedsec.results import read_metrics
@@ -72,7 +72,7 @@ def test_checks_that_need_the_data_run_before_training(tmp_path, capsys):
 
     with pytest.raises(ConfigError, match="needs 4x10 px but digits images are 8x8"):
         build_attack(config, load_dataset("digits"))
-    argv = ["run", "--out", str(tmp_path / "run")]
+    argv = ["run", str(DEFAULT_EXPERIMENT), "--out", str(tmp_path / "run")]
     for item in overrides:
         argv += ["--set", item]
     assert main(argv) == 2
@@ -102,7 +102,7 @@ def test_ardis_config_with_the_shared_folder_is_valid():
 def test_end_to_end_run_records_backdoor_accuracy_and_the_scheduled_attackers(tmp_path):
     overrides = [*DIGITS, "attack.name=pixel-replacement", "attack.trigger_size=2", "attack.trigger_gap=1",
                  "attack.num_attackers=2", "attack.every=2", "attack.start_round=2"]
-    argv = ["run", "--out", str(tmp_path / "run")]
+    argv = ["run", str(DEFAULT_EXPERIMENT), "--out", str(tmp_path / "run")]
     for item in overrides:
         argv += ["--set", item]
     assert main(argv) == 0

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedsec.cli import main
+from fedsec.cli import DEFAULT_EXPERIMENT, main
 from fedsec.results import read_metrics
 from tests.runs import rounds_without_time
 
@@ -21,7 +21,7 @@ CONFIG = ["data.name=digits", "model.name=mlp", "data.num_clients=6", "train.cli
 
 
 def argv(out: Path) -> list[str]:
-    args = ["run", "--out", str(out)]
+    args = ["run", str(DEFAULT_EXPERIMENT), "--out", str(out)]
     for item in CONFIG:
         args += ["--set", item]
     return args

@@ -1,0 +1,317 @@
+"""``fedsec sweep``: a grid of experiments, several at a time, resumable.
+
+A sweep file names a base experiment and the axes to cross::
+
+    name = "cpu-table"
+    base = "base.toml"                 # relative to the sweep file (or a [base] table)
+    order = ["defense", "attack", "seed"]   # run directory nesting (default: file order)
+
+    [axes]
+    seed = [0, 1, 2]                   # a list: the values of the config key named like the axis
+
+    [axes.defense]                     # a table: label -> config overrides
+    fedavg = { "defense.name" = "fedavg" }
+    multi-metrics-reference = { defense = { name = "multi-metrics", variant = "reference" } }
+
+Every combination is one run, in ``OUT/<axis>=<label>/.../`` (a normal run directory:
+config.toml, metrics.jsonl, summary.json, model.pt, plus run.log). ``OUT/sweep.json``
+lists the runs and their labels; ``fedsec report OUT`` reads it.
+
+Resuming is the normal mode: a run with a summary.json is finished and skipped, a run
+with a checkpoint continues from it (``fedsec run --resume``), anything else starts
+over. So a sweep killed midway is rerun with the same command, and it redoes nothing
+that finished. Runs start one seed at a time (all cells of the first seed, then the
+next), so a sweep stopped early holds whole seeds of the table.
+
+Each run is a child ``fedsec run`` process (a crash or a leak in one run cannot take the
+others down); ``parallel`` of them run at once, by default as many as the machine's cores
+hold at ``engine.client_num_cpus`` threads each. Pre-trained initial models are built
+once, before the runs start, so parallel runs never train the same one twice.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedsec.checkpoint import CHECKPOINT_FILE
+from fedsec.config import ExperimentConfig, load_config, read_toml
+from fedsec.errors import ConfigError
+from fedsec.results import CONFIG_FILE, SUMMARY_FILE, atomic_write_text
+
+MANIFEST_FILE = "sweep.json"
+LOG_FILE = "run.log"
+_SWEEP_KEYS = ("name", "base", "order", "parallel", "axes")
+
+
+@dataclass
+class SweepRun:
+    """One cell of the grid: its labels, its resolved config and its directory."""
+
+    labels: dict[str, str]
+    config: ExperimentConfig
+    dir: Path
+
+    @property
+    def id(self) -> str:
+        return "/".join(f"{axis}={label}" for axis, label in self.labels.items())
+
+    def state(self) -> str:
+        """``done`` (summary written), ``partial`` (checkpoint to resume from) or ``new``.
+
+        A directory that holds a different experiment (the sweep file was edited since)
+        is an error, never silently reused."""
+        written = self.dir / CONFIG_FILE
+        if written.is_file() and written.read_text(encoding="utf-8") != self.config.to_toml():
+            raise ConfigError(
+                f"{self.dir} holds a different experiment than the sweep's {self.id} (was "
+                "the sweep file or its base edited?); move that directory away or use another --out")
+        if (self.dir / SUMMARY_FILE).is_file():
+            return "done"
+        if (self.dir / CHECKPOINT_FILE).is_file():
+            return "partial"
+        return "new"
+
+
+@dataclass
+class Sweep:
+    """A parsed, validated sweep file (see the module docstring)."""
+
+    name: str
+    base: Path
+    axes: dict[str, list[str]]
+    runs: list[SweepRun]
+    parallel: int | None = None
+    spec: dict[str, Any] = field(default_factory=dict)
+
+
+def load_sweep(path: str | Path, out: str | Path | None = None,
+               overrides: list[str] | None = None) -> Sweep:
+    """Read and check a sweep file; every run's config is built and validated here, so
+    a bad value anywhere in the grid is an error before any run starts.
+
+    ``overrides`` (``section.key=value``) change the base experiment before the axes
+    are applied, e.g. ``data.dir`` where the data set lives on this machine."""
+    path = Path(path)
+    spec = read_toml(path)
+    unknown = sorted(set(spec) - set(_SWEEP_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown sweep key {unknown[0]!r}; valid keys: {', '.join(_SWEEP_KEYS)}")
+    name = spec.get("name", path.stem)
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ConfigError(f"{path}: name must be a non-empty string without '/', got {name!r}")
+    if "base" not in spec:
+        raise ConfigError(f"{path}: missing 'base' (the experiment the axes modify: a TOML "
+                          "file path, or the experiment itself as a [base] table)")
+    axes = _parse_axes(path, spec.get("axes"))
+    for item in overrides or []:
+        key = item.partition("=")[0].strip()
+        for axis, options in axes.items():
+            if any(key in assignment for assignment in options.values()):
+                raise ConfigError(f"--set {item}: {key} is set by the sweep's axis {axis!r}")
+    if isinstance(spec["base"], dict):  # the experiment inline
+        base = path.resolve()
+        base_config = ExperimentConfig.from_dict(spec["base"]).with_overrides(overrides or []).validate()
+    else:
+        base = (path.parent / str(spec["base"])).resolve()
+        if not base.is_file():
+            raise ConfigError(f"{path}: base experiment {base} does not exist")
+        base_config = load_config(base, overrides)
+    order = spec.get("order", list(axes))
+    if not isinstance(order, list) or sorted(map(str, order)) != sorted(axes):
+        raise ConfigError(f"{path}: order must list every axis once: {', '.join(axes)}")
+    axes = {axis: axes[axis] for axis in order}
+    parallel = spec.get("parallel")
+    if parallel is not None and (isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1):
+        raise ConfigError(f"{path}: parallel must be an int >= 1, got {parallel!r}")
+
+    root = Path(out) if out else Path("runs") / "sweeps" / name
+    runs = []
+    for combo in itertools.product(*(options.items() for options in axes.values())):
+        labels = {axis: label for axis, (label, _) in zip(axes, combo)}
+        cell: dict[str, Any] = {}
+        for _, assignment in combo:
+            cell.update(assignment)
+        config = _apply(base_config, cell, labels)
+        run_dir = root.joinpath(*(f"{axis}={label}" for axis, label in labels.items()))
+        runs.append(SweepRun(labels, config, run_dir))
+    return Sweep(name, base, {a: list(o) for a, o in axes.items()}, runs, parallel, spec)
+
+
+def _parse_axes(path: Path, axes: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    """Axis -> label -> flat overrides."""
+    if not isinstance(axes, dict) or not axes:
+        raise ConfigError(f"{path}: [axes] must be a table with at least one axis")
+    parsed: dict[str, dict[str, dict[str, Any]]] = {}
+    for axis, value in axes.items():
+        if isinstance(value, list):
+            if not value:
+                raise ConfigError(f"{path}: axis {axis!r} has no values")
+            options = {_label(v): {axis: v} for v in value}
+        elif isinstance(value, dict):
+            if not value:
+                raise ConfigError(f"{path}: axis {axis!r} has no options")
+            options = {}
+            for label, assignment in value.items():
+                if not isinstance(assignment, dict):
+                    raise ConfigError(
+                        f"{path}: axes.{axis}.{label} must be a table of config overrides, "
+                        f"e.g. {{ \"defense.name\" = \"krum\" }}")
+                options[label] = _flatten(assignment)
+        else:
+            raise ConfigError(f"{path}: axis {axis!r} must be a list of values or a table of "
+                              "label -> overrides")
+        for label in options:
+            if not label or "/" in label or "=" in label:
+                raise ConfigError(f"{path}: axis {axis!r} label {label!r} must be non-empty "
+                                  "without '/' or '='")
+        if len(options) != (len(value) if isinstance(value, list) else len(options)):
+            raise ConfigError(f"{path}: axis {axis!r} repeats a value")
+        parsed[axis] = options
+    return parsed
+
+
+def _label(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, bool) else str(value)
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _apply(base: ExperimentConfig, overrides: dict[str, Any], labels: dict[str, str]) -> ExperimentConfig:
+    flat = base.to_flat()
+    if overrides.get("attack.name", flat["attack.name"]) != flat["attack.name"]:
+        # A different attack has different parameters: keep only the schedule keys of
+        # the base, so one attack's parameters never leak into another's.
+        from fedsec.config import AttackConfig
+        schedule = {f"attack.{f}" for f in AttackConfig.__dataclass_fields__ if f != "params"}
+        flat = {k: v for k, v in flat.items() if not k.startswith("attack.") or k in schedule}
+    if overrides.get("defense.name", flat["defense.name"]) != flat["defense.name"]:
+        flat = {k: v for k, v in flat.items()
+                if not k.startswith("defense.") or k in ("defense.name", "defense.root_size")}
+    flat.update(overrides)
+    where = ", ".join(f"{a}={v}" for a, v in labels.items())
+    try:
+        return ExperimentConfig.from_flat(flat).validate()
+    except ConfigError as err:
+        raise ConfigError(f"sweep run {where}: {err}") from None
+
+
+def write_manifest(sweep: Sweep, root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "name": sweep.name,
+        "base": str(sweep.base),
+        "axes": sweep.axes,
+        "runs": [{"id": r.id, "dir": str(r.dir.relative_to(root)), "labels": r.labels}
+                 for r in sweep.runs],
+    }
+    atomic_write_text(root / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+
+
+def default_parallel(sweep: Sweep) -> int:
+    """Runs at once: the sweep's ``parallel``, else cores // threads per run (>= 1)."""
+    if sweep.parallel:
+        return sweep.parallel
+    threads = max(r.config.engine.client_num_cpus for r in sweep.runs)
+    return max(1, (os.cpu_count() or 1) // threads)
+
+
+def pretrain_all(sweep: Sweep, log=print) -> None:
+    """Build every distinct pre-trained initial model once, sequentially, in this process."""
+    from fedsec.pretrain import initial_state
+    from fedsec.task import get_task
+
+    seen = set()
+    for run in sweep.runs:
+        cfg, t = run.config, run.config.train
+        if t.pretrain_epochs == 0:
+            continue
+        key = (cfg.seed, json.dumps(cfg.to_dict()["data"], sort_keys=True), cfg.model.name,
+               t.pretrain_epochs, t.lr, t.batch_size, t.momentum, t.weight_decay,
+               t.pretrain_cache, cfg.engine.client_num_cpus, cfg.engine.device)
+        if key in seen:
+            continue
+        seen.add(key)
+        import torch
+        torch.set_num_threads(cfg.engine.client_num_cpus)
+        initial_state(get_task(cfg), log=log)
+
+
+def run_sweep(sweep: Sweep, root: Path, parallel: int, progress: bool = True) -> list[SweepRun]:
+    """Run every unfinished run; return the runs that failed."""
+    from tqdm import tqdm
+
+    write_manifest(sweep, root)
+    todo = [r for r in sweep.runs if r.state() != "done"]
+    if "seed" in sweep.axes:
+        # One seed at a time: a sweep stopped early holds whole seeds of the table.
+        seeds = sweep.axes["seed"]
+        todo.sort(key=lambda r: seeds.index(r.labels["seed"]))
+    done = len(sweep.runs) - len(todo)
+    failed: list[SweepRun] = []
+    lock = threading.Lock()
+    bar = tqdm(total=len(sweep.runs), initial=done, desc=sweep.name, unit="run",
+               disable=not progress, dynamic_ncols=True)
+
+    def one(run: SweepRun) -> None:
+        ok = _run_child(run)
+        with lock:
+            if not ok:
+                failed.append(run)
+                bar.write(f"fedsec: run {run.id} failed; see {run.dir / LOG_FILE}")
+            bar.set_postfix_str(f"last: {run.id}", refresh=False)
+            bar.update(1)
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        for _ in pool.map(one, todo):
+            pass
+    bar.close()
+    return failed
+
+
+def _run_child(run: SweepRun) -> bool:
+    """One run as a ``fedsec run`` child process; its output goes to run.log."""
+    run.dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "fedsec.cli", "run"]
+    if run.state() == "partial":
+        cmd += ["--resume", str(run.dir)]
+    else:
+        # The resolved config is the run's whole experiment: rerunning it alone gives
+        # the same numbers (``fedsec run RUN/config.toml``).
+        atomic_write_text(run.dir / CONFIG_FILE, run.config.to_toml())
+        cmd += [str(run.dir / CONFIG_FILE), "--out", str(run.dir)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with (run.dir / LOG_FILE).open("a", encoding="utf-8") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False,
+                              preexec_fn=_die_with_parent)
+    return proc.returncode == 0 and run.state() == "done"
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM it when the sweep process dies (even by
+    SIGKILL), so a rerun of a killed sweep never races an orphaned run on its directory."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)

@@ -1,0 +1,21 @@
+"""Server-side unlearning by Datamodel Matching, evaluated with KLoM.
+
+Georgiev et al. 2024, "Attribute-to-Delete: Machine Unlearning via Datamodel Matching"
+(DMM). A *unit* is what can be forgotten: a client of a federation here, a training
+example in the paper; the math modules do not care which.
+
+- ``datamodel``: a linear datamodel f(x; S') ~ b(x) + sum_{i in S'} B[i, x, :] fitted by
+  ridge regression of models' logits on their units' inclusion masks.
+- ``klom``: margins, the KL divergence of margin histograms (KLoM) and its percentiles.
+- ``matching``: fine-tuning a model towards target logits (DMM, Oracle Matching) and the
+  fine-tune / gradient-ascent baselines.
+- ``subsets``: "train on a subset of units -> logits on inputs" for clients (the
+  in-process federation) and for examples (central training), run in parallel.
+- ``artifact``: the datamodel stored beside a run, checked against its config and inputs.
+- ``federated``: the unlearning methods on a federation, flagged clients, the run-dir
+  ``unlearn`` command; ``evaluation``: the KLoM protocol (``unlearn-eval``).
+
+``datamodel``, ``klom`` and ``matching`` use torch only (no Flower).
+"""
+
+METHODS = ("none", "retrain", "dmm", "om", "finetune", "gradient-ascent")

@@ -1,0 +1,107 @@
+"""``fedsec unlearn`` and ``fedsec unlearn-eval`` (registered by fedsec.cli).
+
+    fedsec unlearn RUN_DIR (--clients 3,7 | --flagged) [--method dmm] [--no-forget-data] ...
+    fedsec unlearn-eval CONFIG.toml --clients 3,7|auto --out DIR [--models 50] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from fedsec.unlearning import METHODS
+
+
+def register(sub) -> None:
+    """Add the unlearning subcommands to fedsec's subparsers."""
+    un = sub.add_parser("unlearn", help="remove clients' influence from a run's model")
+    un.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory")
+    un.add_argument("--clients", help="partition ids to forget, e.g. 3,7")
+    un.add_argument("--flagged", action="store_true",
+                    help="forget the clients the run's defense flagged (see --flag-fraction)")
+    un.add_argument("--flag-fraction", type=float, default=0.5,
+                    help="flagged = rejected in at least this fraction of the rounds it took part in")
+    un.add_argument("--method", default="dmm", choices=METHODS)
+    un.add_argument("--datamodel", help="datamodel artifact (default RUN_DIR/unlearning/datamodel.pt)")
+    un.add_argument("--out", help="output folder (default RUN_DIR/unlearning/METHOD-clients-IDS)")
+    _common(un)
+    un.set_defaults(handler=cmd_unlearn)
+
+    ev = sub.add_parser("unlearn-eval", help="KLoM of every unlearning method against oracles")
+    ev.add_argument("config", metavar="CONFIG.toml")
+    ev.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="SECTION.KEY=VALUE", help="override one config value")
+    ev.add_argument("--clients", required=True,
+                    help="ids to forget (3,7), or auto[:K] = the K most influential by the datamodel")
+    ev.add_argument("--out", required=True, help="results folder (klom.json, klom.md, klom.png)")
+    ev.add_argument("--models", type=int, default=50, help="N originals and N oracles")
+    ev.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    _common(ev)
+    ev.set_defaults(handler=cmd_unlearn_eval)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--subsets", type=int, help="datamodel: subset models M (default 100)")
+    p.add_argument("--q", type=float, help="datamodel: probability a unit is kept (default 0.9)")
+    p.add_argument("--workers", type=int, help="parallel trainings (default cores // client_num_cpus)")
+    p.add_argument("--no-forget-data", dest="cooperative", action="store_false",
+                   help="the forget clients do not hand over their data (match on the reference set only)")
+    p.add_argument("--reference-size", type=int, default=0,
+                   help="server reference set size (default 3x the forget clients' examples)")
+    p.add_argument("--om-oracles", type=int, default=4, help="retrained models OM matches")
+    p.add_argument("--epochs", type=int, default=5, help="matching epochs")
+    p.add_argument("--lr", type=float, default=5e-4, help="matching learning rate (Adam)")
+
+
+def _settings(args):
+    from fedsec.errors import ConfigError
+    from fedsec.unlearning.federated import UnlearnSettings
+    from fedsec.unlearning.matching import MatchingConfig
+
+    for name in ("workers", "subsets"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {value}")
+    if args.epochs < 1 or not args.lr > 0 or args.reference_size < 0 or args.om_oracles < 1:
+        raise ConfigError("--epochs and --om-oracles must be >= 1, --lr > 0, --reference-size >= 0")
+    return UnlearnSettings(cooperative=args.cooperative, reference_size=args.reference_size,
+                           matching=MatchingConfig(epochs=args.epochs, lr=args.lr))
+
+
+def cmd_unlearn(args) -> int:
+    from fedsec.unlearning.federated import unlearn_run
+
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    info = unlearn_run(args.run_dir, method=args.method, clients=args.clients, flagged=args.flagged,
+                       flag_fraction=args.flag_fraction, datamodel_path=args.datamodel,
+                       num_models=args.subsets, q=args.q, workers=args.workers,
+                       settings=_settings(args), om_oracles=args.om_oracles, out=args.out)
+    before, after = info["before"], info["after"]
+    parts = [f"{k} {before[k]:.4f} -> {after[k]:.4f}" for k in before]
+    print(f"fedsec: unlearned clients {info['clients']} by {info['method']} in "
+          f"{info['wall_time_s']:.2f}s: " + ", ".join(parts))
+    print(f"fedsec: wrote {info['out']}")
+    return 0
+
+
+def cmd_unlearn_eval(args) -> int:
+    from fedsec.config import load_config
+    from fedsec.errors import ConfigError
+    from fedsec.unlearning.evaluation import klom_evaluation
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ConfigError(f"unknown method {bad[0] if bad else '(none)'}; valid: " + ", ".join(METHODS))
+    settings = _settings(args)
+    config = load_config(args.config, args.overrides)
+    if args.clients.strip() != "auto" and not args.clients.startswith("auto:"):
+        from fedsec.unlearning.federated import check_forget_set
+
+        check_forget_set(args.clients, config.data.num_clients)  # before any training
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    klom_evaluation(config, args.clients.strip(), args.out, n_models=args.models, methods=methods,
+                    num_models=args.subsets, q=args.q, workers=args.workers, settings=settings,
+                    om_oracles=args.om_oracles)
+    print(f"fedsec: wrote {args.out}/klom.json, klom.md, klom.png")
+    return 0

@@ -1,0 +1,121 @@
+"""Linear datamodels fitted by ridge regression (Georgiev et al. 2024, "Attribute-to-
+Delete: Machine Unlearning via Datamodel Matching", Sec. 3; Ilyas et al. 2022).
+
+A datamodel predicts a model's K logits on input x from which units S' it was trained on:
+
+    f(x; S') ~ b(x) + sum_{i in S'} B[i, x, :]
+
+B and b are estimated from M models trained on random subsets (masks) of the U units by
+one ridge regression for all inputs and all K logits at once: with the masks X (M, U)
+and the stacked outputs Y (M, N*K), both centred (the intercept b is not penalised),
+
+    B = (Xc^T Xc + lambda I)^-1 Xc^T Yc,        b = mean(Y) - mean(X) B.
+
+lambda is chosen on held-out models (the last ``val_fraction`` of a seeded permutation of
+the M models) from a grid scaled to the mean eigenvalue of Xc^T Xc; the final fit uses all
+M models with that lambda. One eigendecomposition of the U x U Gram matrix serves the
+whole grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+DEFAULT_LAMBDA_GRID = tuple(float(v) for v in np.logspace(-5, 2, 15))  # x mean eigenvalue
+
+
+@dataclass(frozen=True)
+class Datamodel:
+    """Fitted datamodel: ``B`` (U, N, K), intercept ``b`` (N, K), the ridge ``lam``.
+
+    ``val_mse``: held-out mean squared error of the logits at the chosen lambda (NaN
+    when lambda was given rather than chosen).
+    """
+
+    B: torch.Tensor
+    b: torch.Tensor
+    lam: float
+    val_mse: float = float("nan")
+
+    @property
+    def num_units(self) -> int:
+        return self.B.shape[0]
+
+    def predict(self, mask: torch.Tensor) -> torch.Tensor:
+        """Predicted logits (N, K) of a model trained on the units where ``mask`` is true."""
+        return self.b + torch.einsum("u,unk->nk", mask.to(self.B.dtype), self.B)
+
+    def forget_effect(self, forget: list[int] | tuple[int, ...], rows=None) -> torch.Tensor:
+        """sum_{i in F} B[i, x, :] over the forget units, on inputs ``rows`` (default all)."""
+        B = self.B[list(forget)]
+        if rows is not None:
+            B = B[:, rows]
+        return B.sum(0)
+
+    def influence(self) -> torch.Tensor:
+        """Per unit, the mean |B[i, x, k]| over inputs and logits: how much it moves outputs."""
+        return self.B.abs().mean(dim=(1, 2))
+
+
+def predicted_oracle(logits: torch.Tensor, datamodel: Datamodel, forget, rows=None) -> torch.Tensor:
+    """DMM's target: f_hat(x) = f(x; theta) - sum_{i in F} B[i, x, :].
+
+    Anchored on the logits of the model being unlearned (``logits`` on inputs ``rows``),
+    so only the datamodel's prediction of the *difference* is used.
+    """
+    return logits - datamodel.forget_effect(forget, rows).to(logits.dtype)
+
+
+def fit_datamodel(masks: torch.Tensor, outputs: torch.Tensor, *, lam: float | None = None,
+                  lambda_grid: tuple[float, ...] = DEFAULT_LAMBDA_GRID, val_fraction: float = 0.2,
+                  seed: int = 0) -> Datamodel:
+    """Ridge datamodel of ``outputs`` (M, N, K) on ``masks`` (M, U), vectorised in torch.
+
+    ``lam`` given: fit with it. Otherwise choose it from ``lambda_grid`` (multiples of the
+    mean eigenvalue of the centred Gram matrix) by held-out MSE, then refit on all models.
+    """
+    if masks.dim() != 2 or outputs.dim() != 3 or masks.shape[0] != outputs.shape[0]:
+        raise ValueError(f"need masks (M, U) and outputs (M, N, K), got {tuple(masks.shape)} "
+                         f"and {tuple(outputs.shape)}")
+    m, u = masks.shape
+    _, n, k = outputs.shape
+    X = masks.to(torch.float64)
+    Y = outputs.reshape(m, n * k).to(torch.float64)
+    val_mse = float("nan")
+    if lam is None:
+        n_val = max(1, round(val_fraction * m))
+        if m - n_val < 2:
+            raise ValueError(f"need at least 3 models to choose lambda, got {m}")
+        perm = torch.from_numpy(np.random.default_rng(seed).permutation(m))
+        tr, va = perm[: m - n_val], perm[m - n_val:]
+        scale, solve = _ridge_solver(X[tr], Y[tr])
+        best = None
+        for factor in lambda_grid:
+            B, b = solve(factor * scale)
+            mse = ((b + X[va] @ B - Y[va]) ** 2).mean().item()
+            if best is None or mse < best[1]:
+                best = (factor * scale, mse)
+        lam, val_mse = best
+    _, solve = _ridge_solver(X, Y)
+    B, b = solve(float(lam))
+    return Datamodel(B=B.reshape(u, n, k).float(), b=b.reshape(n, k).float(), lam=float(lam),
+                     val_mse=val_mse)
+
+
+def _ridge_solver(X: torch.Tensor, Y: torch.Tensor):
+    """(mean eigenvalue, lam -> (B, b)) for centred ridge regression of Y on X."""
+    x_mean, y_mean = X.mean(0), Y.mean(0)
+    Xc, Yc = X - x_mean, Y - y_mean
+    evals, evecs = torch.linalg.eigh(Xc.T @ Xc)
+    evals = evals.clamp_min(0)
+    proj = evecs.T @ (Xc.T @ Yc)  # (U, D)
+    scale = max(evals.mean().item(), 1e-12)
+
+    def solve(lam: float):
+        B = evecs @ (proj / (evals + lam).clamp_min(1e-12)[:, None])
+        return B, y_mean - x_mean @ B
+
+    return scale, solve

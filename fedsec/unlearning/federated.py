@@ -1,0 +1,353 @@
+"""Unlearning clients from a federation's global model (DMM, OM and baselines).
+
+The datamodel's inputs are the whole training split followed by the test split, so one
+artifact serves every later request, whatever the forget set. A request's matching set
+is the server's reference set (a seeded sample of the retained clients' training
+examples, by default 3x the forget clients' example count, the paper's retain sample),
+plus the forget clients' own data only when they cooperate (a detected attacker does
+not). Methods (Georgiev et al. 2024, "Attribute-to-Delete: Machine Unlearning via
+Datamodel Matching"):
+
+- ``dmm``: match f(x; theta) - sum_{i in F} B[i, x, :] on the matching set;
+- ``om``: match the mean logits of ``om_oracles`` models retrained without F (the upper
+  bound: it pays for the retraining it avoids);
+- ``retrain``: the oracle, the federation retrained from scratch without F (same seed);
+- ``finetune``: cross-entropy on the reference set; ``gradient-ascent``: ascend the
+  cross-entropy of the forget data (needs cooperating clients); ``none``: do nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedsec.config import ExperimentConfig, load_config, parse_client_ids
+from fedsec.errors import ConfigError, FedsecError
+from fedsec.results import CONFIG_FILE, METRICS_FILE, MODEL_FILE, read_metrics
+from fedsec.seeding import derive_seed, rng
+from fedsec.training import evaluate, predict_logits
+from fedsec.unlearning import METHODS
+from fedsec.unlearning.artifact import (
+    DatamodelArtifact,
+    config_hash,
+    load_artifact,
+    tensor_hash,
+)
+from fedsec.unlearning.datamodel import Datamodel, predicted_oracle
+from fedsec.unlearning.matching import (
+    MatchingConfig,
+    finetune_retain,
+    gradient_ascent,
+    match_logits,
+)
+from fedsec.unlearning.subsets import (
+    FederatedSubsetTrainer,
+    default_workers,
+    federation_variant,
+    run_parallel,
+    train_datamodel,
+    train_federation,
+)
+
+DATAMODEL_FILE = "datamodel.pt"
+UNLEARN_DIR = "unlearning"
+DEFAULT_SUBSETS = 100
+DEFAULT_Q = 0.9
+DEFAULT_OM_ORACLES = 4
+
+
+# ------------------------------------------------------------------ the federation
+@dataclass
+class Federation:
+    """A config's federation as unlearning sees it: inputs = train split, then test split."""
+
+    config: ExperimentConfig
+    task: Any
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    n_train: int
+    owner: np.ndarray  # client id of every training example (-1: nobody's)
+
+    @classmethod
+    def from_config(cls, config: ExperimentConfig) -> Federation:
+        from fedsec.task import get_task
+
+        task = get_task(config)
+        (xt, yt), (xs, ys) = task.train_data(), task.test_data()
+        owner = np.full(len(yt), -1, dtype=np.int64)
+        for pid, idx in enumerate(task.partitions):
+            owner[idx] = pid
+        return cls(config, task, torch.cat([xt, xs]), torch.cat([yt, ys]), len(yt), owner)
+
+    @property
+    def num_clients(self) -> int:
+        return self.config.data.num_clients
+
+    def client_rows(self, clients) -> np.ndarray:
+        return np.flatnonzero(np.isin(self.owner, list(clients)))
+
+    def retained_rows(self, forget) -> np.ndarray:
+        return np.flatnonzero((self.owner >= 0) & ~np.isin(self.owner, list(forget)))
+
+    def test_rows(self) -> np.ndarray:
+        return np.arange(self.n_train, len(self.labels))
+
+    def new_model(self) -> torch.nn.Module:
+        return self.task.new_model()
+
+    def model_from(self, state: dict) -> torch.nn.Module:
+        model = self.new_model()
+        model.load_state_dict(state)
+        return model
+
+    def backdoor_set(self):
+        attack = self.task.attack
+        return attack.backdoor_test_set(self.task) if attack is not None else None
+
+
+def check_forget_set(clients, num_clients: int) -> tuple[int, ...]:
+    """The forget set as sorted ids: ConfigError if empty, unknown ids or every client."""
+    ids = parse_client_ids(clients, "--clients") if isinstance(clients, str) else tuple(sorted(set(clients)))
+    if not ids:
+        raise ConfigError("the forget set is empty: name at least one client (--clients 3,7)")
+    bad = [c for c in ids if not 0 <= c < num_clients]
+    if bad:
+        raise ConfigError(f"unknown client id {bad[0]}: the federation has clients 0..{num_clients - 1}")
+    if len(ids) >= num_clients:
+        raise ConfigError("the forget set is every client: nothing would remain to learn from")
+    return ids
+
+
+def flagged_clients(records: list[dict], min_fraction: float = 0.5) -> tuple[int, ...]:
+    """Clients the defense rejected in at least ``min_fraction`` of the rounds they took part
+    in (rounds with a verdict: ``accepted_clients`` / ``rejected_clients`` in metrics.jsonl)."""
+    took_part: dict[int, int] = {}
+    rejected: dict[int, int] = {}
+    for r in records:
+        if "rejected_clients" not in r:
+            continue
+        for c in list(r["rejected_clients"]) + list(r.get("accepted_clients", [])):
+            took_part[c] = took_part.get(c, 0) + 1
+        for c in r["rejected_clients"]:
+            rejected[c] = rejected.get(c, 0) + 1
+    if not took_part:
+        raise FedsecError("the run's defense recorded no verdicts (no rejected_clients in "
+                          "metrics.jsonl); name the clients with --clients")
+    return tuple(sorted(c for c, n in took_part.items() if rejected.get(c, 0) >= min_fraction * n))
+
+
+# ------------------------------------------------------------------ the datamodel
+def get_datamodel(fed: Federation, path: str | Path, *, num_models: int | None = None,
+                  q: float | None = None, workers: int | None = None, progress: bool = True,
+                  log: Callable[[str], None] = print) -> tuple[DatamodelArtifact, bool]:
+    """The artifact at ``path``, checked against ``fed``; built (and saved) if absent.
+
+    Returns (artifact, built). An existing artifact for another config, other inputs or
+    another q / M (when given) is an error, never silently rebuilt.
+    """
+    path = Path(path)
+    c_hash, i_hash = config_hash(fed.config), tensor_hash(fed.inputs)
+    if path.exists():
+        art = load_artifact(path, config_hash=c_hash, inputs_hash=i_hash, q=q, num_models=num_models)
+        log(f"fedsec: reusing datamodel {path} (M={art.num_models}, q={art.q}, lambda={art.datamodel.lam:.4g})")
+        return art, False
+    m, q = num_models or DEFAULT_SUBSETS, DEFAULT_Q if q is None else q
+    if not 0 < q <= 1:
+        raise ConfigError(f"--q must be in (0, 1], got {q}")
+    if m < 3:
+        raise ConfigError(f"--subsets must be >= 3, got {m}")
+    threads = fed.config.engine.client_num_cpus
+    workers = workers or default_workers(threads)
+    log(f"fedsec: building datamodel {path}: {m} federations on random {q:.0%} client subsets, "
+        f"{workers} workers")
+    build = train_datamodel(FederatedSubsetTrainer(fed.config, fed.inputs), num_models=m, q=q,
+                            seed=fed.config.seed, workers=workers, threads=threads, progress=progress)
+    art = DatamodelArtifact(build.datamodel, i_hash, c_hash, q, m, "client", build.wall_time_s,
+                            build.train_time_s)
+    art.save(path)
+    log(f"fedsec: datamodel built in {build.wall_time_s:.1f}s (lambda={build.datamodel.lam:.4g}, "
+        f"held-out MSE {build.datamodel.val_mse:.4g})")
+    return art, True
+
+
+# ------------------------------------------------------------------ federations in parallel
+@dataclass
+class FederationJob:
+    """Picklable ``(seed, exclude) -> final state dict`` of ``config``'s federation."""
+
+    config: ExperimentConfig
+
+    def __call__(self, seed: int, exclude: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        return train_federation(federation_variant(self.config, seed, exclude))
+
+
+def train_federations(config: ExperimentConfig, jobs: list[tuple[int, tuple[int, ...]]], *,
+                      workers: int | None = None, desc: str = "federations", progress: bool = True,
+                      cache_dir: str | Path | None = None) -> tuple[list[dict], list[float]]:
+    """Final states (and each training's own seconds) of ``config`` for (seed, exclude) jobs.
+
+    With ``cache_dir``, states are kept in ``cache_dir/<config hash>/`` and trained once:
+    a cached state's time is the one recorded when it was trained.
+    """
+    threads = config.engine.client_num_cpus
+    files = [None] * len(jobs)
+    if cache_dir is not None:
+        folder = Path(cache_dir) / config_hash(config)[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        files = [folder / f"seed{s}-without{'_'.join(map(str, ex)) or '-'}.pt" for s, ex in jobs]
+    todo = [i for i, f in enumerate(files) if f is None or not f.is_file()]
+    states, times = run_parallel(FederationJob(config), [jobs[i] for i in todo],
+                                 workers=workers or default_workers(threads), threads=threads,
+                                 desc=desc, progress=progress)
+    out_states, out_times = [None] * len(jobs), [0.0] * len(jobs)
+    for i, state, seconds in zip(todo, states, times):
+        out_states[i], out_times[i] = state, seconds
+        if files[i] is not None:
+            torch.save({"state": state, "seconds": seconds}, files[i])
+    for i, f in enumerate(files):
+        if out_states[i] is None:
+            saved = torch.load(f, weights_only=True)
+            out_states[i], out_times[i] = saved["state"], saved["seconds"]
+    return out_states, out_times
+
+
+def oracle_mean_logits(fed: Federation, forget, n: int, *, workers=None, progress=True,
+                       cache_dir=None) -> torch.Tensor:
+    """Mean logits on ``fed.inputs`` of ``n`` federations retrained without ``forget``."""
+    seeds = [derive_seed(fed.config.seed, "om-oracle", j) for j in range(n)]
+    states, _ = train_federations(fed.config, [(s, tuple(forget)) for s in seeds], workers=workers,
+                                  desc="OM oracles", progress=progress, cache_dir=cache_dir)
+    return torch.stack([predict_logits(fed.model_from(s), fed.inputs) for s in states]).mean(0)
+
+
+# ------------------------------------------------------------------ the methods
+@dataclass
+class UnlearnSettings:
+    cooperative: bool = True  # the forget clients hand over their data for matching
+    reference_size: int = 0  # 0 = 3x the forget clients' example count
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
+
+
+def matching_rows(fed: Federation, forget, settings: UnlearnSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(reference rows, forget rows used for matching); the latter empty without cooperation."""
+    forget_rows = fed.client_rows(forget)
+    retained = fed.retained_rows(forget)
+    size = min(settings.reference_size or 3 * len(forget_rows), len(retained))
+    reference = np.sort(rng(fed.config.federation_seed, "unlearning-reference").choice(
+        retained, size=size, replace=False))
+    return reference, (forget_rows if settings.cooperative else forget_rows[:0])
+
+
+def unlearn_state(fed: Federation, state: dict, method: str, forget, *, seed: int,
+                  settings: UnlearnSettings | None = None, datamodel: Datamodel | None = None,
+                  om_target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Unlearn ``forget`` from the model ``state`` (trained with seed ``seed``) by ``method``."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown unlearning method {method!r}; valid: " + ", ".join(METHODS))
+    settings = settings or UnlearnSettings()
+    forget = tuple(forget)
+    if method == "none":
+        return copy.deepcopy(state)
+    if method == "retrain":
+        return train_federation(federation_variant(fed.config, seed, forget))
+    model = fed.model_from(state)
+    reference, forget_rows = matching_rows(fed, forget, settings)
+    rows = torch.from_numpy(np.concatenate([reference, forget_rows]))
+    x = fed.inputs[rows]
+    match_seed = derive_seed(seed, "unlearn-match")
+    if method == "finetune":
+        finetune_retain(model, x[: len(reference)], fed.labels[rows[: len(reference)]], seed=match_seed,
+                        settings=settings.matching)
+    elif method == "gradient-ascent":
+        if not len(forget_rows):
+            raise ConfigError("gradient-ascent needs the forget clients' data; they do not cooperate")
+        gradient_ascent(model, x[len(reference):], fed.labels[rows[len(reference):]], seed=match_seed,
+                        settings=settings.matching)
+    elif method == "dmm":
+        if datamodel is None:
+            raise ValueError("dmm needs a datamodel")
+        target = predicted_oracle(predict_logits(model, x), datamodel, forget, rows)
+        match_logits(model, x, target, seed=match_seed, settings=settings.matching)
+    else:  # om
+        if om_target is None:
+            raise ValueError("om needs the oracles' mean logits")
+        match_logits(model, x, om_target[rows], seed=match_seed, settings=settings.matching)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def model_metrics(fed: Federation, state: dict, forget) -> dict[str, float]:
+    """Accuracy on the test split, the forget and retained clients' data, and BA."""
+    model = fed.model_from(state)
+    out = {}
+    for name, rows in (("test", fed.test_rows()), ("forget", fed.client_rows(forget)),
+                       ("retain", fed.retained_rows(forget))):
+        idx = torch.from_numpy(rows)
+        out[f"{name}_accuracy"] = evaluate(model, fed.inputs[idx], fed.labels[idx]).accuracy
+    backdoor = fed.backdoor_set()
+    if backdoor is not None:
+        out["backdoor_accuracy"] = evaluate(model, *backdoor).accuracy
+    return out
+
+
+# ------------------------------------------------------------------ fedsec unlearn RUN_DIR
+def unlearn_run(run_dir: str | Path, *, method: str, clients: str | None = None,
+                flagged: bool = False, flag_fraction: float = 0.5, datamodel_path: str | None = None,
+                num_models: int | None = None, q: float | None = None, workers: int | None = None,
+                settings: UnlearnSettings | None = None, om_oracles: int = DEFAULT_OM_ORACLES,
+                out: str | Path | None = None, progress: bool = True,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Unlearn clients from ``run_dir``'s model; write the model and its metrics beside it."""
+    run_dir = Path(run_dir)
+    settings = settings or UnlearnSettings()
+    if method not in METHODS:
+        raise ConfigError(f"unknown --method {method!r}; valid: " + ", ".join(METHODS))
+    if not (run_dir / MODEL_FILE).is_file():
+        raise FedsecError(f"{run_dir} has no {MODEL_FILE}: not a finished run directory")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise FedsecError(f"{run_dir} has no {CONFIG_FILE}: not a run directory")
+    if flagged == (clients is not None):
+        raise FedsecError("name the clients to forget with --clients, or use --flagged (not both)")
+    config = load_config(run_dir / CONFIG_FILE)
+    torch.set_num_threads(config.engine.client_num_cpus)  # as a client (and retraining) uses
+    if flagged:
+        if not 0 < flag_fraction <= 1:
+            raise ConfigError(f"--flag-fraction must be in (0, 1], got {flag_fraction}")
+        ids = flagged_clients(read_metrics(run_dir / METRICS_FILE), flag_fraction)
+        if not ids:
+            raise FedsecError(f"the defense flagged no client (rejected in >= {flag_fraction:.0%} "
+                              "of the rounds it took part in)")
+        log(f"fedsec: flagged clients (rejected in >= {flag_fraction:.0%} of their rounds): "
+            + ",".join(map(str, ids)))
+        clients = ",".join(map(str, ids))
+    forget = check_forget_set(clients, config.data.num_clients)
+    fed = Federation.from_config(config)
+    state = torch.load(run_dir / MODEL_FILE, weights_only=True)
+    info: dict[str, Any] = {"method": method, "clients": list(forget), "cooperative": settings.cooperative}
+    art = None
+    if method == "dmm":
+        art, built = get_datamodel(fed, datamodel_path or run_dir / UNLEARN_DIR / DATAMODEL_FILE,
+                                   num_models=num_models, q=q, workers=workers, progress=progress, log=log)
+        info["datamodel"] = {"built_now": built, "num_models": art.num_models, "q": art.q,
+                             "lambda": art.datamodel.lam, "build_wall_time_s": art.build_wall_time_s}
+    start = time.perf_counter()
+    om_target = (oracle_mean_logits(fed, forget, om_oracles, workers=workers, progress=progress)
+                 if method == "om" else None)
+    new_state = unlearn_state(fed, state, method, forget, seed=config.seed, settings=settings,
+                              datamodel=art.datamodel if art else None, om_target=om_target)
+    info["wall_time_s"] = round(time.perf_counter() - start, 3)
+    info["before"] = model_metrics(fed, state, forget)
+    info["after"] = model_metrics(fed, new_state, forget)
+    out = Path(out) if out else run_dir / UNLEARN_DIR / f"{method}-clients-{'_'.join(map(str, forget))}"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(new_state, out / MODEL_FILE)
+    (out / "metrics.json").write_text(json.dumps(info, indent=2) + "\n")
+    info["out"] = str(out)
+    return info

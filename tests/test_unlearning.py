@@ -1,0 +1,297 @@
+"""Unlearning (fedsec/unlearning): datamodels, KLoM, matching, the CLI, core changes."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fedsec.cli import main
+from fedsec.config import ExperimentConfig
+from fedsec.errors import ConfigError, FedsecError
+from fedsec.sampling import AttackSchedule, ClientSampler
+from fedsec.seeding import rng
+from fedsec.unlearning import federated
+from fedsec.unlearning.artifact import DatamodelArtifact, config_hash
+from fedsec.unlearning.datamodel import Datamodel, fit_datamodel, predicted_oracle
+from fedsec.unlearning.klom import klom, margins, percentile
+from fedsec.unlearning.matching import MatchingConfig, match_logits
+from fedsec.unlearning.subsets import (
+    ExampleSubsetTrainer,
+    federation_variant,
+    train_datamodel,
+)
+
+TINY = {"data": {"name": "digits", "num_clients": 5, "alpha": 0.5},
+        "model": {"name": "mlp"},
+        "train": {"rounds": 3, "clients_per_round": 5, "local_epochs": 1},
+        "engine": {"client_num_cpus": 1, "checkpoint_every": 0}}
+
+
+def tiny_config(**over) -> ExperimentConfig:
+    raw = json.loads(json.dumps(TINY))
+    for key, value in over.items():
+        section, _, name = key.partition("__")
+        if name:
+            raw.setdefault(section, {})[name] = value
+        else:
+            raw[section] = value
+    return ExperimentConfig.from_dict(raw).validate()
+
+
+# ------------------------------------------------------------------ datamodel
+def test_ridge_recovers_a_known_linear_datamodel():
+    g = torch.Generator().manual_seed(0)
+    m, u, n, k = 400, 8, 5, 3
+    B = torch.randn(u, n, k, generator=g)
+    b = torch.randn(n, k, generator=g)
+    masks = torch.rand(m, u, generator=g) < 0.7
+    outputs = b + torch.einsum("mu,unk->mnk", masks.double(), B.double()).float()
+    outputs += 0.01 * torch.randn(outputs.shape, generator=g)
+    dm = fit_datamodel(masks, outputs, seed=1)
+    assert torch.allclose(dm.B, B, atol=0.02) and torch.allclose(dm.b, b, atol=0.03)
+    assert dm.val_mse < 2e-4  # the noise variance is 1e-4
+    mask = torch.tensor([1, 0, 1, 1, 0, 0, 1, 1], dtype=torch.bool)
+    assert torch.allclose(dm.predict(mask), b + B[mask].sum(0), atol=0.1)
+
+
+def test_predicted_oracle_subtracts_the_forget_units_effects():
+    B = torch.arange(4 * 3 * 2, dtype=torch.float32).reshape(4, 3, 2)
+    dm = Datamodel(B=B, b=torch.zeros(3, 2), lam=1.0)
+    logits = torch.ones(2, 2)
+    rows = torch.tensor([0, 2])
+    expected = logits - B[1, rows] - B[3, rows]
+    assert torch.equal(predicted_oracle(logits, dm, [1, 3], rows), expected)
+    assert int(dm.influence().argmax()) == 3
+
+
+# ------------------------------------------------------------------ KLoM
+def test_margins_known_values_and_clipping():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1000.0, 0.0], [1000.0, 0.0, 0.0]])
+    m = margins(logits, torch.tensor([0, 0, 0]))
+    assert m[0].item() == pytest.approx(2.0 - math.log(2.0))
+    assert m[1].item() == -100.0 and m[2].item() == 100.0
+    batched = margins(torch.stack([logits, logits]), torch.tensor([0, 0, 0]))  # (models, n)
+    assert torch.equal(batched[1], m)
+
+
+def test_klom_zero_for_identical_samples_and_known_values():
+    g = torch.Generator().manual_seed(0)
+    same = torch.randn(30, 7, generator=g)
+    assert torch.allclose(klom(same, same), torch.zeros(7, dtype=torch.float64))
+    # range [0, 1]: 0 falls in bin 0, 1 in bin 19; p = (1/2, 1/2), q = (3/4, 1/4)
+    u = torch.tensor([[0.0], [0.0], [1.0], [1.0]])
+    o = torch.tensor([[0.0], [0.0], [0.0], [1.0]])
+    assert klom(u, o).item() == pytest.approx(0.5 * math.log(4 / 3))
+    # the oracle's empty bin is floored at 1e-5: p = (1/2, 1/2), q = (1, 1e-5)
+    expected = 0.5 * math.log(0.5) + 0.5 * math.log(0.5 / 1e-5)
+    assert klom(torch.tensor([[0.0], [1.0]]), torch.tensor([[0.0], [0.0]])).item() == pytest.approx(expected)
+    assert klom(torch.full((3, 1), 2.0), torch.full((5, 1), 2.0)).item() == 0.0  # zero range
+    assert percentile(torch.arange(101.0)) == pytest.approx(95.0)
+
+
+def test_klom_grows_with_the_shift():
+    g = torch.Generator().manual_seed(1)
+    oracle = torch.randn(200, 50, generator=g)
+    values = [klom(torch.randn(200, 50, generator=g) + s, oracle).mean().item() for s in (0.0, 1.0, 3.0)]
+    assert values[0] < values[1] < values[2]
+
+
+# ------------------------------------------------------------------ matching
+def test_matching_reduces_the_mse_to_the_target():
+    torch.manual_seed(0)
+    x = torch.randn(256, 6)
+    teacher, student = torch.nn.Linear(6, 4), torch.nn.Linear(6, 4)
+    with torch.no_grad():
+        target = teacher(x)
+        before = torch.nn.functional.mse_loss(student(x), target).item()
+    history = match_logits(student, x, target, seed=0, settings=MatchingConfig(epochs=60, lr=0.05))
+    with torch.no_grad():
+        after = torch.nn.functional.mse_loss(student(x), target).item()
+    assert after < 0.05 * before and history[-1] < history[0]
+
+
+# ------------------------------------------------------------------ example units
+def _logreg():
+    return torch.nn.Linear(2, 2)
+
+
+def test_example_level_datamodel_attributes_the_lone_example():
+    # 19 class-0 points near the origin, one class-1 point far away; the query sits on it.
+    gen = np.random.default_rng(0)
+    x = torch.from_numpy(np.vstack([gen.normal(0, 0.5, (19, 2)), [[4.0, 4.0]]]).astype(np.float32))
+    y = torch.tensor([0] * 19 + [1])
+    query = torch.tensor([[4.0, 4.0], [0.0, 0.0]])
+    trainer = ExampleSubsetTrainer(_logreg, x, y, query, {"epochs": 20, "batch_size": 20, "lr": 0.5,
+                                                              "momentum": 0.0, "weight_decay": 0.0})
+    build = train_datamodel(trainer, num_models=60, q=0.8, seed=0, progress=False)
+    effect = build.datamodel.B[:, 0, 1] - build.datamodel.B[:, 0, 0]  # on the query's class-1 margin
+    assert build.outputs.shape == (60, 2, 2) and build.masks.shape == (60, 20)
+    assert int(effect.argmax()) == 19 and effect[19] > 3 * effect[:19].abs().max()
+
+
+# ------------------------------------------------------------------ core changes
+def test_sampler_excludes_clients_and_default_is_unchanged():
+    plain = ClientSampler(10, 4, seed=3)
+    for r in range(1, 6):
+        expected = sorted(int(c) for c in rng(3, "sampling", r).choice(10, size=4, replace=False))
+        assert plain.sample(r) == expected
+    ex = ClientSampler(10, 4, seed=3, exclude=(2, 5))
+    assert all(len(ex.sample(r)) == 4 and not {2, 5} & set(ex.sample(r)) for r in range(1, 30))
+    assert ClientSampler(5, 5, seed=0, exclude=(1,)).sample(1) == [0, 2, 3, 4]  # all remaining
+
+
+def test_schedule_without_the_attacker_has_no_malicious_client():
+    from fedsec.config import AttackConfig
+
+    attack = AttackConfig(name="pixel-replacement", schedule="every-round", num_attackers=1)
+    full = AttackSchedule(attack, 6, 6, 4, seed=0)
+    attacker = full.pool[0]
+    assert all(full.sample(r)[1] == [attacker] for r in range(1, 5))
+    without = AttackSchedule(attack, 6, 6, 4, seed=0, exclude=(attacker,))
+    for r in range(1, 5):
+        clients, malicious = without.sample(r)
+        assert malicious == [] and clients == sorted(set(range(6)) - {attacker})
+    assert AttackSchedule(attack, 6, 6, 4, seed=9, pool_seed=0).pool == full.pool
+
+
+def test_partition_seed_fixes_the_federation_and_exclusions_are_validated():
+    from fedsec.task import get_task
+
+    a = get_task(federation_variant(tiny_config(), 1)).partitions
+    b = get_task(tiny_config(seed=2, data__partition_seed=0)).partitions
+    c = get_task(tiny_config(seed=2)).partitions
+    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+    assert not all(np.array_equal(p, q) for p, q in zip(b, c))
+    assert tiny_config().federation_seed == 0 and tiny_config(data__partition_seed=5).federation_seed == 5
+    for bad, msg in (("9", "unknown client id 9"), ("0,1,2,3,4", "every client"), ("a", "not a client id")):
+        with pytest.raises(ConfigError, match=msg):
+            tiny_config(train__exclude_clients=bad)
+    with pytest.raises(ConfigError, match="partition_seed"):
+        tiny_config(data__partition_seed=-2)
+    assert tiny_config().with_overrides(["train.exclude_clients=3"]).train.excluded() == (3,)
+
+
+# ------------------------------------------------------------------ artifact reuse
+class _FakeTrainer:
+    """Deterministic "training": logits = mask-weighted sum; counts its calls."""
+
+    calls = 0
+
+    def __init__(self, config, inputs):
+        self.config, self.n = config, len(inputs)
+
+    @property
+    def num_units(self):
+        return self.config.data.num_clients
+
+    def __call__(self, mask, seed):
+        type(self).calls += 1
+        w = torch.arange(1.0, self.num_units + 1)
+        return (torch.from_numpy(np.asarray(mask, np.float32)) @ w) * torch.ones(self.n, 10)
+
+
+def test_datamodel_artifact_is_reused_and_checked(tmp_path, monkeypatch):
+    monkeypatch.setattr(federated, "FederatedSubsetTrainer", _FakeTrainer)
+    fed = federated.Federation.from_config(federation_variant(tiny_config(), 0))
+    path = tmp_path / "dm.pt"
+    art, built = federated.get_datamodel(fed, path, num_models=40, workers=1, progress=False, log=lambda s: None)
+    assert built and _FakeTrainer.calls == 40 and path.is_file()
+    assert torch.allclose(art.datamodel.B[:, 0, 0], torch.arange(1.0, 6.0), atol=0.05)
+    again, built = federated.get_datamodel(fed, path, workers=1, progress=False, log=lambda s: None)
+    assert not built and _FakeTrainer.calls == 40  # loaded, not retrained
+    assert torch.equal(again.datamodel.B, art.datamodel.B)
+    other = federated.Federation.from_config(federation_variant(tiny_config(seed=1), 1))
+    with pytest.raises(FedsecError, match="another config"):
+        federated.get_datamodel(other, path, progress=False, log=lambda s: None)
+    with pytest.raises(FedsecError, match="q = 0.9"):
+        federated.get_datamodel(fed, path, q=0.5, progress=False, log=lambda s: None)
+    assert _FakeTrainer.calls == 40
+
+
+# ------------------------------------------------------------------ detect, then unlearn
+def test_flagged_clients_from_verdicts():
+    records = [
+        {"round": r, "accepted_clients": sorted({0, 1, 2, 3, 5, 7} - rej), "rejected_clients": sorted(rej)}
+        for r, rej in enumerate([{3}, {3, 5}, {3, 7}, set()], start=1)
+    ]
+    records[3]["accepted_clients"] = [0, 1, 2, 3, 5]  # 7 sat out round 4: 1 of its 3 rounds
+    assert federated.flagged_clients(records, 0.5) == (3,)
+    assert federated.flagged_clients(records, 0.3) == (3, 7)
+    with pytest.raises(FedsecError, match="no verdicts"):
+        federated.flagged_clients([{"round": 1, "clients": [0, 1]}])
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A run directory with an (untrained) model and a defense's verdicts."""
+    from fedsec.task import get_task
+
+    config = tiny_config()
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.toml").write_text(config.to_toml())
+    torch.save(get_task(config).new_model().state_dict(), out / "model.pt")
+    rounds = [{"round": r, "clients": [0, 1, 2, 3, 4], "accepted_clients": [0, 1, 2, 4] if r < 3 else [0, 1, 2, 3, 4],
+               "rejected_clients": [3] if r < 3 else []} for r in (1, 2, 3)]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    return out
+
+
+def test_unlearn_flagged_picks_exactly_the_flagged_clients(run_dir, capsys):
+    assert main(["unlearn", str(run_dir), "--flagged", "--method", "none"]) == 0
+    info = json.loads((run_dir / "unlearning" / "none-clients-3" / "metrics.json").read_text())
+    assert info["clients"] == [3] and info["before"] == info["after"]
+    assert main(["unlearn", str(run_dir), "--flagged", "--flag-fraction", "0.9", "--method", "none"]) == 2
+    assert "flagged no client" in capsys.readouterr().err
+
+
+def _one_line_error(capsys, argv, match):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedsec: error:") and "\n" not in err and match in err, err
+
+
+def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys):
+    r = str(run_dir)
+    _one_line_error(capsys, ["unlearn", r, "--clients", "9"], "unknown client id 9")
+    _one_line_error(capsys, ["unlearn", r, "--clients", ""], "forget set is empty")
+    _one_line_error(capsys, ["unlearn", r, "--clients", "0,1,2,3,4"], "every client")
+    _one_line_error(capsys, ["unlearn", r, "--clients", "x"], "not a client id")
+    empty = tmp_path / "nomodel"
+    empty.mkdir()
+    (empty / "config.toml").write_text(tiny_config().to_toml())
+    _one_line_error(capsys, ["unlearn", str(empty), "--clients", "1"], "no model.pt")
+    other = tmp_path / "other.pt"
+    dm = Datamodel(B=torch.zeros(5, 2, 10), b=torch.zeros(2, 10), lam=1.0)
+    DatamodelArtifact(dm, "x", config_hash(tiny_config(seed=4)), 0.9, 10, "client", 0.0, 0.0).save(other)
+    _one_line_error(capsys, ["unlearn", r, "--clients", "1", "--datamodel", str(other)], "another config")
+    config = tmp_path / "c.toml"
+    config.write_text(tiny_config().to_toml())
+    _one_line_error(capsys, ["unlearn-eval", str(config), "--clients", "7", "--out", str(tmp_path / "e")],
+                    "unknown client id 7")
+    _one_line_error(capsys, ["unlearn-eval", str(config), "--clients", "1", "--out", str(tmp_path / "e"),
+                             "--methods", "dmm,magic"], "unknown method magic")
+
+
+# ------------------------------------------------------------------ the KLoM protocol
+def test_klom_protocol_orders_the_methods(tmp_path):
+    """Tiny federation, small N: DMM and OM move the forget margins towards the oracles'.
+
+    With N = 10 the 95th percentile saturates (10 samples in 20 bins), so the ordering is
+    asserted on the mean per-example KLoM of the forget clients' examples.
+    """
+    from fedsec.unlearning.evaluation import klom_evaluation
+
+    settings = federated.UnlearnSettings(matching=MatchingConfig(epochs=20, lr=2e-3))
+    report = klom_evaluation(tiny_config(), "auto", tmp_path, n_models=10,
+                             methods=("none", "dmm", "om"), num_models=30, workers=1,
+                             settings=settings, om_oracles=4, progress=False, log=lambda s: None)
+    m = report["methods"]
+    assert len(report["forget_clients"]) == 1
+    print({k: round(v["forget_mean"], 3) for k, v in m.items()})
+    assert m["om"]["forget_mean"] < m["dmm"]["forget_mean"] < m["none"]["forget_mean"]
+    for name in ("klom.json", "klom.md", "klom.png", "datamodel.pt"):
+        assert (tmp_path / name).is_file()
+    assert json.loads((tmp_path / "klom.json").read_text())["methods"].keys() == {"none", "dmm", "om"}
