@@ -42,9 +42,10 @@ import argparse
 import itertools
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -492,10 +493,10 @@ def render_markdown(report: dict[str, Any], pngs: dict[str, str]) -> tuple[str, 
 
 
 def _render_ranking(ranking: dict[str, Any], level: str, with_paper: bool) -> list[str]:
-    out = ["", f"{level} Ranking score", "",
-           f"score(d) = Σ over attacks a of (MA[d,a] − MA[{BASELINE},a]) / MA[{BASELINE},a] − "
-           f"(BA[d,a] − BA[{BASELINE},a]) / BA[{BASELINE},a], on mean final MA and BA "
-           f"(Huang et al., ICCV 2023); attacks: {', '.join(ranking['attacks']) or 'none usable'}."]
+    formula = (f"score(d) = Σ over attacks a of (MA[d,a] − MA[{BASELINE},a]) / MA[{BASELINE},a] − "
+               f"(BA[d,a] − BA[{BASELINE},a]) / BA[{BASELINE},a], on mean final MA and BA "
+               f"(Huang et al., ICCV 2023); attacks: {', '.join(ranking['attacks']) or 'none usable'}.")
+    out = ["", f"{level} Ranking score", "", formula]
     if ranking["excluded"]:
         out[-1] += " Left out: " + "; ".join(f"{a} ({why})" for a, why in ranking["excluded"].items()) + "."
     if with_paper:
