@@ -1,9 +1,10 @@
 """The initial global model: random, or trained centrally first (the papers' setup).
 
 Huang et al. 2023 and Wang et al. 2020 start federated training from a model trained
-centrally for some epochs. That model depends only on the data set, the model, the seed,
-the number of epochs and the optimiser settings, so it is cached on disk under a key of
-exactly those and reused by every run (and every seed of a sweep) that shares them.
+centrally for some epochs. That model depends only on the training split (the data set
+as the attack left it), the model, the seed, the number of epochs and the optimiser
+settings, so it is cached on disk under a key of exactly those and reused by every run
+that shares them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fedsec.seeding import derive_seed
@@ -54,6 +56,9 @@ def _cache_path(task: FederatedTask) -> Path:
         "seed": cfg.seed, "epochs": t.pretrain_epochs, "lr": t.lr,
         "batch_size": t.batch_size, "momentum": t.momentum, "weight_decay": t.weight_decay,
         "torch": torch.__version__, "threads": cfg.engine.client_num_cpus,
+        # What pre-training actually sees: an attack may have edited the training split
+        # (a "tail" edge case takes its examples out), so the name alone is not enough.
+        "train_split": _digest(task.dataset.x_train, task.dataset.y_train),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(t.pretrain_cache or os.environ.get("FEDSEC_CACHE", "~/.cache/fedsec"))
@@ -61,6 +66,15 @@ def _cache_path(task: FederatedTask) -> Path:
         root = root / "pretrained"
     name = f"{cfg.data.name}-{cfg.model.name}-seed{cfg.seed}-e{t.pretrain_epochs}-{digest}.pt"
     return root.expanduser() / name
+
+
+def _digest(*arrays) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        h.update(f"{array.dtype}{array.shape}".encode())
+        h.update(memoryview(array).cast("B"))
+    return h.hexdigest()
 
 
 def _atomic_save(state: dict[str, torch.Tensor], path: Path) -> None:

@@ -41,6 +41,23 @@ def test_cache_key_separates_seeds_and_epochs(tmp_path):
     assert len(list(tmp_path.glob("*.pt"))) == 3
 
 
+def test_an_attack_that_edits_the_training_split_gets_its_own_model(tmp_path):
+    """A "tail" edge case takes its examples out of the training split, so pre-training
+    sees other data than without the attack: the cached model must not be shared."""
+    plain = pretrain.initial_state(get_task(config(tmp_path)), log=lambda _: None)
+    tail = ["attack.name=edge-case", "attack.edge_case=tail", "attack.num_edge_cases=5",
+            "attack.num_tail_test=5"]
+    task = get_task(config(tmp_path, *tail))
+    assert len(task.dataset.y_train) < len(get_task(config(tmp_path)).dataset.y_train)
+    edited = pretrain.initial_state(task, log=lambda _: None)
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+    assert not all(torch.equal(plain[k], edited[k]) for k in plain)
+    # Another attack that leaves the data alone shares the plain model.
+    flip = pretrain.initial_state(get_task(config(tmp_path, "attack.name=label-flip")), log=lambda _: None)
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+    assert all(torch.equal(plain[k], flip[k]) for k in plain)
+
+
 def test_no_pretraining_gives_the_seeded_random_model(tmp_path):
     task = get_task(config(tmp_path, "train.pretrain_epochs=0"))
     a, b = pretrain.initial_state(task), task.new_model().state_dict()
