@@ -394,11 +394,12 @@ def _set_ranking(groups: list[dict], layout: Layout, row_vals: list[str], col_va
         theirs = paper_ranking(paper, attacks)
         paper_scores = {e["defense"]: e for e in theirs["scores"]}
         mapped = {d: paper_mod.paper_defense(d) for d in row_vals}
-        among = {d: paper_scores[p]["score"] for d, p in mapped.items() if p is not None}
-        ranks = {e["defense"]: e["rank"] for e in _ranked(among)}
+        # The paper's rank is its own (over its eight defenses): two of our rows that map to
+        # one paper row (both Multi-metrics variants) share it and shift nobody else.
         for entry in ranking["scores"]:
-            entry["paper_score"] = among.get(entry["defense"])
-            entry["paper_rank"] = ranks.get(entry["defense"])
+            theirs_entry = paper_scores.get(mapped.get(entry["defense"]))
+            entry["paper_score"] = theirs_entry and theirs_entry["score"]
+            entry["paper_rank"] = theirs_entry and theirs_entry["rank"]
         ranking["paper_attacks"] = attacks
     return ranking
 
