@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run one experiment")
-    _config_args(run, "experiment TOML (default: the showcase, an edge-case PGD attacker "
-                      "against FedAvg and Multi-metrics side by side; --set applies to both)")
+    _config_args(run, "experiment TOML (default: the showcase, an edge-case attacker with PGD and "
+                      "model replacement against FedAvg and Multi-metrics side by side; --set "
+                      "applies to both)")
     run.add_argument("--out", help="run directory (default: runs/<config>-<time>)")
     run.add_argument("--resume", metavar="RUN_DIR",
                      help="continue an interrupted run from its last checkpoint")
@@ -123,11 +124,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.parallel is not None and args.parallel < 1:
         raise FedsecError(f"--parallel must be >= 1, got {args.parallel}")
     sweep = load_sweep(args.sweep, args.out, args.overrides)
-    root = Path(args.out) if args.out else Path("runs") / "sweeps" / sweep.name
-    code = _sweep(sweep, root, args.parallel, args.dry_run)
+    code = _sweep(sweep, sweep.root, args.parallel, args.dry_run)
     if code == 0 and not args.dry_run:
-        print(f"fedsec: sweep {sweep.name} complete: {len(sweep.runs)} runs in {root}; "
-              f"tables and plots: fedsec report {root}")
+        print(f"fedsec: sweep {sweep.name} complete: {len(sweep.runs)} runs in {sweep.root}; "
+              f"tables and plots: fedsec report {sweep.root}")
     return code
 
 

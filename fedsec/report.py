@@ -100,7 +100,7 @@ class Run:
 
 
 @dataclass
-class Sweep:
+class SweepResults:
     """The runs below a results directory and the axes that label them (values in order)."""
 
     root: Path
@@ -110,7 +110,7 @@ class Sweep:
     source: str  # "sweep.json" or "discovered"
 
 
-def load_sweep(results_dir: str | Path) -> Sweep:
+def load_results(results_dir: str | Path) -> SweepResults:
     """Read ``sweep.json`` (or discover run directories) and every run's files."""
     root = Path(results_dir)
     if not root.is_dir():
@@ -135,7 +135,7 @@ def load_sweep(results_dir: str | Path) -> Sweep:
             run.labels.setdefault(key, "(none)")
             if run.labels[key] not in axes[key]:
                 axes[key].append(run.labels[key])
-    return Sweep(root=root, name=name, axes=axes, runs=runs, source=source)
+    return SweepResults(root=root, name=name, axes=axes, runs=runs, source=source)
 
 
 def _read_sweep_json(path: Path) -> tuple[str, dict[str, list[str]], list[tuple[str, str, dict[str, str]]]]:
@@ -321,7 +321,7 @@ def paper_ranking(name: str, attacks: Sequence[str] | None = None) -> dict[str, 
 
 # --------------------------------------------------------------------------- the report
 
-def build_report(sweep: Sweep, layout: Layout, paper: str | None = None) -> dict[str, Any]:
+def build_report(sweep: SweepResults, layout: Layout, paper: str | None = None) -> dict[str, Any]:
     """Every aggregated number of ``sweep`` (the content of report.json)."""
     if paper is not None:
         paper_mod.paper_table(paper)  # a ConfigError names the valid tables
@@ -583,7 +583,7 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, rows: s
     """Write report.md, report.json and the curve PNGs; return the report and the terminal text."""
     if paper is not None:
         paper_mod.paper_table(paper)  # fail before reading anything
-    sweep = load_sweep(results_dir)
+    sweep = load_results(results_dir)
     layout = choose_layout(sweep.axes, rows, cols)
     report = build_report(sweep, layout, paper)
     out_dir = Path(out) if out is not None else sweep.root

@@ -89,6 +89,7 @@ class Sweep:
     base: Path
     axes: dict[str, list[str]]
     runs: list[SweepRun]
+    root: Path
     parallel: int | None = None
     spec: dict[str, Any] = field(default_factory=dict)
 
@@ -143,7 +144,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None,
         config = _apply(base_config, cell, labels)
         run_dir = root.joinpath(*(f"{axis}={label}" for axis, label in labels.items()))
         runs.append(SweepRun(labels, config, run_dir))
-    return Sweep(name, base, {a: list(o) for a, o in axes.items()}, runs, parallel, spec)
+    return Sweep(name, base, {a: list(o) for a, o in axes.items()}, runs, root, parallel, spec)
 
 
 def _parse_axes(path: Path, axes: Any) -> dict[str, dict[str, dict[str, Any]]]:
