@@ -145,8 +145,8 @@ def _sweep(sweep, root: Path, parallel: int | None, dry_run: bool = False) -> in
         for run, state in zip(sweep.runs, states):
             print(f"{state:8s}{run.id}")
         return 0
-    for run in sweep.runs:  # data, attack and defense checked against the data, before any run
-        if run.state() != "done":
+    for run, state in zip(sweep.runs, states):  # checked against the data before any run
+        if state != "done":
             get_task(run.config)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     pretrain_all(sweep, log=lambda msg: print(f"fedsec: {msg}", flush=True))
@@ -166,12 +166,12 @@ def cmd_showcase(args: argparse.Namespace) -> int:
     """``fedsec run`` without a config: the showcase sweep, then its side-by-side plot."""
     from fedsec.report import write_report
     from fedsec.sweep import load_sweep
+    from fedsec.task import get_task
 
     root = Path(args.out or f"runs/showcase-{time.strftime('%Y%m%d-%H%M%S')}")
     sweep = load_sweep(SHOWCASE, root, args.overrides)
     if args.check:
         for run in sweep.runs:
-            from fedsec.task import get_task
             get_task(run.config)
         print("fedsec: the showcase experiment is valid")
         return 0

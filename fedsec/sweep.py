@@ -38,12 +38,12 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedsec.checkpoint import CHECKPOINT_FILE
-from fedsec.config import ExperimentConfig, load_config, read_toml
+from fedsec.config import AttackConfig, ExperimentConfig, load_config, read_toml
 from fedsec.errors import ConfigError
 from fedsec.results import CONFIG_FILE, SUMMARY_FILE, atomic_write_text
 
@@ -91,7 +91,6 @@ class Sweep:
     runs: list[SweepRun]
     root: Path
     parallel: int | None = None
-    spec: dict[str, Any] = field(default_factory=dict)
 
 
 def load_sweep(path: str | Path, out: str | Path | None = None,
@@ -144,7 +143,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None,
         config = _apply(base_config, cell, labels)
         run_dir = root.joinpath(*(f"{axis}={label}" for axis, label in labels.items()))
         runs.append(SweepRun(labels, config, run_dir))
-    return Sweep(name, base, {a: list(o) for a, o in axes.items()}, runs, root, parallel, spec)
+    return Sweep(name, base, {a: list(o) for a, o in axes.items()}, runs, root, parallel)
 
 
 def _parse_axes(path: Path, axes: Any) -> dict[str, dict[str, dict[str, Any]]]:
@@ -174,7 +173,7 @@ def _parse_axes(path: Path, axes: Any) -> dict[str, dict[str, dict[str, Any]]]:
             if not label or "/" in label or "=" in label:
                 raise ConfigError(f"{path}: axis {axis!r} label {label!r} must be non-empty "
                                   "without '/' or '='")
-        if len(options) != (len(value) if isinstance(value, list) else len(options)):
+        if isinstance(value, list) and len(options) != len(value):
             raise ConfigError(f"{path}: axis {axis!r} repeats a value")
         parsed[axis] = options
     return parsed
@@ -200,7 +199,6 @@ def _apply(base: ExperimentConfig, overrides: dict[str, Any], labels: dict[str, 
     if overrides.get("attack.name", flat["attack.name"]) != flat["attack.name"]:
         # A different attack has different parameters: keep only the schedule keys of
         # the base, so one attack's parameters never leak into another's.
-        from fedsec.config import AttackConfig
         schedule = {f"attack.{f}" for f in AttackConfig.__dataclass_fields__ if f != "params"}
         flat = {k: v for k, v in flat.items() if not k.startswith("attack.") or k in schedule}
     if overrides.get("defense.name", flat["defense.name"]) != flat["defense.name"]:

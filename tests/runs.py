@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from fedsec.cli import DEFAULT_EXPERIMENT, main
@@ -21,3 +26,23 @@ def rounds_without_time(run_dir: Path) -> list[dict]:
     """The rounds of ``run_dir``'s metrics.jsonl without wall-clock times."""
     return [{k: v for k, v in r.items() if k != "time_s"}
             for r in read_metrics(Path(run_dir) / "metrics.jsonl")]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sigkill_when(cli_args: list[str], metrics: Path, rounds: int, timeout: float) -> None:
+    """Start ``python -m fedsec.cli CLI_ARGS`` and SIGKILL it once ``metrics`` holds
+    ``rounds`` rounds; fails the test if it ends first or takes longer than ``timeout``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "fedsec.cli", *cli_args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while len(read_metrics(metrics)) < rounds:
+            assert proc.poll() is None, "the process ended before it could be killed"
+            assert time.monotonic() < deadline, f"{metrics} did not reach round {rounds} in time"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()

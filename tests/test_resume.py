@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from fedsec.cli import DEFAULT_EXPERIMENT, main
 from fedsec.results import read_metrics
-from tests.runs import rounds_without_time
+from tests.runs import rounds_without_time, sigkill_when
 
-REPO = Path(__file__).resolve().parents[1]
 # weak-dp draws noise every round from a generator whose state must survive the kill.
 CONFIG = ["data.name=digits", "model.name=mlp", "data.num_clients=6", "train.clients_per_round=3",
           "train.rounds=8", "train.local_epochs=1", "engine.client_num_cpus=1", "seed=3",
@@ -31,18 +25,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path):
     assert main(argv(tmp_path / "whole")) == 0
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "fedsec.cli", *argv(killed)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while len(read_metrics(killed / "metrics.jsonl")) < 3:
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "the run did not reach round 3 in time"
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    sigkill_when(argv(killed), killed / "metrics.jsonl", rounds=3, timeout=120)
     done = len(read_metrics(killed / "metrics.jsonl"))
     assert 3 <= done < 8 and not (killed / "summary.json").exists()
 

@@ -4,10 +4,6 @@ a SIGKILL without redoing finished runs, and one-line errors before anything run
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,9 +12,7 @@ import pytest
 from fedsec.cli import main
 from fedsec.results import read_metrics
 from fedsec.sweep import load_sweep
-from tests.runs import rounds_without_time
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.runs import rounds_without_time, sigkill_when
 
 BASE = """
 seed = 0
@@ -111,19 +105,9 @@ def test_sweep_runs_equal_standalone_runs_and_a_rerun_skips_them(tmp_path, capsy
 def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
     path = write_sweep(tmp_path, "[axes]\nseed = [0, 1, 2]\n", rounds=6)
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "fedsec.cli", "sweep", str(path), "--out", str(out), "--parallel", "1"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     second = out / "seed=1"
-    try:
-        deadline = time.monotonic() + 180
-        while len(read_metrics(second / "metrics.jsonl")) < 2:
-            assert proc.poll() is None, "the sweep ended before it could be killed"
-            assert time.monotonic() < deadline, "the second run did not reach round 2 in time"
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    sigkill_when(["sweep", str(path), "--out", str(out), "--parallel", "1"],
+                 second / "metrics.jsonl", rounds=2, timeout=180)
     # The child run dies with the sweep (no orphan keeps writing into the directory).
     time.sleep(1.0)
     rounds_at_kill = len(read_metrics(second / "metrics.jsonl"))
