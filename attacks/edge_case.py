@@ -211,7 +211,7 @@ class EdgeCase(Attack):
             edge_x, _ = self.edge_inputs()
             _, num_clean, _ = self.counts()
             idx = task.partitions[partition_id]
-            rng = np.random.default_rng(derive_seed(task.config.seed, "attacker-data", partition_id))
+            rng = np.random.default_rng(derive_seed(task.config.federation_seed, "attacker-data", partition_id))
             clean = np.resize(rng.permutation(idx), num_clean) if num_clean else idx[:0]
             x = np.concatenate([edge_x, task.dataset.x_train[clean]])
             y = np.concatenate([np.full(len(edge_x), self.target, dtype=np.int64), task.dataset.y_train[clean]])

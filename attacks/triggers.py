@@ -118,7 +118,7 @@ class PatternTriggerAttack(Attack):
             idx = task.partitions[partition_id]
             x = task.dataset.x_train[idx]
             y = task.dataset.y_train[idx].copy()
-            rng = np.random.default_rng(derive_seed(task.config.seed, "attacker-data", partition_id))
+            rng = np.random.default_rng(derive_seed(task.config.federation_seed, "attacker-data", partition_id))
             count = max(1, round(self.poison_fraction * len(idx)))
             poisoned = np.sort(rng.choice(len(idx), size=count, replace=False))
             x = x.copy()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import fedsec.task
 from fedsec.cli import main
 from fedsec.config import ExperimentConfig
 from fedsec.errors import ConfigError, FedsecError
@@ -210,6 +211,35 @@ def test_datamodel_artifact_is_reused_and_checked(tmp_path, monkeypatch):
     assert _FakeTrainer.calls == 40
 
 
+def test_federation_holds_the_examples_attackers_train_on(monkeypatch):
+    """An attacker's rows are its partition plus the poisoned examples it trains on, so a
+    cooperating attacker hands those over and the datamodel predicts them."""
+    attack = {"name": "pixel-replacement", "num_attackers": 2, "attackers_per_round": 2,
+              "poison_fraction": 0.5, "trigger_size": 2, "trigger_gap": 1}
+    config = federation_variant(tiny_config(attack=attack, data__partition_seed=3), 0)
+    fed = federated.Federation.from_config(config)
+    task = fed.task
+    pool = task.schedule.pool
+    n_split = len(task.dataset.y_train)
+    assert len(pool) == 2 and fed.n_train > n_split
+    extra = np.arange(n_split, fed.n_train)
+    assert set(fed.owner[extra]) == set(pool)
+    for pid in pool:
+        rows = fed.client_rows([pid])
+        own, poisoned = rows[rows < n_split], rows[rows >= n_split]
+        np.testing.assert_array_equal(own, np.sort(task.partitions[pid]))
+        assert len(poisoned) == round(0.5 * len(own))  # the stamped half, relabelled
+        assert (fed.labels[poisoned] == task.attack.target).all()
+        trigger = torch.from_numpy(task.attack.global_trigger(8, 8))
+        assert (fed.inputs[poisoned][:, :, trigger] == 1.0).all()
+    # Which examples are poisoned follows the federation, not the training seed (a fresh
+    # task, so the attack's per-partition cache cannot hide it).
+    monkeypatch.setattr(fedsec.task, "_TASK_CACHE", {})
+    other = federated.Federation.from_config(federation_variant(config, 11))
+    assert torch.equal(other.inputs, fed.inputs) and np.array_equal(other.owner, fed.owner)
+    assert fed.test_rows()[0] == fed.n_train and len(fed.test_rows()) == len(task.dataset.y_test)
+
+
 # ------------------------------------------------------------------ detect, then unlearn
 def test_flagged_clients_from_verdicts():
     records = [
@@ -273,6 +303,10 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys):
                     "unknown client id 7")
     _one_line_error(capsys, ["unlearn-eval", str(config), "--clients", "1", "--out", str(tmp_path / "e"),
                              "--methods", "dmm,magic"], "unknown method magic")
+    _one_line_error(capsys, ["unlearn-eval", str(config), "--clients", "1", "--out", str(tmp_path / "e"),
+                             "--methods", "none,gradient-ascent", "--no-forget-data"],
+                    "gradient-ascent needs the forget clients' data")
+    assert not (tmp_path / "e" / "models").exists()  # refused before any training
 
 
 # ------------------------------------------------------------------ the KLoM protocol

@@ -45,7 +45,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--q", type=float, help="datamodel: probability a unit is kept (default 0.9)")
     p.add_argument("--workers", type=int, help="parallel trainings (default cores // client_num_cpus)")
     p.add_argument("--no-forget-data", dest="cooperative", action="store_false",
-                   help="the forget clients do not hand over their data (match on the reference set only)")
+                   help="the forget clients do not hand over their data, an attacker its poisoned "
+                        "examples (match on the server's reference set only)")
     p.add_argument("--reference-size", type=int, default=0,
                    help="server reference set size (default 3x the forget clients' examples)")
     p.add_argument("--om-oracles", type=int, default=4, help="retrained models OM matches")

@@ -12,8 +12,10 @@ Datamodel Matching"): N originals vs N oracles, per method, per split.
    and the test split, with accuracies (and backdoor accuracy) averaged over models, wall
    time per deletion request, the datamodel's one-off cost and its payoff count.
 
-Trained federations are kept in ``DIR/models/<config hash>/`` (a rerun, say with other
-matching settings, trains nothing again), the datamodel in ``DIR/datamodel.pt``.
+Trained federations are kept in ``DIR/models/<inputs hash>/<config hash>/`` (a rerun, say
+with other matching settings, trains nothing again; the inputs hash covers the examples
+the clients train on, attackers' poisoned ones included, so models trained on other data
+are never reused), the datamodel in ``DIR/datamodel.pt``.
 
 KLoM is noisy below N of about 80 (the paper's remark); compare methods, not values.
 """
@@ -30,9 +32,11 @@ import numpy as np
 import torch
 
 from fedsec.config import ExperimentConfig
+from fedsec.errors import ConfigError
 from fedsec.seeding import derive_seed
 from fedsec.training import predict_logits
 from fedsec.unlearning import METHODS
+from fedsec.unlearning.artifact import tensor_hash
 from fedsec.unlearning.federated import (
     DATAMODEL_FILE,
     DEFAULT_OM_ORACLES,
@@ -68,14 +72,15 @@ def klom_evaluation(config: ExperimentConfig, clients: str, out_dir: str | Path,
     """
     out_dir = Path(out_dir)
     settings = settings or UnlearnSettings()
+    if "gradient-ascent" in methods and not settings.cooperative:  # before any training
+        raise ConfigError("gradient-ascent needs the forget clients' data: drop it from --methods "
+                          "or --no-forget-data")
     out_dir.mkdir(parents=True, exist_ok=True)
     # Unlearning runs here with the threads a client trains with, as retraining does.
     torch.set_num_threads(config.engine.client_num_cpus)
     base = federation_variant(config, config.seed)  # the federation pinned, as every model's
     fed = Federation.from_config(base)
     if n_models < 2:
-        from fedsec.errors import ConfigError
-
         raise ConfigError(f"--models must be >= 2, got {n_models}")
     art = None
     if "dmm" in methods or clients.startswith("auto"):
@@ -97,7 +102,8 @@ def klom_evaluation(config: ExperimentConfig, clients: str, out_dir: str | Path,
         jobs += [(derive_seed(s, "om-oracle", j), forget) for s in seeds for j in range(om_oracles)]
     t0 = time.perf_counter()
     states, times = train_federations(base, jobs, workers=workers, desc="originals + oracles",
-                                      progress=progress, cache_dir=out_dir / "models")
+                                      progress=progress,
+                                      cache_dir=out_dir / "models" / tensor_hash(fed.inputs)[:16])
     log(f"fedsec: trained {len(jobs)} federations in {time.perf_counter() - t0:.1f}s")
     originals, oracles = states[:n_models], states[n_models:2 * n_models]
     retrain_time = float(np.mean(times))  # one federation's own training time

@@ -1,11 +1,15 @@
 """Unlearning clients from a federation's global model (DMM, OM and baselines).
 
-The datamodel's inputs are the whole training split followed by the test split, so one
-artifact serves every later request, whatever the forget set. A request's matching set
-is the server's reference set (a seeded sample of the retained clients' training
-examples, by default 3x the forget clients' example count, the paper's retain sample),
-plus the forget clients' own data only when they cooperate (a detected attacker does
-not). Methods (Georgiev et al. 2024, "Attribute-to-Delete: Machine Unlearning via
+The datamodel's inputs are every client's examples as it trains on them (the training
+split, then the poisoned examples attackers train on that are not in their partitions:
+triggered inputs, edge cases, flipped labels), then the test split, so one artifact
+serves every later request, whatever the forget set (a real server would evaluate its
+subset models on a forget client's data when the client hands it over). A request's
+matching set is the server's reference set (a seeded sample of the retained clients'
+training examples, by default 3x the forget clients' example count, the paper's retain
+sample), plus the forget clients' own data, as they trained on it, only when they
+cooperate (a detected attacker does not: without its triggered inputs, DMM corrects the
+model on clean inputs only). Methods (Georgiev et al. 2024, "Attribute-to-Delete: Machine Unlearning via
 Datamodel Matching"):
 
 - ``dmm``: match f(x; theta) - sum_{i in F} B[i, x, :] on the matching set;
@@ -67,14 +71,15 @@ DEFAULT_OM_ORACLES = 4
 # ------------------------------------------------------------------ the federation
 @dataclass
 class Federation:
-    """A config's federation as unlearning sees it: inputs = train split, then test split."""
+    """A config's federation as unlearning sees it: inputs = the clients' examples (the
+    training split, then the attackers' poisoned examples), then the test split."""
 
     config: ExperimentConfig
     task: Any
     inputs: torch.Tensor
     labels: torch.Tensor
-    n_train: int
-    owner: np.ndarray  # client id of every training example (-1: nobody's)
+    n_train: int  # rows before the test split
+    owner: np.ndarray  # client id of every row before the test split (-1: nobody's)
 
     @classmethod
     def from_config(cls, config: ExperimentConfig) -> Federation:
@@ -85,7 +90,14 @@ class Federation:
         owner = np.full(len(yt), -1, dtype=np.int64)
         for pid, idx in enumerate(task.partitions):
             owner[idx] = pid
-        return cls(config, task, torch.cat([xt, xs]), torch.cat([yt, ys]), len(yt), owner)
+        xs_, ys_, owners = [xt], [yt], [owner]
+        for pid in (task.schedule.pool if task.attack is not None and task.schedule.enabled else ()):
+            x, y = poisoned_examples(task, pid)
+            xs_.append(x)
+            ys_.append(y)
+            owners.append(np.full(len(y), pid, dtype=np.int64))
+        owner = np.concatenate(owners)
+        return cls(config, task, torch.cat(xs_ + [xs]), torch.cat(ys_ + [ys]), len(owner), owner)
 
     @property
     def num_clients(self) -> int:
@@ -111,6 +123,17 @@ class Federation:
     def backdoor_set(self):
         attack = self.task.attack
         return attack.backdoor_test_set(self.task) if attack is not None else None
+
+
+def poisoned_examples(task, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The examples attacker ``partition_id`` trains on that its partition does not hold
+    (same input and label): what a cooperating attacker would hand over beyond its clean data."""
+    x, y = task.attack.attacker_data(task, partition_id)
+    own_x, own_y = task.client_data(partition_id)
+    own = {(a.numpy().tobytes(), int(b)) for a, b in zip(own_x, own_y)}
+    new = [i for i, (a, b) in enumerate(zip(x, y)) if (a.numpy().tobytes(), int(b)) not in own]
+    keep = torch.tensor(new, dtype=torch.int64)
+    return x[keep].to(own_x.dtype), y[keep].to(own_y.dtype)
 
 
 def check_forget_set(clients, num_clients: int) -> tuple[int, ...]:
