@@ -220,12 +220,14 @@ class TrainSetup:
 
 FULL_TRAIN = (
     TrainSetup("lenet", (1, 28, 28), 2048, 512, epochs=2, lr=0.02),
-    TrainSetup("vgg9", (3, 32, 32), 1024, 512, epochs=5, lr=0.01, he_init=True),
+    # lr 0.003: at 0.01 the He-initialised VGG-9 (no BatchNorm) learns the task in two
+    # epochs, then diverges (NaN training loss from epoch 3 on CPU, torch 2.13).
+    TrainSetup("vgg9", (3, 32, 32), 1024, 512, epochs=5, lr=0.003, he_init=True),
 )
 QUICK_TRAIN = (
     TrainSetup("lenet", (1, 28, 28), 384, 128, epochs=2, lr=0.02, min_accuracy=0.5,
                match_examples=128),
-    TrainSetup("vgg9", (3, 32, 32), 16, 16, epochs=1, lr=0.01, he_init=True, batch_size=8,
+    TrainSetup("vgg9", (3, 32, 32), 16, 16, epochs=1, lr=0.003, he_init=True, batch_size=8,
                min_accuracy=None, max_loss_ratio=None, match_examples=16),
 )
 
