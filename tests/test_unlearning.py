@@ -238,6 +238,12 @@ def test_federation_holds_the_examples_attackers_train_on(monkeypatch):
     other = federated.Federation.from_config(federation_variant(config, 11))
     assert torch.equal(other.inputs, fed.inputs) and np.array_equal(other.owner, fed.owner)
     assert fed.test_rows()[0] == fed.n_train and len(fed.test_rows()) == len(task.dataset.y_test)
+    # Forgetting an honest client: the reference set is clean, a retained attacker's
+    # poisoned examples are matched only as that attacker's own data.
+    honest = next(c for c in range(5) if c not in pool)
+    reference, _ = federated.matching_rows(fed, [honest], federated.UnlearnSettings(reference_size=10_000))
+    assert len(reference) == len(fed.retained_rows([honest])) - len(extra)
+    assert (reference < n_split).all()
 
 
 # ------------------------------------------------------------------ detect, then unlearn

@@ -6,7 +6,7 @@ triggered inputs, edge cases, flipped labels), then the test split, so one artif
 serves every later request, whatever the forget set (a real server would evaluate its
 subset models on a forget client's data when the client hands it over). A request's
 matching set is the server's reference set (a seeded sample of the retained clients'
-training examples, by default 3x the forget clients' example count, the paper's retain
+clean training examples, by default 3x the forget clients' example count, the paper's retain
 sample), plus the forget clients' own data, as they trained on it, only when they
 cooperate (a detected attacker does not: without its triggered inputs, DMM corrects the
 model on clean inputs only). Methods (Georgiev et al. 2024, "Attribute-to-Delete: Machine Unlearning via
@@ -80,6 +80,7 @@ class Federation:
     labels: torch.Tensor
     n_train: int  # rows before the test split
     owner: np.ndarray  # client id of every row before the test split (-1: nobody's)
+    n_split: int  # rows of the training split (clean); attackers' poisoned examples follow
 
     @classmethod
     def from_config(cls, config: ExperimentConfig) -> Federation:
@@ -97,7 +98,8 @@ class Federation:
             ys_.append(y)
             owners.append(np.full(len(y), pid, dtype=np.int64))
         owner = np.concatenate(owners)
-        return cls(config, task, torch.cat(xs_ + [xs]), torch.cat(ys_ + [ys]), len(owner), owner)
+        return cls(config, task, torch.cat(xs_ + [xs]), torch.cat(ys_ + [ys]), len(owner), owner,
+                   len(yt))
 
     @property
     def num_clients(self) -> int:
@@ -260,9 +262,14 @@ class UnlearnSettings:
 
 
 def matching_rows(fed: Federation, forget, settings: UnlearnSettings) -> tuple[np.ndarray, np.ndarray]:
-    """(reference rows, forget rows used for matching); the latter empty without cooperation."""
+    """(reference rows, forget rows used for matching); the latter empty without cooperation.
+
+    The reference set stands in for the server's own data: clean training examples of
+    retained clients, never a retained attacker's poisoned ones.
+    """
     forget_rows = fed.client_rows(forget)
     retained = fed.retained_rows(forget)
+    retained = retained[retained < fed.n_split]
     size = min(settings.reference_size or 3 * len(forget_rows), len(retained))
     reference = np.sort(rng(fed.config.federation_seed, "unlearning-reference").choice(
         retained, size=size, replace=False))
