@@ -6,11 +6,11 @@ triggered inputs, edge cases, flipped labels), then the test split, so one artif
 serves every later request, whatever the forget set (a real server would evaluate its
 subset models on a forget client's data when the client hands it over). A request's
 matching set is the server's reference set (a seeded sample of the retained clients'
-clean training examples, by default 3x the forget clients' example count, the paper's retain
-sample), plus the forget clients' own data, as they trained on it, only when they
-cooperate (a detected attacker does not: without its triggered inputs, DMM corrects the
-model on clean inputs only). Methods (Georgiev et al. 2024, "Attribute-to-Delete: Machine Unlearning via
-Datamodel Matching"):
+clean training examples, by default 3x the forget clients' example count, the paper's
+retain sample), plus the forget clients' own data, as they trained on it, only when
+they cooperate (a detected attacker does not: without its triggered inputs, DMM
+corrects the model on clean inputs only). Methods (Georgiev et al. 2024,
+"Attribute-to-Delete: Machine Unlearning via Datamodel Matching"):
 
 - ``dmm``: match f(x; theta) - sum_{i in F} B[i, x, :] on the matching set;
 - ``om``: match the mean logits of ``om_oracles`` models retrained without F (the upper
@@ -91,14 +91,14 @@ class Federation:
         owner = np.full(len(yt), -1, dtype=np.int64)
         for pid, idx in enumerate(task.partitions):
             owner[idx] = pid
-        xs_, ys_, owners = [xt], [yt], [owner]
+        inputs, labels, owners = [xt], [yt], [owner]
         for pid in (task.schedule.pool if task.attack is not None and task.schedule.enabled else ()):
             x, y = poisoned_examples(task, pid)
-            xs_.append(x)
-            ys_.append(y)
+            inputs.append(x)
+            labels.append(y)
             owners.append(np.full(len(y), pid, dtype=np.int64))
         owner = np.concatenate(owners)
-        return cls(config, task, torch.cat(xs_ + [xs]), torch.cat(ys_ + [ys]), len(owner), owner,
+        return cls(config, task, torch.cat([*inputs, xs]), torch.cat([*labels, ys]), len(owner), owner,
                    len(yt))
 
     @property
