@@ -57,6 +57,7 @@ SWEEP_FILE = "sweep.json"
 SEED_AXIS = "seed"
 BASELINE = "fedavg"
 NO_ATTACK = "none"
+ALL = "all"  # the one row or column value when there is no rows or cols axis
 
 
 def is_no_attack(label: str) -> bool:
@@ -64,7 +65,7 @@ def is_no_attack(label: str) -> bool:
     attack configured to start after the last round, so its backdoor accuracy is measured
     on an honest federation); the ranking score leaves them out."""
     return label == NO_ATTACK or label.startswith(NO_ATTACK + "-")
-ALL = "all"  # the one row or column value when there is no rows or cols axis
+
 
 #: (key in report.json, column title) of the long table, in its order.
 METRICS: tuple[tuple[str, str], ...] = (
@@ -266,9 +267,9 @@ def ranking_scores(
     """The ranking score of Huang et al. (ICCV 2023) of each defense against ``baseline``.
 
     ``score(d) = sum_a (MA[d,a] - MA[b,a]) / MA[b,a] - (BA[d,a] - BA[b,a]) / BA[b,a]`` over
-    the attacks that are not no-attack baselines (:func:`is_no_attack`) where the baseline's MA and BA are known and non-zero (the
-    others are listed in ``excluded`` with the reason); a defense missing one of those
-    attacks has no score. ``ma`` and ``ba`` map (defense, attack) to a mean accuracy in any
+    the attacks that are not no-attack baselines (:func:`is_no_attack`) where the
+    baseline's MA and BA are known and non-zero (the others are listed in ``excluded``
+    with the reason); a defense missing one of those attacks has no score. ``ma`` and ``ba`` map (defense, attack) to a mean accuracy in any
     one unit. Returns ``{"attacks", "excluded", "scores": [{"defense", "score", "rank"}]}``
     sorted best first (unscored last).
     """
@@ -428,6 +429,11 @@ def compact_cell(group: dict[str, Any]) -> str:
     return cell
 
 
+def _set_title(s: dict[str, Any]) -> str:
+    """``axis=value, ...`` of a set's extra axes ("" without extra axes)."""
+    return ", ".join(f"{k}={v}" for k, v in s["extra"].items())
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -461,7 +467,7 @@ def render_markdown(report: dict[str, Any], pngs: dict[str, str]) -> tuple[str, 
     full, short = list(head), list(head)
 
     for s in report["sets"]:
-        title = ", ".join(f"{k}={v}" for k, v in s["extra"].items())
+        title = _set_title(s)
         level = "###" if title else "##"
         if title:
             full += ["", f"## {title}"]
@@ -529,9 +535,9 @@ def plot_curves(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
 
     written = {}
     for s in report["sets"]:
-        title = ", ".join(f"{k}={v}" for k, v in s["extra"].items())
+        title = _set_title(s)
         name = "curves.png" if not title else "curves_" + re.sub(
-            r"[^A-Za-z0-9._=-]+", "_", "_".join(f"{k}={v}" for k, v in s["extra"].items())) + ".png"
+            r"[^A-Za-z0-9._=-]+", "_", title.replace(", ", "_")) + ".png"
         row_vals = list(dict.fromkeys(g["row"] for g in s["groups"]))
         col_vals = list(dict.fromkeys(g["col"] for g in s["groups"]))
         cmap = colormaps["tab10" if len(row_vals) <= 10 else "tab20"]
