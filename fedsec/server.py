@@ -209,6 +209,8 @@ def run_round(
     if report is not None and getattr(report, "round", None) == server_round:
         record["accepted_clients"] = sorted(report.accepted)
         record["rejected_clients"] = sorted(report.rejected)
+        if report.scores:  # the rule's per-client score (see its docstring), for AUROC
+            record["scores"] = {str(k): v for k, v in sorted(report.scores.items())}
         if report.invalid:
             record["invalid_clients"] = {str(k): v for k, v in sorted(report.invalid.items())}
     if new_arrays is None:

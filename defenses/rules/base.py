@@ -90,6 +90,9 @@ class AggregationRule:
     """
 
     name: ClassVar[str] = ""
+    #: Whether a higher score marks a more suspicious client (a distance or outlier
+    #: score); False for rules whose score is a weight or a trust (higher = more benign).
+    higher_score_is_suspicious: ClassVar[bool] = True
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for a parameter of the wrong type or out of range."""
@@ -108,6 +111,30 @@ class AggregationRule:
     def min_clients(self) -> int:
         """Fewest valid clients the rule needs; with fewer the round keeps the model."""
         return 1
+
+    def round_problem(self, num_clients: int, num_attackers: int) -> str:
+        """Why the rule cannot aggregate a round of ``num_clients`` valid clients,
+        ``num_attackers`` of them malicious, in words naming the limit; "" if it can.
+
+        Run configs are checked with it before any training (``fedsec run --check``).
+        """
+        if num_clients < self.min_clients():
+            return (f"needs at least {self.min_clients()} valid clients a round "
+                    f"({self._min_clients_formula()}), but a round has {num_clients}")
+        return ""
+
+    def round_caveat(self, num_clients: int, num_attackers: int) -> str:
+        """What the rule assumes that such a round breaks (it still aggregates); "" if none."""
+        return ""
+
+    def selection_quota(self, num_clients: int) -> str:
+        """How many clients the rule keeps per round by design, in words; "" when it
+        judges each client on its own (then its rejections are evidence against the
+        client, not a quota)."""
+        return ""
+
+    def _min_clients_formula(self) -> str:
+        return "the rule's minimum"
 
     def aggregate(
         self,
@@ -199,6 +226,14 @@ def _has_type(value: Any, hint: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def tolerance_caveat(name: str, num_malicious: int, num_attackers: int) -> str:
+    """The caveat of a rule built to tolerate ``num_malicious`` attackers a round."""
+    if num_attackers <= num_malicious:
+        return ""
+    return (f"{name} is set to tolerate num_malicious = {num_malicious} attackers a round, "
+            f"but some rounds have {num_attackers}")
 
 
 def column_blocks(d: int) -> Iterator[slice]:

@@ -17,6 +17,7 @@ from .base import (
     keep_mask,
     param,
     squared_distances,
+    tolerance_caveat,
 )
 from .krum import krum_neighbours, sum_of_nearest
 
@@ -48,6 +49,16 @@ class BulyanRule(AggregationRule):
 
     def min_clients(self) -> int:
         return 4 * self.num_malicious + 3
+
+    def _min_clients_formula(self) -> str:
+        return f"4 * num_malicious + 3 with num_malicious = {self.num_malicious}"
+
+    def round_caveat(self, num_clients: int, num_attackers: int) -> str:
+        return tolerance_caveat(self.name, self.num_malicious, num_attackers)
+
+    def selection_quota(self, num_clients: int) -> str:
+        return (f"selects {num_clients - 2 * self.num_malicious} of the {num_clients} clients "
+                "of each round (n - 2f) by design")
 
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:
         f, n = self.num_malicious, batch.n

@@ -29,6 +29,7 @@ class FLTrustRule(AggregationRule):
     """
 
     name = "fltrust"
+    higher_score_is_suspicious = False  # the score is a trust
 
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:
         if batch.root_update is None:

@@ -50,6 +50,7 @@ class FoolsGoldRule(AggregationRule):
     """
 
     name = "foolsgold"
+    higher_score_is_suspicious = False  # the score is a weight
     kappa: float = param(1.0, positive, "a number > 0")
     _history: dict[int, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 

@@ -17,6 +17,7 @@ from .base import (
     lowest,
     param,
     squared_distances,
+    tolerance_caveat,
 )
 
 
@@ -62,6 +63,15 @@ class KrumRule(AggregationRule):
 
     def min_clients(self) -> int:
         return 2 * self.num_malicious + 3
+
+    def _min_clients_formula(self) -> str:
+        return f"2 * num_malicious + 3 with num_malicious = {self.num_malicious}"
+
+    def round_caveat(self, num_clients: int, num_attackers: int) -> str:
+        return tolerance_caveat(self.name, self.num_malicious, num_attackers)
+
+    def selection_quota(self, num_clients: int) -> str:
+        return f"keeps exactly 1 of the {num_clients} clients of each round by design"
 
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:
         scores = krum_scores(squared_distances(batch.models), self.num_malicious)

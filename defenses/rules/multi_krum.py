@@ -14,6 +14,7 @@ from .base import (
     normalized,
     param,
     squared_distances,
+    tolerance_caveat,
 )
 from .krum import krum_scores
 
@@ -42,6 +43,17 @@ class MultiKrumRule(AggregationRule):
 
     def min_clients(self) -> int:
         return 2 * self.num_malicious + 3
+
+    def _min_clients_formula(self) -> str:
+        return f"2 * num_malicious + 3 with num_malicious = {self.num_malicious}"
+
+    def round_caveat(self, num_clients: int, num_attackers: int) -> str:
+        return tolerance_caveat(self.name, self.num_malicious, num_attackers)
+
+    def selection_quota(self, num_clients: int) -> str:
+        m = num_clients - self.num_malicious if self.num_selected is None else self.num_selected
+        return (f"keeps the {min(m, num_clients)} of the {num_clients} clients of each round "
+                "with the lowest Krum scores by design")
 
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:
         scores = krum_scores(squared_distances(batch.models), self.num_malicious)

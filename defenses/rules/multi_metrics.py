@@ -83,6 +83,11 @@ class MultiMetricsRule(AggregationRule):
     variant: str = param("paper", lambda v: v in ("paper", "reference"),
                          "'paper' or 'reference'")
 
+    def selection_quota(self, num_clients: int) -> str:
+        k = max(1, int(self.keep_fraction * num_clients))
+        return (f"keeps the {k} of the {num_clients} clients of each round with the lowest "
+                f"scores (keep_fraction = {self.keep_fraction}) by design")
+
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:
         if self.variant == "paper":
             scores = whitened_square_norms(paper_features(batch)).sqrt()
