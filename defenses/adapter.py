@@ -216,9 +216,16 @@ class DefenseStrategy(FedAvg):
         return [row for row, reply in enumerate(loaded) if counts[reply.key] == 1]
 
     def _aggregate_metrics(self, contents: list[RecordDict]) -> MetricRecord | None:
-        """``train_metrics_aggr_fn`` over the accepted replies; None if they disagree."""
+        """``train_metrics_aggr_fn`` over the accepted replies' metrics, the client key
+        left out (an id averaged over clients means nothing); None if they disagree."""
+        metrics_only = [
+            RecordDict({name: MetricRecord({k: v for k, v in record.items()
+                                            if k != CLIENT_KEY_METRIC})
+                        for name, record in content.metric_records.items()})
+            for content in contents
+        ]
         try:
-            return self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+            return self.train_metrics_aggr_fn(metrics_only, self.weighted_by_key)
         except (TypeError, ValueError) as error:
             log(WARNING, "aggregate_train: train metrics not aggregated: %s", error)
             return None

@@ -13,6 +13,7 @@ any training starts.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -21,8 +22,8 @@ from pathlib import Path
 from fedsec import report
 from fedsec.checkpoint import CHECKPOINT_FILE
 from fedsec.config import load_config
-from fedsec.errors import FedsecError
-from fedsec.results import CONFIG_FILE
+from fedsec.errors import FedsecError, RunError
+from fedsec.results import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_metrics
 from fedsec.unlearning import cli as unlearning_cli
 
 EXIT_USAGE = 2
@@ -34,7 +35,9 @@ SHOWCASE = Path(__file__).resolve().parent / "showcase.toml"
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not usage + message
-        raise FedsecError(f"{self.prog}: {message}")
+        if self.prog != "fedsec":  # a subcommand's parser: point to its help
+            message = f"{message} (see `{self.prog} --help`)"
+        raise FedsecError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,13 +104,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         config = _load(args)
         out = Path(args.out or f"runs/{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    get_task(config)  # load the data and check the attack against it before any training
+    task = get_task(config)  # load the data and check the attack against it before any training
+    for caveat in config.check_rounds():
+        print(f"fedsec: warning: {caveat}", file=sys.stderr)
+    schedule = task.schedule.describe()
     if args.check:
-        print(f"fedsec: {args.config or args.resume} is valid")
+        print(f"fedsec: {args.config or args.resume} is valid; attack: {schedule}")
         return 0
     print(f"fedsec: {config.data.name} / {config.model.name} / {config.defense.name}, "
-          f"{config.data.num_clients} clients, {config.train.rounds} rounds on the "
-          f"{config.engine.name} engine -> {out}", flush=True)
+          f"{config.data.num_clients} clients ({config.train.clients_per_round} a round), "
+          f"{config.train.rounds} rounds on the {config.engine.name} engine -> {out}\n"
+          f"fedsec: attack: {schedule}", flush=True)
     # fedsec prints one line per round; Flower's per-round INFO log would repeat it.
     logging.getLogger("flwr").setLevel(logging.WARNING)
     try:
@@ -115,6 +122,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"fedsec: interrupted; finished rounds are in {out}/metrics.jsonl", file=sys.stderr)
         return 130
+    return _finish_run(out)
+
+
+def _finish_run(out: Path) -> int:
+    """Print the run's summary line; fail the run if no round produced a new model."""
+    summary = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
+    rounds = read_metrics(out / METRICS_FILE)
+    print(summary_line(summary, rounds, out))
+    kept = [r for r in rounds if r.get("kept_previous_model")]
+    if rounds and len(kept) == len(rounds):
+        reason = kept[0].get("kept_previous_reason", "no usable reply")
+        raise RunError(f"every one of the {len(rounds)} rounds kept the previous global model "
+                       f"(round {kept[0]['round']}: {reason}); the model never left its initial "
+                       f"state (results in {out})")
     return 0
 
 
@@ -186,7 +207,22 @@ def cmd_showcase(args: argparse.Namespace) -> int:
     print(short, end="")
     print(f"fedsec: curves of both runs in {root / report['files']['png'][0]}; "
           f"tables in {root / 'report.md'}")
+    print(f"fedsec: {showcase_verdict(sweep)}")
     return 0
+
+
+def showcase_verdict(sweep) -> str:
+    """What happened in the showcase, in one plain sentence with the numbers."""
+    clauses = []
+    for run in sweep.runs:
+        s = json.loads((run.dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+        ba, ma = s["final_backdoor_accuracy"], s["final_main_accuracy"]
+        # Backdoor accuracy is the share of edge-case inputs classified as the target.
+        outcome = ("got through" if ba >= 0.5 else "was stopped by" if ba < 0.2
+                   else "partly got through")
+        clauses.append(f"{outcome} {run.labels['defense']} (final backdoor accuracy "
+                       f"{ba:.1%}, main accuracy {ma:.1%})")
+    return f"the {sweep.runs[0].config.attack.name} attack " + " and ".join(clauses) + "."
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
@@ -204,13 +240,34 @@ def cmd_partition(args: argparse.Namespace) -> int:
     return 0
 
 
+def summary_line(summary: dict, rounds: list[dict], out: Path) -> str:
+    """One line: final accuracies, detection, rounds that kept the model, where the files are."""
+    parts = [f"{summary['rounds']} rounds"]
+    if "final_main_accuracy" in summary:
+        parts.append(f"main accuracy {summary['final_main_accuracy']:.4f} "
+                     f"(best {summary['best_main_accuracy']:.4f})")
+    if "final_backdoor_accuracy" in summary:
+        parts.append(f"backdoor accuracy {summary['final_backdoor_accuracy']:.4f} "
+                     f"(max {summary['max_backdoor_accuracy']:.4f})")
+    detection = summary.get("detection") or {}
+    judged = [f"{name} {detection[key]:.2f}" for key, name in (
+        ("precision", "precision"), ("recall", "recall"), ("auroc", "AUROC"))
+        if detection.get(key) is not None]
+    if judged:
+        parts.append("detection " + ", ".join(judged))
+    kept = sum(1 for r in rounds if r.get("kept_previous_model"))
+    if kept:
+        parts.append(f"kept the previous model in {kept} round(s)")
+    return f"fedsec: done: {'; '.join(parts)}; files in {out}"
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.handler(args)
     except FedsecError as err:
         print(f"fedsec: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return getattr(err, "exit_code", EXIT_USAGE)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -322,7 +322,7 @@ class ExperimentConfig:
         _at_least("defense.root_size", self.defense.root_size, 1)
         data_registry.check_available(d.name, d.dir or None)
         self._validate_attack_schedule()
-        _validate_defense(self)
+        self.check_rounds()  # builds the defense, so it also checks its parameters
         _validate_attack(self)
         return self
 
@@ -348,12 +348,48 @@ class ExperimentConfig:
                     f"attack.attackers_per_round must be between 1 and min(attacker pool "
                     f"{pool}, train.clients_per_round {self.train.clients_per_round}), got {per_round}"
                 )
-            if n - pool < self.train.clients_per_round - per_round:
+
+    def check_rounds(self) -> list[str]:
+        """Check that every round can be filled and that the defense can aggregate it.
+
+        Walks the schedule round by round (sampling is cheap): a round that cannot have
+        ``train.clients_per_round`` clients is an error (with ``train.exclude_clients``,
+        rounds of the remaining clients may be smaller, as documented there), and a
+        round shape the defense cannot aggregate (Krum with
+        ``n < 2f + 3``, ...) would keep the initial model all run. Raises
+        ``ConfigError`` naming the round and the limit; returns the defense's caveats
+        (what its parameters assume that some round breaks; it still aggregates).
+        """
+        from defenses import build_defense
+        from fedsec.sampling import AttackSchedule
+
+        schedule = AttackSchedule.for_config(self)
+        expected = self.train.round_size(self.data.num_clients)
+        shapes: dict[tuple[int, int], int] = {}  # (clients, attackers) -> first such round
+        for server_round in range(1, self.train.rounds + 1):
+            clients, malicious = schedule.sample(server_round)
+            if len(clients) < expected and not self.train.excluded():
+                a = self.attack
                 raise ConfigError(
-                    f"too few honest clients: {n - pool} outside the attacker pool, but a round "
-                    f"needs {self.train.clients_per_round - per_round}; lower attack.num_attackers "
-                    "or train.clients_per_round"
+                    f"round {server_round} can have only {len(clients)} clients, not "
+                    f"train.clients_per_round = {self.train.clients_per_round}: in rounds "
+                    f"without an attack the {a.pool_size(self.data.num_clients)} attacker-pool "
+                    f"client(s) sit out (attack.schedule = {a.schedule!r}); lower "
+                    f"train.clients_per_round to {len(clients)} or attack.num_attackers, or "
+                    'use attack.schedule = "random-pool"'
                 )
+            shapes.setdefault((len(clients), len(malicious)), server_round)
+        rule = build_defense(self.defense.name, self.defense.params, seed=self.seed).rule
+        caveats = []
+        for (clients, attackers), server_round in sorted(shapes.items(), key=lambda s: s[1]):
+            problem = rule.round_problem(clients, attackers)
+            if problem:
+                raise ConfigError(f"defense {self.defense.name!r} cannot aggregate round "
+                                  f"{server_round}: it {problem}")
+            caveat = rule.round_caveat(clients, attackers)
+            if caveat and caveat not in caveats:
+                caveats.append(caveat)
+        return caveats
 
 
 # ---------------------------------------------------------------------- loading
@@ -480,12 +516,6 @@ def _positive(key: str, value: float) -> None:
 def _at_least(key: str, value: int, low: int) -> None:
     if value < low:
         raise ConfigError(f"{key} must be >= {low}, got {value}")
-
-
-def _validate_defense(cfg: ExperimentConfig) -> None:
-    from defenses import build_defense
-
-    build_defense(cfg.defense.name, cfg.defense.params, seed=cfg.seed)
 
 
 def _validate_attack(cfg: ExperimentConfig) -> None:

@@ -1,7 +1,9 @@
-"""Errors that mean "the user asked for something invalid".
+"""Errors a user can act on, each reported by the CLI as one line.
 
-The CLI turns every ``FedsecError`` into one line on stderr and exit code 2; anything
-else is a bug and keeps its traceback.
+``FedsecError`` means "the user asked for something invalid": exit code 2, before any
+training. ``RunError`` means the run could not do its job (a wait that ran out, a
+defense that never aggregated): exit code 1. Anything else is a bug and keeps its
+traceback.
 """
 
 
@@ -11,6 +13,12 @@ class FedsecError(Exception):
 
 class ConfigError(FedsecError, ValueError):
     """An experiment config is invalid: unknown key or name, wrong type, bad value."""
+
+
+class RunError(FedsecError):
+    """A run could not do its job: clients that never connected, no round aggregated."""
+
+    exit_code = 1
 
 
 class DataError(FedsecError):

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +38,18 @@ def initial_state(task: FederatedTask, log=print) -> dict[str, torch.Tensor]:
     log(f"pre-training {cfg.model.name} on {cfg.data.name} for {epochs} epochs ...")
     x, y = task.train_data()
     t = cfg.train
+    steps_per_epoch = -(-len(y) // t.batch_size)
+    started = time.monotonic()
+
+    def report_epoch(step: int) -> None:
+        if step % steps_per_epoch == 0:
+            log(f"pre-training: epoch {step // steps_per_epoch}/{epochs} "
+                f"({time.monotonic() - started:.0f}s)")
+
     train(
         model, x, y, epochs=epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
         weight_decay=t.weight_decay, seed=derive_seed(cfg.seed, "pretrain"),
-        device=resolve_device(cfg.engine.device),
+        device=resolve_device(cfg.engine.device), after_step=report_epoch,
     )
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     _atomic_save(state, path)

@@ -21,9 +21,11 @@ one set of tables and one PNG per value.
 Output, into ``--out`` (default RESULTS_DIR):
 
 - ``report.md``: per set, a compact table ("MA / BA", final values, percent), a long
-  table (final and best MA, final and max BA, detection precision and recall, seeds) and,
-  when rows are defenses, columns attacks and a ``fedavg`` row exists, the ranking score
-  of Huang et al. (ICCV 2023)::
+  table (final and best MA, final and max BA, detection precision, recall and AUROC,
+  seeds) followed by one line per defense that keeps a fixed number of clients per round
+  by design (its precision and FPR reflect that quota, its AUROC does not) and, when
+  rows are defenses, columns attacks and a ``fedavg`` row exists, the ranking score of
+  Huang et al. (ICCV 2023)::
 
       score(d) = sum over attacks a != "none" of
                  (MA[d,a] - MA[fedavg,a]) / MA[fedavg,a] - (BA[d,a] - BA[fedavg,a]) / BA[fedavg,a]
@@ -75,6 +77,7 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("max_backdoor_accuracy", "max BA"),
     ("precision", "precision"),
     ("recall", "recall"),
+    ("auroc", "AUROC"),
 )
 
 
@@ -96,8 +99,19 @@ class Run:
         s = self.summary or {}
         det = s.get("detection") or {}
         raw = {key: s.get(key) for key, _ in METRICS[:4]}
-        raw.update(precision=det.get("precision"), recall=det.get("recall"))
+        # auroc: the mean per-round AUROC of the defense's scores (fedsec.results); runs
+        # whose rounds logged no scores (older runs, defenses without scores) have none.
+        raw.update(precision=det.get("precision"), recall=det.get("recall"), auroc=det.get("auroc"))
         return {k: None if v is None else 100.0 * float(v) for k, v in raw.items()}
+
+    def defense(self) -> str | None:
+        """The run's defense: its ``defense`` label, else the one its summary's config names."""
+        config = (self.summary or {}).get("config") or {}
+        return self.labels.get("defense") or (config.get("defense") or {}).get("name")
+
+    def selection_quota(self) -> str:
+        """The defense's quota sentence that summary.json records ("" when it has none)."""
+        return ((self.summary or {}).get("detection") or {}).get("selection_quota") or ""
 
 
 @dataclass
@@ -358,8 +372,11 @@ def build_report(sweep: SweepResults, layout: Layout, paper: str | None = None) 
                                   else {"main_accuracy": cell[0], "backdoor_accuracy": cell[1]})
             group["cell"] = compact_cell(group)
             groups.append(group)
+        members = [r for r in sweep.runs if r.status == "finished"
+                   and all(r.labels.get(k) == v for k, v in extra.items())]
         sets.append({"extra": extra, "groups": groups,
-                     "ranking": _set_ranking(groups, layout, row_vals, col_vals, paper)})
+                     "ranking": _set_ranking(groups, layout, row_vals, col_vals, paper),
+                     "selection_quotas": selection_quotas(members)})
 
     report: dict[str, Any] = {
         "name": sweep.name,
@@ -379,6 +396,17 @@ def build_report(sweep: SweepResults, layout: Layout, paper: str | None = None) 
         report["paper"] = {"name": paper, "citation": paper_mod.CITATION,
                            "ranking_all_attacks": paper_ranking(paper)}
     return report
+
+
+def selection_quotas(runs: Sequence[Run]) -> list[dict[str, str]]:
+    """``{"defense", "quota"}`` per defense among ``runs`` that keeps a fixed number of
+    clients per round by design, as their summary.json states it (in order, no repeats)."""
+    seen: dict[tuple[str, str], None] = {}
+    for run in runs:
+        quota = run.selection_quota()
+        if quota:
+            seen.setdefault((run.defense() or "(unnamed defense)", quota), None)
+    return [{"defense": d, "quota": q} for d, q in seen]
 
 
 def _set_ranking(groups: list[dict], layout: Layout, row_vals: list[str], col_vals: list[str],
@@ -455,6 +483,10 @@ def render_markdown(report: dict[str, Any], pngs: dict[str, str]) -> tuple[str, 
             "cells with fewer finished runs)" if seed else "one run per cell (no seed axis)")
     head.append(f"Rows: `{rows or ALL}`, columns: `{cols or ALL}`; {over}. All numbers in percent; "
                 "MA = main accuracy, BA = backdoor accuracy, final = last round.")
+    if any(g["metrics"]["auroc"]["n"] for s in report["sets"] for g in s["groups"]):
+        head.append("AUROC: how well the defense's per-client scores rank the attackers above "
+                    "the honest clients, per round, averaged over the rounds with both "
+                    "(50 = chance, 100 = every attacker above every honest client).")
     if "paper" in report:
         head.append(f"Paper: {report['paper']['citation']}, data set `{report['paper']['name']}`.")
     left = [r for r in report["runs"] if r["status"] != "finished"]
@@ -484,6 +516,10 @@ def render_markdown(report: dict[str, Any], pngs: dict[str, str]) -> tuple[str, 
             long_rows.append([g["row"], g["col"]] + [_fmt(g["metrics"][k]) for k, _ in METRICS] + [seeds])
         long = ["", f"{level} All metrics", "",
                 _table([rows or ALL, cols or ALL] + [t for _, t in METRICS] + ["seeds"], long_rows)]
+        quotas = [f"- {q['defense']} {q['quota']}: its precision and false-positive rate reflect "
+                  "that quota; its AUROC does not." for q in s.get("selection_quotas", [])]
+        if quotas:
+            long += [""] + quotas
         ranking = _render_ranking(s["ranking"], level, "paper" in report) if s["ranking"] else []
         png = pngs.get(title)
         plot = ["", f"{level} Curves", "", f"![MA and BA per round]({png})"] if png else []

@@ -21,6 +21,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedsec.config import ExperimentConfig
 
 METRICS_FILE = "metrics.jsonl"
@@ -72,13 +74,26 @@ class RunWriter:
             f.flush()
             os.fsync(f.fileno())
 
-    def finish(self, extra: dict[str, Any]) -> dict[str, Any]:
+    def finish(self, extra: dict[str, Any], rule: Any = None) -> dict[str, Any]:
+        """Write ``summary.json`` from the logged rounds, ``extra`` and the config.
+
+        ``rule`` is the run's defense rule (:class:`defenses.rules.AggregationRule`), or
+        None: its ``higher_score_is_suspicious`` orients the scores for the detection
+        AUROC, and its ``selection_quota`` (for this config's round size), when it has
+        one, goes into ``detection`` beside the precision and FPR that it shapes.
+        """
         rounds = read_metrics(self.out_dir / METRICS_FILE)
+        higher = True if rule is None else bool(rule.higher_score_is_suspicious)
+        summarized = summarize_rounds(rounds, higher_score_is_suspicious=higher)
+        quota = ("" if rule is None else
+                 rule.selection_quota(self.config.train.round_size(self.config.data.num_clients)))
+        if quota and "detection" in summarized:
+            summarized["detection"]["selection_quota"] = quota
         summary = {
             "rounds": len(rounds),
             "seed": self.config.seed,
             "wall_time_s": round(time.time() - self._started, 3),
-            **summarize_rounds(rounds),
+            **summarized,
             **extra,
             "config": self.config.to_dict(),
             "versions": package_versions(),
@@ -87,8 +102,15 @@ class RunWriter:
         return summary
 
 
-def summarize_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Final and best value of each accuracy that the rounds recorded."""
+def summarize_rounds(rounds: list[dict[str, Any]],
+                     higher_score_is_suspicious: bool = True) -> dict[str, Any]:
+    """Final and best value of each accuracy that the rounds recorded, and the detection.
+
+    ``detection`` holds the confusion counts summed over the rounds, precision, recall
+    and FPR and, when rounds logged the defense's ``scores`` with attackers and honest
+    clients among the scored, ``auroc`` (see :func:`detection_auroc`; the scores are
+    oriented by ``higher_score_is_suspicious``) and ``auroc_rounds``.
+    """
     out: dict[str, Any] = {}
     for key in ("main_accuracy", "backdoor_accuracy"):
         values = [r[key] for r in rounds if r.get(key) is not None]
@@ -105,7 +127,48 @@ def summarize_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "recall": tp / (tp + fn) if tp + fn else None,
             "false_positive_rate": fp / (fp + tn) if fp + tn else None,
         }
+    auroc, n_rounds = detection_auroc(rounds, higher_score_is_suspicious)
+    if n_rounds:
+        out.setdefault("detection", {}).update(auroc=auroc, auroc_rounds=n_rounds)
     return out
+
+
+def detection_auroc(rounds: list[dict[str, Any]],
+                    higher_score_is_suspicious: bool = True) -> tuple[float | None, int]:
+    """Mean over rounds of the AUROC of the defense's scores against the attackers.
+
+    A round counts when it logged ``scores`` ({partition id: score}) and
+    ``malicious_clients``, and both an attacker and an honest client were scored. Its
+    AUROC is the Mann-Whitney statistic: the share of (attacker, honest) pairs in which
+    the attacker's score is the more suspicious, ties counting 1/2; scores are negated
+    first when a higher one is more benign (a trust or a weight). A score is on the
+    scale of its own round only (distances shrink as the model converges, a trust is
+    relative to that round's reference), so rounds are averaged, never pooled.
+
+    Returns (mean AUROC, rounds averaged); (None, 0) when no round counts.
+    """
+    from scipy.stats import rankdata  # scipy.stats takes a while to import; only here
+
+    sign = 1.0 if higher_score_is_suspicious else -1.0
+    per_round = []
+    for r in rounds:
+        scores = r.get("scores")
+        if not scores or r.get("malicious_clients") is None:
+            continue
+        bad = {int(c) for c in r["malicious_clients"]}
+        ids = np.array([int(c) for c in scores], dtype=np.int64)
+        s = sign * np.array([np.nan if v is None else float(v) for v in scores.values()])
+        keep = ~np.isnan(s)
+        ids, s = ids[keep], s[keep]
+        pos = np.isin(ids, list(bad))
+        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+        if n_pos == 0 or n_neg == 0:
+            continue
+        ranks = rankdata(s)  # average ranks: a tie between the classes counts 1/2
+        per_round.append((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    if not per_round:
+        return None, 0
+    return float(np.mean(per_round)), len(per_round)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

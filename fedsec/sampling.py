@@ -15,6 +15,13 @@ import numpy as np
 from fedsec.seeding import rng
 
 
+def _words(ids: list[int]) -> str:
+    """"3", "3 and 7", "3, 7 and 9"; long lists are cut after 10."""
+    if len(ids) > 10:
+        return ", ".join(map(str, ids[:10])) + f" and {len(ids) - 10} more"
+    return " and ".join(filter(None, [", ".join(map(str, ids[:-1])), str(ids[-1])]))
+
+
 class ClientSampler:
     """Chooses ``clients_per_round`` of ``num_clients`` partition ids per round.
 
@@ -81,6 +88,13 @@ class AttackSchedule:
         self.pool_seed = seed if pool_seed is None else pool_seed
         self.exclude = tuple(exclude)
 
+    @classmethod
+    def for_config(cls, config) -> AttackSchedule:
+        """The schedule of an ``ExperimentConfig``."""
+        c = config
+        return cls(c.attack, c.data.num_clients, c.train.clients_per_round, c.train.rounds,
+                   c.seed, pool_seed=c.federation_seed, exclude=c.train.excluded())
+
     @property
     def enabled(self) -> bool:
         return self.attack.name != "none"
@@ -108,6 +122,33 @@ class AttackSchedule:
     def is_malicious(self, partition_id: int, server_round: int) -> bool:
         """Whether client ``partition_id`` attacks when it trains in ``server_round``."""
         return self.in_window(server_round) and partition_id in self.pool
+
+    def attack_rounds(self) -> list[int]:
+        """The rounds in which some client attacks."""
+        return [r for r in range(1, self.rounds + 1) if self.sample(r)[1]]
+
+    def describe(self) -> str:
+        """The schedule in words, e.g. "sign-flip by clients 3 and 7, in rounds 1, 11, 21"."""
+        if not self.enabled:
+            return "no attack"
+        a = self.attack
+        pool = [c for c in self.pool if c not in self.exclude]
+        if not pool:
+            return (f"{a.name}: no one attacks, every attacker-pool client "
+                    f"({_words(self.pool)}) is in train.exclude_clients")
+        who = _words(pool)
+        rounds = self.attack_rounds()
+        shown = ", ".join(map(str, rounds[:8])) + (f", ... ({len(rounds)} rounds)"
+                                                   if len(rounds) > 8 else "")
+        if a.schedule == "random-pool":
+            how = (f"attacking whenever sampled in rounds {a.start_round}.."
+                   f"{a.last_round(self.rounds)} (random-pool)")
+        else:
+            every = 1 if a.schedule == "every-round" else a.every
+            how = (f"{min(a.attackers_per_round, max(len(pool), 1))} a round, every {every} "
+                   f"round(s) from round {a.start_round} ({a.schedule})")
+        where = f"in rounds {shown}" if rounds else "in no round"
+        return f"{a.name} by client{'s' if len(pool) > 1 else ''} {who}, {how}: {where}"
 
     def sample(self, server_round: int) -> tuple[list[int], list[int]]:
         """(sorted clients of the round, sorted malicious clients among them)."""

@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 from defenses import build_defense
 from fedsec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedsec.config import ExperimentConfig
-from fedsec.errors import ConfigError
+from fedsec.errors import ConfigError, RunError
 from fedsec.pretrain import initial_state
 from fedsec.results import MODEL_FILE, RunWriter
 from fedsec.task import FederatedTask, get_task, resolve_device
@@ -88,8 +88,10 @@ def discover_partitions(grid: Grid, num_clients: int, timeout: float,
     next_note = time.monotonic() + 10
     while len(node_ids := list(grid.get_node_ids())) < num_clients:
         if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"only {len(node_ids)} of {num_clients} clients connected within {timeout:.0f}s"
+            raise RunError(
+                f"only {len(node_ids)} of {num_clients} clients connected within "
+                f"engine.connect_timeout = {timeout:.0f}s; waited for partition ids "
+                f"0..{num_clients - 1} (data.num_clients)"
             )
         if time.monotonic() > next_note:
             progress(f"waiting for clients: {len(node_ids)} of {num_clients} connected")
@@ -113,7 +115,8 @@ def discover_partitions(grid: Grid, num_clients: int, timeout: float,
         mapping[int(info["partition-id"])] = reply.metadata.src_node_id
     missing = sorted(set(range(num_clients)) - set(mapping))
     if missing:
-        raise RuntimeError(f"no node answered for partition ids {missing[:10]}")
+        raise RunError(f"no node answered the identify query within engine.connect_timeout = "
+                       f"{timeout:.0f}s for partition ids {missing[:10]}")
     return mapping
 
 
@@ -134,7 +137,6 @@ def run_federation(
     task = get_task(config)
     strategy = build_defense(config.defense.name, config.defense.params, seed=config.seed,
                              device=str(resolve_device(config.engine.device)))
-    _sample_exactly_the_given_nodes(strategy, config.train.round_size(config.data.num_clients))
     if hasattr(strategy, "root_update_fn"):  # defenses that train on a server root set
         strategy.root_update_fn = RootTrainer(task)
     checkpoint = load_checkpoint(out_dir) if resume else None
@@ -174,7 +176,7 @@ def run_federation(
         progress(_progress_line(record, config.train.rounds))
 
     torch.save(arrays.to_torch_state_dict(), Path(out_dir) / MODEL_FILE)
-    return writer.finish({})
+    return writer.finish({}, rule=strategy.rule)
 
 
 def run_round(
@@ -189,6 +191,9 @@ def run_round(
 ) -> RoundOutcome:
     """One round of training and aggregation over the clients ``sampled``."""
     round_grid = RoundGrid(grid, [node_of[p] for p in sampled])
+    # Told this round's size, the strategy samples exactly these nodes; told more, it
+    # would wait for nodes that never come (Flower's sample_nodes has no timeout).
+    _sample_exactly_the_given_nodes(strategy, len(sampled))
     messages = strategy.configure_train(server_round, arrays, ConfigRecord(), round_grid)
     replies = list(grid.send_and_receive(messages, timeout=config.engine.round_timeout))
     # A reply from a node outside this round (or an error the SuperLink wrote for a node
@@ -201,7 +206,9 @@ def run_round(
     record: dict[str, Any] = {"clients": sampled, "failed_clients": failed}
     if len(answered) < config.train.min_replies:
         # Too few clients answered: aggregating them would let a handful steer the model.
-        record.update(train_loss=None, skipped=True, kept_previous_model=True)
+        record.update(train_loss=None, skipped=True, kept_previous_model=True,
+                      kept_previous_reason=f"{len(answered)} valid replies, fewer than "
+                                           f"train.min_replies = {config.train.min_replies}")
         return RoundOutcome(arrays, record)
     new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
     record["train_loss"] = _metric(train_metrics, "train_loss")
@@ -215,6 +222,8 @@ def run_round(
             record["invalid_clients"] = {str(k): v for k, v in sorted(report.invalid.items())}
     if new_arrays is None:
         record["kept_previous_model"] = True
+        if report is not None and report.note:
+            record["kept_previous_reason"] = report.note
         new_arrays = arrays
     return RoundOutcome(new_arrays, record)
 
@@ -283,14 +292,15 @@ def detection_counts(record: dict[str, Any], malicious: list[int]) -> dict[str, 
     }
 
 
-def _sample_exactly_the_given_nodes(strategy, clients_per_round: int) -> None:
-    """Make a Flower strategy take every node of a ``RoundGrid`` and evaluate none.
+def _sample_exactly_the_given_nodes(strategy, round_size: int) -> None:
+    """Make a Flower strategy take every node of a ``RoundGrid`` of ``round_size`` nodes
+    and evaluate none.
 
     fedsec evaluates centrally on the server, so federated evaluation is switched off.
     """
     strategy.fraction_train = 1.0
-    strategy.min_train_nodes = clients_per_round
-    strategy.min_available_nodes = clients_per_round
+    strategy.min_train_nodes = round_size
+    strategy.min_available_nodes = round_size
     strategy.fraction_evaluate = 0.0
     strategy.min_evaluate_nodes = 0
 
@@ -308,7 +318,18 @@ def _progress_line(record: dict[str, Any], rounds: int) -> str:
         parts.append(f"backdoor_accuracy {record['backdoor_accuracy']:.4f}")
     if record.get("train_loss") is not None:
         parts.append(f"train_loss {record['train_loss']:.4f}")
+    if "accepted_clients" in record:
+        judged = len(record["accepted_clients"]) + len(record["rejected_clients"])
+        parts.append(f"accepted {len(record['accepted_clients'])}/{judged}")
+    if record.get("malicious_clients"):
+        bad = record["malicious_clients"]
+        kept = [c for c in bad if c in record.get("accepted_clients", bad)]
+        parts.append(f"attackers {bad} ({len(kept)} accepted)")
+    if record.get("invalid_clients"):
+        parts.append(f"invalid {sorted(int(k) for k in record['invalid_clients'])}")
     if record["failed_clients"]:
         parts.append(f"failed {record['failed_clients']}")
+    if record.get("kept_previous_model"):
+        parts.append(f"kept previous model ({record.get('kept_previous_reason', 'no usable reply')})")
     parts.append(f"{record['time_s']:.1f}s")
     return "  ".join(parts)

@@ -34,9 +34,11 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +47,7 @@ from typing import Any
 from fedsec.checkpoint import CHECKPOINT_FILE
 from fedsec.config import AttackConfig, ExperimentConfig, load_config, read_toml
 from fedsec.errors import ConfigError
-from fedsec.results import CONFIG_FILE, SUMMARY_FILE, atomic_write_text
+from fedsec.results import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, atomic_write_text, read_metrics
 
 MANIFEST_FILE = "sweep.json"
 LOG_FILE = "run.log"
@@ -263,20 +265,34 @@ def run_sweep(sweep: Sweep, root: Path, parallel: int, progress: bool = True) ->
         # One seed at a time: a sweep stopped early holds whole seeds of the table.
         seeds = sweep.axes["seed"]
         todo.sort(key=lambda r: seeds.index(r.labels["seed"]))
-    done = len(sweep.runs) - len(todo)
+    # Progress counts rounds across every run (the parallel runs' rounds interleave);
+    # the postfix counts finished runs.
+    rounds_done = {r.id: len(read_metrics(r.dir / METRICS_FILE)) for r in sweep.runs}
+    runs_done = len(sweep.runs) - len(todo)
     failed: list[SweepRun] = []
     lock = threading.Lock()
-    bar = tqdm(total=len(sweep.runs), initial=done, desc=sweep.name, unit="run",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=sum(r.config.train.rounds for r in sweep.runs),
+               initial=sum(min(rounds_done[r.id], r.config.train.rounds) for r in sweep.runs),
+               desc=sweep.name, unit="round", disable=not progress, dynamic_ncols=True)
+    bar.set_postfix_str(f"runs {runs_done}/{len(sweep.runs)}")
+
+    def on_round(run: SweepRun, server_round: int) -> None:
+        with lock:
+            if server_round > rounds_done[run.id]:  # a resumed run repeats some rounds
+                bar.update(server_round - rounds_done[run.id])
+                rounds_done[run.id] = server_round
 
     def one(run: SweepRun) -> None:
-        ok = _run_child(run)
+        nonlocal runs_done
         with lock:
+            bar.write(f"fedsec: started {run.id}; its log: {run.dir / LOG_FILE}")
+        ok = _run_child(run, lambda server_round: on_round(run, server_round))
+        with lock:
+            runs_done += 1
             if not ok:
                 failed.append(run)
                 bar.write(f"fedsec: run {run.id} failed; see {run.dir / LOG_FILE}")
-            bar.set_postfix_str(f"last: {run.id}", refresh=False)
-            bar.update(1)
+            bar.set_postfix_str(f"runs {runs_done}/{len(sweep.runs)}")
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         for _ in pool.map(one, todo):
@@ -285,8 +301,9 @@ def run_sweep(sweep: Sweep, root: Path, parallel: int, progress: bool = True) ->
     return failed
 
 
-def _run_child(run: SweepRun) -> bool:
-    """One run as a ``fedsec run`` child process; its output goes to run.log."""
+def _run_child(run: SweepRun, on_round: Callable[[int], None] = lambda _: None) -> bool:
+    """One run as a ``fedsec run`` child process; its output goes to run.log, and
+    ``on_round(k)`` is called as it logs round k."""
     run.dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "fedsec.cli", "run"]
     if run.state() == "partial":
@@ -300,9 +317,19 @@ def _run_child(run: SweepRun) -> bool:
     with (run.dir / LOG_FILE).open("a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False,
-                              preexec_fn=_die_with_parent)
-    return proc.returncode == 0 and run.state() == "done"
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                              text=True, bufsize=1, preexec_fn=_die_with_parent) as proc:
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                if match := _ROUND_LINE.match(line):
+                    on_round(int(match.group(1)))
+            code = proc.wait()
+    return code == 0 and run.state() == "done"
+
+
+#: The per-round line ``fedsec run`` prints (fedsec.server._progress_line).
+_ROUND_LINE = re.compile(r"^round +(\d+)/\d+ ")
 
 
 def _die_with_parent() -> None:

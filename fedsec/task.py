@@ -37,10 +37,7 @@ class FederatedTask:
 
     @property
     def schedule(self) -> AttackSchedule:
-        c = self.config
-        return AttackSchedule(c.attack, self.num_clients, c.train.clients_per_round,
-                              c.train.rounds, c.seed, pool_seed=c.federation_seed,
-                              exclude=c.train.excluded())
+        return AttackSchedule.for_config(self.config)
 
     def client_data(self, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The training examples held by client ``partition_id``."""

@@ -176,11 +176,12 @@ def test_two_replies_claiming_one_client_key_are_both_refused():
 def test_last_report_lists_verdicts_and_scores_of_a_defense():
     global_arrays = model_arrays(99)
     replies = [
-        reply(100 + i, model_arrays(50, shift=0.01 * i), {"num-examples": 10, "partition-id": i})
+        reply(100 + i, model_arrays(50, shift=0.01 * i),
+              {"num-examples": 10, "partition-id": i, "train_loss": 0.5 + i})
         for i in range(6)
     ]
     outlier = model_arrays(51, shift=30.0)
-    replies.append(reply(106, outlier, {"num-examples": 10, "partition-id": 6}))
+    replies.append(reply(106, outlier, {"num-examples": 10, "partition-id": 6, "train_loss": 9.0}))
     strategy = started(defenses.Krum(num_malicious=1), global_arrays, list(range(100, 107)))
     _, metrics = strategy.aggregate_train(4, replies)
     report = strategy.last_report
@@ -190,7 +191,8 @@ def test_last_report_lists_verdicts_and_scores_of_a_defense():
     assert set(report.scores) == set(range(7))
     assert max(report.scores, key=report.scores.get) == 6
     assert report.invalid == {} and not report.kept_previous
-    assert metrics is not None and "partition-id" in dict(metrics)
+    # Only real metrics are aggregated (the accepted client's), never the client key.
+    assert dict(metrics) == {"train_loss": 0.5 + report.accepted[0]}
 
 
 def test_without_partition_id_the_node_id_is_the_client_key():

@@ -124,7 +124,7 @@ def test_unfinished_run_is_reported_and_left_out(tmp_path, capsys):
     # its logged rounds (BA 0.99) do not reach the curves either
     assert g["curves"]["backdoor_accuracy"] == pytest.approx([5.0, 5.0, 5.0])
     assert f"- `{bad}`: unfinished (no summary.json; 3 rounds logged)" in md
-    assert "| multi-metrics | model-replacement | 82.0 | 83.0 | 5.0 | 10.0 | 100.0 | 50.0 | 1 of 2 |" in md
+    assert "| multi-metrics | model-replacement | 82.0 | 83.0 | 5.0 | 10.0 | 100.0 | 50.0 | - | 1 of 2 |" in md
 
 
 def test_compact_table_cells(tmp_path, capsys):
@@ -132,7 +132,7 @@ def test_compact_table_cells(tmp_path, capsys):
     assert "| defense \\ attack | none | model-replacement |" in md
     assert "| fedavg | 92.0 ± 2.8 / - | 82.0 ± 2.8 / 65.0 ± 7.1 |" in md
     assert "| multi-metrics | 92.0 ± 1.4 / - | 82.0 / 5.0 (n=1) |" in md
-    assert "| fedavg | none | 92.0 ± 2.8 | 95.5 ± 0.7 | - | - | - | - | 2 |" in md
+    assert "| fedavg | none | 92.0 ± 2.8 | 95.5 ± 0.7 | - | - | - | - | - | 2 |" in md
     printed = capsys.readouterr().out
     assert "| fedavg | 92.0 ± 2.8 / - | 82.0 ± 2.8 / 65.0 ± 7.1 |" in printed  # terminal too
 
@@ -270,3 +270,45 @@ def test_errors_are_one_line_exit_2(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("fedsec: error: ") and message in err
     assert not (tmp_path / "sweep" / "report.md").exists()
+
+
+def test_auroc_column_and_selection_quota_lines(tmp_path, capsys):
+    """Runs with a detection AUROC (mean ± std over seeds like the other columns), a run
+    from before the AUROC (none: it is left out of the mean), and a quota line under the
+    long table for the defense that states one."""
+    quota = ("keeps the 3 of the 10 clients of each round with the lowest scores "
+             "(keep_fraction = 0.3) by design")
+    runs = {("multi-metrics", "0"): (0.9, quota), ("multi-metrics", "1"): (0.8, quota),
+            ("multi-metrics", "2"): (1.0, quota), ("flame", "0"): (0.75, None),
+            ("flame", "1"): (None, None), ("flame", "2"): (None, None)}
+    for (d, seed), (auroc, q) in runs.items():
+        run = tmp_path / f"defense={d}" / f"attack={MR}" / f"seed={seed}"
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text(json.dumps({"round": 1, "main_accuracy": 0.9}) + "\n")
+        detection = {"precision": 0.25, "recall": 1.0, "false_positive_rate": 0.7}
+        if auroc is not None:
+            detection.update(auroc=auroc, auroc_rounds=3)
+        if q is not None:
+            detection["selection_quota"] = q
+        summary = {"final_main_accuracy": 0.9, "best_main_accuracy": 0.9, "detection": detection,
+                   "config": {"defense": {"name": d, "params": {}}}}
+        (run / "summary.json").write_text(json.dumps(summary))
+    rep, md = _report(tmp_path)
+    mm = _group(rep, "multi-metrics", MR)["metrics"]["auroc"]
+    assert mm["mean"] == pytest.approx(90.0) and mm["std"] == pytest.approx(10.0) and mm["n"] == 3
+    fl = _group(rep, "flame", MR)["metrics"]["auroc"]
+    assert fl["values"] == pytest.approx([75.0]) and fl["std"] is None
+    assert "| defense | attack | final MA | best MA | final BA | max BA | precision | recall | AUROC | seeds |" in md
+    assert f"| multi-metrics | {MR} | 90.0 ± 0.0 | 90.0 ± 0.0 | - | - | 25.0 ± 0.0 | 100.0 ± 0.0 | 90.0 ± 10.0 | 3 |" in md
+    assert f"| flame | {MR} | 90.0 ± 0.0 | 90.0 ± 0.0 | - | - | 25.0 ± 0.0 | 100.0 ± 0.0 | 75.0 | 3 |" in md
+    assert rep["sets"][0]["selection_quotas"] == [{"defense": "multi-metrics", "quota": quota}]
+    line = (f"- multi-metrics {quota}: its precision and false-positive rate reflect that quota; "
+            "its AUROC does not.")
+    assert md.count(line) == 1 and md.index("| AUROC |") < md.index(line)
+    assert "flame keeps" not in md and "50 = chance" in md
+
+
+def test_runs_without_auroc_or_quota_render_as_before(tmp_path, capsys):
+    _, md = _report(make_sweep(tmp_path))
+    assert "| precision | recall | AUROC | seeds |" in md
+    assert "50 = chance" not in md and "by design" not in md

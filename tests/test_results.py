@@ -1,9 +1,13 @@
-"""Run directories: per-round lines flushed as they end, torn last line tolerated."""
+"""Run directories: per-round lines flushed as they end, torn last line tolerated; the
+summary's detection AUROC and selection quota."""
 
 import json
 
+import pytest
+
+import defenses
 from fedsec.config import ExperimentConfig
-from fedsec.results import RunWriter, read_metrics
+from fedsec.results import RunWriter, detection_auroc, read_metrics, summarize_rounds
 
 
 def test_writer_appends_rounds_and_summarizes(tmp_path):
@@ -23,3 +27,79 @@ def test_reader_skips_a_torn_last_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"round": 1}\n{"round": 2}\n{"round": 3, "main_acc')
     assert [r["round"] for r in read_metrics(path)] == [1, 2]
+
+
+# ------------------------------------------------------------------ detection AUROC
+def _round(scores, malicious, **extra):
+    """A round's record as fedsec.server logs it: scores keyed by partition id as strings."""
+    return {"scores": {str(c): s for c, s in scores.items()}, "malicious_clients": malicious, **extra}
+
+
+@pytest.mark.parametrize("scores, malicious, expected", [
+    ({0: 0.1, 1: 0.2, 2: 5.0}, [2], 1.0),  # the attacker scores highest: perfect separation
+    ({0: 0.1, 1: 0.2, 2: 5.0}, [0], 0.0),  # the attacker scores lowest: reversed
+    ({0: 1.0, 1: 1.0, 2: 1.0}, [2], 0.5),  # all tied: each pair counts 1/2
+    ({0: 1.0, 1: 2.0, 2: 2.0}, [2], 0.75),  # above client 0 (1), tied with client 1 (1/2)
+    ({0: 1.0, 1: 3.0, 2: 0.5, 3: 4.0}, [1, 2], 0.25),  # 3 > 1 only, of the 4 pairs
+])
+def test_auroc_of_one_round(scores, malicious, expected):
+    det = summarize_rounds([_round(scores, malicious)])["detection"]
+    assert det["auroc"] == pytest.approx(expected) and det["auroc_rounds"] == 1
+
+
+def test_auroc_orients_a_trust_score():
+    """FLTrust / FoolsGold score a trust: the attacker with the lowest trust is found."""
+    trust = [_round({0: 0.9, 1: 0.8, 2: 0.0}, [2])]
+    assert summarize_rounds(trust, higher_score_is_suspicious=False)["detection"]["auroc"] == 1.0
+    assert summarize_rounds(trust, higher_score_is_suspicious=True)["detection"]["auroc"] == 0.0
+
+
+def test_auroc_averages_rounds_without_pooling_and_skips_rounds_it_cannot_judge():
+    rounds = [
+        _round({0: 0.1, 1: 0.2, 2: 0.3}, [2]),  # AUROC 1
+        _round({0: 10.0, 1: 20.0, 2: 30.0}, [2]),  # AUROC 1 (pooled with round 1: 0.75)
+        _round({0: 1.0, 1: 1.0, 2: 1.0}, [0]),  # AUROC 0.5
+        _round({0: 5.0, 1: 1.0}, []),  # no attacker: left out
+        _round({3: 5.0, 4: 1.0}, [3, 4]),  # only attackers scored: left out
+        _round({0: 5.0, 1: 1.0}, [7]),  # the attacker was not scored: left out
+        {"scores": {"0": 1.0, "1": 2.0}},  # no ground truth (no attack): left out
+        {"malicious_clients": [1], "accepted_clients": [0], "rejected_clients": [1]},  # no scores
+    ]
+    det = summarize_rounds(rounds)["detection"]
+    assert det["auroc"] == pytest.approx(2.5 / 3) and det["auroc_rounds"] == 3
+
+
+def test_no_auroc_without_scores():
+    rounds = [{"round": 1, "true_positives": 1, "false_positives": 0, "false_negatives": 0,
+               "true_negatives": 9, "malicious_clients": [3]}]
+    det = summarize_rounds(rounds)["detection"]
+    assert det["precision"] == 1.0 and "auroc" not in det and "auroc_rounds" not in det
+    assert detection_auroc(rounds) == (None, 0)
+    assert "detection" not in summarize_rounds([{"round": 1, "main_accuracy": 0.5}])
+
+
+def test_summary_json_has_the_auroc_and_the_rule_quota(tmp_path):
+    config = ExperimentConfig.from_dict({"data": {"num_clients": 20}, "train": {"clients_per_round": 10}})
+    counts = {"true_positives": 1, "false_positives": 6, "false_negatives": 0, "true_negatives": 3}
+    rounds = [{"round": 1, "main_accuracy": 0.5, **counts,
+               **_round({c: float(c) for c in range(10)}, [0])},  # the attacker least suspicious
+              {"round": 2, "main_accuracy": 0.6, **counts,
+               **_round({c: float(c) for c in range(10)}, [9])}]  # ... most suspicious
+    for name, auroc in (("multi-metrics", 0.5), ("foolsgold", 0.5)):
+        writer = RunWriter(tmp_path / name, config)
+        for r in rounds:
+            writer.log_round(r)
+        writer.finish({}, rule=defenses.build_defense(name, {}, seed=0).rule)
+        det = json.loads((tmp_path / name / "summary.json").read_text())["detection"]
+        assert det["auroc"] == auroc and det["auroc_rounds"] == 2
+    mm = json.loads((tmp_path / "multi-metrics" / "summary.json").read_text())["detection"]
+    assert mm["selection_quota"] == ("keeps the 3 of the 10 clients of each round with the lowest "
+                                     "scores (keep_fraction = 0.3) by design")
+    assert mm["precision"] == pytest.approx(1 / 7)
+    assert "selection_quota" not in json.loads((tmp_path / "foolsgold" / "summary.json").read_text())["detection"]
+    # orientation through finish: one round, attacker 0 with the lowest score
+    for name, auroc in (("multi-metrics", 0.0), ("foolsgold", 1.0)):
+        writer = RunWriter(tmp_path / f"{name}-1", config)
+        writer.log_round(rounds[0])
+        summary = writer.finish({}, rule=defenses.build_defense(name, {}, seed=0).rule)
+        assert summary["detection"]["auroc"] == auroc

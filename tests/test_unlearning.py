@@ -11,6 +11,7 @@ import fedsec.task
 from fedsec.cli import main
 from fedsec.config import ExperimentConfig
 from fedsec.errors import ConfigError, FedsecError
+from fedsec.results import read_metrics
 from fedsec.sampling import AttackSchedule, ClientSampler
 from fedsec.seeding import rng
 from fedsec.unlearning import federated
@@ -214,8 +215,10 @@ def test_datamodel_artifact_is_reused_and_checked(tmp_path, monkeypatch):
 def test_federation_holds_the_examples_attackers_train_on(monkeypatch):
     """An attacker's rows are its partition plus the poisoned examples it trains on, so a
     cooperating attacker hands those over and the datamodel predicts them."""
+    # Every round: 5 clients a round of 5 leaves no room for the pool to sit out.
     attack = {"name": "pixel-replacement", "num_attackers": 2, "attackers_per_round": 2,
-              "poison_fraction": 0.5, "trigger_size": 2, "trigger_gap": 1}
+              "schedule": "every-round", "poison_fraction": 0.5, "trigger_size": 2,
+              "trigger_gap": 1}
     config = federation_variant(tiny_config(attack=attack, data__partition_seed=3), 0)
     fed = federated.Federation.from_config(config)
     task = fed.task
@@ -247,16 +250,115 @@ def test_federation_holds_the_examples_attackers_train_on(monkeypatch):
 
 
 # ------------------------------------------------------------------ detect, then unlearn
-def test_flagged_clients_from_verdicts():
+def test_flagged_clients_binomial_test_by_hand():
     records = [
-        {"round": r, "accepted_clients": sorted({0, 1, 2, 3, 5, 7} - rej), "rejected_clients": sorted(rej)}
-        for r, rej in enumerate([{3}, {3, 5}, {3, 7}, set()], start=1)
+        {"round": 1, "accepted_clients": [1, 2, 3, 4, 5], "rejected_clients": [0]},
+        {"round": 2, "accepted_clients": [1, 2, 3, 4, 5], "rejected_clients": [0]},
+        {"round": 3, "accepted_clients": [2, 3, 4, 5], "rejected_clients": [0, 1]},
+        {"round": 4, "clients": [0, 1]},  # no verdict: left out
     ]
-    records[3]["accepted_clients"] = [0, 1, 2, 3, 5]  # 7 sat out round 4: 1 of its 3 rounds
-    assert federated.flagged_clients(records, 0.5) == (3,)
-    assert federated.flagged_clients(records, 0.3) == (3, 7)
+    f = federated.flagged_clients(records, 0.05)
+    assert (f.rejected_total, f.judged_total) == (4, 18) and f.base_rate == pytest.approx(2 / 9)
+    assert f.judged == dict.fromkeys(range(6), 3)
+    assert f.rejected == {0: 3, 1: 1, 2: 0, 3: 0, 4: 0, 5: 0}
+    # P(X >= 3 | 3, 2/9) = (2/9)^3; P(X >= 1 | 3, 2/9) = 1 - (7/9)^3
+    assert f.p_values[0] == pytest.approx((2 / 9) ** 3)
+    assert f.p_values[1] == pytest.approx(1 - (7 / 9) ** 3)
+    assert all(f.p_values[c] == pytest.approx(1.0) for c in range(2, 6))
+    # Rates 1, 1/3 and four 0s: median 0, MAD 0, so both 0 and 1 stand out; only 0 is
+    # significant, and only at a level where 0.011 < level / 6.
+    assert f.rate_outlier(0) and f.rate_outlier(1) and not f.rate_outlier(2)
+    assert f.threshold == pytest.approx(0.05 / 6) and f.clients == ()  # 0.011 > 0.0083
+    assert federated.flagged_clients(records, 0.2).clients == (0,)  # 0.011 < 0.033
     with pytest.raises(FedsecError, match="no verdicts"):
         federated.flagged_clients([{"round": 1, "clients": [0, 1]}])
+
+
+def quota_rounds(num_rounds, *, num_clients=10, per_round=10, rejects=7, always=(), seed=0):
+    """A run's verdicts under a defense that rejects ``rejects`` of the ``per_round``
+    sampled clients every round, at random, except clients in ``always``, rejected in
+    every round they join (the rest of the quota falls on the others at random)."""
+    gen = np.random.default_rng(seed)
+    records = []
+    for r in range(1, num_rounds + 1):
+        sampled = sorted(int(c) for c in gen.choice(num_clients, per_round, replace=False))
+        forced = [c for c in sampled if c in always]
+        others = [c for c in sampled if c not in always]
+        rejected = set(forced) | {int(c) for c in gen.choice(others, rejects - len(forced), replace=False)}
+        records.append({"round": r, "clients": sampled, "rejected_clients": sorted(rejected),
+                        "accepted_clients": sorted(set(sampled) - rejected)})
+    return records
+
+
+def test_flagged_clients_under_a_selection_quota():
+    # Honest clients only, 7 of 10 rejected every round: a 50% share would name everyone.
+    honest = federated.flagged_clients(quota_rounds(200))
+    assert honest.base_rate == pytest.approx(0.7) and honest.clients == ()
+    assert min(honest.p_values.values()) > honest.threshold == pytest.approx(0.005)
+    # Client 4 rejected in every round it joins, the others at the quota's rate.
+    one = federated.flagged_clients(quota_rounds(100, num_clients=12, always=(4,)))
+    assert one.clients == (4,) and one.rejected[4] == one.judged[4] > 50
+    assert federated.flagged_forget_set(one, 12) == "4"
+
+
+def test_flagged_forget_set_refuses_nobody_and_a_majority():
+    def flagging(p_values, rejected=None):
+        ids = range(len(p_values))
+        return federated.Flagging(level=0.05, rejected_total=5, judged_total=10,
+                                  rejected=dict(zip(ids, rejected or [1] * len(ids))),
+                                  judged=dict.fromkeys(ids, 2), p_values=dict(zip(ids, p_values)))
+    with pytest.raises(FedsecError, match=r"flags no client: the smallest p-value, client 1's "
+                                          r"\(rejected in 1 of 2 rounds vs base rate 0.500, p = 0.03\), "
+                                          r"is not below 0.05 / 2 clients = 0.025"):
+        federated.flagged_forget_set(flagging([0.5, 0.03]), 2)
+    with pytest.raises(FedsecError, match="is significant, but its rejection rate does not stand out"):
+        federated.flagged_forget_set(flagging([0.001] * 4), 4)  # all alike: nobody stands out
+    # Flagged clients are outliers among the judged clients' rates, so they are a
+    # minority of those; a majority of the federation needs clients that never took
+    # part (here 14 judged "clients" stand for that, against a federation of 10).
+    five = flagging([0.001] * 5 + [1.0] * 9, rejected=[2] * 5 + [0] * 9)  # half: allowed
+    assert federated.flagged_forget_set(five, 10) == "0,1,2,3,4"
+    six = flagging([0.001] * 6 + [1.0] * 8, rejected=[2] * 6 + [0] * 8)
+    with pytest.raises(FedsecError, match="--flagged names 6 of 10 clients, more than half of the "
+                                          "federation; pass --allow-majority to forget them anyway"):
+        federated.flagged_forget_set(six, 10)
+    assert federated.flagged_forget_set(six, 10, allow_majority=True) == "0,1,2,3,4,5"
+
+
+FLAG_RUN = """
+[data]
+name = "digits"
+num_clients = 10
+[model]
+name = "mlp"
+[train]
+rounds = 20
+clients_per_round = 10
+local_epochs = 1
+[engine]
+client_num_cpus = 1
+checkpoint_every = 0
+"""
+
+
+def test_flagged_on_real_runs_names_nobody_honest_and_the_rejected_attacker(tmp_path, capsys):
+    # Multi-metrics, honest clients only: it rejects 7 of 10 a round by design, and
+    # some atypical honest clients in every round; nobody stands out.
+    honest = tmp_path / "honest.toml"
+    honest.write_text(FLAG_RUN + '[defense]\nname = "multi-metrics"\n')
+    assert main(["run", str(honest), "--out", str(tmp_path / "honest")]) == 0
+    capsys.readouterr()
+    assert main(["unlearn", str(tmp_path / "honest"), "--flagged", "--method", "none"]) == 2
+    assert "--flagged flags no client" in capsys.readouterr().err
+    # Multi-Krum against a Gaussian-noise attacker in every round: rejected every time.
+    attacked = tmp_path / "attacked.toml"
+    attacked.write_text(FLAG_RUN + '[defense]\nname = "multi-krum"\n'
+                        '[attack]\nname = "gaussian"\nschedule = "every-round"\n')
+    assert main(["run", str(attacked), "--out", str(tmp_path / "attacked")]) == 0
+    rounds = read_metrics(tmp_path / "attacked" / "metrics.jsonl")
+    attacker = rounds[0]["malicious_clients"]
+    assert all(r["rejected_clients"] == attacker for r in rounds)
+    assert federated.flagged_clients(rounds).clients == tuple(attacker)
 
 
 @pytest.fixture
@@ -275,12 +377,51 @@ def run_dir(tmp_path):
     return out
 
 
-def test_unlearn_flagged_picks_exactly_the_flagged_clients(run_dir, capsys):
-    assert main(["unlearn", str(run_dir), "--flagged", "--method", "none"]) == 0
-    info = json.loads((run_dir / "unlearning" / "none-clients-3" / "metrics.json").read_text())
-    assert info["clients"] == [3] and info["before"] == info["after"]
-    assert main(["unlearn", str(run_dir), "--flagged", "--flag-fraction", "0.9", "--method", "none"]) == 2
-    assert "flagged no client" in capsys.readouterr().err
+def write_run_dir(out, config, rounds):
+    """A run directory: ``config``, an (untrained) model and ``rounds`` as metrics.jsonl."""
+    from fedsec.task import get_task
+
+    out.mkdir()
+    (out / "config.toml").write_text(config.to_toml())
+    torch.save(get_task(config).new_model().state_dict(), out / "model.pt")
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    return out
+
+
+TEN = {"data__num_clients": 10, "train__clients_per_round": 10}
+
+
+def test_unlearn_flagged_forgets_exactly_the_flagged_client(tmp_path, capsys):
+    run = write_run_dir(tmp_path / "run", tiny_config(**TEN), quota_rounds(60, always=(6,)))
+    assert main(["unlearn", str(run), "--flagged", "--method", "none"]) == 0
+    info = json.loads((run / "unlearning" / "none-clients-6" / "metrics.json").read_text())
+    assert info["clients"] == [6] and info["before"] == info["after"]
+    out = capsys.readouterr().out
+    assert "fedsec: --flagged: base rejection rate p0 = 420/600 = 0.700;" in out
+    assert "fedsec: flagged client 6: rejected in 60 of 60 rounds vs base rate 0.700, p = " in out
+
+
+def test_unlearn_flagged_refusals_come_before_any_training(run_dir, tmp_path, capsys):
+    honest = write_run_dir(tmp_path / "honest", tiny_config(**TEN), quota_rounds(200))
+    _one_line_error(capsys, ["unlearn", str(honest), "--flagged"],
+                    "--flagged flags no client: the smallest p-value, client ")
+    # the fixture's client 3: rejected in 2 of 3 rounds, p0 = 2/15, p = 0.0486 > 0.05 / 5
+    _one_line_error(capsys, ["unlearn", str(run_dir), "--flagged"],
+                    "client 3's (rejected in 2 of 3 rounds vs base rate 0.133, p = 0.0486), "
+                    "is not below 0.05 / 5 clients = 0.01; nothing to forget")
+    # Client 4 rejected in every round, the others at the quota's rate, at random.
+    one = write_run_dir(tmp_path / "one", tiny_config(**TEN), quota_rounds(100, always=(4,)))
+    for level in ("0", "1", "1.5", "-0.1"):
+        _one_line_error(capsys, ["unlearn", str(one), "--flagged", "--flag-level", level],
+                        f"--flag-level must be in (0, 1), got {float(level)}")
+    _one_line_error(capsys, ["unlearn", str(one), "--clients", "1", "--flag-level", "0.1"],
+                    "--flag-level and --allow-majority apply only with --flagged")
+    for run in (honest, run_dir, one):
+        assert not (run / "unlearning").exists()  # no datamodel built, nothing trained
+    assert main(["unlearn", str(one), "--flagged", "--method", "none"]) == 0
+    assert "fedsec: flagged client 4: rejected in 100 of 100 rounds" in capsys.readouterr().out
+    info = json.loads((one / "unlearning" / "none-clients-4" / "metrics.json").read_text())
+    assert info["clients"] == [4]
 
 
 def _one_line_error(capsys, argv, match):

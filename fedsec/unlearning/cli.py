@@ -1,6 +1,7 @@
 """``fedsec unlearn`` and ``fedsec unlearn-eval`` (registered by fedsec.cli).
 
-    fedsec unlearn RUN_DIR (--clients 3,7 | --flagged) [--method dmm] [--no-forget-data] ...
+    fedsec unlearn RUN_DIR (--clients 3,7 | --flagged [--flag-level 0.05] [--allow-majority])
+                   [--method dmm] [--no-forget-data] ...
     fedsec unlearn-eval CONFIG.toml --clients 3,7|auto --out DIR [--models 50] ...
 """
 
@@ -18,9 +19,13 @@ def register(sub) -> None:
     un.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory")
     un.add_argument("--clients", help="partition ids to forget, e.g. 3,7")
     un.add_argument("--flagged", action="store_true",
-                    help="forget the clients the run's defense flagged (see --flag-fraction)")
-    un.add_argument("--flag-fraction", type=float, default=0.5,
-                    help="flagged = rejected in at least this fraction of the rounds it took part in")
+                    help="forget the clients the run's defense rejected significantly more often "
+                         "than its base rejection rate (one-sided binomial test, Bonferroni)")
+    un.add_argument("--flag-level", type=float, default=None,
+                    help="--flagged's significance level, in (0, 1) (default 0.05), divided by "
+                         "the number of clients judged")
+    un.add_argument("--allow-majority", action="store_true",
+                    help="let --flagged forget more than half of the federation")
     un.add_argument("--method", default="dmm", choices=METHODS)
     un.add_argument("--datamodel", help="datamodel artifact (default RUN_DIR/unlearning/datamodel.pt)")
     un.add_argument("--out", help="output folder (default RUN_DIR/unlearning/METHOD-clients-IDS)")
@@ -74,7 +79,8 @@ def cmd_unlearn(args) -> int:
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     info = unlearn_run(args.run_dir, method=args.method, clients=args.clients, flagged=args.flagged,
-                       flag_fraction=args.flag_fraction, datamodel_path=args.datamodel,
+                       flag_level=args.flag_level, allow_majority=args.allow_majority,
+                       datamodel_path=args.datamodel,
                        num_models=args.subsets, q=args.q, workers=args.workers,
                        settings=_settings(args), om_oracles=args.om_oracles, out=args.out)
     before, after = info["before"], info["after"]

@@ -66,6 +66,8 @@ UNLEARN_DIR = "unlearning"
 DEFAULT_SUBSETS = 100
 DEFAULT_Q = 0.9
 DEFAULT_OM_ORACLES = 4
+DEFAULT_FLAG_LEVEL = 0.05
+OUTLIER_Z = 3.5  # modified z-score cut-off for --flagged (Iglewicz & Hoaglin 1993)
 
 
 # ------------------------------------------------------------------ the federation
@@ -151,22 +153,123 @@ def check_forget_set(clients, num_clients: int) -> tuple[int, ...]:
     return ids
 
 
-def flagged_clients(records: list[dict], min_fraction: float = 0.5) -> tuple[int, ...]:
-    """Clients the defense rejected in at least ``min_fraction`` of the rounds they took part
-    in (rounds with a verdict: ``accepted_clients`` / ``rejected_clients`` in metrics.jsonl)."""
-    took_part: dict[int, int] = {}
+@dataclass
+class Flagging:
+    """Which clients a run's defense rejected significantly more often than its base rate.
+
+    A defense that keeps a quota (Multi-metrics keeps 3 of 10 clients a round, Krum 1)
+    rejects most clients in most rounds by design, so a share of rejected rounds says
+    nothing. Instead: the base rejection rate ``p0`` = rejected client-rounds / judged
+    client-rounds over the run (judged: in ``accepted_clients`` or ``rejected_clients``);
+    a client rejected in ``k`` of its ``n`` judged rounds gets the one-sided binomial
+    p-value P(X >= k | n, p0), and is flagged when it is below ``level`` divided by the
+    number of clients judged at least once (Bonferroni: with honest clients only, the
+    chance that anyone is flagged is at most ``level``), *and* its rejection rate
+    ``k / n`` is an outlier among the clients' rates: modified z-score
+    ``0.6745 (rate - median) / MAD > 3.5`` (Iglewicz & Hoaglin's cut-off; with MAD = 0,
+    any rate above the median).
+
+    Why both: a selection defense does not reject honest clients at random. It ranks
+    them, so a consistently atypical honest client (its data, its size) is rejected in
+    nearly every round, and in a real Multi-metrics run of honest clients only several
+    are rejected in every round: each alone is significant against ``p0``, yet they are
+    many and the others are spread out, so none stands out from the clients' rates. A
+    client is flagged only when it is rejected more than the base rate explains *and*
+    more than the other clients are. No rule on verdicts can tell an honest client that
+    the defense always rejects from an attacker it always rejects: a flag is the
+    defense's judgement, not proof.
+    """
+
+    level: float
+    rejected_total: int
+    judged_total: int
+    rejected: dict[int, int]  # client -> rounds it was rejected in
+    judged: dict[int, int]  # client -> rounds it was judged in
+    p_values: dict[int, float]
+
+    @property
+    def base_rate(self) -> float:
+        return self.rejected_total / self.judged_total
+
+    @property
+    def threshold(self) -> float:
+        return self.level / len(self.judged)
+
+    @property
+    def clients(self) -> tuple[int, ...]:
+        return tuple(sorted(c for c, p in self.p_values.items()
+                            if p < self.threshold and self.rate_outlier(c)))
+
+    def rate(self, client: int) -> float:
+        return self.rejected[client] / self.judged[client]
+
+    def rate_outlier(self, client: int) -> bool:
+        """Whether ``client``'s rejection rate stands out from the clients' rates."""
+        rates = np.array([self.rate(c) for c in sorted(self.judged)])
+        median = float(np.median(rates))
+        mad = float(np.median(np.abs(rates - median)))
+        if mad == 0:
+            return self.rate(client) > median
+        return 0.6745 * (self.rate(client) - median) / mad > OUTLIER_Z
+
+    def rule(self) -> str:
+        """The test and its numbers, in words."""
+        return (f"base rejection rate p0 = {self.rejected_total}/{self.judged_total} = "
+                f"{self.base_rate:.3f}; a client is flagged when P(X >= k | n, p0) < "
+                f"{self.level:g} / {len(self.judged)} clients = {self.threshold:.3g} and its "
+                f"rejection rate is an outlier among the clients' (modified z > {OUTLIER_Z:g})")
+
+    def evidence(self, client: int) -> str:
+        """Client ``client``'s k of n rounds rejected against p0, and its p-value."""
+        return (f"rejected in {self.rejected[client]} of {self.judged[client]} rounds vs base "
+                f"rate {self.base_rate:.3f}, p = {self.p_values[client]:.3g}")
+
+
+def flagged_clients(records: list[dict], level: float = 0.05) -> Flagging:
+    """The significance test of :class:`Flagging` on a run's rounds (``metrics.jsonl``);
+    rounds without a verdict (no ``rejected_clients``) are left out."""
+    from scipy.stats import binom
+
     rejected: dict[int, int] = {}
+    judged: dict[int, int] = {}
     for r in records:
         if "rejected_clients" not in r:
             continue
-        for c in list(r["rejected_clients"]) + list(r.get("accepted_clients", [])):
-            took_part[c] = took_part.get(c, 0) + 1
-        for c in r["rejected_clients"]:
-            rejected[c] = rejected.get(c, 0) + 1
-    if not took_part:
+        for c in set(r["rejected_clients"]) | set(r.get("accepted_clients", [])):
+            judged[int(c)] = judged.get(int(c), 0) + 1
+        for c in set(r["rejected_clients"]):
+            rejected[int(c)] = rejected.get(int(c), 0) + 1
+    if not judged:
         raise FedsecError("the run's defense recorded no verdicts (no rejected_clients in "
                           "metrics.jsonl); name the clients with --clients")
-    return tuple(sorted(c for c, n in took_part.items() if rejected.get(c, 0) >= min_fraction * n))
+    ids = sorted(judged)
+    k = np.array([rejected.get(c, 0) for c in ids])
+    n = np.array([judged[c] for c in ids])
+    p0 = k.sum() / n.sum()
+    p_values = binom.sf(k - 1, n, p0)  # P(X >= k) for X ~ Binomial(n, p0)
+    return Flagging(level=level, rejected_total=int(k.sum()), judged_total=int(n.sum()),
+                    rejected={c: int(x) for c, x in zip(ids, k)},
+                    judged={c: int(x) for c, x in zip(ids, n)},
+                    p_values={c: float(p) for c, p in zip(ids, p_values)})
+
+
+def flagged_forget_set(flagging: Flagging, num_clients: int, allow_majority: bool = False) -> str:
+    """``--flagged``'s forget set as "3,7": FedsecError when nobody is flagged (nothing to
+    forget), or when more than half of the federation is, unless ``allow_majority``."""
+    ids = flagging.clients
+    if not ids:
+        best = min(flagging.p_values, key=lambda c: (flagging.p_values[c], c))
+        why = (f"is not below {flagging.level:g} / {len(flagging.judged)} clients = "
+               f"{flagging.threshold:.3g}" if flagging.p_values[best] >= flagging.threshold
+               else "is significant, but its rejection rate does not stand out from the other "
+                    "clients' (a selection defense rejects atypical honest clients as often)")
+        raise FedsecError(
+            f"--flagged flags no client: the smallest p-value, client {best}'s "
+            f"({flagging.evidence(best)}), {why}; nothing to forget")
+    if len(ids) > num_clients / 2 and not allow_majority:
+        raise FedsecError(f"--flagged names {len(ids)} of {num_clients} clients, more than half "
+                          "of the federation; pass --allow-majority to forget them anyway")
+    return ",".join(map(str, ids))
 
 
 # ------------------------------------------------------------------ the datamodel
@@ -329,12 +432,18 @@ def model_metrics(fed: Federation, state: dict, forget) -> dict[str, float]:
 
 # ------------------------------------------------------------------ fedsec unlearn RUN_DIR
 def unlearn_run(run_dir: str | Path, *, method: str, clients: str | None = None,
-                flagged: bool = False, flag_fraction: float = 0.5, datamodel_path: str | None = None,
+                flagged: bool = False, flag_level: float | None = None, allow_majority: bool = False,
+                datamodel_path: str | None = None,
                 num_models: int | None = None, q: float | None = None, workers: int | None = None,
                 settings: UnlearnSettings | None = None, om_oracles: int = DEFAULT_OM_ORACLES,
                 out: str | Path | None = None, progress: bool = True,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Unlearn clients from ``run_dir``'s model; write the model and its metrics beside it."""
+    """Unlearn clients from ``run_dir``'s model; write the model and its metrics beside it.
+
+    With ``flagged``, the clients are those :func:`flagged_clients` flags at
+    ``flag_level`` (default 0.05); more than half of the federation only with
+    ``allow_majority``. Every refusal comes before any training.
+    """
     run_dir = Path(run_dir)
     settings = settings or UnlearnSettings()
     if method not in METHODS:
@@ -345,18 +454,19 @@ def unlearn_run(run_dir: str | Path, *, method: str, clients: str | None = None,
         raise FedsecError(f"{run_dir} has no {CONFIG_FILE}: not a run directory")
     if flagged == (clients is not None):
         raise FedsecError("name the clients to forget with --clients, or use --flagged (not both)")
+    if not flagged and (flag_level is not None or allow_majority):
+        raise ConfigError("--flag-level and --allow-majority apply only with --flagged")
+    level = DEFAULT_FLAG_LEVEL if flag_level is None else flag_level
+    if flagged and not 0 < level < 1:
+        raise ConfigError(f"--flag-level must be in (0, 1), got {level}")
     config = load_config(run_dir / CONFIG_FILE)
     torch.set_num_threads(config.engine.client_num_cpus)  # as a client (and retraining) uses
     if flagged:
-        if not 0 < flag_fraction <= 1:
-            raise ConfigError(f"--flag-fraction must be in (0, 1], got {flag_fraction}")
-        ids = flagged_clients(read_metrics(run_dir / METRICS_FILE), flag_fraction)
-        if not ids:
-            raise FedsecError(f"the defense flagged no client (rejected in >= {flag_fraction:.0%} "
-                              "of the rounds it took part in)")
-        log(f"fedsec: flagged clients (rejected in >= {flag_fraction:.0%} of their rounds): "
-            + ",".join(map(str, ids)))
-        clients = ",".join(map(str, ids))
+        flagging = flagged_clients(read_metrics(run_dir / METRICS_FILE), level)
+        clients = flagged_forget_set(flagging, config.data.num_clients, allow_majority)
+        log(f"fedsec: --flagged: {flagging.rule()}")
+        for c in flagging.clients:
+            log(f"fedsec: flagged client {c}: {flagging.evidence(c)}")
     forget = check_forget_set(clients, config.data.num_clients)
     fed = Federation.from_config(config)
     state = torch.load(run_dir / MODEL_FILE, weights_only=True)
