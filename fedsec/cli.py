@@ -255,7 +255,7 @@ def summary_line(summary: dict, rounds: list[dict], out: Path) -> str:
         if detection.get(key) is not None]
     if judged:
         parts.append("detection " + ", ".join(judged))
-    kept = sum(1 for r in rounds if r.get("kept_previous_model"))
+    kept = summary.get("kept_previous_model_rounds", 0)
     if kept:
         parts.append(f"kept the previous model in {kept} round(s)")
     return f"fedsec: done: {'; '.join(parts)}; files in {out}"

@@ -127,6 +127,8 @@ def summarize_rounds(rounds: list[dict[str, Any]],
             "recall": tp / (tp + fn) if tp + fn else None,
             "false_positive_rate": fp / (fp + tn) if fp + tn else None,
         }
+    # Rounds that produced no new model (too few replies, or the defense kept the model).
+    out["kept_previous_model_rounds"] = sum(1 for r in rounds if r.get("kept_previous_model"))
     auroc, n_rounds = detection_auroc(rounds, higher_score_is_suspicious)
     if n_rounds:
         out.setdefault("detection", {}).update(auroc=auroc, auroc_rounds=n_rounds)

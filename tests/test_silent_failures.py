@@ -3,6 +3,7 @@ run that says what it does."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tomllib
@@ -163,6 +164,15 @@ def test_a_run_whose_every_round_kept_the_model_fails_with_the_reason(tmp_path):
     assert str(caught.value).startswith(
         "every one of the 2 rounds kept the previous global model (round 1: 3 valid replies, "
         "fewer than train.min_replies = 4)")
+
+
+def test_a_run_that_kept_the_model_in_some_rounds_says_how_many(tmp_path, capsys):
+    out = tmp_path / "run"
+    rounds = run_faulty("inprocess", out, "train.min_replies=3")  # round 2: 2 valid replies
+    assert [bool(r.get("kept_previous_model")) for r in rounds] == [False, True]
+    assert json.loads((out / "summary.json").read_text())["kept_previous_model_rounds"] == 1
+    assert _finish_run(out) == 0
+    assert "kept the previous model in 1 round(s)" in capsys.readouterr().out
 
 
 def test_a_run_says_what_it_does_and_ends_with_a_summary_line(tmp_path, capsys):
