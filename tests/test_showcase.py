@@ -23,6 +23,8 @@ def test_run_without_config_runs_the_showcase_side_by_side(tmp_path, capsys):
     assert "| fedavg |" in printed and "| multi-metrics |" in printed
 
     shipped = read_toml(SHOWCASE)["base"]
+    verdict = printed.strip().splitlines()[-1]  # one plain sentence of what happened
+    assert verdict.startswith("fedsec: the edge-case-pgd-replacement attack ")
     for defense in ("fedavg", "multi-metrics"):
         run_dir = out / f"defense={defense}"
         rounds = read_metrics(run_dir / "metrics.jsonl")
@@ -30,6 +32,8 @@ def test_run_without_config_runs_the_showcase_side_by_side(tmp_path, capsys):
         # Every round has the attacker, and its backdoor accuracy is measured.
         assert all(len(r["malicious_clients"]) == 1 and r["backdoor_accuracy"] is not None for r in rounds)
         summary = json.loads((run_dir / "summary.json").read_text())
+        assert (f"{defense} (final backdoor accuracy {summary['final_backdoor_accuracy']:.1%}, "
+                f"main accuracy {summary['final_main_accuracy']:.1%})") in verdict
         cfg = ExperimentConfig.from_dict(summary["config"])
         assert cfg.defense.name == defense and cfg.seed == shipped["seed"]
         assert (cfg.attack.name, cfg.attack.params["edge_case"]) == (

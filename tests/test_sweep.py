@@ -23,7 +23,7 @@ num_clients = 4
 name = "mlp"
 [train]
 rounds = {rounds}
-clients_per_round = 2
+clients_per_round = 3
 local_epochs = 1
 [engine]
 client_num_cpus = 1
