@@ -73,7 +73,6 @@ import subprocess
 import sys
 import time
 import traceback
-import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -87,15 +86,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-# defenses/__init__.py imports the Flower strategies (and so flwr), which the GPU
-# machine does not have. The rules need none of it: register a bare package module for
-# "defenses" so that `import defenses.rules` runs defenses/rules/__init__.py only.
-if "defenses" not in sys.modules:
-    _package = types.ModuleType("defenses")
-    _package.__path__ = [str(REPO / "defenses")]
-    _package.__file__ = str(REPO / "defenses" / "__init__.py")
-    sys.modules["defenses"] = _package
-
+# The GPU machine has no flwr: defenses/__init__.py imports the Flower strategies only
+# when they are asked for, so `from defenses import rules` needs none of it.
 from fedsec.models import build_model  # torch/numpy/fedsec.errors only
 from fedsec.training import evaluate, train
 

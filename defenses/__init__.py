@@ -13,35 +13,46 @@ defense lives in :mod:`defenses.rules`, free of Flower.
 
 from __future__ import annotations
 
+import functools
+import importlib
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedsec.errors import ConfigError
 
-from .adapter import DefenseStrategy, RoundReport
-from .strategies.bulyan import Bulyan
-from .strategies.fedavg import FedAvg
-from .strategies.flame import FLAME
-from .strategies.fltrust import FLTrust
-from .strategies.foolsgold import FoolsGold
-from .strategies.krum import Krum
-from .strategies.median import Median
-from .strategies.multi_krum import MultiKrum
-from .strategies.multi_metrics import MultiMetrics
-from .strategies.norm_clipping import NormClipping
-from .strategies.rfa import RFA
-from .strategies.rlr import RLR
-from .strategies.trimmed_mean import TrimmedMean
-from .strategies.weak_dp import WeakDP
+if TYPE_CHECKING:  # pragma: no cover
+    from .adapter import DefenseStrategy
 
-#: Config name -> strategy class.
-DEFENSES: dict[str, type[DefenseStrategy]] = {
-    cls.rule_class.name: cls
-    for cls in (
-        FedAvg, Krum, MultiKrum, Median, TrimmedMean, Bulyan, NormClipping, WeakDP, RFA,
-        FoolsGold, FLAME, FLTrust, RLR, MultiMetrics,
-    )
+#: Strategy class -> its module in ``strategies/``. The strategies need Flower and are
+#: imported on first use, so that ``import defenses.rules`` (the math) loads neither
+#: Flower nor scikit-learn.
+_STRATEGY_MODULES = {
+    "FedAvg": "fedavg", "Krum": "krum", "MultiKrum": "multi_krum", "Median": "median",
+    "TrimmedMean": "trimmed_mean", "Bulyan": "bulyan", "NormClipping": "norm_clipping",
+    "WeakDP": "weak_dp", "RFA": "rfa", "FoolsGold": "foolsgold", "FLAME": "flame",
+    "FLTrust": "fltrust", "RLR": "rlr", "MultiMetrics": "multi_metrics",
 }
+_ADAPTER_NAMES = ("DefenseStrategy", "RoundReport")
+
+
+def __getattr__(name: str) -> Any:
+    """The strategies, the adapter and ``DEFENSES`` (config name -> strategy class),
+    imported when first asked for."""
+    if name in _STRATEGY_MODULES:
+        module = importlib.import_module(f".strategies.{_STRATEGY_MODULES[name]}", __name__)
+        return getattr(module, name)
+    if name in _ADAPTER_NAMES:
+        return getattr(importlib.import_module(".adapter", __name__), name)
+    if name == "DEFENSES":
+        return _registry()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _registry() -> dict[str, type[DefenseStrategy]]:
+    classes = [__getattr__(name) for name in _STRATEGY_MODULES]
+    return {cls.rule_class.name: cls for cls in classes}
+
 
 #: Rule parameter filled from the experiment's seed, never from the defense's table.
 SEED_PARAMETER = "seed"
@@ -49,7 +60,7 @@ SEED_PARAMETER = "seed"
 
 def defense_names() -> list[str]:
     """The config names of all defenses, sorted."""
-    return sorted(DEFENSES)
+    return sorted(_registry())
 
 
 def defense_parameters(name: str) -> dict[str, Any]:
@@ -94,9 +105,9 @@ def build_defense(
 
 
 def _strategy_class(name: str) -> type[DefenseStrategy]:
-    if not isinstance(name, str) or name not in DEFENSES:
+    if not isinstance(name, str) or name not in _registry():
         raise ConfigError(f"unknown defense {name!r}; valid: {', '.join(defense_names())}")
-    return DEFENSES[name]
+    return _registry()[name]
 
 
 __all__ = [

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
@@ -86,3 +89,13 @@ def test_direct_construction_validates_too():
 def test_strategy_keyword_arguments_pass_through_build_defense():
     strategy = defenses.build_defense("fltrust", {}, root_update_fn=print, min_train_nodes=5)
     assert strategy.root_update_fn is print and strategy.min_train_nodes == 5
+
+
+def test_the_rules_import_without_flower_or_scikit_learn():
+    probe = ("import sys, defenses.rules; "
+             "print(sorted(m for m in ('flwr', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    # The registry still finds every strategy when asked.
+    assert all(defenses.DEFENSES[name].rule_class.name == name for name in defenses.defense_names())

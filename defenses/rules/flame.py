@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.cluster import HDBSCAN
 
 from .base import (
     AggregationResult,
@@ -76,6 +75,8 @@ def _majority_cluster(distances: torch.Tensor) -> torch.Tensor:
     n = distances.shape[0]
     if n < 2:
         return torch.ones(n, dtype=torch.bool)
+    from sklearn.cluster import HDBSCAN  # imported here: scikit-learn takes seconds to load
+
     matrix = distances.to("cpu", torch.float64).numpy()
     labels = HDBSCAN(
         min_cluster_size=n // 2 + 1, min_samples=1, metric="precomputed",
