@@ -129,7 +129,7 @@ def _finish_run(out: Path) -> int:
     """Print the run's summary line; fail the run if no round produced a new model."""
     summary = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
     rounds = read_metrics(out / METRICS_FILE)
-    print(summary_line(summary, rounds, out))
+    print(summary_line(summary, out))
     kept = [r for r in rounds if r.get("kept_previous_model")]
     if rounds and len(kept) == len(rounds):
         reason = kept[0].get("kept_previous_reason", "no usable reply")
@@ -216,7 +216,10 @@ def showcase_verdict(sweep) -> str:
     clauses = []
     for run in sweep.runs:
         s = json.loads((run.dir / SUMMARY_FILE).read_text(encoding="utf-8"))
-        ba, ma = s["final_backdoor_accuracy"], s["final_main_accuracy"]
+        ba, ma = s.get("final_backdoor_accuracy"), s["final_main_accuracy"]
+        if ba is None:  # an attack without a backdoor (set with --set)
+            clauses.append(f"ran against {run.labels['defense']} (main accuracy {ma:.1%})")
+            continue
         # Backdoor accuracy is the share of edge-case inputs classified as the target.
         outcome = ("got through" if ba >= 0.5 else "was stopped by" if ba < 0.2
                    else "partly got through")
@@ -240,7 +243,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
     return 0
 
 
-def summary_line(summary: dict, rounds: list[dict], out: Path) -> str:
+def summary_line(summary: dict, out: Path) -> str:
     """One line: final accuracies, detection, rounds that kept the model, where the files are."""
     parts = [f"{summary['rounds']} rounds"]
     if "final_main_accuracy" in summary:
