@@ -30,6 +30,22 @@ def rounds_without_time(run_dir: Path) -> list[dict]:
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: A small experiment (10 digits clients, an MLP, one local epoch): format it with
+#: ``rounds`` and ``per_round``, append sections or keys of ``[engine]``.
+SMALL = """
+[data]
+name = "digits"
+num_clients = 10
+[model]
+name = "mlp"
+[train]
+rounds = {rounds}
+clients_per_round = {per_round}
+local_epochs = 1
+[engine]
+client_num_cpus = 1
+"""
+
 
 def sigkill_when(cli_args: list[str], metrics: Path, rounds: int, timeout: float) -> None:
     """Start ``python -m fedsec.cli CLI_ARGS`` and SIGKILL it once ``metrics`` holds

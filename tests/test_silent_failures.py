@@ -19,22 +19,9 @@ from fedsec.results import read_metrics
 from fedsec.sampling import AttackSchedule
 from fedsec.server import _progress_line, discover_partitions
 from fedsec.sweep import _ROUND_LINE
-from tests.runs import REPO
+from tests.runs import REPO, SMALL
 from tests.test_failures import run as run_faulty
 
-SMALL = """
-[data]
-name = "digits"
-num_clients = 10
-[model]
-name = "mlp"
-[train]
-rounds = {rounds}
-clients_per_round = {per_round}
-local_epochs = 1
-[engine]
-client_num_cpus = 1
-"""
 
 
 def write(tmp_path, text: str, name: str = "exp.toml"):

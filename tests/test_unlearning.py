@@ -24,6 +24,7 @@ from fedsec.unlearning.subsets import (
     federation_variant,
     train_datamodel,
 )
+from tests.runs import SMALL
 
 TINY = {"data": {"name": "digits", "num_clients": 5, "alpha": 0.5},
         "model": {"name": "mlp"},
@@ -325,20 +326,7 @@ def test_flagged_forget_set_refuses_nobody_and_a_majority():
     assert federated.flagged_forget_set(six, 10, allow_majority=True) == "0,1,2,3,4,5"
 
 
-FLAG_RUN = """
-[data]
-name = "digits"
-num_clients = 10
-[model]
-name = "mlp"
-[train]
-rounds = 20
-clients_per_round = 10
-local_epochs = 1
-[engine]
-client_num_cpus = 1
-checkpoint_every = 0
-"""
+FLAG_RUN = SMALL.format(rounds=20, per_round=10) + "checkpoint_every = 0\n"
 
 
 def test_flagged_on_real_runs_names_nobody_honest_and_the_rejected_attacker(tmp_path, capsys):
