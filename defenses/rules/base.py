@@ -189,6 +189,29 @@ class AggregationRule:
 
 
 @dataclass(kw_only=True)
+class ByzantineRule(AggregationRule):
+    """A rule built to tolerate ``f = num_malicious`` attackers a round, which needs
+    ``clients_per_attacker * f + 3`` valid clients (Krum and Multi-Krum 2f + 3, Bulyan
+    4f + 3)."""
+
+    clients_per_attacker: ClassVar[int] = 2
+    num_malicious: int = param(1, lambda v: v >= 0, "an int >= 0")
+
+    def min_clients(self) -> int:
+        return self.clients_per_attacker * self.num_malicious + 3
+
+    def _min_clients_formula(self) -> str:
+        return (f"{self.clients_per_attacker} * num_malicious + 3 with num_malicious = "
+                f"{self.num_malicious}")
+
+    def round_caveat(self, num_clients: int, num_attackers: int) -> str:
+        if num_attackers <= self.num_malicious:
+            return ""
+        return (f"{self.name} is set to tolerate num_malicious = {self.num_malicious} "
+                f"attackers a round, but some rounds have {num_attackers}")
+
+
+@dataclass(kw_only=True)
 class SeededRule(AggregationRule):
     """A rule that draws random numbers: round ``t`` of seed ``s`` uses its own stream.
 
@@ -226,14 +249,6 @@ def _has_type(value: Any, hint: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def tolerance_caveat(name: str, num_malicious: int, num_attackers: int) -> str:
-    """The caveat of a rule built to tolerate ``num_malicious`` attackers a round."""
-    if num_attackers <= num_malicious:
-        return ""
-    return (f"{name} is set to tolerate num_malicious = {num_malicious} attackers a round, "
-            f"but some rounds have {num_attackers}")
 
 
 def column_blocks(d: int) -> Iterator[slice]:

@@ -11,19 +11,17 @@ import torch
 
 from .base import (
     AggregationResult,
-    AggregationRule,
+    ByzantineRule,
     ClientBatch,
     column_blocks,
     keep_mask,
-    param,
     squared_distances,
-    tolerance_caveat,
 )
 from .krum import krum_neighbours, sum_of_nearest
 
 
 @dataclass(kw_only=True)
-class BulyanRule(AggregationRule):
+class BulyanRule(ByzantineRule):
     """Bulyan: select ``theta = n - 2f`` models by repeated Krum, then a coordinate-wise
     trimmed mean around their median.
 
@@ -45,16 +43,7 @@ class BulyanRule(AggregationRule):
     """
 
     name = "bulyan"
-    num_malicious: int = param(1, lambda v: v >= 0, "an int >= 0")
-
-    def min_clients(self) -> int:
-        return 4 * self.num_malicious + 3
-
-    def _min_clients_formula(self) -> str:
-        return f"4 * num_malicious + 3 with num_malicious = {self.num_malicious}"
-
-    def round_caveat(self, num_clients: int, num_attackers: int) -> str:
-        return tolerance_caveat(self.name, self.num_malicious, num_attackers)
+    clients_per_attacker = 4
 
     def selection_quota(self, num_clients: int) -> str:
         return (f"selects {num_clients - 2 * self.num_malicious} of the {num_clients} clients "

@@ -11,13 +11,11 @@ import torch
 
 from .base import (
     AggregationResult,
-    AggregationRule,
+    ByzantineRule,
     ClientBatch,
     keep_mask,
     lowest,
-    param,
     squared_distances,
-    tolerance_caveat,
 )
 
 
@@ -42,7 +40,7 @@ def sum_of_nearest(distances: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @dataclass(kw_only=True)
-class KrumRule(AggregationRule):
+class KrumRule(ByzantineRule):
     """Krum: the new global model is the one client model with the lowest Krum score.
 
     Score of client i = sum of squared L2 distances from w_i to its ``n - f - 2``
@@ -59,16 +57,6 @@ class KrumRule(AggregationRule):
     """
 
     name = "krum"
-    num_malicious: int = param(1, lambda v: v >= 0, "an int >= 0")
-
-    def min_clients(self) -> int:
-        return 2 * self.num_malicious + 3
-
-    def _min_clients_formula(self) -> str:
-        return f"2 * num_malicious + 3 with num_malicious = {self.num_malicious}"
-
-    def round_caveat(self, num_clients: int, num_attackers: int) -> str:
-        return tolerance_caveat(self.name, self.num_malicious, num_attackers)
 
     def selection_quota(self, num_clients: int) -> str:
         return f"keeps exactly 1 of the {num_clients} clients of each round by design"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from .base import (
     AggregationResult,
-    AggregationRule,
+    ByzantineRule,
     ClientBatch,
     combine,
     keep_mask,
@@ -14,13 +14,12 @@ from .base import (
     normalized,
     param,
     squared_distances,
-    tolerance_caveat,
 )
 from .krum import krum_scores
 
 
 @dataclass(kw_only=True)
-class MultiKrumRule(AggregationRule):
+class MultiKrumRule(ByzantineRule):
     """Multi-Krum: data-size-weighted mean of the ``m`` models with the lowest Krum score.
 
     Krum scores as in :class:`~defenses.rules.krum.KrumRule`.
@@ -38,17 +37,7 @@ class MultiKrumRule(AggregationRule):
     """
 
     name = "multi-krum"
-    num_malicious: int = param(1, lambda v: v >= 0, "an int >= 0")
     num_selected: int | None = param(None, lambda v: v is None or v >= 1, "an int >= 1 or None")
-
-    def min_clients(self) -> int:
-        return 2 * self.num_malicious + 3
-
-    def _min_clients_formula(self) -> str:
-        return f"2 * num_malicious + 3 with num_malicious = {self.num_malicious}"
-
-    def round_caveat(self, num_clients: int, num_attackers: int) -> str:
-        return tolerance_caveat(self.name, self.num_malicious, num_attackers)
 
     def selection_quota(self, num_clients: int) -> str:
         m = num_clients - self.num_malicious if self.num_selected is None else self.num_selected
