@@ -6,7 +6,7 @@ for ``[attack] name = "none"``) after checking its parameters.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from attacks.base import Attack, AttackContext
 from attacks.dba import DBA
@@ -31,11 +31,21 @@ ATTACK_CLASSES: tuple[type[Attack], ...] = (
 )
 ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in ATTACK_CLASSES}
 
-__all__ = ["ATTACKS", "Attack", "AttackContext", "attack_names", "build_attack"]
+__all__ = ["ATTACKS", "Attack", "AttackContext", "attack_names", "backdoor_key", "build_attack"]
 
 
 def attack_names() -> list[str]:
     return ["none", *sorted(ATTACKS)]
+
+
+def backdoor_key(attack: dict[str, Any]) -> tuple | None:
+    """:meth:`Attack.backdoor_key` of an ``[attack]`` table as config.toml holds it
+    (None for no attack, an untargeted one or an unknown name)."""
+    cls = ATTACKS.get(attack.get("name", "none"))
+    if cls is None:
+        return None
+    params = {k: v for k, v in attack.items() if k in cls.params}
+    return cls.backdoor_key(int(attack.get("target_label", -1)), params)
 
 
 def build_attack(config: ExperimentConfig, dataset: Dataset | None = None) -> Attack | None:

@@ -75,6 +75,9 @@ class Attack:
     name: ClassVar[str] = ""
     params: ClassVar[dict[str, Any]] = {}
     default_target: ClassVar[int | None] = None  # None: the config must give target_label
+    #: The parameters, besides the target, that decide which inputs ``backdoor_test_set``
+    #: returns (see :meth:`backdoor_key`).
+    backdoor_test_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, target_label: int = -1, **params: Any) -> None:
         self.target_label = target_label
@@ -96,6 +99,19 @@ class Attack:
     @property
     def target(self) -> int:
         return self.default_target if self.target_label == -1 else self.target_label
+
+    @classmethod
+    def backdoor_key(cls, target_label: int, params: dict[str, Any]) -> tuple | None:
+        """What decides this attack's backdoor test set, from its config values alone: the
+        class that defines ``backdoor_test_set``, the target and ``backdoor_test_params``.
+        Two runs with equal keys measure backdoor accuracy on the same inputs (e.g. DBA
+        and model replacement on the full pattern trigger), so a no-attack run can serve
+        as the other's baseline. None for an untargeted attack."""
+        owner = next(k for k in cls.__mro__ if "backdoor_test_set" in k.__dict__)
+        if owner is Attack:
+            return None
+        return (owner.__name__, target_label,
+                *(params.get(p, cls.params[p]) for p in cls.backdoor_test_params))
 
     # ------------------------------------------------------------ data, evaluation
     def edit_dataset(self, dataset: Dataset, seed: int) -> Dataset:

@@ -57,6 +57,7 @@ class EdgeCase(Attack):
     name = "edge-case"
     params = dict(EDGE_CASE_PARAMS)
     default_target = 1
+    backdoor_test_params = ("edge_case", "source_label", "num_tail_test")
 
     def __init__(self, target_label: int = -1, **params: Any) -> None:
         super().__init__(target_label, **params)

@@ -17,6 +17,7 @@ from fedsec.errors import ConfigError
 class LabelFlip(Attack):
     name = "label-flip"
     params = {"source_label": 7}
+    backdoor_test_params = ("source_label",)
     default_target = 1
 
     def __init__(self, target_label: int = -1, **params) -> None:

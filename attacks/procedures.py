@@ -16,13 +16,17 @@ on the device the model trains on.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import copy
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from attacks.base import AttackContext
 from fedsec.errors import ConfigError
 from fedsec.training import TrainStats, assign_flat_params, flatten_params, train
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fedsec.task import FederatedTask
 
 
 def project_to_ball(model: torch.nn.Module, center: torch.Tensor, eps: float) -> bool:
@@ -58,6 +62,17 @@ def projected_train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     return stats
 
 
+def benign_update(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  train_kwargs: dict[str, Any]) -> torch.Tensor:
+    """The flat update ``w - w0`` that honest training on ``(x, y)`` would make from
+    ``model``'s parameters, with the round's settings (seed included); ``model`` is left
+    as it was. A malicious client learns from it how large an honest update is."""
+    clone = copy.deepcopy(model)
+    w0 = flatten_params(clone).detach().clone()
+    train(clone, x, y, **train_kwargs)
+    return flatten_params(clone).detach() - w0.to(flatten_params(clone).device)
+
+
 def scale_update(model: torch.nn.Module, global_flat: torch.Tensor, factor: float) -> None:
     """``w <- w0 + factor * (w - w0)`` on the flat parameter vector, in place."""
     w = flatten_params(model)
@@ -71,26 +86,49 @@ def replacement_factor(ctx: AttackContext, stats: TrainStats) -> float:
 
 
 class ProjectedGradientMixin:
-    """Makes an attack's ``train`` PGD: SGD projected onto the L2 ball of radius
+    """Makes an attack's training PGD: SGD projected onto the L2 ball of radius
     ``eps * eps_decay ** (round - 1)`` around the round's global model every
     ``project_every`` steps and after the last step. ``eps_decay = 0.998`` reproduces the
     decaying radius that Wang et al.'s code uses against Krum / Multi-Krum (and Huang et
-    al.'s against Multi-metrics); 1.0 (the default) keeps it fixed."""
+    al.'s against Multi-metrics); 1.0 (the default) keeps it fixed.
 
-    pgd_params: ClassVar[dict[str, Any]] = {"eps": 1.0, "project_every": 10, "eps_decay": 1.0}
+    ``eps_unit`` says what ``eps`` is measured in: ``"absolute"`` (parameter-space L2
+    distance, the papers' setting) or ``"benign-norm"``: multiples of the norm of the
+    update the attacker's own clean data would give in this round (it trains a copy of
+    the global model honestly first, :func:`benign_update`). An absolute radius means
+    something else on every model, data set and stage of training; a radius relative to
+    the honest update is the same attacker strength everywhere (0.5: inside the honest
+    crowd, 2: twice as far out)."""
+
+    pgd_params: ClassVar[dict[str, Any]] = {"eps": 1.0, "eps_unit": "absolute",
+                                            "project_every": 10, "eps_decay": 1.0}
+    EPS_UNITS: ClassVar[tuple[str, ...]] = ("absolute", "benign-norm")
 
     def radius(self, server_round: int) -> float:
+        """The radius in ``eps_unit`` units."""
         return self.eps * self.eps_decay ** (server_round - 1)
 
-    def train(self, model, x, y, global_flat, ctx: AttackContext, train_kwargs):
-        return projected_train(model, x, y, global_flat.to(ctx.device),
-                               self.radius(ctx.server_round), self.project_every,
-                               {**train_kwargs, "device": ctx.device})
+    def local_update(self, model: torch.nn.Module, task: FederatedTask, ctx: AttackContext,
+                     train_kwargs: dict[str, Any]) -> TrainStats:
+        kwargs = {**train_kwargs, "device": ctx.device}
+        radius = self.radius(ctx.server_round)
+        if self.eps_unit == "benign-norm":
+            x_clean, y_clean = task.client_data(ctx.partition_id)
+            radius *= float(torch.linalg.vector_norm(benign_update(model, x_clean, y_clean, kwargs)))
+        x, y = self.attacker_data(task, ctx.partition_id)
+        global_flat = flatten_params(model).detach().clone()
+        stats = projected_train(model, x, y, global_flat.to(ctx.device), radius,
+                                self.project_every, kwargs)
+        self.transform_update(model, global_flat, ctx, stats)
+        return stats
 
     def check(self, config, dataset) -> None:
         super().check(config, dataset)
         if not self.eps > 0:
             raise ConfigError(f"attack.eps (the PGD radius) must be > 0, got {self.eps}")
+        if self.eps_unit not in self.EPS_UNITS:
+            raise ConfigError(f"attack.eps_unit must be one of {', '.join(map(repr, self.EPS_UNITS))}, "
+                              f"got {self.eps_unit!r}")
         if self.project_every < 1:
             raise ConfigError(f"attack.project_every must be >= 1 (optimizer steps), got {self.project_every}")
         if not 0 < self.eps_decay <= 1:

@@ -73,6 +73,7 @@ class PatternTriggerAttack(Attack):
 
     params: ClassVar[dict[str, Any]] = {"poison_fraction": 0.3, "trigger_size": 4, "trigger_gap": 2}
     default_target = 2
+    backdoor_test_params = ("trigger_size", "trigger_gap")
     num_parts_of_global: ClassVar[int] = GLOBAL_PARTS
 
     def __init__(self, target_label: int = -1, **params: Any) -> None:

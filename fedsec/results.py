@@ -89,6 +89,10 @@ class RunWriter:
                  rule.selection_quota(self.config.train.round_size(self.config.data.num_clients)))
         if quota and "detection" in summarized:
             summarized["detection"]["selection_quota"] = quota
+        if rule is not None and rule.selects_clients:
+            acceptance = attacker_acceptance(rounds)
+            if acceptance is not None:
+                summarized["attacker_acceptance"] = acceptance
         summary = {
             "rounds": len(rounds),
             "seed": self.config.seed,
@@ -133,6 +137,28 @@ def summarize_rounds(rounds: list[dict[str, Any]],
     if n_rounds:
         out.setdefault("detection", {}).update(auroc=auroc, auroc_rounds=n_rounds)
     return out
+
+
+def attacker_acceptance(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """In how many attack rounds the defense kept an attacker in the aggregate.
+
+    An attack round is one that logged ``malicious_clients`` (non-empty) and the
+    defense's ``accepted_clients``; it counts as accepted when any of its attackers is
+    among them. Returns ``{"attack_rounds", "accepted_rounds", "rate"}``, or None when
+    no round counts (no attack, or no model was aggregated in an attack round). Only
+    meaningful for rules that can leave clients out (``selects_clients``).
+    """
+    attack_rounds = accepted = 0
+    for r in rounds:
+        bad = r.get("malicious_clients")
+        if not bad or r.get("accepted_clients") is None or r.get("kept_previous_model"):
+            continue
+        attack_rounds += 1
+        accepted += bool(set(bad) & set(r["accepted_clients"]))
+    if not attack_rounds:
+        return None
+    return {"attack_rounds": attack_rounds, "accepted_rounds": accepted,
+            "rate": accepted / attack_rounds}
 
 
 def detection_auroc(rounds: list[dict[str, Any]],

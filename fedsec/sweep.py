@@ -13,7 +13,13 @@ A sweep file names a base experiment and the axes to cross::
     fedavg = { "defense.name" = "fedavg" }
     multi-metrics-reference = { defense = { name = "multi-metrics", variant = "reference" } }
 
-Every combination is one run, in ``OUT/<axis>=<label>/.../`` (a normal run directory:
+A one-at-a-time design (a few values of one axis around a base, some defenses or
+attacks only at the base) leaves combinations out with ``exclude``, a list of tables;
+a combination that matches every axis of one table is not run::
+
+    exclude = [{ regime = ["interval-2", "interval-10"], defense = ["krum", "weak-dp"] }]
+
+Every other combination is one run, in ``OUT/<axis>=<label>/.../`` (a normal run directory:
 config.toml, metrics.jsonl, summary.json, model.pt, plus run.log). ``OUT/sweep.json``
 lists the runs and their labels; ``fedsec report OUT`` reads it.
 
@@ -51,7 +57,7 @@ from fedsec.results import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, atomic_write
 
 MANIFEST_FILE = "sweep.json"
 LOG_FILE = "run.log"
-_SWEEP_KEYS = ("name", "base", "order", "parallel", "axes")
+_SWEEP_KEYS = ("name", "base", "order", "parallel", "axes", "exclude")
 
 
 @dataclass
@@ -72,7 +78,9 @@ class SweepRun:
         A directory that holds a different experiment (the sweep file was edited since)
         is an error, never silently reused."""
         written = self.dir / CONFIG_FILE
-        if written.is_file() and written.read_text(encoding="utf-8") != self.config.to_toml():
+        # Compared as configs, not as text: a key added to fedsec since the run was written
+        # reads back as its default, which keeps the old behaviour, so the run still counts.
+        if written.is_file() and _written_config(written) != self.config.to_toml():
             raise ConfigError(
                 f"{self.dir} holds a different experiment than the sweep's {self.id} (was "
                 "the sweep file or its base edited?); move that directory away or use another --out")
@@ -81,6 +89,14 @@ class SweepRun:
         if (self.dir / CHECKPOINT_FILE).is_file():
             return "partial"
         return "new"
+
+
+def _written_config(path: Path) -> str | None:
+    """The run directory's config.toml as this version of fedsec writes it (None: unreadable)."""
+    try:
+        return ExperimentConfig.from_dict(read_toml(path)).to_toml()
+    except ConfigError:
+        return None
 
 
 @dataclass
@@ -135,16 +151,21 @@ def load_sweep(path: str | Path, out: str | Path | None = None,
     if parallel is not None and (isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1):
         raise ConfigError(f"{path}: parallel must be an int >= 1, got {parallel!r}")
 
+    exclude = _parse_exclude(path, spec.get("exclude", []), axes)
     root = Path(out) if out else Path("runs") / "sweeps" / name
     runs = []
     for combo in itertools.product(*(options.items() for options in axes.values())):
         labels = {axis: label for axis, (label, _) in zip(axes, combo)}
+        if any(all(labels[axis] in chosen for axis, chosen in rule.items()) for rule in exclude):
+            continue
         cell: dict[str, Any] = {}
         for _, assignment in combo:
             cell.update(assignment)
         config = _apply(base_config, cell, labels)
         run_dir = root.joinpath(*(f"{axis}={label}" for axis, label in labels.items()))
         runs.append(SweepRun(labels, config, run_dir))
+    if not runs:
+        raise ConfigError(f"{path}: exclude leaves no run of the grid")
     return Sweep(name, base, {a: list(o) for a, o in axes.items()}, runs, root, parallel)
 
 
@@ -178,6 +199,31 @@ def _parse_axes(path: Path, axes: Any) -> dict[str, dict[str, dict[str, Any]]]:
         if isinstance(value, list) and len(options) != len(value):
             raise ConfigError(f"{path}: axis {axis!r} repeats a value")
         parsed[axis] = options
+    return parsed
+
+
+def _parse_exclude(path: Path, rules: Any, axes: dict[str, dict[str, dict[str, Any]]]
+                   ) -> list[dict[str, set[str]]]:
+    """``exclude``: a list of tables ``{axis = label or [labels], ...}``; a combination that
+    matches every axis of one table is not a run of the sweep (e.g. the defenses that a
+    one-at-a-time axis leaves out)."""
+    if not isinstance(rules, list) or not all(isinstance(r, dict) and r for r in rules):
+        raise ConfigError(f"{path}: exclude must be a list of tables {{axis = label or [labels]}}, "
+                          f"e.g. [{{ defense = [\"krum\"], attack = \"dba\" }}]")
+    parsed = []
+    for i, rule in enumerate(rules):
+        chosen: dict[str, set[str]] = {}
+        for axis, labels in rule.items():
+            if axis not in axes:
+                raise ConfigError(f"{path}: exclude[{i}] names axis {axis!r}; axes: {', '.join(axes)}")
+            labels = [labels] if not isinstance(labels, list) else labels
+            names = [_label(v) for v in labels]
+            unknown = [n for n in names if n not in axes[axis]]
+            if unknown or not names:
+                raise ConfigError(f"{path}: exclude[{i}].{axis} has no label {unknown[0] if unknown else '(empty list)'!r}; "
+                                  f"labels: {', '.join(axes[axis])}")
+            chosen[axis] = set(names)
+        parsed.append(chosen)
     return parsed
 
 

@@ -127,3 +127,18 @@ def test_edge_case_pgd_experiment_configs_are_valid(name, every):
     assert cfg.attack.name == "edge-case-pgd" and cfg.attack.every == every
     assert cfg.attack.params["edge_case_dir"] == str(SHARED_DATA)
     assert cfg.data.name == "mnist5k" and cfg.data.num_clients >= 20 and cfg.train.pretrain_epochs == 10
+
+
+def test_runs_that_measure_the_same_backdoor_inputs_share_a_backdoor_key():
+    from attacks import backdoor_key
+
+    edge = {"name": "edge-case-pgd", "edge_case": "ardis", "edge_case_dir": "x", "start_round": 21}
+    assert backdoor_key(edge) == backdoor_key({"name": "edge-case", "edge_case": "ardis", "eps": 2.0})
+    pattern = backdoor_key({"name": "pixel-replacement", "start_round": 21})
+    # DBA, PGD and model replacement all measure BA on the full default trigger -> 2.
+    assert pattern == backdoor_key({"name": "dba", "num_attackers": 4}) == backdoor_key({"name": "pgd"})
+    assert pattern != backdoor_key({"name": "pgd", "trigger_size": 2})
+    assert pattern != backdoor_key({"name": "dba", "target_label": 3})
+    assert backdoor_key(edge) != pattern
+    assert backdoor_key({"name": "sign-flip"}) is None
+    assert backdoor_key({"name": "none"}) is None

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from attacks import AttackContext
+from attacks import AttackContext, procedures
 from attacks.dba import DBA
 from attacks.gaussian import gaussian_noise
 from attacks.procedures import project_to_ball, projected_train, scale_update
 from attacks.triggers import stamp, trigger_box, trigger_parts
 from fedsec.apps.client_app import attack_context
 from fedsec.config import load_config
+from fedsec.errors import ConfigError
 from fedsec.task import get_task
 from fedsec.training import assign_flat_params, flatten_params, train
 
@@ -123,6 +124,28 @@ def test_pgd_attacks_send_a_model_within_eps_of_the_global_model(attack):
     w0, w, *_ = run_attack(task)
     distance = torch.linalg.vector_norm(w - w0).item()
     assert 0.01 * 0.99 < distance <= 0.01 * (1 + 1e-5)  # training alone would leave the ball
+
+
+@pytest.mark.parametrize("multiple", [0.5, 2.0])
+def test_a_radius_in_benign_norms_is_that_multiple_of_the_attackers_clean_update(multiple, monkeypatch):
+    # eps_unit = "benign-norm": the attacker first trains honestly on its own partition
+    # (what it would have sent, same seed); the radius is eps times that update's norm.
+    radii = []
+    real = procedures.projected_train
+    monkeypatch.setattr(procedures, "projected_train",
+                        lambda model, x, y, center, eps, *a: radii.append(eps) or real(model, x, y, center, eps, *a))
+    task = task_for("attack.name=edge-case-pgd", "attack.eps_unit=benign-norm", f"attack.eps={multiple}",
+                    "attack.every=2", "attack.edge_case=tail", "attack.num_clean=20")
+    w0, w, ctx, stats, (r, pid) = run_attack(task)
+    clean_norm = torch.linalg.vector_norm(honest_copy(task, r, pid, task.client_data(pid)) - w0).item()
+    assert clean_norm > 0
+    assert radii == [pytest.approx(multiple * clean_norm, rel=1e-5)]
+    assert torch.linalg.vector_norm(w - w0).item() <= multiple * clean_norm * (1 + 1e-5)
+
+
+def test_an_unknown_eps_unit_is_a_config_error():
+    with pytest.raises(ConfigError, match="attack.eps_unit must be one of 'absolute', 'benign-norm'"):
+        task_for("attack.name=pgd", "attack.eps_unit=norm", *TRIGGER)
 
 
 # -------------------------------------------------------------- model replacement

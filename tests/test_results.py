@@ -7,7 +7,13 @@ import pytest
 
 import defenses
 from fedsec.config import ExperimentConfig
-from fedsec.results import RunWriter, detection_auroc, read_metrics, summarize_rounds
+from fedsec.results import (
+    RunWriter,
+    attacker_acceptance,
+    detection_auroc,
+    read_metrics,
+    summarize_rounds,
+)
 
 
 def test_writer_appends_rounds_and_summarizes(tmp_path):
@@ -103,3 +109,29 @@ def test_summary_json_has_the_auroc_and_the_rule_quota(tmp_path):
         writer.log_round(rounds[0])
         summary = writer.finish({}, rule=defenses.build_defense(name, {}, seed=0).rule)
         assert summary["detection"]["auroc"] == auroc
+
+
+def test_attacker_acceptance_counts_attack_rounds_that_kept_an_attacker():
+    rounds = [
+        {"round": 1, "malicious_clients": [3], "accepted_clients": [1, 3]},  # kept
+        {"round": 2, "malicious_clients": [], "accepted_clients": [1, 2]},  # no attacker
+        {"round": 3, "malicious_clients": [3, 4], "accepted_clients": [1, 2]},  # both out
+        {"round": 4, "malicious_clients": [3, 4], "accepted_clients": [4]},  # one of two kept
+        {"round": 5, "malicious_clients": [3], "accepted_clients": [3], "kept_previous_model": True},
+        {"round": 6, "malicious_clients": [3]},  # no aggregation logged
+    ]
+    assert attacker_acceptance(rounds) == {"attack_rounds": 3, "accepted_rounds": 2, "rate": 2 / 3}
+    assert attacker_acceptance(rounds[1:2]) is None
+
+
+def test_summary_has_the_acceptance_only_for_rules_that_select_clients(tmp_path):
+    config = ExperimentConfig.from_dict({"data": {"num_clients": 20}, "train": {"clients_per_round": 10}})
+    rounds = [{"round": 1, "main_accuracy": 0.5, "malicious_clients": [0],
+               "accepted_clients": [0, 1], "rejected_clients": [2]}]
+    for name, selects in (("multi-krum", True), ("fedavg", False), ("rfa", False), ("flame", True)):
+        assert defenses.build_defense(name, {}, seed=0).rule.selects_clients is selects
+        writer = RunWriter(tmp_path / name, config)
+        writer.log_round(rounds[0])
+        summary = writer.finish({}, rule=defenses.build_defense(name, {}, seed=0).rule)
+        assert ("attacker_acceptance" in summary) is selects
+    assert summary["attacker_acceptance"]["rate"] == 1.0

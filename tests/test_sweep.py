@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedsec.cli import main
+from fedsec.errors import ConfigError
 from fedsec.results import read_metrics
 from fedsec.sweep import load_sweep
 from tests.runs import rounds_without_time, sigkill_when
@@ -152,3 +153,56 @@ def test_a_missing_base_is_one_line(tmp_path, capsys):
     path.write_text('base = "nowhere.toml"\n[axes]\nseed = [0]\n')
     assert main(["sweep", str(path)]) == 2
     assert "nowhere.toml does not exist" in capsys.readouterr().err
+
+
+EXCLUDING = """
+order = ["regime", "defense", "seed"]
+exclude = [{ regime = "wide", defense = ["krum"] }, { regime = "wide", seed = 1 }]
+[axes]
+seed = [0, 1]
+[axes.regime]
+base = {}
+wide = { "train.clients_per_round" = 4 }
+[axes.defense]
+fedavg = { "defense.name" = "fedavg" }
+krum = { defense = { name = "krum", num_malicious = 0 } }
+"""
+
+
+def test_exclude_leaves_out_the_combinations_that_match_every_axis_of_a_rule(tmp_path):
+    sweep = load_sweep(write_sweep(tmp_path, EXCLUDING), tmp_path / "out")
+    assert [r.id for r in sweep.runs] == [
+        "regime=base/defense=fedavg/seed=0", "regime=base/defense=fedavg/seed=1",
+        "regime=base/defense=krum/seed=0", "regime=base/defense=krum/seed=1",
+        "regime=wide/defense=fedavg/seed=0"]
+    assert sweep.axes["regime"] == ["base", "wide"]
+
+
+@pytest.mark.parametrize("rule, message", [
+    ('{ shape = "x" }', "exclude[0] names axis 'shape'; axes: regime, defense, seed"),
+    ('{ regime = "narrow" }', "exclude[0].regime has no label 'narrow'; labels: base, wide"),
+    ('{ regime = ["base", "wide"] }', "exclude leaves no run of the grid"),
+])
+def test_a_bad_exclude_is_one_line(tmp_path, capsys, rule, message):
+    body = EXCLUDING.replace(
+        'exclude = [{ regime = "wide", defense = ["krum"] }, { regime = "wide", seed = 1 }]',
+        f"exclude = [{rule}]")
+    assert main(["sweep", str(write_sweep(tmp_path, body)), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(message) and "\n" not in err
+
+
+def test_a_run_written_before_a_key_was_added_still_counts(tmp_path):
+    # config.toml files are compared as configs: a key that fedsec added since (absent
+    # from the file, so its default, which keeps the old behaviour) is not a difference.
+    sweep = load_sweep(write_sweep(tmp_path, GRID), tmp_path / "out")
+    run = sweep.runs[0]
+    run.dir.mkdir(parents=True)
+    text = run.config.to_toml()
+    assert "min_partition_size" in text
+    older = "\n".join(l for l in text.splitlines() if not l.startswith("min_partition_size"))
+    (run.dir / "config.toml").write_text(older)
+    assert run.state() == "new"
+    (run.dir / "config.toml").write_text(text.replace("rounds = 2", "rounds = 3"))
+    with pytest.raises(ConfigError, match="holds a different experiment"):
+        run.state()

@@ -20,6 +20,22 @@ from .rlr import RLRRule
 from .trimmed_mean import TrimmedMeanRule
 from .weak_dp import WeakDPRule
 
+
+
+def rule_class(name: str) -> type[AggregationRule] | None:
+    """The rule class whose ``name`` is ``name`` (None if there is none)."""
+    pending, seen = list(AggregationRule.__subclasses__()), set()
+    while pending:
+        cls = pending.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        if cls.name == name:
+            return cls
+        pending += cls.__subclasses__()
+    return None
+
+
 __all__ = [
     "AggregationResult",
     "AggregationRule",

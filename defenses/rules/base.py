@@ -93,6 +93,11 @@ class AggregationRule:
     #: Whether a higher score marks a more suspicious client (a distance or outlier
     #: score); False for rules whose score is a weight or a trust (higher = more benign).
     higher_score_is_suspicious: ClassVar[bool] = True
+    #: Whether the rule can leave clients out of the aggregate (its ``accepted`` mask is
+    #: not always all True); False for rules that weigh, trim or clip every client.
+    #: Only for such rules is "the share of attack rounds in which it kept the attacker"
+    #: a property of the defense (``fedsec.results.attacker_acceptance``).
+    selects_clients: ClassVar[bool] = True
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for a parameter of the wrong type or out of range."""

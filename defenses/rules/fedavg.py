@@ -20,6 +20,7 @@ class FedAvgRule(AggregationRule):
     """
 
     name = "fedavg"
+    selects_clients = False
 
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:
         accepted = torch.ones(batch.n, dtype=torch.bool, device=batch.models.device)

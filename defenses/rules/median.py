@@ -21,6 +21,7 @@ class MedianRule(AggregationRule):
     """
 
     name = "median"
+    selects_clients = False
 
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:
         n = batch.n

@@ -44,6 +44,7 @@ class NormClippingRule(AggregationRule):
     """
 
     name = "norm-clipping"
+    selects_clients = False
     norm_bound: float = param(1.5, positive, "a number > 0")
 
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:

@@ -45,6 +45,7 @@ class RFARule(AggregationRule):
     """
 
     name = "rfa"
+    selects_clients = False
     max_iter: int = param(10, lambda v: v >= 1, "an int >= 1")
     smoothing: float = param(1e-6, positive, "a number > 0")
 

@@ -42,6 +42,7 @@ class RLRRule(AggregationRule):
     """
 
     name = "rlr"
+    selects_clients = False
     threshold: int = param(4, lambda v: v >= 0, "an int >= 0")
     server_lr: float = param(1.0, positive, "a number > 0")
 

@@ -26,6 +26,7 @@ class TrimmedMeanRule(AggregationRule):
     """
 
     name = "trimmed-mean"
+    selects_clients = False
     beta: float = param(0.1, lambda v: 0 <= v < 0.5, "a number in [0, 0.5)")
 
     def round_problem(self, num_clients: int, num_attackers: int) -> str:

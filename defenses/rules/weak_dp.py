@@ -43,6 +43,7 @@ class WeakDPRule(SeededRule):
     """
 
     name = "weak-dp"
+    selects_clients = False
     norm_bound: float = param(1.5, positive, "a number > 0")
     noise_std: float = param(0.025, non_negative, "a number >= 0")
 
