@@ -10,13 +10,13 @@ a kill mid-write leaves the previous checkpoint whole.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from fedsec.atomic import atomic_torch_save
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -29,18 +29,8 @@ class Checkpoint:
 
 
 def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
-    path = Path(run_dir) / CHECKPOINT_FILE
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=CHECKPOINT_FILE, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"round": checkpoint.round, "model": checkpoint.model,
-                    "strategy": checkpoint.strategy}, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_torch_save({"round": checkpoint.round, "model": checkpoint.model,
+                       "strategy": checkpoint.strategy}, Path(run_dir) / CHECKPOINT_FILE)
 
 
 def load_checkpoint(run_dir: str | Path) -> Checkpoint | None:

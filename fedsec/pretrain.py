@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fedsec.atomic import atomic_torch_save
 from fedsec.seeding import derive_seed
 from fedsec.task import FederatedTask, resolve_device
 from fedsec.training import train
@@ -52,7 +52,7 @@ def initial_state(task: FederatedTask, log=print) -> dict[str, torch.Tensor]:
         device=resolve_device(cfg.engine.device), after_step=report_epoch,
     )
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic_save(state, path)
+    atomic_torch_save(state, path)
     log(f"pre-trained model saved: {path}")
     return state
 
@@ -84,16 +84,3 @@ def _digest(*arrays) -> str:
         h.update(f"{array.dtype}{array.shape}".encode())
         h.update(memoryview(array).cast("B"))
     return h.hexdigest()
-
-
-def _atomic_save(state: dict[str, torch.Tensor], path: Path) -> None:
-    """Write to a temporary file and rename, so a killed run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsec.atomic import atomic_write_text
 from fedsec.config import ExperimentConfig
 
 METRICS_FILE = "metrics.jsonl"
@@ -216,10 +216,3 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
                 break  # the writer died mid-line; every earlier round is whole
             raise
     return rounds
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -50,10 +50,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedsec.atomic import atomic_write_text
 from fedsec.checkpoint import CHECKPOINT_FILE
 from fedsec.config import AttackConfig, ExperimentConfig, load_config, read_toml
 from fedsec.errors import ConfigError
-from fedsec.results import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, atomic_write_text, read_metrics
+from fedsec.results import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_metrics
 
 MANIFEST_FILE = "sweep.json"
 LOG_FILE = "run.log"

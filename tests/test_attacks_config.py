@@ -13,7 +13,6 @@ from fedsec.errors import ConfigError
 from fedsec.results import read_metrics
 from fedsec.sampling import AttackSchedule
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DIGITS = ["data.name=digits", "model.name=mlp", "data.num_clients=6", "data.min_partition_size=5",
           "train.clients_per_round=3", "train.rounds=4", "train.local_epochs=1",
           "engine.client_num_cpus=1", "seed=4"]
@@ -91,10 +90,8 @@ def test_every_attack_has_defaults_that_validate_somewhere():
         assert build_attack(load_config(None, [*DIGITS, f"attack.name={name}", *extra])) is not None
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "ardis_iv.npz").is_file(),
-                    reason=f"edge-case data not found at {SHARED_DATA} (ardis_iv.npz)")
-def test_ardis_config_with_the_shared_folder_is_valid():
-    cfg = load_config(None, ["attack.name=edge-case-pgd-replacement", f"attack.edge_case_dir={SHARED_DATA}"])
+def test_ardis_config_with_the_shared_folder_is_valid(edge_case_dir):
+    cfg = load_config(None, ["attack.name=edge-case-pgd-replacement", f"attack.edge_case_dir={edge_case_dir}"])
     attack = build_attack(cfg)
     assert attack.source == "ardis" and attack.target == 1 and attack.counts() == (66, 100, 0)
 
@@ -118,14 +115,12 @@ def test_end_to_end_run_records_backdoor_accuracy_and_the_scheduled_attackers(tm
     assert rounds[1]["malicious_clients"] != rounds[3]["malicious_clients"]  # the pool takes turns
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "ardis_iv.npz").is_file(),
-                    reason=f"edge-case data not found at {SHARED_DATA} (ardis_iv.npz)")
 @pytest.mark.parametrize("name,every", [("ec-pgd-k1.toml", 1), ("ec-pgd-k10.toml", 10)])
-def test_edge_case_pgd_experiment_configs_are_valid(name, every):
+def test_edge_case_pgd_experiment_configs_are_valid(name, every, edge_case_dir):
     path = Path(__file__).resolve().parents[1] / "experiments" / "edge-case-pgd" / name
-    cfg = load_config(path, [f"attack.edge_case_dir={SHARED_DATA}"])
+    cfg = load_config(path, [f"attack.edge_case_dir={edge_case_dir}"])
     assert cfg.attack.name == "edge-case-pgd" and cfg.attack.every == every
-    assert cfg.attack.params["edge_case_dir"] == str(SHARED_DATA)
+    assert cfg.attack.params["edge_case_dir"] == str(edge_case_dir)
     assert cfg.data.name == "mnist5k" and cfg.data.num_clients >= 20 and cfg.train.pretrain_epochs == 10
 
 

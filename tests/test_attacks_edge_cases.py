@@ -12,17 +12,9 @@ from fedsec.config import load_config
 from fedsec.data import load_ardis
 from fedsec.task import get_task
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DIGITS = ["data.name=digits", "model.name=mlp", "data.num_clients=6", "data.min_partition_size=5",
           "train.clients_per_round=3", "train.rounds=2", "engine.client_num_cpus=1", "seed=1"]
 MNIST5K = ["data.name=mnist5k", "data.num_clients=20", "train.rounds=2", "seed=2"]
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    if not (SHARED_DATA / "ardis_iv.npz").is_file():
-        pytest.skip(f"edge-case data not found at {SHARED_DATA} (ardis_iv.npz)")
-    return SHARED_DATA
 
 
 def row_set(x: np.ndarray) -> set[bytes]:
@@ -34,16 +26,16 @@ def honest_rows(task) -> set[bytes]:
 
 
 # -------------------------------------------------------------------------- ARDIS
-def test_ardis_attacker_set_is_66_sevens_labelled_1_plus_100_clean(shared_data):
+def test_ardis_attacker_set_is_66_sevens_labelled_1_plus_100_clean(edge_case_dir):
     task = get_task(load_config(None, [*MNIST5K, "attack.name=edge-case-pgd",
-                                       f"attack.edge_case_dir={shared_data}"]))
+                                       f"attack.edge_case_dir={edge_case_dir}"]))
     attack = task.attack
     assert attack.source == "ardis" and attack.target == 1
     pid = task.schedule.pool[0]
     x, y = attack.attacker_data(task, pid)
     assert len(y) == 66 + 100
-    ax, ay, tx, ty = load_ardis(shared_data)
-    assert torch.equal(x[:66], torch.from_numpy(ax[ay == 7][:66]))  # the first 10% of the 660 train 7s
+    ax, ay, tx, ty = load_ardis(edge_case_dir)
+    assert torch.equal(x[:66], torch.from_numpy(ax[ay == 7][:66]))  # the first 66 train 7s
     assert torch.all(y[:66] == 1)
     own = row_set(task.dataset.x_train[task.partitions[pid]])
     assert row_set(x[66:].numpy()) <= own  # clean part: the attacker's own examples
@@ -53,9 +45,9 @@ def test_ardis_attacker_set_is_66_sevens_labelled_1_plus_100_clean(shared_data):
     assert not (row_set(np.concatenate([ax, tx])) & honest_rows(task))
 
 
-def test_ardis_counts_and_target_follow_the_config(shared_data):
+def test_ardis_counts_and_target_follow_the_config(edge_case_dir):
     task = get_task(load_config(None, [*MNIST5K, "attack.name=edge-case", "attack.edge_case=ardis",
-                                       f"attack.edge_case_dir={shared_data}", "attack.num_edge_cases=10",
+                                       f"attack.edge_case_dir={edge_case_dir}", "attack.num_edge_cases=10",
                                        "attack.num_clean=300", "attack.target_label=4"]))
     pid = task.schedule.pool[0]
     x, y = task.attack.attacker_data(task, pid)

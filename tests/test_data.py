@@ -23,8 +23,8 @@ from fedsec.data import (
 from fedsec.data.base import stratified_split
 from fedsec.data.formats import read_idx
 from fedsec.errors import ConfigError, DataError
+from tests.conftest import SHARED_DATA
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 NAMES = ["ardis", "cifar10", "digits", "emnist-digits", "fashion-mnist", "mnist", "mnist5k"]
 

@@ -96,7 +96,7 @@ def test_means_and_stds_over_seeds(tmp_path, capsys):
     assert ma["final_backdoor_accuracy"]["mean"] == pytest.approx(65.0)
     assert ma["final_backdoor_accuracy"]["std"] == pytest.approx(math.sqrt(50.0))
     assert ma["max_backdoor_accuracy"]["mean"] == pytest.approx(85.0)
-    assert ma["precision"] == {"mean": None, "std": None, "n": 0, "values": []}
+    assert ma["precision"] == {"mean": None, "std": None, "n": 0, "values": [], "seeds": [], "ci": None}
     none = _group(rep, "fedavg", "none")["metrics"]
     assert none["final_main_accuracy"]["mean"] == pytest.approx(92.0)
     assert none["final_backdoor_accuracy"]["mean"] is None
@@ -124,7 +124,7 @@ def test_unfinished_run_is_reported_and_left_out(tmp_path, capsys):
     # its logged rounds (BA 0.99) do not reach the curves either
     assert g["curves"]["backdoor_accuracy"] == pytest.approx([5.0, 5.0, 5.0])
     assert f"- `{bad}`: unfinished (no summary.json; 3 rounds logged)" in md
-    assert "| multi-metrics | model-replacement | 82.0 | 83.0 | 5.0 | 10.0 | 100.0 | 50.0 | - | 1 of 2 |" in md
+    assert "| multi-metrics | model-replacement | 82.0 | 83.0 | 5.0 | 10.0 | 100.0 | 50.0 | - | - | - | 1 of 2 |" in md
 
 
 def test_compact_table_cells(tmp_path, capsys):
@@ -132,7 +132,7 @@ def test_compact_table_cells(tmp_path, capsys):
     assert "| defense \\ attack | none | model-replacement |" in md
     assert "| fedavg | 92.0 ± 2.8 / - | 82.0 ± 2.8 / 65.0 ± 7.1 |" in md
     assert "| multi-metrics | 92.0 ± 1.4 / - | 82.0 / 5.0 (n=1) |" in md
-    assert "| fedavg | none | 92.0 ± 2.8 | 95.5 ± 0.7 | - | - | - | - | - | 2 |" in md
+    assert "| fedavg | none | 92.0 ± 2.8 | 95.5 ± 0.7 | - | - | - | - | - | - | - | 2 |" in md
     printed = capsys.readouterr().out
     assert "| fedavg | 92.0 ± 2.8 / - | 82.0 ± 2.8 / 65.0 ± 7.1 |" in printed  # terminal too
 
@@ -298,9 +298,9 @@ def test_auroc_column_and_selection_quota_lines(tmp_path, capsys):
     assert mm["mean"] == pytest.approx(90.0) and mm["std"] == pytest.approx(10.0) and mm["n"] == 3
     fl = _group(rep, "flame", MR)["metrics"]["auroc"]
     assert fl["values"] == pytest.approx([75.0]) and fl["std"] is None
-    assert "| defense | attack | final MA | best MA | final BA | max BA | precision | recall | AUROC | seeds |" in md
-    assert f"| multi-metrics | {MR} | 90.0 ± 0.0 | 90.0 ± 0.0 | - | - | 25.0 ± 0.0 | 100.0 ± 0.0 | 90.0 ± 10.0 | 3 |" in md
-    assert f"| flame | {MR} | 90.0 ± 0.0 | 90.0 ± 0.0 | - | - | 25.0 ± 0.0 | 100.0 ± 0.0 | 75.0 | 3 |" in md
+    assert "| defense | attack | final MA | best MA | final BA | max BA | precision | recall | AUROC | attacker kept | BA − baseline | seeds |" in md
+    assert f"| multi-metrics | {MR} | 90.0 ± 0.0 | 90.0 ± 0.0 | - | - | 25.0 ± 0.0 | 100.0 ± 0.0 | 90.0 ± 10.0 | - | - | 3 |" in md
+    assert f"| flame | {MR} | 90.0 ± 0.0 | 90.0 ± 0.0 | - | - | 25.0 ± 0.0 | 100.0 ± 0.0 | 75.0 | - | - | 3 |" in md
     assert rep["sets"][0]["selection_quotas"] == [{"defense": "multi-metrics", "quota": quota}]
     line = (f"- multi-metrics {quota}: its precision and false-positive rate reflect that quota; "
             "its AUROC does not.")
@@ -310,5 +310,5 @@ def test_auroc_column_and_selection_quota_lines(tmp_path, capsys):
 
 def test_runs_without_auroc_or_quota_render_as_before(tmp_path, capsys):
     _, md = _report(make_sweep(tmp_path))
-    assert "| precision | recall | AUROC | seeds |" in md
+    assert "| precision | recall | AUROC | attacker kept | BA − baseline | seeds |" in md
     assert "50 = chance" not in md and "by design" not in md

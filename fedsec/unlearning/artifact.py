@@ -9,12 +9,12 @@ for. Loading checks both hashes and any q / M the caller insists on: a mismatch 
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from fedsec.atomic import atomic_torch_save
 from fedsec.config import ExperimentConfig
 from fedsec.errors import FedsecError
 from fedsec.unlearning.datamodel import Datamodel
@@ -58,18 +58,14 @@ class DatamodelArtifact:
     build_train_time_s: float
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save({
+        atomic_torch_save({
             "format": FORMAT, "B": self.datamodel.B, "b": self.datamodel.b,
             "lambda": self.datamodel.lam, "val_mse": self.datamodel.val_mse,
             "inputs_hash": self.inputs_hash, "config_hash": self.config_hash, "q": self.q,
             "num_models": self.num_models, "unit": self.unit,
             "build_wall_time_s": self.build_wall_time_s,
             "build_train_time_s": self.build_train_time_s,
-        }, tmp)
-        os.replace(tmp, path)
+        }, path)
 
 
 def load_artifact(path: str | Path, *, config_hash: str, inputs_hash: str,

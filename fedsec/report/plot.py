@@ -1,0 +1,147 @@
+"""The report's figures: MA/BA curves per set, and heatmaps of the backdoor's gain.
+
+matplotlib's object API with the Agg canvas (no display, pyplot's global state
+untouched); matplotlib is imported only here, when a figure is drawn.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedsec.report.build import ALL, set_title
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text)
+
+
+def plot_curves(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
+    """One PNG per set: a panel per column value, MA solid and BA dashed per row value.
+
+    Returns {set title ("" without extra axes): file name}. Uses matplotlib's object API
+    with the Agg canvas (no display, pyplot's global state untouched).
+    """
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    written = {}
+    for s in report["sets"]:
+        title = set_title(s)
+        name = "curves.png" if not title else "curves_" + _safe(title.replace(", ", "_")) + ".png"
+        row_vals = list(dict.fromkeys(g["row"] for g in s["groups"]))
+        col_vals = list(dict.fromkeys(g["col"] for g in s["groups"]))
+        cmap = colormaps["tab10" if len(row_vals) <= 10 else "tab20"]
+        colours = {r: cmap(i % cmap.N) for i, r in enumerate(row_vals)}
+        ncols = min(len(col_vals), 4)
+        nrows = -(-len(col_vals) // ncols)
+        legend_w = 0.6 + 0.06 * max(len(str(r)) for r in row_vals + [report["rows"] or ""])
+        fig = Figure(figsize=(4.2 * ncols + legend_w, 3.4 * nrows + 0.6))
+        FigureCanvasAgg(fig)
+        axs = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
+        groups = {(g["row"], g["col"]): g for g in s["groups"]}
+        for ax, cv in zip(axs, col_vals):
+            drawn = False
+            for rv in row_vals:
+                cur = groups[(rv, cv)]["curves"]
+                x = np.array(cur["round"], dtype=float)
+                for key, style in (("main_accuracy", "-"), ("backdoor_accuracy", "--")):
+                    y = np.array([np.nan if v is None else v for v in cur[key]], dtype=float)
+                    if np.isfinite(y).any():
+                        ax.plot(x, y, style, color=colours[rv], linewidth=1.5,
+                                marker="." if x.size < 3 else None)
+                        drawn = True
+            if not drawn:
+                ax.text(0.5, 0.5, "no finished run", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(f"{report['cols']}={cv}" if report["cols"] else ALL, fontsize="medium")
+            ax.set_ylim(-2, 102)
+            ax.set_xlabel("round")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel("accuracy (%)")
+            ax.grid(alpha=0.3)
+        for ax in axs[len(col_vals):]:
+            ax.set_visible(False)
+        handles = [Line2D([], [], color=colours[r], label=r) for r in row_vals]
+        handles += [Line2D([], [], color="black", linestyle="-", label="MA"),
+                    Line2D([], [], color="black", linestyle="--", label="BA")]
+        fig.legend(handles=handles, title=report["rows"] or None, loc="center right", fontsize="small")
+        fig.suptitle(f"{report['name']}" + (f" ({title})" if title else "")
+                     + (f": mean over {report['seed_axis']}s" if report["seed_axis"] else ""))
+        fig.tight_layout(rect=(0, 0, 1 - legend_w / fig.get_figwidth(), 1))
+        fig.savefig(out_dir / name, format="png", dpi=90)
+        written[title] = name
+    return written
+
+
+def heatmap_data(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per attacked column: the sets (rows) x the report's rows (columns) matrix of mean
+    final BA above the no-attack baseline (NaN where there is no such cell), and the
+    share of attack rounds the attacker was kept (NaN where the defense selects no one)."""
+    out: dict[str, dict[str, Any]] = {}
+    sets = report["sets"]
+    titles = [set_title(s) or ALL for s in sets]
+    for s_idx, s in enumerate(sets):
+        for g in s["groups"]:
+            if "ba_above_baseline" not in g:
+                continue
+            entry = out.setdefault(g["col"], {"sets": titles, "rows": [], "gain": {}, "kept": {}})
+            if g["row"] not in entry["rows"]:
+                entry["rows"].append(g["row"])
+            entry["gain"][(s_idx, g["row"])] = g["ba_above_baseline"]["mean"]
+            entry["kept"][(s_idx, g["row"])] = g["metrics"]["acceptance"]["mean"]
+    for entry in out.values():
+        shape = (len(entry["sets"]), len(entry["rows"]))
+        gain, kept = np.full(shape, np.nan), np.full(shape, np.nan)
+        for (i, row), v in entry["gain"].items():
+            gain[i, entry["rows"].index(row)] = np.nan if v is None else v
+        for (i, row), v in entry["kept"].items():
+            kept[i, entry["rows"].index(row)] = np.nan if v is None else v
+        used = ~np.all(np.isnan(gain), axis=1)  # sets without this attack drop out
+        entry.update(sets=[t for t, u in zip(entry["sets"], used) if u], gain=gain[used], kept=kept[used])
+    return out
+
+
+def plot_heatmaps(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
+    """One PNG per attacked column: set (e.g. regime) x defense, colour = mean final BA
+    above the no-attack baseline (percentage points), each cell annotated with it and,
+    for defenses that select clients, the share of attack rounds that kept the attacker.
+
+    Returns {column value: file name}."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    written = {}
+    for attack, entry in heatmap_data(report).items():
+        gain, kept = entry["gain"], entry["kept"]
+        if gain.size == 0:
+            continue
+        limit = max(10.0, float(np.nanmax(np.abs(gain))) if np.isfinite(gain).any() else 10.0)
+        fig = Figure(figsize=(1.3 * gain.shape[1] + 3.2, 0.55 * gain.shape[0] + 1.9))
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        image = ax.imshow(np.ma.masked_invalid(gain), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+        for i in range(gain.shape[0]):
+            for j in range(gain.shape[1]):
+                if np.isnan(gain[i, j]):
+                    ax.text(j, i, "·", ha="center", va="center", color="grey")
+                    continue
+                text = f"{gain[i, j]:+.1f}" + ("" if np.isnan(kept[i, j]) else f"\nkept {kept[i, j]:.0f}%")
+                ax.text(j, i, text, ha="center", va="center", fontsize="small",
+                        color="white" if abs(gain[i, j]) > 0.6 * limit else "black")
+        ax.set_xticks(range(gain.shape[1]), entry["rows"], rotation=30, ha="right")
+        ax.set_yticks(range(gain.shape[0]), entry["sets"])
+        ax.set_xlabel(report["rows"] or ALL)
+        fig.colorbar(image, ax=ax, label="final BA − no-attack BA (points)")
+        ax.set_title(f"{report['name']}: {report['cols']}={attack}" if report["cols"] else report["name"],
+                     fontsize="medium")
+        fig.tight_layout()
+        name = f"heatmap_{_safe(attack)}.png"
+        fig.savefig(out_dir / name, format="png", dpi=90)
+        written[attack] = name
+    return written
