@@ -33,7 +33,6 @@ from fedsec.training import TrainStats, flatten_params, train
 if TYPE_CHECKING:  # pragma: no cover
     from fedsec.config import ExperimentConfig
     from fedsec.data import Dataset
-    from fedsec.task import FederatedTask
 
 
 def num_classes(config: ExperimentConfig, dataset: Dataset | None) -> int:
@@ -47,20 +46,32 @@ def num_classes(config: ExperimentConfig, dataset: Dataset | None) -> int:
 
 @dataclass(frozen=True)
 class AttackContext:
-    """What a malicious client knows when it trains in a round.
+    """Everything a malicious client knows when it trains in a round, and nothing more.
 
-    ``round_examples`` is N_round, the examples of every client sampled this round
-    (the attacker's own poisoned set included): model replacement scales by
-    N_round / N_attacker, the knowledge Bagdasaryan et al. and Wang et al. grant the
-    attacker.
+    Three sources, built by ``FederatedTask.attack_context`` on the client:
+
+    - its own data: ``examples``, the clean training examples of its partition, and the
+      data set's ``input_shape``;
+    - the round's facts the server sends in the train message's ConfigRecord
+      (``fedsec.server.ROUND_FACTS``): ``attacker_index`` (its position in the
+      attacker pool, e.g. which DBA trigger part it stamps), ``num_attackers`` (the pool's
+      size) and ``round_examples``, N_round, the examples of every client sampled this
+      round (the attackers' poisoned sets included): model replacement scales by
+      N_round / N_attacker, the knowledge Bagdasaryan et al. and Wang et al. grant the
+      attacker. No client recomputes the server's sampling;
+    - its seeds and device: ``data_seed`` fixes its poisoned data (the same in every
+      round), ``seed`` its randomness in this round; ``device`` is where it trains.
     """
 
     server_round: int
     partition_id: int
-    attacker_index: int  # position of this client in the attacker pool
-    num_attackers: int  # size of the attacker pool
+    attacker_index: int
+    num_attackers: int
     round_examples: int
     target_label: int
+    examples: tuple[torch.Tensor, torch.Tensor]
+    input_shape: tuple[int, ...]
+    data_seed: int
     seed: int
     device: torch.device
 
@@ -118,19 +129,24 @@ class Attack:
         """The data set the federation is built from (before partitioning)."""
         return dataset
 
-    def attacker_data(self, task: FederatedTask, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The examples malicious client ``partition_id`` trains on."""
-        return task.client_data(partition_id)
+    def attacker_data(self, ctx: AttackContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """The examples the malicious client of ``ctx`` trains on (its own, unchanged here)."""
+        return ctx.examples
 
-    def backdoor_test_set(self, task: FederatedTask) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def num_examples(self, partition_size: int) -> int:
+        """How many examples :meth:`attacker_data` returns for a partition of this size: what
+        the attacker reports, and what the server counts into N_round."""
+        return partition_size
+
+    def backdoor_test_set(self, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Inputs and target labels that backdoor accuracy is measured on (None: untargeted)."""
         return None
 
     # ------------------------------------------------------------------- training
-    def local_update(self, model: torch.nn.Module, task: FederatedTask, ctx: AttackContext,
+    def local_update(self, model: torch.nn.Module, ctx: AttackContext,
                      train_kwargs: dict[str, Any]) -> TrainStats:
         """Train ``model`` (holding the global model) maliciously, in place."""
-        x, y = self.attacker_data(task, ctx.partition_id)
+        x, y = self.attacker_data(ctx)
         global_flat = flatten_params(model).detach().clone()
         stats = self.train(model, x, y, global_flat, ctx, train_kwargs)
         self.transform_update(model, global_flat, ctx, stats)

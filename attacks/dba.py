@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from attacks.base import AttackContext
 from attacks.procedures import scale_update
 from attacks.triggers import PatternTriggerAttack
 from fedsec.errors import ConfigError
@@ -35,13 +36,13 @@ class DBA(PatternTriggerAttack):
         if not self.scale > 0:
             raise ConfigError(f"attack.scale must be > 0, got {self.scale}")
 
-    def part_index(self, task, partition_id: int) -> int:
+    def part_index(self, ctx: AttackContext) -> int:
         """The bar this attacker stamps: its position in the attacker pool, mod num_parts."""
-        return task.schedule.pool.index(partition_id) % self.num_parts
+        return ctx.attacker_index % self.num_parts
 
-    def client_trigger(self, task, partition_id: int) -> np.ndarray:
-        _, height, width = task.dataset.input_shape
-        return self.parts(height, width)[self.part_index(task, partition_id)]
+    def client_trigger(self, ctx: AttackContext) -> np.ndarray:
+        _, height, width = ctx.input_shape
+        return self.parts(height, width)[self.part_index(ctx)]
 
     def transform_update(self, model, global_flat, ctx, stats) -> None:
         if self.scale != 1.0:

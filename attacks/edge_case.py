@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from attacks import edge_sources as src
-from attacks.base import Attack, num_classes
+from attacks.base import Attack, AttackContext, num_classes
 from fedsec.errors import ConfigError, DataError
 from fedsec.seeding import derive_seed
 
@@ -207,18 +207,22 @@ class EdgeCase(Attack):
             self._edge_train, self._edge_test = pool[: self.counts()[0]], test
         return self._edge_train, self._edge_test
 
-    def attacker_data(self, task, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if partition_id not in self._cache:
+    def attacker_data(self, ctx: AttackContext) -> tuple[torch.Tensor, torch.Tensor]:
+        if ctx.partition_id not in self._cache:
             edge_x, _ = self.edge_inputs()
             _, num_clean, _ = self.counts()
-            idx = task.partitions[partition_id]
-            rng = np.random.default_rng(derive_seed(task.config.federation_seed, "attacker-data", partition_id))
-            clean = np.resize(rng.permutation(idx), num_clean) if num_clean else idx[:0]
-            x = np.concatenate([edge_x, task.dataset.x_train[clean]])
-            y = np.concatenate([np.full(len(edge_x), self.target, dtype=np.int64), task.dataset.y_train[clean]])
-            self._cache[partition_id] = (torch.from_numpy(x), torch.from_numpy(y))
-        return self._cache[partition_id]
+            own_x, own_y = (t.numpy() for t in ctx.examples)
+            rng = np.random.default_rng(ctx.data_seed)
+            # num_clean of its own examples in a seeded order, repeated if it has fewer
+            clean = np.resize(rng.permutation(len(own_y)), num_clean) if num_clean else np.arange(0)
+            x = np.concatenate([edge_x, own_x[clean]])
+            y = np.concatenate([np.full(len(edge_x), self.target, dtype=np.int64), own_y[clean]])
+            self._cache[ctx.partition_id] = (torch.from_numpy(x), torch.from_numpy(y))
+        return self._cache[ctx.partition_id]
 
-    def backdoor_test_set(self, task) -> tuple[torch.Tensor, torch.Tensor]:
+    def num_examples(self, partition_size: int) -> int:
+        return len(self.edge_inputs()[0]) + self.counts()[1]
+
+    def backdoor_test_set(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
         _, test = self.edge_inputs()
         return torch.from_numpy(np.ascontiguousarray(test)), torch.full((len(test),), self.target, dtype=torch.int64)

@@ -35,14 +35,14 @@ class LabelFlip(Attack):
         if self.source_label == self.target:
             raise ConfigError(f"attack.source_label and the target label are both {self.target}; they must differ")
 
-    def attacker_data(self, task, partition_id: int):
-        if partition_id not in self._cache:
-            x, y = task.client_data(partition_id)
+    def attacker_data(self, ctx):
+        if ctx.partition_id not in self._cache:
+            x, y = ctx.examples
             flipped = torch.where(y == self.source_label, torch.full_like(y, self.target), y)
-            self._cache[partition_id] = (x, flipped)
-        return self._cache[partition_id]
+            self._cache[ctx.partition_id] = (x, flipped)
+        return self._cache[ctx.partition_id]
 
-    def backdoor_test_set(self, task):
-        d = task.dataset
+    def backdoor_test_set(self, dataset):
+        d = dataset
         x = d.x_test[d.y_test == self.source_label]
         return torch.from_numpy(x.copy()), torch.full((len(x),), self.target, dtype=torch.int64)

@@ -67,7 +67,6 @@ class Neurotoxin(PatternTriggerAttack):
 
     def __init__(self, target_label: int = -1, **params) -> None:
         super().__init__(target_label, **params)
-        self._clean: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.last_mask: torch.Tensor | None = None  # the mask of the latest update (tests, logs)
 
     def check(self, config, dataset) -> None:
@@ -75,15 +74,10 @@ class Neurotoxin(PatternTriggerAttack):
         if not 0 <= self.mask_fraction < 1:
             raise ConfigError(f"attack.mask_fraction must be in [0, 1), got {self.mask_fraction}")
 
-    def attacker_data(self, task, partition_id: int):
-        if partition_id not in self._clean:
-            self._clean[partition_id] = task.client_data(partition_id)
-        return super().attacker_data(task, partition_id)
-
     def train(self, model, x, y, global_flat, ctx, train_kwargs):
         device = ctx.device
         center = global_flat.to(device)
-        clean_x, clean_y = self._clean[ctx.partition_id]
+        clean_x, clean_y = ctx.examples
         mask = top_fraction_mask(mean_loss_gradient(model, clean_x, clean_y, device), self.mask_fraction)
         self.last_mask = mask
 

@@ -17,16 +17,13 @@ on the device the model trains on.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from attacks.base import AttackContext
 from fedsec.errors import ConfigError
 from fedsec.training import TrainStats, assign_flat_params, flatten_params, train
-
-if TYPE_CHECKING:  # pragma: no cover
-    from fedsec.task import FederatedTask
 
 
 def project_to_ball(model: torch.nn.Module, center: torch.Tensor, eps: float) -> bool:
@@ -108,14 +105,13 @@ class ProjectedGradientMixin:
         """The radius in ``eps_unit`` units."""
         return self.eps * self.eps_decay ** (server_round - 1)
 
-    def local_update(self, model: torch.nn.Module, task: FederatedTask, ctx: AttackContext,
+    def local_update(self, model: torch.nn.Module, ctx: AttackContext,
                      train_kwargs: dict[str, Any]) -> TrainStats:
         kwargs = {**train_kwargs, "device": ctx.device}
         radius = self.radius(ctx.server_round)
         if self.eps_unit == "benign-norm":
-            x_clean, y_clean = task.client_data(ctx.partition_id)
-            radius *= float(torch.linalg.vector_norm(benign_update(model, x_clean, y_clean, kwargs)))
-        x, y = self.attacker_data(task, ctx.partition_id)
+            radius *= float(torch.linalg.vector_norm(benign_update(model, *ctx.examples, kwargs)))
+        x, y = self.attacker_data(ctx)
         global_flat = flatten_params(model).detach().clone()
         stats = projected_train(model, x, y, global_flat.to(ctx.device), radius,
                                 self.project_every, kwargs)

@@ -24,9 +24,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from attacks.base import Attack
+from attacks.base import Attack, AttackContext
 from fedsec.errors import ConfigError
-from fedsec.seeding import derive_seed
 
 GLOBAL_PARTS = 4  # parts of the pattern that pixel-replacement, pgd and neurotoxin stamp whole
 
@@ -108,28 +107,26 @@ class PatternTriggerAttack(Attack):
         """The full trigger (H, W): the union of all parts."""
         return self.parts(height, width).any(axis=0)
 
-    def client_trigger(self, task, partition_id: int) -> np.ndarray:
-        """The mask client ``partition_id`` stamps; the global trigger unless overridden."""
-        _, height, width = task.dataset.input_shape
+    def client_trigger(self, ctx: AttackContext) -> np.ndarray:
+        """The mask the client of ``ctx`` stamps; the global trigger unless overridden."""
+        _, height, width = ctx.input_shape
         return self.global_trigger(height, width)
 
     # ------------------------------------------------------------- data, evaluation
-    def attacker_data(self, task, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if partition_id not in self._cache:
-            idx = task.partitions[partition_id]
-            x = task.dataset.x_train[idx]
-            y = task.dataset.y_train[idx].copy()
-            rng = np.random.default_rng(derive_seed(task.config.federation_seed, "attacker-data", partition_id))
-            count = max(1, round(self.poison_fraction * len(idx)))
-            poisoned = np.sort(rng.choice(len(idx), size=count, replace=False))
-            x = x.copy()
-            x[poisoned] = stamp(x[poisoned], self.client_trigger(task, partition_id))
+    def attacker_data(self, ctx: AttackContext) -> tuple[torch.Tensor, torch.Tensor]:
+        if ctx.partition_id not in self._cache:
+            x = ctx.examples[0].numpy().copy()
+            y = ctx.examples[1].numpy().copy()
+            rng = np.random.default_rng(ctx.data_seed)
+            count = max(1, round(self.poison_fraction * len(y)))
+            poisoned = np.sort(rng.choice(len(y), size=count, replace=False))
+            x[poisoned] = stamp(x[poisoned], self.client_trigger(ctx))
             y[poisoned] = self.target
-            self._cache[partition_id] = (torch.from_numpy(x), torch.from_numpy(y))
-        return self._cache[partition_id]
+            self._cache[ctx.partition_id] = (torch.from_numpy(x), torch.from_numpy(y))
+        return self._cache[ctx.partition_id]
 
-    def backdoor_test_set(self, task) -> tuple[torch.Tensor, torch.Tensor]:
-        d = task.dataset
+    def backdoor_test_set(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        d = dataset
         keep = d.y_test != self.target
         _, height, width = d.input_shape
         x = stamp(d.x_test[keep], self.global_trigger(height, width))

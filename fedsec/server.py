@@ -27,8 +27,8 @@ from fedsec.config import ExperimentConfig
 from fedsec.errors import ConfigError, RunError
 from fedsec.pretrain import initial_state
 from fedsec.results import MODEL_FILE, RunWriter
-from fedsec.task import FederatedTask, get_task, resolve_device
 from fedsec.seeding import derive_seed, rng
+from fedsec.task import FederatedTask, get_task, resolve_device
 from fedsec.training import evaluate, train
 
 IDENTIFY = f"{MessageType.QUERY}.identify"
@@ -160,7 +160,7 @@ def run_federation(
     for server_round in range(first_round, config.train.rounds + 1):
         sampled, malicious = schedule.sample(server_round)
         outcome = run_round(grid, strategy, arrays, server_round, sampled, node_of,
-                            partition_of, config)
+                            partition_of, config, task.attacker_facts(sampled, malicious))
         if schedule.enabled:
             outcome.record["malicious_clients"] = malicious
             outcome.record.update(detection_counts(outcome.record, malicious))
@@ -188,13 +188,20 @@ def run_round(
     node_of: dict[int, int],
     partition_of: dict[int, int],
     config: ExperimentConfig,
+    attacker_facts: dict[int, dict[str, int]] | None = None,
 ) -> RoundOutcome:
-    """One round of training and aggregation over the clients ``sampled``."""
+    """One round of training and aggregation over the clients ``sampled``.
+
+    ``attacker_facts`` (``FederatedTask.attacker_facts``) go into the train messages of the
+    round's attackers, whose ClientApps build their AttackContext from them: the server
+    is the simulation's adversary controller, so clients never recompute its sampling."""
     round_grid = RoundGrid(grid, [node_of[p] for p in sampled])
     # Told this round's size, the strategy samples exactly these nodes; told more, it
     # would wait for nodes that never come (Flower's sample_nodes has no timeout).
     _sample_exactly_the_given_nodes(strategy, len(sampled))
     messages = strategy.configure_train(server_round, arrays, ConfigRecord(), round_grid)
+    messages = [_with_facts(m, (attacker_facts or {}).get(partition_of.get(m.metadata.dst_node_id)))
+                for m in messages]
     replies = list(grid.send_and_receive(messages, timeout=config.engine.round_timeout))
     # A reply from a node outside this round (or an error the SuperLink wrote for a node
     # that vanished) cannot be attributed: only the round's own clients' replies count.
@@ -228,6 +235,19 @@ def run_round(
     return RoundOutcome(new_arrays, record)
 
 
+def _with_facts(message: Message, facts: dict[str, int] | None) -> Message:
+    """``message`` with ``facts`` added to its ConfigRecord (a copy: the strategy's messages
+    share one RecordDict), or ``message`` itself without facts."""
+    if not facts:
+        return message
+    content = RecordDict({key: record for key, record in message.content.items()})
+    for key, record in message.content.items():
+        if isinstance(record, ConfigRecord):
+            content[key] = ConfigRecord({**record, **facts})
+    return Message(content=content, message_type=message.metadata.message_type,
+                   dst_node_id=message.metadata.dst_node_id)
+
+
 class CentralEvaluator:
     """Server-side evaluation of a global model.
 
@@ -239,7 +259,7 @@ class CentralEvaluator:
         self.model = task.new_model()
         self.device = resolve_device(task.config.engine.device)
         self.x, self.y = task.test_data()
-        self.backdoor = task.attack.backdoor_test_set(task) if task.attack else None
+        self.backdoor = task.attack.backdoor_test_set(task.dataset) if task.attack else None
 
     def __call__(self, arrays: ArrayRecord) -> dict[str, float]:
         self.model.load_state_dict(arrays.to_torch_state_dict())

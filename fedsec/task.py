@@ -8,18 +8,25 @@ shared by the ServerApp and every ClientApp call in that process.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from attacks import Attack, build_attack
+from attacks import Attack, AttackContext, build_attack
 from fedsec.config import ExperimentConfig
 from fedsec.data import Dataset, load_dataset
 from fedsec.models import build_model
 from fedsec.partition import partition_indices
 from fedsec.sampling import AttackSchedule
 from fedsec.seeding import derive_seed
+
+#: ConfigRecord keys of the round's facts the server sends an attacker (AttackContext).
+ATTACKER_INDEX = "attacker-index"
+NUM_ATTACKERS = "num-attackers"
+ROUND_EXAMPLES = "round-examples"
 
 
 @dataclass(frozen=True)
@@ -70,11 +77,38 @@ class FederatedTask:
             "device": resolve_device(self.config.engine.device),
         }
 
-    def client_examples(self, partition_id: int, server_round: int) -> int:
-        """How many examples client ``partition_id`` trains on in ``server_round``."""
-        if self.attack is not None and self.schedule.is_malicious(partition_id, server_round):
-            return len(self.attack.attacker_data(self, partition_id)[1])
-        return len(self.partitions[partition_id])
+    # --------------------------------------------------------------- attackers
+    def attacker_facts(self, sampled: list[int], malicious: list[int]) -> dict[int, dict[str, int]]:
+        """What the server tells each attacker of a round (``sampled`` clients, ``malicious``
+        among them) in its train message's ConfigRecord: :data:`ATTACKER_INDEX`,
+        :data:`NUM_ATTACKERS` and :data:`ROUND_EXAMPLES` (N_round: the examples every
+        sampled client trains on, each attacker's poisoned set counted at its size)."""
+        if self.attack is None or not malicious:
+            return {}
+        bad = set(malicious)
+        n_round = sum(self.attack.num_examples(len(self.partitions[c])) if c in bad
+                      else len(self.partitions[c]) for c in sampled)
+        pool = self.schedule.pool
+        return {pid: {ATTACKER_INDEX: pool.index(pid), NUM_ATTACKERS: len(pool), ROUND_EXAMPLES: n_round}
+                for pid in malicious}
+
+    def attack_context(self, partition_id: int, server_round: int, facts: Mapping[str, Any]) -> AttackContext:
+        """The :class:`~attacks.AttackContext` of attacker ``partition_id``: its own data and
+        seeds from this task, the round's facts from the server (``facts``, the train
+        message's ConfigRecord, see :meth:`attacker_facts`)."""
+        return AttackContext(
+            server_round=server_round,
+            partition_id=partition_id,
+            attacker_index=int(facts[ATTACKER_INDEX]),
+            num_attackers=int(facts[NUM_ATTACKERS]),
+            round_examples=int(facts[ROUND_EXAMPLES]),
+            target_label=self.attack.target,
+            examples=self.client_data(partition_id),
+            input_shape=tuple(self.dataset.input_shape),
+            data_seed=derive_seed(self.config.federation_seed, "attacker-data", partition_id),
+            seed=derive_seed(self.config.seed, "attack", server_round, partition_id),
+            device=resolve_device(self.config.engine.device),
+        )
 
 
 def get_task(config: ExperimentConfig) -> FederatedTask:

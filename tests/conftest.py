@@ -1,5 +1,8 @@
 """Fixtures the test files share.
 
+``server_identity``: the task identity Flower's runtime sets in a ServerApp, which a
+``Message`` reads when it is built; tests that build messages outside a run use it.
+
 ``edge_case_dir``: a folder with the ARDIS IV and Southwest edge-case sets in the format
 of ``../shared/data`` (``ardis_iv.npz``: uint8 28x28 digits with labels;
 ``southwest_airplanes.npz``: uint8 32x32 RGB photos). In the development workspace it is
@@ -50,3 +53,12 @@ def edge_case_dir(tmp_path_factory) -> Path:
     if (SHARED_DATA / "ardis_iv.npz").is_file() and (SHARED_DATA / "southwest_airplanes.npz").is_file():
         return SHARED_DATA
     return write_edge_case_files(tmp_path_factory.mktemp("edge-cases"))
+
+
+@pytest.fixture
+def server_identity(monkeypatch):
+    """Messages record who sends them; Flower's runtime sets this in a ServerApp."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attribute in ("_task_id", "_run_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, attribute, 1)

@@ -28,6 +28,16 @@ def rounds_without_time(run_dir: Path) -> list[dict]:
             for r in read_metrics(Path(run_dir) / "metrics.jsonl")]
 
 
+def pool_context(task, pid: int):
+    """Attacker ``pid``'s AttackContext outside any round, as the server's facts would make
+    it (its poisoned data depend on its partition and data seed, not on the round)."""
+    from fedsec.task import ATTACKER_INDEX, NUM_ATTACKERS, ROUND_EXAMPLES
+
+    pool = task.schedule.pool
+    return task.attack_context(pid, 1, {ATTACKER_INDEX: pool.index(pid), NUM_ATTACKERS: len(pool),
+                                        ROUND_EXAMPLES: 0})
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 #: A small experiment (10 digits clients, an MLP, one local epoch): format it with

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pytest
 import torch
 
 from fedsec.config import load_config
 from fedsec.data import load_ardis
 from fedsec.task import get_task
+from tests.runs import pool_context
 
 DIGITS = ["data.name=digits", "model.name=mlp", "data.num_clients=6", "data.min_partition_size=5",
           "train.clients_per_round=3", "train.rounds=2", "engine.client_num_cpus=1", "seed=1"]
@@ -32,14 +30,14 @@ def test_ardis_attacker_set_is_66_sevens_labelled_1_plus_100_clean(edge_case_dir
     attack = task.attack
     assert attack.source == "ardis" and attack.target == 1
     pid = task.schedule.pool[0]
-    x, y = attack.attacker_data(task, pid)
+    x, y = attack.attacker_data(pool_context(task, pid))
     assert len(y) == 66 + 100
     ax, ay, tx, ty = load_ardis(edge_case_dir)
     assert torch.equal(x[:66], torch.from_numpy(ax[ay == 7][:66]))  # the first 66 train 7s
     assert torch.all(y[:66] == 1)
     own = row_set(task.dataset.x_train[task.partitions[pid]])
     assert row_set(x[66:].numpy()) <= own  # clean part: the attacker's own examples
-    bx, by = attack.backdoor_test_set(task)
+    bx, by = attack.backdoor_test_set(task.dataset)
     assert torch.equal(bx, torch.from_numpy(tx[ty == 7])) and len(by) == 100 and torch.all(by == 1)
     # honest data hold no ARDIS image at all
     assert not (row_set(np.concatenate([ax, tx])) & honest_rows(task))
@@ -50,7 +48,7 @@ def test_ardis_counts_and_target_follow_the_config(edge_case_dir):
                                        f"attack.edge_case_dir={edge_case_dir}", "attack.num_edge_cases=10",
                                        "attack.num_clean=300", "attack.target_label=4"]))
     pid = task.schedule.pool[0]
-    x, y = task.attack.attacker_data(task, pid)
+    x, y = task.attack.attacker_data(pool_context(task, pid))
     assert len(y) == 310 and torch.all(y[:10] == 4)
     assert len(task.partitions[pid]) < 300  # a partition smaller than num_clean is repeated
     assert len(row_set(x[10:].numpy())) == len(task.partitions[pid])
@@ -72,9 +70,9 @@ def test_tail_examples_leave_the_training_set_and_form_attacker_and_test_parts()
     # none of the selected examples remains in any partition
     assert not (row_set(original.x_train[chosen]) & honest_rows(task))
     pid = task.schedule.pool[0]
-    x, y = attack.attacker_data(task, pid)
+    x, y = attack.attacker_data(pool_context(task, pid))
     assert len(y) == 6 + 15 and torch.all(y[:6] == 5)
-    bx, by = attack.backdoor_test_set(task)
+    bx, by = attack.backdoor_test_set(task.dataset)
     assert len(by) == 4 and torch.all(by == 5)
     assert row_set(x[:6].numpy()) | row_set(bx.numpy()) == row_set(original.x_train[chosen])
     assert not row_set(x[:6].numpy()) & row_set(bx.numpy())

@@ -12,11 +12,11 @@ from attacks.dba import DBA
 from attacks.gaussian import gaussian_noise
 from attacks.procedures import project_to_ball, projected_train, scale_update
 from attacks.triggers import stamp, trigger_box, trigger_parts
-from fedsec.apps.client_app import attack_context
 from fedsec.config import load_config
 from fedsec.errors import ConfigError
-from fedsec.task import get_task
+from fedsec.task import ATTACKER_INDEX, NUM_ATTACKERS, ROUND_EXAMPLES, get_task
 from fedsec.training import assign_flat_params, flatten_params, train
+from tests.runs import pool_context
 
 # 8x8 digits, a 200-unit MLP, 6 clients; small triggers so that they fit 8x8 images.
 BASE = ["data.name=digits", "model.name=mlp", "data.num_clients=6", "data.min_partition_size=5",
@@ -39,20 +39,25 @@ def malicious_round(task) -> tuple[int, int]:
     raise AssertionError("no attack scheduled")
 
 
+def round_context(task, r: int, pid: int) -> AttackContext:
+    """Attacker ``pid``'s context in round ``r``, from the facts the server sends it."""
+    return task.attack_context(pid, r, task.attacker_facts(*task.schedule.sample(r))[pid])
+
+
 def run_attack(task):
     """The global model, the attacker's sent model, its context and stats."""
     r, pid = malicious_round(task)
     model = task.new_model()
     w0 = flatten_params(model).clone()
-    ctx = attack_context(task, pid, r)
-    stats = task.attack.local_update(model, task, ctx, task.train_kwargs(r, pid))
+    ctx = round_context(task, r, pid)
+    stats = task.attack.local_update(model, ctx, task.train_kwargs(r, pid))
     return w0, flatten_params(model), ctx, stats, (r, pid)
 
 
 def honest_copy(task, r: int, pid: int, data=None) -> torch.Tensor:
     """What plain training from the global model on ``data`` gives (the same seed)."""
     model = task.new_model()
-    x, y = data if data is not None else task.attack.attacker_data(task, pid)
+    x, y = data if data is not None else task.attack.attacker_data(pool_context(task, pid))
     train(model, x, y, **task.train_kwargs(r, pid))
     return flatten_params(model)
 
@@ -163,14 +168,16 @@ def test_model_replacement_scales_the_trained_update_by_n_round_over_n_attacker(
     extra = TRIGGER if attack == "pixel-replacement" else ["attack.edge_case=tail", "attack.eps=0.5"]
     task = task_for(f"attack.name={attack}", "attack.every=2", *extra)
     w0, sent, ctx, stats, (r, pid) = run_attack(task)
-    n_attacker = len(task.attack.attacker_data(task, pid)[1])
+    n_attacker = len(task.attack.attacker_data(ctx)[1])
     assert stats.num_examples == n_attacker
-    clients, _ = task.schedule.sample(r)
-    assert ctx.round_examples == sum(task.client_examples(c, r) for c in clients)
+    clients, bad = task.schedule.sample(r)
+    # N_round: every sampled client's training set, the attackers' poisoned ones included
+    assert ctx.round_examples == sum(len(task.attack.attacker_data(pool_context(task, c))[1]) if c in bad
+                                     else len(task.partitions[c]) for c in clients)
     factor = ctx.round_examples / n_attacker
     assert factor > 2
     trained = task.new_model()
-    x, y = task.attack.attacker_data(task, pid)
+    x, y = task.attack.attacker_data(ctx)
     task.attack.train(trained, x, y, w0, ctx, task.train_kwargs(r, pid))  # deterministic: same seed
     torch.testing.assert_close(sent - w0, factor * (flatten_params(trained) - w0), rtol=1e-5, atol=1e-6)
 
@@ -201,7 +208,7 @@ def test_dba_attacker_stamps_its_own_part_and_ba_uses_the_full_trigger():
     parts = attack.parts(8, 8)
     pool = task.schedule.pool
     for i, pid in enumerate(pool):
-        x, y = attack.attacker_data(task, pid)
+        x, y = attack.attacker_data(pool_context(task, pid))
         clean_x, clean_y = task.client_data(pid)
         changed = (x != clean_x).any(dim=(1, 2, 3)) | (y != clean_y)
         poisoned = y == attack.target
@@ -212,7 +219,7 @@ def test_dba_attacker_stamps_its_own_part_and_ba_uses_the_full_trigger():
         assert torch.all(stamped[changed] == 1.0)  # own part stamped where poisoned
         assert torch.equal(x[changed][:, 0][:, other], clean_x[changed][:, 0][:, other])  # other part untouched
         assert torch.all(poisoned[changed])
-    bx, by = attack.backdoor_test_set(task)
+    bx, by = attack.backdoor_test_set(task.dataset)
     full = torch.from_numpy(parts.any(axis=0))
     assert torch.all(bx[:, 0][:, full] == 1.0) and torch.all(by == attack.target)
     assert len(by) == int((task.dataset.y_test != attack.target).sum())
@@ -251,37 +258,61 @@ def test_gaussian_replaces_the_update_by_seeded_noise():
     expected = w0 + gaussian_noise(w0.numel(), 0.3, ctx.seed, torch.device("cpu"))
     assert torch.equal(sent, expected)
     assert (sent - w0).std().item() == pytest.approx(0.3, rel=0.02)
-    assert task.attack.backdoor_test_set(task) is None
+    assert task.attack.backdoor_test_set(task.dataset) is None
 
 
 def test_label_flip_relabels_exactly_the_source_class():
     task = task_for("attack.name=label-flip", "attack.source_label=3", "attack.target_label=8")
     pid = task.schedule.pool[0]
-    x, y = task.attack.attacker_data(task, pid)
+    x, y = task.attack.attacker_data(pool_context(task, pid))
     cx, cy = task.client_data(pid)
     assert torch.equal(x, cx)
     assert torch.equal(y[cy == 3], torch.full_like(y[cy == 3], 8))
     assert torch.equal(y[cy != 3], cy[cy != 3])
     assert (cy == 3).any()
-    bx, by = task.attack.backdoor_test_set(task)
+    bx, by = task.attack.backdoor_test_set(task.dataset)
     assert len(bx) == int((task.dataset.y_test == 3).sum()) and torch.all(by == 8)
 
 
 def test_attacker_data_is_cached_and_seeded():
     task = task_for("attack.name=pixel-replacement", *TRIGGER)
     pid = task.schedule.pool[0]
-    a = task.attack.attacker_data(task, pid)
-    assert task.attack.attacker_data(task, pid) is a
+    a = task.attack.attacker_data(pool_context(task, pid))
+    assert task.attack.attacker_data(pool_context(task, pid)) is a
     fresh = type(task.attack)(target_label=-1, trigger_size=2, trigger_gap=1)
-    b = fresh.attacker_data(task, pid)
+    b = fresh.attacker_data(pool_context(task, pid))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     poisoned = (a[1] == 2) & (task.client_data(pid)[1] != 2)
     assert poisoned.any()
 
 
-def test_attack_context_is_the_clients_view():
-    task = task_for("attack.name=pixel-replacement", "attack.every=2", *TRIGGER)
-    r, pid = malicious_round(task)
-    ctx = attack_context(task, pid, r)
-    assert isinstance(ctx, AttackContext) and ctx.target_label == 2
-    assert ctx.attacker_index == task.schedule.pool.index(pid)
+def test_the_attack_context_is_its_own_data_and_the_facts_the_server_sends():
+    task = task_for("attack.name=pixel-replacement", "attack.every=2", "attack.num_attackers=3",
+                    "attack.attackers_per_round=2", *TRIGGER)
+    r, _ = malicious_round(task)
+    clients, bad = task.schedule.sample(r)
+    facts = task.attacker_facts(clients, bad)
+    assert sorted(facts) == sorted(bad) and len(bad) == 2  # honest clients are told nothing
+    for pid in bad:
+        ctx = task.attack_context(pid, r, facts[pid])
+        assert isinstance(ctx, AttackContext) and ctx.target_label == 2
+        assert ctx.attacker_index == task.schedule.pool.index(pid) and ctx.num_attackers == 3
+        assert ctx.round_examples == sum(len(task.partitions[c]) for c in clients)  # same-size poison
+        assert all(torch.equal(a, b) for a, b in zip(ctx.examples, task.client_data(pid), strict=True))
+        assert ctx.input_shape == (1, 8, 8)
+    assert task.attacker_facts(clients, []) == {}
+
+
+def test_only_the_attackers_train_messages_carry_the_facts(server_identity):
+    from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+
+    from fedsec.server import _with_facts
+
+    shared = RecordDict({"arrays": ArrayRecord(), "config": ConfigRecord({"server-round": 3})})
+    honest, attacker = (Message(content=shared, message_type="train", dst_node_id=n) for n in (1, 2))
+    assert _with_facts(honest, None) is honest
+    sent = _with_facts(attacker, {ATTACKER_INDEX: 1, NUM_ATTACKERS: 2, ROUND_EXAMPLES: 90})
+    assert dict(sent.content["config"]) == {"server-round": 3, ATTACKER_INDEX: 1, NUM_ATTACKERS: 2,
+                                            ROUND_EXAMPLES: 90}
+    assert dict(honest.content["config"]) == {"server-round": 3}  # the shared record is untouched
+    assert sent.metadata.dst_node_id == 2 and sent.content["arrays"] is shared["arrays"]

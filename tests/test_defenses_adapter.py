@@ -18,18 +18,11 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 import defenses
 from fedsec.errors import ConfigError
 
-
-@pytest.fixture(autouse=True)
-def server_identity(monkeypatch):
-    """Messages record who sends them; Flower's runtime sets this in a ServerApp."""
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+pytestmark = pytest.mark.usefixtures("server_identity")  # tests/conftest.py
 
 
 class StubGrid:

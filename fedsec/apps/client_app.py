@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
-from attacks import AttackContext
 from fedsec.config import ExperimentConfig
-from fedsec.seeding import derive_seed
-from fedsec.task import FederatedTask, get_task, resolve_device
+from fedsec.task import ATTACKER_INDEX, get_task
 from fedsec.training import train
 
 app = ClientApp()
@@ -41,8 +46,11 @@ def local_train(msg: Message, context: Context) -> Message:
     model = task.new_model()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     kwargs = task.train_kwargs(server_round, pid)
-    if task.attack is not None and task.schedule.is_malicious(pid, server_round):
-        stats = task.attack.local_update(model, task, attack_context(task, pid, server_round), kwargs)
+    config_record = msg.content["config"]
+    if task.attack is not None and ATTACKER_INDEX in config_record:
+        # the server made this client one of the round's attackers (fedsec.server.run_round)
+        ctx = task.attack_context(pid, server_round, config_record)
+        stats = task.attack.local_update(model, ctx, kwargs)
     else:
         x, y = task.client_data(pid)
         stats = train(model, x, y, **kwargs)
@@ -55,19 +63,3 @@ def local_train(msg: Message, context: Context) -> Message:
         }),
     })
     return Message(content, reply_to=msg)
-
-
-def attack_context(task: FederatedTask, pid: int, server_round: int) -> AttackContext:
-    """What malicious client ``pid`` knows in ``server_round``."""
-    schedule = task.schedule
-    clients, _ = schedule.sample(server_round)
-    return AttackContext(
-        server_round=server_round,
-        partition_id=pid,
-        attacker_index=schedule.pool.index(pid),
-        num_attackers=len(schedule.pool),
-        round_examples=sum(task.client_examples(c, server_round) for c in clients),
-        target_label=task.attack.target,
-        seed=derive_seed(task.config.seed, "attack", server_round, pid),
-        device=resolve_device(task.config.engine.device),
-    )

@@ -37,6 +37,7 @@ from fedsec.config import ExperimentConfig, load_config, parse_client_ids
 from fedsec.errors import ConfigError, FedsecError
 from fedsec.results import CONFIG_FILE, METRICS_FILE, MODEL_FILE, read_metrics
 from fedsec.seeding import derive_seed, rng
+from fedsec.task import ATTACKER_INDEX, NUM_ATTACKERS, ROUND_EXAMPLES
 from fedsec.training import evaluate, predict_logits
 from fedsec.unlearning import METHODS
 from fedsec.unlearning.artifact import (
@@ -126,13 +127,16 @@ class Federation:
 
     def backdoor_set(self):
         attack = self.task.attack
-        return attack.backdoor_test_set(self.task) if attack is not None else None
+        return attack.backdoor_test_set(self.task.dataset) if attack is not None else None
 
 
 def poisoned_examples(task, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The examples attacker ``partition_id`` trains on that its partition does not hold
     (same input and label): what a cooperating attacker would hand over beyond its clean data."""
-    x, y = task.attack.attacker_data(task, partition_id)
+    pool = task.schedule.pool
+    # its poisoned data do not depend on the round (only on its partition and data seed)
+    facts = {ATTACKER_INDEX: pool.index(partition_id), NUM_ATTACKERS: len(pool), ROUND_EXAMPLES: 0}
+    x, y = task.attack.attacker_data(task.attack_context(partition_id, 1, facts))
     own_x, own_y = task.client_data(partition_id)
     own = {(a.numpy().tobytes(), int(b)) for a, b in zip(own_x, own_y)}
     new = [i for i, (a, b) in enumerate(zip(x, y)) if (a.numpy().tobytes(), int(b)) not in own]
