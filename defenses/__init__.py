@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Callable
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
@@ -74,13 +75,16 @@ def defense_parameters(name: str) -> dict[str, Any]:
 
 
 def build_defense(
-    name: str, params: dict[str, Any], *, seed: int = 0, **strategy_kwargs: Any
+    name: str, params: dict[str, Any], *, seed: int = 0,
+    root_update_fn: Callable | None = None, **strategy_kwargs: Any
 ) -> DefenseStrategy:
-    """Build defense ``name`` with ``params`` as a Flower strategy.
+    """Build defense ``name`` with ``params`` as a Flower strategy, every setting given here.
 
-    ``seed`` seeds defenses that draw random numbers (weak-dp, flame). Keyword
-    arguments beyond it go to the strategy (``device``, Flower ``FedAvg`` parameters,
-    FLTrust's ``root_update_fn``). Raises ``ConfigError`` for an unknown name or
+    ``seed`` seeds defenses that draw random numbers (weak-dp, flame).
+    ``root_update_fn(server_round, global_arrays) -> ArrayRecord`` is the server's training
+    on a clean root set; it goes to the defenses that use one (``needs_root_update``:
+    FLTrust) and no other. Further keyword arguments go to the strategy (``device``,
+    Flower ``FedAvg`` parameters). Raises ``ConfigError`` for an unknown name or
     parameter, a wrong type or a value out of range.
     """
     cls = _strategy_class(name)
@@ -101,6 +105,8 @@ def build_defense(
     kwargs = dict(params)
     if SEED_PARAMETER in {spec.name for spec in fields(cls.rule_class)}:
         kwargs[SEED_PARAMETER] = seed
+    if cls.needs_root_update:
+        strategy_kwargs["root_update_fn"] = root_update_fn
     return cls(**kwargs, **strategy_kwargs)
 
 

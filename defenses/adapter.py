@@ -30,12 +30,15 @@ CLIENT_KEY_METRIC = "partition-id"
 
 @dataclass
 class RoundReport:
-    """Verdicts of one ``aggregate_train`` call, keyed by client key.
+    """What one round's aggregation returns: the new model, the train metrics and the
+    defense's verdicts, keyed by client key.
 
     A client key is the reply's MetricRecord ``partition-id`` when present, else the
     sender's node id.
 
     round: the server round.
+    arrays: the new global model; None when no new model came out of the round.
+    metrics: the accepted replies' train metrics, aggregated (None if they disagree).
     accepted: clients whose model went into the new global model (sorted).
     rejected: valid replies the defense left out (sorted).
     invalid: replies refused before the defense saw them, with the reason.
@@ -45,12 +48,23 @@ class RoundReport:
     """
 
     round: int
+    arrays: ArrayRecord | None = None
+    metrics: MetricRecord | None = None
     accepted: list[int] = field(default_factory=list)
     rejected: list[int] = field(default_factory=list)
     invalid: dict[int, str] = field(default_factory=dict)
     scores: dict[int, float] = field(default_factory=dict)
     kept_previous: bool = False
     note: str = ""
+
+    def verdict_metrics(self) -> dict[str, list[int] | list[float]]:
+        """The verdicts as MetricRecord values (lists of ints and floats; refusal
+        reasons are text, so only the refused keys): what ``aggregate_train`` adds to
+        the train metrics for Flower's own round loop (``Strategy.start``)."""
+        scored = sorted(self.scores)
+        return {"defense-accepted": list(self.accepted), "defense-rejected": list(self.rejected),
+                "defense-refused": sorted(self.invalid), "defense-scored": scored,
+                "defense-scores": [float(self.scores[k]) for k in scored]}
 
 
 @dataclass
@@ -75,13 +89,13 @@ class DefenseStrategy(FedAvg):
         ``weighted_by_key``, ``train_metrics_aggr_fn``, ...).
 
     Each round, ``configure_train`` remembers the global ``ArrayRecord`` it sends. In
-    ``aggregate_train`` a reply is refused (logged, listed in ``last_report.invalid``)
+    ``aggregate_round`` a reply is refused (logged, listed in the report's ``invalid``)
     if it carries an error, lacks exactly one ArrayRecord or one MetricRecord with a
     finite ``weighted_by_key`` value > 0, has other array keys, shapes or dtypes than
     the global model, holds NaN/Inf, or shares its client key with another reply.
     Flower's own all-or-nothing consistency check is not used. The rest go to the
-    rule; if none is left, or the rule keeps the model, ``aggregate_train`` returns
-    ``(None, None)`` and Flower keeps the previous global model.
+    rule; if none is left, or the rule keeps the model, the report's ``arrays`` is None
+    (``aggregate_train`` returns no model) and the previous global model stays.
 
     The rule sees the floating-point arrays only, flattened in the global record's key
     order, as float32 (float64 if any array is float64); the new model is cast back
@@ -90,20 +104,25 @@ class DefenseStrategy(FedAvg):
     change them. Train metrics are aggregated by ``train_metrics_aggr_fn`` (FedAvg's
     weighted mean by default) over the accepted replies only.
 
-    After each ``aggregate_train``, ``last_report`` holds a :class:`RoundReport`.
+    :meth:`aggregate_round` returns the round's :class:`RoundReport` (model, metrics,
+    verdicts): fedsec's round loop calls it. Flower's ``aggregate_train`` hook returns
+    its model and its metrics with the verdicts added (:meth:`RoundReport.verdict_metrics`),
+    so Flower's own loop (``Strategy.start``) records them per round too.
     ``state_dict()`` / ``load_state_dict()`` checkpoint the rule's state (FoolsGold
     histories, noise stream positions).
     """
 
     #: The rule class a named defense wraps (the registry lists its parameters).
     rule_class: ClassVar[type[AggregationRule]] = AggregationRule
+    #: Whether the strategy takes ``root_update_fn``, the server's training on a clean
+    #: root set (FLTrust); ``defenses.build_defense`` hands it only to those.
+    needs_root_update: ClassVar[bool] = False
 
     def __init__(self, rule: AggregationRule, *, device: str = "cpu", **fedavg_kwargs: Any):
         rule.validate()
         super().__init__(**fedavg_kwargs)
         self.rule = rule
         self.device = _parse_device(device)
-        self.last_report: RoundReport | None = None
         self._global_arrays: ArrayRecord | None = None
 
     def summary(self) -> None:
@@ -129,12 +148,19 @@ class DefenseStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Check each reply, run the rule on the valid ones, report the verdicts."""
+        """Flower's hook: :meth:`aggregate_round`'s model, and its train metrics with the
+        verdicts added (``defense-accepted``, ``-rejected``, ``-refused``, ``-scored``,
+        ``-scores``)."""
+        report = self.aggregate_round(server_round, replies)
+        return report.arrays, MetricRecord({**(report.metrics or {}), **report.verdict_metrics()})
+
+    def aggregate_round(self, server_round: int, replies: Iterable[Message]) -> RoundReport:
+        """Check each reply, run the rule on the valid ones; return the new model (None:
+        keep the previous one), the accepted replies' train metrics and the verdicts."""
         if self._global_arrays is None:
             raise RuntimeError("configure_train must run before aggregate_train")
         layout = ModelLayout(self._global_arrays)
         report = RoundReport(round=server_round)
-        self.last_report = report
         models, valid = self._load_valid(list(replies), layout, report)
         if not valid:
             return self._keep_previous(report, "no valid reply")
@@ -158,9 +184,10 @@ class DefenseStrategy(FedAvg):
             return self._keep_previous(report, result.note)
         log(INFO, "aggregate_train: %s accepted %s, rejected %s", self.rule.name,
             report.accepted, report.rejected)
-        arrays = layout.unflatten(result.model, self._global_arrays)
+        report.arrays = layout.unflatten(result.model, self._global_arrays)
         contents = [r.content for r, ok in zip(valid, accepted, strict=True) if ok]
-        return arrays, self._aggregate_metrics(contents)
+        report.metrics = self._aggregate_metrics(contents)
+        return report
 
     def _load_valid(
         self, replies: list[Message], layout: ModelLayout, report: RoundReport
@@ -234,12 +261,10 @@ class DefenseStrategy(FedAvg):
         log(WARNING, "aggregate_train: refused reply of client %s: %s", key, reason)
         report.invalid[key] = reason
 
-    def _keep_previous(
-        self, report: RoundReport, note: str
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def _keep_previous(self, report: RoundReport, note: str) -> RoundReport:
         report.kept_previous, report.note = True, note
         log(WARNING, "aggregate_train: kept the previous global model (%s)", note)
-        return None, None
+        return report
 
 
 class ModelLayout:

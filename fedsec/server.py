@@ -2,11 +2,13 @@
 
 Each round: choose clients by partition id with the seeded sampler, let the strategy
 build its messages (``configure_train``) over a view of the grid that holds only those
-clients, send them, hand the replies, in partition order, to the strategy's
-``aggregate_train``, evaluate the new global model centrally and log the round.
+clients (the round's attackers' messages carry the facts they are told), send them, hand
+the replies, in partition order, to the strategy's ``aggregate_round``, evaluate the new
+global model centrally and log the round with the verdicts it returned.
 
-The strategy is any Flower ``FedAvg``-style strategy: fedsec's defenses or Flower's own.
-It sees only the replies; which clients were malicious is known to the loop alone.
+The strategy is a :class:`defenses.DefenseStrategy` (any of fedsec's defenses, built
+with every setting by ``defenses.build_defense``). It sees only the replies; which
+clients were malicious is known to the loop alone.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from defenses import build_defense
+from defenses import DefenseStrategy, build_defense
 from fedsec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedsec.config import ExperimentConfig
 from fedsec.errors import ConfigError, RunError
@@ -136,9 +138,8 @@ def run_federation(
     torch.set_num_threads(config.engine.client_num_cpus)
     task = get_task(config)
     strategy = build_defense(config.defense.name, config.defense.params, seed=config.seed,
-                             device=str(resolve_device(config.engine.device)))
-    if hasattr(strategy, "root_update_fn"):  # defenses that train on a server root set
-        strategy.root_update_fn = RootTrainer(task)
+                             device=str(resolve_device(config.engine.device)),
+                             root_update_fn=RootTrainer(task))
     checkpoint = load_checkpoint(out_dir) if resume else None
     if checkpoint is None:
         first_round = 1
@@ -146,8 +147,7 @@ def run_federation(
     else:
         first_round = checkpoint.round + 1
         arrays = ArrayRecord(checkpoint.model)
-        if hasattr(strategy, "load_state_dict"):
-            strategy.load_state_dict(checkpoint.strategy)
+        strategy.load_state_dict(checkpoint.strategy)
         progress(f"fedsec: resuming after round {checkpoint.round}")
     writer = RunWriter(out_dir, config, keep_rounds=first_round - 1)
     schedule = task.schedule
@@ -171,7 +171,7 @@ def run_federation(
         if every and (server_round % every == 0 or server_round == config.train.rounds):
             save_checkpoint(out_dir, Checkpoint(
                 round=server_round, model=arrays.to_torch_state_dict(),
-                strategy=strategy.state_dict() if hasattr(strategy, "state_dict") else {},
+                strategy=strategy.state_dict(),
             ))
         progress(_progress_line(record, config.train.rounds))
 
@@ -181,7 +181,7 @@ def run_federation(
 
 def run_round(
     grid: Grid,
-    strategy,
+    strategy: DefenseStrategy,
     arrays: ArrayRecord,
     server_round: int,
     sampled: list[int],
@@ -217,22 +217,20 @@ def run_round(
                       kept_previous_reason=f"{len(answered)} valid replies, fewer than "
                                            f"train.min_replies = {config.train.min_replies}")
         return RoundOutcome(arrays, record)
-    new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
-    record["train_loss"] = _metric(train_metrics, "train_loss")
-    report = getattr(strategy, "last_report", None)
-    if report is not None and getattr(report, "round", None) == server_round:
-        record["accepted_clients"] = sorted(report.accepted)
-        record["rejected_clients"] = sorted(report.rejected)
-        if report.scores:  # the rule's per-client score (see its docstring), for AUROC
-            record["scores"] = {str(k): v for k, v in sorted(report.scores.items())}
-        if report.invalid:
-            record["invalid_clients"] = {str(k): v for k, v in sorted(report.invalid.items())}
-    if new_arrays is None:
+    report = strategy.aggregate_round(server_round, replies)
+    record["train_loss"] = _metric(report.metrics, "train_loss")
+    record["accepted_clients"] = sorted(report.accepted)
+    record["rejected_clients"] = sorted(report.rejected)
+    if report.scores:  # the rule's per-client score (see its docstring), for AUROC
+        record["scores"] = {str(k): v for k, v in sorted(report.scores.items())}
+    if report.invalid:
+        record["invalid_clients"] = {str(k): v for k, v in sorted(report.invalid.items())}
+    if report.arrays is None:
         record["kept_previous_model"] = True
-        if report is not None and report.note:
+        if report.note:
             record["kept_previous_reason"] = report.note
-        new_arrays = arrays
-    return RoundOutcome(new_arrays, record)
+        return RoundOutcome(arrays, record)
+    return RoundOutcome(report.arrays, record)
 
 
 def _with_facts(message: Message, facts: dict[str, int] | None) -> Message:

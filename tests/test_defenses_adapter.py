@@ -104,11 +104,10 @@ def test_a_nan_reply_and_a_wrong_shape_reply_are_refused_and_the_rest_aggregated
     ]
     strategy = started(defenses.FedAvg(), model_arrays(99), [100, 101, 102, 200, 201])
     with caplog.at_level(logging.WARNING, logger="flwr"):
-        arrays, _ = strategy.aggregate_train(1, replies)
+        report = strategy.aggregate_round(1, replies)
     expected, _ = FlowerFedAvg().aggregate_train(1, good_replies(3))
-    np.testing.assert_allclose(arrays["fc.weight"].numpy(), expected["fc.weight"].numpy(),
+    np.testing.assert_allclose(report.arrays["fc.weight"].numpy(), expected["fc.weight"].numpy(),
                                rtol=1e-6)
-    report = strategy.last_report
     assert report.accepted == [0, 1, 2] and report.rejected == []
     assert set(report.invalid) == {7, 8}
     assert "NaN" in report.invalid[7] and "fc.bias" in report.invalid[8]
@@ -135,9 +134,8 @@ def test_every_kind_of_bad_reply_is_refused_without_failing_the_round():
         *good_replies(2),
     ]
     strategy = started(defenses.FedAvg(), model_arrays(99), [*range(300, 307), 100, 101])
-    arrays, _ = strategy.aggregate_train(1, replies)
-    assert arrays is not None
-    report = strategy.last_report
+    report = strategy.aggregate_round(1, replies)
+    assert report.arrays is not None
     assert report.accepted == [0, 1]
     assert sorted(report.invalid) == list(range(300, 307))
     assert "client crashed" in report.invalid[300]
@@ -151,9 +149,9 @@ def test_every_kind_of_bad_reply_is_refused_without_failing_the_round():
 def test_all_bad_replies_keep_the_previous_model(caplog):
     strategy = started(defenses.MultiMetrics(), model_arrays(99), [300, 301])
     with caplog.at_level(logging.WARNING, logger="flwr"):
-        result = strategy.aggregate_train(1, [error_reply(300), reply(301, None, None)])
-    assert result == (None, None)
-    assert strategy.last_report.kept_previous
+        report = strategy.aggregate_round(1, [error_reply(300), reply(301, None, None)])
+    assert report.arrays is None and report.metrics is None and report.kept_previous
+    assert report.note == "no valid reply"
     assert "kept the previous global model" in caplog.text
 
 
@@ -161,12 +159,12 @@ def test_two_replies_claiming_one_client_key_are_both_refused():
     replies = good_replies(3)
     replies.append(reply(999, model_arrays(9), {"num-examples": 1, "partition-id": 2}))
     strategy = started(defenses.FedAvg(), model_arrays(99), [100, 101, 102, 999])
-    strategy.aggregate_train(1, replies)
-    assert strategy.last_report.accepted == [0, 1]
-    assert "several replies" in strategy.last_report.invalid[2]
+    report = strategy.aggregate_round(1, replies)
+    assert report.accepted == [0, 1]
+    assert "several replies" in report.invalid[2]
 
 
-def test_last_report_lists_verdicts_and_scores_of_a_defense():
+def test_the_round_report_lists_verdicts_and_scores_of_a_defense():
     global_arrays = model_arrays(99)
     replies = [
         reply(100 + i, model_arrays(50, shift=0.01 * i),
@@ -176,8 +174,8 @@ def test_last_report_lists_verdicts_and_scores_of_a_defense():
     outlier = model_arrays(51, shift=30.0)
     replies.append(reply(106, outlier, {"num-examples": 10, "partition-id": 6, "train_loss": 9.0}))
     strategy = started(defenses.Krum(num_malicious=1), global_arrays, list(range(100, 107)))
-    _, metrics = strategy.aggregate_train(4, replies)
-    report = strategy.last_report
+    report = strategy.aggregate_round(4, replies)
+    metrics = report.metrics
     assert report.round == 4
     assert len(report.accepted) == 1 and 6 in report.rejected
     assert sorted(report.accepted + report.rejected) == list(range(7))
@@ -188,17 +186,42 @@ def test_last_report_lists_verdicts_and_scores_of_a_defense():
     assert dict(metrics) == {"train_loss": 0.5 + report.accepted[0]}
 
 
+def test_flowers_hook_returns_the_model_and_the_verdicts_in_the_train_metrics():
+    # Flower's own loop (Strategy.start) sees only aggregate_train's return value.
+    global_arrays = model_arrays(99)
+    replies = [reply(100 + i, model_arrays(50, shift=0.01 * i),
+                     {"num-examples": 10, "partition-id": i, "train_loss": 1.0}) for i in range(6)]
+    replies.append(reply(106, model_arrays(51, shift=30.0), {"num-examples": 10, "partition-id": 6,
+                                                            "train_loss": 1.0}))
+    replies.append(error_reply(107))
+    strategy = started(defenses.Krum(num_malicious=1), global_arrays, list(range(100, 108)))
+    report = strategy.aggregate_round(2, replies)
+    strategy = started(defenses.Krum(num_malicious=1), global_arrays, list(range(100, 108)))
+    arrays, metrics = strategy.aggregate_train(2, replies)
+    np.testing.assert_array_equal(arrays["fc.weight"].numpy(), report.arrays["fc.weight"].numpy())
+    assert metrics["train_loss"] == 1.0
+    assert list(metrics["defense-accepted"]) == report.accepted and len(report.accepted) == 1
+    assert list(metrics["defense-rejected"]) == report.rejected and 6 in report.rejected
+    assert list(metrics["defense-refused"]) == [107]
+    assert list(metrics["defense-scored"]) == list(range(7))
+    assert list(metrics["defense-scores"]) == pytest.approx([report.scores[k] for k in range(7)])
+    # a round that keeps the previous model: no model, the verdicts still returned
+    strategy = started(defenses.Bulyan(num_malicious=1), model_arrays(99), [100, 101])
+    arrays, metrics = strategy.aggregate_train(1, good_replies(2))
+    assert arrays is None and list(metrics["defense-accepted"]) == []
+
+
 def test_without_partition_id_the_node_id_is_the_client_key():
     replies = [reply(100 + i, model_arrays(i), {"num-examples": 1}) for i in range(3)]
     strategy = started(defenses.Median(), model_arrays(99), [100, 101, 102])
-    strategy.aggregate_train(1, replies)
-    assert strategy.last_report.accepted == [100, 101, 102]
+    assert strategy.aggregate_round(1, replies).accepted == [100, 101, 102]
 
 
 def test_a_defense_that_keeps_the_model_returns_none_and_says_why():
     strategy = started(defenses.Bulyan(num_malicious=1), model_arrays(99), [100, 101])
-    assert strategy.aggregate_train(1, good_replies(2)) == (None, None)
-    assert "at least 7" in strategy.last_report.note
+    report = strategy.aggregate_round(1, good_replies(2))
+    assert report.arrays is None and report.kept_previous
+    assert "at least 7" in report.note
 
 
 def test_fltrust_uses_the_root_update_from_its_callable():
@@ -214,12 +237,12 @@ def test_fltrust_uses_the_root_update_from_its_callable():
         return towards
 
     strategy = started(defenses.FLTrust(root_update_fn=root_update_fn), global_arrays, [1, 2])
-    arrays, _ = strategy.aggregate_train(1, [
+    report = strategy.aggregate_round(1, [
         reply(1, towards, {"num-examples": 1}), reply(2, away, {"num-examples": 1}),
     ])
     assert calls == [1]
-    assert strategy.last_report.accepted == [1] and strategy.last_report.rejected == [2]
-    np.testing.assert_allclose(arrays["fc.weight"].numpy(), towards["fc.weight"].numpy())
+    assert report.accepted == [1] and report.rejected == [2]
+    np.testing.assert_allclose(report.arrays["fc.weight"].numpy(), towards["fc.weight"].numpy())
 
 
 def test_fltrust_without_root_update_fn_refuses_to_start_a_round():

@@ -89,6 +89,8 @@ def test_direct_construction_validates_too():
 def test_strategy_keyword_arguments_pass_through_build_defense():
     strategy = defenses.build_defense("fltrust", {}, root_update_fn=print, min_train_nodes=5)
     assert strategy.root_update_fn is print and strategy.min_train_nodes == 5
+    # offered to every defense, it goes only to those that train on a root set
+    assert not hasattr(defenses.build_defense("krum", {}, root_update_fn=print), "root_update_fn")
 
 
 def test_the_rules_import_without_flower_or_scikit_learn():

@@ -12,7 +12,7 @@ class FedAvg(DefenseStrategy):
     """No defense: the data-size-weighted mean of all valid replies.
 
     Unlike Flower's ``FedAvg``, one bad reply (error, NaN, wrong shapes) is refused
-    alone instead of failing the round, and ``last_report`` lists the verdicts.
+    alone instead of failing the round, and ``aggregate_round`` returns the verdicts.
 
     Parameters
     ----------

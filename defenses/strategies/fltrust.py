@@ -24,9 +24,9 @@ class FLTrust(DefenseStrategy):
     root_update_fn : callable (default: None)
         ``root_update_fn(server_round, global_arrays) -> ArrayRecord``: the global
         model after the server trained it on its small clean root set, with the
-        global model's keys, shapes and dtypes. The platform supplies it; it may be
-        set as an attribute after construction, but must be set before the first
-        round (``configure_train`` raises otherwise).
+        global model's keys, shapes and dtypes. The platform supplies it
+        (``defenses.build_defense(..., root_update_fn=...)``); without it
+        ``configure_train`` refuses to start a round.
     **strategy_kwargs
         ``device`` and Flower ``FedAvg`` parameters, see
         :class:`~defenses.adapter.DefenseStrategy`.
@@ -36,6 +36,7 @@ class FLTrust(DefenseStrategy):
     """
 
     rule_class = FLTrustRule
+    needs_root_update = True
 
     def __init__(self, root_update_fn: RootUpdateFn | None = None, **strategy_kwargs: Any) -> None:
         super().__init__(FLTrustRule(), **strategy_kwargs)

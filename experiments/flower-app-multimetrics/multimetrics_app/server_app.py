@@ -27,10 +27,6 @@ def main(grid: Grid, context: Context) -> None:
     def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
         loss, accuracy = evaluate(model, test_x, test_y)
-        report = strategy.last_report
-        if report is not None:
-            print(f"round {server_round}: kept {report.accepted}, left out {report.rejected}, "
-                  f"refused {sorted(report.invalid)}", flush=True)
         return MetricRecord({"test_loss": loss, "test_accuracy": accuracy})
 
     result = strategy.start(
@@ -39,5 +35,10 @@ def main(grid: Grid, context: Context) -> None:
         num_rounds=int(config["num-server-rounds"]),
         evaluate_fn=central_evaluation,
     )
+    # The strategy returns each round's verdicts with its train metrics.
+    for server_round, metrics in sorted(result.train_metrics_clientapp.items()):
+        print(f"round {server_round}: kept {list(metrics['defense-accepted'])}, left out "
+              f"{list(metrics['defense-rejected'])}, refused {list(metrics['defense-refused'])}",
+              flush=True)
     final = result.evaluate_metrics_serverapp[int(config["num-server-rounds"])]
     print(f"final test accuracy: {final['test_accuracy']:.3f}", flush=True)
