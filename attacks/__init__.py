@@ -26,8 +26,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from fedsec.data import Dataset
 
 ATTACK_CLASSES: tuple[type[Attack], ...] = (
-    EdgeCase, EdgeCasePGD, EdgeCasePGDReplacement, PixelReplacement, PatternPGD, DBA,
-    Neurotoxin, LabelFlip, GaussianNoise, SignFlip,
+    EdgeCase,
+    EdgeCasePGD,
+    EdgeCasePGDReplacement,
+    PixelReplacement,
+    PatternPGD,
+    DBA,
+    Neurotoxin,
+    LabelFlip,
+    GaussianNoise,
+    SignFlip,
 )
 ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in ATTACK_CLASSES}
 

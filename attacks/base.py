@@ -121,8 +121,11 @@ class Attack:
         owner = next(k for k in cls.__mro__ if "backdoor_test_set" in k.__dict__)
         if owner is Attack:
             return None
-        return (owner.__name__, target_label,
-                *(params.get(p, cls.params[p]) for p in cls.backdoor_test_params))
+        return (
+            owner.__name__,
+            target_label,
+            *(params.get(p, cls.params[p]) for p in cls.backdoor_test_params),
+        )
 
     # ------------------------------------------------------------ data, evaluation
     def edit_dataset(self, dataset: Dataset, seed: int) -> Dataset:
@@ -143,8 +146,9 @@ class Attack:
         return None
 
     # ------------------------------------------------------------------- training
-    def local_update(self, model: torch.nn.Module, ctx: AttackContext,
-                     train_kwargs: dict[str, Any]) -> TrainStats:
+    def local_update(
+        self, model: torch.nn.Module, ctx: AttackContext, train_kwargs: dict[str, Any]
+    ) -> TrainStats:
         """Train ``model`` (holding the global model) maliciously, in place."""
         x, y = self.attacker_data(ctx)
         global_flat = flatten_params(model).detach().clone()
@@ -152,12 +156,23 @@ class Attack:
         self.transform_update(model, global_flat, ctx, stats)
         return stats
 
-    def train(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-              global_flat: torch.Tensor, ctx: AttackContext,
-              train_kwargs: dict[str, Any]) -> TrainStats:
+    def train(
+        self,
+        model: torch.nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        global_flat: torch.Tensor,
+        ctx: AttackContext,
+        train_kwargs: dict[str, Any],
+    ) -> TrainStats:
         """The training procedure; plain local SGD unless overridden."""
         return train(model, x, y, **train_kwargs)
 
-    def transform_update(self, model: torch.nn.Module, global_flat: torch.Tensor,
-                         ctx: AttackContext, stats: TrainStats) -> None:
+    def transform_update(
+        self,
+        model: torch.nn.Module,
+        global_flat: torch.Tensor,
+        ctx: AttackContext,
+        stats: TrainStats,
+    ) -> None:
         """Change the trained model before it is sent; nothing unless overridden."""

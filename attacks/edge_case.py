@@ -84,7 +84,11 @@ class EdgeCase(Attack):
     def target(self) -> int:
         if self.target_label != -1:
             return self.target_label
-        return src.PAPER_DEFAULTS[self.source][2] if self.source in src.PAPER_DEFAULTS else src.TAIL_TARGET
+        return (
+            src.PAPER_DEFAULTS[self.source][2]
+            if self.source in src.PAPER_DEFAULTS
+            else src.TAIL_TARGET
+        )
 
     @property
     def source_class(self) -> int:
@@ -98,53 +102,78 @@ class EdgeCase(Attack):
             tail_test = 0
         elif class_size is None:
             if self._tail_counts is None:
-                raise RuntimeError("tail edge cases are chosen in edit_dataset(), which has not run")
+                raise RuntimeError(
+                    "tail edge cases are chosen in edit_dataset(), which has not run"
+                )
             (edge, tail_test), clean = self._tail_counts, src.TAIL_CLEAN
         else:
             share = max(1, round(src.TAIL_SHARE * class_size))
             edge, clean, tail_test = share, src.TAIL_CLEAN, share
-        return (edge if self.num_edge_cases == -1 else self.num_edge_cases,
-                clean if self.num_clean == -1 else self.num_clean,
-                tail_test if self.num_tail_test == -1 else self.num_tail_test)
+        return (
+            edge if self.num_edge_cases == -1 else self.num_edge_cases,
+            clean if self.num_clean == -1 else self.num_clean,
+            tail_test if self.num_tail_test == -1 else self.num_tail_test,
+        )
 
     # ------------------------------------------------------------------ validation
     def check(self, config, dataset) -> None:
         self.data_name = config.data.name
         if self.edge_case not in ("auto", *src.SOURCES):
-            raise ConfigError(f"unknown attack.edge_case {self.edge_case!r}; valid: auto, {', '.join(src.SOURCES)}")
+            raise ConfigError(
+                f"unknown attack.edge_case {self.edge_case!r}; "
+                f"valid: auto, {', '.join(src.SOURCES)}"
+            )
         source, data = self.source, config.data.name
         if source == "ardis" and data not in src.ARDIS_DATASETS:
             raise ConfigError(
-                f"attack.edge_case 'ardis' (28x28 handwritten digits) does not fit data set {data!r}; "
-                f"it fits {', '.join(src.ARDIS_DATASETS)}; use edge_case = 'tail' for other data sets"
+                f"attack.edge_case 'ardis' (28x28 handwritten digits) does not fit "
+                f"data set {data!r}; it fits {', '.join(src.ARDIS_DATASETS)}; "
+                f"use edge_case = 'tail' for other data sets"
             )
         if source == "southwest" and data not in src.SOUTHWEST_DATASETS:
             raise ConfigError(
-                f"attack.edge_case 'southwest' (32x32 RGB plane photos) does not fit data set {data!r}; "
-                f"it fits {', '.join(src.SOUTHWEST_DATASETS)}; use edge_case = 'tail' for other data sets"
+                f"attack.edge_case 'southwest' (32x32 RGB plane photos) does not fit "
+                f"data set {data!r}; it fits {', '.join(src.SOUTHWEST_DATASETS)}; "
+                f"use edge_case = 'tail' for other data sets"
             )
         super().check(config, dataset)
         self._check_files(source)
         self._check_counts(source)
         classes = num_classes(config, dataset)
         if source == "southwest" and self.source_label != -1:
-            raise ConfigError("attack.source_label does not apply to edge_case 'southwest' (its photos have no label)")
+            raise ConfigError(
+                "attack.source_label does not apply to edge_case 'southwest' "
+                "(its photos have no label)"
+            )
         if not 0 <= self.source_class < classes:
-            raise ConfigError(f"attack.source_label must be a class of {data} (0..{classes - 1}), got {self.source_label}")
+            raise ConfigError(
+                f"attack.source_label must be a class of {data} (0..{classes - 1}), "
+                f"got {self.source_label}"
+            )
         if source != "southwest" and self.source_class == self.target:
-            raise ConfigError(f"attack.source_label and the target label are both {self.target}; they must differ")
+            raise ConfigError(
+                f"attack.source_label and the target label are both {self.target}; they must differ"
+            )
         if dataset is not None:
             self._check_dataset(source, dataset)
 
     def _check_files(self, source: str) -> None:
         if source == "tail":
             if self.edge_case_dir:
-                raise ConfigError("attack.edge_case_dir is not used by edge_case 'tail' (the tail comes from the data set)")
+                raise ConfigError(
+                    "attack.edge_case_dir is not used by edge_case 'tail' "
+                    "(the tail comes from the data set)"
+                )
             return
-        files = "ardis_iv.npz (or the ARDIS IV CSV files)" if source == "ardis" else \
-            "southwest_airplanes.npz (or the two Southwest .pkl files)"
+        files = (
+            "ardis_iv.npz (or the ARDIS IV CSV files)"
+            if source == "ardis"
+            else "southwest_airplanes.npz (or the two Southwest .pkl files)"
+        )
         if not self.edge_case_dir:
-            raise ConfigError(f"edge_case {source!r} needs attack.edge_case_dir: the folder holding {files}")
+            raise ConfigError(
+                f"edge_case {source!r} needs attack.edge_case_dir: the folder holding {files}"
+            )
         try:
             src.locate(source, Path(self.edge_case_dir).expanduser())
         except DataError as err:
@@ -152,29 +181,46 @@ class EdgeCase(Attack):
 
     def _check_counts(self, source: str) -> None:
         if self.num_edge_cases != -1 and self.num_edge_cases < 1:
-            raise ConfigError(f"attack.num_edge_cases must be >= 1 (or -1 for the default), got {self.num_edge_cases}")
+            raise ConfigError(
+                f"attack.num_edge_cases must be >= 1 (or -1 for the default), "
+                f"got {self.num_edge_cases}"
+            )
         limit = {"ardis": src.ARDIS_TRAIN_PER_DIGIT, "southwest": src.SOUTHWEST_TRAIN}.get(source)
         if limit is not None and self.num_edge_cases > limit:
-            raise ConfigError(f"attack.num_edge_cases must be <= {limit} (the {source} train images), got {self.num_edge_cases}")
+            raise ConfigError(
+                f"attack.num_edge_cases must be <= {limit} (the {source} train images), "
+                f"got {self.num_edge_cases}"
+            )
         if self.num_clean < -1:
-            raise ConfigError(f"attack.num_clean must be >= 0 (or -1 for the default), got {self.num_clean}")
+            raise ConfigError(
+                f"attack.num_clean must be >= 0 (or -1 for the default), got {self.num_clean}"
+            )
         if self.num_tail_test != -1:
             if source != "tail":
-                raise ConfigError(f"attack.num_tail_test applies to edge_case 'tail' only, not {source!r}")
+                raise ConfigError(
+                    f"attack.num_tail_test applies to edge_case 'tail' only, not {source!r}"
+                )
             if self.num_tail_test < 1:
-                raise ConfigError(f"attack.num_tail_test must be >= 1 (or -1 for the default), got {self.num_tail_test}")
+                raise ConfigError(
+                    f"attack.num_tail_test must be >= 1 (or -1 for the default), "
+                    f"got {self.num_tail_test}"
+                )
 
     def _check_dataset(self, source: str, dataset) -> None:
         expected = {"ardis": (1, 28, 28), "southwest": (3, 32, 32)}.get(source)
         if expected is not None and dataset.input_shape != expected:
-            raise ConfigError(f"edge_case {source!r} needs {expected} images; {dataset.name} has {dataset.input_shape}")
+            raise ConfigError(
+                f"edge_case {source!r} needs {expected} images; "
+                f"{dataset.name} has {dataset.input_shape}"
+            )
         if source == "tail":
             size = int((dataset.y_train == self.source_class).sum())
             edge, _, test = self.counts(size)
             if edge + test >= size:
                 raise ConfigError(
                     f"tail edge cases: num_edge_cases + num_tail_test = {edge + test} but class "
-                    f"{self.source_class} of {dataset.name} has only {size} training examples; lower them"
+                    f"{self.source_class} of {dataset.name} has only {size} training examples; "
+                    f"lower them"
                 )
 
     # ---------------------------------------------------------------- data
@@ -184,7 +230,9 @@ class EdgeCase(Attack):
             return dataset
         size = int((dataset.y_train == self.source_class).sum())
         edge, _, test = self.counts(size)
-        chosen = src.select_tail(dataset.x_train, dataset.y_train, self.source_class, edge + test, seed)
+        chosen = src.select_tail(
+            dataset.x_train, dataset.y_train, self.source_class, edge + test, seed
+        )
         order = np.random.default_rng(derive_seed(seed, "tail-split")).permutation(len(chosen))
         self.tail_indices = np.sort(chosen)
         self._edge_train = dataset.x_train[chosen[order[:edge]]]
@@ -192,13 +240,17 @@ class EdgeCase(Attack):
         self._tail_counts = (edge, test)
         keep = np.ones(len(dataset.y_train), dtype=bool)
         keep[chosen] = False
-        return dataclasses.replace(dataset, x_train=dataset.x_train[keep], y_train=dataset.y_train[keep])
+        return dataclasses.replace(
+            dataset, x_train=dataset.x_train[keep], y_train=dataset.y_train[keep]
+        )
 
     def edge_inputs(self) -> tuple[np.ndarray, np.ndarray]:
         """(the attacker's edge-case inputs, the BA test inputs), float32 NCHW."""
         if self._edge_train is None:
             if self.source == "tail":
-                raise RuntimeError("tail edge cases are chosen in edit_dataset(), which has not run")
+                raise RuntimeError(
+                    "tail edge cases are chosen in edit_dataset(), which has not run"
+                )
             folder = Path(self.edge_case_dir).expanduser()
             if self.source == "ardis":
                 pool, test = src.ardis_digit(folder, self.source_class)
@@ -225,4 +277,6 @@ class EdgeCase(Attack):
 
     def backdoor_test_set(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
         _, test = self.edge_inputs()
-        return torch.from_numpy(np.ascontiguousarray(test)), torch.full((len(test),), self.target, dtype=torch.int64)
+        return torch.from_numpy(np.ascontiguousarray(test)), torch.full(
+            (len(test),), self.target, dtype=torch.int64
+        )

@@ -76,14 +76,20 @@ def tail_log_density(x_train: np.ndarray, candidates: np.ndarray, seed: int) -> 
     fit = rng.choice(len(flat), size=min(len(flat), TAIL_FIT_SIZE), replace=False)
     dims = min(TAIL_PCA_DIMS, flat.shape[1], len(fit))
     pca = PCA(n_components=dims, svd_solver="randomized", random_state=seed).fit(flat[fit])
-    gmm = GaussianMixture(n_components=min(TAIL_COMPONENTS, len(fit)), covariance_type="full",
-                          reg_covar=1e-4, random_state=seed).fit(pca.transform(flat[fit]))
+    gmm = GaussianMixture(
+        n_components=min(TAIL_COMPONENTS, len(fit)),
+        covariance_type="full",
+        reg_covar=1e-4,
+        random_state=seed,
+    ).fit(pca.transform(flat[fit]))
     return gmm.score_samples(pca.transform(flat[candidates]))
 
 
-def select_tail(x_train: np.ndarray, y_train: np.ndarray, source_label: int, count: int,
-                seed: int) -> np.ndarray:
-    """Indices of the ``count`` lowest-density training examples of ``source_label``, rarest first."""
+def select_tail(
+    x_train: np.ndarray, y_train: np.ndarray, source_label: int, count: int, seed: int
+) -> np.ndarray:
+    """Indices of the ``count`` lowest-density training examples of ``source_label``,
+    rarest first."""
     members = np.flatnonzero(y_train == source_label)
     scores = tail_log_density(x_train, members, seed)
     return members[np.argsort(scores, kind="stable")[:count]]

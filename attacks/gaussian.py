@@ -15,8 +15,9 @@ from fedsec.errors import ConfigError
 from fedsec.training import TrainStats, assign_flat_params, evaluate
 
 
-def gaussian_noise(numel: int, sigma: float, seed: int, device: torch.device,
-                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def gaussian_noise(
+    numel: int, sigma: float, seed: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """``numel`` draws of N(0, sigma^2) from a generator seeded with ``seed`` on ``device``."""
     generator = torch.Generator(device=device).manual_seed(seed)
     return sigma * torch.randn(numel, generator=generator, device=device, dtype=dtype)

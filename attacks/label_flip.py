@@ -33,7 +33,9 @@ class LabelFlip(Attack):
                 f"got {self.source_label}"
             )
         if self.source_label == self.target:
-            raise ConfigError(f"attack.source_label and the target label are both {self.target}; they must differ")
+            raise ConfigError(
+                f"attack.source_label and the target label are both {self.target}; they must differ"
+            )
 
     def attacker_data(self, ctx):
         if ctx.partition_id not in self._cache:

@@ -34,8 +34,13 @@ from fedsec.errors import ConfigError
 from fedsec.training import assign_flat_params, flatten_params, train
 
 
-def mean_loss_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                       device: torch.device, batch_size: int = 256) -> torch.Tensor:
+def mean_loss_gradient(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 256,
+) -> torch.Tensor:
     """Flat gradient of the mean cross-entropy over (x, y), model in eval mode."""
     model.to(device)
     model.eval()
@@ -43,12 +48,16 @@ def mean_loss_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     grad = torch.zeros(sum(p.numel() for p in params), device=device)
     n = y.shape[0]
     for start in range(0, n, batch_size):
-        xb = x[start:start + batch_size].to(device)
-        yb = y[start:start + batch_size].to(device, dtype=torch.long)
+        xb = x[start : start + batch_size].to(device)
+        yb = y[start : start + batch_size].to(device, dtype=torch.long)
         loss = F.cross_entropy(model(xb), yb, reduction="sum") / n
         parts = torch.autograd.grad(loss, params, allow_unused=True)
-        grad += torch.cat([torch.zeros(p.numel(), device=device) if g is None else g.reshape(-1)
-                           for p, g in zip(params, parts)])
+        grad += torch.cat(
+            [
+                torch.zeros(p.numel(), device=device) if g is None else g.reshape(-1)
+                for p, g in zip(params, parts, strict=True)
+            ]
+        )
     return grad
 
 
@@ -78,10 +87,14 @@ class Neurotoxin(PatternTriggerAttack):
         device = ctx.device
         center = global_flat.to(device)
         clean_x, clean_y = ctx.examples
-        mask = top_fraction_mask(mean_loss_gradient(model, clean_x, clean_y, device), self.mask_fraction)
+        mask = top_fraction_mask(
+            mean_loss_gradient(model, clean_x, clean_y, device), self.mask_fraction
+        )
         self.last_mask = mask
 
         def keep_masked_at_global(step: int) -> None:
             assign_flat_params(model, torch.where(mask, center, flatten_params(model)))
 
-        return train(model, x, y, **{**train_kwargs, "device": device}, after_step=keep_masked_at_global)
+        return train(
+            model, x, y, **{**train_kwargs, "device": device}, after_step=keep_masked_at_global
+        )

@@ -41,9 +41,15 @@ def project_to_ball(model: torch.nn.Module, center: torch.Tensor, eps: float) ->
     return True
 
 
-def projected_train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                    center: torch.Tensor, eps: float, project_every: int,
-                    train_kwargs: dict[str, Any]) -> TrainStats:
+def projected_train(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    center: torch.Tensor,
+    eps: float,
+    project_every: int,
+    train_kwargs: dict[str, Any],
+) -> TrainStats:
     """Local SGD with an L2-ball projection around ``center`` every ``project_every`` steps
     and after the last step (so the returned model always lies in the ball)."""
     device = torch.device(train_kwargs.get("device", "cpu"))
@@ -59,8 +65,9 @@ def projected_train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     return stats
 
 
-def benign_update(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                  train_kwargs: dict[str, Any]) -> torch.Tensor:
+def benign_update(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, train_kwargs: dict[str, Any]
+) -> torch.Tensor:
     """The flat update ``w - w0`` that honest training on ``(x, y)`` would make from
     ``model``'s parameters, with the round's settings (seed included); ``model`` is left
     as it was. A malicious client learns from it how large an honest update is."""
@@ -97,24 +104,30 @@ class ProjectedGradientMixin:
     the honest update is the same attacker strength everywhere (0.5: inside the honest
     crowd, 2: twice as far out)."""
 
-    pgd_params: ClassVar[dict[str, Any]] = {"eps": 1.0, "eps_unit": "absolute",
-                                            "project_every": 10, "eps_decay": 1.0}
+    pgd_params: ClassVar[dict[str, Any]] = {
+        "eps": 1.0,
+        "eps_unit": "absolute",
+        "project_every": 10,
+        "eps_decay": 1.0,
+    }
     EPS_UNITS: ClassVar[tuple[str, ...]] = ("absolute", "benign-norm")
 
     def radius(self, server_round: int) -> float:
         """The radius in ``eps_unit`` units."""
         return self.eps * self.eps_decay ** (server_round - 1)
 
-    def local_update(self, model: torch.nn.Module, ctx: AttackContext,
-                     train_kwargs: dict[str, Any]) -> TrainStats:
+    def local_update(
+        self, model: torch.nn.Module, ctx: AttackContext, train_kwargs: dict[str, Any]
+    ) -> TrainStats:
         kwargs = {**train_kwargs, "device": ctx.device}
         radius = self.radius(ctx.server_round)
         if self.eps_unit == "benign-norm":
             radius *= float(torch.linalg.vector_norm(benign_update(model, *ctx.examples, kwargs)))
         x, y = self.attacker_data(ctx)
         global_flat = flatten_params(model).detach().clone()
-        stats = projected_train(model, x, y, global_flat.to(ctx.device), radius,
-                                self.project_every, kwargs)
+        stats = projected_train(
+            model, x, y, global_flat.to(ctx.device), radius, self.project_every, kwargs
+        )
         self.transform_update(model, global_flat, ctx, stats)
         return stats
 
@@ -123,10 +136,14 @@ class ProjectedGradientMixin:
         if not self.eps > 0:
             raise ConfigError(f"attack.eps (the PGD radius) must be > 0, got {self.eps}")
         if self.eps_unit not in self.EPS_UNITS:
-            raise ConfigError(f"attack.eps_unit must be one of {', '.join(map(repr, self.EPS_UNITS))}, "
-                              f"got {self.eps_unit!r}")
+            raise ConfigError(
+                f"attack.eps_unit must be one of {', '.join(map(repr, self.EPS_UNITS))}, "
+                f"got {self.eps_unit!r}"
+            )
         if self.project_every < 1:
-            raise ConfigError(f"attack.project_every must be >= 1 (optimizer steps), got {self.project_every}")
+            raise ConfigError(
+                f"attack.project_every must be >= 1 (optimizer steps), got {self.project_every}"
+            )
         if not 0 < self.eps_decay <= 1:
             raise ConfigError(f"attack.eps_decay must be in (0, 1], got {self.eps_decay}")
 

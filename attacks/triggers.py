@@ -37,19 +37,24 @@ def trigger_box(num_parts: int, size: int, gap: int) -> tuple[int, int]:
     return (rows - 1) * (gap + 1) + 1, width
 
 
-def trigger_parts(height: int, width: int, num_parts: int = GLOBAL_PARTS, size: int = 4,
-                  gap: int = 2) -> np.ndarray:
+def trigger_parts(
+    height: int, width: int, num_parts: int = GLOBAL_PARTS, size: int = 4, gap: int = 2
+) -> np.ndarray:
     """Boolean masks (num_parts, height, width), one bar each (see the module docstring)."""
     need = trigger_box(num_parts, size, gap)
     if need[0] > height or need[1] > width:
-        raise ValueError(f"a trigger of {need[0]}x{need[1]} pixels does not fit {height}x{width} images")
+        raise ValueError(
+            f"a trigger of {need[0]}x{need[1]} pixels does not fit {height}x{width} images"
+        )
     i = np.arange(num_parts)
     rows = (i // 2) * (gap + 1)
     first_cols = (i % 2) * (size + gap)
     cols = np.arange(width)
     masks = np.zeros((num_parts, height, width), dtype=bool)
     # part i covers row rows[i], columns first_cols[i] .. first_cols[i] + size - 1
-    masks[i, rows, :] = (cols[None, :] >= first_cols[:, None]) & (cols[None, :] < first_cols[:, None] + size)
+    masks[i, rows, :] = (cols[None, :] >= first_cols[:, None]) & (
+        cols[None, :] < first_cols[:, None] + size
+    )
     return masks
 
 
@@ -83,7 +88,9 @@ class PatternTriggerAttack(Attack):
     def check(self, config, dataset) -> None:
         super().check(config, dataset)
         if not 0 < self.poison_fraction <= 1:
-            raise ConfigError(f"attack.poison_fraction must be in (0, 1], got {self.poison_fraction}")
+            raise ConfigError(
+                f"attack.poison_fraction must be in (0, 1], got {self.poison_fraction}"
+            )
         if self.trigger_size < 1:
             raise ConfigError(f"attack.trigger_size must be >= 1 (pixels), got {self.trigger_size}")
         if self.trigger_gap < 0:
@@ -101,7 +108,9 @@ class PatternTriggerAttack(Attack):
 
     # -------------------------------------------------------------------- trigger
     def parts(self, height: int, width: int) -> np.ndarray:
-        return trigger_parts(height, width, self.num_parts_of_global, self.trigger_size, self.trigger_gap)
+        return trigger_parts(
+            height, width, self.num_parts_of_global, self.trigger_size, self.trigger_gap
+        )
 
     def global_trigger(self, height: int, width: int) -> np.ndarray:
         """The full trigger (H, W): the union of all parts."""

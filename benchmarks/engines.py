@@ -43,7 +43,7 @@ from fedsec.training import train
 class Timer:
     """Wall-clock and process CPU seconds of a block."""
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self.wall, self.cpu = time.perf_counter(), time.process_time()
         return self
 
@@ -77,7 +77,7 @@ def bare_round(task, sampler, evaluator, state: dict, server_round: int) -> dict
         states.append(model.state_dict())
         sizes.append(stats.num_examples)
     weights = torch.tensor(sizes, dtype=torch.float32) / sum(sizes)
-    state = {k: sum(w * s[k] for w, s in zip(weights, states)) for k in state}
+    state = {k: sum(w * s[k] for w, s in zip(weights, states, strict=True)) for k in state}
     evaluator(ArrayRecord(state))
     return state
 
@@ -97,9 +97,11 @@ def main() -> int:
 
     config = load_config(DEFAULT_EXPERIMENT, [f"train.rounds={args.rounds}"])
     get_task(config)  # load and partition the data once, outside every timing
-    print(f"config: default experiment ({config.data.name}, {config.model.name}, "
-          f"{config.data.num_clients} clients, {config.train.clients_per_round}/round), "
-          f"{args.rounds} rounds, torch threads per client = {config.engine.client_num_cpus}")
+    print(
+        f"config: default experiment ({config.data.name}, {config.model.name}, "
+        f"{config.data.num_clients} clients, {config.train.clients_per_round}/round), "
+        f"{args.rounds} rounds, torch threads per client = {config.engine.client_num_cpus}"
+    )
 
     bare, inproc = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,10 +109,16 @@ def main() -> int:
             bare.append(bare_rounds(config))
             inproc.append(engine_rounds(config, Path(tmp) / f"inprocess-{i}")[0])
         for label, runs in (("bare compute", bare), ("inprocess engine", inproc)):
-            print(f"{label:<18}: wall {min(r.wall for r in runs):6.2f} s, cpu "
-                  f"{min(r.cpu for r in runs):6.2f} s  (wall: {', '.join(f'{r.wall:.2f}' for r in runs)};"
-                  f" cpu: {', '.join(f'{r.cpu:.2f}' for r in runs)})")
-        print(f"inprocess / bare  : wall {min(r.wall for r in inproc) / min(r.wall for r in bare):.3f}")
+            print(
+                f"{label:<18}: wall {min(r.wall for r in runs):6.2f} s, cpu "
+                f"{min(r.cpu for r in runs):6.2f} s  "
+                f"(wall: {', '.join(f'{r.wall:.2f}' for r in runs)};"
+                f" cpu: {', '.join(f'{r.cpu:.2f}' for r in runs)})"
+            )
+        print(
+            f"inprocess / bare  : wall "
+            f"{min(r.wall for r in inproc) / min(r.wall for r in bare):.3f}"
+        )
         if not args.skip_flower:
             flower_cfg = config.with_overrides(["engine.name=flower"]).validate()
             timer, rounds = engine_rounds(flower_cfg, Path(tmp) / "flower")
@@ -118,10 +126,14 @@ def main() -> int:
             first = rounds[0]["time_s"]
             steady = (rounds[-1]["time_s"] - first) / max(len(rounds) - 1, 1)
             bare_per_round = min(r.wall for r in bare) / args.rounds
-            print(f"flower engine     : {total:7.2f} s in all (start-up, data loading and "
-                  f"round 1: {total - (rounds[-1]['time_s'] - first):.2f} s)")
-            print(f"flower per round  : {steady:7.2f} s after round 1 "
-                  f"(bare: {bare_per_round:.2f} s/round, ratio {steady / bare_per_round:.3f})")
+            print(
+                f"flower engine     : {total:7.2f} s in all (start-up, data loading and "
+                f"round 1: {total - (rounds[-1]['time_s'] - first):.2f} s)"
+            )
+            print(
+                f"flower per round  : {steady:7.2f} s after round 1 "
+                f"(bare: {bare_per_round:.2f} s/round, ratio {steady / bare_per_round:.3f})"
+            )
     print(f"inprocess_overhead: {min(r.cpu for r in inproc) / min(r.cpu for r in bare):.3f}")
     return 0
 

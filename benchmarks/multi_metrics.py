@@ -105,7 +105,9 @@ def peak_extra_memory(variant: str, size: str) -> float:
     inherit this big process's peak across ``exec``)."""
     out = subprocess.run(
         [sys.executable, __file__, "--memory", variant, size],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -143,18 +145,26 @@ def compare(size: str, repeats: int) -> float:
     print(f"\n{size}: n = {n}, d = {d:,}, outlier = client {OUTLIER}")
     print(f"  loop over ordered pairs, float32  {loop_s:8.3f} s")
     print(f"  loop over ordered pairs, float64  {loop64_s:8.3f} s")
-    print(f"  reference variant                 {ref_s:8.3f} s   "
-          f"speedup {loop_s / ref_s:.1f}x (float32 loop), {loop64_s / ref_s:.1f}x (float64)")
-    print(f"  kept                              {kept(ours)}; float32 loop {kept(loop)}, "
-          f"float64 loop {kept(loop64)}")
-    print(f"  max relative score difference     {relative(ours, loop64):.1e} to the float64 "
-          f"loop, {relative(ours, loop):.1e} to the float32 loop "
-          f"(float32 loop to float64 loop: {relative(loop, loop64):.1e})")
+    print(
+        f"  reference variant                 {ref_s:8.3f} s   "
+        f"speedup {loop_s / ref_s:.1f}x (float32 loop), {loop64_s / ref_s:.1f}x (float64)"
+    )
+    print(
+        f"  kept                              {kept(ours)}; float32 loop {kept(loop)}, "
+        f"float64 loop {kept(loop64)}"
+    )
+    print(
+        f"  max relative score difference     {relative(ours, loop64):.1e} to the float64 "
+        f"loop, {relative(ours, loop):.1e} to the float32 loop "
+        f"(float32 loop to float64 loop: {relative(loop, loop64):.1e})"
+    )
     print(f"  paper variant                     {paper_s:8.3f} s   kept {kept(mine)}")
     for variant in ("reference", "paper"):
         extra = peak_extra_memory(variant, size)
-        print(f"  peak extra memory, {variant:9s}      {extra:8.3f} x the (n, d) matrix "
-              f"({extra * n * d * 4 / 2**20:,.0f} MiB)")
+        print(
+            f"  peak extra memory, {variant:9s}      {extra:8.3f} x the (n, d) matrix "
+            f"({extra * n * d * 4 / 2**20:,.0f} MiB)"
+        )
     return loop_s / ref_s
 
 
@@ -169,8 +179,10 @@ def main() -> None:
     if args.memory:
         measure_memory(*args.memory)
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start"
+    )
     speedups = [compare(size, args.repeats) for size in SIZES]
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
     print(f"speedup_vs_loop: {min(speedups):.1f}")

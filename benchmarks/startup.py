@@ -24,13 +24,20 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PROBE = ("import sys, defenses.rules; "
-         "print(sorted(m for m in ('flwr', 'sklearn') if m in sys.modules))")
+PROBE = (
+    "import sys, defenses.rules; print(sorted(m for m in ('flwr', 'sklearn') if m in sys.modules))"
+)
 COMMANDS = {
     "import torch": [sys.executable, "-c", "import torch"],
     "import defenses.rules": [sys.executable, "-c", "import defenses.rules"],
-    "fedsec run --check": [sys.executable, "-m", "fedsec.cli", "run",
-                           str(REPO / "fedsec" / "default.toml"), "--check"],
+    "fedsec run --check": [
+        sys.executable,
+        "-m",
+        "fedsec.cli",
+        "run",
+        str(REPO / "fedsec" / "default.toml"),
+        "--check",
+    ],
 }
 
 
@@ -51,8 +58,9 @@ def main() -> None:
     base = best["import torch"]
     for name, seconds in best.items():
         print(f"{name:24s} {seconds:6.2f} s   {seconds / base:5.2f}x import torch")
-    loaded = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, check=True,
-                            capture_output=True, text=True).stdout.strip()
+    loaded = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout.strip()
     print(f"import defenses.rules loads of flwr, sklearn: {loaded}")
     print(f"check_startup_ratio: {best['fedsec run --check'] / base:.2f}")
 

@@ -28,10 +28,20 @@ if TYPE_CHECKING:  # pragma: no cover
 #: imported on first use, so that ``import defenses.rules`` (the math) loads neither
 #: Flower nor scikit-learn.
 _STRATEGY_MODULES = {
-    "FedAvg": "fedavg", "Krum": "krum", "MultiKrum": "multi_krum", "Median": "median",
-    "TrimmedMean": "trimmed_mean", "Bulyan": "bulyan", "NormClipping": "norm_clipping",
-    "WeakDP": "weak_dp", "RFA": "rfa", "FoolsGold": "foolsgold", "FLAME": "flame",
-    "FLTrust": "fltrust", "RLR": "rlr", "MultiMetrics": "multi_metrics",
+    "FedAvg": "fedavg",
+    "Krum": "krum",
+    "MultiKrum": "multi_krum",
+    "Median": "median",
+    "TrimmedMean": "trimmed_mean",
+    "Bulyan": "bulyan",
+    "NormClipping": "norm_clipping",
+    "WeakDP": "weak_dp",
+    "RFA": "rfa",
+    "FoolsGold": "foolsgold",
+    "FLAME": "flame",
+    "FLTrust": "fltrust",
+    "RLR": "rlr",
+    "MultiMetrics": "multi_metrics",
 }
 _ADAPTER_NAMES = ("DefenseStrategy", "RoundReport")
 
@@ -75,8 +85,12 @@ def defense_parameters(name: str) -> dict[str, Any]:
 
 
 def build_defense(
-    name: str, params: dict[str, Any], *, seed: int = 0,
-    root_update_fn: Callable | None = None, **strategy_kwargs: Any
+    name: str,
+    params: dict[str, Any],
+    *,
+    seed: int = 0,
+    root_update_fn: Callable | None = None,
+    **strategy_kwargs: Any,
 ) -> DefenseStrategy:
     """Build defense ``name`` with ``params`` as a Flower strategy, every setting given here.
 

@@ -62,9 +62,13 @@ class RoundReport:
         reasons are text, so only the refused keys): what ``aggregate_train`` adds to
         the train metrics for Flower's own round loop (``Strategy.start``)."""
         scored = sorted(self.scores)
-        return {"defense-accepted": list(self.accepted), "defense-rejected": list(self.rejected),
-                "defense-refused": sorted(self.invalid), "defense-scored": scored,
-                "defense-scores": [float(self.scores[k]) for k in scored]}
+        return {
+            "defense-accepted": list(self.accepted),
+            "defense-rejected": list(self.rejected),
+            "defense-refused": sorted(self.invalid),
+            "defense-scored": scored,
+            "defense-scores": [float(self.scores[k]) for k in scored],
+        }
 
 
 @dataclass
@@ -182,8 +186,13 @@ class DefenseStrategy(FedAvg):
             report.scores = {k: s for k, s in scores if not math.isnan(s)}
         if result.model is None:
             return self._keep_previous(report, result.note)
-        log(INFO, "aggregate_train: %s accepted %s, rejected %s", self.rule.name,
-            report.accepted, report.rejected)
+        log(
+            INFO,
+            "aggregate_train: %s accepted %s, rejected %s",
+            self.rule.name,
+            report.accepted,
+            report.rejected,
+        )
         report.arrays = layout.unflatten(result.model, self._global_arrays)
         contents = [r.content for r, ok in zip(valid, accepted, strict=True) if ok]
         report.metrics = self._aggregate_metrics(contents)
@@ -228,8 +237,12 @@ class DefenseStrategy(FedAvg):
         if len(content.metric_records) != 1:
             return f"expected one MetricRecord, found {len(content.metric_records)}"
         weight = next(iter(content.metric_records.values())).get(self.weighted_by_key)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
-                or not math.isfinite(weight) or weight <= 0:
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, (int, float))
+            or not math.isfinite(weight)
+            or weight <= 0
+        ):
             return f"MetricRecord needs a finite {self.weighted_by_key!r} > 0, got {weight!r}"
         return layout.mismatch(next(iter(content.array_records.values())))
 
@@ -246,9 +259,12 @@ class DefenseStrategy(FedAvg):
         """``train_metrics_aggr_fn`` over the accepted replies' metrics, the client key
         left out (an id averaged over clients means nothing); None if they disagree."""
         metrics_only = [
-            RecordDict({name: MetricRecord({k: v for k, v in record.items()
-                                            if k != CLIENT_KEY_METRIC})
-                        for name, record in content.metric_records.items()})
+            RecordDict(
+                {
+                    name: MetricRecord({k: v for k, v in record.items() if k != CLIENT_KEY_METRIC})
+                    for name, record in content.metric_records.items()
+                }
+            )
             for content in contents
         ]
         try:
@@ -285,8 +301,10 @@ class ModelLayout:
             return f"array keys differ from the global model (missing {missing}, extra {extra})"
         for key, array in record.items():
             if (array.dtype, tuple(array.shape)) != self.specs[key]:
-                return (f"array {key!r} is {array.dtype}{list(array.shape)}, expected "
-                        f"{self.specs[key][0]}{list(self.specs[key][1])}")
+                return (
+                    f"array {key!r} is {array.dtype}{list(array.shape)}, expected "
+                    f"{self.specs[key][0]}{list(self.specs[key][1])}"
+                )
         return ""
 
     def load(self, record: ArrayRecord, row: torch.Tensor) -> str:

@@ -45,15 +45,19 @@ LABEL = {HOLDS: "HOLDS        ", FAILS: "FAILS        ", NOT_SEPARATED: "NOT SEP
 
 def per_seed(group: dict, metric: str) -> dict[str, float]:
     stat = group["metrics"][metric]
-    return dict(zip(stat["seeds"], stat["values"]))
+    return dict(zip(stat["seeds"], stat["values"], strict=True))
 
 
 def paper_failures() -> list[tuple[str, str]]:
     """(defense, attack) where the paper's EMNIST table has the backdoor in (BA >= 20),
     for the baselines the paper says fail."""
     table = paper_table("emnist")
-    return [(d, a) for d in ("fedavg", "rfa", "foolsgold", "multi-krum", "weak-dp") for a in ATTACKS
-            if table[d][a][1] >= PAPER_FAILURE_BA]
+    return [
+        (d, a)
+        for d in ("fedavg", "rfa", "foolsgold", "multi-krum", "weak-dp")
+        for a in ATTACKS
+        if table[d][a][1] >= PAPER_FAILURE_BA
+    ]
 
 
 def check_set(s: dict) -> list[str]:
@@ -69,9 +73,11 @@ def check_set(s: dict) -> list[str]:
         if g is None or "ba_above_baseline" not in g:
             continue
         gain = g["ba_above_baseline"]
-        line(verdict_at_least(gain, BACKDOOR_IN),
-             f"{d}: the {a} backdoor gets in (BA > {BACKDOOR_IN:g} points above {g['baseline']['col']}): "
-             f"{format_ci(gain)}")
+        line(
+            verdict_at_least(gain, BACKDOOR_IN),
+            f"{d}: the {a} backdoor gets in "
+            f"(BA > {BACKDOOR_IN:g} points above {g['baseline']['col']}): {format_ci(gain)}",
+        )
     for mm in MM_VARIANTS:
         for a in attacks:
             g = cells.get((mm, a))
@@ -79,15 +85,22 @@ def check_set(s: dict) -> list[str]:
                 continue
             if "ba_above_baseline" in g:
                 gain = g["ba_above_baseline"]
-                line(verdict_at_most(gain, BACKDOOR_IN),
-                     f"{mm} keeps the {a} backdoor out (BA <= {BACKDOOR_IN:g} points above "
-                     f"{g['baseline']['col']}): {format_ci(gain)}")
+                line(
+                    verdict_at_most(gain, BACKDOOR_IN),
+                    f"{mm} keeps the {a} backdoor out (BA <= {BACKDOOR_IN:g} points above "
+                    f"{g['baseline']['col']}): {format_ci(gain)}",
+                )
             fed = cells.get(("fedavg", (g.get("baseline") or {}).get("col", "")))
             if fed is not None:
-                drop = paired_difference(per_seed(g, "final_main_accuracy"), per_seed(fed, "final_main_accuracy"))
-                line(verdict_at_least(drop, -MA_MARGIN),
-                     f"{mm} keeps MA under {a} (within {MA_MARGIN:g} point of FedAvg's no-attack MA): "
-                     f"difference {format_ci(drop)}")
+                drop = paired_difference(
+                    per_seed(g, "final_main_accuracy"), per_seed(fed, "final_main_accuracy")
+                )
+                line(
+                    verdict_at_least(drop, -MA_MARGIN),
+                    f"{mm} keeps MA under {a} "
+                    f"(within {MA_MARGIN:g} point of FedAvg's no-attack MA): "
+                    f"difference {format_ci(drop)}",
+                )
     ranking = (s.get("ranking") or {}).get("per_seed")
     if ranking and ranking["first"]:
         first = ranking["first"]
@@ -97,8 +110,11 @@ def check_set(s: dict) -> list[str]:
                 continue
             if first["defense"] == mm:
                 verdict = first["verdict"]
-                detail = ("separated from every other defense" if verdict == HOLDS else
-                          f"leads, not separated from {', '.join(first['not_separated_from'])}")
+                detail = (
+                    "separated from every other defense"
+                    if verdict == HOLDS
+                    else f"leads, not separated from {', '.join(first['not_separated_from'])}"
+                )
             else:
                 gap = gaps[mm]
                 verdict = FAILS if gap and gap["ci"] and gap["ci"][0] > 0 else NOT_SEPARATED
@@ -113,8 +129,10 @@ def main() -> None:
     args = parser.parse_args()
     report = json.loads(args.report.read_text())
     c = report["counts"]
-    print(f"{report['name']}: {c['finished']} of {c['total']} runs finished; "
-          f"{report.get('statistics', 'statistics over seeds')}")
+    print(
+        f"{report['name']}: {c['finished']} of {c['total']} runs finished; "
+        f"{report.get('statistics', 'statistics over seeds')}"
+    )
     for s in report["sets"]:
         title = ", ".join(f"{k}={v}" for k, v in s["extra"].items())
         if title:
@@ -124,10 +142,15 @@ def main() -> None:
         ranking = s.get("ranking")
         if ranking:
             per = {e["defense"]: e for e in ranking["per_seed"]["defenses"]}
-            print("ranking score (mean [95% interval over seeds]; ranks per seed): " + "; ".join(
-                f"{e['rank']}. {e['defense']} {format_ci(per[e['defense']]['score'], 3)} "
-                f"({', '.join(str(r) for r in per[e['defense']]['ranks'].values()) or '-'})"
-                for e in ranking["scores"] if e["score"] is not None))
+            print(
+                "ranking score (mean [95% interval over seeds]; ranks per seed): "
+                + "; ".join(
+                    f"{e['rank']}. {e['defense']} {format_ci(per[e['defense']]['score'], 3)} "
+                    f"({', '.join(str(r) for r in per[e['defense']]['ranks'].values()) or '-'})"
+                    for e in ranking["scores"]
+                    if e["score"] is not None
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ class Checkpoint:
 
 
 def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
-    atomic_torch_save({"round": checkpoint.round, "model": checkpoint.model,
-                       "strategy": checkpoint.strategy}, Path(run_dir) / CHECKPOINT_FILE)
+    atomic_torch_save(
+        {"round": checkpoint.round, "model": checkpoint.model, "strategy": checkpoint.strategy},
+        Path(run_dir) / CHECKPOINT_FILE,
+    )
 
 
 def load_checkpoint(run_dir: str | Path) -> Checkpoint | None:

@@ -45,26 +45,42 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run one experiment")
-    _config_args(run, "experiment TOML (default: the showcase, an edge-case attacker with PGD and "
-                      "model replacement against FedAvg and Multi-metrics side by side; --set "
-                      "applies to both)")
+    _config_args(
+        run,
+        "experiment TOML (default: the showcase, an edge-case attacker with PGD and "
+        "model replacement against FedAvg and Multi-metrics side by side; --set "
+        "applies to both)",
+    )
     run.add_argument("--out", help="run directory (default: runs/<config>-<time>)")
-    run.add_argument("--resume", metavar="RUN_DIR",
-                     help="continue an interrupted run from its last checkpoint")
-    run.add_argument("--check", action="store_true",
-                     help="validate the experiment (config, data, attack) and exit without training")
+    run.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"
+    )
+    run.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the experiment (config, data, attack) and exit without training",
+    )
     run.set_defaults(handler=cmd_run)
 
     sweep = sub.add_parser("sweep", help="run a grid of experiments (resumable)")
     sweep.add_argument("sweep", metavar="SWEEP.toml", help="sweep file (base experiment + axes)")
     sweep.add_argument("--out", help="results directory (default: runs/sweeps/<name>)")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[],
-                       metavar="SECTION.KEY=VALUE",
-                       help="override one value of the base experiment (before the axes)")
-    sweep.add_argument("--parallel", type=int,
-                       help="runs at once (default: cores // engine.client_num_cpus)")
-    sweep.add_argument("--dry-run", action="store_true",
-                       help="validate every run of the grid, list them with their state, and exit")
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one value of the base experiment (before the axes)",
+    )
+    sweep.add_argument(
+        "--parallel", type=int, help="runs at once (default: cores // engine.client_num_cpus)"
+    )
+    sweep.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate every run of the grid, list them with their state, and exit",
+    )
     sweep.set_defaults(handler=cmd_sweep)
 
     part = sub.add_parser("partition", help="plot the per-client label histogram as a PNG")
@@ -76,11 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_args(p: argparse.ArgumentParser,
-                 config_help: str = "experiment TOML (default: fedsec/default.toml)") -> None:
+def _config_args(
+    p: argparse.ArgumentParser, config_help: str = "experiment TOML (default: fedsec/default.toml)"
+) -> None:
     p.add_argument("config", nargs="?", help=config_help)
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="SECTION.KEY=VALUE", help="override one config value")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value",
+    )
 
 
 def _load(args: argparse.Namespace):
@@ -94,10 +117,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         out = Path(args.resume)
         if args.config or args.overrides or args.out:
-            raise FedsecError("--resume takes the run directory alone: its config.toml is the experiment")
+            raise FedsecError(
+                "--resume takes the run directory alone: its config.toml is the experiment"
+            )
         if not (out / CHECKPOINT_FILE).is_file():
-            raise FedsecError(f"cannot resume {out}: no {CHECKPOINT_FILE} there (not a run "
-                              "directory, or it died before its first checkpoint)")
+            raise FedsecError(
+                f"cannot resume {out}: no {CHECKPOINT_FILE} there (not a run "
+                "directory, or it died before its first checkpoint)"
+            )
         config = load_config(out / CONFIG_FILE)
     elif not args.config:
         return cmd_showcase(args)
@@ -111,10 +138,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.check:
         print(f"fedsec: {args.config or args.resume} is valid; attack: {schedule}")
         return 0
-    print(f"fedsec: {config.data.name} / {config.model.name} / {config.defense.name}, "
-          f"{config.data.num_clients} clients ({config.train.clients_per_round} a round), "
-          f"{config.train.rounds} rounds on the {config.engine.name} engine -> {out}\n"
-          f"fedsec: attack: {schedule}", flush=True)
+    print(
+        f"fedsec: {config.data.name} / {config.model.name} / {config.defense.name}, "
+        f"{config.data.num_clients} clients ({config.train.clients_per_round} a round), "
+        f"{config.train.rounds} rounds on the {config.engine.name} engine -> {out}\n"
+        f"fedsec: attack: {schedule}",
+        flush=True,
+    )
     # fedsec prints one line per round; Flower's per-round INFO log would repeat it.
     logging.getLogger("flwr").setLevel(logging.WARNING)
     try:
@@ -133,9 +163,11 @@ def _finish_run(out: Path) -> int:
     kept = [r for r in rounds if r.get("kept_previous_model")]
     if rounds and len(kept) == len(rounds):
         reason = kept[0].get("kept_previous_reason", "no usable reply")
-        raise RunError(f"every one of the {len(rounds)} rounds kept the previous global model "
-                       f"(round {kept[0]['round']}: {reason}); the model never left its initial "
-                       f"state (results in {out})")
+        raise RunError(
+            f"every one of the {len(rounds)} rounds kept the previous global model "
+            f"(round {kept[0]['round']}: {reason}); the model never left its initial "
+            f"state (results in {out})"
+        )
     return 0
 
 
@@ -147,8 +179,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.sweep, args.out, args.overrides)
     code = _sweep(sweep, sweep.root, args.parallel, args.dry_run)
     if code == 0 and not args.dry_run:
-        print(f"fedsec: sweep {sweep.name} complete: {len(sweep.runs)} runs in {sweep.root}; "
-              f"tables and plots: fedsec report {sweep.root}")
+        print(
+            f"fedsec: sweep {sweep.name} complete: {len(sweep.runs)} runs in {sweep.root}; "
+            f"tables and plots: fedsec report {sweep.root}"
+        )
     return code
 
 
@@ -159,14 +193,19 @@ def _sweep(sweep, root: Path, parallel: int | None, dry_run: bool = False) -> in
 
     parallel = parallel or default_parallel(sweep)
     states = [r.state() for r in sweep.runs]
-    print(f"fedsec: sweep {sweep.name}: {len(states)} runs ({states.count('done')} done, "
-          f"{states.count('partial')} to resume, {states.count('new')} new), "
-          f"{parallel} at a time -> {root}", flush=True)
+    print(
+        f"fedsec: sweep {sweep.name}: {len(states)} runs ({states.count('done')} done, "
+        f"{states.count('partial')} to resume, {states.count('new')} new), "
+        f"{parallel} at a time -> {root}",
+        flush=True,
+    )
     if dry_run:
-        for run, state in zip(sweep.runs, states):
+        for run, state in zip(sweep.runs, states, strict=True):
             print(f"{state:8s}{run.id}")
         return 0
-    for run, state in zip(sweep.runs, states):  # checked against the data before any run
+    for run, state in zip(
+        sweep.runs, states, strict=True
+    ):  # checked against the data before any run
         if state != "done":
             get_task(run.config)
     logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -177,8 +216,11 @@ def _sweep(sweep, root: Path, parallel: int | None, dry_run: bool = False) -> in
         print(f"fedsec: interrupted; rerun the same command to resume {root}", file=sys.stderr)
         return 130
     if failed:
-        print(f"fedsec: {len(failed)} of {len(sweep.runs)} runs failed: "
-              + ", ".join(f"{r.id} ({r.dir}/run.log)" for r in failed), file=sys.stderr)
+        print(
+            f"fedsec: {len(failed)} of {len(sweep.runs)} runs failed: "
+            + ", ".join(f"{r.id} ({r.dir}/run.log)" for r in failed),
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -197,16 +239,21 @@ def cmd_showcase(args: argparse.Namespace) -> int:
         print("fedsec: the showcase experiment is valid")
         return 0
     cfg = sweep.runs[0].config
-    print(f"fedsec: showcase: {cfg.attack.name} ({cfg.attack.params.get('edge_case', '')}) "
-          f"against {' and '.join(sweep.axes['defense'])}, {cfg.data.name} / {cfg.model.name}, "
-          f"{cfg.data.num_clients} clients, {cfg.train.rounds} rounds, seed {cfg.seed}", flush=True)
+    print(
+        f"fedsec: showcase: {cfg.attack.name} ({cfg.attack.params.get('edge_case', '')}) "
+        f"against {' and '.join(sweep.axes['defense'])}, {cfg.data.name} / {cfg.model.name}, "
+        f"{cfg.data.num_clients} clients, {cfg.train.rounds} rounds, seed {cfg.seed}",
+        flush=True,
+    )
     code = _sweep(sweep, root, None)
     if code != 0:
         return code
     report, short = write_report(root)
     print(short, end="")
-    print(f"fedsec: curves of both runs in {root / report['files']['png'][0]}; "
-          f"tables in {root / 'report.md'}")
+    print(
+        f"fedsec: curves of both runs in {root / report['files']['png'][0]}; "
+        f"tables in {root / 'report.md'}"
+    )
     print(f"fedsec: {showcase_verdict(sweep)}")
     return 0
 
@@ -221,10 +268,13 @@ def showcase_verdict(sweep) -> str:
             clauses.append(f"ran against {run.labels['defense']} (main accuracy {ma:.1%})")
             continue
         # Backdoor accuracy is the share of edge-case inputs classified as the target.
-        outcome = ("got through" if ba >= 0.5 else "was stopped by" if ba < 0.2
-                   else "partly got through")
-        clauses.append(f"{outcome} {run.labels['defense']} (final backdoor accuracy "
-                       f"{ba:.1%}, main accuracy {ma:.1%})")
+        outcome = (
+            "got through" if ba >= 0.5 else "was stopped by" if ba < 0.2 else "partly got through"
+        )
+        clauses.append(
+            f"{outcome} {run.labels['defense']} (final backdoor accuracy "
+            f"{ba:.1%}, main accuracy {ma:.1%})"
+        )
     return f"the {sweep.runs[0].config.attack.name} attack " + " and ".join(clauses) + "."
 
 
@@ -237,7 +287,8 @@ def cmd_partition(args: argparse.Namespace) -> int:
     hist = label_histogram(task.dataset.y_train, list(task.partitions), task.dataset.num_classes)
     d = config.data
     title = f"{d.name}: {d.num_clients} clients, {d.partition}" + (
-        f" (alpha={d.alpha})" if d.partition == "dirichlet" else "")
+        f" (alpha={d.alpha})" if d.partition == "dirichlet" else ""
+    )
     plot_label_histogram(hist, args.out, classes=task.dataset.classes, title=title)
     print(f"fedsec: wrote {args.out}")
     return 0
@@ -247,15 +298,21 @@ def summary_line(summary: dict, out: Path) -> str:
     """One line: final accuracies, detection, rounds that kept the model, where the files are."""
     parts = [f"{summary['rounds']} rounds"]
     if "final_main_accuracy" in summary:
-        parts.append(f"main accuracy {summary['final_main_accuracy']:.4f} "
-                     f"(best {summary['best_main_accuracy']:.4f})")
+        parts.append(
+            f"main accuracy {summary['final_main_accuracy']:.4f} "
+            f"(best {summary['best_main_accuracy']:.4f})"
+        )
     if "final_backdoor_accuracy" in summary:
-        parts.append(f"backdoor accuracy {summary['final_backdoor_accuracy']:.4f} "
-                     f"(max {summary['max_backdoor_accuracy']:.4f})")
+        parts.append(
+            f"backdoor accuracy {summary['final_backdoor_accuracy']:.4f} "
+            f"(max {summary['max_backdoor_accuracy']:.4f})"
+        )
     detection = summary.get("detection") or {}
-    judged = [f"{name} {detection[key]:.2f}" for key, name in (
-        ("precision", "precision"), ("recall", "recall"), ("auroc", "AUROC"))
-        if detection.get(key) is not None]
+    judged = [
+        f"{name} {detection[key]:.2f}"
+        for key, name in (("precision", "precision"), ("recall", "recall"), ("auroc", "AUROC"))
+        if detection.get(key) is not None
+    ]
     if judged:
         parts.append("detection " + ", ".join(judged))
     kept = summary.get("kept_previous_model_rounds", 0)

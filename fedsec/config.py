@@ -242,9 +242,7 @@ class ExperimentConfig:
             section, _, name = key.partition(".")
             if not name:
                 if section != "seed":
-                    raise ConfigError(
-                        f"--set {item!r}: expected section.key=value (or seed=N)"
-                    )
+                    raise ConfigError(f"--set {item!r}: expected section.key=value (or seed=N)")
                 raw["seed"] = value
             elif section not in _SECTIONS:
                 raise ConfigError(
@@ -304,8 +302,9 @@ class ExperimentConfig:
         excluded = t.excluded()
         bad = [c for c in excluded if c >= d.num_clients]
         if bad:
-            raise ConfigError(f"train.exclude_clients: unknown client id {bad[0]}; ids are "
-                              f"0..{d.num_clients - 1}")
+            raise ConfigError(
+                f"train.exclude_clients: unknown client id {bad[0]}; ids are 0..{d.num_clients - 1}"
+            )
         if len(excluded) >= d.num_clients:
             raise ConfigError("train.exclude_clients names every client; at least one must train")
         if t.min_replies > t.round_size(d.num_clients):
@@ -346,7 +345,8 @@ class ExperimentConfig:
             if not 1 <= per_round <= min(pool, self.train.clients_per_round):
                 raise ConfigError(
                     f"attack.attackers_per_round must be between 1 and min(attacker pool "
-                    f"{pool}, train.clients_per_round {self.train.clients_per_round}), got {per_round}"
+                    f"{pool}, train.clients_per_round {self.train.clients_per_round}), "
+                    f"got {per_round}"
                 )
 
     def check_rounds(self) -> list[str]:
@@ -384,8 +384,10 @@ class ExperimentConfig:
         for (clients, attackers), server_round in sorted(shapes.items(), key=lambda s: s[1]):
             problem = rule.round_problem(clients, attackers)
             if problem:
-                raise ConfigError(f"defense {self.defense.name!r} cannot aggregate round "
-                                  f"{server_round}: it {problem}")
+                raise ConfigError(
+                    f"defense {self.defense.name!r} cannot aggregate round "
+                    f"{server_round}: it {problem}"
+                )
             caveat = rule.round_caveat(clients, attackers)
             if caveat and caveat not in caveats:
                 caveats.append(caveat)
@@ -393,7 +395,9 @@ class ExperimentConfig:
 
 
 # ---------------------------------------------------------------------- loading
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> ExperimentConfig:
     """Read an experiment file (or the defaults), apply overrides and validate."""
     if path is None:
         cfg = ExperimentConfig()
@@ -481,8 +485,14 @@ _KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "tru
 
 
 def _typename(value: Any) -> str:
-    return {dict: "a table", list: "a list", str: "a string", bool: "a boolean",
-            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+    return {
+        dict: "a table",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
 
 
 def _parse_value(text: str) -> Any:

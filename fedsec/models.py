@@ -8,7 +8,7 @@ default initialisation; builders take no random generator, so the caller seeds t
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -121,7 +121,21 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-VGG9_LAYOUT: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+VGG9_LAYOUT: tuple[int | str, ...] = (
+    64,
+    "M",
+    128,
+    "M",
+    256,
+    256,
+    "M",
+    512,
+    512,
+    "M",
+    512,
+    512,
+    "M",
+)
 """Conv channels of VGG-9 ("M" = 2x2 max-pool), as in Wang et al. 2020's code."""
 
 
@@ -169,7 +183,9 @@ class BasicBlock(nn.Module):
 
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(
+            in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False
+        )
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -206,7 +222,9 @@ class ResNet18(nn.Module):
         in_planes = 64
         layers = []
         for planes, stride in stages:
-            layers.append(nn.Sequential(BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)))
+            layers.append(
+                nn.Sequential(BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1))
+            )
             in_planes = planes
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -266,7 +284,8 @@ def _check_input_shape(input_shape: object) -> InputShape:
     )
     if not valid:
         raise ConfigError(
-            f"input_shape must be (channels, height, width) with 3 positive ints, got {input_shape!r}"
+            f"input_shape must be (channels, height, width) with 3 positive ints, "
+            f"got {input_shape!r}"
         )
     channels, height, width = input_shape  # type: ignore[misc]
     return (channels, height, width)

@@ -68,20 +68,33 @@ def partition_indices(
 
 
 def _validate(
-    labels: np.ndarray, num_clients: int, scheme: str, alpha: float, classes_per_client: int, min_size: int
+    labels: np.ndarray,
+    num_clients: int,
+    scheme: str,
+    alpha: float,
+    classes_per_client: int,
+    min_size: int,
 ) -> np.ndarray:
     """The labels as an int64 array, once every argument is known to be valid."""
     if scheme not in PARTITION_SCHEMES:
-        raise ConfigError(f"unknown partition scheme {scheme!r}; valid: {', '.join(PARTITION_SCHEMES)}")
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or (labels.size and labels.min() < 0):
         raise ConfigError(
-            f"labels must be a 1-D array of non-negative integers, got {labels.dtype} {labels.shape}"
+            f"unknown partition scheme {scheme!r}; valid: {', '.join(PARTITION_SCHEMES)}"
+        )
+    labels = np.asarray(labels)
+    if (
+        labels.ndim != 1
+        or not np.issubdtype(labels.dtype, np.integer)
+        or (labels.size and labels.min() < 0)
+    ):
+        raise ConfigError(
+            f"labels must be a 1-D array of non-negative integers, "
+            f"got {labels.dtype} {labels.shape}"
         )
     n = len(labels)
     if not 1 <= num_clients <= n:
         raise ConfigError(
-            f"[data] num_clients must be in 1..{n} (the number of training examples), got {num_clients}"
+            f"[data] num_clients must be in 1..{n} (the number of training examples), "
+            f"got {num_clients}"
         )
     if min_size < 1 or min_size * num_clients > n:
         raise ConfigError(
@@ -118,14 +131,17 @@ def _dirichlet_owner(
         for c in classes:
             members = np.flatnonzero(labels == c)
             cuts = (np.cumsum(rng.dirichlet(alphas)) * len(members)).astype(np.int64)[:-1]
-            owner[members] = np.repeat(np.arange(num_clients), np.diff(cuts, prepend=0, append=len(members)))
+            owner[members] = np.repeat(
+                np.arange(num_clients), np.diff(cuts, prepend=0, append=len(members))
+            )
         smallest = int(np.bincount(owner, minlength=num_clients).min())
         if smallest >= min_size:
             return owner
     raise ConfigError(
         f"dirichlet partition: some client got fewer than [data] min_partition_size = {min_size} "
         f"examples in all {_DIRICHLET_DRAWS} draws (smallest in the last draw: {smallest}); lower "
-        f"[data] min_partition_size, raise [data] alpha (now {alpha}) or use fewer clients (now {num_clients})"
+        f"[data] min_partition_size, raise [data] alpha (now {alpha}) "
+        f"or use fewer clients (now {num_clients})"
     )
 
 
@@ -143,16 +159,19 @@ def _pathological_owner(
                 own.append(drawn)
         held.append(own)
     owner = np.full(len(labels), -1, dtype=np.int64)
-    for c, count in zip(classes, counts):
+    for c, count in zip(classes, counts, strict=True):
         holders = [client for client, own in enumerate(held) if c in own]
         if not holders:
             continue
         if len(holders) > count:
             raise ConfigError(
-                f"pathological partition: class {c} has {count} examples but {len(holders)} clients "
-                f"hold it; use fewer clients or a smaller [data] classes_per_client"
+                f"pathological partition: class {c} has {count} examples "
+                f"but {len(holders)} clients hold it; "
+                f"use fewer clients or a smaller [data] classes_per_client"
             )
-        for client, members in zip(holders, np.array_split(np.flatnonzero(labels == c), len(holders))):
+        for client, members in zip(
+            holders, np.array_split(np.flatnonzero(labels == c), len(holders)), strict=True
+        ):
             owner[members] = client
     return owner
 
@@ -171,12 +190,15 @@ def _check_min_size(parts: Sequence[np.ndarray], min_size: int, scheme: str) -> 
     smallest = min(sizes)
     if smallest < min_size:
         raise ConfigError(
-            f"{scheme} partition: client {sizes.index(smallest)} gets {smallest} examples, fewer than "
-            f"[data] min_partition_size = {min_size}; lower min_partition_size or use fewer clients"
+            f"{scheme} partition: client {sizes.index(smallest)} gets {smallest} examples, "
+            f"fewer than [data] min_partition_size = {min_size}; "
+            f"lower min_partition_size or use fewer clients"
         )
 
 
-def label_histogram(labels: np.ndarray, partitions: Sequence[np.ndarray], num_classes: int) -> np.ndarray:
+def label_histogram(
+    labels: np.ndarray, partitions: Sequence[np.ndarray], num_classes: int
+) -> np.ndarray:
     """Counts of each class at each client: an int64 (num_clients, num_classes) array."""
     labels = np.asarray(labels)
     sizes = [len(p) for p in partitions]
@@ -184,14 +206,21 @@ def label_histogram(labels: np.ndarray, partitions: Sequence[np.ndarray], num_cl
         return np.zeros((len(partitions), num_classes), dtype=np.int64)
     client_labels = labels[np.concatenate(partitions)]
     if client_labels.min() < 0 or client_labels.max() >= num_classes:
-        raise ConfigError(f"labels must be in 0..{num_classes - 1} for a {num_classes}-class histogram")
+        raise ConfigError(
+            f"labels must be in 0..{num_classes - 1} for a {num_classes}-class histogram"
+        )
     client = np.repeat(np.arange(len(partitions)), sizes)
-    flat = np.bincount(client * num_classes + client_labels, minlength=len(partitions) * num_classes)
+    flat = np.bincount(
+        client * num_classes + client_labels, minlength=len(partitions) * num_classes
+    )
     return flat.reshape(len(partitions), num_classes).astype(np.int64)
 
 
 def plot_label_histogram(
-    hist: np.ndarray, path: str | Path, classes: Sequence[str] | None = None, title: str | None = None
+    hist: np.ndarray,
+    path: str | Path,
+    classes: Sequence[str] | None = None,
+    title: str | None = None,
 ) -> Path:
     """Write a PNG of ``hist``: one horizontal bar per client, stacked by class; returns the path.
 

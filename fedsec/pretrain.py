@@ -43,13 +43,23 @@ def initial_state(task: FederatedTask, log=print) -> dict[str, torch.Tensor]:
 
     def report_epoch(step: int) -> None:
         if step % steps_per_epoch == 0:
-            log(f"pre-training: epoch {step // steps_per_epoch}/{epochs} "
-                f"({time.monotonic() - started:.0f}s)")
+            log(
+                f"pre-training: epoch {step // steps_per_epoch}/{epochs} "
+                f"({time.monotonic() - started:.0f}s)"
+            )
 
     train(
-        model, x, y, epochs=epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
-        weight_decay=t.weight_decay, seed=derive_seed(cfg.seed, "pretrain"),
-        device=resolve_device(cfg.engine.device), after_step=report_epoch,
+        model,
+        x,
+        y,
+        epochs=epochs,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
+        seed=derive_seed(cfg.seed, "pretrain"),
+        device=resolve_device(cfg.engine.device),
+        after_step=report_epoch,
     )
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_torch_save(state, path)
@@ -61,10 +71,17 @@ def _cache_path(task: FederatedTask) -> Path:
     cfg = task.config
     t = cfg.train
     key = {
-        "data": cfg.data.name, "dir": cfg.data.dir, "model": cfg.model.name,
-        "seed": cfg.seed, "epochs": t.pretrain_epochs, "lr": t.lr,
-        "batch_size": t.batch_size, "momentum": t.momentum, "weight_decay": t.weight_decay,
-        "torch": torch.__version__, "threads": cfg.engine.client_num_cpus,
+        "data": cfg.data.name,
+        "dir": cfg.data.dir,
+        "model": cfg.model.name,
+        "seed": cfg.seed,
+        "epochs": t.pretrain_epochs,
+        "lr": t.lr,
+        "batch_size": t.batch_size,
+        "momentum": t.momentum,
+        "weight_decay": t.weight_decay,
+        "torch": torch.__version__,
+        "threads": cfg.engine.client_num_cpus,
         # What pre-training actually sees: an attack may have edited the training split
         # (a "tail" edge case takes its examples out), so the name alone is not enough.
         "train_split": _digest(task.dataset.x_train, task.dataset.y_train),

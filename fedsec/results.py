@@ -85,8 +85,11 @@ class RunWriter:
         rounds = read_metrics(self.out_dir / METRICS_FILE)
         higher = True if rule is None else bool(rule.higher_score_is_suspicious)
         summarized = summarize_rounds(rounds, higher_score_is_suspicious=higher)
-        quota = ("" if rule is None else
-                 rule.selection_quota(self.config.train.round_size(self.config.data.num_clients)))
+        quota = (
+            ""
+            if rule is None
+            else rule.selection_quota(self.config.train.round_size(self.config.data.num_clients))
+        )
         if quota and "detection" in summarized:
             summarized["detection"]["selection_quota"] = quota
         if rule is not None and rule.selects_clients:
@@ -106,8 +109,9 @@ class RunWriter:
         return summary
 
 
-def summarize_rounds(rounds: list[dict[str, Any]],
-                     higher_score_is_suspicious: bool = True) -> dict[str, Any]:
+def summarize_rounds(
+    rounds: list[dict[str, Any]], higher_score_is_suspicious: bool = True
+) -> dict[str, Any]:
     """Final and best value of each accuracy that the rounds recorded, and the detection.
 
     ``detection`` holds the confusion counts summed over the rounds, precision, recall
@@ -121,8 +125,10 @@ def summarize_rounds(rounds: list[dict[str, Any]],
         if values:
             out[f"final_{key}"] = values[-1]
             out[f"best_{key}" if key == "main_accuracy" else f"max_{key}"] = max(values)
-    counts = {k: sum(r.get(k, 0) for r in rounds)
-              for k in ("true_positives", "false_positives", "false_negatives", "true_negatives")}
+    counts = {
+        k: sum(r.get(k, 0) for r in rounds)
+        for k in ("true_positives", "false_positives", "false_negatives", "true_negatives")
+    }
     if any(k in r for r in rounds for k in counts):
         tp, fp, fn, tn = counts.values()
         out["detection"] = {
@@ -157,12 +163,16 @@ def attacker_acceptance(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
         accepted += bool(set(bad) & set(r["accepted_clients"]))
     if not attack_rounds:
         return None
-    return {"attack_rounds": attack_rounds, "accepted_rounds": accepted,
-            "rate": accepted / attack_rounds}
+    return {
+        "attack_rounds": attack_rounds,
+        "accepted_rounds": accepted,
+        "rate": accepted / attack_rounds,
+    }
 
 
-def detection_auroc(rounds: list[dict[str, Any]],
-                    higher_score_is_suspicious: bool = True) -> tuple[float | None, int]:
+def detection_auroc(
+    rounds: list[dict[str, Any]], higher_score_is_suspicious: bool = True
+) -> tuple[float | None, int]:
     """Mean over rounds of the AUROC of the defense's scores against the attackers.
 
     A round counts when it logged ``scores`` ({partition id: score}) and

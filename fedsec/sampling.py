@@ -16,7 +16,7 @@ from fedsec.seeding import rng
 
 
 def _words(ids: list[int]) -> str:
-    """"3", "3 and 7", "3, 7 and 9"; long lists are cut after 10."""
+    """ "3", "3 and 7", "3, 7 and 9"; long lists are cut after 10."""
     if len(ids) > 10:
         return ", ".join(map(str, ids[:10])) + f" and {len(ids) - 10} more"
     return " and ".join(filter(None, [", ".join(map(str, ids[:-1])), str(ids[-1])]))
@@ -38,8 +38,9 @@ class ClientSampler:
         the others; if fewer than ``clients_per_round`` remain, every one of them trains.
     """
 
-    def __init__(self, num_clients: int, clients_per_round: int, seed: int,
-                 exclude: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self, num_clients: int, clients_per_round: int, seed: int, exclude: tuple[int, ...] = ()
+    ) -> None:
         self.num_clients = num_clients
         self.clients_per_round = clients_per_round
         self.seed = seed
@@ -50,8 +51,9 @@ class ClientSampler:
         generator = rng(self.seed, "sampling", server_round)
         if self.exclude:
             remaining = np.setdiff1d(np.arange(self.num_clients), self.exclude)
-            chosen = generator.choice(remaining, size=min(self.clients_per_round, len(remaining)),
-                                      replace=False)
+            chosen = generator.choice(
+                remaining, size=min(self.clients_per_round, len(remaining)), replace=False
+            )
         else:
             chosen = generator.choice(self.num_clients, size=self.clients_per_round, replace=False)
         return sorted(int(c) for c in np.asarray(chosen))
@@ -78,8 +80,16 @@ class AttackSchedule:
         an excluded pool member never attacks, and the others take the turns.
     """
 
-    def __init__(self, attack, num_clients: int, clients_per_round: int, rounds: int,
-                 seed: int, pool_seed: int | None = None, exclude: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        attack,
+        num_clients: int,
+        clients_per_round: int,
+        rounds: int,
+        seed: int,
+        pool_seed: int | None = None,
+        exclude: tuple[int, ...] = (),
+    ) -> None:
         self.attack = attack
         self.num_clients = num_clients
         self.clients_per_round = clients_per_round
@@ -92,8 +102,15 @@ class AttackSchedule:
     def for_config(cls, config) -> AttackSchedule:
         """The schedule of an ``ExperimentConfig``."""
         c = config
-        return cls(c.attack, c.data.num_clients, c.train.clients_per_round, c.train.rounds,
-                   c.seed, pool_seed=c.federation_seed, exclude=c.train.excluded())
+        return cls(
+            c.attack,
+            c.data.num_clients,
+            c.train.clients_per_round,
+            c.train.rounds,
+            c.seed,
+            pool_seed=c.federation_seed,
+            exclude=c.train.excluded(),
+        )
 
     @property
     def enabled(self) -> bool:
@@ -105,7 +122,9 @@ class AttackSchedule:
         if not self.enabled:
             return []
         size = self.attack.pool_size(self.num_clients)
-        return sorted(int(c) for c in rng(self.pool_seed, "attackers").permutation(self.num_clients)[:size])
+        return sorted(
+            int(c) for c in rng(self.pool_seed, "attackers").permutation(self.num_clients)[:size]
+        )
 
     def in_window(self, server_round: int) -> bool:
         a = self.attack
@@ -134,19 +153,26 @@ class AttackSchedule:
         a = self.attack
         pool = [c for c in self.pool if c not in self.exclude]
         if not pool:
-            return (f"{a.name}: no one attacks, every attacker-pool client "
-                    f"({_words(self.pool)}) is in train.exclude_clients")
+            return (
+                f"{a.name}: no one attacks, every attacker-pool client "
+                f"({_words(self.pool)}) is in train.exclude_clients"
+            )
         who = _words(pool)
         rounds = self.attack_rounds()
-        shown = ", ".join(map(str, rounds[:8])) + (f", ... ({len(rounds)} rounds)"
-                                                   if len(rounds) > 8 else "")
+        shown = ", ".join(map(str, rounds[:8])) + (
+            f", ... ({len(rounds)} rounds)" if len(rounds) > 8 else ""
+        )
         if a.schedule == "random-pool":
-            how = (f"attacking whenever sampled in rounds {a.start_round}.."
-                   f"{a.last_round(self.rounds)} (random-pool)")
+            how = (
+                f"attacking whenever sampled in rounds {a.start_round}.."
+                f"{a.last_round(self.rounds)} (random-pool)"
+            )
         else:
             every = 1 if a.schedule == "every-round" else a.every
-            how = (f"{min(a.attackers_per_round, max(len(pool), 1))} a round, every {every} "
-                   f"round(s) from round {a.start_round} ({a.schedule})")
+            how = (
+                f"{min(a.attackers_per_round, max(len(pool), 1))} a round, every {every} "
+                f"round(s) from round {a.start_round} ({a.schedule})"
+            )
         where = f"in rounds {shown}" if rounds else "in no round"
         return f"{a.name} by client{'s' if len(pool) > 1 else ''} {who}, {how}: {where}"
 
@@ -163,9 +189,12 @@ class AttackSchedule:
             if self.exclude:
                 honest = np.setdiff1d(honest, self.exclude)
             k = self.attack_rounds_before(server_round)
-            per_round = 0 if k is None or not pool else min(self.attack.attackers_per_round, len(pool))
+            per_round = (
+                0 if k is None or not pool else min(self.attack.attackers_per_round, len(pool))
+            )
             chosen = rng(self.seed, "sampling", server_round).choice(
-                honest, size=min(self.clients_per_round - per_round, len(honest)), replace=False)
+                honest, size=min(self.clients_per_round - per_round, len(honest)), replace=False
+            )
             # Attackers take turns: attack round k uses pool members k*m .. k*m + m - 1.
             attackers = [pool[(k * per_round + j) % len(pool)] for j in range(per_round)]
             clients = sorted(int(c) for c in chosen) + attackers

@@ -78,8 +78,9 @@ class RoundOutcome:
     record: dict[str, Any]
 
 
-def discover_partitions(grid: Grid, num_clients: int, timeout: float,
-                        progress: Callable[[str], None] = print) -> dict[int, int]:
+def discover_partitions(
+    grid: Grid, num_clients: int, timeout: float, progress: Callable[[str], None] = print
+) -> dict[int, int]:
     """Map partition id -> node id by asking every connected node who it is.
 
     Node ids are random (simulation) or assigned by the SuperLink (deployment); the
@@ -117,8 +118,10 @@ def discover_partitions(grid: Grid, num_clients: int, timeout: float,
         mapping[int(info["partition-id"])] = reply.metadata.src_node_id
     missing = sorted(set(range(num_clients)) - set(mapping))
     if missing:
-        raise RunError(f"no node answered the identify query within engine.connect_timeout = "
-                       f"{timeout:.0f}s for partition ids {missing[:10]}")
+        raise RunError(
+            f"no node answered the identify query within engine.connect_timeout = "
+            f"{timeout:.0f}s for partition ids {missing[:10]}"
+        )
     return mapping
 
 
@@ -137,9 +140,13 @@ def run_federation(
     """
     torch.set_num_threads(config.engine.client_num_cpus)
     task = get_task(config)
-    strategy = build_defense(config.defense.name, config.defense.params, seed=config.seed,
-                             device=str(resolve_device(config.engine.device)),
-                             root_update_fn=RootTrainer(task))
+    strategy = build_defense(
+        config.defense.name,
+        config.defense.params,
+        seed=config.seed,
+        device=str(resolve_device(config.engine.device)),
+        root_update_fn=RootTrainer(task),
+    )
     checkpoint = load_checkpoint(out_dir) if resume else None
     if checkpoint is None:
         first_round = 1
@@ -159,8 +166,17 @@ def run_federation(
     t_start = time.time() - writer.elapsed_before
     for server_round in range(first_round, config.train.rounds + 1):
         sampled, malicious = schedule.sample(server_round)
-        outcome = run_round(grid, strategy, arrays, server_round, sampled, node_of,
-                            partition_of, config, task.attacker_facts(sampled, malicious))
+        outcome = run_round(
+            grid,
+            strategy,
+            arrays,
+            server_round,
+            sampled,
+            node_of,
+            partition_of,
+            config,
+            task.attacker_facts(sampled, malicious),
+        )
         if schedule.enabled:
             outcome.record["malicious_clients"] = malicious
             outcome.record.update(detection_counts(outcome.record, malicious))
@@ -169,10 +185,14 @@ def run_federation(
         record["time_s"] = round(time.time() - t_start, 3)
         writer.log_round(record)
         if every and (server_round % every == 0 or server_round == config.train.rounds):
-            save_checkpoint(out_dir, Checkpoint(
-                round=server_round, model=arrays.to_torch_state_dict(),
-                strategy=strategy.state_dict(),
-            ))
+            save_checkpoint(
+                out_dir,
+                Checkpoint(
+                    round=server_round,
+                    model=arrays.to_torch_state_dict(),
+                    strategy=strategy.state_dict(),
+                ),
+            )
         progress(_progress_line(record, config.train.rounds))
 
     torch.save(arrays.to_torch_state_dict(), Path(out_dir) / MODEL_FILE)
@@ -200,8 +220,10 @@ def run_round(
     # would wait for nodes that never come (Flower's sample_nodes has no timeout).
     _sample_exactly_the_given_nodes(strategy, len(sampled))
     messages = strategy.configure_train(server_round, arrays, ConfigRecord(), round_grid)
-    messages = [_with_facts(m, (attacker_facts or {}).get(partition_of.get(m.metadata.dst_node_id)))
-                for m in messages]
+    messages = [
+        _with_facts(m, (attacker_facts or {}).get(partition_of.get(m.metadata.dst_node_id)))
+        for m in messages
+    ]
     replies = list(grid.send_and_receive(messages, timeout=config.engine.round_timeout))
     # A reply from a node outside this round (or an error the SuperLink wrote for a node
     # that vanished) cannot be attributed: only the round's own clients' replies count.
@@ -213,9 +235,13 @@ def run_round(
     record: dict[str, Any] = {"clients": sampled, "failed_clients": failed}
     if len(answered) < config.train.min_replies:
         # Too few clients answered: aggregating them would let a handful steer the model.
-        record.update(train_loss=None, skipped=True, kept_previous_model=True,
-                      kept_previous_reason=f"{len(answered)} valid replies, fewer than "
-                                           f"train.min_replies = {config.train.min_replies}")
+        record.update(
+            train_loss=None,
+            skipped=True,
+            kept_previous_model=True,
+            kept_previous_reason=f"{len(answered)} valid replies, fewer than "
+            f"train.min_replies = {config.train.min_replies}",
+        )
         return RoundOutcome(arrays, record)
     report = strategy.aggregate_round(server_round, replies)
     record["train_loss"] = _metric(report.metrics, "train_loss")
@@ -242,8 +268,11 @@ def _with_facts(message: Message, facts: dict[str, int] | None) -> Message:
     for key, record in message.content.items():
         if isinstance(record, ConfigRecord):
             content[key] = ConfigRecord({**record, **facts})
-    return Message(content=content, message_type=message.metadata.message_type,
-                   dst_node_id=message.metadata.dst_node_id)
+    return Message(
+        content=content,
+        message_type=message.metadata.message_type,
+        dst_node_id=message.metadata.dst_node_id,
+    )
 
 
 class CentralEvaluator:
@@ -281,7 +310,9 @@ class RootTrainer:
         self.task = task
         x, y = task.train_data()
         size = min(task.config.defense.root_size, len(y))
-        idx = torch.from_numpy(rng(task.config.seed, "root-set").choice(len(y), size, replace=False))
+        idx = torch.from_numpy(
+            rng(task.config.seed, "root-set").choice(len(y), size, replace=False)
+        )
         self.x, self.y = x[idx], y[idx]
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
@@ -301,7 +332,11 @@ def detection_counts(record: dict[str, Any], malicious: list[int]) -> dict[str, 
     """
     if "rejected_clients" not in record:
         return {}
-    rejected, accepted, bad = set(record["rejected_clients"]), set(record["accepted_clients"]), set(malicious)
+    rejected, accepted, bad = (
+        set(record["rejected_clients"]),
+        set(record["accepted_clients"]),
+        set(malicious),
+    )
     return {
         "true_positives": len(rejected & bad),
         "false_positives": len(rejected - bad),
@@ -330,8 +365,10 @@ def _metric(metrics, key: str) -> float | None:
 
 
 def _progress_line(record: dict[str, Any], rounds: int) -> str:
-    parts = [f"round {record['round']:>{len(str(rounds))}}/{rounds}",
-             f"main_accuracy {record['main_accuracy']:.4f}"]
+    parts = [
+        f"round {record['round']:>{len(str(rounds))}}/{rounds}",
+        f"main_accuracy {record['main_accuracy']:.4f}",
+    ]
     if record.get("backdoor_accuracy") is not None:
         parts.append(f"backdoor_accuracy {record['backdoor_accuracy']:.4f}")
     if record.get("train_loss") is not None:
@@ -348,6 +385,8 @@ def _progress_line(record: dict[str, Any], rounds: int) -> str:
     if record["failed_clients"]:
         parts.append(f"failed {record['failed_clients']}")
     if record.get("kept_previous_model"):
-        parts.append(f"kept previous model ({record.get('kept_previous_reason', 'no usable reply')})")
+        parts.append(
+            f"kept previous model ({record.get('kept_previous_reason', 'no usable reply')})"
+        )
     parts.append(f"{record['time_s']:.1f}s")
     return "  ".join(parts)

@@ -84,7 +84,8 @@ class SweepRun:
         if written.is_file() and _written_config(written) != self.config.to_toml():
             raise ConfigError(
                 f"{self.dir} holds a different experiment than the sweep's {self.id} (was "
-                "the sweep file or its base edited?); move that directory away or use another --out")
+                "the sweep file or its base edited?); move that directory away or use another --out"
+            )
         if (self.dir / SUMMARY_FILE).is_file():
             return "done"
         if (self.dir / CHECKPOINT_FILE).is_file():
@@ -112,8 +113,9 @@ class Sweep:
     parallel: int | None = None
 
 
-def load_sweep(path: str | Path, out: str | Path | None = None,
-               overrides: list[str] | None = None) -> Sweep:
+def load_sweep(
+    path: str | Path, out: str | Path | None = None, overrides: list[str] | None = None
+) -> Sweep:
     """Read and check a sweep file; every run's config is built and validated here, so
     a bad value anywhere in the grid is an error before any run starts.
 
@@ -123,13 +125,17 @@ def load_sweep(path: str | Path, out: str | Path | None = None,
     spec = read_toml(path)
     unknown = sorted(set(spec) - set(_SWEEP_KEYS))
     if unknown:
-        raise ConfigError(f"{path}: unknown sweep key {unknown[0]!r}; valid keys: {', '.join(_SWEEP_KEYS)}")
+        raise ConfigError(
+            f"{path}: unknown sweep key {unknown[0]!r}; valid keys: {', '.join(_SWEEP_KEYS)}"
+        )
     name = spec.get("name", path.stem)
     if not isinstance(name, str) or not name or "/" in name:
         raise ConfigError(f"{path}: name must be a non-empty string without '/', got {name!r}")
     if "base" not in spec:
-        raise ConfigError(f"{path}: missing 'base' (the experiment the axes modify: a TOML "
-                          "file path, or the experiment itself as a [base] table)")
+        raise ConfigError(
+            f"{path}: missing 'base' (the experiment the axes modify: a TOML "
+            "file path, or the experiment itself as a [base] table)"
+        )
     axes = _parse_axes(path, spec.get("axes"))
     for item in overrides or []:
         key = item.partition("=")[0].strip()
@@ -138,7 +144,9 @@ def load_sweep(path: str | Path, out: str | Path | None = None,
                 raise ConfigError(f"--set {item}: {key} is set by the sweep's axis {axis!r}")
     if isinstance(spec["base"], dict):  # the experiment inline
         base = path.resolve()
-        base_config = ExperimentConfig.from_dict(spec["base"]).with_overrides(overrides or []).validate()
+        base_config = (
+            ExperimentConfig.from_dict(spec["base"]).with_overrides(overrides or []).validate()
+        )
     else:
         base = (path.parent / str(spec["base"])).resolve()
         if not base.is_file():
@@ -149,14 +157,16 @@ def load_sweep(path: str | Path, out: str | Path | None = None,
         raise ConfigError(f"{path}: order must list every axis once: {', '.join(axes)}")
     axes = {axis: axes[axis] for axis in order}
     parallel = spec.get("parallel")
-    if parallel is not None and (isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1):
+    if parallel is not None and (
+        isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1
+    ):
         raise ConfigError(f"{path}: parallel must be an int >= 1, got {parallel!r}")
 
     exclude = _parse_exclude(path, spec.get("exclude", []), axes)
     root = Path(out) if out else Path("runs") / "sweeps" / name
     runs = []
     for combo in itertools.product(*(options.items() for options in axes.values())):
-        labels = {axis: label for axis, (label, _) in zip(axes, combo)}
+        labels = {axis: label for axis, (label, _) in zip(axes, combo, strict=True)}
         if any(all(labels[axis] in chosen for axis, chosen in rule.items()) for rule in exclude):
             continue
         cell: dict[str, Any] = {}
@@ -188,41 +198,52 @@ def _parse_axes(path: Path, axes: Any) -> dict[str, dict[str, dict[str, Any]]]:
                 if not isinstance(assignment, dict):
                     raise ConfigError(
                         f"{path}: axes.{axis}.{label} must be a table of config overrides, "
-                        f"e.g. {{ \"defense.name\" = \"krum\" }}")
+                        f'e.g. {{ "defense.name" = "krum" }}'
+                    )
                 options[label] = _flatten(assignment)
         else:
-            raise ConfigError(f"{path}: axis {axis!r} must be a list of values or a table of "
-                              "label -> overrides")
+            raise ConfigError(
+                f"{path}: axis {axis!r} must be a list of values or a table of label -> overrides"
+            )
         for label in options:
             if not label or "/" in label or "=" in label:
-                raise ConfigError(f"{path}: axis {axis!r} label {label!r} must be non-empty "
-                                  "without '/' or '='")
+                raise ConfigError(
+                    f"{path}: axis {axis!r} label {label!r} must be non-empty without '/' or '='"
+                )
         if isinstance(value, list) and len(options) != len(value):
             raise ConfigError(f"{path}: axis {axis!r} repeats a value")
         parsed[axis] = options
     return parsed
 
 
-def _parse_exclude(path: Path, rules: Any, axes: dict[str, dict[str, dict[str, Any]]]
-                   ) -> list[dict[str, set[str]]]:
+def _parse_exclude(
+    path: Path, rules: Any, axes: dict[str, dict[str, dict[str, Any]]]
+) -> list[dict[str, set[str]]]:
     """``exclude``: a list of tables ``{axis = label or [labels], ...}``; a combination that
     matches every axis of one table is not a run of the sweep (e.g. the defenses that a
     one-at-a-time axis leaves out)."""
     if not isinstance(rules, list) or not all(isinstance(r, dict) and r for r in rules):
-        raise ConfigError(f"{path}: exclude must be a list of tables {{axis = label or [labels]}}, "
-                          f"e.g. [{{ defense = [\"krum\"], attack = \"dba\" }}]")
+        raise ConfigError(
+            f"{path}: exclude must be a list of tables {{axis = label or [labels]}}, "
+            f'e.g. [{{ defense = ["krum"], attack = "dba" }}]'
+        )
     parsed = []
     for i, rule in enumerate(rules):
         chosen: dict[str, set[str]] = {}
         for axis, labels in rule.items():
             if axis not in axes:
-                raise ConfigError(f"{path}: exclude[{i}] names axis {axis!r}; axes: {', '.join(axes)}")
+                raise ConfigError(
+                    f"{path}: exclude[{i}] names axis {axis!r}; axes: {', '.join(axes)}"
+                )
             labels = [labels] if not isinstance(labels, list) else labels
             names = [_label(v) for v in labels]
             unknown = [n for n in names if n not in axes[axis]]
             if unknown or not names:
-                raise ConfigError(f"{path}: exclude[{i}].{axis} has no label {unknown[0] if unknown else '(empty list)'!r}; "
-                                  f"labels: {', '.join(axes[axis])}")
+                raise ConfigError(
+                    f"{path}: exclude[{i}].{axis} has no label "
+                    f"{unknown[0] if unknown else '(empty list)'!r}; "
+                    f"labels: {', '.join(axes[axis])}"
+                )
             chosen[axis] = set(names)
         parsed.append(chosen)
     return parsed
@@ -243,7 +264,9 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _apply(base: ExperimentConfig, overrides: dict[str, Any], labels: dict[str, str]) -> ExperimentConfig:
+def _apply(
+    base: ExperimentConfig, overrides: dict[str, Any], labels: dict[str, str]
+) -> ExperimentConfig:
     flat = base.to_flat()
     if overrides.get("attack.name", flat["attack.name"]) != flat["attack.name"]:
         # A different attack has different parameters: keep only the schedule keys of
@@ -251,8 +274,11 @@ def _apply(base: ExperimentConfig, overrides: dict[str, Any], labels: dict[str, 
         schedule = {f"attack.{f}" for f in AttackConfig.__dataclass_fields__ if f != "params"}
         flat = {k: v for k, v in flat.items() if not k.startswith("attack.") or k in schedule}
     if overrides.get("defense.name", flat["defense.name"]) != flat["defense.name"]:
-        flat = {k: v for k, v in flat.items()
-                if not k.startswith("defense.") or k in ("defense.name", "defense.root_size")}
+        flat = {
+            k: v
+            for k, v in flat.items()
+            if not k.startswith("defense.") or k in ("defense.name", "defense.root_size")
+        }
     flat.update(overrides)
     where = ", ".join(f"{a}={v}" for a, v in labels.items())
     try:
@@ -267,8 +293,10 @@ def write_manifest(sweep: Sweep, root: Path) -> None:
         "name": sweep.name,
         "base": str(sweep.base),
         "axes": sweep.axes,
-        "runs": [{"id": r.id, "dir": str(r.dir.relative_to(root)), "labels": r.labels}
-                 for r in sweep.runs],
+        "runs": [
+            {"id": r.id, "dir": str(r.dir.relative_to(root)), "labels": r.labels}
+            for r in sweep.runs
+        ],
     }
     atomic_write_text(root / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
 
@@ -291,13 +319,24 @@ def pretrain_all(sweep: Sweep, log=print) -> None:
         cfg, t = run.config, run.config.train
         if t.pretrain_epochs == 0:
             continue
-        key = (cfg.seed, json.dumps(cfg.to_dict()["data"], sort_keys=True), cfg.model.name,
-               t.pretrain_epochs, t.lr, t.batch_size, t.momentum, t.weight_decay,
-               t.pretrain_cache, cfg.engine.client_num_cpus, cfg.engine.device)
+        key = (
+            cfg.seed,
+            json.dumps(cfg.to_dict()["data"], sort_keys=True),
+            cfg.model.name,
+            t.pretrain_epochs,
+            t.lr,
+            t.batch_size,
+            t.momentum,
+            t.weight_decay,
+            t.pretrain_cache,
+            cfg.engine.client_num_cpus,
+            cfg.engine.device,
+        )
         if key in seen:
             continue
         seen.add(key)
         import torch
+
         torch.set_num_threads(cfg.engine.client_num_cpus)
         initial_state(get_task(cfg), log=log)
 
@@ -318,9 +357,14 @@ def run_sweep(sweep: Sweep, root: Path, parallel: int, progress: bool = True) ->
     runs_done = len(sweep.runs) - len(todo)
     failed: list[SweepRun] = []
     lock = threading.Lock()
-    bar = tqdm(total=sum(r.config.train.rounds for r in sweep.runs),
-               initial=sum(min(rounds_done[r.id], r.config.train.rounds) for r in sweep.runs),
-               desc=sweep.name, unit="round", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=sum(r.config.train.rounds for r in sweep.runs),
+        initial=sum(min(rounds_done[r.id], r.config.train.rounds) for r in sweep.runs),
+        desc=sweep.name,
+        unit="round",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     bar.set_postfix_str(f"runs {runs_done}/{len(sweep.runs)}")
 
     def on_round(run: SweepRun, server_round: int) -> None:
@@ -364,8 +408,15 @@ def _run_child(run: SweepRun, on_round: Callable[[int], None] = lambda _: None) 
     with (run.dir / LOG_FILE).open("a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                              text=True, bufsize=1, preexec_fn=_die_with_parent) as proc:
+        with subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            text=True,
+            bufsize=1,
+            preexec_fn=_die_with_parent,
+        ) as proc:
             for line in proc.stdout:
                 log.write(line)
                 log.flush()

@@ -70,9 +70,11 @@ class FederatedTask:
         """Keyword arguments of ``fedsec.training.train`` for one client in one round."""
         t = self.config.train
         return {
-            "epochs": t.local_epochs, "batch_size": t.batch_size,
+            "epochs": t.local_epochs,
+            "batch_size": t.batch_size,
             "lr": t.lr * t.lr_decay ** (server_round - 1),
-            "momentum": t.momentum, "weight_decay": t.weight_decay,
+            "momentum": t.momentum,
+            "weight_decay": t.weight_decay,
             "seed": derive_seed(self.config.seed, "client-train", server_round, partition_id),
             "device": resolve_device(self.config.engine.device),
         }
@@ -86,13 +88,25 @@ class FederatedTask:
         if self.attack is None or not malicious:
             return {}
         bad = set(malicious)
-        n_round = sum(self.attack.num_examples(len(self.partitions[c])) if c in bad
-                      else len(self.partitions[c]) for c in sampled)
+        n_round = sum(
+            self.attack.num_examples(len(self.partitions[c]))
+            if c in bad
+            else len(self.partitions[c])
+            for c in sampled
+        )
         pool = self.schedule.pool
-        return {pid: {ATTACKER_INDEX: pool.index(pid), NUM_ATTACKERS: len(pool), ROUND_EXAMPLES: n_round}
-                for pid in malicious}
+        return {
+            pid: {
+                ATTACKER_INDEX: pool.index(pid),
+                NUM_ATTACKERS: len(pool),
+                ROUND_EXAMPLES: n_round,
+            }
+            for pid in malicious
+        }
 
-    def attack_context(self, partition_id: int, server_round: int, facts: Mapping[str, Any]) -> AttackContext:
+    def attack_context(
+        self, partition_id: int, server_round: int, facts: Mapping[str, Any]
+    ) -> AttackContext:
         """The :class:`~attacks.AttackContext` of attacker ``partition_id``: its own data and
         seeds from this task, the round's facts from the server (``facts``, the train
         message's ConfigRecord, see :meth:`attacker_facts`)."""
@@ -119,8 +133,14 @@ def get_task(config: ExperimentConfig) -> FederatedTask:
     and attack edits depend on ``config.federation_seed`` (``data.partition_seed``, or the
     experiment seed), so runs that vary only the training seed share the federation.
     """
-    key = json.dumps({"seed": config.federation_seed, "data": config.to_dict()["data"],
-                      "attack": config.to_dict()["attack"]}, sort_keys=True)
+    key = json.dumps(
+        {
+            "seed": config.federation_seed,
+            "data": config.to_dict()["data"],
+            "attack": config.to_dict()["attack"],
+        },
+        sort_keys=True,
+    )
     if key not in _TASK_CACHE:
         if len(_TASK_CACHE) >= _TASK_CACHE_SIZE:
             _TASK_CACHE.pop(next(iter(_TASK_CACHE)))
@@ -140,8 +160,12 @@ def _build(config: ExperimentConfig) -> tuple[Dataset, tuple[np.ndarray, ...], A
         # e.g. tail examples become the attacker's and leave every honest client's data
         dataset = attack.edit_dataset(dataset, derive_seed(config.federation_seed, "attack-data"))
     parts = partition_indices(
-        dataset.y_train, d.num_clients, d.partition, alpha=d.alpha,
-        classes_per_client=d.classes_per_client, min_size=d.min_partition_size,
+        dataset.y_train,
+        d.num_clients,
+        d.partition,
+        alpha=d.alpha,
+        classes_per_client=d.classes_per_client,
+        min_size=d.min_partition_size,
         seed=derive_seed(config.federation_seed, "partition"),
     )
     return dataset, tuple(parts), attack

@@ -13,8 +13,8 @@ handled separately (e.g. through ``state_dict``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -59,10 +59,13 @@ def _check_data(x: torch.Tensor, y: torch.Tensor) -> None:
     """Raise if features and labels do not pair up, or there is nothing to use."""
     if y.dim() != 1 or x.shape[0] != y.shape[0]:
         raise ValueError(
-            f"need x of shape (N, ...) and labels y of shape (N,), got {tuple(x.shape)} and {tuple(y.shape)}"
+            f"need x of shape (N, ...) and labels y of shape (N,), "
+            f"got {tuple(x.shape)} and {tuple(y.shape)}"
         )
     if y.shape[0] == 0:
-        raise ConfigError("the data set is empty: training or evaluation needs at least one example")
+        raise ConfigError(
+            "the data set is empty: training or evaluation needs at least one example"
+        )
 
 
 def _is_positive_int(value: object) -> bool:
@@ -76,7 +79,9 @@ def _check_batch_size(batch_size: int) -> None:
         raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
 
 
-def _check_hyperparameters(epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float) -> None:
+def _check_hyperparameters(
+    epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float
+) -> None:
     """Raise ConfigError for training settings outside their valid ranges."""
     if not _is_positive_int(epochs):
         raise ConfigError(f"epochs must be an int >= 1, got {epochs!r}")
@@ -90,7 +95,11 @@ def _check_hyperparameters(epochs: int, batch_size: int, lr: float, momentum: fl
 
 
 def _batches(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device, order: torch.Tensor | None = None
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    order: torch.Tensor | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x, y) minibatches on ``device``, in ``order`` if given; the last one may be short."""
     n = y.shape[0]
@@ -145,9 +154,9 @@ def train(
     from our generator, so that generator is seeded with ``seed`` too: the same model, data
     and seed then give bit-identical weights (at the same ``torch.set_num_threads``).  The
     seeding happens inside ``torch.random.fork_rng``, so the caller's global random stream
-    is left as it was.  A fresh optimizer is made per call (no momentum carried over between rounds, as
-    for an FL client).  The model is moved to ``device`` and stays in train mode; the data
-    may live on the CPU and travels one batch at a time.
+    is left as it was.  A fresh optimizer is made per call (no momentum carried over between
+    rounds, as for an FL client).  The model is moved to ``device`` and stays in train mode;
+    the data may live on the CPU and travels one batch at a time.
     """
     _check_hyperparameters(epochs, batch_size, lr, momentum, weight_decay)
     x, y = _as_tensor(x), _as_tensor(y)
@@ -156,7 +165,9 @@ def train(
     n = y.shape[0]
     model.to(device)
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
     order_rng = torch.Generator().manual_seed(seed)
     step = 0
     cuda_index = _cuda_index(device)
@@ -177,7 +188,9 @@ def train(
     return TrainStats(loss=loss_sum.item() / n, num_examples=n, num_steps=step)
 
 
-def evaluate(model: nn.Module, x: Array, y: Array, *, batch_size: int = 1024, device: Device = "cpu") -> EvalStats:
+def evaluate(
+    model: nn.Module, x: Array, y: Array, *, batch_size: int = 1024, device: Device = "cpu"
+) -> EvalStats:
     """Mean cross-entropy and accuracy of ``model`` on (x, y), in eval mode without gradients.
 
     The model is moved to ``device`` and left in eval mode.
@@ -199,7 +212,9 @@ def evaluate(model: nn.Module, x: Array, y: Array, *, batch_size: int = 1024, de
     return EvalStats(loss=loss_sum.item() / n, accuracy=correct.item() / n, num_examples=n)
 
 
-def predict_logits(model: nn.Module, x: Array, batch_size: int = 1024, device: Device = "cpu") -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, x: Array, batch_size: int = 1024, device: Device = "cpu"
+) -> torch.Tensor:
     """Logits of ``model`` for every row of ``x``: an (N, classes) tensor on the CPU.
 
     Runs in eval mode under ``torch.no_grad`` (not inference mode, so the result can still
@@ -213,7 +228,12 @@ def predict_logits(model: nn.Module, x: Array, batch_size: int = 1024, device: D
     model.to(device)
     model.eval()
     with torch.no_grad():
-        return torch.cat([model(x[i : i + batch_size].to(device)).cpu() for i in range(0, x.shape[0], batch_size)])
+        return torch.cat(
+            [
+                model(x[i : i + batch_size].to(device)).cpu()
+                for i in range(0, x.shape[0], batch_size)
+            ]
+        )
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -227,7 +247,8 @@ def flatten_params(model: nn.Module) -> torch.Tensor:
 
 
 def assign_flat_params(model: nn.Module, flat: torch.Tensor) -> None:
-    """Copy the 1-D vector ``flat`` into the model's parameters in place (inverse of ``flatten_params``).
+    """Copy the 1-D vector ``flat`` into the model's parameters in place
+    (inverse of ``flatten_params``).
 
     The values are copied (converted to each parameter's dtype and device), so later changes
     to ``flat`` do not reach the model.  Raises ValueError if the length does not match.
@@ -235,7 +256,8 @@ def assign_flat_params(model: nn.Module, flat: torch.Tensor) -> None:
     expected = parameter_count(model)
     if flat.dim() != 1 or flat.numel() != expected:
         raise ValueError(
-            f"flat parameter vector has shape {tuple(flat.shape)} but the model needs a 1-D vector of {expected} values"
+            f"flat parameter vector has shape {tuple(flat.shape)} "
+            f"but the model needs a 1-D vector of {expected} values"
         )
     offset = 0
     with torch.no_grad():

@@ -41,16 +41,20 @@ def write_edge_case_files(folder: Path, seed: int = 0) -> Path:
         arrays[f"x_{split}"], arrays[f"y_{split}"] = x, y
     np.savez(folder / "ardis_iv.npz", **arrays)
     train, test = SMALL_SOUTHWEST
-    np.savez(folder / "southwest_airplanes.npz",
-             x_train=rng.integers(0, 256, size=(train, 32, 32, 3), dtype=np.uint8),
-             x_test=rng.integers(0, 256, size=(test, 32, 32, 3), dtype=np.uint8))
+    np.savez(
+        folder / "southwest_airplanes.npz",
+        x_train=rng.integers(0, 256, size=(train, 32, 32, 3), dtype=np.uint8),
+        x_test=rng.integers(0, 256, size=(test, 32, 32, 3), dtype=np.uint8),
+    )
     return folder
 
 
 @pytest.fixture(scope="session")
 def edge_case_dir(tmp_path_factory) -> Path:
     """The shared edge-case folder if present, else a small one in the same format."""
-    if (SHARED_DATA / "ardis_iv.npz").is_file() and (SHARED_DATA / "southwest_airplanes.npz").is_file():
+    if (SHARED_DATA / "ardis_iv.npz").is_file() and (
+        SHARED_DATA / "southwest_airplanes.npz"
+    ).is_file():
         return SHARED_DATA
     return write_edge_case_files(tmp_path_factory.mktemp("edge-cases"))
 

@@ -24,8 +24,10 @@ def run_cli(out: Path, overrides: list[str]) -> None:
 
 def rounds_without_time(run_dir: Path) -> list[dict]:
     """The rounds of ``run_dir``'s metrics.jsonl without wall-clock times."""
-    return [{k: v for k, v in r.items() if k != "time_s"}
-            for r in read_metrics(Path(run_dir) / "metrics.jsonl")]
+    return [
+        {k: v for k, v in r.items() if k != "time_s"}
+        for r in read_metrics(Path(run_dir) / "metrics.jsonl")
+    ]
 
 
 def pool_context(task, pid: int):
@@ -34,8 +36,9 @@ def pool_context(task, pid: int):
     from fedsec.task import ATTACKER_INDEX, NUM_ATTACKERS, ROUND_EXAMPLES
 
     pool = task.schedule.pool
-    return task.attack_context(pid, 1, {ATTACKER_INDEX: pool.index(pid), NUM_ATTACKERS: len(pool),
-                                        ROUND_EXAMPLES: 0})
+    return task.attack_context(
+        pid, 1, {ATTACKER_INDEX: pool.index(pid), NUM_ATTACKERS: len(pool), ROUND_EXAMPLES: 0}
+    )
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,9 +63,16 @@ client_num_cpus = 1
 def sigkill_when(cli_args: list[str], metrics: Path, rounds: int, timeout: float) -> None:
     """Start ``python -m fedsec.cli CLI_ARGS`` and SIGKILL it once ``metrics`` holds
     ``rounds`` rounds; fails the test if it ends first or takes longer than ``timeout``."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "fedsec.cli", *cli_args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedsec.cli", *cli_args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + timeout
         while len(read_metrics(metrics)) < rounds:

@@ -13,9 +13,17 @@ from fedsec.errors import ConfigError
 from fedsec.results import read_metrics
 from fedsec.sampling import AttackSchedule
 
-DIGITS = ["data.name=digits", "model.name=mlp", "data.num_clients=6", "data.min_partition_size=5",
-          "train.clients_per_round=3", "train.rounds=4", "train.local_epochs=1",
-          "engine.client_num_cpus=1", "seed=4"]
+DIGITS = [
+    "data.name=digits",
+    "model.name=mlp",
+    "data.num_clients=6",
+    "data.min_partition_size=5",
+    "train.clients_per_round=3",
+    "train.rounds=4",
+    "train.local_epochs=1",
+    "engine.client_num_cpus=1",
+    "seed=4",
+]
 
 
 def config_error(*overrides: str) -> str:
@@ -26,26 +34,78 @@ def config_error(*overrides: str) -> str:
     return message
 
 
-@pytest.mark.parametrize("overrides,expected", [
-    (["attack.name=backdoorz"], "unknown attack.name 'backdoorz'; valid: none, dba, edge-case"),
-    ([*DIGITS, "attack.name=label-flip", "attack.num_attackers=7"], "attack.num_attackers must be between 1 and data.num_clients (6)"),
-    ([*DIGITS, "attack.name=pgd", "attack.eps=0"], "attack.eps (the PGD radius) must be > 0, got 0.0"),
-    ([*DIGITS, "attack.name=edge-case-pgd", "attack.eps=-1.5"], "attack.eps (the PGD radius) must be > 0, got -1.5"),
-    ([*DIGITS, "attack.name=label-flip", "attack.target_label=10"], "attack.target_label must be a class of digits (0..9), got 10"),
-    ([*DIGITS, "attack.name=pixel-replacement", "attack.target_label=-3"], "attack.target_label must be a class of digits (0..9), got -3"),
-    ([*DIGITS, "attack.name=edge-case", "attack.edge_case=southwest"], "attack.edge_case 'southwest' (32x32 RGB plane photos) does not fit data set 'digits'"),
-    ([*DIGITS, "attack.name=edge-case-pgd", "attack.edge_case=ardis"], "attack.edge_case 'ardis' (28x28 handwritten digits) does not fit data set 'digits'"),
-    (["attack.name=edge-case-pgd"], "edge_case 'ardis' needs attack.edge_case_dir: the folder holding ardis_iv.npz"),
-    (["attack.name=edge-case", "attack.edge_case_dir=/nonexistent/edge"], "attack.edge_case_dir: ardis: data directory not found: /nonexistent/edge; the folder must hold ardis_iv.npz"),
-    ([*DIGITS, "attack.name=edge-case", "attack.edge_case=plane"], "unknown attack.edge_case 'plane'; valid: auto, ardis, southwest, tail"),
-    ([*DIGITS, "attack.name=label-flip", "attack.source_label=1"], "attack.source_label and the target label are both 1"),
-    ([*DIGITS, "attack.name=dba", "attack.poison_fraction=1.5"], "attack.poison_fraction must be in (0, 1], got 1.5"),
-    ([*DIGITS, "attack.name=neurotoxin", "attack.mask_fraction=1.0"], "attack.mask_fraction must be in [0, 1), got 1.0"),
-    ([*DIGITS, "attack.name=gaussian", "attack.sigma=0"], "attack.sigma must be > 0, got 0.0"),
-    ([*DIGITS, "attack.name=gaussian", "attack.target_label=3"], "attack 'gaussian' is untargeted; remove attack.target_label"),
-    ([*DIGITS, "attack.name=pgd", "attack.radius=2"], "unknown key attack.radius for attack 'pgd'; its parameters: eps, eps_decay"),
-    ([*DIGITS, "attack.name=pgd", "attack.eps=big"], "attack.eps must be of type float, got 'big'"),
-])
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["attack.name=backdoorz"], "unknown attack.name 'backdoorz'; valid: none, dba, edge-case"),
+        (
+            [*DIGITS, "attack.name=label-flip", "attack.num_attackers=7"],
+            "attack.num_attackers must be between 1 and data.num_clients (6)",
+        ),
+        (
+            [*DIGITS, "attack.name=pgd", "attack.eps=0"],
+            "attack.eps (the PGD radius) must be > 0, got 0.0",
+        ),
+        (
+            [*DIGITS, "attack.name=edge-case-pgd", "attack.eps=-1.5"],
+            "attack.eps (the PGD radius) must be > 0, got -1.5",
+        ),
+        (
+            [*DIGITS, "attack.name=label-flip", "attack.target_label=10"],
+            "attack.target_label must be a class of digits (0..9), got 10",
+        ),
+        (
+            [*DIGITS, "attack.name=pixel-replacement", "attack.target_label=-3"],
+            "attack.target_label must be a class of digits (0..9), got -3",
+        ),
+        (
+            [*DIGITS, "attack.name=edge-case", "attack.edge_case=southwest"],
+            "attack.edge_case 'southwest' (32x32 RGB plane photos) does not fit data set 'digits'",
+        ),
+        (
+            [*DIGITS, "attack.name=edge-case-pgd", "attack.edge_case=ardis"],
+            "attack.edge_case 'ardis' (28x28 handwritten digits) does not fit data set 'digits'",
+        ),
+        (
+            ["attack.name=edge-case-pgd"],
+            "edge_case 'ardis' needs attack.edge_case_dir: the folder holding ardis_iv.npz",
+        ),
+        (
+            ["attack.name=edge-case", "attack.edge_case_dir=/nonexistent/edge"],
+            "attack.edge_case_dir: ardis: data directory not found: /nonexistent/edge; "
+            "the folder must hold ardis_iv.npz",
+        ),
+        (
+            [*DIGITS, "attack.name=edge-case", "attack.edge_case=plane"],
+            "unknown attack.edge_case 'plane'; valid: auto, ardis, southwest, tail",
+        ),
+        (
+            [*DIGITS, "attack.name=label-flip", "attack.source_label=1"],
+            "attack.source_label and the target label are both 1",
+        ),
+        (
+            [*DIGITS, "attack.name=dba", "attack.poison_fraction=1.5"],
+            "attack.poison_fraction must be in (0, 1], got 1.5",
+        ),
+        (
+            [*DIGITS, "attack.name=neurotoxin", "attack.mask_fraction=1.0"],
+            "attack.mask_fraction must be in [0, 1), got 1.0",
+        ),
+        ([*DIGITS, "attack.name=gaussian", "attack.sigma=0"], "attack.sigma must be > 0, got 0.0"),
+        (
+            [*DIGITS, "attack.name=gaussian", "attack.target_label=3"],
+            "attack 'gaussian' is untargeted; remove attack.target_label",
+        ),
+        (
+            [*DIGITS, "attack.name=pgd", "attack.radius=2"],
+            "unknown key attack.radius for attack 'pgd'; its parameters: eps, eps_decay",
+        ),
+        (
+            [*DIGITS, "attack.name=pgd", "attack.eps=big"],
+            "attack.eps must be of type float, got 'big'",
+        ),
+    ],
+)
 def test_bad_attack_configs_fail_in_load_config_with_one_line(overrides, expected):
     assert expected in config_error(*overrides)
 
@@ -53,15 +113,18 @@ def test_bad_attack_configs_fail_in_load_config_with_one_line(overrides, expecte
 def test_ardis_with_cifar10_is_rejected_without_reading_cifar():
     from fedsec.config import ExperimentConfig
 
-    config = ExperimentConfig.from_dict({"data": {"name": "cifar10"},
-                                         "attack": {"name": "edge-case", "edge_case": "ardis"}})
+    config = ExperimentConfig.from_dict(
+        {"data": {"name": "cifar10"}, "attack": {"name": "edge-case", "edge_case": "ardis"}}
+    )
     with pytest.raises(ConfigError, match="'ardis' .* does not fit data set 'cifar10'"):
         build_attack(config)
 
 
 def test_missing_edge_case_files_name_the_folder_and_the_files(tmp_path):
     message = config_error("attack.name=edge-case", f"attack.edge_case_dir={tmp_path}")
-    assert str(tmp_path) in message and "ardis_iv.npz" in message and "ARDIS_train_2828.csv" in message
+    assert (
+        str(tmp_path) in message and "ardis_iv.npz" in message and "ARDIS_train_2828.csv" in message
+    )
 
 
 def test_checks_that_need_the_data_run_before_training(tmp_path, capsys):
@@ -82,23 +145,45 @@ def test_checks_that_need_the_data_run_before_training(tmp_path, capsys):
 
 def test_every_attack_has_defaults_that_validate_somewhere():
     assert attack_names() == ["none", *sorted(ATTACKS)]
-    assert set(ATTACKS) == {"edge-case", "edge-case-pgd", "edge-case-pgd-replacement", "pixel-replacement",
-                            "pgd", "dba", "neurotoxin", "label-flip", "gaussian", "sign-flip"}
+    assert set(ATTACKS) == {
+        "edge-case",
+        "edge-case-pgd",
+        "edge-case-pgd-replacement",
+        "pixel-replacement",
+        "pgd",
+        "dba",
+        "neurotoxin",
+        "label-flip",
+        "gaussian",
+        "sign-flip",
+    }
     for name in ATTACKS:
-        extra = ["attack.trigger_size=2", "attack.trigger_gap=1"] if name in (
-            "pixel-replacement", "pgd", "dba", "neurotoxin") else []
+        extra = (
+            ["attack.trigger_size=2", "attack.trigger_gap=1"]
+            if name in ("pixel-replacement", "pgd", "dba", "neurotoxin")
+            else []
+        )
         assert build_attack(load_config(None, [*DIGITS, f"attack.name={name}", *extra])) is not None
 
 
 def test_ardis_config_with_the_shared_folder_is_valid(edge_case_dir):
-    cfg = load_config(None, ["attack.name=edge-case-pgd-replacement", f"attack.edge_case_dir={edge_case_dir}"])
+    cfg = load_config(
+        None, ["attack.name=edge-case-pgd-replacement", f"attack.edge_case_dir={edge_case_dir}"]
+    )
     attack = build_attack(cfg)
     assert attack.source == "ardis" and attack.target == 1 and attack.counts() == (66, 100, 0)
 
 
 def test_end_to_end_run_records_backdoor_accuracy_and_the_scheduled_attackers(tmp_path):
-    overrides = [*DIGITS, "attack.name=pixel-replacement", "attack.trigger_size=2", "attack.trigger_gap=1",
-                 "attack.num_attackers=2", "attack.every=2", "attack.start_round=2"]
+    overrides = [
+        *DIGITS,
+        "attack.name=pixel-replacement",
+        "attack.trigger_size=2",
+        "attack.trigger_gap=1",
+        "attack.num_attackers=2",
+        "attack.every=2",
+        "attack.start_round=2",
+    ]
     argv = ["run", str(DEFAULT_EXPERIMENT), "--out", str(tmp_path / "run")]
     for item in overrides:
         argv += ["--set", item]
@@ -121,17 +206,27 @@ def test_edge_case_pgd_experiment_configs_are_valid(name, every, edge_case_dir):
     cfg = load_config(path, [f"attack.edge_case_dir={edge_case_dir}"])
     assert cfg.attack.name == "edge-case-pgd" and cfg.attack.every == every
     assert cfg.attack.params["edge_case_dir"] == str(edge_case_dir)
-    assert cfg.data.name == "mnist5k" and cfg.data.num_clients >= 20 and cfg.train.pretrain_epochs == 10
+    assert (
+        cfg.data.name == "mnist5k"
+        and cfg.data.num_clients >= 20
+        and cfg.train.pretrain_epochs == 10
+    )
 
 
 def test_runs_that_measure_the_same_backdoor_inputs_share_a_backdoor_key():
     from attacks import backdoor_key
 
     edge = {"name": "edge-case-pgd", "edge_case": "ardis", "edge_case_dir": "x", "start_round": 21}
-    assert backdoor_key(edge) == backdoor_key({"name": "edge-case", "edge_case": "ardis", "eps": 2.0})
+    assert backdoor_key(edge) == backdoor_key(
+        {"name": "edge-case", "edge_case": "ardis", "eps": 2.0}
+    )
     pattern = backdoor_key({"name": "pixel-replacement", "start_round": 21})
     # DBA, PGD and model replacement all measure BA on the full default trigger -> 2.
-    assert pattern == backdoor_key({"name": "dba", "num_attackers": 4}) == backdoor_key({"name": "pgd"})
+    assert (
+        pattern
+        == backdoor_key({"name": "dba", "num_attackers": 4})
+        == backdoor_key({"name": "pgd"})
+    )
     assert pattern != backdoor_key({"name": "pgd", "trigger_size": 2})
     assert pattern != backdoor_key({"name": "dba", "target_label": 3})
     assert backdoor_key(edge) != pattern

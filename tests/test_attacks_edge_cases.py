@@ -10,8 +10,16 @@ from fedsec.data import load_ardis
 from fedsec.task import get_task
 from tests.runs import pool_context
 
-DIGITS = ["data.name=digits", "model.name=mlp", "data.num_clients=6", "data.min_partition_size=5",
-          "train.clients_per_round=3", "train.rounds=2", "engine.client_num_cpus=1", "seed=1"]
+DIGITS = [
+    "data.name=digits",
+    "model.name=mlp",
+    "data.num_clients=6",
+    "data.min_partition_size=5",
+    "train.clients_per_round=3",
+    "train.rounds=2",
+    "engine.client_num_cpus=1",
+    "seed=1",
+]
 MNIST5K = ["data.name=mnist5k", "data.num_clients=20", "train.rounds=2", "seed=2"]
 
 
@@ -25,8 +33,11 @@ def honest_rows(task) -> set[bytes]:
 
 # -------------------------------------------------------------------------- ARDIS
 def test_ardis_attacker_set_is_66_sevens_labelled_1_plus_100_clean(edge_case_dir):
-    task = get_task(load_config(None, [*MNIST5K, "attack.name=edge-case-pgd",
-                                       f"attack.edge_case_dir={edge_case_dir}"]))
+    task = get_task(
+        load_config(
+            None, [*MNIST5K, "attack.name=edge-case-pgd", f"attack.edge_case_dir={edge_case_dir}"]
+        )
+    )
     attack = task.attack
     assert attack.source == "ardis" and attack.target == 1
     pid = task.schedule.pool[0]
@@ -44,9 +55,20 @@ def test_ardis_attacker_set_is_66_sevens_labelled_1_plus_100_clean(edge_case_dir
 
 
 def test_ardis_counts_and_target_follow_the_config(edge_case_dir):
-    task = get_task(load_config(None, [*MNIST5K, "attack.name=edge-case", "attack.edge_case=ardis",
-                                       f"attack.edge_case_dir={edge_case_dir}", "attack.num_edge_cases=10",
-                                       "attack.num_clean=300", "attack.target_label=4"]))
+    task = get_task(
+        load_config(
+            None,
+            [
+                *MNIST5K,
+                "attack.name=edge-case",
+                "attack.edge_case=ardis",
+                f"attack.edge_case_dir={edge_case_dir}",
+                "attack.num_edge_cases=10",
+                "attack.num_clean=300",
+                "attack.target_label=4",
+            ],
+        )
+    )
     pid = task.schedule.pool[0]
     x, y = task.attack.attacker_data(pool_context(task, pid))
     assert len(y) == 310 and torch.all(y[:10] == 4)
@@ -58,10 +80,21 @@ def test_ardis_counts_and_target_follow_the_config(edge_case_dir):
 def test_tail_examples_leave_the_training_set_and_form_attacker_and_test_parts():
     from fedsec.data import load_dataset
 
-    task = get_task(load_config(None, [*DIGITS, "attack.name=edge-case", "attack.edge_case=tail",
-                                       "attack.source_label=3", "attack.target_label=5",
-                                       "attack.num_edge_cases=6", "attack.num_tail_test=4",
-                                       "attack.num_clean=15"]))
+    task = get_task(
+        load_config(
+            None,
+            [
+                *DIGITS,
+                "attack.name=edge-case",
+                "attack.edge_case=tail",
+                "attack.source_label=3",
+                "attack.target_label=5",
+                "attack.num_edge_cases=6",
+                "attack.num_tail_test=4",
+                "attack.num_clean=15",
+            ],
+        )
+    )
     attack = task.attack
     original = load_dataset("digits")
     chosen = attack.tail_indices
@@ -92,7 +125,10 @@ def test_tail_selection_picks_the_lowest_density_examples_and_is_seeded():
     assert chosen_scores.max() <= scores[np.searchsorted(members, rest)].min()
     # rare images are far from the class mean
     center = d.x_train[members].mean(axis=0)
-    dist = lambda idx: np.linalg.norm((d.x_train[idx] - center).reshape(len(idx), -1), axis=1).mean()
+
+    def dist(idx):
+        return np.linalg.norm((d.x_train[idx] - center).reshape(len(idx), -1), axis=1).mean()
+
     assert dist(chosen) > dist(rest)
 
 

@@ -19,9 +19,17 @@ from fedsec.training import assign_flat_params, flatten_params, train
 from tests.runs import pool_context
 
 # 8x8 digits, a 200-unit MLP, 6 clients; small triggers so that they fit 8x8 images.
-BASE = ["data.name=digits", "model.name=mlp", "data.num_clients=6", "data.min_partition_size=5",
-        "train.clients_per_round=3", "train.rounds=4", "train.local_epochs=1",
-        "engine.client_num_cpus=1", "seed=3"]
+BASE = [
+    "data.name=digits",
+    "model.name=mlp",
+    "data.num_clients=6",
+    "data.min_partition_size=5",
+    "train.clients_per_round=3",
+    "train.rounds=4",
+    "train.local_epochs=1",
+    "engine.client_num_cpus=1",
+    "seed=3",
+]
 TRIGGER = ["attack.trigger_size=2", "attack.trigger_gap=1"]
 
 
@@ -73,7 +81,7 @@ def test_projection_is_a_no_op_inside_the_ball_and_lands_on_the_sphere_outside()
     center = flatten_params(model) + 0.01
     before = [p.detach().clone() for p in model.parameters()]
     assert not project_to_ball(model, center, eps=10.0)
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
     w = flatten_params(model)
     moved = project_to_ball(model, center, eps=0.05)
@@ -90,7 +98,9 @@ def test_projected_training_ends_inside_the_ball_and_projects_every_k_steps():
     center = flatten_params(model).clone()
     g = torch.Generator().manual_seed(1)
     x, y = torch.rand(64, 1, 4, 4, generator=g), torch.randint(0, 3, (64,), generator=g)
-    kwargs = dict(epochs=3, batch_size=8, lr=0.5, momentum=0.9, weight_decay=0.0, seed=0, device="cpu")
+    kwargs = dict(
+        epochs=3, batch_size=8, lr=0.5, momentum=0.9, weight_decay=0.0, seed=0, device="cpu"
+    )
     stats = projected_train(model, x, y, center, eps=0.02, project_every=5, train_kwargs=kwargs)
     assert stats.num_steps == 24
     assert torch.linalg.vector_norm(flatten_params(model) - center).item() <= 0.02 * (1 + 1e-5)
@@ -105,8 +115,11 @@ def test_projection_runs_every_k_steps_and_after_the_last(monkeypatch):
 
     calls = []
     real = procedures.project_to_ball
-    monkeypatch.setattr(procedures, "project_to_ball",
-                        lambda model, center, eps: calls.append(steps[0]) or real(model, center, eps))
+    monkeypatch.setattr(
+        procedures,
+        "project_to_ball",
+        lambda model, center, eps: calls.append(steps[0]) or real(model, center, eps),
+    )
     steps = [0]
     model = tiny_model()
     x, y = torch.rand(50, 1, 4, 4), torch.randint(0, 3, (50,))
@@ -116,8 +129,13 @@ def test_projection_runs_every_k_steps_and_after_the_last(monkeypatch):
 
     kwargs = dict(epochs=2, batch_size=8, lr=0.1, seed=0)  # 7 steps an epoch, 14 in all
     original_train = procedures.train
-    monkeypatch.setattr(procedures, "train", lambda *a, after_step, **k: original_train(
-        *a, **k, after_step=lambda s: (count(s), after_step(s))))
+    monkeypatch.setattr(
+        procedures,
+        "train",
+        lambda *a, after_step, **k: original_train(
+            *a, **k, after_step=lambda s: (count(s), after_step(s))
+        ),
+    )
     procedures.projected_train(model, x, y, flatten_params(model), 0.01, 4, kwargs)
     assert calls == [4, 8, 12, 14]
 
@@ -132,24 +150,41 @@ def test_pgd_attacks_send_a_model_within_eps_of_the_global_model(attack):
 
 
 @pytest.mark.parametrize("multiple", [0.5, 2.0])
-def test_a_radius_in_benign_norms_is_that_multiple_of_the_attackers_clean_update(multiple, monkeypatch):
+def test_a_radius_in_benign_norms_is_that_multiple_of_the_attackers_clean_update(
+    multiple, monkeypatch
+):
     # eps_unit = "benign-norm": the attacker first trains honestly on its own partition
     # (what it would have sent, same seed); the radius is eps times that update's norm.
     radii = []
     real = procedures.projected_train
-    monkeypatch.setattr(procedures, "projected_train",
-                        lambda model, x, y, center, eps, *a: radii.append(eps) or real(model, x, y, center, eps, *a))
-    task = task_for("attack.name=edge-case-pgd", "attack.eps_unit=benign-norm", f"attack.eps={multiple}",
-                    "attack.every=2", "attack.edge_case=tail", "attack.num_clean=20")
+    monkeypatch.setattr(
+        procedures,
+        "projected_train",
+        lambda model, x, y, center, eps, *a: (
+            radii.append(eps) or real(model, x, y, center, eps, *a)
+        ),
+    )
+    task = task_for(
+        "attack.name=edge-case-pgd",
+        "attack.eps_unit=benign-norm",
+        f"attack.eps={multiple}",
+        "attack.every=2",
+        "attack.edge_case=tail",
+        "attack.num_clean=20",
+    )
     w0, w, ctx, stats, (r, pid) = run_attack(task)
-    clean_norm = torch.linalg.vector_norm(honest_copy(task, r, pid, task.client_data(pid)) - w0).item()
+    clean_norm = torch.linalg.vector_norm(
+        honest_copy(task, r, pid, task.client_data(pid)) - w0
+    ).item()
     assert clean_norm > 0
     assert radii == [pytest.approx(multiple * clean_norm, rel=1e-5)]
     assert torch.linalg.vector_norm(w - w0).item() <= multiple * clean_norm * (1 + 1e-5)
 
 
 def test_an_unknown_eps_unit_is_a_config_error():
-    with pytest.raises(ConfigError, match="attack.eps_unit must be one of 'absolute', 'benign-norm'"):
+    with pytest.raises(
+        ConfigError, match="attack.eps_unit must be one of 'absolute', 'benign-norm'"
+    ):
         task_for("attack.name=pgd", "attack.eps_unit=norm", *TRIGGER)
 
 
@@ -165,21 +200,29 @@ def test_scale_update_is_exact():
 
 @pytest.mark.parametrize("attack", ["pixel-replacement", "edge-case-pgd-replacement"])
 def test_model_replacement_scales_the_trained_update_by_n_round_over_n_attacker(attack):
-    extra = TRIGGER if attack == "pixel-replacement" else ["attack.edge_case=tail", "attack.eps=0.5"]
+    extra = (
+        TRIGGER if attack == "pixel-replacement" else ["attack.edge_case=tail", "attack.eps=0.5"]
+    )
     task = task_for(f"attack.name={attack}", "attack.every=2", *extra)
     w0, sent, ctx, stats, (r, pid) = run_attack(task)
     n_attacker = len(task.attack.attacker_data(ctx)[1])
     assert stats.num_examples == n_attacker
     clients, bad = task.schedule.sample(r)
     # N_round: every sampled client's training set, the attackers' poisoned ones included
-    assert ctx.round_examples == sum(len(task.attack.attacker_data(pool_context(task, c))[1]) if c in bad
-                                     else len(task.partitions[c]) for c in clients)
+    assert ctx.round_examples == sum(
+        len(task.attack.attacker_data(pool_context(task, c))[1])
+        if c in bad
+        else len(task.partitions[c])
+        for c in clients
+    )
     factor = ctx.round_examples / n_attacker
     assert factor > 2
     trained = task.new_model()
     x, y = task.attack.attacker_data(ctx)
     task.attack.train(trained, x, y, w0, ctx, task.train_kwargs(r, pid))  # deterministic: same seed
-    torch.testing.assert_close(sent - w0, factor * (flatten_params(trained) - w0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        sent - w0, factor * (flatten_params(trained) - w0), rtol=1e-5, atol=1e-6
+    )
 
 
 # --------------------------------------------------------------------- triggers
@@ -197,9 +240,13 @@ def test_dba_parts_are_disjoint_and_union_to_the_global_trigger(parts, size, gap
 
 def test_default_trigger_is_dbas_four_bars():
     masks = trigger_parts(28, 28)
-    rows_cols = [sorted(zip(*np.nonzero(m))) for m in masks]
-    assert rows_cols == [[(0, c) for c in range(4)], [(0, c) for c in range(6, 10)],
-                         [(3, c) for c in range(4)], [(3, c) for c in range(6, 10)]]
+    rows_cols = [sorted(zip(*np.nonzero(m), strict=True)) for m in masks]
+    assert rows_cols == [
+        [(0, c) for c in range(4)],
+        [(0, c) for c in range(6, 10)],
+        [(3, c) for c in range(4)],
+        [(3, c) for c in range(6, 10)],
+    ]
 
 
 def test_dba_attacker_stamps_its_own_part_and_ba_uses_the_full_trigger():
@@ -217,7 +264,9 @@ def test_dba_attacker_stamps_its_own_part_and_ba_uses_the_full_trigger():
         stamped = x[:, 0][:, on]
         assert changed.sum() > 0
         assert torch.all(stamped[changed] == 1.0)  # own part stamped where poisoned
-        assert torch.equal(x[changed][:, 0][:, other], clean_x[changed][:, 0][:, other])  # other part untouched
+        assert torch.equal(
+            x[changed][:, 0][:, other], clean_x[changed][:, 0][:, other]
+        )  # other part untouched
         assert torch.all(poisoned[changed])
     bx, by = attack.backdoor_test_set(task.dataset)
     full = torch.from_numpy(parts.any(axis=0))
@@ -235,7 +284,9 @@ def test_stamp_copies_and_sets_every_channel():
 
 # ------------------------------------------------------------------ neurotoxin
 def test_neurotoxin_leaves_the_masked_coordinates_bit_equal_to_the_global_model():
-    task = task_for("attack.name=neurotoxin", "attack.mask_fraction=0.3", "attack.every=2", *TRIGGER)
+    task = task_for(
+        "attack.name=neurotoxin", "attack.mask_fraction=0.3", "attack.every=2", *TRIGGER
+    )
     w0, w, *_ = run_attack(task)
     mask = task.attack.last_mask
     assert mask.sum().item() == round(0.3 * w0.numel())
@@ -287,8 +338,13 @@ def test_attacker_data_is_cached_and_seeded():
 
 
 def test_the_attack_context_is_its_own_data_and_the_facts_the_server_sends():
-    task = task_for("attack.name=pixel-replacement", "attack.every=2", "attack.num_attackers=3",
-                    "attack.attackers_per_round=2", *TRIGGER)
+    task = task_for(
+        "attack.name=pixel-replacement",
+        "attack.every=2",
+        "attack.num_attackers=3",
+        "attack.attackers_per_round=2",
+        *TRIGGER,
+    )
     r, _ = malicious_round(task)
     clients, bad = task.schedule.sample(r)
     facts = task.attacker_facts(clients, bad)
@@ -297,8 +353,12 @@ def test_the_attack_context_is_its_own_data_and_the_facts_the_server_sends():
         ctx = task.attack_context(pid, r, facts[pid])
         assert isinstance(ctx, AttackContext) and ctx.target_label == 2
         assert ctx.attacker_index == task.schedule.pool.index(pid) and ctx.num_attackers == 3
-        assert ctx.round_examples == sum(len(task.partitions[c]) for c in clients)  # same-size poison
-        assert all(torch.equal(a, b) for a, b in zip(ctx.examples, task.client_data(pid), strict=True))
+        assert ctx.round_examples == sum(
+            len(task.partitions[c]) for c in clients
+        )  # same-size poison
+        assert all(
+            torch.equal(a, b) for a, b in zip(ctx.examples, task.client_data(pid), strict=True)
+        )
         assert ctx.input_shape == (1, 8, 8)
     assert task.attacker_facts(clients, []) == {}
 
@@ -309,10 +369,16 @@ def test_only_the_attackers_train_messages_carry_the_facts(server_identity):
     from fedsec.server import _with_facts
 
     shared = RecordDict({"arrays": ArrayRecord(), "config": ConfigRecord({"server-round": 3})})
-    honest, attacker = (Message(content=shared, message_type="train", dst_node_id=n) for n in (1, 2))
+    honest, attacker = (
+        Message(content=shared, message_type="train", dst_node_id=n) for n in (1, 2)
+    )
     assert _with_facts(honest, None) is honest
     sent = _with_facts(attacker, {ATTACKER_INDEX: 1, NUM_ATTACKERS: 2, ROUND_EXAMPLES: 90})
-    assert dict(sent.content["config"]) == {"server-round": 3, ATTACKER_INDEX: 1, NUM_ATTACKERS: 2,
-                                            ROUND_EXAMPLES: 90}
+    assert dict(sent.content["config"]) == {
+        "server-round": 3,
+        ATTACKER_INDEX: 1,
+        NUM_ATTACKERS: 2,
+        ROUND_EXAMPLES: 90,
+    }
     assert dict(honest.content["config"]) == {"server-round": 3}  # the shared record is untouched
     assert sent.metadata.dst_node_id == 2 and sent.content["arrays"] is shared["arrays"]

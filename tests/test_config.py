@@ -26,8 +26,9 @@ def test_defaults_are_valid_and_file_overrides_only_what_it_names(tmp_path):
 
 
 def test_set_overrides_parse_toml_values_and_bare_words():
-    cfg = load_config(None, ["data.name=digits", "data.alpha=0.2", "train.rounds=3",
-                             "model.name=mlp", "seed=7"])
+    cfg = load_config(
+        None, ["data.name=digits", "data.alpha=0.2", "train.rounds=3", "model.name=mlp", "seed=7"]
+    )
     assert (cfg.data.name, cfg.data.alpha, cfg.train.rounds, cfg.seed) == ("digits", 0.2, 3, 7)
 
 
@@ -42,7 +43,10 @@ def test_flat_and_toml_round_trips_keep_every_value():
     [
         (["data.name=cifar100"], "unknown data.name 'cifar100'; valid: "),
         (["model.name=gpt"], "unknown model.name 'gpt'; valid: "),
-        (["engine.name=spark"], "unknown engine.name 'spark'; valid: inprocess, flower, deployment"),
+        (
+            ["engine.name=spark"],
+            "unknown engine.name 'spark'; valid: inprocess, flower, deployment",
+        ),
         (["data.alpha=0"], "data.alpha must be > 0"),
         (["data.alpha=-1"], "data.alpha must be > 0"),
         (["train.clients_per_round=30"], "clients_per_round (30) must be <= data.num_clients (20)"),
@@ -83,8 +87,9 @@ def test_unknown_top_level_key_and_bad_toml(tmp_path):
         (["frobnicate"], "invalid choice"),
     ],
 )
-def test_cli_user_errors_exit_2_with_one_line_and_no_run_dir(argv, fragment, capsys, tmp_path,
-                                                            monkeypatch):
+def test_cli_user_errors_exit_2_with_one_line_and_no_run_dir(
+    argv, fragment, capsys, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -17,7 +17,8 @@ from fedsec.cli import main
 from fedsec.config import ExperimentConfig, dumps_toml
 
 SECTIONS = {
-    section: list(values) for section, values in ExperimentConfig().to_dict().items()
+    section: list(values)
+    for section, values in ExperimentConfig().to_dict().items()
     if isinstance(values, dict)
 }
 NAMES = {
@@ -29,10 +30,20 @@ NAMES = {
     ("attack", "name"): ["none", "gaussian", "nope"],
 }
 scalars = st.one_of(
-    st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True),
-    st.booleans(), st.text(max_size=12), st.just(0), st.just(1), st.just(-1), st.just(0.5),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.text(max_size=12),
+    st.just(0),
+    st.just(1),
+    st.just(-1),
+    st.just(0.5),
 )
-values = st.one_of(scalars, st.lists(scalars, max_size=3), st.dictionaries(st.text(max_size=5), scalars, max_size=2))
+values = st.one_of(
+    scalars,
+    st.lists(scalars, max_size=3),
+    st.dictionaries(st.text(max_size=5), scalars, max_size=2),
+)
 
 
 @st.composite
@@ -45,7 +56,9 @@ def configs(draw) -> dict:
         table = {}
         for key in draw(st.lists(st.sampled_from(keys), max_size=4, unique=True)):
             choices = NAMES.get((section, key))
-            table[key] = draw(st.sampled_from(choices)) if choices and draw(st.booleans()) else draw(values)
+            table[key] = (
+                draw(st.sampled_from(choices)) if choices and draw(st.booleans()) else draw(values)
+            )
         raw[section] = table
     return raw
 
@@ -60,7 +73,9 @@ def check(path: Path, capsys) -> None:
         assert len(lines) == 1 and lines[0].startswith("fedsec: error: "), out.err
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(raw=configs())
 def test_random_structured_configs_fail_cleanly(raw, capsys):
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,7 +84,9 @@ def test_random_structured_configs_fail_cleanly(raw, capsys):
         check(path, capsys)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode)))
 def test_random_bytes_fail_cleanly(data, capsys):
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,6 +97,7 @@ def test_random_bytes_fail_cleanly(data, capsys):
 
 def _toml(raw: dict) -> str:
     """TOML text for ``raw`` (nan/inf and nested values spelled as TOML spells them)."""
+
     def value(v):
         if isinstance(v, float) and not math.isfinite(v):
             return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
@@ -90,6 +108,9 @@ def _toml(raw: dict) -> str:
         return dumps_toml({"v": v}).split(" = ", 1)[1].strip()
 
     top = [f"{k} = {value(v)}" for k, v in raw.items() if not isinstance(v, dict)]
-    tables = [f"[{k}]\n" + "\n".join(f'"{kk}" = {value(vv)}' for kk, vv in v.items())
-              for k, v in raw.items() if isinstance(v, dict)]
+    tables = [
+        f"[{k}]\n" + "\n".join(f'"{kk}" = {value(vv)}' for kk, vv in v.items())
+        for k, v in raw.items()
+        if isinstance(v, dict)
+    ]
     return "\n".join(top + tables) + "\n"

@@ -50,12 +50,16 @@ def images(n: int, seed: int, shape: tuple[int, ...] = (28, 28)) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(n, *shape), dtype=np.uint8)
 
 
-def write_idx_set(folder: Path, names: dict[str, str], *, gz: bool, stored=lambda x: x) -> dict[str, np.ndarray]:
+def write_idx_set(
+    folder: Path, names: dict[str, str], *, gz: bool, stored=lambda x: x
+) -> dict[str, np.ndarray]:
     """Four IDX files (6 train, 4 test); ``stored`` maps upright images to what is on disk."""
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {
-        "x_train": images(6, 0), "y_train": np.array([0, 1, 2, 3, 4, 9], dtype=np.uint8),
-        "x_test": images(4, 1), "y_test": np.array([5, 6, 7, 8], dtype=np.uint8),
+        "x_train": images(6, 0),
+        "y_train": np.array([0, 1, 2, 3, 4, 9], dtype=np.uint8),
+        "x_test": images(4, 1),
+        "y_test": np.array([5, 6, 7, 8], dtype=np.uint8),
     }
     for key, array in arrays.items():
         write_idx(folder / names[key], stored(array) if key.startswith("x") else array, gz=gz)
@@ -63,16 +67,22 @@ def write_idx_set(folder: Path, names: dict[str, str], *, gz: bool, stored=lambd
 
 
 MNIST_NAMES = {
-    "x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
-    "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte",
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
 }
 EMNIST_NAMES = {
-    "x_train": "emnist-digits-train-images-idx3-ubyte", "y_train": "emnist-digits-train-labels-idx1-ubyte",
-    "x_test": "emnist-digits-test-images-idx3-ubyte", "y_test": "emnist-digits-test-labels-idx1-ubyte",
+    "x_train": "emnist-digits-train-images-idx3-ubyte",
+    "y_train": "emnist-digits-train-labels-idx1-ubyte",
+    "x_test": "emnist-digits-test-images-idx3-ubyte",
+    "y_test": "emnist-digits-test-labels-idx1-ubyte",
 }
 
 
-def assert_images(x: np.ndarray, shape: tuple[int, ...], expected_uint8: np.ndarray | None = None) -> None:
+def assert_images(
+    x: np.ndarray, shape: tuple[int, ...], expected_uint8: np.ndarray | None = None
+) -> None:
     assert x.dtype == np.float32 and x.shape == shape
     assert 0.0 <= x.min() and x.max() <= 1.0
     if expected_uint8 is not None:
@@ -93,10 +103,24 @@ def test_read_idx_round_trip(tmp_path: Path, gz: bool) -> None:
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"\x00\x00", b"\x01\x00\x08\x01" + b"\x00" * 8, b"\x00\x00\x07\x01\x00\x00\x00\x01\x00",
-     b"\x00\x00\x08\x03\x00\x00\x00\x02", b"\x00\x00\x08\x01\x00\x00\x00\x05abc",
-     b"\x00\x00\x08\x01\x00\x00\x00\x02abc"],
-    ids=["empty", "short", "bad-zero-bytes", "bad-type", "truncated-header", "truncated-data", "trailing-data"],
+    [
+        b"",
+        b"\x00\x00",
+        b"\x01\x00\x08\x01" + b"\x00" * 8,
+        b"\x00\x00\x07\x01\x00\x00\x00\x01\x00",
+        b"\x00\x00\x08\x03\x00\x00\x00\x02",
+        b"\x00\x00\x08\x01\x00\x00\x00\x05abc",
+        b"\x00\x00\x08\x01\x00\x00\x00\x02abc",
+    ],
+    ids=[
+        "empty",
+        "short",
+        "bad-zero-bytes",
+        "bad-type",
+        "truncated-header",
+        "truncated-data",
+        "trailing-data",
+    ],
 )
 def test_read_idx_malformed(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "bad-idx"
@@ -138,7 +162,9 @@ def test_fashion_mnist_from_idx(tmp_path: Path) -> None:
 @pytest.mark.parametrize("subdir", ["", "EMNIST/raw"])
 def test_emnist_digits_are_turned_upright(tmp_path: Path, subdir: str) -> None:
     """EMNIST stores each image transposed; the loader must undo it."""
-    upright = write_idx_set(tmp_path / subdir, EMNIST_NAMES, gz=subdir == "", stored=lambda x: x.transpose(0, 2, 1))
+    upright = write_idx_set(
+        tmp_path / subdir, EMNIST_NAMES, gz=subdir == "", stored=lambda x: x.transpose(0, 2, 1)
+    )
     d = load_dataset("emnist-digits", tmp_path)
     assert_images(d.x_train, (6, 1, 28, 28), upright["x_train"][:, None])
     assert_images(d.x_test, (4, 1, 28, 28), upright["x_test"][:, None])
@@ -162,7 +188,10 @@ def test_missing_idx_file_names_the_path(tmp_path: Path) -> None:
     write_idx_set(tmp_path, MNIST_NAMES, gz=False)
     (tmp_path / MNIST_NAMES["y_test"]).unlink()
     expected = str(tmp_path / "t10k-labels-idx1-ubyte")
-    for call in (lambda: load_dataset("mnist", tmp_path), lambda: check_available("mnist", tmp_path)):
+    for call in (
+        lambda: load_dataset("mnist", tmp_path),
+        lambda: check_available("mnist", tmp_path),
+    ):
         with pytest.raises(DataError, match="file not found") as err:
             call()
         message = str(err.value)
@@ -189,8 +218,12 @@ def write_cifar(folder: Path, per_batch: int = 3) -> tuple[np.ndarray, np.ndarra
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, 10, size=per_batch)]
-        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                 b"filenames": [b"x.png"] * per_batch}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": labels,
+            b"data": data,
+            b"filenames": [b"x.png"] * per_batch,
+        }
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
         all_x.append(data)
         all_y.append(labels)
@@ -225,11 +258,17 @@ def test_cifar10_missing_batch_and_code_in_pickle(tmp_path: Path) -> None:
 
 def write_ardis_csv(folder: Path) -> dict[str, np.ndarray]:
     """The original release: 784 space-separated pixels a row, one-hot label rows."""
-    arrays = {"x_train": images(5, 2), "y_train": np.array([7, 1, 0, 9, 7]),
-              "x_test": images(3, 3), "y_test": np.array([7, 2, 3])}
+    arrays = {
+        "x_train": images(5, 2),
+        "y_train": np.array([7, 1, 0, 9, 7]),
+        "x_test": images(3, 3),
+        "y_test": np.array([7, 2, 3]),
+    }
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        np.savetxt(folder / f"ARDIS_{split}_2828.csv", x.reshape(len(x), -1), fmt="%.1f", delimiter=" ")
+        np.savetxt(
+            folder / f"ARDIS_{split}_2828.csv", x.reshape(len(x), -1), fmt="%.1f", delimiter=" "
+        )
         np.savetxt(folder / f"ARDIS_{split}_labels.csv", np.eye(10)[y], fmt="%.1f", delimiter=" ")
     return arrays
 
@@ -239,7 +278,9 @@ def test_ardis_csv_release(tmp_path: Path) -> None:
     x_train, y_train, x_test, y_test = load_ardis(tmp_path)
     assert_images(x_train, (5, 1, 28, 28), arrays["x_train"][:, None])
     assert_images(x_test, (3, 1, 28, 28), arrays["x_test"][:, None])
-    assert y_train.dtype == np.int64 and list(y_train) == [7, 1, 0, 9, 7] and list(y_test) == [7, 2, 3]
+    assert (
+        y_train.dtype == np.int64 and list(y_train) == [7, 1, 0, 9, 7] and list(y_test) == [7, 2, 3]
+    )
     d = load_dataset("ardis", tmp_path)
     assert d.num_classes == 10 and len(d.y_train) == 5
 
@@ -256,8 +297,13 @@ def test_ardis_csv_bad_labels(tmp_path: Path) -> None:
 
 def test_ardis_npz(tmp_path: Path) -> None:
     x_train, x_test = images(4, 4), images(2, 5)
-    np.savez(tmp_path / "ardis_iv.npz", x_train=x_train, y_train=np.array([1, 7, 7, 0], np.uint8),
-             x_test=x_test, y_test=np.array([7, 3], np.uint8))
+    np.savez(
+        tmp_path / "ardis_iv.npz",
+        x_train=x_train,
+        y_train=np.array([1, 7, 7, 0], np.uint8),
+        x_test=x_test,
+        y_test=np.array([7, 3], np.uint8),
+    )
     xt, yt, xs, ys = load_ardis(tmp_path)
     assert_images(xt, (4, 1, 28, 28), x_train[:, None])
     assert_images(xs, (2, 1, 28, 28), x_test[:, None])
@@ -292,7 +338,11 @@ def test_southwest_wrong_content(tmp_path: Path) -> None:
     np.savez(tmp_path / "southwest_airplanes.npz", x_train=images(3, 6, (32, 32)))
     with pytest.raises(DataError, match="lacks array"):
         load_southwest(tmp_path)
-    np.savez(tmp_path / "southwest_airplanes.npz", x_train=images(3, 6, (32, 32)), x_test=images(3, 6, (32, 32)))
+    np.savez(
+        tmp_path / "southwest_airplanes.npz",
+        x_train=images(3, 6, (32, 32)),
+        x_test=images(3, 6, (32, 32)),
+    )
     with pytest.raises(DataError, match=r"\(N, 32, 32, 3\)"):
         load_southwest(tmp_path)
     (tmp_path / "southwest_airplanes.npz").write_bytes(b"not a zip")
@@ -306,7 +356,9 @@ def test_southwest_wrong_content(tmp_path: Path) -> None:
 def test_registry_names_and_dirs() -> None:
     assert dataset_names() == NAMES and sorted(DATASETS) == NAMES
     assert not requires_dir("digits") and not requires_dir("mnist5k")
-    assert all(requires_dir(n) for n in ("fashion-mnist", "mnist", "emnist-digits", "cifar10", "ardis"))
+    assert all(
+        requires_dir(n) for n in ("fashion-mnist", "mnist", "emnist-digits", "cifar10", "ardis")
+    )
     assert default_dir("fashion-mnist") == "/usr/share/datasets/fashion-mnist"
     assert default_dir("mnist") is None and default_dir("digits") is None
     check_available("digits", None)
@@ -315,7 +367,9 @@ def test_registry_names_and_dirs() -> None:
 
 @pytest.mark.parametrize("call", [load_dataset, requires_dir, default_dir, check_available])
 def test_unknown_name_lists_valid_names(call) -> None:
-    with pytest.raises(ConfigError, match="unknown data set 'svhn'; valid names: " + ", ".join(NAMES)):
+    with pytest.raises(
+        ConfigError, match="unknown data set 'svhn'; valid names: " + ", ".join(NAMES)
+    ):
         call("svhn")
 
 
@@ -357,7 +411,10 @@ def test_mnist5k_real() -> None:
 
 def test_edge_case_sets_real() -> None:
     if not (SHARED_DATA / "ardis_iv.npz").is_file():
-        pytest.skip(f"shared data folder {SHARED_DATA} with ardis_iv.npz is absent (only in the dev workspace)")
+        pytest.skip(
+            f"shared data folder {SHARED_DATA} with ardis_iv.npz is absent "
+            f"(only in the dev workspace)"
+        )
     x_train, y_train, x_test, y_test = load_ardis(SHARED_DATA)
     assert x_train.shape == (6600, 1, 28, 28) and x_test.shape == (1000, 1, 28, 28)
     assert list(np.bincount(y_train)) == [660] * 10 and list(np.bincount(y_test)) == [100] * 10

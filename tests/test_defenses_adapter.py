@@ -38,11 +38,13 @@ class StubGrid:
 def model_arrays(seed: int, shift: float = 0.0) -> ArrayRecord:
     """A small model with a float32 weight, a float64 bias and an int64 counter."""
     rng = np.random.default_rng(seed)
-    return ArrayRecord({
-        "fc.weight": Array(rng.normal(size=(3, 4)).astype(np.float32) + np.float32(shift)),
-        "fc.bias": Array(rng.normal(size=(3,)) + shift),
-        "bn.num_batches_tracked": Array(np.array(seed, dtype=np.int64)),
-    })
+    return ArrayRecord(
+        {
+            "fc.weight": Array(rng.normal(size=(3, 4)).astype(np.float32) + np.float32(shift)),
+            "fc.bias": Array(rng.normal(size=(3,)) + shift),
+            "bn.num_batches_tracked": Array(np.array(seed, dtype=np.int64)),
+        }
+    )
 
 
 def reply(node_id: int, arrays: ArrayRecord | None, metrics: dict | None) -> Message:
@@ -70,8 +72,11 @@ def started(strategy, global_arrays: ArrayRecord, nodes: list[int]):
 
 def good_replies(count: int = 4) -> list[Message]:
     return [
-        reply(100 + i, model_arrays(i, shift=0.1), {"num-examples": 10 * (i + 1), "loss": float(i),
-                                                     "partition-id": i})
+        reply(
+            100 + i,
+            model_arrays(i, shift=0.1),
+            {"num-examples": 10 * (i + 1), "loss": float(i), "partition-id": i},
+        )
         for i in range(count)
     ]
 
@@ -106,8 +111,9 @@ def test_a_nan_reply_and_a_wrong_shape_reply_are_refused_and_the_rest_aggregated
     with caplog.at_level(logging.WARNING, logger="flwr"):
         report = strategy.aggregate_round(1, replies)
     expected, _ = FlowerFedAvg().aggregate_train(1, good_replies(3))
-    np.testing.assert_allclose(report.arrays["fc.weight"].numpy(), expected["fc.weight"].numpy(),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        report.arrays["fc.weight"].numpy(), expected["fc.weight"].numpy(), rtol=1e-6
+    )
     assert report.accepted == [0, 1, 2] and report.rejected == []
     assert set(report.invalid) == {7, 8}
     assert "NaN" in report.invalid[7] and "fc.bias" in report.invalid[8]
@@ -167,8 +173,11 @@ def test_two_replies_claiming_one_client_key_are_both_refused():
 def test_the_round_report_lists_verdicts_and_scores_of_a_defense():
     global_arrays = model_arrays(99)
     replies = [
-        reply(100 + i, model_arrays(50, shift=0.01 * i),
-              {"num-examples": 10, "partition-id": i, "train_loss": 0.5 + i})
+        reply(
+            100 + i,
+            model_arrays(50, shift=0.01 * i),
+            {"num-examples": 10, "partition-id": i, "train_loss": 0.5 + i},
+        )
         for i in range(6)
     ]
     outlier = model_arrays(51, shift=30.0)
@@ -189,10 +198,21 @@ def test_the_round_report_lists_verdicts_and_scores_of_a_defense():
 def test_flowers_hook_returns_the_model_and_the_verdicts_in_the_train_metrics():
     # Flower's own loop (Strategy.start) sees only aggregate_train's return value.
     global_arrays = model_arrays(99)
-    replies = [reply(100 + i, model_arrays(50, shift=0.01 * i),
-                     {"num-examples": 10, "partition-id": i, "train_loss": 1.0}) for i in range(6)]
-    replies.append(reply(106, model_arrays(51, shift=30.0), {"num-examples": 10, "partition-id": 6,
-                                                            "train_loss": 1.0}))
+    replies = [
+        reply(
+            100 + i,
+            model_arrays(50, shift=0.01 * i),
+            {"num-examples": 10, "partition-id": i, "train_loss": 1.0},
+        )
+        for i in range(6)
+    ]
+    replies.append(
+        reply(
+            106,
+            model_arrays(51, shift=30.0),
+            {"num-examples": 10, "partition-id": 6, "train_loss": 1.0},
+        )
+    )
     replies.append(error_reply(107))
     strategy = started(defenses.Krum(num_malicious=1), global_arrays, list(range(100, 108)))
     report = strategy.aggregate_round(2, replies)
@@ -237,9 +257,13 @@ def test_fltrust_uses_the_root_update_from_its_callable():
         return towards
 
     strategy = started(defenses.FLTrust(root_update_fn=root_update_fn), global_arrays, [1, 2])
-    report = strategy.aggregate_round(1, [
-        reply(1, towards, {"num-examples": 1}), reply(2, away, {"num-examples": 1}),
-    ])
+    report = strategy.aggregate_round(
+        1,
+        [
+            reply(1, towards, {"num-examples": 1}),
+            reply(2, away, {"num-examples": 1}),
+        ],
+    )
     assert calls == [1]
     assert report.accepted == [1] and report.rejected == [2]
     np.testing.assert_allclose(report.arrays["fc.weight"].numpy(), towards["fc.weight"].numpy())

@@ -39,11 +39,16 @@ def reference_loop_scores(models: np.ndarray) -> np.ndarray:
 def paper_loop_scores(models: np.ndarray, start: np.ndarray) -> np.ndarray:
     """The paper's scores, feature by feature and pair by pair, in float64."""
     n = len(models)
-    raw = np.array([
-        [np.abs(m - start).sum(), np.linalg.norm(m - start),
-         m @ start / (np.linalg.norm(m) * np.linalg.norm(start))]
-        for m in models
-    ])
+    raw = np.array(
+        [
+            [
+                np.abs(m - start).sum(),
+                np.linalg.norm(m - start),
+                m @ start / (np.linalg.norm(m) * np.linalg.norm(start)),
+            ]
+            for m in models
+        ]
+    )
     summed = np.array([sum(np.abs(raw[i] - raw[j]) for j in range(n) if j != i) for i in range(n)])
     inverse = np.linalg.inv(np.cov(summed.T))
     return np.sqrt([x @ inverse @ x for x in summed])

@@ -25,8 +25,9 @@ def rounds(draw):
     pool = draw(st.lists(st.lists(values, min_size=d, max_size=d), min_size=1, max_size=n))
     rows = draw(st.lists(st.integers(0, len(pool) - 1), min_size=n, max_size=n))
     models = torch.tensor([pool[i] for i in rows], dtype=torch.float32)
-    weights = torch.tensor(draw(st.lists(st.sampled_from([0.0, 1.0, 7.0, 1e6]),
-                                         min_size=n, max_size=n)))
+    weights = torch.tensor(
+        draw(st.lists(st.sampled_from([0.0, 1.0, 7.0, 1e6]), min_size=n, max_size=n))
+    )
     finite = st.floats(-10, 10, width=32)
     start = torch.tensor(draw(st.lists(finite, min_size=d, max_size=d)))
     root = torch.tensor(draw(st.lists(finite, min_size=d, max_size=d)))

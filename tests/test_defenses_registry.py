@@ -15,8 +15,20 @@ import defenses
 from fedsec.errors import ConfigError
 
 NAMES = [
-    "bulyan", "fedavg", "flame", "fltrust", "foolsgold", "krum", "median", "multi-krum",
-    "multi-metrics", "norm-clipping", "rfa", "rlr", "trimmed-mean", "weak-dp",
+    "bulyan",
+    "fedavg",
+    "flame",
+    "fltrust",
+    "foolsgold",
+    "krum",
+    "median",
+    "multi-krum",
+    "multi-metrics",
+    "norm-clipping",
+    "rfa",
+    "rlr",
+    "trimmed-mean",
+    "weak-dp",
 ]
 
 
@@ -33,7 +45,8 @@ def test_strategy_signature_matches_its_rule(name):
     """Each named strategy exposes exactly its rule's parameters with the same defaults."""
     cls = defenses.DEFENSES[name]
     own = [
-        p for p in inspect.signature(cls).parameters.values()
+        p
+        for p in inspect.signature(cls).parameters.values()
         if p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "root_update_fn"
     ]
     rule_defaults = {spec.name: spec.default for spec in fields(cls.rule_class) if spec.init}
@@ -46,9 +59,14 @@ def test_parameters_and_seed_reach_the_rule():
     assert (rule.noise_std, rule.norm_bound, rule.seed) == (0.0025, 2, 11)
     direct = defenses.MultiMetrics(keep_fraction=0.5, variant="reference", fraction_train=0.5)
     assert (direct.rule.keep_fraction, direct.rule.variant, direct.fraction_train) == (
-        0.5, "reference", 0.5)
+        0.5,
+        "reference",
+        0.5,
+    )
     assert defenses.defense_parameters("multi-metrics") == {
-        "keep_fraction": 0.3, "variant": "paper"}
+        "keep_fraction": 0.3,
+        "variant": "paper",
+    }
 
 
 @pytest.mark.parametrize(
@@ -94,10 +112,17 @@ def test_strategy_keyword_arguments_pass_through_build_defense():
 
 
 def test_the_rules_import_without_flower_or_scikit_learn():
-    probe = ("import sys, defenses.rules; "
-             "print(sorted(m for m in ('flwr', 'sklearn') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[1],
-                         capture_output=True, text=True, check=True).stdout
+    probe = (
+        "import sys, defenses.rules; "
+        "print(sorted(m for m in ('flwr', 'sklearn') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() == "[]"
     # The registry still finds every strategy when asked.
     assert all(defenses.DEFENSES[name].rule_class.name == name for name in defenses.defense_names())

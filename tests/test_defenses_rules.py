@@ -256,9 +256,19 @@ def test_an_aggregate_that_overflows_keeps_the_model():
 
 @pytest.mark.parametrize(
     "rule",
-    [MedianRule(), TrimmedMeanRule(beta=0.2), BulyanRule(), RLRRule(threshold=2), KrumRule(),
-     FLAMERule(), MultiMetricsRule(variant="paper"), MultiMetricsRule(variant="reference"),
-     NormClippingRule(norm_bound=0.5), RFARule(), FoolsGoldRule()],
+    [
+        MedianRule(),
+        TrimmedMeanRule(beta=0.2),
+        BulyanRule(),
+        RLRRule(threshold=2),
+        KrumRule(),
+        FLAMERule(),
+        MultiMetricsRule(variant="paper"),
+        MultiMetricsRule(variant="reference"),
+        NormClippingRule(norm_bound=0.5),
+        RFARule(),
+        FoolsGoldRule(),
+    ],
     ids=lambda r: f"{r.name}-{getattr(r, 'variant', '')}",
 )
 def test_column_blocks_do_not_change_the_result(rule, monkeypatch):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from fedsec.config import load_config
@@ -12,11 +11,21 @@ from tests.runs import rounds_without_time, run_cli
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["data.name=digits", "model.name=mlp", "data.num_clients=3", "data.min_partition_size=5",
-         "train.clients_per_round=3", "train.rounds=3", "train.local_epochs=1",
-         "engine.client_num_cpus=1", "seed=4",
-         # an attacker in every round, against Multi-metrics
-         "attack.name=sign-flip", "attack.schedule=every-round", "defense.name=multi-metrics"]
+SMALL = [
+    "data.name=digits",
+    "model.name=mlp",
+    "data.num_clients=3",
+    "data.min_partition_size=5",
+    "train.clients_per_round=3",
+    "train.rounds=3",
+    "train.local_epochs=1",
+    "engine.client_num_cpus=1",
+    "seed=4",
+    # an attacker in every round, against Multi-metrics
+    "attack.name=sign-flip",
+    "attack.schedule=every-round",
+    "defense.name=multi-metrics",
+]
 
 
 def test_deployment_matches_inprocess_and_survives_a_killed_supernode(tmp_path):

@@ -15,16 +15,30 @@ from fedsec.apps.server_app import OUTPUT_DIR_KEY
 from fedsec.cli import DEFAULT_EXPERIMENT
 from fedsec.config import ExperimentConfig, load_config
 from fedsec.engines.flower import flower_env
-from fedsec.engines.processes import free_port, marked_pids, start_process, stop_marked, wait_for_port
+from fedsec.engines.processes import (
+    free_port,
+    marked_pids,
+    start_process,
+    stop_marked,
+    wait_for_port,
+)
 from fedsec.models import build_model
 from fedsec.results import read_metrics
 from tests import runs
 from tests.runs import rounds_without_time
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["data.name=digits", "model.name=mlp", "data.num_clients=4", "data.min_partition_size=5",
-         "train.clients_per_round=3", "train.rounds=2", "train.local_epochs=1",
-         "engine.client_num_cpus=1", "seed=5"]
+SMALL = [
+    "data.name=digits",
+    "model.name=mlp",
+    "data.num_clients=4",
+    "data.min_partition_size=5",
+    "train.clients_per_round=3",
+    "train.rounds=2",
+    "train.local_epochs=1",
+    "engine.client_num_cpus=1",
+    "seed=5",
+]
 
 
 def run_cli(out: Path, *overrides: str) -> None:
@@ -72,19 +86,45 @@ def test_flwr_run_dot_runs_the_repo_as_a_flower_app(tmp_path):
     port = free_port()
     home.mkdir()
     (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "t"\n[superlink.t]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+        f'[superlink]\ndefault = "t"\n[superlink.t]\n'
+        f'address = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
     bin_dir = Path(sys.executable).parent
-    link = start_process([str(bin_dir / "flower-superlink"), "--insecure", "--simulation",
-                          "--host", "127.0.0.1", "--port", str(port),
-                          "--disable-runtime-dependency-installation"], env, home / "superlink.log")
+    link = start_process(
+        [
+            str(bin_dir / "flower-superlink"),
+            "--insecure",
+            "--simulation",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--disable-runtime-dependency-installation",
+        ],
+        env,
+        home / "superlink.log",
+    )
     try:
         wait_for_port(port, link, home / "superlink.log")
         overrides = " ".join(f"{k}={_toml(v)}" for k, v in _small_flat().items())
         overrides += f' {OUTPUT_DIR_KEY}="{tmp_path / "run"}"'
         result = subprocess.run(
-            [str(bin_dir / "flwr"), "run", ".", "t", "--run-config", overrides,
-             "--federation-config", "num-supernodes=4 client-resources-num-cpus=1", "--stream"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+            [
+                str(bin_dir / "flwr"),
+                "run",
+                ".",
+                "t",
+                "--run-config",
+                overrides,
+                "--federation-config",
+                "num-supernodes=4 client-resources-num-cpus=1",
+                "--stream",
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     finally:
@@ -97,8 +137,11 @@ def test_flwr_run_dot_runs_the_repo_as_a_flower_app(tmp_path):
 
 def _small_flat() -> dict:
     flat = load_config(None, SMALL).to_flat()
-    return {k: v for k, v in flat.items() if k.split(".")[0] in
-            ("seed", "data", "model", "train", "engine")}
+    return {
+        k: v
+        for k, v in flat.items()
+        if k.split(".")[0] in ("seed", "data", "model", "train", "engine")
+    }
 
 
 def _inprocess_reference(tmp_path: Path) -> list[dict]:
@@ -128,9 +171,15 @@ def test_fltrust_trains_on_the_server_root_set_and_rejects_a_sign_flipper(tmp_pa
     IID clients, so that every honest update points the root update's way (with label
     skew an honest update can point away from it and be rejected too).
     """
-    run_cli(tmp_path / "run", "defense.name=fltrust", "defense.root_size=200",
-            "data.partition=iid", "attack.name=sign-flip", "attack.schedule=every-round",
-            "train.rounds=3")
+    run_cli(
+        tmp_path / "run",
+        "defense.name=fltrust",
+        "defense.root_size=200",
+        "data.partition=iid",
+        "attack.name=sign-flip",
+        "attack.schedule=every-round",
+        "train.rounds=3",
+    )
     rounds = read_metrics(tmp_path / "run" / "metrics.jsonl")
     for r in rounds:
         assert len(r["malicious_clients"]) == 1

@@ -15,9 +15,18 @@ from fedsec.engines.processes import marked_pids
 from fedsec.results import read_metrics
 from tests.faulty_client import app as faulty_app
 
-BASE = ["data.name=digits", "model.name=mlp", "data.num_clients=5", "data.min_partition_size=5",
-        "train.clients_per_round=5", "train.rounds=2", "train.local_epochs=1",
-        "engine.client_num_cpus=1", "engine.round_timeout=8", "seed=2"]
+BASE = [
+    "data.name=digits",
+    "model.name=mlp",
+    "data.num_clients=5",
+    "data.min_partition_size=5",
+    "train.clients_per_round=5",
+    "train.rounds=2",
+    "train.local_epochs=1",
+    "engine.client_num_cpus=1",
+    "engine.round_timeout=8",
+    "seed=2",
+]
 
 
 def run(engine: str, out: Path, *extra: str) -> list[dict]:

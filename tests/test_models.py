@@ -1,6 +1,6 @@
 """Tests of the model registry: architectures (parameter counts), shapes and errors."""
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -73,7 +73,9 @@ def test_vgg9_has_eight_convs_no_batchnorm_and_one_linear_layer() -> None:
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [64, 128, 256, 256, 512, 512, 512, 512]
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    assert [tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)] == [(10, 512)]
+    assert [tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)] == [
+        (10, 512)
+    ]
 
 
 @pytest.mark.parametrize("name, shape", [(n, s) for n, shapes in ACCEPTED.items() for s in shapes])
@@ -90,7 +92,7 @@ def test_building_is_reproducible_under_a_seed() -> None:
     a = build_model("cnn", MNIST, 10)
     torch.manual_seed(3)
     b = build_model("cnn", MNIST, 10)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def test_unknown_name_lists_valid_names() -> None:
@@ -98,8 +100,12 @@ def test_unknown_name_lists_valid_names() -> None:
         build_model("vgg99", CIFAR, 10)
 
 
-@pytest.mark.parametrize("name, shape, minimum", [("vgg9", DIGITS, 32), ("vgg9", MNIST, 32), ("lenet", (1, 5, 28), 6)])
-def test_incompatible_shape_says_which_sizes_work(name: str, shape: tuple[int, int, int], minimum: int) -> None:
+@pytest.mark.parametrize(
+    "name, shape, minimum", [("vgg9", DIGITS, 32), ("vgg9", MNIST, 32), ("lenet", (1, 5, 28), 6)]
+)
+def test_incompatible_shape_says_which_sizes_work(
+    name: str, shape: tuple[int, int, int], minimum: int
+) -> None:
     with pytest.raises(ConfigError, match=rf"{name}.*H, W >= {minimum}") as info:
         build_model(name, shape, 10)
     assert "\n" not in str(info.value)

@@ -13,8 +13,17 @@ from fedsec.sweep import load_sweep
 from tests.test_data import EMNIST_NAMES, images, write_cifar, write_idx_set
 
 PAPER = Path(__file__).resolve().parents[1] / "experiments" / "paper-scale"
-DEFENSES = ["fedavg", "rfa", "foolsgold", "krum", "multi-krum", "weak-dp", "flame",
-            "multi-metrics", "multi-metrics-reference"]
+DEFENSES = [
+    "fedavg",
+    "rfa",
+    "foolsgold",
+    "krum",
+    "multi-krum",
+    "weak-dp",
+    "flame",
+    "multi-metrics",
+    "multi-metrics-reference",
+]
 ATTACKS = ["none", "model-replacement", "dba", "pgd", "edge-case-pgd"]
 
 
@@ -25,12 +34,20 @@ def local_copy(tmp_path: Path, name: str) -> Path:
     edge.mkdir()
     if name == "cifar10":
         write_cifar(data)
-        np.savez(edge / "southwest_airplanes.npz", x_train=images(3, 6, (32, 32, 3)),
-                 x_test=images(2, 7, (32, 32, 3)))
+        np.savez(
+            edge / "southwest_airplanes.npz",
+            x_train=images(3, 6, (32, 32, 3)),
+            x_test=images(2, 7, (32, 32, 3)),
+        )
     else:
         write_idx_set(data, EMNIST_NAMES, gz=False)
-        np.savez(edge / "ardis_iv.npz", x_train=images(5, 2), y_train=np.array([7, 1, 0, 9, 7]),
-                 x_test=images(3, 3), y_test=np.array([7, 2, 3]))
+        np.savez(
+            edge / "ardis_iv.npz",
+            x_train=images(5, 2),
+            y_train=np.array([7, 1, 0, 9, 7]),
+            x_test=images(3, 3),
+            y_test=np.array([7, 2, 3]),
+        )
     for file in (f"{name}-base.toml", f"{name}-sweep.toml"):
         text = (PAPER / file).read_text()
         text = text.replace('dir = ""', f'dir = "{data}"').replace('"../shared/data"', f'"{edge}"')
@@ -46,18 +63,35 @@ def test_paper_scale_sweep_validates_every_run(tmp_path, name):
     runs = {(r.labels["defense"], r.labels["attack"]): r.config for r in sweep.runs}
     cfg = runs["fedavg", "edge-case-pgd"]
     cifar = name == "cifar10"
-    assert (cfg.data.name, cfg.model.name) == (("cifar10", "vgg9") if cifar else ("emnist-digits", "lenet"))
-    assert (cfg.data.num_clients, cfg.train.clients_per_round) == ((200, 10) if cifar else (3383, 30))
-    assert (cfg.train.local_epochs, cfg.train.lr, cfg.train.batch_size) == ((2, 0.02, 32) if cifar else (5, 0.1, 512))
-    assert (cfg.data.partition, cfg.data.alpha, cfg.data.min_partition_size) == ("dirichlet", 0.5, 10)
+    assert (cfg.data.name, cfg.model.name) == (
+        ("cifar10", "vgg9") if cifar else ("emnist-digits", "lenet")
+    )
+    assert (cfg.data.num_clients, cfg.train.clients_per_round) == (
+        (200, 10) if cifar else (3383, 30)
+    )
+    assert (cfg.train.local_epochs, cfg.train.lr, cfg.train.batch_size) == (
+        (2, 0.02, 32) if cifar else (5, 0.1, 512)
+    )
+    assert (cfg.data.partition, cfg.data.alpha, cfg.data.min_partition_size) == (
+        "dirichlet",
+        0.5,
+        10,
+    )
     assert (cfg.train.momentum, cfg.train.weight_decay, cfg.train.lr_decay) == (0.9, 1e-4, 0.998)
     assert (cfg.train.pretrain_epochs, cfg.train.rounds) == (10, 1500)
     # One attacker in rounds 1, 11, 21, ...
     a = cfg.attack
     assert (a.schedule, a.every, a.num_attackers, a.attackers_per_round, a.start_round) == (
-        "fixed-frequency", 10, 1, 1, 1)
+        "fixed-frequency",
+        10,
+        1,
+        1,
+        1,
+    )
     assert a.params["edge_case"] == ("southwest" if cifar else "ardis")
-    assert (a.params["num_edge_cases"], a.params["num_clean"]) == ((100, 400) if cifar else (66, 100))
+    assert (a.params["num_edge_cases"], a.params["num_clean"]) == (
+        (100, 400) if cifar else (66, 100)
+    )
     for attack in ("pgd", "edge-case-pgd"):
         params = runs["fedavg", attack].attack.params
         assert params["eps"] == (2.0 if cifar else 1.0)

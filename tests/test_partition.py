@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from fedsec.errors import ConfigError
-from fedsec.partition import PARTITION_SCHEMES, label_histogram, partition_indices, plot_label_histogram
+from fedsec.partition import (
+    PARTITION_SCHEMES,
+    label_histogram,
+    partition_indices,
+    plot_label_histogram,
+)
 
 LABELS = np.random.default_rng(0).integers(0, 10, size=2000)
 
@@ -44,8 +49,8 @@ def test_seeded(scheme: str) -> None:
     a = partition_indices(LABELS, 10, scheme, seed=5)
     b = partition_indices(LABELS, 10, scheme, seed=5)
     c = partition_indices(LABELS, 10, scheme, seed=6)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
 
 
 def test_dirichlet_honours_min_size() -> None:
@@ -56,13 +61,19 @@ def test_dirichlet_honours_min_size() -> None:
 
 
 def test_dirichlet_min_size_unreachable() -> None:
-    with pytest.raises(ConfigError, match=r"11 draws.*lower \[data\] min_partition_size, raise \[data\] alpha"):
+    with pytest.raises(
+        ConfigError, match=r"11 draws.*lower \[data\] min_partition_size, raise \[data\] alpha"
+    ):
         partition_indices(LABELS, 20, "dirichlet", alpha=0.05, min_size=95, seed=0)
 
 
 def test_small_alpha_skews_more() -> None:
-    skewed = mean_label_entropy(LABELS, partition_indices(LABELS, 20, "dirichlet", alpha=0.1, min_size=1, seed=0))
-    mild = mean_label_entropy(LABELS, partition_indices(LABELS, 20, "dirichlet", alpha=100.0, seed=0))
+    skewed = mean_label_entropy(
+        LABELS, partition_indices(LABELS, 20, "dirichlet", alpha=0.1, min_size=1, seed=0)
+    )
+    mild = mean_label_entropy(
+        LABELS, partition_indices(LABELS, 20, "dirichlet", alpha=100.0, seed=0)
+    )
     assert skewed < 2.0 < 3.1 < mild <= np.log2(10)
 
 
@@ -78,13 +89,22 @@ def test_pathological_gives_k_classes(k: int) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"scheme": "shards"}, "unknown partition scheme 'shards'; valid: iid, dirichlet, pathological"),
+        (
+            {"scheme": "shards"},
+            "unknown partition scheme 'shards'; valid: iid, dirichlet, pathological",
+        ),
         ({"num_clients": 0}, r"num_clients must be in 1\.\.2000"),
         ({"num_clients": 2001}, r"num_clients must be in 1\.\.2000"),
         ({"alpha": 0.0}, "alpha must be a finite number > 0"),
         ({"alpha": float("nan")}, "alpha must be a finite number > 0"),
-        ({"scheme": "pathological", "classes_per_client": 0}, r"classes_per_client must be in 1\.\.10"),
-        ({"scheme": "pathological", "classes_per_client": 11}, r"classes_per_client must be in 1\.\.10"),
+        (
+            {"scheme": "pathological", "classes_per_client": 0},
+            r"classes_per_client must be in 1\.\.10",
+        ),
+        (
+            {"scheme": "pathological", "classes_per_client": 11},
+            r"classes_per_client must be in 1\.\.10",
+        ),
         ({"min_size": 0}, r"min_partition_size must be in 1\.\.200"),
         ({"min_size": 201}, r"min_partition_size must be in 1\.\.200"),
         ({"labels": np.array([0.5, 1.0])}, "non-negative integers"),
@@ -112,18 +132,31 @@ def test_matches_flwr_datasets() -> None:
     labels = np.tile(np.arange(10), 60)
     table = datasets.Dataset.from_dict({"label": labels, "idx": np.arange(len(labels))})
     cases = [
-        (DirichletPartitioner(10, "label", alpha=0.5, min_partition_size=30, seed=0),  # needs 4 redraws
-         {"scheme": "dirichlet", "alpha": 0.5, "min_size": 30, "seed": 0}),
-        (DirichletPartitioner(12, "label", alpha=0.3, min_partition_size=5, seed=4),
-         {"scheme": "dirichlet", "alpha": 0.3, "min_size": 5, "seed": 4}),
-        (PathologicalPartitioner(12, "label", 3, class_assignment_mode="first-deterministic", seed=9),
-         {"scheme": "pathological", "classes_per_client": 3, "min_size": 1, "seed": 9}),
+        (
+            DirichletPartitioner(
+                10, "label", alpha=0.5, min_partition_size=30, seed=0
+            ),  # needs 4 redraws
+            {"scheme": "dirichlet", "alpha": 0.5, "min_size": 30, "seed": 0},
+        ),
+        (
+            DirichletPartitioner(12, "label", alpha=0.3, min_partition_size=5, seed=4),
+            {"scheme": "dirichlet", "alpha": 0.3, "min_size": 5, "seed": 4},
+        ),
+        (
+            PathologicalPartitioner(
+                12, "label", 3, class_assignment_mode="first-deterministic", seed=9
+            ),
+            {"scheme": "pathological", "classes_per_client": 3, "min_size": 1, "seed": 9},
+        ),
     ]
     for partitioner, kwargs in cases:
         partitioner.dataset = table
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # flwr-datasets warns at each redraw
-            theirs = [sorted(partitioner.load_partition(i)["idx"]) for i in range(partitioner.num_partitions)]
+            theirs = [
+                sorted(partitioner.load_partition(i)["idx"])
+                for i in range(partitioner.num_partitions)
+            ]
         ours = partition_indices(labels, partitioner.num_partitions, kwargs.pop("scheme"), **kwargs)
         assert [list(p) for p in ours] == theirs
 
@@ -148,7 +181,9 @@ def test_label_histogram_of_a_partition_sums_to_labels() -> None:
 
 def test_plot_label_histogram_writes_png(tmp_path: Path) -> None:
     hist = label_histogram(LABELS, partition_indices(LABELS, 6, "dirichlet", seed=0), 10)
-    out = plot_label_histogram(hist, tmp_path / "plots" / "h.png", classes=[f"c{i}" for i in range(10)], title="t")
+    out = plot_label_histogram(
+        hist, tmp_path / "plots" / "h.png", classes=[f"c{i}" for i in range(10)], title="t"
+    )
     assert out == tmp_path / "plots" / "h.png"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ConfigError, match="3 class names for a histogram of 10 classes"):

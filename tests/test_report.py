@@ -24,8 +24,12 @@ FINAL = {
     ("fedavg", "none", "1"): dict(ma=0.94, best=0.96, ba=None, maxba=None, prec=None, rec=None),
     ("fedavg", MR, "0"): dict(ma=0.80, best=0.85, ba=0.60, maxba=0.80, prec=None, rec=None),
     ("fedavg", MR, "1"): dict(ma=0.84, best=0.86, ba=0.70, maxba=0.90, prec=None, rec=None),
-    ("multi-metrics", "none", "0"): dict(ma=0.91, best=0.92, ba=None, maxba=None, prec=0.0, rec=None),
-    ("multi-metrics", "none", "1"): dict(ma=0.93, best=0.93, ba=None, maxba=None, prec=0.0, rec=None),
+    ("multi-metrics", "none", "0"): dict(
+        ma=0.91, best=0.92, ba=None, maxba=None, prec=0.0, rec=None
+    ),
+    ("multi-metrics", "none", "1"): dict(
+        ma=0.93, best=0.93, ba=None, maxba=None, prec=0.0, rec=None
+    ),
     ("multi-metrics", MR, "0"): dict(ma=0.82, best=0.83, ba=0.05, maxba=0.10, prec=1.0, rec=0.5),
     ("multi-metrics", MR, "1"): None,
 }
@@ -38,8 +42,12 @@ def _rounds(key):
     ma = final["ma"] if final else 0.5
     recs = []
     for r in (1, 2, 3):
-        rec = {"round": r, "main_accuracy": round(ma - 0.1 * (3 - r), 4),
-               "true_positives": 0, "false_positives": 0}
+        rec = {
+            "round": r,
+            "main_accuracy": round(ma - 0.1 * (3 - r), 4),
+            "true_positives": 0,
+            "false_positives": 0,
+        }
         if a != "none":
             rec["backdoor_accuracy"] = final["ba"] if final else 0.99
         recs.append(rec)
@@ -52,9 +60,14 @@ def _write_run(path, key):
     f = FINAL[key]
     if f is None:
         return
-    summary = {"rounds": 3, "seed": int(key[2]), "final_main_accuracy": f["ma"],
-               "best_main_accuracy": f["best"], "wall_time_s": 1.0,
-               "detection": {"precision": f["prec"], "recall": f["rec"], "false_positive_rate": 0.0}}
+    summary = {
+        "rounds": 3,
+        "seed": int(key[2]),
+        "final_main_accuracy": f["ma"],
+        "best_main_accuracy": f["best"],
+        "wall_time_s": 1.0,
+        "detection": {"precision": f["prec"], "recall": f["rec"], "false_positive_rate": 0.0},
+    }
     if f["ba"] is not None:
         summary.update(final_backdoor_accuracy=f["ba"], max_backdoor_accuracy=f["maxba"])
     (path / "summary.json").write_text(json.dumps(summary))
@@ -80,8 +93,12 @@ def _report(root, *args):
 
 
 def _group(report, defense, attack):
-    (g,) = [g for s in report["sets"] for g in s["groups"]
-            if g["labels"] == {"defense": defense, "attack": attack}]
+    (g,) = [
+        g
+        for s in report["sets"]
+        for g in s["groups"]
+        if g["labels"] == {"defense": defense, "attack": attack}
+    ]
     return g
 
 
@@ -90,13 +107,22 @@ def test_means_and_stds_over_seeds(tmp_path, capsys):
     assert rep["units"] == "percent" and rep["rows"] == "defense" and rep["cols"] == "attack"
     ma = _group(rep, "fedavg", MR)["metrics"]
     assert ma["final_main_accuracy"]["mean"] == pytest.approx(82.0)
-    assert ma["final_main_accuracy"]["std"] == pytest.approx(math.sqrt(8.0))  # (80-82)^2+(84-82)^2, ddof 1
+    assert ma["final_main_accuracy"]["std"] == pytest.approx(
+        math.sqrt(8.0)
+    )  # (80-82)^2+(84-82)^2, ddof 1
     assert ma["best_main_accuracy"]["mean"] == pytest.approx(85.5)
     assert ma["best_main_accuracy"]["std"] == pytest.approx(math.sqrt(0.5))
     assert ma["final_backdoor_accuracy"]["mean"] == pytest.approx(65.0)
     assert ma["final_backdoor_accuracy"]["std"] == pytest.approx(math.sqrt(50.0))
     assert ma["max_backdoor_accuracy"]["mean"] == pytest.approx(85.0)
-    assert ma["precision"] == {"mean": None, "std": None, "n": 0, "values": [], "seeds": [], "ci": None}
+    assert ma["precision"] == {
+        "mean": None,
+        "std": None,
+        "n": 0,
+        "values": [],
+        "seeds": [],
+        "ci": None,
+    }
     none = _group(rep, "fedavg", "none")["metrics"]
     assert none["final_main_accuracy"]["mean"] == pytest.approx(92.0)
     assert none["final_backdoor_accuracy"]["mean"] is None
@@ -124,7 +150,10 @@ def test_unfinished_run_is_reported_and_left_out(tmp_path, capsys):
     # its logged rounds (BA 0.99) do not reach the curves either
     assert g["curves"]["backdoor_accuracy"] == pytest.approx([5.0, 5.0, 5.0])
     assert f"- `{bad}`: unfinished (no summary.json; 3 rounds logged)" in md
-    assert "| multi-metrics | model-replacement | 82.0 | 83.0 | 5.0 | 10.0 | 100.0 | 50.0 | - | - | - | 1 of 2 |" in md
+    assert (
+        "| multi-metrics | model-replacement | 82.0 | 83.0 | 5.0 | 10.0 | 100.0 | 50.0 | - | - | - "
+        "| 1 of 2 |" in md
+    )
 
 
 def test_compact_table_cells(tmp_path, capsys):
@@ -151,14 +180,31 @@ def test_ranking_score_by_hand(tmp_path, capsys):
 
 
 def test_ranking_score_function():
-    ma = {("fedavg", "a"): 80.0, ("fedavg", "b"): 90.0, ("x", "a"): 60.0, ("x", "b"): 99.0,
-          ("y", "a"): 80.0, ("fedavg", "none"): 95.0, ("fedavg", "z"): 90.0}
-    ba = {("fedavg", "a"): 50.0, ("fedavg", "b"): 40.0, ("x", "a"): 10.0, ("x", "b"): 80.0,
-          ("y", "a"): 0.0, ("fedavg", "z"): 0.0}
+    ma = {
+        ("fedavg", "a"): 80.0,
+        ("fedavg", "b"): 90.0,
+        ("x", "a"): 60.0,
+        ("x", "b"): 99.0,
+        ("y", "a"): 80.0,
+        ("fedavg", "none"): 95.0,
+        ("fedavg", "z"): 90.0,
+    }
+    ba = {
+        ("fedavg", "a"): 50.0,
+        ("fedavg", "b"): 40.0,
+        ("x", "a"): 10.0,
+        ("x", "b"): 80.0,
+        ("y", "a"): 0.0,
+        ("fedavg", "z"): 0.0,
+    }
     r = ranking_scores(ma, ba, ["fedavg", "x", "y"], ["none", "a", "b", "z"])
     assert r["attacks"] == ["a", "b"] and r["excluded"] == {"z": "fedavg's BA is 0"}
     x = (60 - 80) / 80 - (10 - 50) / 50 + (99 - 90) / 90 - (80 - 40) / 40  # = -0.35
-    assert [(e["defense"], e["rank"]) for e in r["scores"]] == [("fedavg", 1), ("x", 2), ("y", None)]
+    assert [(e["defense"], e["rank"]) for e in r["scores"]] == [
+        ("fedavg", 1),
+        ("x", 2),
+        ("y", None),
+    ]
     assert r["scores"][1]["score"] == pytest.approx(x) == pytest.approx(-0.35)
     assert r["scores"][2]["score"] is None  # y has no result for attack b
 
@@ -190,11 +236,27 @@ def test_paper_table_cells_and_ranking():
     # The paper's ranking score over its four attacks puts Multi-metrics first on both.
     cifar = paper_ranking("cifar10")["scores"]
     assert [e["defense"] for e in cifar] == [
-        "multi-metrics", "flame", "foolsgold", "multi-krum", "weak-dp", "fedavg", "rfa", "krum"]
+        "multi-metrics",
+        "flame",
+        "foolsgold",
+        "multi-krum",
+        "weak-dp",
+        "fedavg",
+        "rfa",
+        "krum",
+    ]
     assert cifar[0]["score"] == pytest.approx(3.774366, abs=1e-6)
     emnist = paper_ranking("emnist")["scores"]
     assert [e["defense"] for e in emnist] == [
-        "multi-metrics", "krum", "flame", "multi-krum", "rfa", "fedavg", "weak-dp", "foolsgold"]
+        "multi-metrics",
+        "krum",
+        "flame",
+        "multi-krum",
+        "rfa",
+        "fedavg",
+        "weak-dp",
+        "foolsgold",
+    ]
     assert emnist[0]["score"] == pytest.approx(3.954006, abs=1e-6)
     # hand check of one term: MM on EMNIST MR = (99.53-99.54)/99.54 - (0-96)/96
     mr = paper_ranking("emnist", ["model-replacement"])["scores"]
@@ -215,8 +277,14 @@ def test_pngs_are_written(tmp_path, capsys):
 def test_fallback_discovery_without_sweep_json(tmp_path, capsys):
     rep, md = _report(make_sweep(tmp_path, with_sweep_json=False))
     assert rep["source"] == "discovered"
-    assert rep["axes"] == {"defense": ["fedavg", "multi-metrics"], "attack": [MR, "none"], "seed": ["0", "1"]}
-    assert _group(rep, "fedavg", MR)["metrics"]["final_backdoor_accuracy"]["mean"] == pytest.approx(65.0)
+    assert rep["axes"] == {
+        "defense": ["fedavg", "multi-metrics"],
+        "attack": [MR, "none"],
+        "seed": ["0", "1"],
+    }
+    assert _group(rep, "fedavg", MR)["metrics"]["final_backdoor_accuracy"]["mean"] == pytest.approx(
+        65.0
+    )
     assert rep["counts"]["unfinished"] == 1
     assert "| multi-metrics | 82.0 / 5.0 (n=1) | 92.0 ± 1.4 / - |" in md
 
@@ -231,7 +299,11 @@ def test_extra_axis_gives_one_table_and_png_per_value(tmp_path, capsys):
             (run / "summary.json").write_text(json.dumps(summary))
     rep, md = _report(tmp_path)
     assert rep["extra_axes"] == ["alpha"] and rep["axes"]["alpha"] == ["0.1", "0.5", "10"]
-    assert rep["files"]["png"] == ["curves_alpha=0.1.png", "curves_alpha=0.5.png", "curves_alpha=10.png"]
+    assert rep["files"]["png"] == [
+        "curves_alpha=0.1.png",
+        "curves_alpha=0.5.png",
+        "curves_alpha=10.png",
+    ]
     for name in rep["files"]["png"]:
         assert (tmp_path / name).read_bytes().startswith(PNG_MAGIC)
     assert md.index("## alpha=0.1") < md.index("## alpha=0.5") < md.index("## alpha=10")
@@ -251,16 +323,24 @@ def test_missing_run_directory(tmp_path, capsys):
     assert "| fedavg | 90.0 / - (n=1) |" in md
 
 
-@pytest.mark.parametrize("args, message", [
-    (["{missing}"], "does not exist"),
-    (["{empty}"], "no runs found"),
-    (["{sweep}", "--rows", "alpha"], "unknown --rows axis 'alpha'; valid: defense, attack"),
-    (["{sweep}", "--cols", "seed"], "unknown --cols axis 'seed'; it is averaged over"),
-    (["{sweep}", "--paper", "mnist"], "unknown paper table 'mnist'; valid: cifar10, emnist"),
-    (["{sweep}", "--rows", "attack", "--cols", "attack"], "--rows and --cols are both 'attack'"),
-    (["{sweep}", "--paper", "emnist", "--rows", "attack", "--cols", "defense"],
-     "--paper needs rows 'defense' and columns 'attack'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{missing}"], "does not exist"),
+        (["{empty}"], "no runs found"),
+        (["{sweep}", "--rows", "alpha"], "unknown --rows axis 'alpha'; valid: defense, attack"),
+        (["{sweep}", "--cols", "seed"], "unknown --cols axis 'seed'; it is averaged over"),
+        (["{sweep}", "--paper", "mnist"], "unknown paper table 'mnist'; valid: cifar10, emnist"),
+        (
+            ["{sweep}", "--rows", "attack", "--cols", "attack"],
+            "--rows and --cols are both 'attack'",
+        ),
+        (
+            ["{sweep}", "--paper", "emnist", "--rows", "attack", "--cols", "defense"],
+            "--paper needs rows 'defense' and columns 'attack'",
+        ),
+    ],
+)
 def test_errors_are_one_line_exit_2(tmp_path, capsys, args, message):
     (tmp_path / "empty").mkdir()
     make_sweep(tmp_path / "sweep")
@@ -276,11 +356,18 @@ def test_auroc_column_and_selection_quota_lines(tmp_path, capsys):
     """Runs with a detection AUROC (mean ± std over seeds like the other columns), a run
     from before the AUROC (none: it is left out of the mean), and a quota line under the
     long table for the defense that states one."""
-    quota = ("keeps the 3 of the 10 clients of each round with the lowest scores "
-             "(keep_fraction = 0.3) by design")
-    runs = {("multi-metrics", "0"): (0.9, quota), ("multi-metrics", "1"): (0.8, quota),
-            ("multi-metrics", "2"): (1.0, quota), ("flame", "0"): (0.75, None),
-            ("flame", "1"): (None, None), ("flame", "2"): (None, None)}
+    quota = (
+        "keeps the 3 of the 10 clients of each round with the lowest scores "
+        "(keep_fraction = 0.3) by design"
+    )
+    runs = {
+        ("multi-metrics", "0"): (0.9, quota),
+        ("multi-metrics", "1"): (0.8, quota),
+        ("multi-metrics", "2"): (1.0, quota),
+        ("flame", "0"): (0.75, None),
+        ("flame", "1"): (None, None),
+        ("flame", "2"): (None, None),
+    }
     for (d, seed), (auroc, q) in runs.items():
         run = tmp_path / f"defense={d}" / f"attack={MR}" / f"seed={seed}"
         run.mkdir(parents=True)
@@ -290,20 +377,35 @@ def test_auroc_column_and_selection_quota_lines(tmp_path, capsys):
             detection.update(auroc=auroc, auroc_rounds=3)
         if q is not None:
             detection["selection_quota"] = q
-        summary = {"final_main_accuracy": 0.9, "best_main_accuracy": 0.9, "detection": detection,
-                   "config": {"defense": {"name": d, "params": {}}}}
+        summary = {
+            "final_main_accuracy": 0.9,
+            "best_main_accuracy": 0.9,
+            "detection": detection,
+            "config": {"defense": {"name": d, "params": {}}},
+        }
         (run / "summary.json").write_text(json.dumps(summary))
     rep, md = _report(tmp_path)
     mm = _group(rep, "multi-metrics", MR)["metrics"]["auroc"]
     assert mm["mean"] == pytest.approx(90.0) and mm["std"] == pytest.approx(10.0) and mm["n"] == 3
     fl = _group(rep, "flame", MR)["metrics"]["auroc"]
     assert fl["values"] == pytest.approx([75.0]) and fl["std"] is None
-    assert "| defense | attack | final MA | best MA | final BA | max BA | precision | recall | AUROC | attacker kept | BA − baseline | seeds |" in md
-    assert f"| multi-metrics | {MR} | 90.0 ± 0.0 | 90.0 ± 0.0 | - | - | 25.0 ± 0.0 | 100.0 ± 0.0 | 90.0 ± 10.0 | - | - | 3 |" in md
-    assert f"| flame | {MR} | 90.0 ± 0.0 | 90.0 ± 0.0 | - | - | 25.0 ± 0.0 | 100.0 ± 0.0 | 75.0 | - | - | 3 |" in md
+    assert (
+        "| defense | attack | final MA | best MA | final BA | max BA | precision | recall | AUROC "
+        "| attacker kept | BA − baseline | seeds |" in md
+    )
+    assert (
+        f"| multi-metrics | {MR} | 90.0 ± 0.0 | 90.0 ± 0.0 | - | - | 25.0 ± 0.0 | 100.0 ± 0.0 "
+        "| 90.0 ± 10.0 | - | - | 3 |" in md
+    )
+    assert (
+        f"| flame | {MR} | 90.0 ± 0.0 | 90.0 ± 0.0 | - | - | 25.0 ± 0.0 | 100.0 ± 0.0 | 75.0 "
+        "| - | - | 3 |" in md
+    )
     assert rep["sets"][0]["selection_quotas"] == [{"defense": "multi-metrics", "quota": quota}]
-    line = (f"- multi-metrics {quota}: its precision and false-positive rate reflect that quota; "
-            "its AUROC does not.")
+    line = (
+        f"- multi-metrics {quota}: its precision and false-positive rate reflect that quota; "
+        "its AUROC does not."
+    )
     assert md.count(line) == 1 and md.index("| AUROC |") < md.index(line)
     assert "flame keeps" not in md and "50 = chance" in md
 

@@ -36,17 +36,22 @@ def test_summarize_gives_the_t_interval_of_the_mean():
 
 
 def test_a_paired_difference_uses_only_the_seeds_both_have():
-    diff = paired_difference({"0": 10.0, "1": 12.0, "2": 11.0, "3": 50.0}, {"0": 9.0, "1": 10.0, "2": 10.0})
+    diff = paired_difference(
+        {"0": 10.0, "1": 12.0, "2": 11.0, "3": 50.0}, {"0": 9.0, "1": 10.0, "2": 10.0}
+    )
     assert diff["seeds"] == ["0", "1", "2"] and diff["values"] == [1.0, 2.0, 1.0]
 
 
-@pytest.mark.parametrize("values, threshold, at_least, at_most", [
-    ([10.0, 11.0, 12.0], 5.0, HOLDS, FAILS),          # the interval [8.5, 13.5] above 5
-    ([10.0, 11.0, 12.0], 20.0, FAILS, HOLDS),         # ... below 20
-    ([10.0, 11.0, 12.0], 11.0, NOT_SEPARATED, NOT_SEPARATED),
-    ([0.0, 10.0, 20.0], 5.0, NOT_SEPARATED, NOT_SEPARATED),  # a mean above 5, spread too wide
-    ([7.0], 5.0, NOT_SEPARATED, NOT_SEPARATED),       # one seed cannot separate anything
-])
+@pytest.mark.parametrize(
+    "values, threshold, at_least, at_most",
+    [
+        ([10.0, 11.0, 12.0], 5.0, HOLDS, FAILS),  # the interval [8.5, 13.5] above 5
+        ([10.0, 11.0, 12.0], 20.0, FAILS, HOLDS),  # ... below 20
+        ([10.0, 11.0, 12.0], 11.0, NOT_SEPARATED, NOT_SEPARATED),
+        ([0.0, 10.0, 20.0], 5.0, NOT_SEPARATED, NOT_SEPARATED),  # a mean above 5, spread too wide
+        ([7.0], 5.0, NOT_SEPARATED, NOT_SEPARATED),  # one seed cannot separate anything
+    ],
+)
 def test_a_verdict_holds_only_beyond_the_seed_spread(values, threshold, at_least, at_most):
     stat = summarize({str(i): v for i, v in enumerate(values)})
     assert verdict_at_least(stat, threshold) == at_least
@@ -57,8 +62,11 @@ def _tables(ba_good, ba_close):
     """MA 90 everywhere; FedAvg's BA 80; per seed BA of 'good' and 'close' under one attack."""
     seeds = ["0", "1", "2"]
     ma = {(d, "mr"): dict.fromkeys(seeds, 90.0) for d in ("fedavg", "good", "close")}
-    ba = {("fedavg", "mr"): dict.fromkeys(seeds, 80.0),
-          ("good", "mr"): dict(zip(seeds, ba_good)), ("close", "mr"): dict(zip(seeds, ba_close))}
+    ba = {
+        ("fedavg", "mr"): dict.fromkeys(seeds, 80.0),
+        ("good", "mr"): dict(zip(seeds, ba_good, strict=True)),
+        ("close", "mr"): dict(zip(seeds, ba_close, strict=True)),
+    }
     return ma, ba
 
 
@@ -107,25 +115,57 @@ def _write_sweep(root, regime):
             path.mkdir(parents=True)
             attacked = attack != "none-edge"
             # 4 attack rounds; multi-krum keeps the attacker in `seed` of them
-            rounds = [{"round": r, "main_accuracy": 0.9, "backdoor_accuracy": ba,
-                       "malicious_clients": [0] if attacked else [],
-                       "accepted_clients": [0, 1] if defense == "fedavg" or r <= seed else [1]}
-                      for r in (1, 2, 3, 4)]
+            rounds = [
+                {
+                    "round": r,
+                    "main_accuracy": 0.9,
+                    "backdoor_accuracy": ba,
+                    "malicious_clients": [0] if attacked else [],
+                    "accepted_clients": [0, 1] if defense == "fedavg" or r <= seed else [1],
+                }
+                for r in (1, 2, 3, 4)
+            ]
             (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
             config = {"defense": {"name": defense}, "attack": EDGE if attacked else NONE_EDGE}
-            (path / "summary.json").write_text(json.dumps(
-                {"final_main_accuracy": 0.9, "best_main_accuracy": 0.9, "final_backdoor_accuracy": ba,
-                 "max_backdoor_accuracy": ba, "config": config}))
-            runs.append({"id": rel, "dir": rel,
-                         "labels": {"regime": reg, "defense": defense, "attack": attack, "seed": str(seed)}})
-    axes = {k: list(dict.fromkeys(r["labels"][k] for r in runs)) for k in ("regime", "defense", "attack", "seed")}
-    (root / "sweep.json").write_text(json.dumps({"name": f"map-{regime}", "axes": axes, "runs": runs}))
+            (path / "summary.json").write_text(
+                json.dumps(
+                    {
+                        "final_main_accuracy": 0.9,
+                        "best_main_accuracy": 0.9,
+                        "final_backdoor_accuracy": ba,
+                        "max_backdoor_accuracy": ba,
+                        "config": config,
+                    }
+                )
+            )
+            runs.append(
+                {
+                    "id": rel,
+                    "dir": rel,
+                    "labels": {
+                        "regime": reg,
+                        "defense": defense,
+                        "attack": attack,
+                        "seed": str(seed),
+                    },
+                }
+            )
+    axes = {
+        k: list(dict.fromkeys(r["labels"][k] for r in runs))
+        for k in ("regime", "defense", "attack", "seed")
+    }
+    (root / "sweep.json").write_text(
+        json.dumps({"name": f"map-{regime}", "axes": axes, "runs": runs})
+    )
     return root
 
 
 @pytest.fixture
 def regime_report(tmp_path, capsys):
-    base, axes = _write_sweep(tmp_path / "base", "base"), _write_sweep(tmp_path / "axes", "interval-2")
+    base, axes = (
+        _write_sweep(tmp_path / "base", "base"),
+        _write_sweep(tmp_path / "axes", "interval-2"),
+    )
     out = tmp_path / "report"
     assert main(["report", str(base), str(axes), "--out", str(out)]) == 0
     capsys.readouterr()
@@ -157,8 +197,9 @@ def test_the_baseline_is_the_same_defenses_no_attack_run_here_or_at_the_base(reg
     there = _cell(report, "interval-2", "multi-krum", "edge-case-pgd")
     assert there["baseline"] == {"col": "none-edge", "set": {"regime": "base"}}
     assert there["ba_above_baseline"]["values"] == pytest.approx([20.0, 40.0, 30.0])
-    assert there["ba_above_baseline"]["ci"] == pytest.approx([30 - T3 * 10 / math.sqrt(3),
-                                                              30 + T3 * 10 / math.sqrt(3)])
+    assert there["ba_above_baseline"]["ci"] == pytest.approx(
+        [30 - T3 * 10 / math.sqrt(3), 30 + T3 * 10 / math.sqrt(3)]
+    )
     assert "30.0 [5.2, 54.8]" in md
 
 
@@ -192,11 +233,15 @@ def test_the_claims_checker_gives_each_regime_its_verdicts(regime_report):
     report, _, _ = regime_report
     base, interval = (claims.check_set(s) for s in report["sets"])
     assert base == [
-        "HOLDS          fedavg: the edge-case-pgd backdoor gets in (BA > 5 points above none-edge): "
+        "HOLDS          fedavg: the edge-case-pgd backdoor gets in "
+        "(BA > 5 points above none-edge): "
         "60.0 [60.0, 60.0]",
         # the paper has Multi-Krum fail on EC-PGD; here its BA stays within the noise of 1 point
-        "FAILS          multi-krum: the edge-case-pgd backdoor gets in (BA > 5 points above none-edge): "
+        "FAILS          multi-krum: the edge-case-pgd backdoor gets in "
+        "(BA > 5 points above none-edge): "
         "1.0 [-1.5, 3.5]",
     ]
-    assert interval[1] == ("HOLDS          multi-krum: the edge-case-pgd backdoor gets in "
-                           "(BA > 5 points above none-edge): 30.0 [5.2, 54.8]")
+    assert interval[1] == (
+        "HOLDS          multi-krum: the edge-case-pgd backdoor gets in "
+        "(BA > 5 points above none-edge): 30.0 [5.2, 54.8]"
+    )

@@ -38,16 +38,23 @@ def test_reader_skips_a_torn_last_line(tmp_path):
 # ------------------------------------------------------------------ detection AUROC
 def _round(scores, malicious, **extra):
     """A round's record as fedsec.server logs it: scores keyed by partition id as strings."""
-    return {"scores": {str(c): s for c, s in scores.items()}, "malicious_clients": malicious, **extra}
+    return {
+        "scores": {str(c): s for c, s in scores.items()},
+        "malicious_clients": malicious,
+        **extra,
+    }
 
 
-@pytest.mark.parametrize("scores, malicious, expected", [
-    ({0: 0.1, 1: 0.2, 2: 5.0}, [2], 1.0),  # the attacker scores highest: perfect separation
-    ({0: 0.1, 1: 0.2, 2: 5.0}, [0], 0.0),  # the attacker scores lowest: reversed
-    ({0: 1.0, 1: 1.0, 2: 1.0}, [2], 0.5),  # all tied: each pair counts 1/2
-    ({0: 1.0, 1: 2.0, 2: 2.0}, [2], 0.75),  # above client 0 (1), tied with client 1 (1/2)
-    ({0: 1.0, 1: 3.0, 2: 0.5, 3: 4.0}, [1, 2], 0.25),  # 3 > 1 only, of the 4 pairs
-])
+@pytest.mark.parametrize(
+    "scores, malicious, expected",
+    [
+        ({0: 0.1, 1: 0.2, 2: 5.0}, [2], 1.0),  # the attacker scores highest: perfect separation
+        ({0: 0.1, 1: 0.2, 2: 5.0}, [0], 0.0),  # the attacker scores lowest: reversed
+        ({0: 1.0, 1: 1.0, 2: 1.0}, [2], 0.5),  # all tied: each pair counts 1/2
+        ({0: 1.0, 1: 2.0, 2: 2.0}, [2], 0.75),  # above client 0 (1), tied with client 1 (1/2)
+        ({0: 1.0, 1: 3.0, 2: 0.5, 3: 4.0}, [1, 2], 0.25),  # 3 > 1 only, of the 4 pairs
+    ],
+)
 def test_auroc_of_one_round(scores, malicious, expected):
     det = summarize_rounds([_round(scores, malicious)])["detection"]
     assert det["auroc"] == pytest.approx(expected) and det["auroc_rounds"] == 1
@@ -76,8 +83,16 @@ def test_auroc_averages_rounds_without_pooling_and_skips_rounds_it_cannot_judge(
 
 
 def test_no_auroc_without_scores():
-    rounds = [{"round": 1, "true_positives": 1, "false_positives": 0, "false_negatives": 0,
-               "true_negatives": 9, "malicious_clients": [3]}]
+    rounds = [
+        {
+            "round": 1,
+            "true_positives": 1,
+            "false_positives": 0,
+            "false_negatives": 0,
+            "true_negatives": 9,
+            "malicious_clients": [3],
+        }
+    ]
     det = summarize_rounds(rounds)["detection"]
     assert det["precision"] == 1.0 and "auroc" not in det and "auroc_rounds" not in det
     assert detection_auroc(rounds) == (None, 0)
@@ -85,12 +100,24 @@ def test_no_auroc_without_scores():
 
 
 def test_summary_json_has_the_auroc_and_the_rule_quota(tmp_path):
-    config = ExperimentConfig.from_dict({"data": {"num_clients": 20}, "train": {"clients_per_round": 10}})
+    config = ExperimentConfig.from_dict(
+        {"data": {"num_clients": 20}, "train": {"clients_per_round": 10}}
+    )
     counts = {"true_positives": 1, "false_positives": 6, "false_negatives": 0, "true_negatives": 3}
-    rounds = [{"round": 1, "main_accuracy": 0.5, **counts,
-               **_round({c: float(c) for c in range(10)}, [0])},  # the attacker least suspicious
-              {"round": 2, "main_accuracy": 0.6, **counts,
-               **_round({c: float(c) for c in range(10)}, [9])}]  # ... most suspicious
+    rounds = [
+        {
+            "round": 1,
+            "main_accuracy": 0.5,
+            **counts,
+            **_round({c: float(c) for c in range(10)}, [0]),
+        },  # the attacker least suspicious
+        {
+            "round": 2,
+            "main_accuracy": 0.6,
+            **counts,
+            **_round({c: float(c) for c in range(10)}, [9]),
+        },
+    ]  # ... most suspicious
     for name, auroc in (("multi-metrics", 0.5), ("foolsgold", 0.5)):
         writer = RunWriter(tmp_path / name, config)
         for r in rounds:
@@ -99,10 +126,15 @@ def test_summary_json_has_the_auroc_and_the_rule_quota(tmp_path):
         det = json.loads((tmp_path / name / "summary.json").read_text())["detection"]
         assert det["auroc"] == auroc and det["auroc_rounds"] == 2
     mm = json.loads((tmp_path / "multi-metrics" / "summary.json").read_text())["detection"]
-    assert mm["selection_quota"] == ("keeps the 3 of the 10 clients of each round with the lowest "
-                                     "scores (keep_fraction = 0.3) by design")
+    assert mm["selection_quota"] == (
+        "keeps the 3 of the 10 clients of each round with the lowest "
+        "scores (keep_fraction = 0.3) by design"
+    )
     assert mm["precision"] == pytest.approx(1 / 7)
-    assert "selection_quota" not in json.loads((tmp_path / "foolsgold" / "summary.json").read_text())["detection"]
+    assert (
+        "selection_quota"
+        not in json.loads((tmp_path / "foolsgold" / "summary.json").read_text())["detection"]
+    )
     # orientation through finish: one round, attacker 0 with the lowest score
     for name, auroc in (("multi-metrics", 0.0), ("foolsgold", 1.0)):
         writer = RunWriter(tmp_path / f"{name}-1", config)
@@ -117,7 +149,12 @@ def test_attacker_acceptance_counts_attack_rounds_that_kept_an_attacker():
         {"round": 2, "malicious_clients": [], "accepted_clients": [1, 2]},  # no attacker
         {"round": 3, "malicious_clients": [3, 4], "accepted_clients": [1, 2]},  # both out
         {"round": 4, "malicious_clients": [3, 4], "accepted_clients": [4]},  # one of two kept
-        {"round": 5, "malicious_clients": [3], "accepted_clients": [3], "kept_previous_model": True},
+        {
+            "round": 5,
+            "malicious_clients": [3],
+            "accepted_clients": [3],
+            "kept_previous_model": True,
+        },
         {"round": 6, "malicious_clients": [3]},  # no aggregation logged
     ]
     assert attacker_acceptance(rounds) == {"attack_rounds": 3, "accepted_rounds": 2, "rate": 2 / 3}
@@ -125,9 +162,18 @@ def test_attacker_acceptance_counts_attack_rounds_that_kept_an_attacker():
 
 
 def test_summary_has_the_acceptance_only_for_rules_that_select_clients(tmp_path):
-    config = ExperimentConfig.from_dict({"data": {"num_clients": 20}, "train": {"clients_per_round": 10}})
-    rounds = [{"round": 1, "main_accuracy": 0.5, "malicious_clients": [0],
-               "accepted_clients": [0, 1], "rejected_clients": [2]}]
+    config = ExperimentConfig.from_dict(
+        {"data": {"num_clients": 20}, "train": {"clients_per_round": 10}}
+    )
+    rounds = [
+        {
+            "round": 1,
+            "main_accuracy": 0.5,
+            "malicious_clients": [0],
+            "accepted_clients": [0, 1],
+            "rejected_clients": [2],
+        }
+    ]
     for name, selects in (("multi-krum", True), ("fedavg", False), ("rfa", False), ("flame", True)):
         assert defenses.build_defense(name, {}, seed=0).rule.selects_clients is selects
         writer = RunWriter(tmp_path / name, config)

@@ -9,9 +9,17 @@ from fedsec.results import read_metrics
 from tests.runs import rounds_without_time, sigkill_when
 
 # weak-dp draws noise every round from a generator whose state must survive the kill.
-CONFIG = ["data.name=digits", "model.name=mlp", "data.num_clients=6", "train.clients_per_round=3",
-          "train.rounds=8", "train.local_epochs=1", "engine.client_num_cpus=1", "seed=3",
-          "defense.name=weak-dp"]
+CONFIG = [
+    "data.name=digits",
+    "model.name=mlp",
+    "data.num_clients=6",
+    "train.clients_per_round=3",
+    "train.rounds=8",
+    "train.local_epochs=1",
+    "engine.client_num_cpus=1",
+    "seed=3",
+    "defense.name=weak-dp",
+]
 
 
 def argv(out: Path) -> list[str]:

@@ -32,8 +32,17 @@ def test_every_client_is_sampled_about_equally_often():
 
 def test_derive_seed_streams():
     assert derive_seed(0, "x", 1) == derive_seed(0, "x", 1)
-    assert len({derive_seed(0, "x", 1), derive_seed(1, "x", 1), derive_seed(0, "y", 1),
-                derive_seed(0, "x", 2)}) == 4
+    assert (
+        len(
+            {
+                derive_seed(0, "x", 1),
+                derive_seed(1, "x", 1),
+                derive_seed(0, "y", 1),
+                derive_seed(0, "x", 2),
+            }
+        )
+        == 4
+    )
     assert 0 <= derive_seed(123, "partition") < 2**32
 
 
@@ -41,8 +50,13 @@ def schedule(**attack):
     from fedsec.config import AttackConfig
     from fedsec.sampling import AttackSchedule
 
-    return AttackSchedule(AttackConfig(name="sign-flip", **attack), num_clients=20,
-                          clients_per_round=10, rounds=30, seed=0)
+    return AttackSchedule(
+        AttackConfig(name="sign-flip", **attack),
+        num_clients=20,
+        clients_per_round=10,
+        rounds=30,
+        seed=0,
+    )
 
 
 def test_fixed_frequency_puts_one_attacker_in_rounds_1_11_21_only():

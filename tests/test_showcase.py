@@ -30,15 +30,24 @@ def test_run_without_config_runs_the_showcase_side_by_side(tmp_path, capsys):
         rounds = read_metrics(run_dir / "metrics.jsonl")
         assert [r["round"] for r in rounds] == [1, 2]
         # Every round has the attacker, and its backdoor accuracy is measured.
-        assert all(len(r["malicious_clients"]) == 1 and r["backdoor_accuracy"] is not None for r in rounds)
+        assert all(
+            len(r["malicious_clients"]) == 1 and r["backdoor_accuracy"] is not None for r in rounds
+        )
         summary = json.loads((run_dir / "summary.json").read_text())
-        assert (f"{defense} (final backdoor accuracy {summary['final_backdoor_accuracy']:.1%}, "
-                f"main accuracy {summary['final_main_accuracy']:.1%})") in verdict
+        assert (
+            f"{defense} (final backdoor accuracy {summary['final_backdoor_accuracy']:.1%}, "
+            f"main accuracy {summary['final_main_accuracy']:.1%})"
+        ) in verdict
         cfg = ExperimentConfig.from_dict(summary["config"])
         assert cfg.defense.name == defense and cfg.seed == shipped["seed"]
         assert (cfg.attack.name, cfg.attack.params["edge_case"]) == (
-            shipped["attack"]["name"], "tail")
-        assert (cfg.data.name, cfg.model.name) == (shipped["data"]["name"], shipped["model"]["name"])
+            shipped["attack"]["name"],
+            "tail",
+        )
+        assert (cfg.data.name, cfg.model.name) == (
+            shipped["data"]["name"],
+            shipped["model"]["name"],
+        )
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "| fedavg |" in report and "| multi-metrics |" in report

@@ -23,7 +23,6 @@ from tests.runs import REPO, SMALL
 from tests.test_failures import run as run_faulty
 
 
-
 def write(tmp_path, text: str, name: str = "exp.toml"):
     path = tmp_path / name
     path.write_text(text)
@@ -47,10 +46,18 @@ def test_rounds_of_different_sizes_run_to_the_end(tmp_path):
     text = SMALL.format(rounds=3, per_round=10) + '[attack]\nname = "sign-flip"\nevery = 2\n'
     config = ExperimentConfig.from_dict(tomllib.loads(text))  # not valid without the exclusion
     honest = next(c for c in range(10) if c not in AttackSchedule.for_config(config).pool)
-    path = write(tmp_path, text.replace("local_epochs = 1", f'local_epochs = 1\nexclude_clients = "{honest}"'))
+    path = write(
+        tmp_path,
+        text.replace("local_epochs = 1", f'local_epochs = 1\nexclude_clients = "{honest}"'),
+    )
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "fedsec.cli", "run", str(path), "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedsec.cli", "run", str(path), "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     rounds = read_metrics(out / "metrics.jsonl")
     assert [len(r["clients"]) for r in rounds] == [9, 8, 9]
@@ -72,13 +79,17 @@ def test_waiting_for_clients_that_never_connect_ends_with_one_clear_error():
 
 
 def test_check_rejects_krum_with_more_tolerated_attackers_than_a_round_holds(tmp_path, capsys):
-    path = write(tmp_path, SMALL.format(rounds=5, per_round=10)
-                 + '[defense]\nname = "krum"\nnum_malicious = 30\n')
+    path = write(
+        tmp_path,
+        SMALL.format(rounds=5, per_round=10) + '[defense]\nname = "krum"\nnum_malicious = 30\n',
+    )
     assert main(["run", str(path), "--check"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("fedsec: error: defense 'krum' cannot aggregate round 1: it needs at least 63 "
-                   "valid clients a round (2 * num_malicious + 3 with num_malicious = 30), but a "
-                   "round has 10")
+    assert err == (
+        "fedsec: error: defense 'krum' cannot aggregate round 1: it needs at least 63 "
+        "valid clients a round (2 * num_malicious + 3 with num_malicious = 30), but a "
+        "round has 10"
+    )
 
 
 def _round(n: int, d: int = 6, seed: int = 0):
@@ -110,8 +121,17 @@ def test_each_limited_defense_names_its_limit_and_the_limit_is_real(name, params
         assert rule.aggregate(*_round(smallest - 1)).model is None
 
 
-UNLIMITED = ["fedavg", "median", "norm-clipping", "weak-dp", "rfa", "foolsgold", "flame",
-             "multi-metrics", "fltrust"]
+UNLIMITED = [
+    "fedavg",
+    "median",
+    "norm-clipping",
+    "weak-dp",
+    "rfa",
+    "foolsgold",
+    "flame",
+    "multi-metrics",
+    "fltrust",
+]
 
 
 @pytest.mark.parametrize("name", UNLIMITED)
@@ -129,13 +149,17 @@ def test_every_defense_is_covered_by_the_limit_tests():
 
 
 def test_a_defense_tolerating_fewer_attackers_than_a_round_has_is_a_warning(tmp_path, capsys):
-    text = (SMALL.format(rounds=2, per_round=9) + '[attack]\nname = "sign-flip"\n'
-            'num_attackers = 3\nattackers_per_round = 3\nschedule = "every-round"\n'
-            '[defense]\nname = "krum"\n')
+    text = (
+        SMALL.format(rounds=2, per_round=9) + '[attack]\nname = "sign-flip"\n'
+        'num_attackers = 3\nattackers_per_round = 3\nschedule = "every-round"\n'
+        '[defense]\nname = "krum"\n'
+    )
     assert main(["run", str(write(tmp_path, text)), "--check"]) == 0
     captured = capsys.readouterr()
-    assert ("fedsec: warning: krum is set to tolerate num_malicious = 1 attackers a round, but "
-            "some rounds have 3") in captured.err
+    assert (
+        "fedsec: warning: krum is set to tolerate num_malicious = 1 attackers a round, but "
+        "some rounds have 3"
+    ) in captured.err
     assert "attack: sign-flip by clients" in captured.out and "in rounds 1, 2" in captured.out
 
 
@@ -150,7 +174,8 @@ def test_a_run_whose_every_round_kept_the_model_fails_with_the_reason(tmp_path):
     assert caught.value.exit_code == 1
     assert str(caught.value).startswith(
         "every one of the 2 rounds kept the previous global model (round 1: 3 valid replies, "
-        "fewer than train.min_replies = 4)")
+        "fewer than train.min_replies = 4)"
+    )
 
 
 def test_a_run_that_kept_the_model_in_some_rounds_says_how_many(tmp_path, capsys):
@@ -163,14 +188,18 @@ def test_a_run_that_kept_the_model_in_some_rounds_says_how_many(tmp_path, capsys
 
 
 def test_a_run_says_what_it_does_and_ends_with_a_summary_line(tmp_path, capsys):
-    text = (SMALL.format(rounds=3, per_round=9) + '[attack]\nname = "sign-flip"\nevery = 2\n'
-            '[defense]\nname = "multi-krum"\n')
+    text = (
+        SMALL.format(rounds=3, per_round=9) + '[attack]\nname = "sign-flip"\nevery = 2\n'
+        '[defense]\nname = "multi-krum"\n'
+    )
     out = tmp_path / "run"
     assert main(["run", str(write(tmp_path, text)), "--out", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert any(line.startswith("fedsec: attack: sign-flip by client ") and
-               line.endswith("every 2 round(s) from round 1 (fixed-frequency): in rounds 1, 3")
-               for line in lines)
+    assert any(
+        line.startswith("fedsec: attack: sign-flip by client ")
+        and line.endswith("every 2 round(s) from round 1 (fixed-frequency): in rounds 1, 3")
+        for line in lines
+    )
     round_lines = [line for line in lines if line.startswith("round ")]
     assert len(round_lines) == 3 and all("accepted 8/9" in line for line in round_lines)
     assert "attackers [" in round_lines[0] and "attackers [" not in round_lines[1]

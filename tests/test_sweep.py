@@ -49,14 +49,20 @@ krum = { defense = { name = "krum", num_malicious = 0 } }
 
 
 def command_lines(run_dir: Path) -> list[str]:
-    return [l for l in (run_dir / "run.log").read_text().splitlines() if l.startswith("$ ")]
+    return [
+        line for line in (run_dir / "run.log").read_text().splitlines() if line.startswith("$ ")
+    ]
 
 
 def test_the_grid_crosses_every_axis_in_the_given_order(tmp_path):
     sweep = load_sweep(write_sweep(tmp_path, GRID), tmp_path / "out")
     assert sweep.axes == {"defense": ["fedavg", "krum"], "seed": ["0", "1"]}
-    assert [r.id for r in sweep.runs] == ["defense=fedavg/seed=0", "defense=fedavg/seed=1",
-                                          "defense=krum/seed=0", "defense=krum/seed=1"]
+    assert [r.id for r in sweep.runs] == [
+        "defense=fedavg/seed=0",
+        "defense=fedavg/seed=1",
+        "defense=krum/seed=0",
+        "defense=krum/seed=1",
+    ]
     krum = sweep.runs[3]
     assert krum.dir == tmp_path / "out" / "defense=krum" / "seed=1"
     assert (krum.config.seed, krum.config.defense.name) == (1, "krum")
@@ -65,13 +71,18 @@ def test_the_grid_crosses_every_axis_in_the_given_order(tmp_path):
 
 
 def test_an_option_that_changes_the_attack_drops_the_base_attacks_parameters(tmp_path):
-    path = write_sweep(tmp_path, """
+    path = write_sweep(
+        tmp_path,
+        """
 [axes.attack]
 flip = { "attack.name" = "label-flip", "attack.source_label" = 3 }
 noise = { "attack.name" = "gaussian" }
-""")
+""",
+    )
     base = (tmp_path / "base.toml").read_text()
-    (tmp_path / "base.toml").write_text(base + '[attack]\nname = "gaussian"\nsigma = 3.0\nnum_attackers = 1\n')
+    (tmp_path / "base.toml").write_text(
+        base + '[attack]\nname = "gaussian"\nsigma = 3.0\nnum_attackers = 1\n'
+    )
     flip, noise = load_sweep(path).runs
     assert flip.config.attack.params == {"source_label": 3}
     assert flip.config.attack.num_attackers == 1  # schedule keys are shared by every attack
@@ -85,7 +96,11 @@ def test_sweep_runs_equal_standalone_runs_and_a_rerun_skips_them(tmp_path, capsy
     manifest = json.loads((out / "sweep.json").read_text())
     assert manifest["axes"] == {"defense": ["fedavg", "krum"], "seed": ["0", "1"]}
     assert [r["dir"] for r in manifest["runs"]] == [
-        "defense=fedavg/seed=0", "defense=fedavg/seed=1", "defense=krum/seed=0", "defense=krum/seed=1"]
+        "defense=fedavg/seed=0",
+        "defense=fedavg/seed=1",
+        "defense=krum/seed=0",
+        "defense=krum/seed=1",
+    ]
     for run in manifest["runs"]:
         run_dir = out / run["dir"]
         assert json.loads((run_dir / "summary.json").read_text())["rounds"] == 2
@@ -107,8 +122,12 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
     path = write_sweep(tmp_path, "[axes]\nseed = [0, 1, 2]\n", rounds=6)
     out = tmp_path / "out"
     second = out / "seed=1"
-    sigkill_when(["sweep", str(path), "--out", str(out), "--parallel", "1"],
-                 second / "metrics.jsonl", rounds=2, timeout=180)
+    sigkill_when(
+        ["sweep", str(path), "--out", str(out), "--parallel", "1"],
+        second / "metrics.jsonl",
+        rounds=2,
+        timeout=180,
+    )
     # The child run dies with the sweep (no orphan keeps writing into the directory).
     time.sleep(1.0)
     rounds_at_kill = len(read_metrics(second / "metrics.jsonl"))
@@ -124,21 +143,29 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
     again = command_lines(second)
     assert len(again) == 2 and "--resume" in again[1]
     for seed in (0, 1, 2):
-        assert [r["round"] for r in read_metrics(out / f"seed={seed}" / "metrics.jsonl")] == list(range(1, 7))
+        assert [r["round"] for r in read_metrics(out / f"seed={seed}" / "metrics.jsonl")] == list(
+            range(1, 7)
+        )
 
 
-@pytest.mark.parametrize("body, message", [
-    ("[axes]\nseed = []\n", "axis 'seed' has no values"),
-    ("[axes]\nseed = [0]\ncolour = 3\n", "axis 'colour' must be a list"),
-    ("[axes.defense]\nbad = { \"defense.name\" = \"nope\" }\n", "sweep run defense=bad: unknown defense 'nope'"),
-    ("[axes.defense]\n\"a/b\" = { \"defense.name\" = \"krum\" }\n", "label 'a/b' must be non-empty"),
-    ("[axes.defense]\nk = \"krum\"\n", "axes.defense.k must be a table of config overrides"),
-    ("[axes]\nseed = [0]\nparallel = 0\n", "axis 'parallel' must be a list"),
-    ("parallel = 0\n[axes]\nseed = [0]\n", "parallel must be an int >= 1"),
-    ("order = [\"x\"]\n[axes]\nseed = [0]\n", "order must list every axis once"),
-    ("colour = 1\n[axes]\nseed = [0]\n", "unknown sweep key 'colour'"),
-    ("[axes]\n\"train.rounds\" = [0]\n", "sweep run train.rounds=0: train.rounds"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("[axes]\nseed = []\n", "axis 'seed' has no values"),
+        ("[axes]\nseed = [0]\ncolour = 3\n", "axis 'colour' must be a list"),
+        (
+            '[axes.defense]\nbad = { "defense.name" = "nope" }\n',
+            "sweep run defense=bad: unknown defense 'nope'",
+        ),
+        ('[axes.defense]\n"a/b" = { "defense.name" = "krum" }\n', "label 'a/b' must be non-empty"),
+        ('[axes.defense]\nk = "krum"\n', "axes.defense.k must be a table of config overrides"),
+        ("[axes]\nseed = [0]\nparallel = 0\n", "axis 'parallel' must be a list"),
+        ("parallel = 0\n[axes]\nseed = [0]\n", "parallel must be an int >= 1"),
+        ('order = ["x"]\n[axes]\nseed = [0]\n', "order must list every axis once"),
+        ("colour = 1\n[axes]\nseed = [0]\n", "unknown sweep key 'colour'"),
+        ('[axes]\n"train.rounds" = [0]\n', "sweep run train.rounds=0: train.rounds"),
+    ],
+)
 def test_a_bad_sweep_file_is_one_line_before_anything_runs(tmp_path, capsys, body, message):
     path = write_sweep(tmp_path, body)
     out = tmp_path / "out"
@@ -172,21 +199,28 @@ krum = { defense = { name = "krum", num_malicious = 0 } }
 def test_exclude_leaves_out_the_combinations_that_match_every_axis_of_a_rule(tmp_path):
     sweep = load_sweep(write_sweep(tmp_path, EXCLUDING), tmp_path / "out")
     assert [r.id for r in sweep.runs] == [
-        "regime=base/defense=fedavg/seed=0", "regime=base/defense=fedavg/seed=1",
-        "regime=base/defense=krum/seed=0", "regime=base/defense=krum/seed=1",
-        "regime=wide/defense=fedavg/seed=0"]
+        "regime=base/defense=fedavg/seed=0",
+        "regime=base/defense=fedavg/seed=1",
+        "regime=base/defense=krum/seed=0",
+        "regime=base/defense=krum/seed=1",
+        "regime=wide/defense=fedavg/seed=0",
+    ]
     assert sweep.axes["regime"] == ["base", "wide"]
 
 
-@pytest.mark.parametrize("rule, message", [
-    ('{ shape = "x" }', "exclude[0] names axis 'shape'; axes: regime, defense, seed"),
-    ('{ regime = "narrow" }', "exclude[0].regime has no label 'narrow'; labels: base, wide"),
-    ('{ regime = ["base", "wide"] }', "exclude leaves no run of the grid"),
-])
+@pytest.mark.parametrize(
+    "rule, message",
+    [
+        ('{ shape = "x" }', "exclude[0] names axis 'shape'; axes: regime, defense, seed"),
+        ('{ regime = "narrow" }', "exclude[0].regime has no label 'narrow'; labels: base, wide"),
+        ('{ regime = ["base", "wide"] }', "exclude leaves no run of the grid"),
+    ],
+)
 def test_a_bad_exclude_is_one_line(tmp_path, capsys, rule, message):
     body = EXCLUDING.replace(
         'exclude = [{ regime = "wide", defense = ["krum"] }, { regime = "wide", seed = 1 }]',
-        f"exclude = [{rule}]")
+        f"exclude = [{rule}]",
+    )
     assert main(["sweep", str(write_sweep(tmp_path, body)), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith(message) and "\n" not in err
@@ -200,7 +234,9 @@ def test_a_run_written_before_a_key_was_added_still_counts(tmp_path):
     run.dir.mkdir(parents=True)
     text = run.config.to_toml()
     assert "min_partition_size" in text
-    older = "\n".join(l for l in text.splitlines() if not l.startswith("min_partition_size"))
+    older = "\n".join(
+        line for line in text.splitlines() if not line.startswith("min_partition_size")
+    )
     (run.dir / "config.toml").write_text(older)
     assert run.state() == "new"
     (run.dir / "config.toml").write_text(text.replace("rounds = 2", "rounds = 3"))

@@ -5,7 +5,7 @@ Trainings that are compared bitwise run in this one process at one thread count 
 """
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -68,7 +68,7 @@ def train_lenet(seed: int, caller_seed: int = 0) -> nn.Module:
 def test_same_seed_gives_bit_identical_weights() -> None:
     # Different global RNG states before the calls: dropout must still draw the same masks.
     a, b = train_lenet(seed=5, caller_seed=100), train_lenet(seed=5, caller_seed=200)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def test_different_seed_gives_different_weights() -> None:
@@ -103,8 +103,16 @@ def test_loss_falls_and_accuracy_rises_on_separable_blobs() -> None:
 def test_after_step_is_called_once_per_step_with_a_running_count() -> None:
     model = nn.Linear(3, 2)
     calls: list[int] = []
-    stats = train(model, torch.randn(10, 3), torch.randint(0, 2, (10,)), epochs=3, batch_size=4, lr=0.1, seed=0,
-                  after_step=calls.append)
+    stats = train(
+        model,
+        torch.randn(10, 3),
+        torch.randint(0, 2, (10,)),
+        epochs=3,
+        batch_size=4,
+        lr=0.1,
+        seed=0,
+        after_step=calls.append,
+    )
     assert calls == list(range(1, 3 * math.ceil(10 / 4) + 1))
     assert stats.num_steps == 9 and stats.num_examples == 10
 
@@ -141,8 +149,13 @@ def test_train_leaves_train_mode_and_evaluate_sets_eval_mode() -> None:
 
 @pytest.mark.parametrize(
     "override, field",
-    [({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch_size"), ({"lr": 0.0}, "lr"),
-     ({"momentum": 1.0}, "momentum"), ({"weight_decay": -1.0}, "weight_decay")],
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr": 0.0}, "lr"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"weight_decay": -1.0}, "weight_decay"),
+    ],
 )
 def test_bad_hyperparameters_raise_config_error(override: dict, field: str) -> None:
     settings = {"epochs": 1, "batch_size": 4, "lr": 0.1, "seed": 0} | override
@@ -152,8 +165,15 @@ def test_bad_hyperparameters_raise_config_error(override: dict, field: str) -> N
 
 def test_empty_data_raises_config_error() -> None:
     with pytest.raises(ConfigError, match="empty"):
-        train(nn.Linear(3, 2), torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), epochs=1, batch_size=4, lr=0.1,
-              seed=0)
+        train(
+            nn.Linear(3, 2),
+            torch.zeros(0, 3),
+            torch.zeros(0, dtype=torch.long),
+            epochs=1,
+            batch_size=4,
+            lr=0.1,
+            seed=0,
+        )
 
 
 def hand_set_linear() -> nn.Linear:
@@ -169,8 +189,12 @@ def test_evaluate_matches_a_hand_computation() -> None:
     x = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 3.0], [5.0, 4.0]])
     y = torch.tensor([0, 1, 1, 1])  # predictions 0, 1, 1, 0: three of four right
     # cross-entropy of logits (a, b) with label l: log(1 + exp(other - own))
-    expected_loss = (math.log1p(math.exp(-2)) + math.log1p(math.exp(-1)) + math.log1p(math.exp(-2))
-                     + math.log1p(math.exp(1))) / 4
+    expected_loss = (
+        math.log1p(math.exp(-2))
+        + math.log1p(math.exp(-1))
+        + math.log1p(math.exp(-2))
+        + math.log1p(math.exp(1))
+    ) / 4
     stats = evaluate(hand_set_linear(), x, y, batch_size=3)
     assert stats.accuracy == 0.75 and stats.num_examples == 4
     assert stats.loss == pytest.approx(expected_loss, rel=1e-6)
@@ -189,7 +213,9 @@ def test_flatten_and_assign_round_trip() -> None:
     flat = flatten_params(source)
     assert flat.shape == (parameter_count(source),) and parameter_count(source) == 52_228
     assign_flat_params(target, flat)
-    assert all(torch.equal(p, q) for p, q in zip(source.parameters(), target.parameters()))
+    assert all(
+        torch.equal(p, q) for p, q in zip(source.parameters(), target.parameters(), strict=True)
+    )
     assert torch.equal(flatten_params(target), flat)
 
 

@@ -26,10 +26,12 @@ from fedsec.unlearning.subsets import (
 )
 from tests.runs import SMALL
 
-TINY = {"data": {"name": "digits", "num_clients": 5, "alpha": 0.5},
-        "model": {"name": "mlp"},
-        "train": {"rounds": 3, "clients_per_round": 5, "local_epochs": 1},
-        "engine": {"client_num_cpus": 1, "checkpoint_every": 0}}
+TINY = {
+    "data": {"name": "digits", "num_clients": 5, "alpha": 0.5},
+    "model": {"name": "mlp"},
+    "train": {"rounds": 3, "clients_per_round": 5, "local_epochs": 1},
+    "engine": {"client_num_cpus": 1, "checkpoint_every": 0},
+}
 
 
 def tiny_config(**over) -> ExperimentConfig:
@@ -89,7 +91,9 @@ def test_klom_zero_for_identical_samples_and_known_values():
     assert klom(u, o).item() == pytest.approx(0.5 * math.log(4 / 3))
     # the oracle's empty bin is floored at 1e-5: p = (1/2, 1/2), q = (1, 1e-5)
     expected = 0.5 * math.log(0.5) + 0.5 * math.log(0.5 / 1e-5)
-    assert klom(torch.tensor([[0.0], [1.0]]), torch.tensor([[0.0], [0.0]])).item() == pytest.approx(expected)
+    assert klom(torch.tensor([[0.0], [1.0]]), torch.tensor([[0.0], [0.0]])).item() == pytest.approx(
+        expected
+    )
     assert klom(torch.full((3, 1), 2.0), torch.full((5, 1), 2.0)).item() == 0.0  # zero range
     assert percentile(torch.arange(101.0)) == pytest.approx(95.0)
 
@@ -97,7 +101,9 @@ def test_klom_zero_for_identical_samples_and_known_values():
 def test_klom_grows_with_the_shift():
     g = torch.Generator().manual_seed(1)
     oracle = torch.randn(200, 50, generator=g)
-    values = [klom(torch.randn(200, 50, generator=g) + s, oracle).mean().item() for s in (0.0, 1.0, 3.0)]
+    values = [
+        klom(torch.randn(200, 50, generator=g) + s, oracle).mean().item() for s in (0.0, 1.0, 3.0)
+    ]
     assert values[0] < values[1] < values[2]
 
 
@@ -126,10 +132,17 @@ def test_example_level_datamodel_attributes_the_lone_example():
     x = torch.from_numpy(np.vstack([gen.normal(0, 0.5, (19, 2)), [[4.0, 4.0]]]).astype(np.float32))
     y = torch.tensor([0] * 19 + [1])
     query = torch.tensor([[4.0, 4.0], [0.0, 0.0]])
-    trainer = ExampleSubsetTrainer(_logreg, x, y, query, {"epochs": 20, "batch_size": 20, "lr": 0.5,
-                                                              "momentum": 0.0, "weight_decay": 0.0})
+    trainer = ExampleSubsetTrainer(
+        _logreg,
+        x,
+        y,
+        query,
+        {"epochs": 20, "batch_size": 20, "lr": 0.5, "momentum": 0.0, "weight_decay": 0.0},
+    )
     build = train_datamodel(trainer, num_models=60, q=0.8, seed=0, progress=False)
-    effect = build.datamodel.B[:, 0, 1] - build.datamodel.B[:, 0, 0]  # on the query's class-1 margin
+    effect = (
+        build.datamodel.B[:, 0, 1] - build.datamodel.B[:, 0, 0]
+    )  # on the query's class-1 margin
     assert build.outputs.shape == (60, 2, 2) and build.masks.shape == (60, 20)
     assert int(effect.argmax()) == 19 and effect[19] > 3 * effect[:19].abs().max()
 
@@ -165,10 +178,17 @@ def test_partition_seed_fixes_the_federation_and_exclusions_are_validated():
     a = get_task(federation_variant(tiny_config(), 1)).partitions
     b = get_task(tiny_config(seed=2, data__partition_seed=0)).partitions
     c = get_task(tiny_config(seed=2)).partitions
-    assert all(np.array_equal(p, q) for p, q in zip(a, b))
-    assert not all(np.array_equal(p, q) for p, q in zip(b, c))
-    assert tiny_config().federation_seed == 0 and tiny_config(data__partition_seed=5).federation_seed == 5
-    for bad, msg in (("9", "unknown client id 9"), ("0,1,2,3,4", "every client"), ("a", "not a client id")):
+    assert all(np.array_equal(p, q) for p, q in zip(a, b, strict=True))
+    assert not all(np.array_equal(p, q) for p, q in zip(b, c, strict=True))
+    assert (
+        tiny_config().federation_seed == 0
+        and tiny_config(data__partition_seed=5).federation_seed == 5
+    )
+    for bad, msg in (
+        ("9", "unknown client id 9"),
+        ("0,1,2,3,4", "every client"),
+        ("a", "not a client id"),
+    ):
         with pytest.raises(ConfigError, match=msg):
             tiny_config(train__exclude_clients=bad)
     with pytest.raises(ConfigError, match="partition_seed"):
@@ -199,7 +219,9 @@ def test_datamodel_artifact_is_reused_and_checked(tmp_path, monkeypatch):
     monkeypatch.setattr(federated, "FederatedSubsetTrainer", _FakeTrainer)
     fed = federated.Federation.from_config(federation_variant(tiny_config(), 0))
     path = tmp_path / "dm.pt"
-    art, built = federated.get_datamodel(fed, path, num_models=40, workers=1, progress=False, log=lambda s: None)
+    art, built = federated.get_datamodel(
+        fed, path, num_models=40, workers=1, progress=False, log=lambda s: None
+    )
     assert built and _FakeTrainer.calls == 40 and path.is_file()
     assert torch.allclose(art.datamodel.B[:, 0, 0], torch.arange(1.0, 6.0), atol=0.05)
     again, built = federated.get_datamodel(fed, path, workers=1, progress=False, log=lambda s: None)
@@ -217,9 +239,15 @@ def test_federation_holds_the_examples_attackers_train_on(monkeypatch):
     """An attacker's rows are its partition plus the poisoned examples it trains on, so a
     cooperating attacker hands those over and the datamodel predicts them."""
     # Every round: 5 clients a round of 5 leaves no room for the pool to sit out.
-    attack = {"name": "pixel-replacement", "num_attackers": 2, "attackers_per_round": 2,
-              "schedule": "every-round", "poison_fraction": 0.5, "trigger_size": 2,
-              "trigger_gap": 1}
+    attack = {
+        "name": "pixel-replacement",
+        "num_attackers": 2,
+        "attackers_per_round": 2,
+        "schedule": "every-round",
+        "poison_fraction": 0.5,
+        "trigger_size": 2,
+        "trigger_gap": 1,
+    }
     config = federation_variant(tiny_config(attack=attack, data__partition_seed=3), 0)
     fed = federated.Federation.from_config(config)
     task = fed.task
@@ -245,7 +273,9 @@ def test_federation_holds_the_examples_attackers_train_on(monkeypatch):
     # Forgetting an honest client: the reference set is clean, a retained attacker's
     # poisoned examples are matched only as that attacker's own data.
     honest = next(c for c in range(5) if c not in pool)
-    reference, _ = federated.matching_rows(fed, [honest], federated.UnlearnSettings(reference_size=10_000))
+    reference, _ = federated.matching_rows(
+        fed, [honest], federated.UnlearnSettings(reference_size=10_000)
+    )
     assert len(reference) == len(fed.retained_rows([honest])) - len(extra)
     assert (reference < n_split).all()
 
@@ -285,9 +315,17 @@ def quota_rounds(num_rounds, *, num_clients=10, per_round=10, rejects=7, always=
         sampled = sorted(int(c) for c in gen.choice(num_clients, per_round, replace=False))
         forced = [c for c in sampled if c in always]
         others = [c for c in sampled if c not in always]
-        rejected = set(forced) | {int(c) for c in gen.choice(others, rejects - len(forced), replace=False)}
-        records.append({"round": r, "clients": sampled, "rejected_clients": sorted(rejected),
-                        "accepted_clients": sorted(set(sampled) - rejected)})
+        rejected = set(forced) | {
+            int(c) for c in gen.choice(others, rejects - len(forced), replace=False)
+        }
+        records.append(
+            {
+                "round": r,
+                "clients": sampled,
+                "rejected_clients": sorted(rejected),
+                "accepted_clients": sorted(set(sampled) - rejected),
+            }
+        )
     return records
 
 
@@ -305,14 +343,25 @@ def test_flagged_clients_under_a_selection_quota():
 def test_flagged_forget_set_refuses_nobody_and_a_majority():
     def flagging(p_values, rejected=None):
         ids = range(len(p_values))
-        return federated.Flagging(level=0.05, rejected_total=5, judged_total=10,
-                                  rejected=dict(zip(ids, rejected or [1] * len(ids))),
-                                  judged=dict.fromkeys(ids, 2), p_values=dict(zip(ids, p_values)))
-    with pytest.raises(FedsecError, match=r"flags no client: the smallest p-value, client 1's "
-                                          r"\(rejected in 1 of 2 rounds vs base rate 0.500, p = 0.03\), "
-                                          r"is not below 0.05 / 2 clients = 0.025"):
+        return federated.Flagging(
+            level=0.05,
+            rejected_total=5,
+            judged_total=10,
+            rejected=dict(zip(ids, rejected or [1] * len(ids), strict=True)),
+            judged=dict.fromkeys(ids, 2),
+            p_values=dict(zip(ids, p_values, strict=True)),
+        )
+
+    with pytest.raises(
+        FedsecError,
+        match=r"flags no client: the smallest p-value, client 1's "
+        r"\(rejected in 1 of 2 rounds vs base rate 0.500, p = 0.03\), "
+        r"is not below 0.05 / 2 clients = 0.025",
+    ):
         federated.flagged_forget_set(flagging([0.5, 0.03]), 2)
-    with pytest.raises(FedsecError, match="is significant, but its rejection rate does not stand out"):
+    with pytest.raises(
+        FedsecError, match="is significant, but its rejection rate does not stand out"
+    ):
         federated.flagged_forget_set(flagging([0.001] * 4), 4)  # all alike: nobody stands out
     # Flagged clients are outliers among the judged clients' rates, so they are a
     # minority of those; a majority of the federation needs clients that never took
@@ -320,8 +369,11 @@ def test_flagged_forget_set_refuses_nobody_and_a_majority():
     five = flagging([0.001] * 5 + [1.0] * 9, rejected=[2] * 5 + [0] * 9)  # half: allowed
     assert federated.flagged_forget_set(five, 10) == "0,1,2,3,4"
     six = flagging([0.001] * 6 + [1.0] * 8, rejected=[2] * 6 + [0] * 8)
-    with pytest.raises(FedsecError, match="--flagged names 6 of 10 clients, more than half of the "
-                                          "federation; pass --allow-majority to forget them anyway"):
+    with pytest.raises(
+        FedsecError,
+        match="--flagged names 6 of 10 clients, more than half of the "
+        "federation; pass --allow-majority to forget them anyway",
+    ):
         federated.flagged_forget_set(six, 10)
     assert federated.flagged_forget_set(six, 10, allow_majority=True) == "0,1,2,3,4,5"
 
@@ -340,8 +392,10 @@ def test_flagged_on_real_runs_names_nobody_honest_and_the_rejected_attacker(tmp_
     assert "--flagged flags no client" in capsys.readouterr().err
     # Multi-Krum against a Gaussian-noise attacker in every round: rejected every time.
     attacked = tmp_path / "attacked.toml"
-    attacked.write_text(FLAG_RUN + '[defense]\nname = "multi-krum"\n'
-                        '[attack]\nname = "gaussian"\nschedule = "every-round"\n')
+    attacked.write_text(
+        FLAG_RUN + '[defense]\nname = "multi-krum"\n'
+        '[attack]\nname = "gaussian"\nschedule = "every-round"\n'
+    )
     assert main(["run", str(attacked), "--out", str(tmp_path / "attacked")]) == 0
     rounds = read_metrics(tmp_path / "attacked" / "metrics.jsonl")
     attacker = rounds[0]["malicious_clients"]
@@ -359,8 +413,15 @@ def run_dir(tmp_path):
     out.mkdir()
     (out / "config.toml").write_text(config.to_toml())
     torch.save(get_task(config).new_model().state_dict(), out / "model.pt")
-    rounds = [{"round": r, "clients": [0, 1, 2, 3, 4], "accepted_clients": [0, 1, 2, 4] if r < 3 else [0, 1, 2, 3, 4],
-               "rejected_clients": [3] if r < 3 else []} for r in (1, 2, 3)]
+    rounds = [
+        {
+            "round": r,
+            "clients": [0, 1, 2, 3, 4],
+            "accepted_clients": [0, 1, 2, 4] if r < 3 else [0, 1, 2, 3, 4],
+            "rejected_clients": [3] if r < 3 else [],
+        }
+        for r in (1, 2, 3)
+    ]
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
     return out
 
@@ -391,19 +452,31 @@ def test_unlearn_flagged_forgets_exactly_the_flagged_client(tmp_path, capsys):
 
 def test_unlearn_flagged_refusals_come_before_any_training(run_dir, tmp_path, capsys):
     honest = write_run_dir(tmp_path / "honest", tiny_config(**TEN), quota_rounds(200))
-    _one_line_error(capsys, ["unlearn", str(honest), "--flagged"],
-                    "--flagged flags no client: the smallest p-value, client ")
+    _one_line_error(
+        capsys,
+        ["unlearn", str(honest), "--flagged"],
+        "--flagged flags no client: the smallest p-value, client ",
+    )
     # the fixture's client 3: rejected in 2 of 3 rounds, p0 = 2/15, p = 0.0486 > 0.05 / 5
-    _one_line_error(capsys, ["unlearn", str(run_dir), "--flagged"],
-                    "client 3's (rejected in 2 of 3 rounds vs base rate 0.133, p = 0.0486), "
-                    "is not below 0.05 / 5 clients = 0.01; nothing to forget")
+    _one_line_error(
+        capsys,
+        ["unlearn", str(run_dir), "--flagged"],
+        "client 3's (rejected in 2 of 3 rounds vs base rate 0.133, p = 0.0486), "
+        "is not below 0.05 / 5 clients = 0.01; nothing to forget",
+    )
     # Client 4 rejected in every round, the others at the quota's rate, at random.
     one = write_run_dir(tmp_path / "one", tiny_config(**TEN), quota_rounds(100, always=(4,)))
     for level in ("0", "1", "1.5", "-0.1"):
-        _one_line_error(capsys, ["unlearn", str(one), "--flagged", "--flag-level", level],
-                        f"--flag-level must be in (0, 1), got {float(level)}")
-    _one_line_error(capsys, ["unlearn", str(one), "--clients", "1", "--flag-level", "0.1"],
-                    "--flag-level and --allow-majority apply only with --flagged")
+        _one_line_error(
+            capsys,
+            ["unlearn", str(one), "--flagged", "--flag-level", level],
+            f"--flag-level must be in (0, 1), got {float(level)}",
+        )
+    _one_line_error(
+        capsys,
+        ["unlearn", str(one), "--clients", "1", "--flag-level", "0.1"],
+        "--flag-level and --allow-majority apply only with --flagged",
+    )
     for run in (honest, run_dir, one):
         assert not (run / "unlearning").exists()  # no datamodel built, nothing trained
     assert main(["unlearn", str(one), "--flagged", "--method", "none"]) == 0
@@ -430,17 +503,48 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys):
     _one_line_error(capsys, ["unlearn", str(empty), "--clients", "1"], "no model.pt")
     other = tmp_path / "other.pt"
     dm = Datamodel(B=torch.zeros(5, 2, 10), b=torch.zeros(2, 10), lam=1.0)
-    DatamodelArtifact(dm, "x", config_hash(tiny_config(seed=4)), 0.9, 10, "client", 0.0, 0.0).save(other)
-    _one_line_error(capsys, ["unlearn", r, "--clients", "1", "--datamodel", str(other)], "another config")
+    DatamodelArtifact(dm, "x", config_hash(tiny_config(seed=4)), 0.9, 10, "client", 0.0, 0.0).save(
+        other
+    )
+    _one_line_error(
+        capsys, ["unlearn", r, "--clients", "1", "--datamodel", str(other)], "another config"
+    )
     config = tmp_path / "c.toml"
     config.write_text(tiny_config().to_toml())
-    _one_line_error(capsys, ["unlearn-eval", str(config), "--clients", "7", "--out", str(tmp_path / "e")],
-                    "unknown client id 7")
-    _one_line_error(capsys, ["unlearn-eval", str(config), "--clients", "1", "--out", str(tmp_path / "e"),
-                             "--methods", "dmm,magic"], "unknown method magic")
-    _one_line_error(capsys, ["unlearn-eval", str(config), "--clients", "1", "--out", str(tmp_path / "e"),
-                             "--methods", "none,gradient-ascent", "--no-forget-data"],
-                    "gradient-ascent needs the forget clients' data")
+    _one_line_error(
+        capsys,
+        ["unlearn-eval", str(config), "--clients", "7", "--out", str(tmp_path / "e")],
+        "unknown client id 7",
+    )
+    _one_line_error(
+        capsys,
+        [
+            "unlearn-eval",
+            str(config),
+            "--clients",
+            "1",
+            "--out",
+            str(tmp_path / "e"),
+            "--methods",
+            "dmm,magic",
+        ],
+        "unknown method magic",
+    )
+    _one_line_error(
+        capsys,
+        [
+            "unlearn-eval",
+            str(config),
+            "--clients",
+            "1",
+            "--out",
+            str(tmp_path / "e"),
+            "--methods",
+            "none,gradient-ascent",
+            "--no-forget-data",
+        ],
+        "gradient-ascent needs the forget clients' data",
+    )
     assert not (tmp_path / "e" / "models").exists()  # refused before any training
 
 
@@ -454,13 +558,27 @@ def test_klom_protocol_orders_the_methods(tmp_path):
     from fedsec.unlearning.evaluation import klom_evaluation
 
     settings = federated.UnlearnSettings(matching=MatchingConfig(epochs=20, lr=2e-3))
-    report = klom_evaluation(tiny_config(), "auto", tmp_path, n_models=10,
-                             methods=("none", "dmm", "om"), num_models=30, workers=1,
-                             settings=settings, om_oracles=4, progress=False, log=lambda s: None)
+    report = klom_evaluation(
+        tiny_config(),
+        "auto",
+        tmp_path,
+        n_models=10,
+        methods=("none", "dmm", "om"),
+        num_models=30,
+        workers=1,
+        settings=settings,
+        om_oracles=4,
+        progress=False,
+        log=lambda s: None,
+    )
     m = report["methods"]
     assert len(report["forget_clients"]) == 1
     print({k: round(v["forget_mean"], 3) for k, v in m.items()})
     assert m["om"]["forget_mean"] < m["dmm"]["forget_mean"] < m["none"]["forget_mean"]
     for name in ("klom.json", "klom.md", "klom.png", "datamodel.pt"):
         assert (tmp_path / name).is_file()
-    assert json.loads((tmp_path / "klom.json").read_text())["methods"].keys() == {"none", "dmm", "om"}
+    assert json.loads((tmp_path / "klom.json").read_text())["methods"].keys() == {
+        "none",
+        "dmm",
+        "om",
+    }

@@ -21,7 +21,6 @@ from .trimmed_mean import TrimmedMeanRule
 from .weak_dp import WeakDPRule
 
 
-
 def rule_class(name: str) -> type[AggregationRule] | None:
     """The rule class whose ``name`` is ``name`` (None if there is none)."""
     pending, seen = list(AggregationRule.__subclasses__()), set()

@@ -124,8 +124,10 @@ class AggregationRule:
         Run configs are checked with it before any training (``fedsec run --check``).
         """
         if num_clients < self.min_clients():
-            return (f"needs at least {self.min_clients()} valid clients a round "
-                    f"({self._min_clients_formula()}), but a round has {num_clients}")
+            return (
+                f"needs at least {self.min_clients()} valid clients a round "
+                f"({self._min_clients_formula()}), but a round has {num_clients}"
+            )
         return ""
 
     def round_caveat(self, num_clients: int, num_attackers: int) -> str:
@@ -166,7 +168,9 @@ class AggregationRule:
         accepted = torch.zeros(n, dtype=torch.bool, device=global_model.device)
         if batch.n < self.min_clients():
             return AggregationResult(
-                None, accepted, None,
+                None,
+                accepted,
+                None,
                 f"{self.name} needs at least {self.min_clients()} valid clients, got {batch.n}",
             )
         result = self._aggregate(batch)
@@ -206,14 +210,18 @@ class ByzantineRule(AggregationRule):
         return self.clients_per_attacker * self.num_malicious + 3
 
     def _min_clients_formula(self) -> str:
-        return (f"{self.clients_per_attacker} * num_malicious + 3 with num_malicious = "
-                f"{self.num_malicious}")
+        return (
+            f"{self.clients_per_attacker} * num_malicious + 3 with num_malicious = "
+            f"{self.num_malicious}"
+        )
 
     def round_caveat(self, num_clients: int, num_attackers: int) -> str:
         if num_attackers <= self.num_malicious:
             return ""
-        return (f"{self.name} is set to tolerate num_malicious = {self.num_malicious} "
-                f"attackers a round, but some rounds have {num_attackers}")
+        return (
+            f"{self.name} is set to tolerate num_malicious = {self.num_malicious} "
+            f"attackers a round, but some rounds have {num_attackers}"
+        )
 
 
 @dataclass(kw_only=True)
@@ -311,8 +319,10 @@ def chunks(block: torch.Tensor, *vectors: torch.Tensor) -> Iterator[tuple[torch.
     n, b = block.shape
     whole = b // CHUNK_COLUMNS * CHUNK_COLUMNS
     if whole:
-        yield (block[:, :whole].reshape(n, -1, CHUNK_COLUMNS),
-               *(v[:whole].reshape(-1, CHUNK_COLUMNS) for v in vectors))
+        yield (
+            block[:, :whole].reshape(n, -1, CHUNK_COLUMNS),
+            *(v[:whole].reshape(-1, CHUNK_COLUMNS) for v in vectors),
+        )
     if whole < b:
         yield block[:, whole:].reshape(n, 1, -1), *(v[whole:].reshape(1, -1) for v in vectors)
 

@@ -46,8 +46,10 @@ class BulyanRule(ByzantineRule):
     clients_per_attacker = 4
 
     def selection_quota(self, num_clients: int) -> str:
-        return (f"selects {num_clients - 2 * self.num_malicious} of the {num_clients} clients "
-                "of each round (n - 2f) by design")
+        return (
+            f"selects {num_clients - 2 * self.num_malicious} of the {num_clients} clients "
+            "of each round (n - 2f) by design"
+        )
 
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:
         f, n = self.num_malicious, batch.n

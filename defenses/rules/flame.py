@@ -62,7 +62,9 @@ class FLAMERule(SeededRule):
         scale = clipping_factors(norms, bound) * accepted / accepted.sum()
         model = combine(batch, scale)
         noise = torch.randn(
-            model.shape, generator=self._generator(model.device), dtype=model.dtype,
+            model.shape,
+            generator=self._generator(model.device),
+            dtype=model.dtype,
             device=model.device,
         )
         model.add_(noise.mul_((self.noise_lambda * bound).to(model.dtype)))
@@ -79,8 +81,11 @@ def _majority_cluster(distances: torch.Tensor) -> torch.Tensor:
 
     matrix = distances.to("cpu", torch.float64).numpy()
     labels = HDBSCAN(
-        min_cluster_size=n // 2 + 1, min_samples=1, metric="precomputed",
-        allow_single_cluster=True, copy=True,
+        min_cluster_size=n // 2 + 1,
+        min_samples=1,
+        metric="precomputed",
+        allow_single_cluster=True,
+        copy=True,
     ).fit_predict((matrix + matrix.T) / 2)
     clustered = labels[labels >= 0]
     if clustered.size == 0:

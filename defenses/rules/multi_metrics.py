@@ -80,21 +80,23 @@ class MultiMetricsRule(AggregationRule):
 
     name = "multi-metrics"
     keep_fraction: float = param(0.3, lambda v: 0 < v <= 1, "a number in (0, 1]")
-    variant: str = param("paper", lambda v: v in ("paper", "reference"),
-                         "'paper' or 'reference'")
+    variant: str = param("paper", lambda v: v in ("paper", "reference"), "'paper' or 'reference'")
 
     def selection_quota(self, num_clients: int) -> str:
         k = max(1, int(self.keep_fraction * num_clients))
-        return (f"keeps the {k} of the {num_clients} clients of each round with the lowest "
-                f"scores (keep_fraction = {self.keep_fraction}) by design")
+        return (
+            f"keeps the {k} of the {num_clients} clients of each round with the lowest "
+            f"scores (keep_fraction = {self.keep_fraction}) by design"
+        )
 
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:
         if self.variant == "paper":
             scores = whitened_square_norms(paper_features(batch)).sqrt()
         else:
             scores = whitened_square_norms(reference_features(batch.models))
-        kept = keep_mask(batch.n, lowest(scores, max(1, int(self.keep_fraction * batch.n))),
-                         batch.models.device)
+        kept = keep_mask(
+            batch.n, lowest(scores, max(1, int(self.keep_fraction * batch.n))), batch.models.device
+        )
         return AggregationResult(combine(batch, normalized(batch.weights, kept)), kept, scores)
 
 

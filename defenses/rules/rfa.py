@@ -57,4 +57,3 @@ class RFARule(AggregationRule):
             median = combine(batch, normalized(prior / distances.clamp_min(self.smoothing)))
         accepted = torch.ones(batch.n, dtype=torch.bool, device=batch.models.device)
         return AggregationResult(median, accepted, distances_to(batch.models, median))
-

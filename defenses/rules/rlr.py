@@ -48,14 +48,18 @@ class RLRRule(AggregationRule):
 
     def round_problem(self, num_clients: int, num_attackers: int) -> str:
         if self.threshold > num_clients:
-            return (f"threshold = {self.threshold} exceeds the {num_clients} clients of a round: "
-                    "no coordinate can reach it, so every coordinate's learning rate is flipped")
+            return (
+                f"threshold = {self.threshold} exceeds the {num_clients} clients of a round: "
+                "no coordinate can reach it, so every coordinate's learning rate is flipped"
+            )
         return ""
 
     def round_caveat(self, num_clients: int, num_attackers: int) -> str:
         if 0 < num_attackers and self.threshold <= num_attackers:
-            return (f"rlr's threshold = {self.threshold} should exceed the attackers a round "
-                    f"({num_attackers} in some rounds)")
+            return (
+                f"rlr's threshold = {self.threshold} should exceed the attackers a round "
+                f"({num_attackers} in some rounds)"
+            )
         return ""
 
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:

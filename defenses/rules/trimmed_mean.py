@@ -31,16 +31,20 @@ class TrimmedMeanRule(AggregationRule):
 
     def round_problem(self, num_clients: int, num_attackers: int) -> str:
         if num_clients > 1 and int(self.beta * num_clients) == 0:
-            return (f"trims int(beta * n) = int({self.beta} * {num_clients}) = 0 values from "
-                    f"each end in a round of {num_clients} clients, which is plain averaging; "
-                    f"beta must be >= {1 / num_clients:.3g} at this round size")
+            return (
+                f"trims int(beta * n) = int({self.beta} * {num_clients}) = 0 values from "
+                f"each end in a round of {num_clients} clients, which is plain averaging; "
+                f"beta must be >= {1 / num_clients:.3g} at this round size"
+            )
         return ""
 
     def round_caveat(self, num_clients: int, num_attackers: int) -> str:
         cut = int(self.beta * num_clients)
         if 0 < cut < num_attackers:
-            return (f"trimmed-mean trims {cut} value(s) from each end, fewer than the "
-                    f"{num_attackers} attackers some rounds have")
+            return (
+                f"trimmed-mean trims {cut} value(s) from each end, fewer than the "
+                f"{num_attackers} attackers some rounds have"
+            )
         return ""
 
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:

@@ -52,7 +52,9 @@ class WeakDPRule(SeededRule):
         coefficients = normalized(batch.weights) * clipping_factors(norms, self.norm_bound)
         model = combine(batch, coefficients)
         noise = torch.randn(
-            model.shape, generator=self._generator(model.device), dtype=model.dtype,
+            model.shape,
+            generator=self._generator(model.device),
+            dtype=model.dtype,
             device=model.device,
         )
         accepted = torch.ones(batch.n, dtype=torch.bool, device=batch.models.device)

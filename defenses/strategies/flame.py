@@ -23,7 +23,5 @@ class FLAME(DefenseStrategy):
 
     rule_class = FLAMERule
 
-    def __init__(
-        self, noise_lambda: float = 0.001, seed: int = 0, **strategy_kwargs: Any
-    ) -> None:
+    def __init__(self, noise_lambda: float = 0.001, seed: int = 0, **strategy_kwargs: Any) -> None:
         super().__init__(FLAMERule(noise_lambda=noise_lambda, seed=seed), **strategy_kwargs)

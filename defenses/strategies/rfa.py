@@ -23,7 +23,5 @@ class RFA(DefenseStrategy):
 
     rule_class = RFARule
 
-    def __init__(
-        self, max_iter: int = 10, smoothing: float = 1e-6, **strategy_kwargs: Any
-    ) -> None:
+    def __init__(self, max_iter: int = 10, smoothing: float = 1e-6, **strategy_kwargs: Any) -> None:
         super().__init__(RFARule(max_iter=max_iter, smoothing=smoothing), **strategy_kwargs)

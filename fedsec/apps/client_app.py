@@ -27,10 +27,12 @@ def partition_id(context: Context) -> int:
 @app.query("identify")
 def identify(msg: Message, context: Context) -> Message:
     """Tell the server this node's partition id (node ids say nothing about it)."""
-    info = ConfigRecord({
-        "partition-id": partition_id(context),
-        "num-partitions": int(context.node_config["num-partitions"]),
-    })
+    info = ConfigRecord(
+        {
+            "partition-id": partition_id(context),
+            "num-partitions": int(context.node_config["num-partitions"]),
+        }
+    )
     return Message(RecordDict({"node": info}), reply_to=msg)
 
 
@@ -54,12 +56,16 @@ def local_train(msg: Message, context: Context) -> Message:
     else:
         x, y = task.client_data(pid)
         stats = train(model, x, y, **kwargs)
-    content = RecordDict({
-        "arrays": ArrayRecord(model.state_dict()),
-        "metrics": MetricRecord({
-            "num-examples": stats.num_examples,
-            "train_loss": stats.loss,
-            "partition-id": pid,
-        }),
-    })
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(model.state_dict()),
+            "metrics": MetricRecord(
+                {
+                    "num-examples": stats.num_examples,
+                    "train_loss": stats.loss,
+                    "partition-id": pid,
+                }
+            ),
+        }
+    )
     return Message(content, reply_to=msg)

@@ -21,5 +21,10 @@ def main(grid: Grid, context: Context) -> None:
     config = ExperimentConfig.from_flat(context.run_config).validate()
     out_dir = Path(str(context.run_config.get(OUTPUT_DIR_KEY, "runs/flwr"))).resolve()
     print(f"fedsec: writing results to {out_dir}", flush=True)
-    run_federation(grid, config, out_dir, progress=lambda line: print(line, flush=True),
-                   resume=bool(context.run_config.get(RESUME_KEY, False)))
+    run_federation(
+        grid,
+        config,
+        out_dir,
+        progress=lambda line: print(line, flush=True),
+        resume=bool(context.run_config.get(RESUME_KEY, False)),
+    )

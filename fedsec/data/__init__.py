@@ -57,7 +57,9 @@ def _source(name: str) -> DatasetSource:
     try:
         return DATASETS[name]
     except KeyError:
-        raise ConfigError(f"unknown data set {name!r}; valid names: {', '.join(dataset_names())}") from None
+        raise ConfigError(
+            f"unknown data set {name!r}; valid names: {', '.join(dataset_names())}"
+        ) from None
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:

@@ -28,7 +28,12 @@ class Dataset:
     def __post_init__(self) -> None:
         """Catch a loader bug early: shapes, dtypes and class names must agree."""
         for x, y in ((self.x_train, self.y_train), (self.x_test, self.y_test)):
-            if x.dtype != np.float32 or x.ndim != 4 or y.dtype != np.int64 or y.shape != x.shape[:1]:
+            if (
+                x.dtype != np.float32
+                or x.ndim != 4
+                or y.dtype != np.int64
+                or y.shape != x.shape[:1]
+            ):
                 raise ValueError(
                     f"{self.name}: images must be float32 (N, C, H, W) and labels int64 (N,); "
                     f"got {x.dtype} {x.shape} and {y.dtype} {y.shape}"
@@ -36,7 +41,9 @@ class Dataset:
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise ValueError(f"{self.name}: train and test images differ in shape")
         if len(self.classes) != self.num_classes:
-            raise ValueError(f"{self.name}: {len(self.classes)} class names for {self.num_classes} classes")
+            raise ValueError(
+                f"{self.name}: {len(self.classes)} class names for {self.num_classes} classes"
+            )
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -45,7 +52,9 @@ class Dataset:
         return int(c), int(h), int(w)
 
 
-def to_unit_nchw(images: np.ndarray, *, channels_last: bool = False, scale: float = 255.0) -> np.ndarray:
+def to_unit_nchw(
+    images: np.ndarray, *, channels_last: bool = False, scale: float = 255.0
+) -> np.ndarray:
     """Pixels as float32 (N, C, H, W) in [0, 1].
 
     ``images`` is (N, H, W) (one channel) or, with ``channels_last``, (N, H, W, C);
@@ -57,7 +66,9 @@ def to_unit_nchw(images: np.ndarray, *, channels_last: bool = False, scale: floa
     return np.ascontiguousarray(x)
 
 
-def stratified_split(labels: np.ndarray, test_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, test_size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Fixed train/test index arrays with ``test_size`` test examples, class shares kept.
 
     Class c gets ``floor(n_c * test_size / n)`` test examples and the remainder goes to the
@@ -73,7 +84,7 @@ def stratified_split(labels: np.ndarray, test_size: int, seed: int) -> tuple[np.
     short = test_size - int(per_class.sum())
     per_class[np.argsort(-(exact - per_class), kind="stable")[:short]] += 1
     train, test = [], []
-    for c, n_test in zip(classes, per_class):
+    for c, n_test in zip(classes, per_class, strict=True):
         members = rng.permutation(np.flatnonzero(labels == c))
         test.append(members[:n_test])
         train.append(members[n_test:])

@@ -23,9 +23,15 @@ ARDIS_CSV = {
     "y_test": "ARDIS_test_labels.csv",
 }
 SOUTHWEST_NPZ = "southwest_airplanes.npz"
-SOUTHWEST_PKL = {"x_train": "southwest_images_new_train.pkl", "x_test": "southwest_images_new_test.pkl"}
+SOUTHWEST_PKL = {
+    "x_train": "southwest_images_new_train.pkl",
+    "x_test": "southwest_images_new_test.pkl",
+}
 
-_ARDIS_HINT = f"the folder must hold {ARDIS_NPZ} or the ARDIS IV CSV release ({', '.join(ARDIS_CSV.values())})"
+_ARDIS_HINT = (
+    f"the folder must hold {ARDIS_NPZ} or the ARDIS IV CSV release "
+    f"({', '.join(ARDIS_CSV.values())})"
+)
 _SOUTHWEST_HINT = f"the folder must hold {SOUTHWEST_NPZ} or {' and '.join(SOUTHWEST_PKL.values())}"
 
 
@@ -39,7 +45,9 @@ def locate_southwest(folder: str | Path) -> dict[str, Path]:
     return _locate(Path(folder), "southwest", SOUTHWEST_NPZ, SOUTHWEST_PKL, _SOUTHWEST_HINT)
 
 
-def _locate(folder: Path, label: str, npz: str, originals: dict[str, str], hint: str) -> dict[str, Path]:
+def _locate(
+    folder: Path, label: str, npz: str, originals: dict[str, str], hint: str
+) -> dict[str, Path]:
     """The .npz if present, else every original file; DataError naming what is missing."""
     if not folder.is_dir():
         raise DataError(f"{label}: data directory not found: {folder}; {hint}")
@@ -55,7 +63,8 @@ def _locate(folder: Path, label: str, npz: str, originals: dict[str, str], hint:
 
 
 def load_ardis(folder: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """ARDIS IV as (x_train, y_train, x_test, y_test): float32 (N, 1, 28, 28) in [0, 1], int64 labels.
+    """ARDIS IV as (x_train, y_train, x_test, y_test): float32 (N, 1, 28, 28) in [0, 1],
+    int64 labels.
 
     6,600 train and 1,000 test digits, white on black like MNIST, labels 0-9.
     """
@@ -79,13 +88,17 @@ def _read_ardis_csv(path: Path, one_hot: bool) -> np.ndarray:
     try:
         table = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except (OSError, ValueError) as exc:
-        raise DataError(f"ardis: cannot read {path}: {exc}; expected space-separated numbers") from None
+        raise DataError(
+            f"ardis: cannot read {path}: {exc}; expected space-separated numbers"
+        ) from None
     width = 10 if one_hot else 28 * 28
     if table.shape[1] != width:
         raise DataError(f"ardis: {path} has {table.shape[1]} values a row; expected {width}")
     if one_hot:
         if not (np.isin(table, (0.0, 1.0)).all() and (table.sum(axis=1) == 1).all()):
-            raise DataError(f"ardis: {path} must hold one-hot rows (a single 1 among ten 0/1 values)")
+            raise DataError(
+                f"ardis: {path} must hold one-hot rows (a single 1 among ten 0/1 values)"
+            )
         return table.argmax(axis=1)
     if not (np.all(table == np.round(table)) and table.min() >= 0 and table.max() <= 255):
         raise DataError(f"ardis: {path} must hold whole pixel values in 0..255")
@@ -106,7 +119,9 @@ def load_southwest(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
         arrays = {key: read_pickle(path, "southwest") for key, path in files.items()}
         source = files
     x_train, x_test = (
-        to_unit_nchw(check_images(arrays[key], (32, 32, 3), source[key], "southwest"), channels_last=True)
+        to_unit_nchw(
+            check_images(arrays[key], (32, 32, 3), source[key], "southwest"), channels_last=True
+        )
         for key in ("x_train", "x_test")
     )
     return x_train, x_test

@@ -67,7 +67,9 @@ def read_bytes(path: Path, label: str) -> bytes:
     except FileNotFoundError:
         raise DataError(f"{label}: file not found: {path}") from None
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{label}: cannot read {path}: {exc}; replace the file with a good copy") from None
+        raise DataError(
+            f"{label}: cannot read {path}: {exc}; replace the file with a good copy"
+        ) from None
 
 
 def read_idx(path: Path, label: str = "idx") -> np.ndarray:
@@ -133,24 +135,35 @@ def read_pickle(path: Path, label: str) -> object:
     try:
         return _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as exc:  # a malformed pickle can fail in many ways; all mean "bad file"
-        raise DataError(f"{label}: cannot unpickle {path}: {exc}; expected pickled NumPy arrays") from None
+        raise DataError(
+            f"{label}: cannot unpickle {path}: {exc}; expected pickled NumPy arrays"
+        ) from None
 
 
 def check_images(images: np.ndarray, shape: tuple[int, ...], path: Path, label: str) -> np.ndarray:
     """``images`` if it is a uint8 array of per-image ``shape``; DataError otherwise."""
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.shape[1:] != shape:
-        got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+        got = (
+            f"{images.dtype} {images.shape}"
+            if isinstance(images, np.ndarray)
+            else type(images).__name__
+        )
         expected = ", ".join(map(str, shape))
-        raise DataError(f"{label}: {path} holds {got}; expected uint8 images of shape (N, {expected})")
+        raise DataError(
+            f"{label}: {path} holds {got}; expected uint8 images of shape (N, {expected})"
+        )
     return images
 
 
-def check_labels(labels: np.ndarray, count: int, num_classes: int, path: Path, label: str) -> np.ndarray:
+def check_labels(
+    labels: np.ndarray, count: int, num_classes: int, path: Path, label: str
+) -> np.ndarray:
     """``labels`` as int64 if there are ``count`` of them, all in ``range(num_classes)``."""
     labels = np.asarray(labels)
     if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(
-            f"{label}: {path} holds labels {labels.dtype} {labels.shape}; expected {count} integer labels"
+            f"{label}: {path} holds labels {labels.dtype} {labels.shape}; "
+            f"expected {count} integer labels"
         )
     if count and (labels.min() < 0 or labels.max() >= num_classes):
         raise DataError(f"{label}: {path} has labels outside 0..{num_classes - 1}")

@@ -18,11 +18,28 @@ from fedsec.data.formats import check_images, check_labels, find_file, read_idx,
 from fedsec.errors import ConfigError, DataError
 
 FASHION_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 SPLIT_SEED = 0  # the fixed train/test split of the data sets that ship without one
 
@@ -128,12 +145,17 @@ class _IdxLayout:
         images = check_images(read_idx(image_file, self.name), (28, 28), image_file, self.name)
         if self.transposed:
             images = images.transpose(0, 2, 1)
-        labels = check_labels(read_idx(label_file, self.name), len(images), 10, label_file, self.name)
+        labels = check_labels(
+            read_idx(label_file, self.name), len(images), 10, label_file, self.name
+        )
         return to_unit_nchw(images), labels
 
     def source(self, default_dir: str | None = None) -> DatasetSource:
         """This layout as a registry entry."""
-        hint = f"the files {', '.join(self.files.values())} (or .gz) are, directly or in {self.subdirs[0]}/"
+        hint = (
+            f"the files {', '.join(self.files.values())} (or .gz) are, "
+            f"directly or in {self.subdirs[0]}/"
+        )
         return DatasetSource(self.name, self.read, self.locate, default_dir, hint)
 
 
@@ -147,9 +169,15 @@ def _mnist_names(prefix: str, test: str) -> dict[str, str]:
 
 
 MNIST = _IdxLayout("mnist", ("MNIST/raw",), _mnist_names("", "t10k"), DIGIT_CLASSES)
-FASHION_MNIST = _IdxLayout("fashion-mnist", ("FashionMNIST/raw",), _mnist_names("", "t10k"), FASHION_CLASSES)
+FASHION_MNIST = _IdxLayout(
+    "fashion-mnist", ("FashionMNIST/raw",), _mnist_names("", "t10k"), FASHION_CLASSES
+)
 EMNIST_DIGITS = _IdxLayout(
-    "emnist-digits", ("EMNIST/raw",), _mnist_names("emnist-digits-", "test"), DIGIT_CLASSES, transposed=True
+    "emnist-digits",
+    ("EMNIST/raw",),
+    _mnist_names("emnist-digits-", "test"),
+    DIGIT_CLASSES,
+    transposed=True,
 )
 
 _CIFAR_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
@@ -160,19 +188,32 @@ def _locate_cifar10(folder: Path) -> dict[str, list[Path]]:
     """The five training batches and the test batch, in DIR or DIR/cifar-10-batches-py."""
     dirs = [folder, folder / "cifar-10-batches-py"]
     hint = "it must hold data_batch_1..5 and test_batch from cifar-10-python.tar.gz"
-    return {split: [find_file("cifar10", dirs, [name], hint) for name in names]
-            for split, names in _CIFAR_BATCHES.items()}
+    return {
+        split: [find_file("cifar10", dirs, [name], hint) for name in names]
+        for split, names in _CIFAR_BATCHES.items()
+    }
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One pickled batch: images uint8 (N, 32, 32, 3) and labels."""
     batch = read_pickle(path, "cifar10")
     if not isinstance(batch, dict):
-        raise DataError(f"cifar10: {path} holds a {type(batch).__name__}; expected a dict with data and labels")
+        raise DataError(
+            f"cifar10: {path} holds a {type(batch).__name__}; expected a dict with data and labels"
+        )
     data, labels = (batch.get(key.encode(), batch.get(key)) for key in ("data", "labels"))
-    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or labels is None:
-        raise DataError(f"cifar10: {path} must map b'data' to a uint8 (N, 3072) array and b'labels' to N labels")
-    images = check_images(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), (32, 32, 3), path, "cifar10")
+    if (
+        not isinstance(data, np.ndarray)
+        or data.ndim != 2
+        or data.shape[1] != 3072
+        or labels is None
+    ):
+        raise DataError(
+            f"cifar10: {path} must map b'data' to a uint8 (N, 3072) array and b'labels' to N labels"
+        )
+    images = check_images(
+        data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), (32, 32, 3), path, "cifar10"
+    )
     return images, check_labels(np.asarray(labels), len(images), 10, path, "cifar10")
 
 
@@ -201,7 +242,10 @@ SOURCES: tuple[DatasetSource, ...] = (
     EMNIST_DIGITS.source(),
     DatasetSource("cifar10", _load_cifar10, _locate_cifar10, None, _CIFAR_HINT),
     DatasetSource(
-        "ardis", _load_ardis, locate_ardis, None,
+        "ardis",
+        _load_ardis,
+        locate_ardis,
+        None,
         "ardis_iv.npz or the ARDIS IV CSV files (ARDIS_train_2828.csv, ...) are",
     ),
 )

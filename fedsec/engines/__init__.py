@@ -32,6 +32,9 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, resume: bool =
     from fedsec.apps.server_app import app as server_app
     from fedsec.engines.inprocess import run_inprocess
 
-    run_config = {**config.to_flat(), OUTPUT_DIR_KEY: str(Path(out_dir).resolve()),
-                  RESUME_KEY: resume}
+    run_config = {
+        **config.to_flat(),
+        OUTPUT_DIR_KEY: str(Path(out_dir).resolve()),
+        RESUME_KEY: resume,
+    }
     run_inprocess(server_app, client_app, config.data.num_clients, run_config)

@@ -26,7 +26,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedsec.config import ExperimentConfig, dumps_toml
-from fedsec.engines.processes import free_port, marked_env, start_process, stop_marked, wait_for_port
+from fedsec.engines.processes import (
+    free_port,
+    marked_env,
+    start_process,
+    stop_marked,
+    wait_for_port,
+)
 from fedsec.errors import FedsecError
 
 CONNECTION_NAME = "fedsec"
@@ -53,8 +59,13 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     return env
 
 
-def write_app(app_dir: Path, config: ExperimentConfig, out_dir: Path, resume: bool = False,
-              clientapp: str = DEFAULT_CLIENTAPP) -> Path:
+def write_app(
+    app_dir: Path,
+    config: ExperimentConfig,
+    out_dir: Path,
+    resume: bool = False,
+    clientapp: str = DEFAULT_CLIENTAPP,
+) -> Path:
     """A Flower App folder whose run config is ``config`` and whose output is ``out_dir``.
 
     ``clientapp`` names the ClientApp object (tests substitute one that fails on purpose).
@@ -68,31 +79,39 @@ def write_app(app_dir: Path, config: ExperimentConfig, out_dir: Path, resume: bo
         '[tool.flwr.app]\npublisher = "fedsec"\n\n'
         "[tool.flwr.app.components]\n"
         'serverapp = "fedsec.apps.server_app:app"\n'
-        f'clientapp = "{clientapp}"\n\n'
-        + _nest("tool.flwr.app.config", dumps_toml(run_config))
+        f'clientapp = "{clientapp}"\n\n' + _nest("tool.flwr.app.config", dumps_toml(run_config))
     )
     (app_dir / "pyproject.toml").write_text(text, encoding="utf-8")
     return app_dir
 
 
 def run_flower(
-    config: ExperimentConfig, out_dir: str | Path, progress: Callable[[str], None] = print,
-    resume: bool = False, clientapp: str = DEFAULT_CLIENTAPP,
+    config: ExperimentConfig,
+    out_dir: str | Path,
+    progress: Callable[[str], None] = print,
+    resume: bool = False,
+    clientapp: str = DEFAULT_CLIENTAPP,
 ) -> None:
     """Run ``config`` on Flower's simulation engine (Ray); results land in ``out_dir``."""
     e = config.engine
     with FlowerLauncher(config, out_dir, resume, clientapp) as launcher:
         launcher.start_superlink(simulation=True)
-        launcher.submit(progress, federation_config=(
-            f"num-supernodes={config.data.num_clients} "
-            f"client-resources-num-cpus={e.client_num_cpus} "
-            f"client-resources-num-gpus={e.client_num_gpus}"
-        ))
+        launcher.submit(
+            progress,
+            federation_config=(
+                f"num-supernodes={config.data.num_clients} "
+                f"client-resources-num-cpus={e.client_num_cpus} "
+                f"client-resources-num-gpus={e.client_num_gpus}"
+            ),
+        )
 
 
 def run_deployment(
-    config: ExperimentConfig, out_dir: str | Path, progress: Callable[[str], None] = print,
-    resume: bool = False, clientapp: str = DEFAULT_CLIENTAPP,
+    config: ExperimentConfig,
+    out_dir: str | Path,
+    progress: Callable[[str], None] = print,
+    resume: bool = False,
+    clientapp: str = DEFAULT_CLIENTAPP,
 ) -> None:
     """Run ``config`` on Flower's deployment engine, all on this machine.
 
@@ -114,8 +133,9 @@ class FlowerLauncher:
     per process, and ``flwr-run.log`` (what ``flwr run --stream`` printed).
     """
 
-    def __init__(self, config: ExperimentConfig, out_dir: str | Path, resume: bool,
-                 clientapp: str) -> None:
+    def __init__(
+        self, config: ExperimentConfig, out_dir: str | Path, resume: bool, clientapp: str
+    ) -> None:
         self.config = config
         self.out_dir = Path(out_dir).resolve()
         self.home = self.out_dir / ".flwr"
@@ -134,16 +154,35 @@ class FlowerLauncher:
             proc.wait()
 
     def start_superlink(self, simulation: bool) -> None:
-        cmd = [_bin("flower-superlink"), "--insecure", "--isolation", "subprocess",
-               "--host", "127.0.0.1", "--port", str(self.port),
-               "--disable-runtime-dependency-installation"]
+        cmd = [
+            _bin("flower-superlink"),
+            "--insecure",
+            "--isolation",
+            "subprocess",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-runtime-dependency-installation",
+        ]
         self._start("superlink", cmd + (["--simulation"] if simulation else []), self.port)
 
     def start_supernode(self, partition_id: int, num_partitions: int) -> None:
         port = free_port()
-        cmd = [_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
-               "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}",
-               "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(port)]
+        cmd = [
+            _bin("flower-supernode"),
+            "--insecure",
+            "--superlink",
+            f"127.0.0.1:{self.port}",
+            "--node-config",
+            f"partition-id={partition_id} num-partitions={num_partitions}",
+            "--isolation",
+            "subprocess",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
         self._start(f"supernode-{partition_id}", cmd, port)
 
     def kill(self, name: str) -> None:
@@ -156,9 +195,17 @@ class FlowerLauncher:
         if federation_config:
             cmd += ["--federation-config", federation_config]
         run_log = self.home / "flwr-run.log"
-        with subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, bufsize=1) as flwr_run, \
-                run_log.open("w") as log:
+        with (
+            subprocess.Popen(
+                cmd,
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+            ) as flwr_run,
+            run_log.open("w") as log,
+        ):
             for line in flwr_run.stdout:
                 log.write(line)
                 log.flush()
@@ -201,8 +248,10 @@ def _bin(name: str) -> str:
     """A Flower command installed beside this Python (the venv need not be on PATH)."""
     exe = Path(sys.executable).with_name(name)
     if not exe.exists():
-        raise FedsecError(f"the `{name}` command is not installed beside {sys.executable}; "
-                          "pip install 'flwr[simulation]'")
+        raise FedsecError(
+            f"the `{name}` command is not installed beside {sys.executable}; "
+            "pip install 'flwr[simulation]'"
+        )
     return str(exe)
 
 

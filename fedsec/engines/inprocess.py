@@ -100,11 +100,14 @@ class InProcessGrid(Grid):
             return self.client_app(msg, context)
         except Exception as exc:  # a failing client must not end the run
             reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
-            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+            return Message(
+                Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg
+            )
 
 
-def run_inprocess(server_app: ServerApp, client_app: ClientApp, num_nodes: int,
-                  run_config: dict) -> None:
+def run_inprocess(
+    server_app: ServerApp, client_app: ClientApp, num_nodes: int, run_config: dict
+) -> None:
     """Run ``server_app`` against ``num_nodes`` in-process ClientApp nodes."""
     # Flower stamps every new Message with the identity of the process's task, which
     # its own runtimes set before running an app; this process is the SuperLink's node.
@@ -112,8 +115,9 @@ def run_inprocess(server_app: ServerApp, client_app: ClientApp, num_nodes: int,
     TaskIdentity.run_id = 0
     TaskIdentity.node_id = SERVER_NODE_ID
     grid = InProcessGrid(client_app, num_nodes, run_config)
-    context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(),
-                      run_config=dict(run_config))
+    context = Context(
+        run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config)
+    )
     server_app(grid, context)
 
 

@@ -29,8 +29,14 @@ def start_process(cmd: list[str], env: dict[str, str], log_path: Path) -> subpro
         raise ValueError(f"start_process needs {MARKER} in env; use marked_env()")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def marked_env(env: dict[str, str], marker: str) -> dict[str, str]:

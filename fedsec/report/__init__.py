@@ -79,9 +79,13 @@ from fedsec.report.stats import paper_ranking, ranking_scores
 __all__ = ["load_results", "paper_ranking", "ranking_scores", "register", "write_report"]
 
 
-def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Path | None = None,
-                 rows: str | None = None, cols: str | None = None,
-                 paper: str | None = None) -> tuple[dict[str, Any], str]:
+def write_report(
+    results_dirs: str | Path | Sequence[str | Path],
+    out: str | Path | None = None,
+    rows: str | None = None,
+    cols: str | None = None,
+    paper: str | None = None,
+) -> tuple[dict[str, Any], str]:
     """Write report.md, report.json and the PNGs; return the report and the terminal text."""
     if paper is not None:
         paper_mod.paper_table(paper)  # fail before reading anything
@@ -95,8 +99,11 @@ def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Pat
         raise FedsecError(f"cannot create output directory {out_dir}: {err.strerror}") from None
     pngs = plot_curves(report, out_dir)
     heatmaps = plot_heatmaps(report, out_dir)
-    report["files"] = {"markdown": "report.md", "json": "report.json",
-                       "png": list(pngs.values()) + list(heatmaps.values())}
+    report["files"] = {
+        "markdown": "report.md",
+        "json": "report.json",
+        "png": list(pngs.values()) + list(heatmaps.values()),
+    }
     text, short = render_markdown(report, pngs, heatmaps)
     atomic_write_text(out_dir / "report.md", text)
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=1) + "\n")
@@ -105,15 +112,26 @@ def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Pat
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``report`` subcommand to the ``fedsec`` parser's subparsers."""
-    p = sub.add_parser("report", help="tables, statistics, curves and heatmaps of a sweep's results")
-    p.add_argument("results_dirs", metavar="RESULTS_DIR", nargs="+",
-                   help="a sweep's output (or any folder of runs); several are reported as one")
-    p.add_argument("--out", help="where to write report.md, report.json, PNGs (default: the first RESULTS_DIR)")
+    p = sub.add_parser(
+        "report", help="tables, statistics, curves and heatmaps of a sweep's results"
+    )
+    p.add_argument(
+        "results_dirs",
+        metavar="RESULTS_DIR",
+        nargs="+",
+        help="a sweep's output (or any folder of runs); several are reported as one",
+    )
+    p.add_argument(
+        "--out", help="where to write report.md, report.json, PNGs (default: the first RESULTS_DIR)"
+    )
     p.add_argument("--rows", metavar="AXIS", help="axis of the table rows (default: defense)")
     p.add_argument("--cols", metavar="AXIS", help="axis of the table columns (default: attack)")
-    p.add_argument("--paper", metavar="NAME",
-                   help="show Huang et al. (ICCV 2023) Table 1 beside ours: "
-                        + "|".join(paper_mod.paper_names()))
+    p.add_argument(
+        "--paper",
+        metavar="NAME",
+        help="show Huang et al. (ICCV 2023) Table 1 beside ours: "
+        + "|".join(paper_mod.paper_names()),
+    )
     p.set_defaults(handler=cmd_report)
 
 
@@ -122,6 +140,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.results_dirs[0])
     print(short, end="")
     c = report["counts"]
-    print(f"fedsec: wrote report.md, report.json, {', '.join(report['files']['png'])} to {out} "
-          f"({c['finished']} of {c['total']} runs finished)")
+    print(
+        f"fedsec: wrote report.md, report.json, {', '.join(report['files']['png'])} to {out} "
+        f"({c['finished']} of {c['total']} runs finished)"
+    )
     return 0

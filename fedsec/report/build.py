@@ -34,14 +34,19 @@ class Layout:
     seed: str | None
 
 
-def choose_layout(axes: dict[str, list[str]], rows: str | None = None, cols: str | None = None) -> Layout:
+def choose_layout(
+    axes: dict[str, list[str]], rows: str | None = None, cols: str | None = None
+) -> Layout:
     """Rows ``--rows`` or defense or the first non-seed axis; cols likewise; the rest extra."""
     seed = SEED_AXIS if SEED_AXIS in axes else None
     free = [a for a in axes if a != SEED_AXIS]
     for flag, axis in (("--rows", rows), ("--cols", cols)):
         if axis is not None and axis not in free:
-            why = ("it is averaged over" if axis == SEED_AXIS
-                   else f"valid: {', '.join(free) or 'none'}")
+            why = (
+                "it is averaged over"
+                if axis == SEED_AXIS
+                else f"valid: {', '.join(free) or 'none'}"
+            )
             raise ConfigError(f"unknown {flag} axis {axis!r}; {why}")
     if rows is not None and rows == cols:
         raise ConfigError(f"--rows and --cols are both {rows!r}")
@@ -62,9 +67,13 @@ def mean_curves(runs: Sequence[Run]) -> dict[str, list]:
     for key in ("main_accuracy", "backdoor_accuracy"):
         grid = np.full((len(runs), len(rounds)), np.nan)
         for i, run in enumerate(runs):
-            pts = [(col[r["round"]], r[key]) for r in run.rounds if "round" in r and r.get(key) is not None]
+            pts = [
+                (col[r["round"]], r[key])
+                for r in run.rounds
+                if "round" in r and r.get(key) is not None
+            ]
             if pts:
-                idx, vals = zip(*pts)
+                idx, vals = zip(*pts, strict=True)
                 grid[i, list(idx)] = vals
         count = np.sum(~np.isnan(grid), axis=0)
         mean = np.where(count > 0, np.nansum(grid, axis=0) / np.maximum(count, 1), np.nan) * 100.0
@@ -81,30 +90,45 @@ def build_report(sweep: SweepResults, layout: Layout, paper: str | None = None) 
     if paper is not None:
         paper_mod.paper_table(paper)  # a ConfigError names the valid tables
         if (layout.rows, layout.cols) != ("defense", "attack"):
-            raise ConfigError(f"--paper needs rows 'defense' and columns 'attack' "
-                              f"(got {layout.rows!r} and {layout.cols!r})")
+            raise ConfigError(
+                f"--paper needs rows 'defense' and columns 'attack' "
+                f"(got {layout.rows!r} and {layout.cols!r})"
+            )
     axes = sweep.axes
     row_vals = axes[layout.rows] if layout.rows else [ALL]
     col_vals = axes[layout.cols] if layout.cols else [ALL]
 
     sets = []
     for combo in itertools.product(*(axes[a] for a in layout.extra)):
-        extra = dict(zip(layout.extra, combo))
+        extra = dict(zip(layout.extra, combo, strict=True))
         groups = []
         for rv, cv in itertools.product(row_vals, col_vals):
-            labels = {**extra, **({layout.rows: rv} if layout.rows else {}),
-                      **({layout.cols: cv} if layout.cols else {})}
-            members = [r for r in sweep.runs if all(r.labels.get(k) == v for k, v in labels.items())]
+            labels = {
+                **extra,
+                **({layout.rows: rv} if layout.rows else {}),
+                **({layout.cols: cv} if layout.cols else {}),
+            }
+            members = [
+                r for r in sweep.runs if all(r.labels.get(k) == v for k, v in labels.items())
+            ]
             if not members:
                 continue
             groups.append(_group(labels, rv, cv, members, layout, paper))
         if not groups:
             continue
-        members = [r for r in sweep.runs if r.status == "finished"
-                   and all(r.labels.get(k) == v for k, v in extra.items())]
-        sets.append({"extra": extra, "groups": groups,
-                     "ranking": _set_ranking(groups, layout, paper),
-                     "selection_quotas": selection_quotas(members)})
+        members = [
+            r
+            for r in sweep.runs
+            if r.status == "finished" and all(r.labels.get(k) == v for k, v in extra.items())
+        ]
+        sets.append(
+            {
+                "extra": extra,
+                "groups": groups,
+                "ranking": _set_ranking(groups, layout, paper),
+                "selection_quotas": selection_quotas(members),
+            }
+        )
     _add_baselines(sets)
 
     report: dict[str, Any] = {
@@ -113,34 +137,56 @@ def build_report(sweep: SweepResults, layout: Layout, paper: str | None = None) 
         "source": sweep.source,
         "units": "percent",
         "statistics": "per cell: mean, sample std and Student's t 95% interval over seeds; "
-                      "comparisons paired by seed",
+        "comparisons paired by seed",
         "axes": axes,
-        "rows": layout.rows, "cols": layout.cols, "extra_axes": layout.extra, "seed_axis": layout.seed,
-        "counts": {s: sum(r.status == s for r in sweep.runs) for s in ("finished", "unfinished", "missing")},
-        "runs": [{"id": r.id, "dir": str(r.path), "labels": r.labels, "status": r.status,
-                  "rounds_logged": len(r.rounds)} for r in sweep.runs],
+        "rows": layout.rows,
+        "cols": layout.cols,
+        "extra_axes": layout.extra,
+        "seed_axis": layout.seed,
+        "counts": {
+            s: sum(r.status == s for r in sweep.runs) for s in ("finished", "unfinished", "missing")
+        },
+        "runs": [
+            {
+                "id": r.id,
+                "dir": str(r.path),
+                "labels": r.labels,
+                "status": r.status,
+                "rounds_logged": len(r.rounds),
+            }
+            for r in sweep.runs
+        ],
         "sets": sets,
     }
     report["counts"]["total"] = len(sweep.runs)
     if paper is not None:
-        report["paper"] = {"name": paper, "citation": paper_mod.CITATION,
-                           "ranking_all_attacks": paper_ranking(paper)}
+        report["paper"] = {
+            "name": paper,
+            "citation": paper_mod.CITATION,
+            "ranking_all_attacks": paper_ranking(paper),
+        }
     return report
 
 
-def _group(labels: dict[str, str], rv: str, cv: str, members: list[Run], layout: Layout,
-           paper: str | None) -> dict[str, Any]:
+def _group(
+    labels: dict[str, str], rv: str, cv: str, members: list[Run], layout: Layout, paper: str | None
+) -> dict[str, Any]:
     """One cell: its runs, per-metric statistics over seeds, mean curves, backdoor key."""
     done = [r for r in members if r.status == "finished"]
     seed_of = {r.id: r.labels.get(layout.seed, r.id) if layout.seed else r.id for r in done}
     values = {r.id: r.values() for r in done}
     keys = {r.backdoor_key() for r in done}
     group = {
-        "labels": labels, "row": rv, "col": cv,
+        "labels": labels,
+        "row": rv,
+        "col": cv,
         "runs": [r.id for r in done],
         "left_out": [r.id for r in members if r.status != "finished"],
-        "n": len(done), "n_expected": len(members),
-        "metrics": {k: summarize({seed_of[r.id]: values[r.id][k] for r in done}) for k, _ in METRICS},
+        "n": len(done),
+        "n_expected": len(members),
+        "metrics": {
+            k: summarize({seed_of[r.id]: values[r.id][k] for r in done}) for k, _ in METRICS
+        },
         "curves": mean_curves(done),
         "no_attack": is_no_attack(cv),
         # what the backdoor accuracy is measured on; None when untargeted or mixed
@@ -148,7 +194,9 @@ def _group(labels: dict[str, str], rv: str, cv: str, members: list[Run], layout:
     }
     if paper is not None:
         cell = paper_mod.paper_cell(paper, rv, cv)
-        group["paper"] = None if cell is None else {"main_accuracy": cell[0], "backdoor_accuracy": cell[1]}
+        group["paper"] = (
+            None if cell is None else {"main_accuracy": cell[0], "backdoor_accuracy": cell[1]}
+        )
     group["cell"] = compact_cell(group)
     return group
 
@@ -160,9 +208,13 @@ def _add_baselines(sets: list[dict[str, Any]]) -> None:
     federation the others share when they leave their baselines out). Adds
     ``baseline`` ({"col", "set"}) and ``ba_above_baseline`` (the per-seed paired
     difference of final BA, with its 95% interval) to the cell."""
+
     def no_attack_cells(s):
-        return {(g["row"], tuple(g["backdoor_key"])): g for g in s["groups"]
-                if g["no_attack"] and g["backdoor_key"] is not None}
+        return {
+            (g["row"], tuple(g["backdoor_key"])): g
+            for g in s["groups"]
+            if g["no_attack"] and g["backdoor_key"] is not None
+        }
 
     first = no_attack_cells(sets[0]) if sets else {}
     for s in sets:
@@ -181,7 +233,7 @@ def _add_baselines(sets: list[dict[str, Any]]) -> None:
 
 def _per_seed(group: dict[str, Any], metric: str) -> dict[str, float]:
     stat = group["metrics"][metric]
-    return dict(zip(stat["seeds"], stat["values"]))
+    return dict(zip(stat["seeds"], stat["values"], strict=True))
 
 
 def selection_quotas(runs: Sequence[Run]) -> list[dict[str, str]]:
@@ -208,11 +260,29 @@ def _set_ranking(groups: list[dict], layout: Layout, paper: str | None) -> dict[
     ba = {k: m["final_backdoor_accuracy"]["mean"] for k, m in by.items()}
     ranking = ranking_scores(ma, ba, row_vals, col_vals)
     ranking["per_seed"] = seed_rankings(
-        {k: dict(zip(m["final_main_accuracy"]["seeds"], m["final_main_accuracy"]["values"]))
-         for k, m in by.items()},
-        {k: dict(zip(m["final_backdoor_accuracy"]["seeds"], m["final_backdoor_accuracy"]["values"]))
-         for k, m in by.items()},
-        row_vals, ranking["attacks"])
+        {
+            k: dict(
+                zip(
+                    m["final_main_accuracy"]["seeds"],
+                    m["final_main_accuracy"]["values"],
+                    strict=True,
+                )
+            )
+            for k, m in by.items()
+        },
+        {
+            k: dict(
+                zip(
+                    m["final_backdoor_accuracy"]["seeds"],
+                    m["final_backdoor_accuracy"]["values"],
+                    strict=True,
+                )
+            )
+            for k, m in by.items()
+        },
+        row_vals,
+        ranking["attacks"],
+    )
     if paper is not None:
         attacks = [a for a in ranking["attacks"] if a in paper_mod.ATTACKS]
         theirs = paper_ranking(paper, attacks)
@@ -246,7 +316,8 @@ def compact_cell(group: dict[str, Any]) -> str:
     """The compact table's cell: ``MA / BA`` (final, percent), ``(n=k)`` if seeds are missing,
     and with a paper table ``(paper MA / BA)``."""
     m = group["metrics"]
-    cell = f"{format_mean_std(m['final_main_accuracy'])} / {format_mean_std(m['final_backdoor_accuracy'])}"
+    ma, ba = m["final_main_accuracy"], m["final_backdoor_accuracy"]
+    cell = f"{format_mean_std(ma)} / {format_mean_std(ba)}"
     if group["n"] == 0:
         cell = "-"
     if group["n"] != group["n_expected"]:

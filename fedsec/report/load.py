@@ -122,8 +122,10 @@ def load_results(results_dirs: str | Path | Sequence[str | Path]) -> SweepResult
             name, (dir_axes, entries) = root.resolve().name, _discover(root)
             source = "discovered"
         if not entries:
-            raise FedsecError(f"no runs found in {root}: no {SWEEP_FILE} and no directory "
-                              f"holding {METRICS_FILE} below it")
+            raise FedsecError(
+                f"no runs found in {root}: no {SWEEP_FILE} and no directory "
+                f"holding {METRICS_FILE} below it"
+            )
         names.append(name)
         sources.append(source)
         for key, values in dir_axes.items():
@@ -143,14 +145,23 @@ def load_results(results_dirs: str | Path | Sequence[str | Path]) -> SweepResult
     seen: dict[str, int] = {}
     for run in runs:
         if run.id in seen:
-            raise FedsecError(f"run {run.id!r} appears in more than one results directory; "
-                              "give the sweeps an axis (e.g. regime) whose labels set them apart")
+            raise FedsecError(
+                f"run {run.id!r} appears in more than one results directory; "
+                "give the sweeps an axis (e.g. regime) whose labels set them apart"
+            )
         seen[run.id] = 1
-    return SweepResults(roots=[Path(d) for d in dirs], name=" + ".join(dict.fromkeys(names)),
-                        axes=axes, runs=runs, source=", ".join(dict.fromkeys(sources)))
+    return SweepResults(
+        roots=[Path(d) for d in dirs],
+        name=" + ".join(dict.fromkeys(names)),
+        axes=axes,
+        runs=runs,
+        source=", ".join(dict.fromkeys(sources)),
+    )
 
 
-def _read_sweep_json(path: Path) -> tuple[str, dict[str, list[str]], list[tuple[str, str, dict[str, str]]]]:
+def _read_sweep_json(
+    path: Path,
+) -> tuple[str, dict[str, list[str]], list[tuple[str, str, dict[str, str]]]]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         axes = {str(k): [str(v) for v in vals] for k, vals in doc.get("axes", {}).items()}
@@ -166,7 +177,9 @@ def _read_sweep_json(path: Path) -> tuple[str, dict[str, list[str]], list[tuple[
 
 def _discover(root: Path) -> tuple[dict[str, list[str]], list[tuple[str, str, dict[str, str]]]]:
     """Run directories below ``root``, labelled by their ``key=value`` path components."""
-    dirs = sorted({p.parent for pattern in (METRICS_FILE, SUMMARY_FILE) for p in root.rglob(pattern)})
+    dirs = sorted(
+        {p.parent for pattern in (METRICS_FILE, SUMMARY_FILE) for p in root.rglob(pattern)}
+    )
     entries = []
     for d in dirs:
         rel = d.relative_to(root).as_posix() if d != root else "."

@@ -46,7 +46,8 @@ def plot_curves(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
         FigureCanvasAgg(fig)
         axs = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
         groups = {(g["row"], g["col"]): g for g in s["groups"]}
-        for ax, cv in zip(axs, col_vals):
+        # the grid may have more axes than columns; the spare ones are hidden below
+        for ax, cv in zip(axs, col_vals, strict=False):
             drawn = False
             for rv in row_vals:
                 cur = groups[(rv, cv)]["curves"]
@@ -54,25 +55,40 @@ def plot_curves(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
                 for key, style in (("main_accuracy", "-"), ("backdoor_accuracy", "--")):
                     y = np.array([np.nan if v is None else v for v in cur[key]], dtype=float)
                     if np.isfinite(y).any():
-                        ax.plot(x, y, style, color=colours[rv], linewidth=1.5,
-                                marker="." if x.size < 3 else None)
+                        ax.plot(
+                            x,
+                            y,
+                            style,
+                            color=colours[rv],
+                            linewidth=1.5,
+                            marker="." if x.size < 3 else None,
+                        )
                         drawn = True
             if not drawn:
-                ax.text(0.5, 0.5, "no finished run", ha="center", va="center", transform=ax.transAxes)
+                ax.text(
+                    0.5, 0.5, "no finished run", ha="center", va="center", transform=ax.transAxes
+                )
             ax.set_title(f"{report['cols']}={cv}" if report["cols"] else ALL, fontsize="medium")
             ax.set_ylim(-2, 102)
             ax.set_xlabel("round")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel("accuracy (%)")
             ax.grid(alpha=0.3)
-        for ax in axs[len(col_vals):]:
+        for ax in axs[len(col_vals) :]:
             ax.set_visible(False)
         handles = [Line2D([], [], color=colours[r], label=r) for r in row_vals]
-        handles += [Line2D([], [], color="black", linestyle="-", label="MA"),
-                    Line2D([], [], color="black", linestyle="--", label="BA")]
-        fig.legend(handles=handles, title=report["rows"] or None, loc="center right", fontsize="small")
-        fig.suptitle(f"{report['name']}" + (f" ({title})" if title else "")
-                     + (f": mean over {report['seed_axis']}s" if report["seed_axis"] else ""))
+        handles += [
+            Line2D([], [], color="black", linestyle="-", label="MA"),
+            Line2D([], [], color="black", linestyle="--", label="BA"),
+        ]
+        fig.legend(
+            handles=handles, title=report["rows"] or None, loc="center right", fontsize="small"
+        )
+        fig.suptitle(
+            f"{report['name']}"
+            + (f" ({title})" if title else "")
+            + (f": mean over {report['seed_axis']}s" if report["seed_axis"] else "")
+        )
         fig.tight_layout(rect=(0, 0, 1 - legend_w / fig.get_figwidth(), 1))
         fig.savefig(out_dir / name, format="png", dpi=90)
         written[title] = name
@@ -103,7 +119,11 @@ def heatmap_data(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         for (i, row), v in entry["kept"].items():
             kept[i, entry["rows"].index(row)] = np.nan if v is None else v
         used = ~np.all(np.isnan(gain), axis=1)  # sets without this attack drop out
-        entry.update(sets=[t for t, u in zip(entry["sets"], used) if u], gain=gain[used], kept=kept[used])
+        entry.update(
+            sets=[t for t, u in zip(entry["sets"], used, strict=True) if u],
+            gain=gain[used],
+            kept=kept[used],
+        )
     return out
 
 
@@ -125,21 +145,34 @@ def plot_heatmaps(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
         fig = Figure(figsize=(1.3 * gain.shape[1] + 3.2, 0.55 * gain.shape[0] + 1.9))
         FigureCanvasAgg(fig)
         ax = fig.subplots()
-        image = ax.imshow(np.ma.masked_invalid(gain), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+        image = ax.imshow(
+            np.ma.masked_invalid(gain), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto"
+        )
         for i in range(gain.shape[0]):
             for j in range(gain.shape[1]):
                 if np.isnan(gain[i, j]):
                     ax.text(j, i, "·", ha="center", va="center", color="grey")
                     continue
-                text = f"{gain[i, j]:+.1f}" + ("" if np.isnan(kept[i, j]) else f"\nkept {kept[i, j]:.0f}%")
-                ax.text(j, i, text, ha="center", va="center", fontsize="small",
-                        color="white" if abs(gain[i, j]) > 0.6 * limit else "black")
+                text = f"{gain[i, j]:+.1f}" + (
+                    "" if np.isnan(kept[i, j]) else f"\nkept {kept[i, j]:.0f}%"
+                )
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize="small",
+                    color="white" if abs(gain[i, j]) > 0.6 * limit else "black",
+                )
         ax.set_xticks(range(gain.shape[1]), entry["rows"], rotation=30, ha="right")
         ax.set_yticks(range(gain.shape[0]), entry["sets"])
         ax.set_xlabel(report["rows"] or ALL)
         fig.colorbar(image, ax=ax, label="final BA − no-attack BA (points)")
-        ax.set_title(f"{report['name']}: {report['cols']}={attack}" if report["cols"] else report["name"],
-                     fontsize="medium")
+        ax.set_title(
+            f"{report['name']}: {report['cols']}={attack}" if report["cols"] else report["name"],
+            fontsize="medium",
+        )
         fig.tight_layout()
         name = f"heatmap_{_safe(attack)}.png"
         fig.savefig(out_dir / name, format="png", dpi=90)

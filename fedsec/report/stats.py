@@ -56,7 +56,9 @@ def mean_std(values: Sequence[float | None]) -> dict[str, Any]:
     return summarize({str(i): v for i, v in enumerate(values)})
 
 
-def paired_difference(a: Mapping[str, float | None], b: Mapping[str, float | None]) -> dict[str, Any]:
+def paired_difference(
+    a: Mapping[str, float | None], b: Mapping[str, float | None]
+) -> dict[str, Any]:
     """:func:`summarize` of ``a[s] - b[s]`` over the seeds ``s`` both have."""
     return summarize({s: a[s] - b[s] for s in a if a[s] is not None and b.get(s) is not None})
 
@@ -98,6 +100,7 @@ def format_ci(stat: Mapping[str, Any], digits: int = 1) -> str:
 
 # --------------------------------------------------------------------------- ranking
 
+
 def ranking_scores(
     ma: dict[tuple[str, str], float | None],
     ba: dict[tuple[str, str], float | None],
@@ -115,9 +118,15 @@ def ranking_scores(
     "excluded", "scores": [{"defense", "score", "rank"}]}`` sorted best first (unscored
     last).
     """
+
     def grid(table: dict) -> np.ndarray:
-        return np.array([[np.nan if table.get((d, a)) is None else table[(d, a)] for a in attacks]
-                         for d in defenses], dtype=float).reshape(len(defenses), len(attacks))
+        return np.array(
+            [
+                [np.nan if table.get((d, a)) is None else table[(d, a)] for a in attacks]
+                for d in defenses
+            ],
+            dtype=float,
+        ).reshape(len(defenses), len(attacks))
 
     m, b = grid(ma), grid(ba)
     base = list(defenses).index(baseline)
@@ -135,9 +144,11 @@ def ranking_scores(
     terms = (m[:, use] - m[base, use]) / m[base, use] - (b[:, use] - b[base, use]) / b[base, use]
     score = terms.sum(axis=1) if use.any() else np.full(len(defenses), np.nan)
     return {
-        "attacks": [a for a, u in zip(attacks, use) if u],
+        "attacks": [a for a, u in zip(attacks, use, strict=True) if u],
         "excluded": excluded,
-        "scores": ranked({d: None if np.isnan(s) else float(s) for d, s in zip(defenses, score)}),
+        "scores": ranked(
+            {d: None if np.isnan(s) else float(s) for d, s in zip(defenses, score, strict=True)}
+        ),
     }
 
 
@@ -148,7 +159,9 @@ def ranked(scores: dict[str, float | None]) -> list[dict[str, Any]]:
     for i, d in enumerate(order):
         if scores[d] is not None and (i == 0 or scores[d] != scores[order[i - 1]]):
             rank = i + 1
-        out.append({"defense": d, "score": scores[d], "rank": rank if scores[d] is not None else None})
+        out.append(
+            {"defense": d, "score": scores[d], "rank": rank if scores[d] is not None else None}
+        )
     return out
 
 
@@ -176,8 +189,13 @@ def seed_rankings(
     ranks: dict[str, dict[str, int | None]] = {d: {} for d in defenses}
     used_seeds = []
     for s in seeds:
-        one = ranking_scores({k: v.get(s) for k, v in ma.items()}, {k: v.get(s) for k, v in ba.items()},
-                             defenses, attacks, baseline)
+        one = ranking_scores(
+            {k: v.get(s) for k, v in ma.items()},
+            {k: v.get(s) for k, v in ba.items()},
+            defenses,
+            attacks,
+            baseline,
+        )
         if one["excluded"] or one["attacks"] != list(attacks):
             continue  # this seed cannot be scored on the same attacks
         used_seeds.append(s)
@@ -199,8 +217,11 @@ def seed_rankings(
         entries.append(entry)
     first = None
     if leader is not None:
-        first = {"defense": leader, "verdict": HOLDS if not tied else NOT_SEPARATED,
-                 "not_separated_from": tied}
+        first = {
+            "defense": leader,
+            "verdict": HOLDS if not tied else NOT_SEPARATED,
+            "not_separated_from": tied,
+        }
     return {"seeds": used_seeds, "defenses": entries, "first": first}
 
 
@@ -209,6 +230,9 @@ def paper_ranking(name: str, attacks: Sequence[str] | None = None) -> dict[str, 
     table = paper_mod.paper_table(name)
     attacks = list(paper_mod.ATTACKS if attacks is None else attacks)
     cells = {(d, a): table[d].get(a) for d in paper_mod.DEFENSES for a in attacks}
-    return ranking_scores({k: v and v[0] for k, v in cells.items()},
-                          {k: v and v[1] for k, v in cells.items()},
-                          list(paper_mod.DEFENSES), attacks)
+    return ranking_scores(
+        {k: v and v[0] for k, v in cells.items()},
+        {k: v and v[1] for k, v in cells.items()},
+        list(paper_mod.DEFENSES),
+        attacks,
+    )

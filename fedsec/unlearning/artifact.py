@@ -58,18 +58,33 @@ class DatamodelArtifact:
     build_train_time_s: float
 
     def save(self, path: str | Path) -> None:
-        atomic_torch_save({
-            "format": FORMAT, "B": self.datamodel.B, "b": self.datamodel.b,
-            "lambda": self.datamodel.lam, "val_mse": self.datamodel.val_mse,
-            "inputs_hash": self.inputs_hash, "config_hash": self.config_hash, "q": self.q,
-            "num_models": self.num_models, "unit": self.unit,
-            "build_wall_time_s": self.build_wall_time_s,
-            "build_train_time_s": self.build_train_time_s,
-        }, path)
+        atomic_torch_save(
+            {
+                "format": FORMAT,
+                "B": self.datamodel.B,
+                "b": self.datamodel.b,
+                "lambda": self.datamodel.lam,
+                "val_mse": self.datamodel.val_mse,
+                "inputs_hash": self.inputs_hash,
+                "config_hash": self.config_hash,
+                "q": self.q,
+                "num_models": self.num_models,
+                "unit": self.unit,
+                "build_wall_time_s": self.build_wall_time_s,
+                "build_train_time_s": self.build_train_time_s,
+            },
+            path,
+        )
 
 
-def load_artifact(path: str | Path, *, config_hash: str, inputs_hash: str,
-                  q: float | None = None, num_models: int | None = None) -> DatamodelArtifact:
+def load_artifact(
+    path: str | Path,
+    *,
+    config_hash: str,
+    inputs_hash: str,
+    q: float | None = None,
+    num_models: int | None = None,
+) -> DatamodelArtifact:
     """Load and check an artifact; FedsecError on any mismatch."""
     path = Path(path)
     try:
@@ -79,16 +94,32 @@ def load_artifact(path: str | Path, *, config_hash: str, inputs_hash: str,
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise FedsecError(f"{path} is not a fedsec datamodel artifact")
     if raw["config_hash"] != config_hash:
-        raise FedsecError(f"datamodel artifact {path} was built for another config "
-                          f"({raw['config_hash'][:12]}, this one is {config_hash[:12]}); "
-                          "delete it to rebuild, or point --datamodel elsewhere")
+        raise FedsecError(
+            f"datamodel artifact {path} was built for another config "
+            f"({raw['config_hash'][:12]}, this one is {config_hash[:12]}); "
+            "delete it to rebuild, or point --datamodel elsewhere"
+        )
     if raw["inputs_hash"] != inputs_hash:
-        raise FedsecError(f"datamodel artifact {path} was built on other inputs; delete it to rebuild")
+        raise FedsecError(
+            f"datamodel artifact {path} was built on other inputs; delete it to rebuild"
+        )
     if q is not None and abs(raw["q"] - q) > 1e-12:
-        raise FedsecError(f"datamodel artifact {path} has q = {raw['q']}, not {q}; delete it to rebuild")
+        raise FedsecError(
+            f"datamodel artifact {path} has q = {raw['q']}, not {q}; delete it to rebuild"
+        )
     if num_models is not None and raw["num_models"] != num_models:
-        raise FedsecError(f"datamodel artifact {path} has {raw['num_models']} subset models, "
-                          f"not {num_models}; delete it to rebuild")
+        raise FedsecError(
+            f"datamodel artifact {path} has {raw['num_models']} subset models, "
+            f"not {num_models}; delete it to rebuild"
+        )
     dm = Datamodel(B=raw["B"], b=raw["b"], lam=raw["lambda"], val_mse=raw["val_mse"])
-    return DatamodelArtifact(dm, raw["inputs_hash"], raw["config_hash"], raw["q"], raw["num_models"],
-                             raw["unit"], raw["build_wall_time_s"], raw["build_train_time_s"])
+    return DatamodelArtifact(
+        dm,
+        raw["inputs_hash"],
+        raw["config_hash"],
+        raw["q"],
+        raw["num_models"],
+        raw["unit"],
+        raw["build_wall_time_s"],
+        raw["build_train_time_s"],
+    )

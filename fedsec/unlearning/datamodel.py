@@ -69,17 +69,25 @@ def predicted_oracle(logits: torch.Tensor, datamodel: Datamodel, forget, rows=No
     return logits - datamodel.forget_effect(forget, rows).to(logits.dtype)
 
 
-def fit_datamodel(masks: torch.Tensor, outputs: torch.Tensor, *, lam: float | None = None,
-                  lambda_grid: tuple[float, ...] = DEFAULT_LAMBDA_GRID, val_fraction: float = 0.2,
-                  seed: int = 0) -> Datamodel:
+def fit_datamodel(
+    masks: torch.Tensor,
+    outputs: torch.Tensor,
+    *,
+    lam: float | None = None,
+    lambda_grid: tuple[float, ...] = DEFAULT_LAMBDA_GRID,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> Datamodel:
     """Ridge datamodel of ``outputs`` (M, N, K) on ``masks`` (M, U), vectorised in torch.
 
     ``lam`` given: fit with it. Otherwise choose it from ``lambda_grid`` (multiples of the
     mean eigenvalue of the centred Gram matrix) by held-out MSE, then refit on all models.
     """
     if masks.dim() != 2 or outputs.dim() != 3 or masks.shape[0] != outputs.shape[0]:
-        raise ValueError(f"need masks (M, U) and outputs (M, N, K), got {tuple(masks.shape)} "
-                         f"and {tuple(outputs.shape)}")
+        raise ValueError(
+            f"need masks (M, U) and outputs (M, N, K), got {tuple(masks.shape)} "
+            f"and {tuple(outputs.shape)}"
+        )
     m, u = masks.shape
     _, n, k = outputs.shape
     X = masks.to(torch.float64)
@@ -90,7 +98,7 @@ def fit_datamodel(masks: torch.Tensor, outputs: torch.Tensor, *, lam: float | No
         if m - n_val < 2:
             raise ValueError(f"need at least 3 models to choose lambda, got {m}")
         perm = torch.from_numpy(np.random.default_rng(seed).permutation(m))
-        tr, va = perm[: m - n_val], perm[m - n_val:]
+        tr, va = perm[: m - n_val], perm[m - n_val :]
         scale, solve = _ridge_solver(X[tr], Y[tr])
         best = None
         for factor in lambda_grid:
@@ -101,8 +109,9 @@ def fit_datamodel(masks: torch.Tensor, outputs: torch.Tensor, *, lam: float | No
         lam, val_mse = best
     _, solve = _ridge_solver(X, Y)
     B, b = solve(float(lam))
-    return Datamodel(B=B.reshape(u, n, k).float(), b=b.reshape(n, k).float(), lam=float(lam),
-                     val_mse=val_mse)
+    return Datamodel(
+        B=B.reshape(u, n, k).float(), b=b.reshape(n, k).float(), lam=float(lam), val_mse=val_mse
+    )
 
 
 def _ridge_solver(X: torch.Tensor, Y: torch.Tensor):

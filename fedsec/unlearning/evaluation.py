@@ -56,15 +56,26 @@ SPLITS = ("forget", "retain", "test")
 
 def most_influential(datamodel, num: int = 1) -> tuple[int, ...]:
     """The ``num`` units with the largest mean |B| (``Datamodel.influence``)."""
-    return tuple(sorted(int(i) for i in torch.argsort(datamodel.influence(), descending=True)[:num]))
+    return tuple(
+        sorted(int(i) for i in torch.argsort(datamodel.influence(), descending=True)[:num])
+    )
 
 
-def klom_evaluation(config: ExperimentConfig, clients: str, out_dir: str | Path, *, n_models: int = 50,
-                    methods: tuple[str, ...] = METHODS, num_models: int | None = None,
-                    q: float | None = None, workers: int | None = None,
-                    settings: UnlearnSettings | None = None,
-                    om_oracles: int = DEFAULT_OM_ORACLES, progress: bool = True,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
+def klom_evaluation(
+    config: ExperimentConfig,
+    clients: str,
+    out_dir: str | Path,
+    *,
+    n_models: int = 50,
+    methods: tuple[str, ...] = METHODS,
+    num_models: int | None = None,
+    q: float | None = None,
+    workers: int | None = None,
+    settings: UnlearnSettings | None = None,
+    om_oracles: int = DEFAULT_OM_ORACLES,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Run the protocol and write ``klom.json``, ``klom.md``, ``klom.png`` into ``out_dir``.
 
     ``clients``: ids like ``"3,7"``, or ``"auto"`` / ``"auto:K"`` for the K most influential
@@ -73,8 +84,10 @@ def klom_evaluation(config: ExperimentConfig, clients: str, out_dir: str | Path,
     out_dir = Path(out_dir)
     settings = settings or UnlearnSettings()
     if "gradient-ascent" in methods and not settings.cooperative:  # before any training
-        raise ConfigError("gradient-ascent needs the forget clients' data: drop it from --methods "
-                          "or --no-forget-data")
+        raise ConfigError(
+            "gradient-ascent needs the forget clients' data: drop it from --methods "
+            "or --no-forget-data"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     # Unlearning runs here with the threads a client trains with, as retraining does.
     torch.set_num_threads(config.engine.client_num_cpus)
@@ -84,13 +97,21 @@ def klom_evaluation(config: ExperimentConfig, clients: str, out_dir: str | Path,
         raise ConfigError(f"--models must be >= 2, got {n_models}")
     art = None
     if "dmm" in methods or clients.startswith("auto"):
-        art, _ = get_datamodel(fed, out_dir / DATAMODEL_FILE, num_models=num_models, q=q,
-                               workers=workers, progress=progress, log=log)
+        art, _ = get_datamodel(
+            fed,
+            out_dir / DATAMODEL_FILE,
+            num_models=num_models,
+            q=q,
+            workers=workers,
+            progress=progress,
+            log=log,
+        )
     if clients.startswith("auto"):
         forget = most_influential(art.datamodel, int(clients.partition(":")[2] or 1))
         log(f"fedsec: most influential client(s) by the datamodel: {forget}")
-    forget = check_forget_set(clients if not clients.startswith("auto") else forget,
-                              config.data.num_clients)
+    forget = check_forget_set(
+        clients if not clients.startswith("auto") else forget, config.data.num_clients
+    )
 
     seeds = [derive_seed(config.seed, "klom-original", i) for i in range(n_models)]
     oracle_seeds = [derive_seed(config.seed, "klom-oracle", i) for i in range(n_models)]
@@ -101,31 +122,46 @@ def klom_evaluation(config: ExperimentConfig, clients: str, out_dir: str | Path,
     if "om" in methods:  # each request (original) retrains its own OM oracles, as in unlearn_run
         jobs += [(derive_seed(s, "om-oracle", j), forget) for s in seeds for j in range(om_oracles)]
     t0 = time.perf_counter()
-    states, times = train_federations(base, jobs, workers=workers, desc="originals + oracles",
-                                      progress=progress,
-                                      cache_dir=out_dir / "models" / tensor_hash(fed.inputs)[:16])
+    states, times = train_federations(
+        base,
+        jobs,
+        workers=workers,
+        desc="originals + oracles",
+        progress=progress,
+        cache_dir=out_dir / "models" / tensor_hash(fed.inputs)[:16],
+    )
     log(f"fedsec: trained {len(jobs)} federations in {time.perf_counter() - t0:.1f}s")
-    originals, oracles = states[:n_models], states[n_models:2 * n_models]
+    originals, oracles = states[:n_models], states[n_models : 2 * n_models]
     retrain_time = float(np.mean(times))  # one federation's own training time
-    retrained = states[2 * n_models:om_start]
+    retrained = states[2 * n_models : om_start]
 
     labels = fed.labels
-    rows = {"forget": fed.client_rows(forget), "retain": fed.retained_rows(forget), "test": fed.test_rows()}
+    rows = {
+        "forget": fed.client_rows(forget),
+        "retain": fed.retained_rows(forget),
+        "test": fed.test_rows(),
+    }
 
     def all_margins(model_states) -> torch.Tensor:
-        return torch.stack([margins(predict_logits(fed.model_from(s), fed.inputs), labels)
-                            for s in model_states])
+        return torch.stack(
+            [margins(predict_logits(fed.model_from(s), fed.inputs), labels) for s in model_states]
+        )
 
     oracle_margins = all_margins(oracles)
     om_targets = [None] * n_models
     if "om" in methods:
         for i in range(n_models):
-            group = states[om_start + i * om_oracles: om_start + (i + 1) * om_oracles]
-            om_targets[i] = torch.stack([predict_logits(fed.model_from(g), fed.inputs)
-                                         for g in group]).mean(0)
+            group = states[om_start + i * om_oracles : om_start + (i + 1) * om_oracles]
+            om_targets[i] = torch.stack(
+                [predict_logits(fed.model_from(g), fed.inputs) for g in group]
+            ).mean(0)
 
-    report: dict[str, Any] = {"forget_clients": list(forget), "n_models": n_models,
-                              "forget_examples": len(rows["forget"]), "methods": {}}
+    report: dict[str, Any] = {
+        "forget_clients": list(forget),
+        "n_models": n_models,
+        "forget_examples": len(rows["forget"]),
+        "methods": {},
+    }
     per_example: dict[str, dict[str, torch.Tensor]] = {}
     for method in methods:
         t0 = time.perf_counter()
@@ -133,10 +169,19 @@ def klom_evaluation(config: ExperimentConfig, clients: str, out_dir: str | Path,
             unlearned, seconds = retrained, retrain_time
         else:
             unlearned = []
-            for s, state, target in zip(seeds, originals, om_targets):
-                unlearned.append(unlearn_state(fed, state, method, forget, seed=s, settings=settings,
-                                               datamodel=art.datamodel if art else None,
-                                               om_target=target))
+            for s, state, target in zip(seeds, originals, om_targets, strict=True):
+                unlearned.append(
+                    unlearn_state(
+                        fed,
+                        state,
+                        method,
+                        forget,
+                        seed=s,
+                        settings=settings,
+                        datamodel=art.datamodel if art else None,
+                        om_target=target,
+                    )
+                )
             seconds = (time.perf_counter() - t0) / n_models
             if method == "om":
                 seconds += om_oracles * retrain_time  # every request needs its own oracles
@@ -144,31 +189,46 @@ def klom_evaluation(config: ExperimentConfig, clients: str, out_dir: str | Path,
         per_example[method] = {split: k[torch.from_numpy(r)] for split, r in rows.items()}
         metrics = [model_metrics(fed, s, forget) for s in unlearned]
         entry = {split: percentile(per_example[method][split]) for split in SPLITS}
-        entry.update({f"{split}_mean": per_example[method][split].mean().item() for split in SPLITS})
+        entry.update(
+            {f"{split}_mean": per_example[method][split].mean().item() for split in SPLITS}
+        )
         entry.update({key: float(np.mean([m[key] for m in metrics])) for key in metrics[0]})
         entry["wall_time_per_request_s"] = seconds
         report["methods"][method] = entry
-        log(f"fedsec: {method:16s} KLoM p95 forget {entry['forget']:.3f} retain {entry['retain']:.3f} "
-            f"test {entry['test']:.3f}  test acc {entry['test_accuracy']:.4f}  {seconds:.2f}s/request")
+        log(
+            f"fedsec: {method:16s} KLoM p95 forget {entry['forget']:.3f} "
+            f"retain {entry['retain']:.3f} test {entry['test']:.3f}  "
+            f"test acc {entry['test_accuracy']:.4f}  {seconds:.2f}s/request"
+        )
 
     m = report["methods"]
     if "none" in m and "retrain" in m:
         gap = m["none"]["forget"] - m["retrain"]["forget"]
-        report["gap_closed"] = {meth: (m["none"]["forget"] - v["forget"]) / gap if gap > 0 else None
-                                for meth, v in m.items()}
+        report["gap_closed"] = {
+            meth: (m["none"]["forget"] - v["forget"]) / gap if gap > 0 else None
+            for meth, v in m.items()
+        }
     if art is not None:
-        report["datamodel"] = {"num_models": art.num_models, "q": art.q, "lambda": art.datamodel.lam,
-                               "build_wall_time_s": art.build_wall_time_s,
-                               "build_train_time_s": art.build_train_time_s}
+        report["datamodel"] = {
+            "num_models": art.num_models,
+            "q": art.q,
+            "lambda": art.datamodel.lam,
+            "build_wall_time_s": art.build_wall_time_s,
+            "build_train_time_s": art.build_train_time_s,
+        }
         if "dmm" in m and "retrain" in m:
             saving = m["retrain"]["wall_time_per_request_s"] - m["dmm"]["wall_time_per_request_s"]
             report["datamodel"]["speedup_per_request"] = (
-                m["retrain"]["wall_time_per_request_s"] / m["dmm"]["wall_time_per_request_s"])
+                m["retrain"]["wall_time_per_request_s"] / m["dmm"]["wall_time_per_request_s"]
+            )
             report["datamodel"]["payoff_requests"] = (
-                int(np.ceil(art.build_train_time_s / saving)) if saving > 0 else None)
+                int(np.ceil(art.build_train_time_s / saving)) if saving > 0 else None
+            )
     (out_dir / "klom.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "klom.md").write_text(markdown_table(report))
-    plot_klom(per_example, out_dir / "klom.png", title=f"forget clients {list(forget)}, N={n_models}")
+    plot_klom(
+        per_example, out_dir / "klom.png", title=f"forget clients {list(forget)}, N={n_models}"
+    )
     return report
 
 
@@ -197,7 +257,7 @@ def plot_klom(per_example: dict[str, dict[str, torch.Tensor]], path: Path, title
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(SPLITS), figsize=(4.2 * len(SPLITS), 3.6), sharey=True)
-    for ax, split in zip(axes, SPLITS):
+    for ax, split in zip(axes, SPLITS, strict=True):
         for method, splits in per_example.items():
             v = np.sort(splits[split].numpy())
             ax.plot(v, np.arange(1, len(v) + 1) / len(v), label=method)

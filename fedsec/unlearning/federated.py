@@ -95,14 +95,21 @@ class Federation:
         for pid, idx in enumerate(task.partitions):
             owner[idx] = pid
         inputs, labels, owners = [xt], [yt], [owner]
-        for pid in (task.schedule.pool if task.attack is not None and task.schedule.enabled else ()):
+        for pid in task.schedule.pool if task.attack is not None and task.schedule.enabled else ():
             x, y = poisoned_examples(task, pid)
             inputs.append(x)
             labels.append(y)
             owners.append(np.full(len(y), pid, dtype=np.int64))
         owner = np.concatenate(owners)
-        return cls(config, task, torch.cat([*inputs, xs]), torch.cat([*labels, ys]), len(owner), owner,
-                   len(yt))
+        return cls(
+            config,
+            task,
+            torch.cat([*inputs, xs]),
+            torch.cat([*labels, ys]),
+            len(owner),
+            owner,
+            len(yt),
+        )
 
     @property
     def num_clients(self) -> int:
@@ -138,20 +145,30 @@ def poisoned_examples(task, partition_id: int) -> tuple[torch.Tensor, torch.Tens
     facts = {ATTACKER_INDEX: pool.index(partition_id), NUM_ATTACKERS: len(pool), ROUND_EXAMPLES: 0}
     x, y = task.attack.attacker_data(task.attack_context(partition_id, 1, facts))
     own_x, own_y = task.client_data(partition_id)
-    own = {(a.numpy().tobytes(), int(b)) for a, b in zip(own_x, own_y)}
-    new = [i for i, (a, b) in enumerate(zip(x, y)) if (a.numpy().tobytes(), int(b)) not in own]
+    own = {(a.numpy().tobytes(), int(b)) for a, b in zip(own_x, own_y, strict=True)}
+    new = [
+        i
+        for i, (a, b) in enumerate(zip(x, y, strict=True))
+        if (a.numpy().tobytes(), int(b)) not in own
+    ]
     keep = torch.tensor(new, dtype=torch.int64)
     return x[keep].to(own_x.dtype), y[keep].to(own_y.dtype)
 
 
 def check_forget_set(clients, num_clients: int) -> tuple[int, ...]:
     """The forget set as sorted ids: ConfigError if empty, unknown ids or every client."""
-    ids = parse_client_ids(clients, "--clients") if isinstance(clients, str) else tuple(sorted(set(clients)))
+    ids = (
+        parse_client_ids(clients, "--clients")
+        if isinstance(clients, str)
+        else tuple(sorted(set(clients)))
+    )
     if not ids:
         raise ConfigError("the forget set is empty: name at least one client (--clients 3,7)")
     bad = [c for c in ids if not 0 <= c < num_clients]
     if bad:
-        raise ConfigError(f"unknown client id {bad[0]}: the federation has clients 0..{num_clients - 1}")
+        raise ConfigError(
+            f"unknown client id {bad[0]}: the federation has clients 0..{num_clients - 1}"
+        )
     if len(ids) >= num_clients:
         raise ConfigError("the forget set is every client: nothing would remain to learn from")
     return ids
@@ -201,8 +218,11 @@ class Flagging:
 
     @property
     def clients(self) -> tuple[int, ...]:
-        return tuple(sorted(c for c, p in self.p_values.items()
-                            if p < self.threshold and self.rate_outlier(c)))
+        return tuple(
+            sorted(
+                c for c, p in self.p_values.items() if p < self.threshold and self.rate_outlier(c)
+            )
+        )
 
     def rate(self, client: int) -> float:
         return self.rejected[client] / self.judged[client]
@@ -218,15 +238,19 @@ class Flagging:
 
     def rule(self) -> str:
         """The test and its numbers, in words."""
-        return (f"base rejection rate p0 = {self.rejected_total}/{self.judged_total} = "
-                f"{self.base_rate:.3f}; a client is flagged when P(X >= k | n, p0) < "
-                f"{self.level:g} / {len(self.judged)} clients = {self.threshold:.3g} and its "
-                f"rejection rate is an outlier among the clients' (modified z > {OUTLIER_Z:g})")
+        return (
+            f"base rejection rate p0 = {self.rejected_total}/{self.judged_total} = "
+            f"{self.base_rate:.3f}; a client is flagged when P(X >= k | n, p0) < "
+            f"{self.level:g} / {len(self.judged)} clients = {self.threshold:.3g} and its "
+            f"rejection rate is an outlier among the clients' (modified z > {OUTLIER_Z:g})"
+        )
 
     def evidence(self, client: int) -> str:
         """Client ``client``'s k of n rounds rejected against p0, and its p-value."""
-        return (f"rejected in {self.rejected[client]} of {self.judged[client]} rounds vs base "
-                f"rate {self.base_rate:.3f}, p = {self.p_values[client]:.3g}")
+        return (
+            f"rejected in {self.rejected[client]} of {self.judged[client]} rounds vs base "
+            f"rate {self.base_rate:.3f}, p = {self.p_values[client]:.3g}"
+        )
 
 
 def flagged_clients(records: list[dict], level: float = 0.05) -> Flagging:
@@ -244,17 +268,23 @@ def flagged_clients(records: list[dict], level: float = 0.05) -> Flagging:
         for c in set(r["rejected_clients"]):
             rejected[int(c)] = rejected.get(int(c), 0) + 1
     if not judged:
-        raise FedsecError("the run's defense recorded no verdicts (no rejected_clients in "
-                          "metrics.jsonl); name the clients with --clients")
+        raise FedsecError(
+            "the run's defense recorded no verdicts (no rejected_clients in "
+            "metrics.jsonl); name the clients with --clients"
+        )
     ids = sorted(judged)
     k = np.array([rejected.get(c, 0) for c in ids])
     n = np.array([judged[c] for c in ids])
     p0 = k.sum() / n.sum()
     p_values = binom.sf(k - 1, n, p0)  # P(X >= k) for X ~ Binomial(n, p0)
-    return Flagging(level=level, rejected_total=int(k.sum()), judged_total=int(n.sum()),
-                    rejected={c: int(x) for c, x in zip(ids, k)},
-                    judged={c: int(x) for c, x in zip(ids, n)},
-                    p_values={c: float(p) for c, p in zip(ids, p_values)})
+    return Flagging(
+        level=level,
+        rejected_total=int(k.sum()),
+        judged_total=int(n.sum()),
+        rejected={c: int(x) for c, x in zip(ids, k, strict=True)},
+        judged={c: int(x) for c, x in zip(ids, n, strict=True)},
+        p_values={c: float(p) for c, p in zip(ids, p_values, strict=True)},
+    )
 
 
 def flagged_forget_set(flagging: Flagging, num_clients: int, allow_majority: bool = False) -> str:
@@ -263,23 +293,36 @@ def flagged_forget_set(flagging: Flagging, num_clients: int, allow_majority: boo
     ids = flagging.clients
     if not ids:
         best = min(flagging.p_values, key=lambda c: (flagging.p_values[c], c))
-        why = (f"is not below {flagging.level:g} / {len(flagging.judged)} clients = "
-               f"{flagging.threshold:.3g}" if flagging.p_values[best] >= flagging.threshold
-               else "is significant, but its rejection rate does not stand out from the other "
-                    "clients' (a selection defense rejects atypical honest clients as often)")
+        why = (
+            f"is not below {flagging.level:g} / {len(flagging.judged)} clients = "
+            f"{flagging.threshold:.3g}"
+            if flagging.p_values[best] >= flagging.threshold
+            else "is significant, but its rejection rate does not stand out from the other "
+            "clients' (a selection defense rejects atypical honest clients as often)"
+        )
         raise FedsecError(
             f"--flagged flags no client: the smallest p-value, client {best}'s "
-            f"({flagging.evidence(best)}), {why}; nothing to forget")
+            f"({flagging.evidence(best)}), {why}; nothing to forget"
+        )
     if len(ids) > num_clients / 2 and not allow_majority:
-        raise FedsecError(f"--flagged names {len(ids)} of {num_clients} clients, more than half "
-                          "of the federation; pass --allow-majority to forget them anyway")
+        raise FedsecError(
+            f"--flagged names {len(ids)} of {num_clients} clients, more than half "
+            "of the federation; pass --allow-majority to forget them anyway"
+        )
     return ",".join(map(str, ids))
 
 
 # ------------------------------------------------------------------ the datamodel
-def get_datamodel(fed: Federation, path: str | Path, *, num_models: int | None = None,
-                  q: float | None = None, workers: int | None = None, progress: bool = True,
-                  log: Callable[[str], None] = print) -> tuple[DatamodelArtifact, bool]:
+def get_datamodel(
+    fed: Federation,
+    path: str | Path,
+    *,
+    num_models: int | None = None,
+    q: float | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> tuple[DatamodelArtifact, bool]:
     """The artifact at ``path``, checked against ``fed``; built (and saved) if absent.
 
     Returns (artifact, built). An existing artifact for another config, other inputs or
@@ -288,8 +331,13 @@ def get_datamodel(fed: Federation, path: str | Path, *, num_models: int | None =
     path = Path(path)
     c_hash, i_hash = config_hash(fed.config), tensor_hash(fed.inputs)
     if path.exists():
-        art = load_artifact(path, config_hash=c_hash, inputs_hash=i_hash, q=q, num_models=num_models)
-        log(f"fedsec: reusing datamodel {path} (M={art.num_models}, q={art.q}, lambda={art.datamodel.lam:.4g})")
+        art = load_artifact(
+            path, config_hash=c_hash, inputs_hash=i_hash, q=q, num_models=num_models
+        )
+        log(
+            f"fedsec: reusing datamodel {path} "
+            f"(M={art.num_models}, q={art.q}, lambda={art.datamodel.lam:.4g})"
+        )
         return art, False
     m, q = num_models or DEFAULT_SUBSETS, DEFAULT_Q if q is None else q
     if not 0 < q <= 1:
@@ -298,15 +346,27 @@ def get_datamodel(fed: Federation, path: str | Path, *, num_models: int | None =
         raise ConfigError(f"--subsets must be >= 3, got {m}")
     threads = fed.config.engine.client_num_cpus
     workers = workers or default_workers(threads)
-    log(f"fedsec: building datamodel {path}: {m} federations on random {q:.0%} client subsets, "
-        f"{workers} workers")
-    build = train_datamodel(FederatedSubsetTrainer(fed.config, fed.inputs), num_models=m, q=q,
-                            seed=fed.config.seed, workers=workers, threads=threads, progress=progress)
-    art = DatamodelArtifact(build.datamodel, i_hash, c_hash, q, m, "client", build.wall_time_s,
-                            build.train_time_s)
+    log(
+        f"fedsec: building datamodel {path}: {m} federations on random {q:.0%} client subsets, "
+        f"{workers} workers"
+    )
+    build = train_datamodel(
+        FederatedSubsetTrainer(fed.config, fed.inputs),
+        num_models=m,
+        q=q,
+        seed=fed.config.seed,
+        workers=workers,
+        threads=threads,
+        progress=progress,
+    )
+    art = DatamodelArtifact(
+        build.datamodel, i_hash, c_hash, q, m, "client", build.wall_time_s, build.train_time_s
+    )
     art.save(path)
-    log(f"fedsec: datamodel built in {build.wall_time_s:.1f}s (lambda={build.datamodel.lam:.4g}, "
-        f"held-out MSE {build.datamodel.val_mse:.4g})")
+    log(
+        f"fedsec: datamodel built in {build.wall_time_s:.1f}s (lambda={build.datamodel.lam:.4g}, "
+        f"held-out MSE {build.datamodel.val_mse:.4g})"
+    )
     return art, True
 
 
@@ -321,9 +381,15 @@ class FederationJob:
         return train_federation(federation_variant(self.config, seed, exclude))
 
 
-def train_federations(config: ExperimentConfig, jobs: list[tuple[int, tuple[int, ...]]], *,
-                      workers: int | None = None, desc: str = "federations", progress: bool = True,
-                      cache_dir: str | Path | None = None) -> tuple[list[dict], list[float]]:
+def train_federations(
+    config: ExperimentConfig,
+    jobs: list[tuple[int, tuple[int, ...]]],
+    *,
+    workers: int | None = None,
+    desc: str = "federations",
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+) -> tuple[list[dict], list[float]]:
     """Final states (and each training's own seconds) of ``config`` for (seed, exclude) jobs.
 
     With ``cache_dir``, states are kept in ``cache_dir/<config hash>/`` and trained once:
@@ -336,11 +402,16 @@ def train_federations(config: ExperimentConfig, jobs: list[tuple[int, tuple[int,
         folder.mkdir(parents=True, exist_ok=True)
         files = [folder / f"seed{s}-without{'_'.join(map(str, ex)) or '-'}.pt" for s, ex in jobs]
     todo = [i for i, f in enumerate(files) if f is None or not f.is_file()]
-    states, times = run_parallel(FederationJob(config), [jobs[i] for i in todo],
-                                 workers=workers or default_workers(threads), threads=threads,
-                                 desc=desc, progress=progress)
+    states, times = run_parallel(
+        FederationJob(config),
+        [jobs[i] for i in todo],
+        workers=workers or default_workers(threads),
+        threads=threads,
+        desc=desc,
+        progress=progress,
+    )
     out_states, out_times = [None] * len(jobs), [0.0] * len(jobs)
-    for i, state, seconds in zip(todo, states, times):
+    for i, state, seconds in zip(todo, states, times, strict=True):
         out_states[i], out_times[i] = state, seconds
         if files[i] is not None:
             torch.save({"state": state, "seconds": seconds}, files[i])
@@ -351,12 +422,19 @@ def train_federations(config: ExperimentConfig, jobs: list[tuple[int, tuple[int,
     return out_states, out_times
 
 
-def oracle_mean_logits(fed: Federation, forget, n: int, *, workers=None, progress=True,
-                       cache_dir=None) -> torch.Tensor:
+def oracle_mean_logits(
+    fed: Federation, forget, n: int, *, workers=None, progress=True, cache_dir=None
+) -> torch.Tensor:
     """Mean logits on ``fed.inputs`` of ``n`` federations retrained without ``forget``."""
     seeds = [derive_seed(fed.config.seed, "om-oracle", j) for j in range(n)]
-    states, _ = train_federations(fed.config, [(s, tuple(forget)) for s in seeds], workers=workers,
-                                  desc="OM oracles", progress=progress, cache_dir=cache_dir)
+    states, _ = train_federations(
+        fed.config,
+        [(s, tuple(forget)) for s in seeds],
+        workers=workers,
+        desc="OM oracles",
+        progress=progress,
+        cache_dir=cache_dir,
+    )
     return torch.stack([predict_logits(fed.model_from(s), fed.inputs) for s in states]).mean(0)
 
 
@@ -368,7 +446,9 @@ class UnlearnSettings:
     matching: MatchingConfig = field(default_factory=MatchingConfig)
 
 
-def matching_rows(fed: Federation, forget, settings: UnlearnSettings) -> tuple[np.ndarray, np.ndarray]:
+def matching_rows(
+    fed: Federation, forget, settings: UnlearnSettings
+) -> tuple[np.ndarray, np.ndarray]:
     """(reference rows, forget rows used for matching); the latter empty without cooperation.
 
     The reference set stands in for the server's own data: clean training examples of
@@ -378,14 +458,25 @@ def matching_rows(fed: Federation, forget, settings: UnlearnSettings) -> tuple[n
     retained = fed.retained_rows(forget)
     retained = retained[retained < fed.n_split]
     size = min(settings.reference_size or 3 * len(forget_rows), len(retained))
-    reference = np.sort(rng(fed.config.federation_seed, "unlearning-reference").choice(
-        retained, size=size, replace=False))
+    reference = np.sort(
+        rng(fed.config.federation_seed, "unlearning-reference").choice(
+            retained, size=size, replace=False
+        )
+    )
     return reference, (forget_rows if settings.cooperative else forget_rows[:0])
 
 
-def unlearn_state(fed: Federation, state: dict, method: str, forget, *, seed: int,
-                  settings: UnlearnSettings | None = None, datamodel: Datamodel | None = None,
-                  om_target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def unlearn_state(
+    fed: Federation,
+    state: dict,
+    method: str,
+    forget,
+    *,
+    seed: int,
+    settings: UnlearnSettings | None = None,
+    datamodel: Datamodel | None = None,
+    om_target: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """Unlearn ``forget`` from the model ``state`` (trained with seed ``seed``) by ``method``."""
     if method not in METHODS:
         raise ConfigError(f"unknown unlearning method {method!r}; valid: " + ", ".join(METHODS))
@@ -401,13 +492,25 @@ def unlearn_state(fed: Federation, state: dict, method: str, forget, *, seed: in
     x = fed.inputs[rows]
     match_seed = derive_seed(seed, "unlearn-match")
     if method == "finetune":
-        finetune_retain(model, x[: len(reference)], fed.labels[rows[: len(reference)]], seed=match_seed,
-                        settings=settings.matching)
+        finetune_retain(
+            model,
+            x[: len(reference)],
+            fed.labels[rows[: len(reference)]],
+            seed=match_seed,
+            settings=settings.matching,
+        )
     elif method == "gradient-ascent":
         if not len(forget_rows):
-            raise ConfigError("gradient-ascent needs the forget clients' data; they do not cooperate")
-        gradient_ascent(model, x[len(reference):], fed.labels[rows[len(reference):]], seed=match_seed,
-                        settings=settings.matching)
+            raise ConfigError(
+                "gradient-ascent needs the forget clients' data; they do not cooperate"
+            )
+        gradient_ascent(
+            model,
+            x[len(reference) :],
+            fed.labels[rows[len(reference) :]],
+            seed=match_seed,
+            settings=settings.matching,
+        )
     elif method == "dmm":
         if datamodel is None:
             raise ValueError("dmm needs a datamodel")
@@ -424,8 +527,11 @@ def model_metrics(fed: Federation, state: dict, forget) -> dict[str, float]:
     """Accuracy on the test split, the forget and retained clients' data, and BA."""
     model = fed.model_from(state)
     out = {}
-    for name, rows in (("test", fed.test_rows()), ("forget", fed.client_rows(forget)),
-                       ("retain", fed.retained_rows(forget))):
+    for name, rows in (
+        ("test", fed.test_rows()),
+        ("forget", fed.client_rows(forget)),
+        ("retain", fed.retained_rows(forget)),
+    ):
         idx = torch.from_numpy(rows)
         out[f"{name}_accuracy"] = evaluate(model, fed.inputs[idx], fed.labels[idx]).accuracy
     backdoor = fed.backdoor_set()
@@ -435,13 +541,24 @@ def model_metrics(fed: Federation, state: dict, forget) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------ fedsec unlearn RUN_DIR
-def unlearn_run(run_dir: str | Path, *, method: str, clients: str | None = None,
-                flagged: bool = False, flag_level: float | None = None, allow_majority: bool = False,
-                datamodel_path: str | None = None,
-                num_models: int | None = None, q: float | None = None, workers: int | None = None,
-                settings: UnlearnSettings | None = None, om_oracles: int = DEFAULT_OM_ORACLES,
-                out: str | Path | None = None, progress: bool = True,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
+def unlearn_run(
+    run_dir: str | Path,
+    *,
+    method: str,
+    clients: str | None = None,
+    flagged: bool = False,
+    flag_level: float | None = None,
+    allow_majority: bool = False,
+    datamodel_path: str | None = None,
+    num_models: int | None = None,
+    q: float | None = None,
+    workers: int | None = None,
+    settings: UnlearnSettings | None = None,
+    om_oracles: int = DEFAULT_OM_ORACLES,
+    out: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Unlearn clients from ``run_dir``'s model; write the model and its metrics beside it.
 
     With ``flagged``, the clients are those :func:`flagged_clients` flags at
@@ -474,22 +591,53 @@ def unlearn_run(run_dir: str | Path, *, method: str, clients: str | None = None,
     forget = check_forget_set(clients, config.data.num_clients)
     fed = Federation.from_config(config)
     state = torch.load(run_dir / MODEL_FILE, weights_only=True)
-    info: dict[str, Any] = {"method": method, "clients": list(forget), "cooperative": settings.cooperative}
+    info: dict[str, Any] = {
+        "method": method,
+        "clients": list(forget),
+        "cooperative": settings.cooperative,
+    }
     art = None
     if method == "dmm":
-        art, built = get_datamodel(fed, datamodel_path or run_dir / UNLEARN_DIR / DATAMODEL_FILE,
-                                   num_models=num_models, q=q, workers=workers, progress=progress, log=log)
-        info["datamodel"] = {"built_now": built, "num_models": art.num_models, "q": art.q,
-                             "lambda": art.datamodel.lam, "build_wall_time_s": art.build_wall_time_s}
+        art, built = get_datamodel(
+            fed,
+            datamodel_path or run_dir / UNLEARN_DIR / DATAMODEL_FILE,
+            num_models=num_models,
+            q=q,
+            workers=workers,
+            progress=progress,
+            log=log,
+        )
+        info["datamodel"] = {
+            "built_now": built,
+            "num_models": art.num_models,
+            "q": art.q,
+            "lambda": art.datamodel.lam,
+            "build_wall_time_s": art.build_wall_time_s,
+        }
     start = time.perf_counter()
-    om_target = (oracle_mean_logits(fed, forget, om_oracles, workers=workers, progress=progress)
-                 if method == "om" else None)
-    new_state = unlearn_state(fed, state, method, forget, seed=config.seed, settings=settings,
-                              datamodel=art.datamodel if art else None, om_target=om_target)
+    om_target = (
+        oracle_mean_logits(fed, forget, om_oracles, workers=workers, progress=progress)
+        if method == "om"
+        else None
+    )
+    new_state = unlearn_state(
+        fed,
+        state,
+        method,
+        forget,
+        seed=config.seed,
+        settings=settings,
+        datamodel=art.datamodel if art else None,
+        om_target=om_target,
+    )
     info["wall_time_s"] = round(time.perf_counter() - start, 3)
     info["before"] = model_metrics(fed, state, forget)
     info["after"] = model_metrics(fed, new_state, forget)
-    out = Path(out) if out else run_dir / UNLEARN_DIR / f"{method}-clients-{'_'.join(map(str, forget))}"
+    out = (
+        Path(out)
+        if out
+        else run_dir / UNLEARN_DIR / f"{method}-clients-{'_'.join(map(str, forget))}"
+    )
     out.mkdir(parents=True, exist_ok=True)
     torch.save(new_state, out / MODEL_FILE)
     (out / "metrics.json").write_text(json.dumps(info, indent=2) + "\n")

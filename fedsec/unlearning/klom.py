@@ -25,16 +25,19 @@ def margins(logits: torch.Tensor, labels: torch.Tensor, clip: float = MARGIN_CLI
     return (correct - torch.logsumexp(others, dim=-1)).clamp(-clip, clip)
 
 
-def klom(unlearned: torch.Tensor, oracle: torch.Tensor, bins: int = BINS,
-         floor: float = EMPTY_BIN_FLOOR) -> torch.Tensor:
+def klom(
+    unlearned: torch.Tensor, oracle: torch.Tensor, bins: int = BINS, floor: float = EMPTY_BIN_FLOOR
+) -> torch.Tensor:
     """Per-example KL(unlearned || oracle) of margin histograms.
 
     ``unlearned`` (N_u, n) and ``oracle`` (N_o, n): margins of each model on n examples.
     Returns (n,). An example whose samples are all equal (zero range) has KLoM 0.
     """
     if unlearned.dim() != 2 or oracle.dim() != 2 or unlearned.shape[1] != oracle.shape[1]:
-        raise ValueError(f"need (N_u, n) and (N_o, n) margins, got {tuple(unlearned.shape)} "
-                         f"and {tuple(oracle.shape)}")
+        raise ValueError(
+            f"need (N_u, n) and (N_o, n) margins, got {tuple(unlearned.shape)} "
+            f"and {tuple(oracle.shape)}"
+        )
     u, o = unlearned.to(torch.float64), oracle.to(torch.float64)
     lo = torch.minimum(u.min(0).values, o.min(0).values)
     hi = torch.maximum(u.max(0).values, o.max(0).values)

@@ -28,9 +28,16 @@ class MatchingConfig:
     batch_size: int = 512
 
 
-def fine_tune(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
-              loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, seed: int,
-              settings: MatchingConfig = MatchingConfig(), device="cpu") -> list[float]:
+def fine_tune(
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    seed: int,
+    settings: MatchingConfig = MatchingConfig(),
+    device="cpu",
+) -> list[float]:
     """Adam on ``loss_fn(model(x_batch), targets_batch)``; returns each epoch's mean loss.
 
     Batches follow a permutation drawn per epoch from a generator seeded with ``seed``;
@@ -49,7 +56,7 @@ def fine_tune(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
             order = torch.randperm(n, generator=gen)
             total = 0.0
             for start in range(0, n, settings.batch_size):
-                idx = order[start:start + settings.batch_size]
+                idx = order[start : start + settings.batch_size]
                 loss = loss_fn(model(x[idx].to(device)), targets[idx].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -61,21 +68,52 @@ def fine_tune(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
     return history
 
 
-def match_logits(model: nn.Module, x: torch.Tensor, target_logits: torch.Tensor, *, seed: int,
-                 settings: MatchingConfig = MatchingConfig(), device="cpu") -> list[float]:
+def match_logits(
+    model: nn.Module,
+    x: torch.Tensor,
+    target_logits: torch.Tensor,
+    *,
+    seed: int,
+    settings: MatchingConfig = MatchingConfig(),
+    device="cpu",
+) -> list[float]:
     """DMM / OM: fine-tune ``model`` so its logits on ``x`` match ``target_logits`` (MSE)."""
-    return fine_tune(model, x, target_logits.float(), F.mse_loss, seed=seed, settings=settings,
-                     device=device)
+    return fine_tune(
+        model, x, target_logits.float(), F.mse_loss, seed=seed, settings=settings, device=device
+    )
 
 
-def finetune_retain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int,
-                    settings: MatchingConfig = MatchingConfig(), device="cpu") -> list[float]:
+def finetune_retain(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    seed: int,
+    settings: MatchingConfig = MatchingConfig(),
+    device="cpu",
+) -> list[float]:
     """Baseline: keep training on retained data (cross-entropy)."""
-    return fine_tune(model, x, y.long(), F.cross_entropy, seed=seed, settings=settings, device=device)
+    return fine_tune(
+        model, x, y.long(), F.cross_entropy, seed=seed, settings=settings, device=device
+    )
 
 
-def gradient_ascent(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int,
-                    settings: MatchingConfig = MatchingConfig(), device="cpu") -> list[float]:
+def gradient_ascent(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    seed: int,
+    settings: MatchingConfig = MatchingConfig(),
+    device="cpu",
+) -> list[float]:
     """Baseline: ascend the cross-entropy of the forget data (losses returned negated)."""
-    return fine_tune(model, x, y.long(), lambda out, t: -F.cross_entropy(out, t), seed=seed,
-                     settings=settings, device=device)
+    return fine_tune(
+        model,
+        x,
+        y.long(),
+        lambda out, t: -F.cross_entropy(out, t),
+        seed=seed,
+        settings=settings,
+        device=device,
+    )

@@ -47,10 +47,15 @@ def federation_variant(config: ExperimentConfig, seed: int, exclude=()) -> Exper
     to its federation seed); checkpoints are off and the in-process engine runs it.
     """
     ids = ",".join(str(int(c)) for c in sorted(exclude))
-    return config.with_overrides([
-        f"seed={int(seed)}", f"data.partition_seed={config.federation_seed}",
-        f'train.exclude_clients="{ids}"', "engine.checkpoint_every=0", 'engine.name="inprocess"',
-    ]).validate()
+    return config.with_overrides(
+        [
+            f"seed={int(seed)}",
+            f"data.partition_seed={config.federation_seed}",
+            f'train.exclude_clients="{ids}"',
+            "engine.checkpoint_every=0",
+            'engine.name="inprocess"',
+        ]
+    ).validate()
 
 
 def train_federation(config: ExperimentConfig) -> dict[str, torch.Tensor]:
@@ -127,8 +132,15 @@ def _call_worker(index: int, args: tuple) -> tuple[int, Any, float]:
     return index, out, time.perf_counter() - start
 
 
-def run_parallel(fn: Callable, jobs: list[tuple], *, workers: int = 1, threads: int = 1,
-                 desc: str = "training", progress: bool = True) -> tuple[list[Any], list[float]]:
+def run_parallel(
+    fn: Callable,
+    jobs: list[tuple],
+    *,
+    workers: int = 1,
+    threads: int = 1,
+    desc: str = "training",
+    progress: bool = True,
+) -> tuple[list[Any], list[float]]:
     """``[fn(*job) for job in jobs]`` in ``workers`` spawned processes (1: in this one).
 
     Each worker uses ``threads`` torch threads. Returns the results in job order and each
@@ -146,8 +158,12 @@ def run_parallel(fn: Callable, jobs: list[tuple], *, workers: int = 1, threads: 
                 _, results[i], times[i] = _call_worker(i, job)
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                     initializer=_init_worker, initargs=(fn, threads)) as pool:
+            with ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(fn, threads),
+            ) as pool:
                 futures = [pool.submit(_call_worker, i, job) for i, job in enumerate(jobs)]
                 for fut in as_completed(futures):
                     i, out, seconds = fut.result()
@@ -182,14 +198,26 @@ class DatamodelBuild:
     train_time_s: float  # the sum of the trainings' own times (serial cost)
 
 
-def train_datamodel(trainer: Callable, *, num_models: int, q: float, seed: int, workers: int = 1,
-                    threads: int = 1, lam: float | None = None, progress: bool = True) -> DatamodelBuild:
+def train_datamodel(
+    trainer: Callable,
+    *,
+    num_models: int,
+    q: float,
+    seed: int,
+    workers: int = 1,
+    threads: int = 1,
+    lam: float | None = None,
+    progress: bool = True,
+) -> DatamodelBuild:
     """Train ``num_models`` subset models with ``trainer`` and fit the ridge datamodel."""
     start = time.perf_counter()
     masks = subset_masks(trainer.num_units, num_models, q, seed)
     jobs = [(masks[m], derive_seed(seed, "datamodel-train", m)) for m in range(num_models)]
-    outputs, times = run_parallel(trainer, jobs, workers=workers, threads=threads,
-                                  desc="datamodel subsets", progress=progress)
+    outputs, times = run_parallel(
+        trainer, jobs, workers=workers, threads=threads, desc="datamodel subsets", progress=progress
+    )
     outputs = torch.stack(outputs)
-    dm = fit_datamodel(torch.from_numpy(masks), outputs, lam=lam, seed=derive_seed(seed, "ridge-val"))
+    dm = fit_datamodel(
+        torch.from_numpy(masks), outputs, lam=lam, seed=derive_seed(seed, "ridge-val")
+    )
     return DatamodelBuild(dm, masks, outputs, time.perf_counter() - start, float(sum(times)))

@@ -17,8 +17,13 @@ def train_on_partition(msg: Message, context: Context) -> Message:
     x, y = partition(pid, int(context.node_config["num-partitions"]))
     model = new_model()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    loss = train(model, x, y, int(context.run_config["local-epochs"]),
-                 float(context.run_config["learning-rate"]))
+    loss = train(
+        model,
+        x,
+        y,
+        int(context.run_config["local-epochs"]),
+        float(context.run_config["learning-rate"]),
+    )
     metrics = MetricRecord({"train_loss": loss, "num-examples": len(x), "partition-id": pid})
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
     return Message(content=content, reply_to=msg)
@@ -27,8 +32,9 @@ def train_on_partition(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_on_partition(msg: Message, context: Context) -> Message:
     """Evaluate the global model on this node's partition."""
-    x, y = partition(int(context.node_config["partition-id"]),
-                     int(context.node_config["num-partitions"]))
+    x, y = partition(
+        int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+    )
     model = new_model()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     loss, accuracy = evaluate(model, x, y)

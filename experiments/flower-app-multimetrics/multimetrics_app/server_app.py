@@ -37,8 +37,10 @@ def main(grid: Grid, context: Context) -> None:
     )
     # The strategy returns each round's verdicts with its train metrics.
     for server_round, metrics in sorted(result.train_metrics_clientapp.items()):
-        print(f"round {server_round}: kept {list(metrics['defense-accepted'])}, left out "
-              f"{list(metrics['defense-rejected'])}, refused {list(metrics['defense-refused'])}",
-              flush=True)
+        print(
+            f"round {server_round}: kept {list(metrics['defense-accepted'])}, left out "
+            f"{list(metrics['defense-rejected'])}, refused {list(metrics['defense-refused'])}",
+            flush=True,
+        )
     final = result.evaluate_metrics_serverapp[int(config["num-server-rounds"])]
     print(f"final test accuracy: {final['test_accuracy']:.3f}", flush=True)
