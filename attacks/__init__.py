@@ -20,6 +20,7 @@ from attacks.pgd import PatternPGD
 from attacks.pixel_replacement import PixelReplacement
 from attacks.sign_flip import SignFlip
 from fedsec.errors import ConfigError
+from fedsec.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from fedsec.config import ExperimentConfig
@@ -37,13 +38,14 @@ ATTACK_CLASSES: tuple[type[Attack], ...] = (
     GaussianNoise,
     SignFlip,
 )
-ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in ATTACK_CLASSES}
+ATTACKS: Registry[type[Attack]] = Registry("attack.name", {cls.name: cls for cls in ATTACK_CLASSES})
 
 __all__ = ["ATTACKS", "Attack", "AttackContext", "attack_names", "backdoor_key", "build_attack"]
 
 
 def attack_names() -> list[str]:
-    return ["none", *sorted(ATTACKS)]
+    """Every valid ``attack.name``: "none" (no attacker), then the registered attacks."""
+    return ["none", *ATTACKS.names()]
 
 
 def backdoor_key(attack: dict[str, Any]) -> tuple | None:

@@ -13,65 +13,61 @@ defense lives in :mod:`defenses.rules`, free of Flower.
 
 from __future__ import annotations
 
-import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 from fedsec.errors import ConfigError
+from fedsec.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from .adapter import DefenseStrategy
 
-#: Strategy class -> its module in ``strategies/``. The strategies need Flower and are
-#: imported on first use, so that ``import defenses.rules`` (the math) loads neither
-#: Flower nor scikit-learn.
-_STRATEGY_MODULES = {
-    "FedAvg": "fedavg",
-    "Krum": "krum",
-    "MultiKrum": "multi_krum",
-    "Median": "median",
-    "TrimmedMean": "trimmed_mean",
-    "Bulyan": "bulyan",
-    "NormClipping": "norm_clipping",
-    "WeakDP": "weak_dp",
-    "RFA": "rfa",
-    "FoolsGold": "foolsgold",
-    "FLAME": "flame",
-    "FLTrust": "fltrust",
-    "RLR": "rlr",
-    "MultiMetrics": "multi_metrics",
-}
+#: Config name, module in ``strategies/``, strategy class. The strategies need Flower and
+#: are imported on first use, so that ``import defenses.rules`` (the math) loads neither
+#: Flower nor scikit-learn, and listing the names imports no strategy.
+_STRATEGIES = (
+    ("fedavg", "fedavg", "FedAvg"),
+    ("krum", "krum", "Krum"),
+    ("multi-krum", "multi_krum", "MultiKrum"),
+    ("median", "median", "Median"),
+    ("trimmed-mean", "trimmed_mean", "TrimmedMean"),
+    ("bulyan", "bulyan", "Bulyan"),
+    ("norm-clipping", "norm_clipping", "NormClipping"),
+    ("weak-dp", "weak_dp", "WeakDP"),
+    ("rfa", "rfa", "RFA"),
+    ("foolsgold", "foolsgold", "FoolsGold"),
+    ("flame", "flame", "FLAME"),
+    ("fltrust", "fltrust", "FLTrust"),
+    ("rlr", "rlr", "RLR"),
+    ("multi-metrics", "multi_metrics", "MultiMetrics"),
+)
+#: ``defense.name`` -> strategy class (imported on first lookup).
+DEFENSES: Registry[type[DefenseStrategy]] = Registry(
+    "defense.name",
+    {name: f"{__name__}.strategies.{module}:{cls}" for name, module, cls in _STRATEGIES},
+)
+_STRATEGY_MODULES = {cls: module for _, module, cls in _STRATEGIES}
 _ADAPTER_NAMES = ("DefenseStrategy", "RoundReport")
 
 
 def __getattr__(name: str) -> Any:
-    """The strategies, the adapter and ``DEFENSES`` (config name -> strategy class),
-    imported when first asked for."""
+    """The strategy classes and the adapter, imported when first asked for."""
     if name in _STRATEGY_MODULES:
         module = importlib.import_module(f".strategies.{_STRATEGY_MODULES[name]}", __name__)
         return getattr(module, name)
     if name in _ADAPTER_NAMES:
         return getattr(importlib.import_module(".adapter", __name__), name)
-    if name == "DEFENSES":
-        return _registry()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@functools.cache
-def _registry() -> dict[str, type[DefenseStrategy]]:
-    classes = [__getattr__(name) for name in _STRATEGY_MODULES]
-    return {cls.rule_class.name: cls for cls in classes}
-
-
-#: Rule parameter filled from the experiment's seed, never from the defense's table.
 SEED_PARAMETER = "seed"
 
 
 def defense_names() -> list[str]:
     """The config names of all defenses, sorted."""
-    return sorted(_registry())
+    return DEFENSES.names()
 
 
 def defense_parameters(name: str) -> dict[str, Any]:
@@ -125,9 +121,7 @@ def build_defense(
 
 
 def _strategy_class(name: str) -> type[DefenseStrategy]:
-    if not isinstance(name, str) or name not in _registry():
-        raise ConfigError(f"unknown defense {name!r}; valid: {', '.join(defense_names())}")
-    return _registry()[name]
+    return DEFENSES.resolve(name)
 
 
 __all__ = [

@@ -35,7 +35,6 @@ from typing import Any
 
 from fedsec.errors import ConfigError
 
-ENGINE_NAMES = ("inprocess", "flower", "deployment")
 SCHEDULE_NAMES = ("fixed-frequency", "every-round", "random-pool")
 DEVICE_NAMES = ("cpu", "cuda", "auto")
 
@@ -261,16 +260,18 @@ class ExperimentConfig:
         loaded beyond checking that required files exist) so the CLI calls it before
         any training starts.
         """
+        # the registries import this module, so they are imported here
         from fedsec import data as data_registry
-        from fedsec.models import model_names
+        from fedsec.engines import ENGINES
+        from fedsec.models import MODELS
         from fedsec.partition import PARTITION_SCHEMES
 
         d, t, e = self.data, self.train, self.engine
         _at_least("seed", self.seed, 0)
         _one_of("data.name", d.name, data_registry.dataset_names())
         _one_of("data.partition", d.partition, PARTITION_SCHEMES)
-        _one_of("model.name", self.model.name, model_names())
-        _one_of("engine.name", e.name, ENGINE_NAMES)
+        _one_of("model.name", self.model.name, MODELS.names())
+        _one_of("engine.name", e.name, ENGINES.names())
         _one_of("engine.device", e.device, DEVICE_NAMES)
         _positive("data.alpha", d.alpha)
         _at_least("data.num_clients", d.num_clients, 1)

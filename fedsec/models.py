@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fedsec.errors import ConfigError
+from fedsec.registry import Registry
 
 InputShape = tuple[int, int, int]
 """Shape of one example: (channels, height, width)."""
@@ -259,20 +260,23 @@ def _build_resnet18(input_shape: InputShape, num_classes: int) -> nn.Module:
     return ResNet18(input_shape, num_classes)
 
 
-MODELS: dict[str, ModelBuilder] = {
-    "mlp": _build_mlp,
-    "lenet": _build_lenet,
-    "cnn": _build_cnn,
-    "vgg9": _build_vgg9,
-    "resnet18": _build_resnet18,
-}
+MODELS: Registry[ModelBuilder] = Registry(
+    "model.name",
+    {
+        "mlp": _build_mlp,
+        "lenet": _build_lenet,
+        "cnn": _build_cnn,
+        "vgg9": _build_vgg9,
+        "resnet18": _build_resnet18,
+    },
+)
 """Model name -> builder(input_shape, num_classes); builders raise ConfigError on a
 shape the model cannot take."""
 
 
 def model_names() -> list[str]:
     """The registered model names, sorted."""
-    return sorted(MODELS)
+    return MODELS.names()
 
 
 def _check_input_shape(input_shape: object) -> InputShape:
@@ -298,9 +302,8 @@ def build_model(name: str, input_shape: InputShape, num_classes: int) -> nn.Modu
     shape the model cannot take (e.g. vgg9 on 8x8 digits).  Seed torch first for
     reproducible weights.
     """
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(model_names())}")
+    builder = MODELS.resolve(name)
     shape = _check_input_shape(input_shape)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"num_classes must be an int >= 2, got {num_classes!r}")
-    return MODELS[name](shape, num_classes)
+    return builder(shape, num_classes)

@@ -367,9 +367,7 @@ def test_registry_names_and_dirs() -> None:
 
 @pytest.mark.parametrize("call", [load_dataset, requires_dir, default_dir, check_available])
 def test_unknown_name_lists_valid_names(call) -> None:
-    with pytest.raises(
-        ConfigError, match="unknown data set 'svhn'; valid names: " + ", ".join(NAMES)
-    ):
+    with pytest.raises(ConfigError, match="unknown data.name 'svhn'; valid: " + ", ".join(NAMES)):
         call("svhn")
 
 

@@ -96,7 +96,9 @@ def test_building_is_reproducible_under_a_seed() -> None:
 
 
 def test_unknown_name_lists_valid_names() -> None:
-    with pytest.raises(ConfigError, match="unknown model 'vgg99'.*cnn, lenet, mlp, resnet18, vgg9"):
+    with pytest.raises(
+        ConfigError, match="unknown model.name 'vgg99'; valid: cnn, lenet, mlp, resnet18, vgg9"
+    ):
         build_model("vgg99", CIFAR, 10)
 
 

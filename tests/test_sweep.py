@@ -155,7 +155,7 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
         ("[axes]\nseed = [0]\ncolour = 3\n", "axis 'colour' must be a list"),
         (
             '[axes.defense]\nbad = { "defense.name" = "nope" }\n',
-            "sweep run defense=bad: unknown defense 'nope'",
+            "sweep run defense=bad: unknown defense.name 'nope'",
         ),
         ('[axes.defense]\n"a/b" = { "defense.name" = "krum" }\n', "label 'a/b' must be non-empty"),
         ('[axes.defense]\nk = "krum"\n', "axes.defense.k must be a table of config overrides"),

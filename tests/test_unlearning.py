@@ -528,7 +528,7 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys):
             "--methods",
             "dmm,magic",
         ],
-        "unknown method magic",
+        "unknown --method 'magic'; valid: none, retrain, dmm, om, finetune, gradient-ascent",
     )
     _one_line_error(
         capsys,

@@ -28,7 +28,7 @@ from pathlib import Path
 from fedsec.data.base import Dataset
 from fedsec.data.edge_cases import load_ardis, load_southwest
 from fedsec.data.sources import SOURCES, DatasetSource
-from fedsec.errors import ConfigError
+from fedsec.registry import Registry
 
 __all__ = [
     "DATASETS",
@@ -44,22 +44,17 @@ __all__ = [
     "requires_dir",
 ]
 
-DATASETS: dict[str, DatasetSource] = {source.name: source for source in SOURCES}
+DATASETS: Registry[DatasetSource] = Registry("data.name", {s.name: s for s in SOURCES})
 
 
 def dataset_names() -> list[str]:
     """Every valid data-set name, sorted."""
-    return sorted(DATASETS)
+    return DATASETS.names()
 
 
 def _source(name: str) -> DatasetSource:
     """The registry entry for ``name``; ConfigError listing the valid names otherwise."""
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown data set {name!r}; valid names: {', '.join(dataset_names())}"
-        ) from None
+    return DATASETS.resolve(name)
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:

@@ -11,22 +11,17 @@ ServerApp writes the run directory.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from fedsec.config import ExperimentConfig
+from fedsec.registry import Registry
 
 
-def run_experiment(config: ExperimentConfig, out_dir: str | Path, resume: bool = False) -> None:
-    """Run a validated experiment on the engine its config names.
-
-    ``resume`` continues the run in ``out_dir`` from its last checkpoint.
-    """
-    if config.engine.name in ("flower", "deployment"):
-        from fedsec.engines.flower import run_deployment, run_flower
-
-        launch = run_flower if config.engine.name == "flower" else run_deployment
-        launch(config, out_dir, resume=resume)
-        return
+def run_experiment_inprocess(
+    config: ExperimentConfig, out_dir: str | Path, resume: bool = False
+) -> None:
+    """The ``inprocess`` engine: the ServerApp and every ClientApp in this process."""
     from fedsec.apps.client_app import app as client_app
     from fedsec.apps.server_app import OUTPUT_DIR_KEY, RESUME_KEY
     from fedsec.apps.server_app import app as server_app
@@ -38,3 +33,24 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, resume: bool =
         RESUME_KEY: resume,
     }
     run_inprocess(server_app, client_app, config.data.num_clients, run_config)
+
+
+#: ``engine.name`` -> ``run(config, out_dir, resume=False)``, from the simplest to the most
+#: distributed; the Flower engines are imported (with Ray) only when used.
+ENGINES: Registry[Callable[..., None]] = Registry(
+    "engine.name",
+    {
+        "inprocess": run_experiment_inprocess,
+        "flower": "fedsec.engines.flower:run_flower",
+        "deployment": "fedsec.engines.flower:run_deployment",
+    },
+    sort_names=False,
+)
+
+
+def run_experiment(config: ExperimentConfig, out_dir: str | Path, resume: bool = False) -> None:
+    """Run a validated experiment on the engine its config names.
+
+    ``resume`` continues the run in ``out_dir`` from its last checkpoint.
+    """
+    ENGINES.resolve(config.engine.name)(config, out_dir, resume=resume)

@@ -18,4 +18,18 @@ example in the paper; the math modules do not care which.
 ``datamodel``, ``klom`` and ``matching`` use torch only (no Flower).
 """
 
-METHODS = ("none", "retrain", "dmm", "om", "finetune", "gradient-ascent")
+from fedsec.registry import Registry
+
+#: ``--method`` -> ``method(UnlearnRequest) -> state dict`` (``federated``), imported on use.
+METHODS = Registry(
+    "--method",
+    {
+        "none": "fedsec.unlearning.federated:keep_model",
+        "retrain": "fedsec.unlearning.federated:retrain",
+        "dmm": "fedsec.unlearning.federated:datamodel_matching",
+        "om": "fedsec.unlearning.federated:oracle_matching",
+        "finetune": "fedsec.unlearning.federated:finetune",
+        "gradient-ascent": "fedsec.unlearning.federated:gradient_ascent_method",
+    },
+    sort_names=False,
+)

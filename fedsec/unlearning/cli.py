@@ -36,7 +36,7 @@ def register(sub) -> None:
         action="store_true",
         help="let --flagged forget more than half of the federation",
     )
-    un.add_argument("--method", default="dmm", choices=METHODS)
+    un.add_argument("--method", default="dmm", choices=METHODS.names())
     un.add_argument(
         "--datamodel", help="datamodel artifact (default RUN_DIR/unlearning/datamodel.pt)"
     )
@@ -61,7 +61,7 @@ def register(sub) -> None:
     )
     ev.add_argument("--out", required=True, help="results folder (klom.json, klom.md, klom.png)")
     ev.add_argument("--models", type=int, default=50, help="N originals and N oracles")
-    ev.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    ev.add_argument("--methods", default=",".join(METHODS.names()), help="comma-separated methods")
     _common(ev)
     ev.set_defaults(handler=cmd_unlearn_eval)
 
@@ -143,11 +143,10 @@ def cmd_unlearn_eval(args) -> int:
     from fedsec.unlearning.evaluation import klom_evaluation
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise ConfigError(
-            f"unknown method {bad[0] if bad else '(none)'}; valid: " + ", ".join(METHODS)
-        )
+    if not methods:
+        raise ConfigError("--methods is empty; valid: " + ", ".join(METHODS.names()))
+    for method in methods:
+        METHODS.resolve(method)
     settings = _settings(args)
     config = load_config(args.config, args.overrides)
     if args.clients.strip() != "auto" and not args.clients.startswith("auto:"):

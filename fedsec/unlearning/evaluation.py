@@ -67,7 +67,7 @@ def klom_evaluation(
     out_dir: str | Path,
     *,
     n_models: int = 50,
-    methods: tuple[str, ...] = METHODS,
+    methods: tuple[str, ...] = tuple(METHODS.names()),
     num_models: int | None = None,
     q: float | None = None,
     workers: int | None = None,

@@ -477,50 +477,112 @@ def unlearn_state(
     datamodel: Datamodel | None = None,
     om_target: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Unlearn ``forget`` from the model ``state`` (trained with seed ``seed``) by ``method``."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown unlearning method {method!r}; valid: " + ", ".join(METHODS))
-    settings = settings or UnlearnSettings()
-    forget = tuple(forget)
-    if method == "none":
-        return copy.deepcopy(state)
-    if method == "retrain":
-        return train_federation(federation_variant(fed.config, seed, forget))
-    model = fed.model_from(state)
-    reference, forget_rows = matching_rows(fed, forget, settings)
+    """Unlearn ``forget`` from the model ``state`` (trained with seed ``seed``) by ``method``
+    (a name in ``fedsec.unlearning.METHODS``)."""
+    request = UnlearnRequest(
+        fed, state, tuple(forget), seed, settings or UnlearnSettings(), datamodel, om_target
+    )
+    return METHODS.resolve(method)(request)
+
+
+@dataclass(frozen=True)
+class UnlearnRequest:
+    """What every unlearning method gets: the federation, the trained model's state and
+    its training seed, the clients to forget, the settings and, for the methods that
+    need them, the datamodel (dmm) and the oracles' mean logits (om)."""
+
+    fed: Federation
+    state: dict
+    forget: tuple[int, ...]
+    seed: int
+    settings: UnlearnSettings
+    datamodel: Datamodel | None = None
+    om_target: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class _MatchingSet:
+    """The model to change and the rows it is matched on: the reference (retained) rows
+    first, then the forget clients' rows (empty unless they cooperate)."""
+
+    model: torch.nn.Module
+    rows: torch.Tensor
+    x: torch.Tensor
+    n_reference: int
+    seed: int
+
+
+def _matching_set(request: UnlearnRequest) -> _MatchingSet:
+    fed = request.fed
+    reference, forget_rows = matching_rows(fed, request.forget, request.settings)
     rows = torch.from_numpy(np.concatenate([reference, forget_rows]))
-    x = fed.inputs[rows]
-    match_seed = derive_seed(seed, "unlearn-match")
-    if method == "finetune":
-        finetune_retain(
-            model,
-            x[: len(reference)],
-            fed.labels[rows[: len(reference)]],
-            seed=match_seed,
-            settings=settings.matching,
-        )
-    elif method == "gradient-ascent":
-        if not len(forget_rows):
-            raise ConfigError(
-                "gradient-ascent needs the forget clients' data; they do not cooperate"
-            )
-        gradient_ascent(
-            model,
-            x[len(reference) :],
-            fed.labels[rows[len(reference) :]],
-            seed=match_seed,
-            settings=settings.matching,
-        )
-    elif method == "dmm":
-        if datamodel is None:
-            raise ValueError("dmm needs a datamodel")
-        target = predicted_oracle(predict_logits(model, x), datamodel, forget, rows)
-        match_logits(model, x, target, seed=match_seed, settings=settings.matching)
-    else:  # om
-        if om_target is None:
-            raise ValueError("om needs the oracles' mean logits")
-        match_logits(model, x, om_target[rows], seed=match_seed, settings=settings.matching)
+    return _MatchingSet(
+        fed.model_from(request.state),
+        rows,
+        fed.inputs[rows],
+        len(reference),
+        derive_seed(request.seed, "unlearn-match"),
+    )
+
+
+def _state_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def keep_model(request: UnlearnRequest) -> dict[str, torch.Tensor]:
+    """``none``: the trained model as it is (the baseline every method must beat)."""
+    return copy.deepcopy(request.state)
+
+
+def retrain(request: UnlearnRequest) -> dict[str, torch.Tensor]:
+    """``retrain``: the federation trained again without the forget clients (the oracle)."""
+    return train_federation(federation_variant(request.fed.config, request.seed, request.forget))
+
+
+def finetune(request: UnlearnRequest) -> dict[str, torch.Tensor]:
+    """``finetune``: fine-tune on the retained clients' reference rows."""
+    m = _matching_set(request)
+    labels = request.fed.labels[m.rows[: m.n_reference]]
+    finetune_retain(
+        m.model, m.x[: m.n_reference], labels, seed=m.seed, settings=request.settings.matching
+    )
+    return _state_of(m.model)
+
+
+def gradient_ascent_method(request: UnlearnRequest) -> dict[str, torch.Tensor]:
+    """``gradient-ascent``: ascend the loss on the forget clients' data (they must cooperate)."""
+    m = _matching_set(request)
+    if m.n_reference == len(m.rows):
+        raise ConfigError("gradient-ascent needs the forget clients' data; they do not cooperate")
+    labels = request.fed.labels[m.rows[m.n_reference :]]
+    gradient_ascent(
+        m.model, m.x[m.n_reference :], labels, seed=m.seed, settings=request.settings.matching
+    )
+    return _state_of(m.model)
+
+
+def datamodel_matching(request: UnlearnRequest) -> dict[str, torch.Tensor]:
+    """``dmm``: match the logits the datamodel predicts for the model trained without the
+    forget clients (Georgiev et al. 2024)."""
+    if request.datamodel is None:
+        raise ValueError("dmm needs a datamodel")
+    m = _matching_set(request)
+    target = predicted_oracle(
+        predict_logits(m.model, m.x), request.datamodel, request.forget, m.rows
+    )
+    match_logits(m.model, m.x, target, seed=m.seed, settings=request.settings.matching)
+    return _state_of(m.model)
+
+
+def oracle_matching(request: UnlearnRequest) -> dict[str, torch.Tensor]:
+    """``om``: match the mean logits of models retrained without the forget clients."""
+    if request.om_target is None:
+        raise ValueError("om needs the oracles' mean logits")
+    m = _matching_set(request)
+    match_logits(
+        m.model, m.x, request.om_target[m.rows], seed=m.seed, settings=request.settings.matching
+    )
+    return _state_of(m.model)
 
 
 def model_metrics(fed: Federation, state: dict, forget) -> dict[str, float]:
@@ -567,8 +629,7 @@ def unlearn_run(
     """
     run_dir = Path(run_dir)
     settings = settings or UnlearnSettings()
-    if method not in METHODS:
-        raise ConfigError(f"unknown --method {method!r}; valid: " + ", ".join(METHODS))
+    METHODS.resolve(method)
     if not (run_dir / MODEL_FILE).is_file():
         raise FedsecError(f"{run_dir} has no {MODEL_FILE}: not a finished run directory")
     if not (run_dir / CONFIG_FILE).is_file():
