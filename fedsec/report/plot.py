@@ -142,7 +142,7 @@ def plot_heatmaps(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
         if gain.size == 0:
             continue
         limit = max(10.0, float(np.nanmax(np.abs(gain))) if np.isfinite(gain).any() else 10.0)
-        fig = Figure(figsize=(1.3 * gain.shape[1] + 3.2, 0.55 * gain.shape[0] + 1.9))
+        fig = Figure(figsize=(1.3 * gain.shape[1] + 3.2, max(3.2, 0.55 * gain.shape[0] + 2.2)))
         FigureCanvasAgg(fig)
         ax = fig.subplots()
         image = ax.imshow(
@@ -168,7 +168,7 @@ def plot_heatmaps(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
         ax.set_xticks(range(gain.shape[1]), entry["rows"], rotation=30, ha="right")
         ax.set_yticks(range(gain.shape[0]), entry["sets"])
         ax.set_xlabel(report["rows"] or ALL)
-        fig.colorbar(image, ax=ax, label="final BA − no-attack BA (points)")
+        fig.colorbar(image, ax=ax, label="BA − no-attack BA (points)")
         ax.set_title(
             f"{report['name']}: {report['cols']}={attack}" if report["cols"] else report["name"],
             fontsize="medium",
