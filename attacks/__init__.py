@@ -54,7 +54,7 @@ def backdoor_key(attack: dict[str, Any]) -> tuple | None:
     cls = ATTACKS.get(attack.get("name", "none"))
     if cls is None:
         return None
-    params = {k: v for k, v in attack.items() if k in cls.params}
+    params = {k: v for k, v in attack.items() if k in cls.parameters()}
     return cls.backdoor_key(int(attack.get("target_label", -1)), params)
 
 
@@ -68,24 +68,14 @@ def build_attack(config: ExperimentConfig, dataset: Dataset | None = None) -> At
     cls = ATTACKS.get(a.name)
     if cls is None:
         raise ConfigError(f"unknown attack.name {a.name!r}; valid: {', '.join(attack_names())}")
-    params = {}
-    for key, value in a.params.items():
-        if key not in cls.params:
+    valid = cls.parameters()
+    for key in a.params:
+        if key not in valid:
             raise ConfigError(
                 f"unknown key attack.{key} for attack {a.name!r}; its parameters: "
-                + (", ".join(sorted(cls.params)) or "none")
+                + (", ".join(sorted(valid)) or "none")
             )
-        params[key] = _typed(f"attack.{key}", value, cls.params[key])
-    attack = cls(target_label=a.target_label, **params)
+    attack = cls(target_label=a.target_label, **a.params)
+    attack.validate()
     attack.check(config, dataset)
     return attack
-
-
-def _typed(key: str, value: object, default: object) -> object:
-    """``value`` as the type of the parameter's default (an int is a valid float)."""
-    kind = type(default)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{key} must be of type {kind.__name__}, got {value!r}")
-    return value

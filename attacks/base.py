@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from fedsec.errors import ConfigError
+from fedsec.params import check_parameters, parameter_defaults
 from fedsec.training import TrainStats, flatten_params, train
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,28 +77,39 @@ class AttackContext:
     device: torch.device
 
 
+@dataclass(kw_only=True, eq=False)
 class Attack:
     """Base class: a client that trains honestly on its own data.
 
-    Subclasses set ``name`` (the config name), ``params`` (their parameter names with
-    defaults) and override the hooks they change.
+    Subclasses are ``@dataclass(kw_only=True)`` classes: they set ``name`` (the config
+    name), declare each parameter as a field made with :func:`fedsec.params.param` (its
+    default, its check and the words for a valid value; the annotation is its type),
+    and override the hooks they change. The constructor only stores values;
+    :meth:`validate` judges the parameters, :meth:`check` what depends on the data set.
     """
 
     name: ClassVar[str] = ""
-    params: ClassVar[dict[str, Any]] = {}
     default_target: ClassVar[int | None] = None  # None: the config must give target_label
     #: The parameters, besides the target, that decide which inputs ``backdoor_test_set``
     #: returns (see :meth:`backdoor_key`).
     backdoor_test_params: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, target_label: int = -1, **params: Any) -> None:
-        self.target_label = target_label
-        for key, default in self.params.items():
-            setattr(self, key, params.get(key, default))
+    #: ``attack.target_label`` (a schedule-level key; -1: the attack's default target).
+    target_label: int = -1
+
+    @classmethod
+    def parameters(cls) -> dict[str, Any]:
+        """The attack's parameters (the ``[attack]`` keys it takes) with their defaults."""
+        return parameter_defaults(cls)
 
     # ----------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Raise ConfigError for a parameter of the wrong type or out of its declared range."""
+        check_parameters(self, lambda name: f"attack.{name}")
+
     def check(self, config: ExperimentConfig, dataset: Dataset | None) -> None:
-        """Raise ConfigError for bad parameters; ``dataset`` is None for a cheap check."""
+        """Raise ConfigError for what the data set rules out (:meth:`validate` has judged
+        each parameter alone); ``dataset`` is None for a cheap check."""
         if self.target_label == -1 and self.default_target is None:
             raise ConfigError(f"attack {self.name!r} needs attack.target_label")
         classes = num_classes(config, dataset)
@@ -124,7 +136,7 @@ class Attack:
         return (
             owner.__name__,
             target_label,
-            *(params.get(p, cls.params[p]) for p in cls.backdoor_test_params),
+            *(params.get(p, cls.parameters()[p]) for p in cls.backdoor_test_params),
         )
 
     # ------------------------------------------------------------ data, evaluation

@@ -13,28 +13,25 @@ must combine in the global model, which is the point of the attack.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from attacks.base import AttackContext
 from attacks.procedures import scale_update
 from attacks.triggers import PatternTriggerAttack
-from fedsec.errors import ConfigError
+from fedsec.params import at_least, param, positive
 
 
+@dataclass(kw_only=True, eq=False)
 class DBA(PatternTriggerAttack):
     name = "dba"
-    params = {**PatternTriggerAttack.params, "num_parts": 4, "scale": 1.0}
+    num_parts: int = param(4, at_least(1), ">= 1 (trigger parts)")
+    scale: float = param(1.0, positive, "> 0")
 
     @property
     def num_parts_of_global(self) -> int:  # the global trigger has num_parts bars
         return self.num_parts
-
-    def check(self, config, dataset) -> None:
-        if self.num_parts < 1:
-            raise ConfigError(f"attack.num_parts must be >= 1, got {self.num_parts}")
-        super().check(config, dataset)
-        if not self.scale > 0:
-            raise ConfigError(f"attack.scale must be > 0, got {self.scale}")
 
     def part_index(self, ctx: AttackContext) -> int:
         """The bar this attacker stamps: its position in the attacker pool, mod num_parts."""

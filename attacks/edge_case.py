@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -41,32 +40,42 @@ import torch
 from attacks import edge_sources as src
 from attacks.base import Attack, AttackContext, num_classes
 from fedsec.errors import ConfigError, DataError
+from fedsec.params import one_of, param
 from fedsec.seeding import derive_seed
 
-EDGE_CASE_PARAMS: dict[str, Any] = {
-    "edge_case": "auto",
-    "edge_case_dir": "",
-    "num_edge_cases": -1,
-    "num_clean": -1,
-    "source_label": -1,
-    "num_tail_test": -1,
-}
+
+def _state(default):
+    return dataclasses.field(default=default, init=False, repr=False)
 
 
+def _default_or_at_least(bound: int):
+    return lambda value: value == -1 or value >= bound
+
+
+@dataclasses.dataclass(kw_only=True, eq=False)
 class EdgeCase(Attack):
     name = "edge-case"
-    params = dict(EDGE_CASE_PARAMS)
     default_target = 1
     backdoor_test_params = ("edge_case", "source_label", "num_tail_test")
 
-    def __init__(self, target_label: int = -1, **params: Any) -> None:
-        super().__init__(target_label, **params)
-        self.data_name: str | None = None  # set by check(); resolves edge_case = "auto"
-        self.tail_indices: np.ndarray | None = None  # tail: the removed training indices
-        self._edge_train: np.ndarray | None = None  # the attacker's edge-case pool
-        self._edge_test: np.ndarray | None = None
-        self._tail_counts: tuple[int, int] | None = None
-        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    edge_case: str = param(
+        "auto", one_of("auto", *src.SOURCES), "one of auto, " + ", ".join(src.SOURCES)
+    )
+    edge_case_dir: str = param("", lambda value: True, "a folder path")
+    num_edge_cases: int = param(-1, _default_or_at_least(1), ">= 1 (or -1 for the default)")
+    num_clean: int = param(-1, _default_or_at_least(0), ">= 0 (or -1 for the default)")
+    source_label: int = param(-1, _default_or_at_least(0), "a class (or -1 for the default)")
+    num_tail_test: int = param(-1, _default_or_at_least(1), ">= 1 (or -1 for the default)")
+
+    # resolved and cached state (not parameters)
+    data_name: str | None = _state(None)  # set by check(); resolves edge_case = "auto"
+    tail_indices: np.ndarray | None = _state(None)  # tail: the removed training indices
+    _edge_train: np.ndarray | None = _state(None)  # the attacker's edge-case pool
+    _edge_test: np.ndarray | None = _state(None)
+    _tail_counts: tuple[int, int] | None = _state(None)
+    _cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = dataclasses.field(
+        default_factory=dict, init=False, repr=False
+    )
 
     # -------------------------------------------------------------- resolved values
     @property
@@ -118,11 +127,6 @@ class EdgeCase(Attack):
     # ------------------------------------------------------------------ validation
     def check(self, config, dataset) -> None:
         self.data_name = config.data.name
-        if self.edge_case not in ("auto", *src.SOURCES):
-            raise ConfigError(
-                f"unknown attack.edge_case {self.edge_case!r}; "
-                f"valid: auto, {', '.join(src.SOURCES)}"
-            )
         source, data = self.source, config.data.name
         if source == "ardis" and data not in src.ARDIS_DATASETS:
             raise ConfigError(
@@ -180,31 +184,16 @@ class EdgeCase(Attack):
             raise ConfigError(f"attack.edge_case_dir: {err}") from None
 
     def _check_counts(self, source: str) -> None:
-        if self.num_edge_cases != -1 and self.num_edge_cases < 1:
-            raise ConfigError(
-                f"attack.num_edge_cases must be >= 1 (or -1 for the default), "
-                f"got {self.num_edge_cases}"
-            )
         limit = {"ardis": src.ARDIS_TRAIN_PER_DIGIT, "southwest": src.SOUTHWEST_TRAIN}.get(source)
         if limit is not None and self.num_edge_cases > limit:
             raise ConfigError(
                 f"attack.num_edge_cases must be <= {limit} (the {source} train images), "
                 f"got {self.num_edge_cases}"
             )
-        if self.num_clean < -1:
+        if self.num_tail_test != -1 and source != "tail":
             raise ConfigError(
-                f"attack.num_clean must be >= 0 (or -1 for the default), got {self.num_clean}"
+                f"attack.num_tail_test applies to edge_case 'tail' only, not {source!r}"
             )
-        if self.num_tail_test != -1:
-            if source != "tail":
-                raise ConfigError(
-                    f"attack.num_tail_test applies to edge_case 'tail' only, not {source!r}"
-                )
-            if self.num_tail_test < 1:
-                raise ConfigError(
-                    f"attack.num_tail_test must be >= 1 (or -1 for the default), "
-                    f"got {self.num_tail_test}"
-                )
 
     def _check_dataset(self, source: str, dataset) -> None:
         expected = {"ardis": (1, 28, 28), "southwest": (3, 32, 32)}.get(source)

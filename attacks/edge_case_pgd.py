@@ -11,10 +11,12 @@ norm-based defenses see nothing unusual. Paper radii: 1 for EMNIST, 2 for CIFAR-
 
 from __future__ import annotations
 
-from attacks.edge_case import EDGE_CASE_PARAMS, EdgeCase
+from dataclasses import dataclass
+
+from attacks.edge_case import EdgeCase
 from attacks.procedures import ProjectedGradientMixin
 
 
+@dataclass(kw_only=True, eq=False)
 class EdgeCasePGD(ProjectedGradientMixin, EdgeCase):
     name = "edge-case-pgd"
-    params = {**EDGE_CASE_PARAMS, **ProjectedGradientMixin.pgd_params}

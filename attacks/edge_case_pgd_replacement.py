@@ -17,4 +17,3 @@ from attacks.procedures import ModelReplacementMixin
 
 class EdgeCasePGDReplacement(ModelReplacementMixin, EdgeCasePGD):
     name = "edge-case-pgd-replacement"
-    params = dict(EdgeCasePGD.params)

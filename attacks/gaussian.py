@@ -8,10 +8,12 @@ seed (``ctx.seed``) on the training device. It claims its partition's size as
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from attacks.untargeted import UntargetedAttack
-from fedsec.errors import ConfigError
+from fedsec.params import param, positive
 from fedsec.training import TrainStats, assign_flat_params, evaluate
 
 
@@ -23,14 +25,11 @@ def gaussian_noise(
     return sigma * torch.randn(numel, generator=generator, device=device, dtype=dtype)
 
 
+@dataclass(kw_only=True, eq=False)
 class GaussianNoise(UntargetedAttack):
     name = "gaussian"
-    params = {"sigma": 1.0}
 
-    def check(self, config, dataset) -> None:
-        super().check(config, dataset)
-        if not self.sigma > 0:
-            raise ConfigError(f"attack.sigma must be > 0, got {self.sigma}")
+    sigma: float = param(1.0, positive, "> 0 (the noise's standard deviation)")
 
     def train(self, model, x, y, global_flat, ctx, train_kwargs):
         loss = evaluate(model, x, y, device=ctx.device).loss

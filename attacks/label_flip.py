@@ -8,21 +8,25 @@ model classifies as the target.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from attacks.base import Attack, num_classes
 from fedsec.errors import ConfigError
+from fedsec.params import at_least, param
 
 
+@dataclass(kw_only=True, eq=False)
 class LabelFlip(Attack):
     name = "label-flip"
-    params = {"source_label": 7}
     backdoor_test_params = ("source_label",)
     default_target = 1
 
-    def __init__(self, target_label: int = -1, **params) -> None:
-        super().__init__(target_label, **params)
-        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    source_label: int = param(7, at_least(0), "a class >= 0")
+    _cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def check(self, config, dataset) -> None:
         super().check(config, dataset)

@@ -26,11 +26,13 @@ As implemented here:
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch.nn import functional as F
 
 from attacks.triggers import PatternTriggerAttack
-from fedsec.errors import ConfigError
+from fedsec.params import param
 from fedsec.training import assign_flat_params, flatten_params, train
 
 
@@ -70,18 +72,13 @@ def top_fraction_mask(scores: torch.Tensor, fraction: float) -> torch.Tensor:
     return mask
 
 
+@dataclass(kw_only=True, eq=False)
 class Neurotoxin(PatternTriggerAttack):
     name = "neurotoxin"
-    params = {**PatternTriggerAttack.params, "mask_fraction": 0.05}
 
-    def __init__(self, target_label: int = -1, **params) -> None:
-        super().__init__(target_label, **params)
-        self.last_mask: torch.Tensor | None = None  # the mask of the latest update (tests, logs)
-
-    def check(self, config, dataset) -> None:
-        super().check(config, dataset)
-        if not 0 <= self.mask_fraction < 1:
-            raise ConfigError(f"attack.mask_fraction must be in [0, 1), got {self.mask_fraction}")
+    mask_fraction: float = param(0.05, lambda v: 0 <= v < 1, "in [0, 1)")
+    #: the mask of the latest update (tests, logs)
+    last_mask: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def train(self, model, x, y, global_flat, ctx, train_kwargs):
         device = ctx.device

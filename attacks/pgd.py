@@ -13,10 +13,12 @@ of tail inputs, so honest clients' data pull the other way and the backdoor fade
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from attacks.procedures import ProjectedGradientMixin
 from attacks.triggers import PatternTriggerAttack
 
 
+@dataclass(kw_only=True, eq=False)
 class PatternPGD(ProjectedGradientMixin, PatternTriggerAttack):
     name = "pgd"
-    params = {**PatternTriggerAttack.params, **ProjectedGradientMixin.pgd_params}

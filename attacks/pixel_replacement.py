@@ -16,4 +16,3 @@ from attacks.triggers import PatternTriggerAttack
 
 class PixelReplacement(ModelReplacementMixin, PatternTriggerAttack):
     name = "pixel-replacement"
-    params = dict(PatternTriggerAttack.params)

@@ -17,13 +17,17 @@ on the device the model trains on.
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from attacks.base import AttackContext
-from fedsec.errors import ConfigError
+from fedsec.params import at_least, in_unit_interval, one_of, param, positive
 from fedsec.training import TrainStats, assign_flat_params, flatten_params, train
+
+#: What ``attack.eps`` is measured in (:class:`ProjectedGradientMixin`).
+EPS_UNITS = ("absolute", "benign-norm")
 
 
 def project_to_ball(model: torch.nn.Module, center: torch.Tensor, eps: float) -> bool:
@@ -89,6 +93,7 @@ def replacement_factor(ctx: AttackContext, stats: TrainStats) -> float:
     return ctx.round_examples / stats.num_examples
 
 
+@dataclass(kw_only=True, eq=False)
 class ProjectedGradientMixin:
     """Makes an attack's training PGD: SGD projected onto the L2 ball of radius
     ``eps * eps_decay ** (round - 1)`` around the round's global model every
@@ -104,13 +109,10 @@ class ProjectedGradientMixin:
     the honest update is the same attacker strength everywhere (0.5: inside the honest
     crowd, 2: twice as far out)."""
 
-    pgd_params: ClassVar[dict[str, Any]] = {
-        "eps": 1.0,
-        "eps_unit": "absolute",
-        "project_every": 10,
-        "eps_decay": 1.0,
-    }
-    EPS_UNITS: ClassVar[tuple[str, ...]] = ("absolute", "benign-norm")
+    eps: float = param(1.0, positive, "> 0 (the PGD radius)")
+    eps_unit: str = param("absolute", one_of(*EPS_UNITS), "one of 'absolute', 'benign-norm'")
+    project_every: int = param(10, at_least(1), ">= 1 (optimizer steps)")
+    eps_decay: float = param(1.0, in_unit_interval, "in (0, 1]")
 
     def radius(self, server_round: int) -> float:
         """The radius in ``eps_unit`` units."""
@@ -130,22 +132,6 @@ class ProjectedGradientMixin:
         )
         self.transform_update(model, global_flat, ctx, stats)
         return stats
-
-    def check(self, config, dataset) -> None:
-        super().check(config, dataset)
-        if not self.eps > 0:
-            raise ConfigError(f"attack.eps (the PGD radius) must be > 0, got {self.eps}")
-        if self.eps_unit not in self.EPS_UNITS:
-            raise ConfigError(
-                f"attack.eps_unit must be one of {', '.join(map(repr, self.EPS_UNITS))}, "
-                f"got {self.eps_unit!r}"
-            )
-        if self.project_every < 1:
-            raise ConfigError(
-                f"attack.project_every must be >= 1 (optimizer steps), got {self.project_every}"
-            )
-        if not 0 < self.eps_decay <= 1:
-            raise ConfigError(f"attack.eps_decay must be in (0, 1], got {self.eps_decay}")
 
 
 class ModelReplacementMixin:

@@ -6,19 +6,18 @@ The client trains honestly on its own data (plain local SGD), then sends
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from attacks.procedures import scale_update
 from attacks.untargeted import UntargetedAttack
-from fedsec.errors import ConfigError
+from fedsec.params import param, positive
 
 
+@dataclass(kw_only=True, eq=False)
 class SignFlip(UntargetedAttack):
     name = "sign-flip"
-    params = {"scale": 1.0}
 
-    def check(self, config, dataset) -> None:
-        super().check(config, dataset)
-        if not self.scale > 0:
-            raise ConfigError(f"attack.scale must be > 0, got {self.scale}")
+    scale: float = param(1.0, positive, "> 0")
 
     def transform_update(self, model, global_flat, ctx, stats) -> None:
         scale_update(model, global_flat, -self.scale)

@@ -19,13 +19,15 @@ global trigger. An image must be at least that box (8x8 ``digits`` needs e.g.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from attacks.base import Attack, AttackContext
 from fedsec.errors import ConfigError
+from fedsec.params import at_least, in_unit_interval, param
 
 GLOBAL_PARTS = 4  # parts of the pattern that pixel-replacement, pgd and neurotoxin stamp whole
 
@@ -65,6 +67,7 @@ def stamp(x: np.ndarray, mask: np.ndarray, value: float = 1.0) -> np.ndarray:
     return out
 
 
+@dataclass(kw_only=True, eq=False)
 class PatternTriggerAttack(Attack):
     """Base of the pattern-trigger attacks: poison a share of the attacker's own data.
 
@@ -75,26 +78,22 @@ class PatternTriggerAttack(Attack):
     trigger a client stamps (:meth:`client_trigger`) and the training procedure.
     """
 
-    params: ClassVar[dict[str, Any]] = {"poison_fraction": 0.3, "trigger_size": 4, "trigger_gap": 2}
     default_target = 2
     backdoor_test_params = ("trigger_size", "trigger_gap")
     num_parts_of_global: ClassVar[int] = GLOBAL_PARTS
 
-    def __init__(self, target_label: int = -1, **params: Any) -> None:
-        super().__init__(target_label, **params)
-        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    poison_fraction: float = param(
+        0.3, in_unit_interval, "in (0, 1] (the share of its examples it poisons)"
+    )
+    trigger_size: int = param(4, at_least(1), ">= 1 (pixels)")
+    trigger_gap: int = param(2, at_least(0), ">= 0 (pixels)")
+    _cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     # ----------------------------------------------------------------- validation
     def check(self, config, dataset) -> None:
         super().check(config, dataset)
-        if not 0 < self.poison_fraction <= 1:
-            raise ConfigError(
-                f"attack.poison_fraction must be in (0, 1], got {self.poison_fraction}"
-            )
-        if self.trigger_size < 1:
-            raise ConfigError(f"attack.trigger_size must be >= 1 (pixels), got {self.trigger_size}")
-        if self.trigger_gap < 0:
-            raise ConfigError(f"attack.trigger_gap must be >= 0 (pixels), got {self.trigger_gap}")
         if dataset is not None:
             _, height, width = dataset.input_shape
             need = trigger_box(self.num_parts_of_global, self.trigger_size, self.trigger_gap)

@@ -45,7 +45,6 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -59,12 +58,12 @@ if str(REPO) not in sys.path:
 # The GPU machine has no flwr: defenses/__init__.py imports the Flower strategies only
 # when they are asked for, so `from defenses import rules` needs none of it.
 # They come after the sys.path setup above, hence the noqa: E402.
+from benchmarks.synthetic_round import OUTLIER, Round, make_round  # noqa: E402
 from fedsec.models import build_model  # noqa: E402  # torch/numpy/fedsec.errors only
 from fedsec.training import train  # noqa: E402
 
 SEED = 0
 NUM_CLASSES = 10
-OUTLIER = 3
 VGG9_SIZE = 9_225_610
 BATCH = 32
 #: (model, input shape, training examples per timed epoch, lr, He-initialised convs).
@@ -279,51 +278,6 @@ def rule_specs() -> list[tuple[str, Callable[[], object]]]:
     ]
 
 
-@dataclass
-class Round:
-    models: torch.Tensor
-    weights: torch.Tensor
-    global_model: torch.Tensor
-    root_update: torch.Tensor
-    client_ids: list[int]
-
-    def to(self, device: torch.device) -> Round:
-        return Round(
-            self.models.to(device),
-            self.weights.to(device),
-            self.global_model.to(device),
-            self.root_update.to(device),
-            self.client_ids,
-        )
-
-    def call(self, rule):
-        return rule.aggregate(
-            self.models,
-            self.weights,
-            self.global_model,
-            client_ids=self.client_ids,
-            root_update=self.root_update,
-        )
-
-
-def make_round(n: int, d: int, seed: int = SEED) -> Round:
-    """Float32 models ``w_0 + s + N(0, sigma_i^2)`` (w_0 ~ N(0, 0.05), shared update
-    s ~ N(0, 0.005), sigma_i = 0.002 (1 + 0.15 i)); client OUTLIER is
-    ``w_0 - 4 s + N(0, 0.02)`` (as in tests/test_gpu.py)."""
-    gen = torch.Generator().manual_seed(seed)
-    base = torch.empty(d).normal_(0, 0.05, generator=gen)
-    shared = torch.empty(d).normal_(0, 0.005, generator=gen)
-    models = torch.empty(n, d)
-    for i in range(n):
-        if i == OUTLIER:
-            models[i].normal_(0, 0.02, generator=gen).add_(shared, alpha=-4).add_(base)
-        else:
-            models[i].normal_(0, 0.002 * (1 + 0.15 * i), generator=gen).add_(shared).add_(base)
-    weights = torch.randint(100, 600, (n,), generator=gen).double()
-    root = torch.empty(d).normal_(0, 0.002, generator=gen).add_(shared)
-    return Round(models, weights, base, root, list(range(100, 100 + n)))
-
-
 def best_time(device: torch.device, factory, batch: Round, repeats: int) -> float:
     """Best of ``repeats`` timed calls, each of a fresh rule (stateful rules start over)."""
     return min(timed(device, lambda: batch.call(factory()))[0] for _ in range(repeats))
@@ -350,7 +304,7 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor, start: torch.Tensor) -> float:
 
 
 def time_rules(out: Output, devices: list[torch.device], n: int, d: int, repeats: int) -> None:
-    cpu_round = make_round(n, d)
+    cpu_round = make_round(n, d, SEED)
     batches = {
         role(dev): (dev, cpu_round if dev.type == "cpu" else cpu_round.to(dev)) for dev in devices
     }

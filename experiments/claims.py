@@ -32,6 +32,7 @@ from fedsec.report.stats import (
     NOT_SEPARATED,
     format_ci,
     paired_difference,
+    per_seed_values,
     verdict_at_least,
     verdict_at_most,
 )
@@ -41,11 +42,6 @@ BACKDOOR_IN = 5.0  # points of BA above the no-attack baseline
 MA_MARGIN = 1.0  # points of MA below FedAvg's no-attack MA
 PAPER_FAILURE_BA = 20.0  # a paper cell with BA >= 20 is a failure of that defense
 LABEL = {HOLDS: "HOLDS        ", FAILS: "FAILS        ", NOT_SEPARATED: "NOT SEPARATED"}
-
-
-def per_seed(group: dict, metric: str) -> dict[str, float]:
-    stat = group["metrics"][metric]
-    return dict(zip(stat["seeds"], stat["values"], strict=True))
 
 
 def paper_failures() -> list[tuple[str, str]]:
@@ -93,7 +89,8 @@ def check_set(s: dict) -> list[str]:
             fed = cells.get(("fedavg", (g.get("baseline") or {}).get("col", "")))
             if fed is not None:
                 drop = paired_difference(
-                    per_seed(g, "final_main_accuracy"), per_seed(fed, "final_main_accuracy")
+                    per_seed_values(g["metrics"]["final_main_accuracy"]),
+                    per_seed_values(fed["metrics"]["final_main_accuracy"]),
                 )
                 line(
                     verdict_at_least(drop, -MA_MARGIN),

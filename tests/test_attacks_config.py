@@ -44,11 +44,11 @@ def config_error(*overrides: str) -> str:
         ),
         (
             [*DIGITS, "attack.name=pgd", "attack.eps=0"],
-            "attack.eps (the PGD radius) must be > 0, got 0.0",
+            "attack.eps must be > 0 (the PGD radius), got 0",
         ),
         (
             [*DIGITS, "attack.name=edge-case-pgd", "attack.eps=-1.5"],
-            "attack.eps (the PGD radius) must be > 0, got -1.5",
+            "attack.eps must be > 0 (the PGD radius), got -1.5",
         ),
         (
             [*DIGITS, "attack.name=label-flip", "attack.target_label=10"],
@@ -77,7 +77,7 @@ def config_error(*overrides: str) -> str:
         ),
         (
             [*DIGITS, "attack.name=edge-case", "attack.edge_case=plane"],
-            "unknown attack.edge_case 'plane'; valid: auto, ardis, southwest, tail",
+            "attack.edge_case must be one of auto, ardis, southwest, tail, got 'plane'",
         ),
         (
             [*DIGITS, "attack.name=label-flip", "attack.source_label=1"],
@@ -85,13 +85,17 @@ def config_error(*overrides: str) -> str:
         ),
         (
             [*DIGITS, "attack.name=dba", "attack.poison_fraction=1.5"],
-            "attack.poison_fraction must be in (0, 1], got 1.5",
+            "attack.poison_fraction must be in (0, 1] (the share of its examples it poisons), "
+            "got 1.5",
         ),
         (
             [*DIGITS, "attack.name=neurotoxin", "attack.mask_fraction=1.0"],
             "attack.mask_fraction must be in [0, 1), got 1.0",
         ),
-        ([*DIGITS, "attack.name=gaussian", "attack.sigma=0"], "attack.sigma must be > 0, got 0.0"),
+        (
+            [*DIGITS, "attack.name=gaussian", "attack.sigma=0"],
+            "attack.sigma must be > 0 (the noise's standard deviation), got 0",
+        ),
         (
             [*DIGITS, "attack.name=gaussian", "attack.target_label=3"],
             "attack 'gaussian' is untargeted; remove attack.target_label",
@@ -102,7 +106,7 @@ def config_error(*overrides: str) -> str:
         ),
         (
             [*DIGITS, "attack.name=pgd", "attack.eps=big"],
-            "attack.eps must be of type float, got 'big'",
+            "attack.eps must be > 0 (the PGD radius), got 'big'",
         ),
     ],
 )
@@ -232,3 +236,27 @@ def test_runs_that_measure_the_same_backdoor_inputs_share_a_backdoor_key():
     assert backdoor_key(edge) != pattern
     assert backdoor_key({"name": "sign-flip"}) is None
     assert backdoor_key({"name": "none"}) is None
+
+
+def test_attacks_and_rules_declare_parameters_one_way():
+    # Every attack parameter and every rule parameter is a typed field made with
+    # fedsec.params.param: the declaration gives the check and the message.
+    from dataclasses import fields
+
+    import defenses.rules as rules
+    from fedsec.params import parameter_fields
+
+    for cls in ATTACKS.values():
+        declared = {f.name for f in parameter_fields(cls)}
+        assert declared == set(cls.parameters()) and declared, cls
+        assert all(f.metadata["expect"] for f in parameter_fields(cls))
+    for name in rules.__all__:
+        rule = getattr(rules, name)
+        if isinstance(rule, type) and issubclass(rule, rules.AggregationRule) and rule.name:
+            init = {f.name for f in fields(rule) if f.init}
+            assert init == {f.name for f in parameter_fields(rule)}, rule
+    attack = ATTACKS["dba"](trigger_size=True)  # a bool is not an int
+    with pytest.raises(
+        ConfigError, match=r"^attack.trigger_size must be >= 1 \(pixels\), got True$"
+    ):
+        attack.validate()

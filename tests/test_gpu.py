@@ -71,6 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.synthetic_round import Round, make_round
 from defenses import rules
 from defenses.rules import AggregationResult, AggregationRule
 from defenses.rules.base import BLOCK_COLUMNS, CHUNK_COLUMNS
@@ -79,7 +80,6 @@ from fedsec.training import evaluate, train
 
 SEED = 0
 NUM_CLASSES = 10
-OUTLIER = 3
 NUM_CLIENTS = 10
 VGG9_SIZE = 9_225_610
 #: Model size of the CPU-only rule tests: crosses a column block and ends mid-chunk.
@@ -413,53 +413,6 @@ def rule_id(spec: RuleSpec) -> str:
     return spec.label
 
 
-@dataclass
-class Round:
-    models: torch.Tensor
-    weights: torch.Tensor
-    global_model: torch.Tensor
-    root_update: torch.Tensor
-    client_ids: list[int]
-
-    def to(self, device: torch.device) -> Round:
-        return Round(
-            self.models.to(device),
-            self.weights.to(device),
-            self.global_model.to(device),
-            self.root_update.to(device),
-            self.client_ids,
-        )
-
-    def call(self, rule: AggregationRule) -> AggregationResult:
-        return rule.aggregate(
-            self.models,
-            self.weights,
-            self.global_model,
-            client_ids=self.client_ids,
-            root_update=self.root_update,
-        )
-
-
-def make_round(n: int, d: int, seed: int = SEED) -> Round:
-    """Float32 models ``w_0 + s + N(0, sigma_i^2)`` (global w_0 ~ N(0, 0.05), shared
-    update s ~ N(0, 0.005), sigma_i = 0.002 (1 + 0.15 i), so that the clients' distances
-    and scores are well apart and no selection hinges on a near-tie that rounding could
-    flip); client OUTLIER is ``w_0 - 4 s + N(0, 0.02)``. Row by row, so no temporary
-    outgrows one row."""
-    gen = torch.Generator().manual_seed(seed)
-    base = torch.empty(d).normal_(0, 0.05, generator=gen)
-    shared = torch.empty(d).normal_(0, 0.005, generator=gen)
-    models = torch.empty(n, d)
-    for i in range(n):
-        if i == OUTLIER:
-            models[i].normal_(0, 0.02, generator=gen).add_(shared, alpha=-4).add_(base)
-        else:
-            models[i].normal_(0, 0.002 * (1 + 0.15 * i), generator=gen).add_(shared).add_(base)
-    weights = torch.randint(100, 600, (n,), generator=gen).double()
-    root = torch.empty(d).normal_(0, 0.002, generator=gen).add_(shared)
-    return Round(models, weights, base, root, list(range(100, 100 + n)))
-
-
 def round_size(device: torch.device) -> int:
     """d of the round a single-device test uses: VGG-9's on CUDA, small on the CPU."""
     return VGG9_SIZE if device.type == "cuda" else CPU_SIZE
@@ -476,7 +429,7 @@ class RuleRuns:
     def round(self, d: int, device: torch.device) -> Round:
         key = (d, device)
         if key not in self._rounds:
-            cpu_round = make_round(NUM_CLIENTS, d) if device == CPU else self.round(d, CPU)
+            cpu_round = make_round(NUM_CLIENTS, d, SEED) if device == CPU else self.round(d, CPU)
             self._rounds[key] = cpu_round if device == CPU else cpu_round.to(device)
         return self._rounds[key]
 

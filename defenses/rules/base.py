@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
-from types import NoneType, UnionType
-from typing import Any, ClassVar, get_args, get_type_hints
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from fedsec.errors import ConfigError
+from fedsec.params import check_parameters
+from fedsec.params import non_negative as non_negative  # re-exported for the rule modules
+from fedsec.params import param as param
+from fedsec.params import positive as positive
 
 #: Columns per block in the blocked helpers (a float32 block of 30 clients is 16 MB):
 #: few enough blocks that a busy CPU costs few thread synchronisations.
@@ -67,19 +69,6 @@ class AggregationResult:
     note: str = ""
 
 
-def param(default: Any, check: Callable[[Any], bool], expect: str) -> Any:
-    """A rule parameter: its default, its range check and the words for a valid value."""
-    return field(default=default, metadata={"check": check, "expect": expect})
-
-
-def positive(value: float) -> bool:
-    return math.isfinite(value) and value > 0
-
-
-def non_negative(value: float) -> bool:
-    return math.isfinite(value) and value >= 0
-
-
 @dataclass(kw_only=True)
 class AggregationRule:
     """Base of every rule: sklearn-style, the constructor only stores parameters.
@@ -101,17 +90,7 @@ class AggregationRule:
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for a parameter of the wrong type or out of range."""
-        hints = get_type_hints(type(self))
-        for spec in fields(self):
-            if not spec.init:
-                continue
-            value = getattr(self, spec.name)
-            expect = spec.metadata["expect"]
-            if not _has_type(value, hints[spec.name]) or not spec.metadata["check"](value):
-                raise ConfigError(
-                    f"defense {self.name!r}: parameter {spec.name!r} must be {expect}, "
-                    f"got {value!r}"
-                )
+        check_parameters(self, lambda name: f"defense {self.name!r}: parameter {name!r}")
 
     def min_clients(self) -> int:
         """Fewest valid clients the rule needs; with fewer the round keeps the model."""
@@ -247,18 +226,6 @@ class SeededRule(AggregationRule):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._calls = int(state["calls"])
-
-
-def _has_type(value: Any, hint: Any) -> bool:
-    if isinstance(hint, UnionType):
-        return any(_has_type(value, option) for option in get_args(hint))
-    if hint is NoneType:
-        return value is None
-    if isinstance(value, bool):
-        return hint is bool
-    if hint is float:
-        return isinstance(value, (int, float))
-    return isinstance(value, hint)
 
 
 # ----------------------------------------------------------------------------- helpers

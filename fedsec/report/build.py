@@ -16,6 +16,7 @@ from fedsec.report.stats import (
     BASELINE,
     paired_difference,
     paper_ranking,
+    per_seed_values,
     ranking_scores,
     seed_rankings,
     summarize,
@@ -232,8 +233,7 @@ def _add_baselines(sets: list[dict[str, Any]]) -> None:
 
 
 def _per_seed(group: dict[str, Any], metric: str) -> dict[str, float]:
-    stat = group["metrics"][metric]
-    return dict(zip(stat["seeds"], stat["values"], strict=True))
+    return per_seed_values(group["metrics"][metric])
 
 
 def selection_quotas(runs: Sequence[Run]) -> list[dict[str, str]]:
@@ -259,27 +259,10 @@ def _set_ranking(groups: list[dict], layout: Layout, paper: str | None) -> dict[
     ma = {k: m["final_main_accuracy"]["mean"] for k, m in by.items()}
     ba = {k: m["final_backdoor_accuracy"]["mean"] for k, m in by.items()}
     ranking = ranking_scores(ma, ba, row_vals, col_vals)
+    cells = {(g["row"], g["col"]): g for g in groups}
     ranking["per_seed"] = seed_rankings(
-        {
-            k: dict(
-                zip(
-                    m["final_main_accuracy"]["seeds"],
-                    m["final_main_accuracy"]["values"],
-                    strict=True,
-                )
-            )
-            for k, m in by.items()
-        },
-        {
-            k: dict(
-                zip(
-                    m["final_backdoor_accuracy"]["seeds"],
-                    m["final_backdoor_accuracy"]["values"],
-                    strict=True,
-                )
-            )
-            for k, m in by.items()
-        },
+        {k: _per_seed(g, "final_main_accuracy") for k, g in cells.items()},
+        {k: _per_seed(g, "final_backdoor_accuracy") for k, g in cells.items()},
         row_vals,
         ranking["attacks"],
     )

@@ -56,6 +56,11 @@ def mean_std(values: Sequence[float | None]) -> dict[str, Any]:
     return summarize({str(i): v for i, v in enumerate(values)})
 
 
+def per_seed_values(stat: Mapping[str, Any]) -> dict[str, float]:
+    """``{seed: value}`` of a :func:`summarize` result."""
+    return dict(zip(stat["seeds"], stat["values"], strict=True))
+
+
 def paired_difference(
     a: Mapping[str, float | None], b: Mapping[str, float | None]
 ) -> dict[str, Any]:

@@ -1,0 +1,60 @@
+"""The synthetic aggregation round that the GPU checks (tests/test_gpu.py) and the GPU
+timing script (benchmarks/gpu_timing.py) share: torch only, no Flower."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+OUTLIER = 3  # the client whose update is sign-flipped, scaled and noisier
+
+
+@dataclass
+class Round:
+    """One round's input to a rule, movable between devices."""
+
+    models: torch.Tensor
+    weights: torch.Tensor
+    global_model: torch.Tensor
+    root_update: torch.Tensor
+    client_ids: list[int]
+
+    def to(self, device: torch.device) -> Round:
+        return Round(
+            self.models.to(device),
+            self.weights.to(device),
+            self.global_model.to(device),
+            self.root_update.to(device),
+            self.client_ids,
+        )
+
+    def call(self, rule):
+        """``rule.aggregate`` of this round."""
+        return rule.aggregate(
+            self.models,
+            self.weights,
+            self.global_model,
+            client_ids=self.client_ids,
+            root_update=self.root_update,
+        )
+
+
+def make_round(n: int, d: int, seed: int) -> Round:
+    """Float32 models ``w_0 + s + N(0, sigma_i^2)`` (global w_0 ~ N(0, 0.05), shared
+    update s ~ N(0, 0.005), sigma_i = 0.002 (1 + 0.15 i), so that the clients' distances
+    and scores are well apart and no selection hinges on a near-tie that rounding could
+    flip); client OUTLIER is ``w_0 - 4 s + N(0, 0.02)``. Row by row, so no temporary
+    outgrows one row."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.empty(d).normal_(0, 0.05, generator=gen)
+    shared = torch.empty(d).normal_(0, 0.005, generator=gen)
+    models = torch.empty(n, d)
+    for i in range(n):
+        if i == OUTLIER:
+            models[i].normal_(0, 0.02, generator=gen).add_(shared, alpha=-4).add_(base)
+        else:
+            models[i].normal_(0, 0.002 * (1 + 0.15 * i), generator=gen).add_(shared).add_(base)
+    weights = torch.randint(100, 600, (n,), generator=gen).double()
+    root = torch.empty(d).normal_(0, 0.002, generator=gen).add_(shared)
+    return Round(models, weights, base, root, list(range(100, 100 + n)))
