@@ -82,7 +82,7 @@ class RunWriter:
         AUROC, and its ``selection_quota`` (for this config's round size), when it has
         one, goes into ``detection`` beside the precision and FPR that it shapes.
         """
-        rounds = read_metrics(self.out_dir / METRICS_FILE)
+        rounds = self.rounds()
         higher = True if rule is None else bool(rule.higher_score_is_suspicious)
         summarized = summarize_rounds(rounds, higher_score_is_suspicious=higher)
         quota = (
@@ -105,8 +105,36 @@ class RunWriter:
             "config": self.config.to_dict(),
             "versions": package_versions(),
         }
-        atomic_write_text(self.out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        self._write_summary(summary)
         return summary
+
+    def rounds(self) -> list[dict[str, Any]]:
+        """The rounds logged so far."""
+        return read_metrics(self.out_dir / METRICS_FILE)
+
+    def _write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_text(self.out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+
+class MemoryWriter(RunWriter):
+    """A :class:`RunWriter` that keeps the rounds and the summary in memory and writes no
+    file: for federations trained as a step of something else (unlearning's retrained
+    and subset models), which need the final model, not a run directory."""
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        self.config = config
+        self.elapsed_before = 0.0
+        self._started = time.time()
+        self._rounds: list[dict[str, Any]] = []
+
+    def log_round(self, record: dict[str, Any]) -> None:
+        self._rounds.append(record)
+
+    def rounds(self) -> list[dict[str, Any]]:
+        return list(self._rounds)
+
+    def _write_summary(self, summary: dict[str, Any]) -> None:
+        pass
 
 
 def summarize_rounds(

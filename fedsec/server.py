@@ -28,7 +28,7 @@ from fedsec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedsec.config import ExperimentConfig
 from fedsec.errors import ConfigError, RunError
 from fedsec.pretrain import initial_state
-from fedsec.results import MODEL_FILE, RunWriter
+from fedsec.results import MODEL_FILE, MemoryWriter, RunWriter
 from fedsec.seeding import derive_seed, rng
 from fedsec.task import FederatedTask, get_task, resolve_device
 from fedsec.training import evaluate, train
@@ -125,19 +125,32 @@ def discover_partitions(
     return mapping
 
 
+@dataclass
+class FederationResult:
+    """What a federation run returns: its summary (as summary.json holds it) and the
+    final global model's state dict."""
+
+    summary: dict[str, Any]
+    state: dict[str, torch.Tensor]
+
+
 def run_federation(
     grid: Grid,
     config: ExperimentConfig,
-    out_dir: str | Path,
+    out_dir: str | Path | None,
     progress: Callable[[str], None] = print,
     resume: bool = False,
-) -> dict[str, Any]:
+) -> FederationResult:
     """Run every round of ``config`` over ``grid``; write the run directory.
 
     With ``resume``, continue from the checkpoint in ``out_dir``: rounds logged after it
     are dropped and run again, so the finished ``metrics.jsonl`` is the one an
-    uninterrupted run writes.
+    uninterrupted run writes. With ``out_dir = None`` nothing is written (no run
+    directory, no checkpoint): the same rounds, kept in memory, for callers that need
+    only the result (``fedsec.engines.train_inprocess``).
     """
+    if out_dir is None and resume:
+        raise ValueError("resume needs the run directory to resume from")
     torch.set_num_threads(config.engine.client_num_cpus)
     task = get_task(config)
     strategy = build_defense(
@@ -156,12 +169,16 @@ def run_federation(
         arrays = ArrayRecord(checkpoint.model)
         strategy.load_state_dict(checkpoint.strategy)
         progress(f"fedsec: resuming after round {checkpoint.round}")
-    writer = RunWriter(out_dir, config, keep_rounds=first_round - 1)
+    writer = (
+        MemoryWriter(config)
+        if out_dir is None
+        else RunWriter(out_dir, config, keep_rounds=first_round - 1)
+    )
     schedule = task.schedule
     node_of = discover_partitions(grid, task.num_clients, config.engine.connect_timeout, progress)
     partition_of = {node: pid for pid, node in node_of.items()}
     evaluator = CentralEvaluator(task)
-    every = config.engine.checkpoint_every
+    every = config.engine.checkpoint_every if out_dir is not None else 0
 
     t_start = time.time() - writer.elapsed_before
     for server_round in range(first_round, config.train.rounds + 1):
@@ -195,8 +212,10 @@ def run_federation(
             )
         progress(_progress_line(record, config.train.rounds))
 
-    torch.save(arrays.to_torch_state_dict(), Path(out_dir) / MODEL_FILE)
-    return writer.finish({}, rule=strategy.rule)
+    state = arrays.to_torch_state_dict()
+    if out_dir is not None:
+        torch.save(state, Path(out_dir) / MODEL_FILE)
+    return FederationResult(writer.finish({}, rule=strategy.rule), state)
 
 
 def run_round(

@@ -70,6 +70,24 @@ def test_same_seed_same_metrics_and_other_seed_differs(tmp_path):
     assert rounds_without_time(tmp_path / "a") != rounds_without_time(tmp_path / "c")
 
 
+def test_a_federation_trained_in_memory_is_the_run_fedsec_run_writes(tmp_path):
+    # Unlearning trains its retrained and subset federations through train_inprocess:
+    # the same round loop as `fedsec run`, without a run directory.
+    from fedsec.engines import train_inprocess
+
+    attack = ["attack.name=sign-flip", "attack.every=2", "defense.name=multi-metrics"]
+    run_cli(tmp_path / "run", *attack)
+    config = load_config(DEFAULT_EXPERIMENT, [*SMALL, *attack])
+    result = train_inprocess(config)
+    written = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert result.state.keys() == written.keys()
+    assert all(torch.equal(result.state[k], written[k]) for k in written)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for key in ("final_main_accuracy", "best_main_accuracy", "detection", "rounds"):
+        assert result.summary[key] == summary[key]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing written
+
+
 @pytest.mark.slow
 def test_flower_engine_gives_identical_rounds_to_inprocess(tmp_path):
     run_cli(tmp_path / "inprocess")

@@ -13,9 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedsec.config import ExperimentConfig
 from fedsec.registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fedsec.server import FederationResult
 
 
 def run_experiment_inprocess(
@@ -33,6 +37,21 @@ def run_experiment_inprocess(
         RESUME_KEY: resume,
     }
     run_inprocess(server_app, client_app, config.data.num_clients, run_config)
+
+
+def train_inprocess(
+    config: ExperimentConfig, progress: Callable[[str], None] = lambda line: None
+) -> FederationResult:
+    """The federation of ``config`` trained on the in-process engine and kept in memory:
+    the round loop ``fedsec run`` runs (``fedsec.server.run_federation``, the same
+    ClientApp and strategy), without a run directory. Returns the summary and the final
+    state dict."""
+    from fedsec.apps.client_app import app as client_app
+    from fedsec.engines.inprocess import in_process_grid
+    from fedsec.server import run_federation
+
+    grid = in_process_grid(client_app, config.data.num_clients, config.to_flat())
+    return run_federation(grid, config.validate(), None, progress=progress)
 
 
 #: ``engine.name`` -> ``run(config, out_dir, resume=False)``, from the simplest to the most

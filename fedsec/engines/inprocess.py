@@ -105,16 +105,21 @@ class InProcessGrid(Grid):
             )
 
 
-def run_inprocess(
-    server_app: ServerApp, client_app: ClientApp, num_nodes: int, run_config: dict
-) -> None:
-    """Run ``server_app`` against ``num_nodes`` in-process ClientApp nodes."""
+def in_process_grid(client_app: ClientApp, num_nodes: int, run_config: dict) -> InProcessGrid:
+    """The grid of ``num_nodes`` in-process ClientApp nodes, this process the server."""
     # Flower stamps every new Message with the identity of the process's task, which
     # its own runtimes set before running an app; this process is the SuperLink's node.
     TaskIdentity.task_id = 1
     TaskIdentity.run_id = 0
     TaskIdentity.node_id = SERVER_NODE_ID
-    grid = InProcessGrid(client_app, num_nodes, run_config)
+    return InProcessGrid(client_app, num_nodes, run_config)
+
+
+def run_inprocess(
+    server_app: ServerApp, client_app: ClientApp, num_nodes: int, run_config: dict
+) -> None:
+    """Run ``server_app`` against ``num_nodes`` in-process ClientApp nodes."""
+    grid = in_process_grid(client_app, num_nodes, run_config)
     context = Context(
         run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config)
     )

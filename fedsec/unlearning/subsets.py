@@ -17,17 +17,15 @@ inputs. Two implementations:
 
 from __future__ import annotations
 
-import contextlib
-import io
+import copy
+import dataclasses
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,27 +45,23 @@ def federation_variant(config: ExperimentConfig, seed: int, exclude=()) -> Exper
     to its federation seed); checkpoints are off and the in-process engine runs it.
     """
     ids = ",".join(str(int(c)) for c in sorted(exclude))
-    return config.with_overrides(
-        [
-            f"seed={int(seed)}",
-            f"data.partition_seed={config.federation_seed}",
-            f'train.exclude_clients="{ids}"',
-            "engine.checkpoint_every=0",
-            'engine.name="inprocess"',
-        ]
+    config = copy.deepcopy(config)  # the variant shares no mutable part with the original
+    return dataclasses.replace(
+        config,
+        seed=int(seed),
+        data=dataclasses.replace(config.data, partition_seed=config.federation_seed),
+        train=dataclasses.replace(config.train, exclude_clients=ids),
+        engine=dataclasses.replace(config.engine, checkpoint_every=0, name="inprocess"),
     ).validate()
 
 
 def train_federation(config: ExperimentConfig) -> dict[str, torch.Tensor]:
-    """Run ``config`` on the in-process engine, quietly; the final global state dict."""
-    from fedsec.engines import run_experiment  # Flower lives behind this import
-    from fedsec.results import MODEL_FILE
+    """Train ``config``'s federation in memory, quietly (``fedsec.engines.train_inprocess``:
+    the round loop of ``fedsec run``); the final global state dict."""
+    from fedsec.engines import train_inprocess  # Flower lives behind this import
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix="fedsec-unlearn-") as tmp:
-        with contextlib.redirect_stdout(io.StringIO()):
-            run_experiment(config, tmp)
-        return torch.load(Path(tmp) / MODEL_FILE, weights_only=True)
+    return train_inprocess(config).state
 
 
 @dataclass
