@@ -41,6 +41,22 @@ def pool_context(task, pid: int):
     )
 
 
+def tiny_digits(rounds: int, seed: int, local_epochs: int = 1) -> list[str]:
+    """``--set`` overrides of a tiny federation: 8x8 digits, an MLP, 6 clients, 3 a round
+    (the attack tests' setting; triggers must then fit 8x8 images)."""
+    return [
+        "data.name=digits",
+        "model.name=mlp",
+        "data.num_clients=6",
+        "data.min_partition_size=5",
+        "train.clients_per_round=3",
+        f"train.rounds={rounds}",
+        f"train.local_epochs={local_epochs}",
+        "engine.client_num_cpus=1",
+        f"seed={seed}",
+    ]
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 #: A small experiment (10 digits clients, an MLP, one local epoch): format it with

@@ -12,18 +12,9 @@ from fedsec.config import load_config
 from fedsec.errors import ConfigError
 from fedsec.results import read_metrics
 from fedsec.sampling import AttackSchedule
+from tests.runs import tiny_digits
 
-DIGITS = [
-    "data.name=digits",
-    "model.name=mlp",
-    "data.num_clients=6",
-    "data.min_partition_size=5",
-    "train.clients_per_round=3",
-    "train.rounds=4",
-    "train.local_epochs=1",
-    "engine.client_num_cpus=1",
-    "seed=4",
-]
+DIGITS = tiny_digits(rounds=4, seed=4)
 
 
 def config_error(*overrides: str) -> str:

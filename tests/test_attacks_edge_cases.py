@@ -8,18 +8,10 @@ import torch
 from fedsec.config import load_config
 from fedsec.data import load_ardis
 from fedsec.task import get_task
-from tests.runs import pool_context
+from tests.runs import pool_context, tiny_digits
 
-DIGITS = [
-    "data.name=digits",
-    "model.name=mlp",
-    "data.num_clients=6",
-    "data.min_partition_size=5",
-    "train.clients_per_round=3",
-    "train.rounds=2",
-    "engine.client_num_cpus=1",
-    "seed=1",
-]
+# (two local epochs: the default)
+DIGITS = tiny_digits(rounds=2, seed=1, local_epochs=2)
 MNIST5K = ["data.name=mnist5k", "data.num_clients=20", "train.rounds=2", "seed=2"]
 
 

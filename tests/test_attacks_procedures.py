@@ -16,20 +16,10 @@ from fedsec.config import load_config
 from fedsec.errors import ConfigError
 from fedsec.task import ATTACKER_INDEX, NUM_ATTACKERS, ROUND_EXAMPLES, get_task
 from fedsec.training import assign_flat_params, flatten_params, train
-from tests.runs import pool_context
+from tests.runs import pool_context, tiny_digits
 
 # 8x8 digits, a 200-unit MLP, 6 clients; small triggers so that they fit 8x8 images.
-BASE = [
-    "data.name=digits",
-    "model.name=mlp",
-    "data.num_clients=6",
-    "data.min_partition_size=5",
-    "train.clients_per_round=3",
-    "train.rounds=4",
-    "train.local_epochs=1",
-    "engine.client_num_cpus=1",
-    "seed=3",
-]
+BASE = tiny_digits(rounds=4, seed=3)
 TRIGGER = ["attack.trigger_size=2", "attack.trigger_gap=1"]
 
 

@@ -62,8 +62,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -71,7 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.synthetic_round import Round, make_round
+from benchmarks.gpu_shared import Round, make_round, tf32
 from defenses import rules
 from defenses.rules import AggregationResult, AggregationRule
 from defenses.rules.base import BLOCK_COLUMNS, CHUNK_COLUMNS
@@ -122,19 +121,6 @@ def device(request) -> torch.device:
 def cuda_device() -> torch.device:
     """The current CUDA device (for gpu-only tests, which skip before this runs)."""
     return torch.device("cuda", torch.cuda.current_device())
-
-
-@contextmanager
-def tf32(enabled: bool | None) -> Iterator[None]:
-    """Set cuDNN's and cuBLAS's TF32 switches for a block (None: leave the defaults)."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    if enabled is not None:
-        torch.backends.cudnn.allow_tf32 = enabled
-        torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 # ----------------------------------------------------------------------------- training

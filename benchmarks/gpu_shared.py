@@ -1,8 +1,11 @@
-"""The synthetic aggregation round that the GPU checks (tests/test_gpu.py) and the GPU
-timing script (benchmarks/gpu_timing.py) share: torch only, no Flower."""
+"""What the GPU checks (tests/test_gpu.py) and the GPU timing script
+(benchmarks/gpu_timing.py) share: the synthetic aggregation round and the TF32 switch.
+Torch only, no Flower."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -58,3 +61,16 @@ def make_round(n: int, d: int, seed: int) -> Round:
     weights = torch.randint(100, 600, (n,), generator=gen).double()
     root = torch.empty(d).normal_(0, 0.002, generator=gen).add_(shared)
     return Round(models, weights, base, root, list(range(100, 100 + n)))
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool | None) -> Iterator[None]:
+    """Set cuDNN's and cuBLAS's TF32 switches for a block (None: leave the defaults)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    if enabled is not None:
+        torch.backends.cudnn.allow_tf32 = enabled
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
