@@ -87,6 +87,10 @@ def test_the_leader_ranks_first_only_when_every_gap_is_beyond_the_seed_spread():
     assert ranking["first"]["not_separated_from"] == ["close"]
     by = {e["defense"]: e for e in ranking["defenses"]}
     assert by["close"]["ranks"] == {"0": 2, "1": 2, "2": 1}
+    # a defense without a score on any seed is not "not separated" from the leader
+    ma[("unscored", "mr")], ba[("unscored", "mr")] = {}, {}
+    ranking = seed_rankings(ma, ba, ["fedavg", "good", "close", "unscored"], ["mr"])
+    assert ranking["first"]["not_separated_from"] == ["close"]
 
 
 # ------------------------------------------------------------- a two-sweep regime map

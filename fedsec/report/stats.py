@@ -189,7 +189,10 @@ def seed_rankings(
     it, else ``not separated`` with the defenses it cannot be told from (the leader has
     the best mean, so it is never separated below another).
     """
-    seeds = sorted({s for table in (ma, ba) for v in table.values() for s in v}, key=str)
+    seeds = sorted(
+        {s for table in (ma, ba) for v in table.values() for s in v},
+        key=lambda s: (0, int(s), "") if str(s).isdigit() else (1, 0, str(s)),
+    )
     per_seed: dict[str, dict[str, float | None]] = {d: {} for d in defenses}
     ranks: dict[str, dict[str, int | None]] = {d: {} for d in defenses}
     used_seeds = []
@@ -214,7 +217,7 @@ def seed_rankings(
     tied = []
     for d in defenses:
         entry = {"defense": d, "scores": per_seed[d], "ranks": ranks[d], "score": means[d]}
-        if leader is not None and d != leader:
+        if leader is not None and d != leader and d in scored:  # an unscored one ties no one
             gap = paired_difference(per_seed[leader], per_seed[d])
             entry["behind_leader"] = gap
             if gap["ci"] is None or gap["ci"][0] <= 0:  # separated: the interval above 0
