@@ -1,0 +1,104 @@
+"""Malicious updates crafted from benign ones: the update rules of the untargeted attacks
+that know the aggregation's inputs (the math of issue 14, free of Flower and of the
+round loop, as ``defenses/rules`` is for the defenses).
+
+Every function takes ``benign``, an ``(n, d)`` float tensor of benign updates (rows:
+clients, the attackers' view of the round) and returns one ``(d,)`` malicious update,
+vectorised over clients and coordinates.
+
+- :func:`alie_z`, :func:`alie`: "A Little Is Enough" (Baruch, Baruch, Goldberg, NeurIPS
+  2019): per coordinate ``mean - z_max * std``, with ``z_max`` chosen from the number of
+  clients and attackers so that enough benign clients look farther from the mean.
+- :func:`ipm`: inner-product manipulation (Xie, Koyejo, Gupta, UAI 2020): ``-eps * mean``.
+- :func:`min_max`, :func:`min_sum`: the aggregation-agnostic attacks of Shejwalkar and
+  Houmansadr (NDSS 2021): ``mean + gamma * p`` with the largest ``gamma`` (halving
+  search) whose update is no farther from the benign ones than they are from each other:
+  its largest distance (Min-Max) or its sum of squared distances (Min-Sum) at most the
+  benign updates' largest one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from scipy.stats import norm
+
+#: Perturbation directions ``p`` of Min-Max / Min-Sum (the paper's three).
+DIRECTIONS = ("unit", "std", "sign")
+
+
+def alie_z(num_clients: int, num_attackers: int) -> float:
+    """Baruch et al.'s ``z_max``: with ``s = floor(n / 2 + 1) - m`` benign clients needed
+    beside the ``m`` attackers for a majority, ``z_max = Phi^-1((n - s) / n)``."""
+    if not 0 < num_attackers < num_clients:
+        raise ValueError(f"need 0 < attackers < clients, got {num_attackers} of {num_clients}")
+    s = math.floor(num_clients / 2 + 1) - num_attackers
+    return float(norm.ppf((num_clients - s) / num_clients))
+
+
+def alie(benign: torch.Tensor, num_clients: int, num_attackers: int) -> torch.Tensor:
+    """``mean - z_max * std`` per coordinate (std with Bessel's correction)."""
+    return benign.mean(dim=0) - alie_z(num_clients, num_attackers) * benign.std(dim=0)
+
+
+def ipm(benign: torch.Tensor, eps: float) -> torch.Tensor:
+    """``-eps * mean``: for small eps the aggregate's inner product with the benign mean
+    shrinks; for eps > n / m - 1 it turns negative."""
+    return -eps * benign.mean(dim=0)
+
+
+def deviation(benign: torch.Tensor, direction: str) -> torch.Tensor:
+    """The perturbation direction ``p`` (the update is ``mean + gamma * p``): ``unit`` is
+    ``-mean / ||mean||``, ``std`` is ``-std`` per coordinate, ``sign`` is ``-sign(mean)``."""
+    mean = benign.mean(dim=0)
+    if direction == "unit":
+        return -mean / torch.linalg.vector_norm(mean)
+    if direction == "std":
+        return -benign.std(dim=0)
+    if direction == "sign":
+        return -torch.sign(mean)
+    raise ValueError(f"unknown direction {direction!r}; valid: {', '.join(DIRECTIONS)}")
+
+
+def _largest_gamma(fits, gamma: float, tolerance: float) -> float:
+    """The paper's halving search: from ``gamma``, step up by half the last step when the
+    update fits, down when it does not, until the step is below ``tolerance``; returns
+    the last gamma that fit (0 if none did)."""
+    best, step = 0.0, gamma
+    while step > tolerance:
+        if fits(gamma):
+            best = gamma
+            gamma += step / 2
+        else:
+            gamma -= step / 2
+        step /= 2
+    return best
+
+
+def min_max(
+    benign: torch.Tensor, direction: str = "unit", gamma: float = 10.0, tolerance: float = 1e-5
+) -> torch.Tensor:
+    """``mean + gamma * p`` with the largest gamma such that its largest distance to a
+    benign update is at most the largest distance between two benign updates."""
+    mean, p = benign.mean(dim=0), deviation(benign, direction)
+    bound = torch.cdist(benign, benign).max()
+
+    def fits(g: float) -> bool:
+        return bool(torch.linalg.vector_norm(benign - (mean + g * p), dim=1).max() <= bound)
+
+    return mean + _largest_gamma(fits, gamma, tolerance) * p
+
+
+def min_sum(
+    benign: torch.Tensor, direction: str = "unit", gamma: float = 10.0, tolerance: float = 1e-5
+) -> torch.Tensor:
+    """``mean + gamma * p`` with the largest gamma such that its sum of squared distances
+    to the benign updates is at most the largest such sum of a benign update."""
+    mean, p = benign.mean(dim=0), deviation(benign, direction)
+    bound = (torch.cdist(benign, benign) ** 2).sum(dim=1).max()
+
+    def fits(g: float) -> bool:
+        return bool((torch.linalg.vector_norm(benign - (mean + g * p), dim=1) ** 2).sum() <= bound)
+
+    return mean + _largest_gamma(fits, gamma, tolerance) * p
