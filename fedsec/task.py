@@ -94,15 +94,20 @@ class FederatedTask:
             else len(self.partitions[c])
             for c in sampled
         )
+        return {pid: self._pool_facts(pid, n_round) for pid in malicious}
+
+    def _pool_facts(self, partition_id: int, round_examples: int) -> dict[str, int]:
         pool = self.schedule.pool
         return {
-            pid: {
-                ATTACKER_INDEX: pool.index(pid),
-                NUM_ATTACKERS: len(pool),
-                ROUND_EXAMPLES: n_round,
-            }
-            for pid in malicious
+            ATTACKER_INDEX: pool.index(partition_id),
+            NUM_ATTACKERS: len(pool),
+            ROUND_EXAMPLES: round_examples,
         }
+
+    def pool_context(self, partition_id: int) -> AttackContext:
+        """Attacker ``partition_id``'s context outside any round (round 1, N_round 0): enough
+        for its poisoned data, which depend on its partition and data seed only."""
+        return self.attack_context(partition_id, 1, self._pool_facts(partition_id, 0))
 
     def attack_context(
         self, partition_id: int, server_round: int, facts: Mapping[str, Any]

@@ -30,17 +30,6 @@ def rounds_without_time(run_dir: Path) -> list[dict]:
     ]
 
 
-def pool_context(task, pid: int):
-    """Attacker ``pid``'s AttackContext outside any round, as the server's facts would make
-    it (its poisoned data depend on its partition and data seed, not on the round)."""
-    from fedsec.task import ATTACKER_INDEX, NUM_ATTACKERS, ROUND_EXAMPLES
-
-    pool = task.schedule.pool
-    return task.attack_context(
-        pid, 1, {ATTACKER_INDEX: pool.index(pid), NUM_ATTACKERS: len(pool), ROUND_EXAMPLES: 0}
-    )
-
-
 def tiny_digits(rounds: int, seed: int, local_epochs: int = 1) -> list[str]:
     """``--set`` overrides of a tiny federation: 8x8 digits, an MLP, 6 clients, 3 a round
     (the attack tests' setting; triggers must then fit 8x8 images)."""

@@ -8,7 +8,7 @@ import torch
 from fedsec.config import load_config
 from fedsec.data import load_ardis
 from fedsec.task import get_task
-from tests.runs import pool_context, tiny_digits
+from tests.runs import tiny_digits
 
 # (two local epochs: the default)
 DIGITS = tiny_digits(rounds=2, seed=1, local_epochs=2)
@@ -33,7 +33,7 @@ def test_ardis_attacker_set_is_66_sevens_labelled_1_plus_100_clean(edge_case_dir
     attack = task.attack
     assert attack.source == "ardis" and attack.target == 1
     pid = task.schedule.pool[0]
-    x, y = attack.attacker_data(pool_context(task, pid))
+    x, y = attack.attacker_data(task.pool_context(pid))
     assert len(y) == 66 + 100
     ax, ay, tx, ty = load_ardis(edge_case_dir)
     assert torch.equal(x[:66], torch.from_numpy(ax[ay == 7][:66]))  # the first 66 train 7s
@@ -62,7 +62,7 @@ def test_ardis_counts_and_target_follow_the_config(edge_case_dir):
         )
     )
     pid = task.schedule.pool[0]
-    x, y = task.attack.attacker_data(pool_context(task, pid))
+    x, y = task.attack.attacker_data(task.pool_context(pid))
     assert len(y) == 310 and torch.all(y[:10] == 4)
     assert len(task.partitions[pid]) < 300  # a partition smaller than num_clean is repeated
     assert len(row_set(x[10:].numpy())) == len(task.partitions[pid])
@@ -95,7 +95,7 @@ def test_tail_examples_leave_the_training_set_and_form_attacker_and_test_parts()
     # none of the selected examples remains in any partition
     assert not (row_set(original.x_train[chosen]) & honest_rows(task))
     pid = task.schedule.pool[0]
-    x, y = attack.attacker_data(pool_context(task, pid))
+    x, y = attack.attacker_data(task.pool_context(pid))
     assert len(y) == 6 + 15 and torch.all(y[:6] == 5)
     bx, by = attack.backdoor_test_set(task.dataset)
     assert len(by) == 4 and torch.all(by == 5)

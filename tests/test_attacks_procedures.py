@@ -16,7 +16,7 @@ from fedsec.config import load_config
 from fedsec.errors import ConfigError
 from fedsec.task import ATTACKER_INDEX, NUM_ATTACKERS, ROUND_EXAMPLES, get_task
 from fedsec.training import assign_flat_params, flatten_params, train
-from tests.runs import pool_context, tiny_digits
+from tests.runs import tiny_digits
 
 # 8x8 digits, a 200-unit MLP, 6 clients; small triggers so that they fit 8x8 images.
 BASE = tiny_digits(rounds=4, seed=3)
@@ -55,7 +55,7 @@ def run_attack(task):
 def honest_copy(task, r: int, pid: int, data=None) -> torch.Tensor:
     """What plain training from the global model on ``data`` gives (the same seed)."""
     model = task.new_model()
-    x, y = data if data is not None else task.attack.attacker_data(pool_context(task, pid))
+    x, y = data if data is not None else task.attack.attacker_data(task.pool_context(pid))
     train(model, x, y, **task.train_kwargs(r, pid))
     return flatten_params(model)
 
@@ -200,7 +200,7 @@ def test_model_replacement_scales_the_trained_update_by_n_round_over_n_attacker(
     clients, bad = task.schedule.sample(r)
     # N_round: every sampled client's training set, the attackers' poisoned ones included
     assert ctx.round_examples == sum(
-        len(task.attack.attacker_data(pool_context(task, c))[1])
+        len(task.attack.attacker_data(task.pool_context(c))[1])
         if c in bad
         else len(task.partitions[c])
         for c in clients
@@ -245,7 +245,7 @@ def test_dba_attacker_stamps_its_own_part_and_ba_uses_the_full_trigger():
     parts = attack.parts(8, 8)
     pool = task.schedule.pool
     for i, pid in enumerate(pool):
-        x, y = attack.attacker_data(pool_context(task, pid))
+        x, y = attack.attacker_data(task.pool_context(pid))
         clean_x, clean_y = task.client_data(pid)
         changed = (x != clean_x).any(dim=(1, 2, 3)) | (y != clean_y)
         poisoned = y == attack.target
@@ -305,7 +305,7 @@ def test_gaussian_replaces_the_update_by_seeded_noise():
 def test_label_flip_relabels_exactly_the_source_class():
     task = task_for("attack.name=label-flip", "attack.source_label=3", "attack.target_label=8")
     pid = task.schedule.pool[0]
-    x, y = task.attack.attacker_data(pool_context(task, pid))
+    x, y = task.attack.attacker_data(task.pool_context(pid))
     cx, cy = task.client_data(pid)
     assert torch.equal(x, cx)
     assert torch.equal(y[cy == 3], torch.full_like(y[cy == 3], 8))
@@ -318,10 +318,10 @@ def test_label_flip_relabels_exactly_the_source_class():
 def test_attacker_data_is_cached_and_seeded():
     task = task_for("attack.name=pixel-replacement", *TRIGGER)
     pid = task.schedule.pool[0]
-    a = task.attack.attacker_data(pool_context(task, pid))
-    assert task.attack.attacker_data(pool_context(task, pid)) is a
+    a = task.attack.attacker_data(task.pool_context(pid))
+    assert task.attack.attacker_data(task.pool_context(pid)) is a
     fresh = type(task.attack)(target_label=-1, trigger_size=2, trigger_gap=1)
-    b = fresh.attacker_data(pool_context(task, pid))
+    b = fresh.attacker_data(task.pool_context(pid))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     poisoned = (a[1] == 2) & (task.client_data(pid)[1] != 2)
     assert poisoned.any()

@@ -75,5 +75,9 @@ def test_config_validation_accepts_exactly_the_registered_names():
 
 
 def test_each_defense_is_registered_under_its_rules_name():
+    from defenses.rules import RULES
+
+    assert list(RULES.names()) == list(defenses.DEFENSES.names())
     for name in defenses.DEFENSES:
         assert defenses.DEFENSES[name].rule_class.name == name
+        assert RULES[name] is defenses.DEFENSES[name].rule_class

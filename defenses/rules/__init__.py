@@ -4,6 +4,8 @@ Every rule maps the sampled clients' flattened models ``(n, d)``, their example
 counts ``(n,)`` and the global model ``(d,)`` to an :class:`AggregationResult`.
 """
 
+from fedsec.registry import Registry
+
 from .base import AggregationResult, AggregationRule, ClientBatch, SeededRule
 from .bulyan import BulyanRule
 from .fedavg import FedAvgRule
@@ -20,19 +22,35 @@ from .rlr import RLRRule
 from .trimmed_mean import TrimmedMeanRule
 from .weak_dp import WeakDPRule
 
+#: ``defense.name`` -> rule class: the defenses' math, without the Flower strategies
+#: (``defenses.DEFENSES`` holds those, and each strategy's ``rule_class`` is one of these).
+RULES: Registry[type[AggregationRule]] = Registry(
+    "defense.name",
+    {
+        cls.name: cls
+        for cls in (
+            BulyanRule,
+            FedAvgRule,
+            FLAMERule,
+            FLTrustRule,
+            FoolsGoldRule,
+            KrumRule,
+            MedianRule,
+            MultiKrumRule,
+            MultiMetricsRule,
+            NormClippingRule,
+            RFARule,
+            RLRRule,
+            TrimmedMeanRule,
+            WeakDPRule,
+        )
+    },
+)
+
 
 def rule_class(name: str) -> type[AggregationRule] | None:
     """The rule class whose ``name`` is ``name`` (None if there is none)."""
-    pending, seen = list(AggregationRule.__subclasses__()), set()
-    while pending:
-        cls = pending.pop()
-        if cls in seen:
-            continue
-        seen.add(cls)
-        if cls.name == name:
-            return cls
-        pending += cls.__subclasses__()
-    return None
+    return RULES.get(name)
 
 
 __all__ = [

@@ -142,14 +142,14 @@ def load_results(results_dirs: str | Path | Sequence[str | Path]) -> SweepResult
             run.labels.setdefault(key, "(none)")
             if run.labels[key] not in axes[key]:
                 axes[key].append(run.labels[key])
-    seen: dict[str, int] = {}
+    seen: set[str] = set()
     for run in runs:
         if run.id in seen:
             raise FedsecError(
                 f"run {run.id!r} appears in more than one results directory; "
                 "give the sweeps an axis (e.g. regime) whose labels set them apart"
             )
-        seen[run.id] = 1
+        seen.add(run.id)
     return SweepResults(
         roots=[Path(d) for d in dirs],
         name=" + ".join(dict.fromkeys(names)),

@@ -37,7 +37,6 @@ from fedsec.config import ExperimentConfig, load_config, parse_client_ids
 from fedsec.errors import ConfigError, FedsecError
 from fedsec.results import CONFIG_FILE, METRICS_FILE, MODEL_FILE, read_metrics
 from fedsec.seeding import derive_seed, rng
-from fedsec.task import ATTACKER_INDEX, NUM_ATTACKERS, ROUND_EXAMPLES
 from fedsec.training import evaluate, predict_logits
 from fedsec.unlearning import METHODS
 from fedsec.unlearning.artifact import (
@@ -140,10 +139,7 @@ class Federation:
 def poisoned_examples(task, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The examples attacker ``partition_id`` trains on that its partition does not hold
     (same input and label): what a cooperating attacker would hand over beyond its clean data."""
-    pool = task.schedule.pool
-    # its poisoned data do not depend on the round (only on its partition and data seed)
-    facts = {ATTACKER_INDEX: pool.index(partition_id), NUM_ATTACKERS: len(pool), ROUND_EXAMPLES: 0}
-    x, y = task.attack.attacker_data(task.attack_context(partition_id, 1, facts))
+    x, y = task.attack.attacker_data(task.pool_context(partition_id))
     own_x, own_y = task.client_data(partition_id)
     own = {(a.numpy().tobytes(), int(b)) for a, b in zip(own_x, own_y, strict=True)}
     new = [
