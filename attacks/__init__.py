@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from attacks.alie import ALIE
 from attacks.base import Attack, AttackContext
 from attacks.dba import DBA
 from attacks.edge_case import EdgeCase
 from attacks.edge_case_pgd import EdgeCasePGD
 from attacks.edge_case_pgd_replacement import EdgeCasePGDReplacement
 from attacks.gaussian import GaussianNoise
+from attacks.ipm import IPM
 from attacks.label_flip import LabelFlip
+from attacks.min_max import MinMax
+from attacks.min_sum import MinSum
 from attacks.neurotoxin import Neurotoxin
 from attacks.pgd import PatternPGD
 from attacks.pixel_replacement import PixelReplacement
@@ -37,6 +41,10 @@ ATTACK_CLASSES: tuple[type[Attack], ...] = (
     LabelFlip,
     GaussianNoise,
     SignFlip,
+    ALIE,
+    IPM,
+    MinMax,
+    MinSum,
 )
 ATTACKS: Registry[type[Attack]] = Registry("attack.name", {cls.name: cls for cls in ATTACK_CLASSES})
 

@@ -34,6 +34,8 @@ def alie_z(num_clients: int, num_attackers: int) -> float:
     if not 0 < num_attackers < num_clients:
         raise ValueError(f"need 0 < attackers < clients, got {num_attackers} of {num_clients}")
     s = math.floor(num_clients / 2 + 1) - num_attackers
+    if s <= 0:
+        raise ValueError(f"{num_attackers} attackers of {num_clients} clients are a majority")
     return float(norm.ppf((num_clients - s) / num_clients))
 
 

@@ -24,6 +24,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from defenses import DefenseStrategy, build_defense
+from fedsec.adversary import RoundAdversary, round_adversary
 from fedsec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedsec.config import ExperimentConfig
 from fedsec.errors import ConfigError, RunError
@@ -178,6 +179,7 @@ def run_federation(
     node_of = discover_partitions(grid, task.num_clients, config.engine.connect_timeout, progress)
     partition_of = {node: pid for pid, node in node_of.items()}
     evaluator = CentralEvaluator(task)
+    adversary = round_adversary(task.attack)
     every = config.engine.checkpoint_every if out_dir is not None else 0
 
     t_start = time.time() - writer.elapsed_before
@@ -193,6 +195,7 @@ def run_federation(
             partition_of,
             config,
             task.attacker_facts(sampled, malicious),
+            adversary,
         )
         if schedule.enabled:
             outcome.record["malicious_clients"] = malicious
@@ -228,12 +231,15 @@ def run_round(
     partition_of: dict[int, int],
     config: ExperimentConfig,
     attacker_facts: dict[int, dict[str, int]] | None = None,
+    adversary: RoundAdversary | None = None,
 ) -> RoundOutcome:
     """One round of training and aggregation over the clients ``sampled``.
 
     ``attacker_facts`` (``FederatedTask.attacker_facts``) go into the train messages of the
     round's attackers, whose ClientApps build their AttackContext from them: the server
-    is the simulation's adversary controller, so clients never recompute its sampling."""
+    is the simulation's adversary controller, so clients never recompute its sampling.
+    A colluding attack's ``adversary`` (``fedsec.adversary``) rewrites the attackers'
+    replies after they arrive and before the defense sees them."""
     round_grid = RoundGrid(grid, [node_of[p] for p in sampled])
     # Told this round's size, the strategy samples exactly these nodes; told more, it
     # would wait for nodes that never come (Flower's sample_nodes has no timeout).
@@ -262,6 +268,11 @@ def run_round(
             f"train.min_replies = {config.train.min_replies}",
         )
         return RoundOutcome(arrays, record)
+    if adversary is not None and attacker_facts:
+        collusion = adversary(arrays, replies, partition_of, len(sampled), set(attacker_facts))
+        record["crafted_clients"] = collusion.crafted
+        if collusion.note:
+            record["collusion_note"] = collusion.note
     report = strategy.aggregate_round(server_round, replies)
     record["train_loss"] = _metric(report.metrics, "train_loss")
     record["accepted_clients"] = sorted(report.accepted)

@@ -28,7 +28,10 @@ def config_error(*overrides: str) -> str:
 @pytest.mark.parametrize(
     "overrides,expected",
     [
-        (["attack.name=backdoorz"], "unknown attack.name 'backdoorz'; valid: none, dba, edge-case"),
+        (
+            ["attack.name=backdoorz"],
+            "unknown attack.name 'backdoorz'; valid: none, alie, dba, edge-case",
+        ),
         (
             [*DIGITS, "attack.name=label-flip", "attack.num_attackers=7"],
             "attack.num_attackers must be between 1 and data.num_clients (6)",
@@ -151,11 +154,22 @@ def test_every_attack_has_defaults_that_validate_somewhere():
         "label-flip",
         "gaussian",
         "sign-flip",
+        "alie",
+        "ipm",
+        "min-max",
+        "min-sum",
     }
     for name in ATTACKS:
         extra = (
             ["attack.trigger_size=2", "attack.trigger_gap=1"]
             if name in ("pixel-replacement", "pgd", "dba", "neurotoxin")
+            # a standard deviation over the attackers' own updates needs two of them
+            else [
+                "attack.num_attackers=2",
+                "attack.attackers_per_round=2",
+                "train.clients_per_round=4",
+            ]
+            if name in ("alie", "min-max", "min-sum")
             else []
         )
         assert build_attack(load_config(None, [*DIGITS, f"attack.name={name}", *extra])) is not None

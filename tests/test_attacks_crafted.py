@@ -32,6 +32,8 @@ def test_alie_is_mean_minus_z_std_per_coordinate():
     torch.testing.assert_close(alie(benign, 10, 2), expected)
     with pytest.raises(ValueError, match="0 < attackers < clients"):
         alie_z(4, 4)
+    with pytest.raises(ValueError, match="3 attackers of 4 clients are a majority"):
+        alie_z(4, 3)  # s = floor(3) - 3 = 0: z_max would be Phi^-1(1) = inf
 
 
 def test_ipm_is_minus_eps_times_the_benign_mean():

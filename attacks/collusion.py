@@ -1,0 +1,83 @@
+"""Base class of the attacks whose update is crafted from the round's benign updates
+(``alie``, ``ipm``, ``min-max``, ``min-sum``; the math is in ``attacks.crafted``).
+
+Such an attacker cannot act alone on its client: its update is a function of benign
+updates that other processes compute. The round's attackers therefore collude in a
+round-level stage, ``fedsec.adversary.RoundAdversary``, that runs in the server process
+after local training and before the defense. It is the simulation's adversary, not
+something a Flower client does; it gives the same result on every engine because it
+sees the replies in partition order.
+
+On its client a colluding attacker trains honestly on its own data (the default hooks):
+its reply is its benign update, which is all it knows with ``knowledge = "partial"``.
+The stage then replaces every attacker's reply in the round with one crafted update,
+computed from the attackers' view of the round:
+
+- ``knowledge = "partial"`` (default): the attackers' own benign updates only (they
+  know what they compute themselves on their own clean data);
+- ``knowledge = "full"``: every valid reply of the round, the attackers' own benign
+  updates included (the omniscient colluding attacker of Baruch et al., Xie et al. and
+  Shejwalkar & Houmansadr). A real deployment gives no one that view, so ``full`` is a
+  config error on the ``deployment`` engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from attacks.untargeted import UntargetedAttack
+from fedsec.errors import ConfigError
+from fedsec.params import one_of, param
+
+#: Who the colluding attackers see (``attack.knowledge``).
+KNOWLEDGE = ("partial", "full")
+
+
+@dataclass(kw_only=True, eq=False)
+class CollusionAttack(UntargetedAttack):
+    """An untargeted attack crafted from the round's benign updates; subclasses set
+    ``min_view`` and implement :meth:`craft`."""
+
+    #: Fewest benign updates :meth:`craft` needs (a standard deviation needs two).
+    min_view: ClassVar[int] = 1
+
+    knowledge: str = param("partial", one_of(*KNOWLEDGE), "one of 'partial', 'full'")
+
+    def craft(self, benign: torch.Tensor, num_clients: int, num_attackers: int) -> torch.Tensor:
+        """The malicious update every attacker of the round sends, from ``benign``, the
+        ``(k, d)`` benign updates of the attackers' view, in a round of ``num_clients``
+        clients of which ``num_attackers`` attack."""
+        raise NotImplementedError
+
+    def check_round(self, num_clients: int, num_attackers: int) -> str:
+        """What makes a round of this shape impossible to attack (empty: nothing)."""
+        return ""
+
+    def check(self, config, dataset) -> None:
+        super().check(config, dataset)
+        if self.knowledge == "full" and config.engine.name == "deployment":
+            raise ConfigError(
+                "attack.knowledge = 'full' needs every client's update, which no one holds "
+                "in a real deployment; use 'partial' or the inprocess / flower engine"
+            )
+        from fedsec.sampling import AttackSchedule
+
+        schedule = AttackSchedule.for_config(config)
+        for server_round in range(1, config.train.rounds + 1):
+            clients, malicious = schedule.sample(server_round)
+            if not malicious:
+                continue
+            view = len(malicious) if self.knowledge == "partial" else len(clients)
+            if view < self.min_view:
+                raise ConfigError(
+                    f"attack {self.name!r} with attack.knowledge = {self.knowledge!r} needs "
+                    f"at least {self.min_view} benign updates in its view, but round "
+                    f"{server_round} has {view}; raise attack.attackers_per_round or use "
+                    "attack.knowledge = 'full'"
+                )
+            problem = self.check_round(len(clients), len(malicious))
+            if problem:
+                raise ConfigError(f"attack {self.name!r} in round {server_round}: {problem}")

@@ -1,0 +1,176 @@
+"""The colluding attacks (alie, ipm, min-max, min-sum) and the round-level stage that
+crafts their update (fedsec/adversary.py): who is in the attackers' view, what lands in
+their replies, and the config errors that stop an impossible threat model before training.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+
+from attacks.alie import ALIE
+from attacks.crafted import alie, min_max
+from attacks.ipm import IPM
+from attacks.min_max import MinMax
+from fedsec.adversary import RoundAdversary, round_adversary
+from fedsec.cli import DEFAULT_EXPERIMENT
+from fedsec.config import load_config
+from fedsec.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("server_identity")  # tests/conftest.py
+
+NODE = 100  # node id of partition p is NODE + p
+
+
+def model(values: np.ndarray, counter: int = 0) -> ArrayRecord:
+    """A two-array float model holding ``values`` (6 numbers) and an integer counter."""
+    return ArrayRecord(
+        {
+            "w": Array(values[:4].reshape(2, 2).astype(np.float32)),
+            "b": Array(values[4:].astype(np.float32)),
+            "count": Array(np.array(counter, dtype=np.int64)),
+        }
+    )
+
+
+def flat(record: ArrayRecord) -> np.ndarray:
+    return np.concatenate([record["w"].numpy().ravel(), record["b"].numpy().ravel()])
+
+
+def reply(pid: int, arrays: ArrayRecord) -> Message:
+    instruction = Message(RecordDict(), dst_node_id=NODE + pid, message_type=MessageType.TRAIN)
+    content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 10})})
+    return Message(content, reply_to=instruction)
+
+
+def error_reply(pid: int) -> Message:
+    instruction = Message(RecordDict(), dst_node_id=NODE + pid, message_type=MessageType.TRAIN)
+    return Message(Error(code=1, reason="client crashed"), reply_to=instruction)
+
+
+def round_of(n: int, seed: int = 0) -> tuple[ArrayRecord, np.ndarray, list[Message]]:
+    """A global model and ``n`` replies, partition ids 0..n-1; returns their updates."""
+    rng = np.random.default_rng(seed)
+    w0 = rng.normal(size=6).astype(np.float32)
+    updates = rng.normal(size=(n, 6)).astype(np.float32)
+    replies = [reply(p, model(w0 + updates[p], counter=p)) for p in range(n)]
+    return model(w0), updates, replies
+
+
+PARTITION_OF = {NODE + p: p for p in range(10)}
+
+
+def test_full_knowledge_crafts_from_every_valid_reply_and_rewrites_only_the_attackers():
+    global_arrays, updates, replies = round_of(5)
+    honest_before = [flat(r.content["arrays"]) for r in replies[:3]]
+    outcome = RoundAdversary(IPM(eps=2.0, knowledge="full"))(
+        global_arrays, replies, PARTITION_OF, 5, {3, 4}
+    )
+    assert outcome.crafted == [3, 4] and outcome.view == 5 and outcome.note == ""
+    expected = flat(global_arrays) - 2.0 * updates.mean(axis=0)
+    for r in replies[3:]:
+        np.testing.assert_allclose(flat(r.content["arrays"]), expected, rtol=1e-5, atol=1e-6)
+    # the attacker's own integer arrays stay its own; honest replies are untouched
+    assert [int(r.content["arrays"]["count"].numpy()) for r in replies] == [0, 1, 2, 3, 4]
+    for before, r in zip(honest_before, replies[:3], strict=True):
+        np.testing.assert_array_equal(flat(r.content["arrays"]), before)
+
+
+def test_partial_knowledge_sees_only_the_attackers_own_updates():
+    global_arrays, updates, replies = round_of(5)
+    outcome = RoundAdversary(IPM(eps=0.5))(global_arrays, replies, PARTITION_OF, 5, {1, 4})
+    assert outcome.view == 2
+    expected = flat(global_arrays) - 0.5 * updates[[1, 4]].mean(axis=0)
+    for r in (replies[1], replies[4]):
+        np.testing.assert_allclose(flat(r.content["arrays"]), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_alie_and_min_max_through_the_stage_are_the_crafted_math_on_the_view():
+    global_arrays, updates, replies = round_of(8, seed=1)
+    RoundAdversary(ALIE(knowledge="full"))(global_arrays, replies, PARTITION_OF, 8, {6, 7})
+    view = torch.from_numpy(updates)
+    expected = flat(global_arrays) + alie(view, 8, 2).numpy()
+    np.testing.assert_allclose(flat(replies[6].content["arrays"]), expected, rtol=1e-5, atol=1e-6)
+
+    global_arrays, updates, replies = round_of(8, seed=2)
+    RoundAdversary(MinMax(knowledge="partial", direction="unit"))(
+        global_arrays, replies, PARTITION_OF, 8, {2, 5, 7}
+    )
+    view = torch.from_numpy(updates[[2, 5, 7]])
+    expected = flat(global_arrays) + min_max(view, "unit").numpy()
+    np.testing.assert_allclose(flat(replies[5].content["arrays"]), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_failed_and_non_finite_replies_are_in_no_view():
+    global_arrays, updates, replies = round_of(4)
+    bad = updates[1].copy()
+    bad[0] = np.nan
+    replies[1] = reply(1, model(flat(global_arrays) + bad))
+    replies[2] = error_reply(2)
+    outcome = RoundAdversary(IPM(eps=1.0, knowledge="full"))(
+        global_arrays, replies, PARTITION_OF, 4, {3}
+    )
+    assert outcome.view == 2 and outcome.crafted == [3]
+    expected = flat(global_arrays) - updates[[0, 3]].mean(axis=0)
+    np.testing.assert_allclose(flat(replies[3].content["arrays"]), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_view_too_small_leaves_the_honest_updates_and_says_why():
+    global_arrays, updates, replies = round_of(4)
+    replies[3] = error_reply(3)  # one of the two attackers failed: ALIE has one update
+    before = flat(replies[2].content["arrays"])
+    outcome = RoundAdversary(ALIE())(global_arrays, replies, PARTITION_OF, 4, {2, 3})
+    assert outcome.crafted == [] and "1 benign updates in view, 2 needed" in outcome.note
+    np.testing.assert_array_equal(flat(replies[2].content["arrays"]), before)
+
+
+def test_only_colluding_attacks_get_a_stage():
+    assert round_adversary(None) is None
+    assert isinstance(round_adversary(IPM()), RoundAdversary)
+
+
+SMALL = [
+    "data.name=digits",
+    "model.name=mlp",
+    "data.num_clients=10",
+    "train.clients_per_round=6",
+    "train.rounds=3",
+    "attack.every=1",
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["attack.name=alie"], "needs at least 2 benign updates in its view, but round 1 has 1"),
+        (["attack.name=min-sum"], "needs at least 2 benign updates"),
+        (
+            ["attack.name=ipm", "attack.knowledge=full", "engine.name=deployment"],
+            "attack.knowledge = 'full' needs every client's update",
+        ),
+        (
+            [
+                "attack.name=alie",
+                "attack.num_attackers=4",
+                "attack.attackers_per_round=4",
+                "attack.knowledge=full",
+            ],
+            "4 attackers of 6 clients are a majority already",
+        ),
+        (["attack.name=min-max", "attack.direction=up"], "attack.direction must be one of"),
+        (["attack.name=ipm", "attack.eps=0"], "attack.eps must be > 0"),
+    ],
+)
+def test_impossible_threat_models_are_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(DEFAULT_EXPERIMENT, [*SMALL, *overrides])
+
+
+def test_partial_knowledge_with_two_attackers_a_round_is_valid():
+    config = load_config(
+        DEFAULT_EXPERIMENT,
+        [*SMALL, "attack.name=alie", "attack.num_attackers=2", "attack.attackers_per_round=2"],
+    )
+    assert config.attack.params == {}
