@@ -22,7 +22,7 @@ constructor stores them, :meth:`check` judges them (and the data set) in one pla
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -53,13 +53,16 @@ class AttackContext:
 
     - its own data: ``examples``, the clean training examples of its partition, and the
       data set's ``input_shape``;
+    - what the config makes public: ``defense_name`` and ``defense_params``, the server's
+      rule (Kerckhoffs: a defense must hold when the attacker knows it);
     - the round's facts the server sends in the train message's ConfigRecord
       (``fedsec.server.ROUND_FACTS``): ``attacker_index`` (its position in the
       attacker pool, e.g. which DBA trigger part it stamps), ``num_attackers`` (the pool's
       size) and ``round_examples``, N_round, the examples of every client sampled this
       round (the attackers' poisoned sets included): model replacement scales by
       N_round / N_attacker, the knowledge Bagdasaryan et al. and Wang et al. grant the
-      attacker. No client recomputes the server's sampling;
+      attacker; ``round_clients``, how many clients the round has. No client recomputes
+      the server's sampling;
     - its seeds and device: ``data_seed`` fixes its poisoned data (the same in every
       round), ``seed`` its randomness in this round; ``device`` is where it trains.
     """
@@ -69,12 +72,26 @@ class AttackContext:
     attacker_index: int
     num_attackers: int
     round_examples: int
+    round_clients: int
     target_label: int
     examples: tuple[torch.Tensor, torch.Tensor]
     input_shape: tuple[int, ...]
     data_seed: int
     seed: int
     device: torch.device
+    defense_name: str = "fedavg"
+    defense_params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AttackReply:
+    """What a malicious client's training gives its reply: the training stats and, for an
+    attack the server loop's adversary stage finishes (``fedsec.adversary``), the
+    attacker's own benign model as a state dict, sent beside its update and removed
+    before the defense sees the round."""
+
+    stats: TrainStats
+    benign_state: dict[str, torch.Tensor] | None = None
 
 
 @dataclass(kw_only=True, eq=False)
@@ -158,6 +175,13 @@ class Attack:
         return None
 
     # ------------------------------------------------------------------- training
+    def update(
+        self, model: torch.nn.Module, ctx: AttackContext, train_kwargs: dict[str, Any]
+    ) -> AttackReply:
+        """What a scheduled malicious client runs: :meth:`local_update`, wrapped by
+        attacks that add a step around it (``attacks.backdoor``'s evasion)."""
+        return AttackReply(self.local_update(model, ctx, train_kwargs))
+
     def local_update(
         self, model: torch.nn.Module, ctx: AttackContext, train_kwargs: dict[str, Any]
     ) -> TrainStats:

@@ -36,6 +36,15 @@ from fedsec.params import one_of, param
 KNOWLEDGE = ("partial", "full")
 
 
+def check_knowledge(knowledge: str, config) -> None:
+    """``full`` knowledge is a simulation's: a config error on the deployment engine."""
+    if knowledge == "full" and config.engine.name == "deployment":
+        raise ConfigError(
+            "attack.knowledge = 'full' needs every client's update, which no one holds "
+            "in a real deployment; use 'partial' or the inprocess / flower engine"
+        )
+
+
 @dataclass(kw_only=True, eq=False)
 class CollusionAttack(UntargetedAttack):
     """An untargeted attack crafted from the round's benign updates; subclasses set
@@ -58,11 +67,7 @@ class CollusionAttack(UntargetedAttack):
 
     def check(self, config, dataset) -> None:
         super().check(config, dataset)
-        if self.knowledge == "full" and config.engine.name == "deployment":
-            raise ConfigError(
-                "attack.knowledge = 'full' needs every client's update, which no one holds "
-                "in a real deployment; use 'partial' or the inprocess / flower engine"
-            )
+        check_knowledge(self.knowledge, config)
         from fedsec.sampling import AttackSchedule
 
         schedule = AttackSchedule.for_config(config)

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from attacks import edge_sources as src
-from attacks.base import Attack, AttackContext, num_classes
+from attacks.backdoor import BackdoorAttack
+from attacks.base import AttackContext, num_classes
 from fedsec.errors import ConfigError, DataError
 from fedsec.params import one_of, param
 from fedsec.seeding import derive_seed
@@ -53,7 +54,7 @@ def _default_or_at_least(bound: int):
 
 
 @dataclasses.dataclass(kw_only=True, eq=False)
-class EdgeCase(Attack):
+class EdgeCase(BackdoorAttack):
     name = "edge-case"
     default_target = 1
     backdoor_test_params = ("edge_case", "source_label", "num_tail_test")

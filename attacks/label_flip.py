@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from attacks.base import Attack, num_classes
+from attacks.backdoor import BackdoorAttack
+from attacks.base import num_classes
 from fedsec.errors import ConfigError
 from fedsec.params import at_least, param
 
 
 @dataclass(kw_only=True, eq=False)
-class LabelFlip(Attack):
+class LabelFlip(BackdoorAttack):
     name = "label-flip"
     backdoor_test_params = ("source_label",)
     default_target = 1

@@ -77,7 +77,8 @@ def benign_update(
     as it was. A malicious client learns from it how large an honest update is."""
     clone = copy.deepcopy(model)
     w0 = flatten_params(clone).detach().clone()
-    train(clone, x, y, **train_kwargs)
+    honest = {k: v for k, v in train_kwargs.items() if k != "penalty"}  # no attacker's penalty
+    train(clone, x, y, **honest)
     return flatten_params(clone).detach() - w0.to(flatten_params(clone).device)
 
 

@@ -25,7 +25,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from attacks.base import Attack, AttackContext
+from attacks.backdoor import BackdoorAttack
+from attacks.base import AttackContext
 from fedsec.errors import ConfigError
 from fedsec.params import at_least, in_unit_interval, param
 
@@ -68,7 +69,7 @@ def stamp(x: np.ndarray, mask: np.ndarray, value: float = 1.0) -> np.ndarray:
 
 
 @dataclass(kw_only=True, eq=False)
-class PatternTriggerAttack(Attack):
+class PatternTriggerAttack(BackdoorAttack):
     """Base of the pattern-trigger attacks: poison a share of the attacker's own data.
 
     ``attacker_data``: a seeded ``poison_fraction`` of the attacker's partition (at least

@@ -10,19 +10,26 @@ process because that is where all replies meet in a simulation; it is the advers
 the experiment, not part of the server's defense, and the defense cannot tell it apart
 from the clients.
 
+A backdoor with ``attack.evasion = "scaling"`` and full knowledge gets the second kind
+of stage, :class:`ScalingAdversary`: it scales each attacker's update until the rule,
+run on the round's honest updates, keeps it.
+
 The replies come in partition order, so the stage computes the same update on every
 engine.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from flwr.app import ArrayRecord, Message
 
 from attacks.collusion import CollusionAttack
+from attacks.evasion import largest_kept_scale
 from defenses.adapter import ModelLayout
+from fedsec.task import BENIGN_STATE
 
 
 @dataclass
@@ -31,6 +38,7 @@ class Collusion:
 
     crafted: list[int] = field(default_factory=list)  # attackers whose reply it replaced
     view: int = 0  # benign updates it crafted from
+    scales: dict[int, float] = field(default_factory=dict)  # evasion scaling: lam per attacker
     note: str = ""  # why it crafted nothing, when it did not
 
 
@@ -57,16 +65,11 @@ class RoundAdversary:
         """
         layout = ModelLayout(global_arrays)
         w0 = layout.flatten(global_arrays, torch.device("cpu"))
+        full = self.attack.knowledge == "full"
         rows, attackers = [], []
-        for reply in replies:
-            pid = partition_of[reply.metadata.src_node_id]
-            if reply.has_error() or (pid not in malicious and self.attack.knowledge != "full"):
-                continue
-            row = torch.empty(layout.size, dtype=layout.dtype)
-            record = reply.content.array_records.get("arrays")
-            if record is None or layout.mismatch(record) or layout.load(record, row):
-                continue
-            rows.append(row - w0)
+        for reply, pid, update in _valid_updates(layout, w0, replies, partition_of):
+            if pid in malicious or full:
+                rows.append(update)
             if pid in malicious:
                 attackers.append(reply)
         outcome = Collusion(view=len(rows))
@@ -88,6 +91,88 @@ class RoundAdversary:
         return outcome
 
 
-def round_adversary(attack) -> RoundAdversary | None:
-    """The stage for ``attack`` when it is a colluding attack, else None."""
-    return RoundAdversary(attack) if isinstance(attack, CollusionAttack) else None
+class ScalingAdversary:
+    """``attack.evasion = "scaling"`` with ``attack.knowledge = "full"``: each attacker's
+    update is scaled back towards its benign model (``attacks.backdoor``) until the
+    server's rule, run on the round's honest updates plus that update, keeps it."""
+
+    def __init__(self, attack, rule) -> None:
+        self.attack = attack
+        self.rule = rule
+
+    def __call__(
+        self,
+        global_arrays: ArrayRecord,
+        replies: list[Message],
+        partition_of: dict[int, int],
+        num_clients: int,
+        malicious: set[int],
+    ) -> Collusion:
+        """Scale every attacker's reply in place and remove the benign models they sent
+        beside it (:data:`fedsec.task.BENIGN_STATE`), so that the defense sees plain replies."""
+        layout = ModelLayout(global_arrays)
+        w0 = layout.flatten(global_arrays, torch.device("cpu"))
+        honest, weights, attackers = [], [], []
+        for reply, pid, update in _valid_updates(layout, w0, replies, partition_of):
+            if pid in malicious:
+                attackers.append((reply, pid, update))
+            else:
+                honest.append(update)
+                weights.append(_num_examples(reply))
+        outcome = Collusion(view=len(honest))
+        view = torch.stack(honest) if honest else w0.new_zeros((0, w0.numel()))
+        view_weights = torch.tensor(weights, dtype=torch.float64)
+        for reply, pid, candidate in attackers:
+            benign = torch.empty(layout.size, dtype=layout.dtype)
+            record = reply.content.array_records.get(BENIGN_STATE)
+            if record is None or layout.mismatch(record) or layout.load(record, benign):
+                outcome.note = f"client {pid} sent no usable benign model; left as it is"
+                continue
+            benign -= w0
+            lam = largest_kept_scale(
+                self.rule, view, view_weights, benign, candidate, _num_examples(reply), w0
+            )
+            scaled = w0 + benign + lam * (candidate - benign)
+            reply.content["arrays"] = layout.unflatten(scaled, reply.content["arrays"])
+            outcome.crafted.append(pid)
+            outcome.scales[pid] = lam
+        for reply in replies:
+            if not reply.has_error() and BENIGN_STATE in reply.content:
+                del reply.content[BENIGN_STATE]
+        return outcome
+
+
+def _valid_updates(layout: ModelLayout, w0: torch.Tensor, replies, partition_of):
+    """(reply, partition id, flat update) of every reply that holds a valid model."""
+    for reply in replies:
+        if reply.has_error():
+            continue
+        row = torch.empty(layout.size, dtype=layout.dtype)
+        record = reply.content.array_records.get("arrays")
+        if record is None or layout.mismatch(record) or layout.load(record, row):
+            continue
+        yield reply, partition_of[reply.metadata.src_node_id], row - w0
+
+
+def _num_examples(reply: Message) -> float:
+    metrics = reply.content.metric_records.get("metrics")
+    return float(metrics["num-examples"]) if metrics and "num-examples" in metrics else 1.0
+
+
+#: A stage of the server loop: (global model, replies, node -> partition, round size,
+#: attackers) -> what it did.
+Adversary = Callable[[ArrayRecord, list[Message], dict[int, int], int, set[int]], Collusion]
+
+
+def round_adversary(attack, config=None) -> Adversary | None:
+    """The adversary stage ``attack`` needs in the server loop, else None: the crafting
+    stage of a colluding attack, the scaling stage of a full-knowledge scaling backdoor
+    (which runs the rule of ``config``'s defense)."""
+    if isinstance(attack, CollusionAttack):
+        return RoundAdversary(attack)
+    if getattr(attack, "evasion", "none") == "scaling" and attack.knowledge == "full":
+        from defenses import build_defense
+
+        rule = build_defense(config.defense.name, config.defense.params, seed=config.seed).rule
+        return ScalingAdversary(attack, rule)
+    return None

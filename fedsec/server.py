@@ -24,7 +24,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from defenses import DefenseStrategy, build_defense
-from fedsec.adversary import RoundAdversary, round_adversary
+from fedsec.adversary import Adversary, round_adversary
 from fedsec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedsec.config import ExperimentConfig
 from fedsec.errors import ConfigError, RunError
@@ -179,7 +179,7 @@ def run_federation(
     node_of = discover_partitions(grid, task.num_clients, config.engine.connect_timeout, progress)
     partition_of = {node: pid for pid, node in node_of.items()}
     evaluator = CentralEvaluator(task)
-    adversary = round_adversary(task.attack)
+    adversary = round_adversary(task.attack, config)
     every = config.engine.checkpoint_every if out_dir is not None else 0
 
     t_start = time.time() - writer.elapsed_before
@@ -231,7 +231,7 @@ def run_round(
     partition_of: dict[int, int],
     config: ExperimentConfig,
     attacker_facts: dict[int, dict[str, int]] | None = None,
-    adversary: RoundAdversary | None = None,
+    adversary: Adversary | None = None,
 ) -> RoundOutcome:
     """One round of training and aggregation over the clients ``sampled``.
 
@@ -271,6 +271,8 @@ def run_round(
     if adversary is not None and attacker_facts:
         collusion = adversary(arrays, replies, partition_of, len(sampled), set(attacker_facts))
         record["crafted_clients"] = collusion.crafted
+        if collusion.scales:
+            record["evasion_scales"] = {str(k): v for k, v in sorted(collusion.scales.items())}
         if collusion.note:
             record["collusion_note"] = collusion.note
     report = strategy.aggregate_round(server_round, replies)

@@ -27,6 +27,10 @@ from fedsec.seeding import derive_seed
 ATTACKER_INDEX = "attacker-index"
 NUM_ATTACKERS = "num-attackers"
 ROUND_EXAMPLES = "round-examples"
+ROUND_CLIENTS = "round-clients"
+#: RecordDict key of the benign model an attacker sends beside its update for the server
+#: loop's adversary stage (``attacks.AttackReply``); the stage removes it.
+BENIGN_STATE = "benign-state"
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,9 @@ class FederatedTask:
     def attacker_facts(self, sampled: list[int], malicious: list[int]) -> dict[int, dict[str, int]]:
         """What the server tells each attacker of a round (``sampled`` clients, ``malicious``
         among them) in its train message's ConfigRecord: :data:`ATTACKER_INDEX`,
-        :data:`NUM_ATTACKERS` and :data:`ROUND_EXAMPLES` (N_round: the examples every
-        sampled client trains on, each attacker's poisoned set counted at its size)."""
+        :data:`NUM_ATTACKERS`, :data:`ROUND_EXAMPLES` (N_round: the examples every
+        sampled client trains on, each attacker's poisoned set counted at its size) and
+        :data:`ROUND_CLIENTS` (the round's size)."""
         if self.attack is None or not malicious:
             return {}
         bad = set(malicious)
@@ -94,20 +99,23 @@ class FederatedTask:
             else len(self.partitions[c])
             for c in sampled
         )
-        return {pid: self._pool_facts(pid, n_round) for pid in malicious}
+        return {pid: self._pool_facts(pid, n_round, len(sampled)) for pid in malicious}
 
-    def _pool_facts(self, partition_id: int, round_examples: int) -> dict[str, int]:
+    def _pool_facts(
+        self, partition_id: int, round_examples: int, round_clients: int
+    ) -> dict[str, int]:
         pool = self.schedule.pool
         return {
             ATTACKER_INDEX: pool.index(partition_id),
             NUM_ATTACKERS: len(pool),
             ROUND_EXAMPLES: round_examples,
+            ROUND_CLIENTS: round_clients,
         }
 
     def pool_context(self, partition_id: int) -> AttackContext:
         """Attacker ``partition_id``'s context outside any round (round 1, N_round 0): enough
         for its poisoned data, which depend on its partition and data seed only."""
-        return self.attack_context(partition_id, 1, self._pool_facts(partition_id, 0))
+        return self.attack_context(partition_id, 1, self._pool_facts(partition_id, 0, 0))
 
     def attack_context(
         self, partition_id: int, server_round: int, facts: Mapping[str, Any]
@@ -121,12 +129,15 @@ class FederatedTask:
             attacker_index=int(facts[ATTACKER_INDEX]),
             num_attackers=int(facts[NUM_ATTACKERS]),
             round_examples=int(facts[ROUND_EXAMPLES]),
+            round_clients=int(facts[ROUND_CLIENTS]),
             target_label=self.attack.target,
             examples=self.client_data(partition_id),
             input_shape=tuple(self.dataset.input_shape),
             data_seed=derive_seed(self.config.federation_seed, "attacker-data", partition_id),
             seed=derive_seed(self.config.seed, "attack", server_round, partition_id),
             device=resolve_device(self.config.engine.device),
+            defense_name=self.config.defense.name,
+            defense_params=dict(self.config.defense.params),
         )
 
 

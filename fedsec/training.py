@@ -141,6 +141,7 @@ def train(
     seed: int,
     device: Device = "cpu",
     after_step: Callable[[int], None] | None = None,
+    penalty: Callable[[nn.Module], torch.Tensor] | None = None,
 ) -> TrainStats:
     """Train ``model`` in place with minibatch SGD (momentum, weight decay) on cross-entropy.
 
@@ -148,7 +149,9 @@ def train(
     ``torch.Generator`` seeded with ``seed``; the last, possibly partial, batch is used, so
     an epoch has ceil(N / batch_size) steps.  ``after_step(k)`` runs after the k-th
     optimizer step (k = 1, 2, ... over all epochs): attacks hook in there, e.g. PGD projects
-    the weights back onto a norm ball every few steps.
+    the weights back onto a norm ball every few steps.  ``penalty(model)``, when given, is
+    added to every batch's loss before the backward pass (an attacker's constraint on its
+    own weights); the reported loss is the cross-entropy alone.
 
     Dropout draws its masks from torch's global generator (of the training device), not
     from our generator, so that generator is seeded with ``seed`` too: the same model, data
@@ -179,7 +182,7 @@ def train(
             for xb, yb in _batches(x, y, batch_size, device, order):
                 loss = F.cross_entropy(model(xb), yb)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss if penalty is None else loss + penalty(model)).backward()
                 optimizer.step()
                 loss_sum += loss.detach() * yb.shape[0]
                 step += 1

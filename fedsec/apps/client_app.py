@@ -14,7 +14,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from fedsec.config import ExperimentConfig
-from fedsec.task import ATTACKER_INDEX, get_task
+from fedsec.task import ATTACKER_INDEX, BENIGN_STATE, get_task
 from fedsec.training import train
 
 app = ClientApp()
@@ -52,10 +52,11 @@ def local_train(msg: Message, context: Context) -> Message:
     if task.attack is not None and ATTACKER_INDEX in config_record:
         # the server made this client one of the round's attackers (fedsec.server.run_round)
         ctx = task.attack_context(pid, server_round, config_record)
-        stats = task.attack.local_update(model, ctx, kwargs)
+        attack_reply = task.attack.update(model, ctx, kwargs)
+        stats, benign_state = attack_reply.stats, attack_reply.benign_state
     else:
         x, y = task.client_data(pid)
-        stats = train(model, x, y, **kwargs)
+        stats, benign_state = train(model, x, y, **kwargs), None
     content = RecordDict(
         {
             "arrays": ArrayRecord(model.state_dict()),
@@ -68,4 +69,6 @@ def local_train(msg: Message, context: Context) -> Message:
             ),
         }
     )
+    if benign_state is not None:  # for the server loop's adversary stage, which removes it
+        content[BENIGN_STATE] = ArrayRecord(benign_state)
     return Message(content, reply_to=msg)

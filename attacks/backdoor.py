@@ -1,0 +1,111 @@
+"""Base class of the backdoor attacks: ``attack.evasion``, the defense-aware step.
+
+Every backdoor attack (the edge-case family, the pattern-trigger family, label flipping)
+takes ``attack.evasion``:
+
+- ``"none"`` (default): the attack as its paper runs it;
+- ``"scaling"``: the attacker knows the server's rule (``ctx.defense_name``, its
+  parameters) and sends ``u_benign + lam (u_backdoor - u_benign)`` with the largest
+  ``lam`` in [0, 1] the rule keeps in its view of the round
+  (``attacks.evasion.largest_kept_scale``). ``u_benign`` is the update its own clean data
+  give (``attacks.procedures.benign_update``). Its view (``attack.knowledge``):
+
+  - ``"partial"`` (default): ``u_benign`` and ``evasion_estimates - 1`` more benign
+    updates it estimates itself, each trained on a bootstrap resample of its own clean
+    data (-1: as many estimates as the round has other clients); it scales on its client;
+  - ``"full"``: the round's honest updates. It sends its benign model beside its update
+    and the server loop's adversary stage (``fedsec.adversary``) scales it there (the
+    simulation's adversary, as for the colluding attacks); a config error on the
+    ``deployment`` engine.
+- ``"multi-metrics"``: the backdoor is trained with a penalty (weight
+  ``evasion_weight``) that keeps the update's Manhattan and Euclidean norms and cosine
+  distance to the global model near those of ``u_benign``
+  (``attacks.evasion.multi_metrics_penalty``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from attacks.base import Attack, AttackReply
+from attacks.collusion import KNOWLEDGE, check_knowledge
+from attacks.evasion import EVASIONS, largest_kept_scale, multi_metrics_penalty
+from attacks.procedures import benign_update
+from fedsec.errors import ConfigError
+from fedsec.params import one_of, param, positive
+from fedsec.seeding import derive_seed
+from fedsec.training import assign_flat_params, flatten_params
+
+
+@dataclass(kw_only=True, eq=False)
+class BackdoorAttack(Attack):
+    """An attack with a backdoor test set; adds the ``evasion`` step around
+    :meth:`local_update`."""
+
+    evasion: str = param("none", one_of(*EVASIONS), "one of 'none', 'scaling', 'multi-metrics'")
+    knowledge: str = param("partial", one_of(*KNOWLEDGE), "one of 'partial', 'full'")
+    evasion_estimates: int = param(
+        -1, lambda v: v == -1 or v >= 2, ">= 2 benign estimates (or -1: the round's size - 1)"
+    )
+    evasion_weight: float = param(1.0, positive, "> 0 (the multi-metrics penalty's weight)")
+
+    def check(self, config, dataset) -> None:
+        super().check(config, dataset)
+        if self.knowledge == "full" and self.evasion != "scaling":
+            raise ConfigError(
+                "attack.knowledge = 'full' only changes attack.evasion = 'scaling' (the "
+                f"other evasions use the attacker's own update alone); got evasion "
+                f"{self.evasion!r}"
+            )
+        check_knowledge(self.knowledge, config)
+
+    def update(self, model, ctx, train_kwargs) -> AttackReply:
+        if self.evasion == "none":
+            return super().update(model, ctx, train_kwargs)
+        kwargs = {**train_kwargs, "device": ctx.device}
+        w0 = flatten_params(model).detach().clone()
+        benign = benign_update(model, *ctx.examples, kwargs)
+        if self.evasion == "multi-metrics":
+            penalty = multi_metrics_penalty(w0, benign, self.evasion_weight)
+            return AttackReply(self.local_update(model, ctx, {**train_kwargs, "penalty": penalty}))
+        stats = self.local_update(model, ctx, train_kwargs)
+        if self.knowledge == "full":  # scaled by the server loop's adversary stage
+            benign_model = _copy_with(model, w0 + benign)
+            return AttackReply(stats, benign_state=benign_model.state_dict())
+        view = torch.stack([benign, *self._estimates(model, ctx, kwargs)])
+        n = torch.full((view.shape[0],), float(ctx.examples[1].shape[0]), dtype=torch.float64)
+        candidate = flatten_params(model).detach() - w0
+        lam = largest_kept_scale(
+            self._rule(ctx), view, n, benign, candidate, stats.num_examples, w0
+        )
+        assign_flat_params(model, w0 + benign + lam * (candidate - benign))
+        return AttackReply(stats)
+
+    def _estimates(self, model, ctx, kwargs) -> list[torch.Tensor]:
+        """Benign updates beyond ``u_benign``: honest training on bootstrap resamples of
+        the attacker's own clean data, each with its own seed."""
+        count = self.evasion_estimates if self.evasion_estimates != -1 else ctx.round_clients - 1
+        x, y = ctx.examples
+        out = []
+        for i in range(max(count, 2) - 1):
+            generator = torch.Generator().manual_seed(derive_seed(ctx.seed, "benign-estimate", i))
+            index = torch.randint(len(y), (len(y),), generator=generator)
+            seeded = {**kwargs, "seed": derive_seed(ctx.seed, "benign-estimate-train", i)}
+            out.append(benign_update(model, x[index], y[index], seeded))
+        return out
+
+    @staticmethod
+    def _rule(ctx):
+        from defenses import build_defense
+
+        return build_defense(ctx.defense_name, dict(ctx.defense_params), seed=ctx.seed).rule
+
+
+def _copy_with(model: torch.nn.Module, flat: torch.Tensor) -> torch.nn.Module:
+    import copy
+
+    clone = copy.deepcopy(model)
+    assign_flat_params(clone, flat)
+    return clone

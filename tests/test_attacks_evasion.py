@@ -1,0 +1,188 @@
+"""Defense-aware backdoors (attack.evasion): the scale search against a rule with a known
+boundary, the multi-metrics penalty's features and pull, the full-knowledge stage, and a
+short federation per evasion."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+
+from attacks.evasion import (
+    SCALE_STEPS,
+    largest_kept_scale,
+    metric_features,
+    multi_metrics_penalty,
+)
+from defenses.rules.base import AggregationResult, AggregationRule
+from defenses.rules.median import MedianRule
+from fedsec.adversary import ScalingAdversary
+from fedsec.config import load_config
+from fedsec.errors import ConfigError
+from fedsec.results import read_metrics
+from fedsec.task import BENIGN_STATE
+from fedsec.training import assign_flat_params, flatten_params, train
+from tests.runs import run_cli, tiny_digits
+
+
+@dataclass(kw_only=True)
+class NormBoundRule(AggregationRule):
+    """Keeps the clients whose update norm is at most ``bound``: a known boundary."""
+
+    name = "norm-bound"
+    bound: float = 1.0
+
+    def _aggregate(self, batch):
+        norms = torch.linalg.vector_norm(batch.models - batch.global_model, dim=1)
+        kept = norms <= self.bound
+        return AggregationResult(batch.global_model, kept)
+
+
+def test_the_scale_search_finds_a_known_boundary_to_its_resolution():
+    w0 = torch.zeros(3, dtype=torch.float64)
+    benign = torch.tensor([0.5, 0.0, 0.0], dtype=torch.float64)
+    candidate = torch.tensor(
+        [0.5, 4.0, 0.0], dtype=torch.float64
+    )  # |u(lam)| = sqrt(.25 + 16 lam^2)
+    view = torch.tensor([[0.3, 0.1, 0.0], [0.2, -0.1, 0.1]], dtype=torch.float64)
+    weights = torch.ones(2, dtype=torch.float64)
+    lam = largest_kept_scale(NormBoundRule(), view, weights, benign, candidate, 1.0, w0)
+    exact = math.sqrt(1.0 - 0.25) / 4.0  # |u(lam)| = 1
+    assert exact - 2.0**-SCALE_STEPS <= lam <= exact
+    # inside the bound already: unscaled; not even the benign update kept: 0
+    assert (
+        largest_kept_scale(NormBoundRule(bound=5.0), view, weights, benign, candidate, 1, w0) == 1
+    )
+    assert (
+        largest_kept_scale(NormBoundRule(bound=0.1), view, weights, benign, candidate, 1, w0) == 0
+    )
+
+
+def test_against_a_rule_that_keeps_everyone_the_scale_matches_the_median_benign_norm():
+    w0 = torch.zeros(2, dtype=torch.float64)
+    view = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]], dtype=torch.float64)  # median 2
+    benign, candidate = torch.zeros(2, dtype=torch.float64), torch.tensor([8.0, 0.0]).double()
+    lam = largest_kept_scale(MedianRule(), view, torch.ones(3).double(), benign, candidate, 1, w0)
+    assert 0.25 - 2.0**-SCALE_STEPS <= lam <= 0.25  # |8 lam| = 2
+
+
+def test_metric_features_are_the_three_quantities_multi_metrics_scores():
+    w0 = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    u = torch.tensor([-1.0, 2.0], dtype=torch.float64)
+    l1, l2, distance = metric_features(u, w0).tolist()
+    w = w0 + u
+    cosine = float(w @ w0 / (w.norm() * w0.norm()))
+    assert (l1, l2) == pytest.approx((3.0, math.sqrt(5.0)))
+    assert distance == pytest.approx(1.0 - cosine, rel=1e-12)
+    # a tiny angle in float32 weights still gives its distance (no cancellation)
+    w0 = torch.ones(100_000)
+    u = torch.zeros(100_000)
+    u[0] = 1e-3
+    assert metric_features(u, w0)[2].item() == pytest.approx(5e-12, rel=1e-3)
+
+
+def test_the_penalty_pulls_training_towards_the_benign_metrics():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 10), torch.randint(0, 2, (64,))
+    torch.manual_seed(1)
+    model = torch.nn.Linear(10, 2)
+    free = torch.nn.Linear(10, 2)
+    free.load_state_dict(model.state_dict())
+    w0 = flatten_params(model).clone()
+    # a benign update far smaller than the one the data ask for (about 17x in its norm)
+    benign = 0.01 * torch.randn(w0.numel(), generator=torch.Generator().manual_seed(2))
+    kwargs = {"epochs": 10, "batch_size": 16, "lr": 0.05, "seed": 1}
+    train(free, x, y, **kwargs)
+    penalty = multi_metrics_penalty(w0, benign, weight=1.0)
+    train(model, x, y, **kwargs, penalty=penalty)
+    target = metric_features(benign, w0)
+
+    def gap(m):
+        return ((metric_features(flatten_params(m) - w0, w0) - target) / target).abs()
+
+    assert (gap(model) < 0.4 * gap(free)).all()  # every feature at least 2.5x closer
+    at_benign = torch.nn.Linear(10, 2)
+    assign_flat_params(at_benign, w0 + benign)
+    assert penalty(at_benign).item() == pytest.approx(0.0, abs=1e-9)  # zero at the target
+
+
+NODE = 100
+
+
+def model_record(values: np.ndarray) -> ArrayRecord:
+    return ArrayRecord({"w": Array(values.astype(np.float32))})
+
+
+def reply(pid: int, values: np.ndarray, benign: np.ndarray | None = None) -> Message:
+    instruction = Message(RecordDict(), dst_node_id=NODE + pid, message_type=MessageType.TRAIN)
+    content = RecordDict(
+        {"arrays": model_record(values), "metrics": MetricRecord({"num-examples": 10})}
+    )
+    if benign is not None:
+        content[BENIGN_STATE] = model_record(benign)
+    return Message(content, reply_to=instruction)
+
+
+@pytest.mark.usefixtures("server_identity")
+def test_full_knowledge_scaling_runs_the_rule_on_the_honest_updates_and_strips_the_benign_model():
+    w0 = np.zeros(3)
+    honest = [np.array([0.3, 0.1, 0.0]), np.array([0.2, -0.1, 0.1])]
+    benign, candidate = np.array([0.5, 0.0, 0.0]), np.array([0.5, 4.0, 0.0])
+    replies = [reply(0, honest[0]), reply(1, honest[1]), reply(2, candidate, benign)]
+    stage = ScalingAdversary(attack=None, rule=NormBoundRule())
+    outcome = stage(model_record(w0), replies, {NODE + p: p for p in range(3)}, 3, {2})
+    assert outcome.crafted == [2] and outcome.view == 2 and 0 < outcome.scales[2] < 1
+    sent = replies[2].content["arrays"]["w"].numpy()
+    assert np.linalg.norm(sent) <= 1.0 and np.linalg.norm(sent) > 1.0 - 4 * 2.0**-SCALE_STEPS
+    assert all(BENIGN_STATE not in r.content for r in replies)
+    np.testing.assert_array_equal(
+        replies[0].content["arrays"]["w"].numpy(), honest[0].astype(np.float32)
+    )
+
+
+DIGITS = [
+    *tiny_digits(rounds=2, seed=3),
+    "attack.name=pixel-replacement",
+    "attack.trigger_size=2",
+    "attack.trigger_gap=1",
+    "attack.every=1",
+    "train.clients_per_round=5",
+    "defense.name=multi-krum",
+]
+
+
+@pytest.mark.parametrize(
+    "evasion",
+    [
+        ["attack.evasion=scaling"],
+        ["attack.evasion=scaling", "attack.knowledge=full"],
+        ["attack.evasion=multi-metrics"],
+    ],
+)
+def test_each_evasion_runs_a_federation_and_sends_a_valid_update(tmp_path, evasion):
+    run_cli(tmp_path / "run", [*DIGITS, *evasion])
+    rounds = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    for r in rounds:
+        assert r["malicious_clients"] and "invalid_clients" not in r
+        assert "backdoor_accuracy" in r
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["attack.knowledge=full"], "only changes attack.evasion = 'scaling'"),
+        (
+            ["attack.evasion=scaling", "attack.knowledge=full", "engine.name=deployment"],
+            "attack.knowledge = 'full' needs every client's update",
+        ),
+        (["attack.evasion=hide"], "attack.evasion must be one of 'none', 'scaling'"),
+        (["attack.evasion_estimates=1"], "attack.evasion_estimates must be >= 2"),
+    ],
+)
+def test_evasion_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [*DIGITS, *overrides])
