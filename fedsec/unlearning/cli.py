@@ -86,7 +86,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="server reference set size (default 3x the forget clients' examples)",
     )
     p.add_argument("--om-oracles", type=int, default=4, help="retrained models OM matches")
-    p.add_argument("--epochs", type=int, default=5, help="matching epochs")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="matching epochs, as the paper's code (default: until the held-out matching "
+        "loss stops improving)",
+    )
     p.add_argument("--lr", type=float, default=5e-4, help="matching learning rate (Adam)")
 
 
@@ -99,7 +104,12 @@ def _settings(args):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name} must be >= 1, got {value}")
-    if args.epochs < 1 or not args.lr > 0 or args.reference_size < 0 or args.om_oracles < 1:
+    if (
+        (args.epochs is not None and args.epochs < 1)
+        or not args.lr > 0
+        or args.reference_size < 0
+        or args.om_oracles < 1
+    ):
         raise ConfigError("--epochs and --om-oracles must be >= 1, --lr > 0, --reference-size >= 0")
     return UnlearnSettings(
         cooperative=args.cooperative,

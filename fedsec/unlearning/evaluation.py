@@ -165,23 +165,25 @@ def klom_evaluation(
     per_example: dict[str, dict[str, torch.Tensor]] = {}
     for method in methods:
         t0 = time.perf_counter()
+        matching = []
         if method == "retrain":
             unlearned, seconds = retrained, retrain_time
         else:
             unlearned = []
             for s, state, target in zip(seeds, originals, om_targets, strict=True):
-                unlearned.append(
-                    unlearn_state(
-                        fed,
-                        state,
-                        method,
-                        forget,
-                        seed=s,
-                        settings=settings,
-                        datamodel=art.datamodel if art else None,
-                        om_target=target,
-                    )
+                outcome = unlearn_state(
+                    fed,
+                    state,
+                    method,
+                    forget,
+                    seed=s,
+                    settings=settings,
+                    datamodel=art.datamodel if art else None,
+                    om_target=target,
                 )
+                unlearned.append(outcome.state)
+                if outcome.matching is not None:
+                    matching.append(outcome.matching)
             seconds = (time.perf_counter() - t0) / n_models
             if method == "om":
                 seconds += om_oracles * retrain_time  # every request needs its own oracles
@@ -194,6 +196,17 @@ def klom_evaluation(
         )
         entry.update({key: float(np.mean([m[key] for m in metrics])) for key in metrics[0]})
         entry["wall_time_per_request_s"] = seconds
+        if matching:  # how far the fine-tuning got, over the N requests
+            entry["matching"] = {
+                "steps_mean": float(np.mean([r.steps for r in matching])),
+                "start_loss_mean": float(np.mean([r.start_loss for r in matching])),
+                "end_loss_mean": float(np.mean([r.end_loss for r in matching])),
+                "converged": (
+                    None
+                    if matching[0].converged is None
+                    else sum(bool(r.converged) for r in matching)
+                ),
+            }
         report["methods"][method] = entry
         log(
             f"fedsec: {method:16s} KLoM p95 forget {entry['forget']:.3f} "

@@ -48,6 +48,7 @@ from fedsec.unlearning.artifact import (
 from fedsec.unlearning.datamodel import Datamodel, predicted_oracle
 from fedsec.unlearning.matching import (
     MatchingConfig,
+    MatchingReport,
     finetune_retain,
     gradient_ascent,
     match_logits,
@@ -462,6 +463,15 @@ def matching_rows(
     return reference, (forget_rows if settings.cooperative else forget_rows[:0])
 
 
+@dataclass(frozen=True)
+class Unlearned:
+    """What an unlearning method returns: the new model's state dict and, for the
+    fine-tuning methods, how far the fine-tuning got."""
+
+    state: dict[str, torch.Tensor]
+    matching: MatchingReport | None = None
+
+
 def unlearn_state(
     fed: Federation,
     state: dict,
@@ -472,7 +482,7 @@ def unlearn_state(
     settings: UnlearnSettings | None = None,
     datamodel: Datamodel | None = None,
     om_target: torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
+) -> Unlearned:
     """Unlearn ``forget`` from the model ``state`` (trained with seed ``seed``) by ``method``
     (a name in ``fedsec.unlearning.METHODS``)."""
     request = UnlearnRequest(
@@ -525,39 +535,40 @@ def _state_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def keep_model(request: UnlearnRequest) -> dict[str, torch.Tensor]:
+def keep_model(request: UnlearnRequest) -> Unlearned:
     """``none``: the trained model as it is (the baseline every method must beat)."""
-    return copy.deepcopy(request.state)
+    return Unlearned(copy.deepcopy(request.state))
 
 
-def retrain(request: UnlearnRequest) -> dict[str, torch.Tensor]:
+def retrain(request: UnlearnRequest) -> Unlearned:
     """``retrain``: the federation trained again without the forget clients (the oracle)."""
-    return train_federation(federation_variant(request.fed.config, request.seed, request.forget))
+    config = federation_variant(request.fed.config, request.seed, request.forget)
+    return Unlearned(train_federation(config))
 
 
-def finetune(request: UnlearnRequest) -> dict[str, torch.Tensor]:
+def finetune(request: UnlearnRequest) -> Unlearned:
     """``finetune``: fine-tune on the retained clients' reference rows."""
     m = _matching_set(request)
     labels = request.fed.labels[m.rows[: m.n_reference]]
-    finetune_retain(
+    report = finetune_retain(
         m.model, m.x[: m.n_reference], labels, seed=m.seed, settings=request.settings.matching
     )
-    return _state_of(m.model)
+    return Unlearned(_state_of(m.model), report)
 
 
-def gradient_ascent_method(request: UnlearnRequest) -> dict[str, torch.Tensor]:
+def gradient_ascent_method(request: UnlearnRequest) -> Unlearned:
     """``gradient-ascent``: ascend the loss on the forget clients' data (they must cooperate)."""
     m = _matching_set(request)
     if m.n_reference == len(m.rows):
         raise ConfigError("gradient-ascent needs the forget clients' data; they do not cooperate")
     labels = request.fed.labels[m.rows[m.n_reference :]]
-    gradient_ascent(
+    report = gradient_ascent(
         m.model, m.x[m.n_reference :], labels, seed=m.seed, settings=request.settings.matching
     )
-    return _state_of(m.model)
+    return Unlearned(_state_of(m.model), report)
 
 
-def datamodel_matching(request: UnlearnRequest) -> dict[str, torch.Tensor]:
+def datamodel_matching(request: UnlearnRequest) -> Unlearned:
     """``dmm``: match the logits the datamodel predicts for the model trained without the
     forget clients (Georgiev et al. 2024)."""
     if request.datamodel is None:
@@ -566,19 +577,19 @@ def datamodel_matching(request: UnlearnRequest) -> dict[str, torch.Tensor]:
     target = predicted_oracle(
         predict_logits(m.model, m.x), request.datamodel, request.forget, m.rows
     )
-    match_logits(m.model, m.x, target, seed=m.seed, settings=request.settings.matching)
-    return _state_of(m.model)
+    report = match_logits(m.model, m.x, target, seed=m.seed, settings=request.settings.matching)
+    return Unlearned(_state_of(m.model), report)
 
 
-def oracle_matching(request: UnlearnRequest) -> dict[str, torch.Tensor]:
+def oracle_matching(request: UnlearnRequest) -> Unlearned:
     """``om``: match the mean logits of models retrained without the forget clients."""
     if request.om_target is None:
         raise ValueError("om needs the oracles' mean logits")
     m = _matching_set(request)
-    match_logits(
+    report = match_logits(
         m.model, m.x, request.om_target[m.rows], seed=m.seed, settings=request.settings.matching
     )
-    return _state_of(m.model)
+    return Unlearned(_state_of(m.model), report)
 
 
 def model_metrics(fed: Federation, state: dict, forget) -> dict[str, float]:
@@ -677,7 +688,7 @@ def unlearn_run(
         if method == "om"
         else None
     )
-    new_state = unlearn_state(
+    unlearned = unlearn_state(
         fed,
         state,
         method,
@@ -687,7 +698,17 @@ def unlearn_run(
         datamodel=art.datamodel if art else None,
         om_target=om_target,
     )
+    new_state = unlearned.state
     info["wall_time_s"] = round(time.perf_counter() - start, 3)
+    if unlearned.matching is not None:
+        info["matching"] = unlearned.matching.as_dict()
+        if unlearned.matching.converged is False:
+            log(
+                f"fedsec: warning: the {method} fine-tuning stopped at max_steps = "
+                f"{settings.matching.max_steps} before its held-out loss stopped improving "
+                f"({unlearned.matching.start_loss:.4g} -> {unlearned.matching.end_loss:.4g}); "
+                "the model may be short of its target"
+            )
     info["before"] = model_metrics(fed, state, forget)
     info["after"] = model_metrics(fed, new_state, forget)
     out = (

@@ -2,14 +2,18 @@
 
 Georgiev et al. 2024 ("Attribute-to-Delete: Machine Unlearning via Datamodel Matching")
 unlearn by fine-tuning the model so its logits match target logits (mean squared error
-over all K logits) on a matching set; the defaults are those of the paper's code: Adam,
-lr 5e-4 decayed x0.95 per epoch, batch 512, 5 epochs. The same loop, with cross-entropy
-on retained data or negated cross-entropy on forget data, gives the fine-tune and
-gradient-ascent baselines. Pure torch.
+over all K logits) on a matching set. The paper's code runs Adam, lr 5e-4 decayed x0.95
+per epoch, batch 512, for 5 epochs, made for matching sets of tens of thousands of
+examples; on a client-sized set that is a few steps, so by default the loop here runs
+until the loss on a held-out part of the set stops improving (:class:`MatchingConfig`).
+The same loop, with cross-entropy on retained data or negated cross-entropy on forget
+data, gives the fine-tune and gradient-ascent baselines. Pure torch.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,15 +21,60 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+#: Epochs of gradient ascent when the settings say "until converged" (the paper code's).
+GRADIENT_ASCENT_EPOCHS = 5
+
 
 @dataclass(frozen=True)
 class MatchingConfig:
-    """Hyper-parameters of the fine-tuning loop (the paper's code's defaults)."""
+    """Hyper-parameters of the fine-tuning loop.
 
-    epochs: int = 5
+    Two ways to decide how long it runs:
+
+    - ``epochs = None`` (default): until it converges. A seeded ``holdout`` share of the
+      matching set is set aside; every ``check_every`` steps the loss on it is measured,
+      and the loop stops when it has not improved by ``min_delta`` (relative) over
+      ``patience`` checks in a row, or after ``max_steps``; the model of the best
+      held-out loss is kept. The step count then follows the problem (set size, model,
+      distance to the target) instead of a fixed epoch count, which on a client-sized
+      matching set of a few hundred examples is a handful of Adam steps.
+    - ``epochs = k``: the paper code's loop, exactly k epochs over the whole set with the
+      learning rate multiplied by ``lr_decay`` after each (its defaults: 5 epochs, lr
+      5e-4, x0.95, batch 512).
+
+    Adam at ``lr`` with batches of ``batch_size`` either way.
+    """
+
+    epochs: int | None = None
     lr: float = 5e-4
-    lr_decay: float = 0.95  # per epoch
+    lr_decay: float = 0.95  # per epoch, fixed-epoch loop only
     batch_size: int = 512
+    holdout: float = 0.2
+    check_every: int = 5  # steps
+    patience: int = 10  # checks without improvement
+    min_delta: float = 0.01  # relative improvement that counts
+    max_steps: int = 2000
+
+
+@dataclass(frozen=True)
+class MatchingReport:
+    """How far a fine-tuning got: the loss before and after (on the held-out part of the
+    set when converging, the epoch mean over the whole set with fixed epochs), the Adam
+    steps taken, and whether it stopped because the loss stopped improving (None for the
+    fixed-epoch loop, which does not ask)."""
+
+    start_loss: float
+    end_loss: float
+    steps: int
+    converged: bool | None
+
+    def as_dict(self) -> dict[str, float | int | bool | None]:
+        return {
+            "start_loss": self.start_loss,
+            "end_loss": self.end_loss,
+            "steps": self.steps,
+            "converged": self.converged,
+        }
 
 
 def fine_tune(
@@ -37,35 +86,85 @@ def fine_tune(
     seed: int,
     settings: MatchingConfig = MatchingConfig(),
     device="cpu",
-) -> list[float]:
-    """Adam on ``loss_fn(model(x_batch), targets_batch)``; returns each epoch's mean loss.
+) -> MatchingReport:
+    """Adam on ``loss_fn(model(x_batch), targets_batch)``, as ``settings`` say.
 
-    Batches follow a permutation drawn per epoch from a generator seeded with ``seed``;
-    dropout draws from the global generator, seeded too inside ``fork_rng``.
+    Batches follow permutations drawn from a generator seeded with ``seed`` (so does the
+    held-out split); dropout draws from the global generator, seeded too inside
+    ``fork_rng``. The model is left in eval mode.
     """
     device = torch.device(device)
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=settings.lr_decay)
     gen = torch.Generator().manual_seed(seed)
-    n = x.shape[0]
-    history = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for _ in range(settings.epochs):
-            order = torch.randperm(n, generator=gen)
-            total = 0.0
-            for start in range(0, n, settings.batch_size):
-                idx = order[start : start + settings.batch_size]
-                loss = loss_fn(model(x[idx].to(device)), targets[idx].to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(idx)
-            sched.step()
-            history.append(total / n)
+        if settings.epochs is None:
+            report = _until_converged(model, opt, x, targets, loss_fn, gen, settings, device)
+        else:
+            report = _fixed_epochs(model, opt, x, targets, loss_fn, gen, settings, device)
     model.eval()
-    return history
+    return report
+
+
+def _fixed_epochs(model, opt, x, targets, loss_fn, gen, settings, device) -> MatchingReport:
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=settings.lr_decay)
+    n = x.shape[0]
+    history, steps = [], 0
+    for _ in range(settings.epochs):
+        order = torch.randperm(n, generator=gen)
+        total = 0.0
+        for start in range(0, n, settings.batch_size):
+            idx = order[start : start + settings.batch_size]
+            loss = loss_fn(model(x[idx].to(device)), targets[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            steps += 1
+        sched.step()
+        history.append(total / n)
+    return MatchingReport(history[0], history[-1], steps, None)
+
+
+def _until_converged(model, opt, x, targets, loss_fn, gen, settings, device) -> MatchingReport:
+    n = x.shape[0]
+    order = torch.randperm(n, generator=gen)
+    n_hold = min(max(1, round(settings.holdout * n)), n - 1) if n > 1 else 0
+    held, fit = order[:n_hold], order[n_hold:]
+    if n_hold == 0:  # one example: it is both what is fitted and what is checked
+        held = fit
+
+    def held_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            value = loss_fn(model(x[held].to(device)), targets[held].to(device)).item()
+        model.train()
+        return value
+
+    start = best = held_loss()
+    best_state = copy.deepcopy(model.state_dict())
+    steps, stale, converged = 0, 0, False
+    while steps < settings.max_steps and not converged:
+        shuffled = fit[torch.randperm(len(fit), generator=gen)]
+        for begin in range(0, len(fit), settings.batch_size):
+            idx = shuffled[begin : begin + settings.batch_size]
+            loss = loss_fn(model(x[idx].to(device)), targets[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+            if steps % settings.check_every == 0:
+                value = held_loss()
+                if value < best * (1 - settings.min_delta):
+                    best, best_state, stale = value, copy.deepcopy(model.state_dict()), 0
+                else:
+                    stale += 1
+                    converged = stale >= settings.patience
+            if converged or steps >= settings.max_steps:
+                break
+    model.load_state_dict(best_state)
+    return MatchingReport(start, best, steps, converged)
 
 
 def match_logits(
@@ -76,7 +175,7 @@ def match_logits(
     seed: int,
     settings: MatchingConfig = MatchingConfig(),
     device="cpu",
-) -> list[float]:
+) -> MatchingReport:
     """DMM / OM: fine-tune ``model`` so its logits on ``x`` match ``target_logits`` (MSE)."""
     return fine_tune(
         model, x, target_logits.float(), F.mse_loss, seed=seed, settings=settings, device=device
@@ -91,7 +190,7 @@ def finetune_retain(
     seed: int,
     settings: MatchingConfig = MatchingConfig(),
     device="cpu",
-) -> list[float]:
+) -> MatchingReport:
     """Baseline: keep training on retained data (cross-entropy)."""
     return fine_tune(
         model, x, y.long(), F.cross_entropy, seed=seed, settings=settings, device=device
@@ -106,8 +205,13 @@ def gradient_ascent(
     seed: int,
     settings: MatchingConfig = MatchingConfig(),
     device="cpu",
-) -> list[float]:
-    """Baseline: ascend the cross-entropy of the forget data (losses returned negated)."""
+) -> MatchingReport:
+    """Baseline: ascend the cross-entropy of the forget data (losses reported negated).
+
+    Its loss has no floor, so "until converged" would mean until ``max_steps``: unless
+    ``settings.epochs`` is given it runs the paper code's 5 epochs."""
+    if settings.epochs is None:
+        settings = dataclasses.replace(settings, epochs=GRADIENT_ASCENT_EPOCHS)
     return fine_tune(
         model,
         x,
