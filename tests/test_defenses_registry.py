@@ -16,6 +16,7 @@ from fedsec.errors import ConfigError
 
 NAMES = [
     "bulyan",
+    "centered-clipping",
     "fedavg",
     "flame",
     "fltrust",
@@ -72,7 +73,7 @@ def test_parameters_and_seed_reach_the_rule():
 @pytest.mark.parametrize(
     "name, params, message",
     [
-        ("krumm", {}, "unknown defense.name 'krumm'; valid: bulyan, fedavg, "),
+        ("krumm", {}, "unknown defense.name 'krumm'; valid: bulyan, centered-clipping, fedavg, "),
         ("krum", {"f": 1}, "defense 'krum': unknown parameter 'f'; valid: num_malicious"),
         ("median", {"beta": 0.1}, "unknown parameter 'beta'; valid: (none)"),
         ("krum", {"num_malicious": "1"}, "'num_malicious' must be an int >= 0, got '1'"),

@@ -12,6 +12,7 @@ import defenses.rules.base as rules_base
 from defenses.rules import (
     AggregationRule,
     BulyanRule,
+    CenteredClippingRule,
     FedAvgRule,
     FLAMERule,
     FLTrustRule,
@@ -129,6 +130,37 @@ def test_norm_clipping_clips_to_exactly_the_bound():
     both = run(NormClippingRule(norm_bound=1.5), models, start)
     torch.testing.assert_close(both.model, start + torch.tensor([0.45, 0.75, 0.2]))
     assert both.scores.tolist() == pytest.approx([5.0, 0.5])
+
+
+def test_centered_clipping_clips_around_the_previous_aggregate():
+    start = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    updates = torch.tensor([[0.5, 0.0], [0.0, 0.5], [10.0, 0.0]], dtype=torch.float64)
+    rule = CenteredClippingRule(tau=1.0)
+    first = run(rule, start + updates, start)
+    # center 0: the outlier (norm 10) counts with factor 0.1, the others in full
+    v1 = torch.tensor([0.5 + 0.0 + 1.0, 0.0 + 0.5 + 0.0], dtype=torch.float64) / 3
+    torch.testing.assert_close(first.model, start + v1)
+    assert first.accepted.all() and first.scores.tolist() == pytest.approx([0.5, 0.5, 10.0])
+    # the next round starts from v1: distances and the step are taken around it
+    second = run(rule, start + updates, start)
+    gaps = updates - v1
+    factors = (1.0 / gaps.norm(dim=1)).clamp(max=1)
+    v2 = v1 + (factors[:, None] * gaps).mean(dim=0)
+    torch.testing.assert_close(second.model, start + v2)
+    # two iterations in one round are two steps from the same start
+    twice = run(CenteredClippingRule(tau=1.0, iterations=2), start + updates, start)
+    torch.testing.assert_close(twice.model, second.model)
+
+
+def test_centered_clipping_resumes_its_center_from_a_checkpoint():
+    start = torch.zeros(4)
+    models = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    whole = CenteredClippingRule(tau=0.5)
+    run(whole, models, start)
+    resumed = CenteredClippingRule(tau=0.5)
+    resumed.load_state_dict(whole.state_dict())
+    assert torch.equal(run(resumed, models, start).model, run(whole, models, start).model)
+    assert CenteredClippingRule().state_dict() == {"center": None}
 
 
 def test_weak_dp_adds_seeded_noise_of_the_given_std():

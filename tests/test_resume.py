@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from fedsec.cli import DEFAULT_EXPERIMENT, main
 from fedsec.results import read_metrics
 from tests.runs import rounds_without_time, sigkill_when
 
-# weak-dp draws noise every round from a generator whose state must survive the kill.
+# weak-dp draws noise every round from a generator whose state must survive the kill;
+# centered-clipping clips around the previous round's aggregate, which must too.
 CONFIG = [
     "data.name=digits",
     "model.name=mlp",
@@ -18,22 +21,26 @@ CONFIG = [
     "train.local_epochs=1",
     "engine.client_num_cpus=1",
     "seed=3",
-    "defense.name=weak-dp",
 ]
 
 
-def argv(out: Path) -> list[str]:
+def argv(out: Path, defense: list[str]) -> list[str]:
     args = ["run", str(DEFAULT_EXPERIMENT), "--out", str(out)]
-    for item in CONFIG:
+    for item in [*CONFIG, *defense]:
         args += ["--set", item]
     return args
 
 
-def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path):
-    assert main(argv(tmp_path / "whole")) == 0
+@pytest.mark.parametrize(
+    "defense",
+    [["defense.name=weak-dp"], ["defense.name=centered-clipping", "defense.tau=0.05"]],
+    ids=["weak-dp", "centered-clipping"],
+)
+def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path, defense):
+    assert main(argv(tmp_path / "whole", defense)) == 0
 
     killed = tmp_path / "killed"
-    sigkill_when(argv(killed), killed / "metrics.jsonl", rounds=3, timeout=120)
+    sigkill_when(argv(killed, defense), killed / "metrics.jsonl", rounds=3, timeout=120)
     done = len(read_metrics(killed / "metrics.jsonl"))
     assert 3 <= done < 8 and not (killed / "summary.json").exists()
 

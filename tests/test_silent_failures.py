@@ -123,6 +123,7 @@ def test_each_limited_defense_names_its_limit_and_the_limit_is_real(name, params
 
 UNLIMITED = [
     "fedavg",
+    "centered-clipping",
     "median",
     "norm-clipping",
     "weak-dp",

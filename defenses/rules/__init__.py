@@ -8,6 +8,7 @@ from fedsec.registry import Registry
 
 from .base import AggregationResult, AggregationRule, ClientBatch, SeededRule
 from .bulyan import BulyanRule
+from .centered_clipping import CenteredClippingRule
 from .fedavg import FedAvgRule
 from .flame import FLAMERule
 from .fltrust import FLTrustRule
@@ -30,6 +31,7 @@ RULES: Registry[type[AggregationRule]] = Registry(
         cls.name: cls
         for cls in (
             BulyanRule,
+            CenteredClippingRule,
             FedAvgRule,
             FLAMERule,
             FLTrustRule,
@@ -57,6 +59,7 @@ __all__ = [
     "AggregationResult",
     "AggregationRule",
     "BulyanRule",
+    "CenteredClippingRule",
     "ClientBatch",
     "FLAMERule",
     "FLTrustRule",
