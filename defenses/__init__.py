@@ -43,6 +43,8 @@ _STRATEGIES = (
     ("fltrust", "fltrust", "FLTrust"),
     ("rlr", "rlr", "RLR"),
     ("multi-metrics", "multi_metrics", "MultiMetrics"),
+    ("dnc", "dnc", "DnC"),
+    ("signguard", "signguard", "SignGuard"),
 )
 #: ``defense.name`` -> strategy class (imported on first lookup).
 DEFENSES: Registry[type[DefenseStrategy]] = Registry(
@@ -132,6 +134,7 @@ __all__ = [
     "RLR",
     "Bulyan",
     "CenteredClipping",
+    "DnC",
     "DefenseStrategy",
     "FLTrust",
     "FedAvg",
@@ -142,6 +145,7 @@ __all__ = [
     "MultiMetrics",
     "NormClipping",
     "RoundReport",
+    "SignGuard",
     "TrimmedMean",
     "WeakDP",
     "build_defense",

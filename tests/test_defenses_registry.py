@@ -17,6 +17,7 @@ from fedsec.errors import ConfigError
 NAMES = [
     "bulyan",
     "centered-clipping",
+    "dnc",
     "fedavg",
     "flame",
     "fltrust",
@@ -28,6 +29,7 @@ NAMES = [
     "norm-clipping",
     "rfa",
     "rlr",
+    "signguard",
     "trimmed-mean",
     "weak-dp",
 ]
@@ -73,7 +75,11 @@ def test_parameters_and_seed_reach_the_rule():
 @pytest.mark.parametrize(
     "name, params, message",
     [
-        ("krumm", {}, "unknown defense.name 'krumm'; valid: bulyan, centered-clipping, fedavg, "),
+        (
+            "krumm",
+            {},
+            "unknown defense.name 'krumm'; valid: bulyan, centered-clipping, dnc, fedavg, ",
+        ),
         ("krum", {"f": 1}, "defense 'krum': unknown parameter 'f'; valid: num_malicious"),
         ("median", {"beta": 0.1}, "unknown parameter 'beta'; valid: (none)"),
         ("krum", {"num_malicious": "1"}, "'num_malicious' must be an int >= 0, got '1'"),

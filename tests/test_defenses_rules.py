@@ -13,6 +13,7 @@ from defenses.rules import (
     AggregationRule,
     BulyanRule,
     CenteredClippingRule,
+    DnCRule,
     FedAvgRule,
     FLAMERule,
     FLTrustRule,
@@ -24,6 +25,7 @@ from defenses.rules import (
     NormClippingRule,
     RFARule,
     RLRRule,
+    SignGuardRule,
     TrimmedMeanRule,
     WeakDPRule,
 )
@@ -161,6 +163,48 @@ def test_centered_clipping_resumes_its_center_from_a_checkpoint():
     resumed.load_state_dict(whole.state_dict())
     assert torch.equal(run(resumed, models, start).model, run(whole, models, start).model)
     assert CenteredClippingRule().state_dict() == {"center": None}
+
+
+def test_dnc_removes_the_update_that_projects_far_on_the_top_singular_vector():
+    start = torch.zeros(4, dtype=torch.float64)
+    honest = torch.tensor(
+        [
+            [1.0, 0.1, 0.0, 0.0],
+            [1.1, 0.0, 0.1, 0.0],
+            [0.9, -0.1, 0.0, 0.1],
+            [1.0, 0.0, -0.1, -0.1],
+            [1.0, 0.0, 0.0, 0.0],
+        ],
+        dtype=torch.float64,
+    )
+    attacker = torch.tensor([[1.0, 3.0, 3.0, 0.0]], dtype=torch.float64)
+    models = torch.cat([honest[:2], attacker, honest[2:]])
+    result = run(DnCRule(num_malicious=1, subsample=100), models, start)  # b >= d: all columns
+    assert result.accepted.tolist() == [True, True, False, True, True, True]
+    torch.testing.assert_close(result.model, honest.mean(dim=0))
+    assert int(result.scores.argmax()) == 2
+    # filter_fraction * num_malicious clients go: 2 of them with c = 2
+    two = run(DnCRule(num_malicious=1, filter_fraction=2.0, subsample=100), models, start)
+    assert int((~two.accepted).sum()) == 2 and not bool(two.accepted[2])
+    assert "at least 3 valid clients" in DnCRule(num_malicious=2).round_problem(2, 1)
+
+
+def test_signguard_drops_the_sign_flipper_and_the_huge_update_then_clips_to_the_median():
+    gen = torch.Generator().manual_seed(0)
+    d = 2_000
+    start = torch.zeros(d, dtype=torch.float64)
+    magnitudes = torch.rand(6, d, generator=gen, dtype=torch.float64) * 0.01
+    signs = torch.where(torch.rand(6, d, generator=gen) < 0.8, 1.0, -1.0).double()
+    updates = magnitudes * signs
+    updates[4] = -updates[4]  # mostly negative: another sign profile, the same norm
+    updates[5] *= 40.0  # same signs, 40x the norm
+    result = run(SignGuardRule(coordinate_fraction=0.5), start + updates, start)
+    assert result.accepted.tolist() == [True, True, True, True, False, False]
+    norms = updates.norm(dim=1)
+    median = norms.quantile(0.5)
+    clipped = updates[:4] * (median / norms[:4]).clamp(max=1)[:, None]
+    torch.testing.assert_close(result.model, clipped.mean(dim=0))
+    assert result.scores[5] > 3.0 > result.scores[:5].max()
 
 
 def test_weak_dp_adds_seeded_noise_of_the_given_std():

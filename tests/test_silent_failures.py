@@ -106,6 +106,7 @@ LIMITS = [
     ("bulyan", {"num_malicious": 1}, 7, "at least 7 valid clients"),
     ("trimmed-mean", {"beta": 0.2}, 5, "0 values from each end"),
     ("rlr", {"threshold": 4}, 4, "exceeds the 3 clients"),
+    ("dnc", {"num_malicious": 2}, 3, "at least 3 valid clients"),
 ]
 
 
@@ -124,6 +125,7 @@ def test_each_limited_defense_names_its_limit_and_the_limit_is_real(name, params
 UNLIMITED = [
     "fedavg",
     "centered-clipping",
+    "signguard",
     "median",
     "norm-clipping",
     "weak-dp",

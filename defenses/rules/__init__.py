@@ -9,6 +9,7 @@ from fedsec.registry import Registry
 from .base import AggregationResult, AggregationRule, ClientBatch, SeededRule
 from .bulyan import BulyanRule
 from .centered_clipping import CenteredClippingRule
+from .dnc import DnCRule
 from .fedavg import FedAvgRule
 from .flame import FLAMERule
 from .fltrust import FLTrustRule
@@ -20,6 +21,7 @@ from .multi_metrics import MultiMetricsRule
 from .norm_clipping import NormClippingRule
 from .rfa import RFARule
 from .rlr import RLRRule
+from .signguard import SignGuardRule
 from .trimmed_mean import TrimmedMeanRule
 from .weak_dp import WeakDPRule
 
@@ -32,6 +34,7 @@ RULES: Registry[type[AggregationRule]] = Registry(
         for cls in (
             BulyanRule,
             CenteredClippingRule,
+            DnCRule,
             FedAvgRule,
             FLAMERule,
             FLTrustRule,
@@ -43,6 +46,7 @@ RULES: Registry[type[AggregationRule]] = Registry(
             NormClippingRule,
             RFARule,
             RLRRule,
+            SignGuardRule,
             TrimmedMeanRule,
             WeakDPRule,
         )
@@ -60,6 +64,7 @@ __all__ = [
     "AggregationRule",
     "BulyanRule",
     "CenteredClippingRule",
+    "DnCRule",
     "ClientBatch",
     "FLAMERule",
     "FLTrustRule",
@@ -72,6 +77,7 @@ __all__ = [
     "NormClippingRule",
     "RFARule",
     "RLRRule",
+    "SignGuardRule",
     "SeededRule",
     "TrimmedMeanRule",
     "WeakDPRule",
