@@ -52,7 +52,7 @@ class AttackContext:
     Three sources, built by ``FederatedTask.attack_context`` on the client:
 
     - its own data: ``examples``, the clean training examples of its partition, and the
-      data set's ``input_shape``;
+      data set's ``input_shape`` and ``num_classes``;
     - what the config makes public: ``defense_name`` and ``defense_params``, the server's
       rule (Kerckhoffs: a defense must hold when the attacker knows it);
     - the round's facts the server sends in the train message's ConfigRecord
@@ -76,6 +76,7 @@ class AttackContext:
     target_label: int
     examples: tuple[torch.Tensor, torch.Tensor]
     input_shape: tuple[int, ...]
+    num_classes: int
     data_seed: int
     seed: int
     device: torch.device

@@ -20,6 +20,7 @@ import numpy as np
 from attacks.base import AttackContext
 from attacks.procedures import scale_update
 from attacks.triggers import PatternTriggerAttack
+from fedsec.errors import ConfigError
 from fedsec.params import at_least, param, positive
 
 
@@ -28,6 +29,14 @@ class DBA(PatternTriggerAttack):
     name = "dba"
     num_parts: int = param(4, at_least(1), ">= 1 (trigger parts)")
     scale: float = param(1.0, positive, "> 0")
+
+    def check(self, config, dataset) -> None:
+        super().check(config, dataset)
+        if self.trigger != "pattern":
+            raise ConfigError(
+                "dba splits the pattern trigger into bars, one per attacker; "
+                "attack.trigger = 'blended' is for pixel-replacement, pgd and neurotoxin"
+            )
 
     @property
     def num_parts_of_global(self) -> int:  # the global trigger has num_parts bars

@@ -28,9 +28,15 @@ import torch
 from attacks.backdoor import BackdoorAttack
 from attacks.base import AttackContext
 from fedsec.errors import ConfigError
-from fedsec.params import at_least, in_unit_interval, param
+from fedsec.params import at_least, in_unit_interval, one_of, param
 
 GLOBAL_PARTS = 4  # parts of the pattern that pixel-replacement, pgd and neurotoxin stamp whole
+#: ``attack.trigger``: white bars (the pattern) or a noise image blended into the input.
+TRIGGERS = ("pattern", "blended")
+#: ``attack.target_mode``: every poisoned input to the target, or class y to y + 1.
+TARGET_MODES = ("all-to-one", "all-to-all")
+#: Seed of the blended trigger's noise image: one fixed image, the same for every run.
+BLEND_SEED = 20170714  # the date of Chen et al.'s arXiv preprint
 
 
 def trigger_box(num_parts: int, size: int, gap: int) -> tuple[int, int]:
@@ -61,6 +67,17 @@ def trigger_parts(
     return masks
 
 
+def blend_pattern(shape: tuple[int, ...]) -> np.ndarray:
+    """The blended trigger: uniform noise in [0, 1) of ``shape`` (C, H, W), seeded with
+    :data:`BLEND_SEED` (Chen et al. 2017's "random pattern" key)."""
+    return np.random.default_rng(BLEND_SEED).random(shape, dtype=np.float32)
+
+
+def blend(x: np.ndarray, pattern: np.ndarray, ratio: float) -> np.ndarray:
+    """``(1 - ratio) x + ratio pattern`` for images ``x`` (N, C, H, W), in x's dtype."""
+    return ((1 - ratio) * x + ratio * pattern).astype(x.dtype)
+
+
 def stamp(x: np.ndarray, mask: np.ndarray, value: float = 1.0) -> np.ndarray:
     """A copy of images ``x`` (N, C, H, W) with the pixels of ``mask`` (H, W) set to ``value``."""
     out = np.array(x, dtype=x.dtype, copy=True)
@@ -77,10 +94,17 @@ class PatternTriggerAttack(BackdoorAttack):
     the set keeps its size. ``backdoor_test_set``: every test image NOT of the target
     class, with the FULL (global) trigger stamped, labelled target. Subclasses choose the
     trigger a client stamps (:meth:`client_trigger`) and the training procedure.
+
+    ``trigger = "blended"`` (Chen et al. 2017, "Targeted Backdoor Attacks on Deep
+    Learning Systems Using Data Poisoning", blended injection) replaces the bars with
+    ``(1 - blend) x + blend * noise`` over the whole image, one fixed seeded noise image
+    (:func:`blend_pattern`). ``target_mode = "all-to-all"`` (Gu et al. 2017, BadNets'
+    all-to-all attack) labels a poisoned input of class ``y`` as ``(y + 1) mod classes``;
+    its BA test set is every test image, triggered, labelled ``y + 1``.
     """
 
     default_target = 2
-    backdoor_test_params = ("trigger_size", "trigger_gap")
+    backdoor_test_params = ("trigger_size", "trigger_gap", "trigger", "blend", "target_mode")
     num_parts_of_global: ClassVar[int] = GLOBAL_PARTS
 
     poison_fraction: float = param(
@@ -88,6 +112,11 @@ class PatternTriggerAttack(BackdoorAttack):
     )
     trigger_size: int = param(4, at_least(1), ">= 1 (pixels)")
     trigger_gap: int = param(2, at_least(0), ">= 0 (pixels)")
+    trigger: str = param("pattern", one_of(*TRIGGERS), "one of 'pattern', 'blended'")
+    blend: float = param(0.2, in_unit_interval, "in (0, 1] (the blended trigger's weight)")
+    target_mode: str = param(
+        "all-to-one", one_of(*TARGET_MODES), "one of 'all-to-one', 'all-to-all'"
+    )
     _cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(
         default_factory=dict, init=False, repr=False
     )
@@ -95,7 +124,12 @@ class PatternTriggerAttack(BackdoorAttack):
     # ----------------------------------------------------------------- validation
     def check(self, config, dataset) -> None:
         super().check(config, dataset)
-        if dataset is not None:
+        if self.target_mode == "all-to-all" and self.target_label != -1:
+            raise ConfigError(
+                "attack.target_label has no meaning with attack.target_mode = 'all-to-all' "
+                f"(class y goes to y + 1); remove it (got {self.target_label})"
+            )
+        if dataset is not None and self.trigger == "pattern":
             _, height, width = dataset.input_shape
             need = trigger_box(self.num_parts_of_global, self.trigger_size, self.trigger_gap)
             if need[0] > height or need[1] > width:
@@ -129,14 +163,31 @@ class PatternTriggerAttack(BackdoorAttack):
             rng = np.random.default_rng(ctx.data_seed)
             count = max(1, round(self.poison_fraction * len(y)))
             poisoned = np.sort(rng.choice(len(y), size=count, replace=False))
-            x[poisoned] = stamp(x[poisoned], self.client_trigger(ctx))
-            y[poisoned] = self.target
+            mask = self.client_trigger(ctx) if self.trigger == "pattern" else None
+            x[poisoned] = self.apply_trigger(x[poisoned], mask)
+            y[poisoned] = self.poisoned_labels(y[poisoned], ctx.num_classes)
             self._cache[ctx.partition_id] = (torch.from_numpy(x), torch.from_numpy(y))
         return self._cache[ctx.partition_id]
 
     def backdoor_test_set(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
         d = dataset
-        keep = d.y_test != self.target
+        keep = d.y_test != self.target if self.target_mode == "all-to-one" else d.y_test >= 0
         _, height, width = d.input_shape
-        x = stamp(d.x_test[keep], self.global_trigger(height, width))
-        return torch.from_numpy(x), torch.full((len(x),), self.target, dtype=torch.int64)
+        mask = self.global_trigger(height, width) if self.trigger == "pattern" else None
+        x = self.apply_trigger(d.x_test[keep], mask)
+        y = self.poisoned_labels(d.y_test[keep], d.num_classes)
+        return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+
+    # ------------------------------------------------------------------ poisoning
+    def apply_trigger(self, x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        """Images ``x`` (N, C, H, W) with the trigger: the bars of ``mask`` stamped, or
+        the blended noise image mixed in (no mask then)."""
+        if self.trigger == "blended":
+            return blend(x, blend_pattern(x.shape[1:]), self.blend)
+        return stamp(x, mask)
+
+    def poisoned_labels(self, y: np.ndarray, num_classes: int) -> np.ndarray:
+        """The labels poisoned inputs of classes ``y`` get."""
+        if self.target_mode == "all-to-all":
+            return ((y + 1) % num_classes).astype(y.dtype)
+        return np.full_like(y, self.target)

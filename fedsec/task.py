@@ -133,6 +133,7 @@ class FederatedTask:
             target_label=self.attack.target,
             examples=self.client_data(partition_id),
             input_shape=tuple(self.dataset.input_shape),
+            num_classes=self.dataset.num_classes,
             data_seed=derive_seed(self.config.federation_seed, "attacker-data", partition_id),
             seed=derive_seed(self.config.seed, "attack", server_round, partition_id),
             device=resolve_device(self.config.engine.device),

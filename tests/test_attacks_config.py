@@ -96,7 +96,7 @@ def config_error(*overrides: str) -> str:
         ),
         (
             [*DIGITS, "attack.name=pgd", "attack.radius=2"],
-            "unknown key attack.radius for attack 'pgd'; its parameters: eps, eps_decay",
+            "unknown key attack.radius for attack 'pgd'; its parameters: blend, eps, eps_decay",
         ),
         (
             [*DIGITS, "attack.name=pgd", "attack.eps=big"],

@@ -11,7 +11,7 @@ from attacks import AttackContext, procedures
 from attacks.dba import DBA
 from attacks.gaussian import gaussian_noise
 from attacks.procedures import project_to_ball, projected_train, scale_update
-from attacks.triggers import stamp, trigger_box, trigger_parts
+from attacks.triggers import blend_pattern, stamp, trigger_box, trigger_parts
 from fedsec.config import load_config
 from fedsec.errors import ConfigError
 from fedsec.task import ATTACKER_INDEX, NUM_ATTACKERS, ROUND_EXAMPLES, get_task
@@ -270,6 +270,55 @@ def test_stamp_copies_and_sets_every_channel():
     mask[1, 2] = True
     out = stamp(x, mask)
     assert x.sum() == 0 and out.sum() == 6 and (out[:, :, 1, 2] == 1).all()
+
+
+def test_blended_trigger_mixes_one_fixed_noise_image_into_the_whole_input():
+    task = task_for("attack.name=pixel-replacement", "attack.trigger=blended", "attack.blend=0.25")
+    pid = task.schedule.pool[0]
+    x, y = task.attack.attacker_data(task.pool_context(pid))
+    clean_x, _ = task.client_data(pid)
+    noise = torch.from_numpy(blend_pattern((1, 8, 8)))
+    poisoned = y == task.attack.target
+    changed = (x != clean_x).any(dim=(1, 2, 3))
+    assert changed.sum() > 0 and torch.all(poisoned[changed])
+    torch.testing.assert_close(x[changed], 0.75 * clean_x[changed] + 0.25 * noise)
+    bx, by = task.attack.backdoor_test_set(task.dataset)
+    kept = task.dataset.y_test != task.attack.target
+    clean_test = torch.from_numpy(task.dataset.x_test[kept])
+    torch.testing.assert_close(bx, 0.75 * clean_test + 0.25 * noise)
+    assert torch.all(by == task.attack.target)
+    assert np.array_equal(blend_pattern((1, 8, 8)), blend_pattern((1, 8, 8)))  # one image
+
+
+def test_all_to_all_sends_each_class_to_the_next():
+    task = task_for("attack.name=pixel-replacement", "attack.target_mode=all-to-all", *TRIGGER)
+    pid = task.schedule.pool[0]
+    x, y = task.attack.attacker_data(task.pool_context(pid))
+    clean_x, clean_y = task.client_data(pid)
+    changed = (x != clean_x).any(dim=(1, 2, 3))
+    assert changed.sum() > 0
+    assert torch.equal(y[changed], (clean_y[changed] + 1) % 10)
+    assert torch.equal(y[~changed], clean_y[~changed])
+    bx, by = task.attack.backdoor_test_set(task.dataset)
+    y_test = torch.from_numpy(task.dataset.y_test)
+    assert len(by) == len(y_test) and torch.equal(by, (y_test + 1) % 10)  # every class
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["attack.name=dba", "attack.trigger=blended"], "dba splits the pattern trigger"),
+        (
+            ["attack.name=pgd", "attack.target_mode=all-to-all", "attack.target_label=3"],
+            "attack.target_label has no meaning with attack.target_mode = 'all-to-all'",
+        ),
+        (["attack.name=pgd", "attack.blend=0"], r"attack.blend must be in \(0, 1\]"),
+        (["attack.name=pgd", "attack.trigger=star"], "attack.trigger must be one of"),
+    ],
+)
+def test_trigger_and_target_mode_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        task_for(*overrides, *TRIGGER)
 
 
 # ------------------------------------------------------------------ neurotoxin
