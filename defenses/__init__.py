@@ -45,6 +45,7 @@ _STRATEGIES = (
     ("multi-metrics", "multi_metrics", "MultiMetrics"),
     ("dnc", "dnc", "DnC"),
     ("signguard", "signguard", "SignGuard"),
+    ("fldetector", "fldetector", "FLDetector"),
 )
 #: ``defense.name`` -> strategy class (imported on first lookup).
 DEFENSES: Registry[type[DefenseStrategy]] = Registry(
@@ -130,6 +131,7 @@ def _strategy_class(name: str) -> type[DefenseStrategy]:
 __all__ = [
     "DEFENSES",
     "FLAME",
+    "FLDetector",
     "RFA",
     "RLR",
     "Bulyan",

@@ -20,6 +20,7 @@ NAMES = [
     "dnc",
     "fedavg",
     "flame",
+    "fldetector",
     "fltrust",
     "foolsgold",
     "krum",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from defenses.rules import (
     DnCRule,
     FedAvgRule,
     FLAMERule,
+    FLDetectorRule,
     FLTrustRule,
     FoolsGoldRule,
     KrumRule,
@@ -205,6 +207,85 @@ def test_signguard_drops_the_sign_flipper_and_the_huge_update_then_clips_to_the_
     clipped = updates[:4] * (median / norms[:4]).clamp(max=1)[:, None]
     torch.testing.assert_close(result.model, clipped.mean(dim=0))
     assert result.scores[5] > 3.0 > result.scores[:5].max()
+
+
+def test_lbfgs_product_meets_the_secant_equation_and_is_exact_for_a_scaled_identity():
+    from defenses.rules.fldetector import lbfgs_product
+
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    a = q @ q.T + 6 * torch.eye(6, dtype=torch.float64)  # symmetric positive definite
+    steps = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    pairs = [(steps[:, j], a @ steps[:, j]) for j in range(4)]
+    torch.testing.assert_close(lbfgs_product(pairs, steps[:, -1]), pairs[-1][1])  # B s_k = y_k
+    scaled = [(s_, 2.5 * s_) for s_, _ in pairs]
+    v = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(lbfgs_product(scaled, v), 2.5 * v)
+
+
+def test_gap_statistic_finds_an_outlying_group_and_no_group_in_a_smooth_spread():
+    from defenses.rules.fldetector import gap_statistic_clusters
+
+    assert gap_statistic_clusters(np.array([1.0] * 8 + [4.0, 4.1]), seed=0) > 1
+    assert gap_statistic_clusters(np.linspace(0.8, 1.2, 10), seed=0) == 1
+    assert gap_statistic_clusters(np.ones(10), seed=0) == 1
+
+
+def test_kmeans_1d_is_the_best_split_into_runs_of_the_sorted_values():
+    import itertools
+
+    from defenses.rules.fldetector import kmeans_1d
+
+    x = np.random.default_rng(3).normal(size=9)
+    v = np.sort(x)
+    for k in (1, 2, 3, 4):
+        labels, centers = kmeans_1d(x, k)
+        got = float(np.square(x - centers[labels]).sum())
+        brute = min(
+            sum(float(np.square(part - part.mean()).sum()) for part in np.split(v, list(cut)))
+            for cut in itertools.combinations(range(1, 9), k - 1)
+        )
+        assert got == pytest.approx(brute) and len(centers) == k
+        assert np.all(np.diff(centers) > 0)
+
+
+def _fldetector_rounds(rule, rounds: int, attacker: int = 7, n: int = 8, d: int = 30):
+    """Rounds in which every honest client's update is an affine function of the global
+    model (what the L-BFGS prediction can learn) and the attacker's is fresh noise."""
+    gen = torch.Generator().manual_seed(1)
+    targets = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    w = torch.zeros(d, dtype=torch.float64)
+    results = []
+    for _ in range(rounds):
+        updates = 0.2 * (targets - w)  # a step towards each client's own optimum
+        updates[attacker] = 0.5 * torch.randn(d, generator=gen, dtype=torch.float64)
+        result = run(rule, w + updates, w)
+        results.append(result)
+        w = result.model if result.model is not None else w
+    return results
+
+
+def test_fldetector_flags_the_unpredictable_client_for_good_and_no_honest_one():
+    rule = FLDetectorRule(window=3, start_round=6)
+    results = _fldetector_rounds(rule, 12)
+    assert all(r.accepted.all() for r in results[:5])  # before start_round: learns only
+    assert not results[-1].accepted[7] and results[-1].accepted[:7].all()
+    first = next(i for i, r in enumerate(results) if not r.accepted[7])
+    assert all(not r.accepted[7] for r in results[first:])  # rejected from then on
+    assert all(r.accepted[:7].all() for r in results)
+    assert results[-1].scores[7] > results[-1].scores[:7].max()
+
+
+def test_fldetector_resumes_from_a_checkpoint():
+    whole = FLDetectorRule(window=3, start_round=6)
+    results = _fldetector_rounds(whole, 8)
+    resumed = FLDetectorRule(window=3, start_round=6)
+    resumed.load_state_dict(whole.state_dict())
+    w = results[-1].model
+    models = w + 0.1 * torch.randn(8, 30, generator=torch.Generator().manual_seed(5)).double()
+    a, b = run(whole, models, w), run(resumed, models, w)
+    assert torch.equal(a.model, b.model) and torch.equal(a.accepted, b.accepted)
+    assert torch.allclose(a.scores, b.scores, equal_nan=True)
 
 
 def test_weak_dp_adds_seeded_noise_of_the_given_std():

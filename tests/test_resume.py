@@ -11,7 +11,8 @@ from fedsec.results import read_metrics
 from tests.runs import rounds_without_time, sigkill_when
 
 # weak-dp draws noise every round from a generator whose state must survive the kill;
-# centered-clipping clips around the previous round's aggregate, which must too.
+# centered-clipping clips around the previous round's aggregate, fldetector predicts
+# each client from its history: both must survive it too.
 CONFIG = [
     "data.name=digits",
     "model.name=mlp",
@@ -33,8 +34,12 @@ def argv(out: Path, defense: list[str]) -> list[str]:
 
 @pytest.mark.parametrize(
     "defense",
-    [["defense.name=weak-dp"], ["defense.name=centered-clipping", "defense.tau=0.05"]],
-    ids=["weak-dp", "centered-clipping"],
+    [
+        ["defense.name=weak-dp"],
+        ["defense.name=centered-clipping", "defense.tau=0.05"],
+        ["defense.name=fldetector", "defense.window=2", "defense.start_round=3"],
+    ],
+    ids=["weak-dp", "centered-clipping", "fldetector"],
 )
 def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path, defense):
     assert main(argv(tmp_path / "whole", defense)) == 0

@@ -126,6 +126,7 @@ UNLIMITED = [
     "fedavg",
     "centered-clipping",
     "signguard",
+    "fldetector",
     "median",
     "norm-clipping",
     "weak-dp",

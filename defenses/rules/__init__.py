@@ -12,6 +12,7 @@ from .centered_clipping import CenteredClippingRule
 from .dnc import DnCRule
 from .fedavg import FedAvgRule
 from .flame import FLAMERule
+from .fldetector import FLDetectorRule
 from .fltrust import FLTrustRule
 from .foolsgold import FoolsGoldRule
 from .krum import KrumRule
@@ -37,6 +38,7 @@ RULES: Registry[type[AggregationRule]] = Registry(
             DnCRule,
             FedAvgRule,
             FLAMERule,
+            FLDetectorRule,
             FLTrustRule,
             FoolsGoldRule,
             KrumRule,
@@ -67,6 +69,7 @@ __all__ = [
     "DnCRule",
     "ClientBatch",
     "FLAMERule",
+    "FLDetectorRule",
     "FLTrustRule",
     "FedAvgRule",
     "FoolsGoldRule",
