@@ -249,3 +249,59 @@ def test_the_claims_checker_gives_each_regime_its_verdicts(regime_report):
         "HOLDS          multi-krum: the edge-case-pgd backdoor gets in "
         "(BA > 5 points above none-edge): 30.0 [5.2, 54.8]"
     )
+
+
+def test_an_untargeted_attack_is_measured_by_the_main_accuracy_it_costs(tmp_path, capsys):
+    # per seed MA: the no-attack run and the Gaussian attacker's (no backdoor accuracy)
+    ma = {
+        ("fedavg", "none-edge"): [0.90, 0.92, 0.94],
+        ("fedavg", "gaussian"): [0.50, 0.60, 0.70],
+        ("median", "none-edge"): [0.90, 0.90, 0.90],
+        ("median", "gaussian"): [0.89, 0.90, 0.88],
+    }
+    root, runs = tmp_path / "sweep", []
+    for (defense, attack), values in ma.items():
+        for seed, acc in enumerate(values):
+            rel = f"defense={defense}/attack={attack}/seed={seed}"
+            (root / rel).mkdir(parents=True)
+            attacked = attack == "gaussian"
+            row = {"round": 1, "main_accuracy": acc}
+            if not attacked:
+                row["backdoor_accuracy"] = 0.01
+            (root / rel / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+            summary = {
+                "final_main_accuracy": acc,
+                "best_main_accuracy": acc,
+                "config": {
+                    "defense": {"name": defense},
+                    "attack": {"name": "gaussian"} if attacked else NONE_EDGE,
+                },
+            }
+            if not attacked:
+                summary.update(final_backdoor_accuracy=0.01, max_backdoor_accuracy=0.01)
+            (root / rel / "summary.json").write_text(json.dumps(summary))
+            labels = {"defense": defense, "attack": attack, "seed": str(seed)}
+            runs.append({"id": rel, "dir": rel, "labels": labels})
+    axes = {
+        k: list(dict.fromkeys(r["labels"][k] for r in runs)) for k in ("defense", "attack", "seed")
+    }
+    (root / "sweep.json").write_text(json.dumps({"name": "untargeted", "axes": axes, "runs": runs}))
+    out = tmp_path / "report"
+    assert main(["report", str(root), "--out", str(out)]) == 0
+    capsys.readouterr()
+    report = json.loads((out / "report.json").read_text())
+    (s,) = report["sets"]
+    cell = {(g["row"], g["col"]): g for g in s["groups"]}
+    fedavg = cell[("fedavg", "gaussian")]
+    assert "ba_above_baseline" not in fedavg
+    assert fedavg["ma_baseline"] == {"col": "none-edge", "set": {}}
+    assert fedavg["ma_drop"]["values"] == pytest.approx([40.0, 32.0, 24.0])
+    assert cell[("median", "gaussian")]["ma_drop"]["values"] == pytest.approx([1.0, 0.0, 2.0])
+    (entry,) = heatmap_data(report).values()
+    assert entry["measure"] == "ma_drop" and entry["rows"] == ["fedavg", "median"]
+    assert entry["gain"].tolist() == [pytest.approx([32.0, 1.0])]
+    assert (out / "heatmap_gaussian.png").read_bytes().startswith(b"\x89PNG")
+    assert (
+        "MA lost: the final MA of the same defense's no-attack run"
+        in (out / "report.md").read_text()
+    )

@@ -208,7 +208,10 @@ def _add_baselines(sets: list[dict[str, Any]]) -> None:
     the same set, else in the first set (the base of a one-at-a-time design, whose honest
     federation the others share when they leave their baselines out). Adds
     ``baseline`` ({"col", "set"}) and ``ba_above_baseline`` (the per-seed paired
-    difference of final BA, with its 95% interval) to the cell."""
+    difference of final BA, with its 95% interval) to the cell; and to every attacked
+    cell, targeted or not, ``ma_drop``: the same no-attack cell's final MA (or, for an
+    untargeted attack, the row's first no-attack cell's) minus the cell's, paired by
+    seed, with ``ma_baseline`` saying which cell that was."""
 
     def no_attack_cells(s):
         return {
@@ -217,19 +220,36 @@ def _add_baselines(sets: list[dict[str, Any]]) -> None:
             if g["no_attack"] and g["backdoor_key"] is not None
         }
 
-    first = no_attack_cells(sets[0]) if sets else {}
-    for s in sets:
-        own = no_attack_cells(s)
+    def first_no_attack(s):
+        out: dict[str, dict[str, Any]] = {}
         for g in s["groups"]:
-            if g["no_attack"] or g["backdoor_key"] is None:
+            if g["no_attack"]:
+                out.setdefault(g["row"], g)
+        return out
+
+    first, first_any = (no_attack_cells(sets[0]), first_no_attack(sets[0])) if sets else ({}, {})
+    ba, ma = "final_backdoor_accuracy", "final_main_accuracy"
+    for s in sets:
+        own, own_any = no_attack_cells(s), first_no_attack(s)
+        for g in s["groups"]:
+            if g["no_attack"]:
                 continue
-            key = (g["row"], tuple(g["backdoor_key"]))
-            base, where = (own[key], s) if key in own else (first.get(key), sets[0])
-            if base is None:
-                continue
-            ba = "final_backdoor_accuracy"
-            g["baseline"] = {"col": base["col"], "set": where["extra"]}
-            g["ba_above_baseline"] = paired_difference(_per_seed(g, ba), _per_seed(base, ba))
+            base, where = None, None
+            if g["backdoor_key"] is not None:
+                key = (g["row"], tuple(g["backdoor_key"]))
+                base, where = (own[key], s) if key in own else (first.get(key), sets[0])
+            if base is not None:
+                g["baseline"] = {"col": base["col"], "set": where["extra"]}
+                g["ba_above_baseline"] = paired_difference(_per_seed(g, ba), _per_seed(base, ba))
+            else:
+                base, where = (
+                    (own_any[g["row"]], s)
+                    if g["row"] in own_any
+                    else (first_any.get(g["row"]), sets[0])
+                )
+            if base is not None:
+                g["ma_baseline"] = {"col": base["col"], "set": where["extra"]}
+                g["ma_drop"] = paired_difference(_per_seed(base, ma), _per_seed(g, ma))
 
 
 def _per_seed(group: dict[str, Any], metric: str) -> dict[str, float]:

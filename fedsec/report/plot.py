@@ -1,4 +1,4 @@
-"""The report's figures: MA/BA curves per set, and heatmaps of the backdoor's gain.
+"""The report's figures: MA/BA curves per set, and heatmaps of what each attack gains.
 
 matplotlib's object API with the Agg canvas (no display, pyplot's global state
 untouched); matplotlib is imported only here, when a figure is drawn.
@@ -95,21 +95,37 @@ def plot_curves(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
     return written
 
 
+#: What a heatmap's colour measures: BA above the no-attack baseline for a backdoor,
+#: MA lost to the attack for an untargeted attack (no BA).
+MEASURES = {
+    "ba_above_baseline": "BA − no-attack BA (points)",
+    "ma_drop": "MA lost to the attack (points)",
+}
+
+
 def heatmap_data(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per attacked column: the sets (rows) x the report's rows (columns) matrix of mean
-    final BA above the no-attack baseline (NaN where there is no such cell), and the
-    share of attack rounds the attacker was kept (NaN where the defense selects no one)."""
+    """Per attacked column: the sets (rows) x the report's rows (columns) matrix of what
+    the attack gains (mean final BA above the no-attack baseline for a backdoor, mean MA
+    lost for an untargeted attack; NaN where there is no such cell), and the share of
+    attack rounds the attacker was kept (NaN where the defense selects no one)."""
     out: dict[str, dict[str, Any]] = {}
     sets = report["sets"]
     titles = [set_title(s) or ALL for s in sets]
     for s_idx, s in enumerate(sets):
         for g in s["groups"]:
-            if "ba_above_baseline" not in g:
+            # a backdoor (a cell with BA) is judged by its BA, an untargeted attack by the
+            # MA it costs
+            targeted = g["metrics"]["final_backdoor_accuracy"]["n"] > 0
+            measure = "ba_above_baseline" if targeted else "ma_drop"
+            if measure not in g:
                 continue
-            entry = out.setdefault(g["col"], {"sets": titles, "rows": [], "gain": {}, "kept": {}})
+            entry = out.setdefault(
+                g["col"],
+                {"sets": titles, "rows": [], "gain": {}, "kept": {}, "measure": measure},
+            )
             if g["row"] not in entry["rows"]:
                 entry["rows"].append(g["row"])
-            entry["gain"][(s_idx, g["row"])] = g["ba_above_baseline"]["mean"]
+            entry["gain"][(s_idx, g["row"])] = g[entry["measure"]]["mean"]
             entry["kept"][(s_idx, g["row"])] = g["metrics"]["acceptance"]["mean"]
     for entry in out.values():
         shape = (len(entry["sets"]), len(entry["rows"]))
@@ -128,9 +144,10 @@ def heatmap_data(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def plot_heatmaps(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
-    """One PNG per attacked column: set (e.g. regime) x defense, colour = mean final BA
-    above the no-attack baseline (percentage points), each cell annotated with it and,
-    for defenses that select clients, the share of attack rounds that kept the attacker.
+    """One PNG per attacked column: set (e.g. regime) x defense, colour = what the attack
+    gains (mean final BA above the no-attack baseline, or MA lost for an untargeted
+    attack; percentage points), each cell annotated with it and, for defenses that
+    select clients, the share of attack rounds that kept the attacker.
 
     Returns {column value: file name}."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -168,7 +185,7 @@ def plot_heatmaps(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
         ax.set_xticks(range(gain.shape[1]), entry["rows"], rotation=30, ha="right")
         ax.set_yticks(range(gain.shape[0]), entry["sets"])
         ax.set_xlabel(report["rows"] or ALL)
-        fig.colorbar(image, ax=ax, label="BA − no-attack BA (points)")
+        fig.colorbar(image, ax=ax, label=MEASURES[entry["measure"]])
         ax.set_title(
             f"{report['name']}: {report['cols']}={attack}" if report["cols"] else report["name"],
             fontsize="medium",

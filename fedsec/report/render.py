@@ -68,6 +68,11 @@ def render_markdown(
             "BA − baseline: final BA minus the final BA of the same defense's no-attack "
             "run on the same backdoor inputs (same seed), with its interval."
         )
+    if any("ma_drop" in g for s in report["sets"] for g in s["groups"]):
+        head.append(
+            "MA lost: the final MA of the same defense's no-attack run minus the attacked "
+            "run's (same seed), with its interval."
+        )
     if "paper" in report:
         head.append(f"Paper: {report['paper']['citation']}, data set `{report['paper']['name']}`.")
     left = [r for r in report["runs"] if r["status"] != "finished"]
@@ -82,7 +87,11 @@ def render_markdown(
             head.append(f"- `{r['id']}`: {r['status']} ({why})")
     full, short = list(head), list(head)
     if heatmaps:
-        maps = ["", "## Heatmaps: BA above the no-attack baseline", ""]
+        maps = [
+            "",
+            "## Heatmaps: BA above the no-attack baseline (MA lost for untargeted attacks)",
+            "",
+        ]
         maps += [f"![{attack}]({png})" for attack, png in heatmaps.items()]
         full += maps
 
@@ -112,17 +121,20 @@ def render_markdown(
         for g in s["groups"]:
             seeds = str(g["n"]) if g["n"] == g["n_expected"] else f"{g['n']} of {g['n_expected']}"
             above = format_ci(g["ba_above_baseline"]) if "ba_above_baseline" in g else "-"
+            lost = format_ci(g["ma_drop"]) if "ma_drop" in g else "-"
             long_rows.append(
                 [g["row"], g["col"]]
                 + [format_mean_std(g["metrics"][k]) for k, _ in METRICS]
-                + [above, seeds]
+                + [above, lost, seeds]
             )
         long = [
             "",
             f"{level} All metrics",
             "",
             _table(
-                [rows or ALL, cols or ALL] + [t for _, t in METRICS] + ["BA − baseline", "seeds"],
+                [rows or ALL, cols or ALL]
+                + [t for _, t in METRICS]
+                + ["BA − baseline", "MA lost", "seeds"],
                 long_rows,
             ),
         ]
