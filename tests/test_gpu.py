@@ -375,6 +375,11 @@ RULES = (
     RuleSpec("TrimmedMeanRule", lambda: rules.TrimmedMeanRule(beta=0.1)),
     RuleSpec("BulyanRule", lambda: rules.BulyanRule(num_malicious=1)),
     RuleSpec("NormClippingRule", rules.NormClippingRule),
+    RuleSpec("CenteredClippingRule", lambda: rules.CenteredClippingRule(tau=1.0)),
+    # all coordinates: no random subset, so both devices see the same numbers
+    RuleSpec("DnCRule", lambda: rules.DnCRule(num_malicious=1, subsample=10**9, seed=SEED)),
+    RuleSpec("SignGuardRule", lambda: rules.SignGuardRule(coordinate_fraction=1.0, seed=SEED)),
+    RuleSpec("FLDetectorRule", lambda: rules.FLDetectorRule(seed=SEED)),
     RuleSpec(
         "WeakDPRule",
         lambda: rules.WeakDPRule(noise_std=0.0, seed=SEED),
