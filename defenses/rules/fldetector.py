@@ -50,9 +50,10 @@ class FLDetectorRule(SeededRule):
     ----------
     window : int (default: 10)
         ``N``: L-BFGS pairs kept and scores averaged per client (the paper's 10).
-    start_round : int (default: 20)
+    start_round : int (default: -1)
         First round (counted by this rule) in which it flags anyone; before, it only
-        learns (the authors' code: after 50 of 500 iterations).
+        learns. -1: ``window + 1``, the first round whose prediction uses a full window of
+        L-BFGS pairs (the authors' code waits 50 of its 500 iterations).
     seed : int (default: 0)
         Seeds the gap statistic's reference sets.
 
@@ -65,7 +66,7 @@ class FLDetectorRule(SeededRule):
 
     name = "fldetector"
     window: int = param(10, lambda v: v >= 1, "an int >= 1")
-    start_round: int = param(20, lambda v: v >= 1, "an int >= 1")
+    start_round: int = param(-1, lambda v: v == -1 or v >= 1, "an int >= 1, or -1")
     _round: int = field(default=0, init=False, repr=False)
     _pairs: list[tuple[torch.Tensor, torch.Tensor]] = field(
         default_factory=list, init=False, repr=False
@@ -91,7 +92,8 @@ class FLDetectorRule(SeededRule):
             [np.mean(self._scores[c]) if self._scores.get(c) else math.nan for c in ids],
             dtype=torch.float64,
         )
-        if self._round >= self.start_round:
+        start = self.window + 1 if self.start_round == -1 else self.start_round
+        if self._round >= start:
             self._flagged |= self._detect(ids, window_means)
         kept = torch.tensor([c not in self._flagged for c in ids], device=w0.device)
         model = combine(batch, normalized(batch.weights, kept)) if kept.any() else None

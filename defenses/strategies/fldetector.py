@@ -15,7 +15,7 @@ class FLDetector(DefenseStrategy):
     Parameters
     ----------
     window : int (default: 10)
-    start_round : int (default: 20)
+    start_round : int (default: -1, i.e. window + 1)
     seed : int (default: 0)
         See :class:`~defenses.rules.FLDetectorRule`.
     **strategy_kwargs
@@ -26,7 +26,7 @@ class FLDetector(DefenseStrategy):
     rule_class = FLDetectorRule
 
     def __init__(
-        self, window: int = 10, start_round: int = 20, seed: int = 0, **strategy_kwargs: Any
+        self, window: int = 10, start_round: int = -1, seed: int = 0, **strategy_kwargs: Any
     ) -> None:
         rule = FLDetectorRule(window=window, start_round=start_round, seed=seed)
         super().__init__(rule, **strategy_kwargs)
