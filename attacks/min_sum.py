@@ -11,18 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from attacks.collusion import CollusionAttack
-from attacks.crafted import DIRECTIONS, min_sum
-from fedsec.params import one_of, param, positive
+from attacks.crafted import min_sum
+from attacks.min_max import MinMax
 
 
 @dataclass(kw_only=True, eq=False)
-class MinSum(CollusionAttack):
+class MinSum(MinMax):
     name = "min-sum"
-    min_view = 2
-
-    direction: str = param("std", one_of(*DIRECTIONS), "one of 'unit', 'std', 'sign'")
-    gamma: float = param(10.0, positive, "> 0 (the halving search's first gamma)")
 
     def craft(self, benign, num_clients, num_attackers):
         return min_sum(benign, self.direction, self.gamma)
