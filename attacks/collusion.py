@@ -3,7 +3,7 @@
 
 Such an attacker cannot act alone on its client: its update is a function of benign
 updates that other processes compute. The round's attackers therefore collude in a
-round-level stage, ``fedsec.adversary.RoundAdversary``, that runs in the server process
+round-level stage, ``fedsec.adversary.CraftingAdversary``, that runs in the server process
 after local training and before the defense. It is the simulation's adversary, not
 something a Flower client does; it gives the same result on every engine because it
 sees the replies in partition order.

@@ -1,7 +1,7 @@
 """The simulation's adversary: a round's colluding attackers acting together.
 
 Attacks crafted from the round's benign updates (``attacks.collusion``) need what no
-single client holds. :class:`RoundAdversary` is that coordination, run by the server
+single client holds. :class:`CraftingAdversary` is that coordination, run by the server
 loop (``fedsec.server.run_round``) after the replies arrive and before the defense sees
 them: it builds the attackers' view of the round (their own replies with
 ``attack.knowledge = "partial"``, every valid reply with ``"full"``), asks the attack for
@@ -42,7 +42,7 @@ class Collusion:
     note: str = ""  # why it crafted nothing, when it did not
 
 
-class RoundAdversary:
+class CraftingAdversary:
     """Replaces the round's attackers' replies with the update ``attack`` crafts."""
 
     def __init__(self, attack: CollusionAttack) -> None:
@@ -169,7 +169,7 @@ def round_adversary(attack, config=None) -> Adversary | None:
     stage of a colluding attack, the scaling stage of a full-knowledge scaling backdoor
     (which runs the rule of ``config``'s defense)."""
     if isinstance(attack, CollusionAttack):
-        return RoundAdversary(attack)
+        return CraftingAdversary(attack)
     if getattr(attack, "evasion", "none") == "scaling" and attack.knowledge == "full":
         from defenses import build_defense
 
