@@ -25,6 +25,7 @@ takes ``attack.evasion``:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -78,7 +79,7 @@ class BackdoorAttack(Attack):
         n = torch.full((view.shape[0],), float(ctx.examples[1].shape[0]), dtype=torch.float64)
         candidate = flatten_params(model).detach() - w0
         lam = largest_kept_scale(
-            self._rule(ctx), view, n, benign, candidate, stats.num_examples, w0
+            self._rule(ctx, model), view, n, benign, candidate, stats.num_examples, w0
         )
         assign_flat_params(model, w0 + benign + lam * (candidate - benign))
         return AttackReply(stats)
@@ -97,15 +98,21 @@ class BackdoorAttack(Attack):
         return out
 
     @staticmethod
-    def _rule(ctx):
-        from defenses import build_defense
+    def _rule(ctx, model):
+        """The server's rule, as the config makes it public; a rule that inspects models
+        (DeepSight) looks at the attacker's copy of the architecture."""
+        from defenses import DEFENSES, build_defense
 
-        return build_defense(ctx.defense_name, dict(ctx.defense_params), seed=ctx.seed).rule
+        probe = None
+        if DEFENSES.resolve(ctx.defense_name).needs_model_probe:
+            from defenses.rules.deepsight import ModelProbe
+
+            probe = ModelProbe(copy.deepcopy(model), ctx.input_shape)
+        params = dict(ctx.defense_params)
+        return build_defense(ctx.defense_name, params, seed=ctx.seed, model_probe=probe).rule
 
 
 def _copy_with(model: torch.nn.Module, flat: torch.Tensor) -> torch.nn.Module:
-    import copy
-
     clone = copy.deepcopy(model)
     assign_flat_params(clone, flat)
     return clone

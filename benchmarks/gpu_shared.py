@@ -1,6 +1,6 @@
 """What the GPU checks (tests/test_gpu.py) and the GPU timing script
-(benchmarks/gpu_timing.py) share: the synthetic aggregation round and the TF32 switch.
-Torch only, no Flower."""
+(benchmarks/gpu_timing.py) share: the synthetic aggregation round, the model probe such a
+round gets (DeepSight) and the TF32 switch. Torch only, no Flower."""
 
 from __future__ import annotations
 
@@ -74,3 +74,17 @@ def tf32(enabled: bool | None) -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+class BiasProbe:
+    """A DeepSight ``ModelProbe`` for rounds without a model behind them (synthetic and
+    hand-made rounds): the whole flat vector is the output layer's bias of a model with
+    no hidden units, so its softmax is that of the vector itself, whatever the input."""
+
+    input_shape = (1,)
+
+    def output_layer(self, models: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return models.new_zeros((*models.shape, 0)), models
+
+    def probabilities(self, model: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(model.double(), dim=0).expand(len(inputs), -1)

@@ -57,7 +57,7 @@ if str(REPO) not in sys.path:
 # The GPU machine has no flwr: defenses/__init__.py imports the Flower strategies only
 # when they are asked for, so `from defenses import rules` needs none of it.
 # They come after the sys.path setup above, hence the noqa: E402.
-from benchmarks.gpu_shared import OUTLIER, Round, make_round, tf32  # noqa: E402
+from benchmarks.gpu_shared import OUTLIER, BiasProbe, Round, make_round, tf32  # noqa: E402
 from fedsec.models import build_model  # noqa: E402  # torch/numpy/fedsec.errors only
 from fedsec.training import train  # noqa: E402
 
@@ -245,6 +245,13 @@ def rule_specs() -> list[tuple[str, Callable[[], object]]]:
     """(label, fresh rule) for every rule of defenses.rules; FedAvg (the baseline) first."""
     from defenses import rules
 
+    def _deepsight():
+        # the synthetic round has no model behind it: the probe reads the flat vector
+        # as the output layer's biases, and a few noise inputs keep it a timing of the rule
+        rule = rules.DeepSightRule(num_seeds=1, num_samples=8, seed=SEED)
+        rule.probe = BiasProbe()
+        return rule
+
     return [
         ("FedAvgRule", rules.FedAvgRule),
         ("KrumRule", lambda: rules.KrumRule(num_malicious=1)),
@@ -257,6 +264,7 @@ def rule_specs() -> list[tuple[str, Callable[[], object]]]:
         ("DnCRule", lambda: rules.DnCRule(seed=SEED)),
         ("SignGuardRule", lambda: rules.SignGuardRule(seed=SEED)),
         ("FLDetectorRule", lambda: rules.FLDetectorRule(seed=SEED)),
+        ("DeepSightRule", _deepsight),
         ("WeakDPRule", lambda: rules.WeakDPRule(seed=SEED)),
         ("RFARule", rules.RFARule),
         ("FoolsGoldRule", rules.FoolsGoldRule),

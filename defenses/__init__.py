@@ -46,6 +46,7 @@ _STRATEGIES = (
     ("dnc", "dnc", "DnC"),
     ("signguard", "signguard", "SignGuard"),
     ("fldetector", "fldetector", "FLDetector"),
+    ("deepsight", "deepsight", "DeepSight"),
 )
 #: ``defense.name`` -> strategy class (imported on first lookup).
 DEFENSES: Registry[type[DefenseStrategy]] = Registry(
@@ -90,6 +91,7 @@ def build_defense(
     *,
     seed: int = 0,
     root_update_fn: Callable | None = None,
+    model_probe: Any = None,
     **strategy_kwargs: Any,
 ) -> DefenseStrategy:
     """Build defense ``name`` with ``params`` as a Flower strategy, every setting given here.
@@ -97,7 +99,9 @@ def build_defense(
     ``seed`` seeds defenses that draw random numbers (weak-dp, flame).
     ``root_update_fn(server_round, global_arrays) -> ArrayRecord`` is the server's training
     on a clean root set; it goes to the defenses that use one (``needs_root_update``:
-    FLTrust) and no other. Further keyword arguments go to the strategy (``device``,
+    FLTrust) and no other; ``model_probe`` (``defenses.rules.deepsight.ModelProbe``: runs
+    flat models, finds their output layer) likewise to those with ``needs_model_probe``
+    (DeepSight). Further keyword arguments go to the strategy (``device``,
     Flower ``FedAvg`` parameters). Raises ``ConfigError`` for an unknown name or
     parameter, a wrong type or a value out of range.
     """
@@ -121,6 +125,8 @@ def build_defense(
         kwargs[SEED_PARAMETER] = seed
     if cls.needs_root_update:
         strategy_kwargs["root_update_fn"] = root_update_fn
+    if cls.needs_model_probe:
+        strategy_kwargs["model_probe"] = model_probe
     return cls(**kwargs, **strategy_kwargs)
 
 
@@ -136,6 +142,7 @@ __all__ = [
     "RLR",
     "Bulyan",
     "CenteredClipping",
+    "DeepSight",
     "DnC",
     "DefenseStrategy",
     "FLTrust",

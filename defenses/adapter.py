@@ -121,6 +121,9 @@ class DefenseStrategy(FedAvg):
     #: Whether the strategy takes ``root_update_fn``, the server's training on a clean
     #: root set (FLTrust); ``defenses.build_defense`` hands it only to those.
     needs_root_update: ClassVar[bool] = False
+    #: Whether the strategy takes ``model_probe``, which runs flat models on inputs
+    #: (DeepSight); ``defenses.build_defense`` hands it only to those.
+    needs_model_probe: ClassVar[bool] = False
 
     def __init__(self, rule: AggregationRule, *, device: str = "cpu", **fedavg_kwargs: Any):
         rule.validate()

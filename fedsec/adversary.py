@@ -164,15 +164,18 @@ def _num_examples(reply: Message) -> float:
 Adversary = Callable[[ArrayRecord, list[Message], dict[int, int], int, set[int]], Collusion]
 
 
-def round_adversary(attack, config=None) -> Adversary | None:
+def round_adversary(attack, config=None, model_probe=None) -> Adversary | None:
     """The adversary stage ``attack`` needs in the server loop, else None: the crafting
     stage of a colluding attack, the scaling stage of a full-knowledge scaling backdoor
-    (which runs the rule of ``config``'s defense)."""
+    (which runs the rule of ``config``'s defense, with ``model_probe`` if it inspects
+    models)."""
     if isinstance(attack, CollusionAttack):
         return CraftingAdversary(attack)
     if getattr(attack, "evasion", "none") == "scaling" and attack.knowledge == "full":
         from defenses import build_defense
 
-        rule = build_defense(config.defense.name, config.defense.params, seed=config.seed).rule
+        rule = build_defense(
+            config.defense.name, config.defense.params, seed=config.seed, model_probe=model_probe
+        ).rule
         return ScalingAdversary(attack, rule)
     return None

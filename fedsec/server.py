@@ -154,12 +154,14 @@ def run_federation(
         raise ValueError("resume needs the run directory to resume from")
     torch.set_num_threads(config.engine.client_num_cpus)
     task = get_task(config)
+    probe = model_probe(task)
     strategy = build_defense(
         config.defense.name,
         config.defense.params,
         seed=config.seed,
         device=str(resolve_device(config.engine.device)),
         root_update_fn=RootTrainer(task),
+        model_probe=probe,
     )
     checkpoint = load_checkpoint(out_dir) if resume else None
     if checkpoint is None:
@@ -179,7 +181,7 @@ def run_federation(
     node_of = discover_partitions(grid, task.num_clients, config.engine.connect_timeout, progress)
     partition_of = {node: pid for pid, node in node_of.items()}
     evaluator = CentralEvaluator(task)
-    adversary = round_adversary(task.attack, config)
+    adversary = round_adversary(task.attack, config, probe)
     every = config.engine.checkpoint_every if out_dir is not None else 0
 
     t_start = time.time() - writer.elapsed_before
@@ -328,6 +330,18 @@ class CentralEvaluator:
             x, target = self.backdoor
             out["backdoor_accuracy"] = evaluate(self.model, x, target, device=self.device).accuracy
         return out
+
+
+def model_probe(task: FederatedTask):
+    """The server's :class:`defenses.rules.deepsight.ModelProbe` of the task's model, when
+    the configured defense inspects models (DeepSight); else None."""
+    from defenses import DEFENSES
+
+    if not DEFENSES.resolve(task.config.defense.name).needs_model_probe:
+        return None
+    from defenses.rules.deepsight import ModelProbe
+
+    return ModelProbe(task.new_model(), tuple(task.dataset.input_shape))
 
 
 class RootTrainer:

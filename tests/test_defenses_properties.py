@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import defenses
-from defenses.rules import MultiMetricsRule
+from benchmarks.gpu_shared import BiasProbe
+from defenses.rules import DeepSightRule, MultiMetricsRule
 
 SPECIAL = [0.0, 1.0, -1.0, math.nan, math.inf, -math.inf, 1e30, -1e30, 3e38, -3e38, 1e-30]
 values = st.one_of(st.sampled_from(SPECIAL), st.floats(-10, 10, width=32))
@@ -36,6 +37,10 @@ def rounds(draw):
 
 RULES = [cls.rule_class() for cls in defenses.DEFENSES.values()]
 RULES.append(MultiMetricsRule(variant="reference"))
+for _rule in RULES:
+    if isinstance(_rule, DeepSightRule):
+        _rule.num_samples = 4
+        _rule.probe = BiasProbe()
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: f"{r.name}-{getattr(r, 'variant', '')}")
@@ -44,6 +49,8 @@ RULES.append(MultiMetricsRule(variant="reference"))
 def test_every_defense_gives_a_finite_model_or_keeps_the_previous_one(rule, data):
     models, weights, start, root = data
     fresh = dataclasses.replace(rule)  # no state carried between examples
+    if isinstance(rule, DeepSightRule):
+        fresh.probe = rule.probe  # not a parameter: replace() leaves it out
     result = fresh.aggregate(models, weights, start, list(range(len(models))), root)
     usable = torch.isfinite(models).all(dim=1)
     assert result.accepted.shape == (len(models),)

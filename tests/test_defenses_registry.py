@@ -17,6 +17,7 @@ from fedsec.errors import ConfigError
 NAMES = [
     "bulyan",
     "centered-clipping",
+    "deepsight",
     "dnc",
     "fedavg",
     "flame",
@@ -51,7 +52,7 @@ def test_strategy_signature_matches_its_rule(name):
     own = [
         p
         for p in inspect.signature(cls).parameters.values()
-        if p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "root_update_fn"
+        if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in ("root_update_fn", "model_probe")
     ]
     rule_defaults = {spec.name: spec.default for spec in fields(cls.rule_class) if spec.init}
     assert {p.name: p.default for p in own} == rule_defaults
@@ -79,7 +80,7 @@ def test_parameters_and_seed_reach_the_rule():
         (
             "krumm",
             {},
-            "unknown defense.name 'krumm'; valid: bulyan, centered-clipping, dnc, fedavg, ",
+            "unknown defense.name 'krumm'; valid: bulyan, centered-clipping, deepsight, dnc, ",
         ),
         ("krum", {"f": 1}, "defense 'krum': unknown parameter 'f'; valid: num_malicious"),
         ("median", {"beta": 0.1}, "unknown parameter 'beta'; valid: (none)"),

@@ -14,6 +14,7 @@ from defenses.rules import (
     AggregationRule,
     BulyanRule,
     CenteredClippingRule,
+    DeepSightRule,
     DnCRule,
     FedAvgRule,
     FLAMERule,
@@ -286,6 +287,54 @@ def test_fldetector_resumes_from_a_checkpoint():
     a, b = run(whole, models, w), run(resumed, models, w)
     assert torch.equal(a.model, b.model) and torch.equal(a.accepted, b.accepted)
     assert torch.allclose(a.scores, b.scores, equal_nan=True)
+
+
+def _mlp_probe():
+    from defenses.rules.deepsight import ModelProbe
+    from fedsec.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mlp", (1, 8, 8), 10)
+    return model, ModelProbe(model, (1, 8, 8))
+
+
+def test_model_probe_finds_the_output_layer_and_runs_flat_models():
+    model, probe = _mlp_probe()
+    flat = torch.cat([v.reshape(-1) for v in model.state_dict().values()])
+    weights, biases = probe.output_layer(flat[None])
+    assert torch.equal(weights[0], model.net[5].weight.detach())
+    assert torch.equal(biases[0], model.net[5].bias.detach())
+    x = torch.rand(7, 1, 8, 8)
+    with torch.no_grad():
+        expected = torch.softmax(model(x), dim=1)
+    torch.testing.assert_close(probe.probabilities(flat, x), expected)
+
+
+def test_deepsight_drops_the_models_trained_towards_one_class_and_clips_the_rest():
+    model, probe = _mlp_probe()
+    w0 = torch.cat([v.reshape(-1) for v in model.state_dict().values()]).double()
+    gen = torch.Generator().manual_seed(1)
+    updates = 0.01 * torch.randn(10, w0.numel(), generator=gen, dtype=torch.float64)
+    out_w, out_b = probe.weight_slice, probe.bias_slice
+    for attacker in (3, 7):  # their output layer moved almost only for class 2
+        row = updates[attacker]
+        row[out_w] = row[out_w] * 0.01
+        row[out_b] = row[out_b] * 0.01
+        target = torch.zeros(10, 200, dtype=torch.float64)
+        target[2] = 0.05
+        row[out_w] += target.reshape(-1)
+        row[out_b.start + 2] += 0.5
+    rule = DeepSightRule(num_samples=200, seed=0)
+    rule.probe = probe
+    result = run(rule, w0 + updates, w0)
+    honest = torch.ones(10, dtype=torch.bool)
+    honest[[3, 7]] = False
+    assert torch.equal(result.accepted, honest)
+    assert result.scores[[3, 7]].max() < result.scores[honest].min()  # fewer exceedings
+    norms = updates.norm(dim=1)
+    bound = norms.quantile(0.5)
+    clipped = updates[honest] * (bound / norms[honest]).clamp(max=1)[:, None]
+    torch.testing.assert_close(result.model, w0 + clipped.mean(dim=0))
 
 
 def test_weak_dp_adds_seeded_noise_of_the_given_std():

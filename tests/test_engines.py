@@ -188,6 +188,16 @@ def test_pyproject_flower_app_config_is_the_default_experiment():
     assert ExperimentConfig.from_dict(table) == default
 
 
+def test_deepsight_inspects_the_task_model_in_a_federation(tmp_path):
+    """The platform hands DeepSight a probe of the task's model: its scores are each
+    client's threshold exceedings, a count of the model's 10 output classes."""
+    run_cli(tmp_path / "run", "defense.name=deepsight", "defense.num_samples=200")
+    for r in read_metrics(tmp_path / "run" / "metrics.jsonl"):
+        scores = list(r["scores"].values())
+        assert len(scores) == 3 and all(s == int(s) and 1 <= s <= 10 for s in scores)
+        assert len(r["accepted_clients"]) + len(r["rejected_clients"]) == 3
+
+
 def test_fltrust_trains_on_the_server_root_set_and_rejects_a_sign_flipper(tmp_path):
     """The platform hands FLTrust its root-set trainer; a flipped update gets zero trust.
 

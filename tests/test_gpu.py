@@ -70,7 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.gpu_shared import Round, make_round, tf32
+from benchmarks.gpu_shared import BiasProbe, Round, make_round, tf32
 from defenses import rules
 from defenses.rules import AggregationResult, AggregationRule
 from defenses.rules.base import BLOCK_COLUMNS, CHUNK_COLUMNS
@@ -380,6 +380,7 @@ RULES = (
     RuleSpec("DnCRule", lambda: rules.DnCRule(num_malicious=1, subsample=10**9, seed=SEED)),
     RuleSpec("SignGuardRule", lambda: rules.SignGuardRule(coordinate_fraction=1.0, seed=SEED)),
     RuleSpec("FLDetectorRule", lambda: rules.FLDetectorRule(seed=SEED)),
+    RuleSpec("DeepSightRule", lambda: _deepsight()),
     RuleSpec(
         "WeakDPRule",
         lambda: rules.WeakDPRule(noise_std=0.0, seed=SEED),
@@ -398,6 +399,13 @@ RULES = (
     RuleSpec("MultiMetricsRule[reference]", lambda: rules.MultiMetricsRule(variant="reference")),
 )
 NOISY_RULES = tuple(spec for spec in RULES if spec.make_noisy is not None)
+
+
+def _deepsight() -> AggregationRule:
+    """DeepSight on a synthetic round: the probe reads the flat vector as output biases."""
+    rule = rules.DeepSightRule(num_seeds=1, num_samples=8, seed=SEED)
+    rule.probe = BiasProbe()
+    return rule
 
 
 def rule_id(spec: RuleSpec) -> str:

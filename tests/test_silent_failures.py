@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import defenses
+from benchmarks.gpu_shared import BiasProbe
 from fedsec.cli import _finish_run, main
 from fedsec.config import ExperimentConfig
 from fedsec.errors import RunError
@@ -127,6 +128,7 @@ UNLIMITED = [
     "centered-clipping",
     "signguard",
     "fldetector",
+    "deepsight",
     "median",
     "norm-clipping",
     "weak-dp",
@@ -140,7 +142,7 @@ UNLIMITED = [
 
 @pytest.mark.parametrize("name", UNLIMITED)
 def test_defenses_without_a_round_limit_aggregate_a_round_of_one(name):
-    rule = defenses.build_defense(name, {}).rule
+    rule = defenses.build_defense(name, {}, model_probe=BiasProbe()).rule
     assert rule.round_problem(1, 1) == ""
     models, weights, global_model = _round(1)
     root = models[0] - global_model if name == "fltrust" else None

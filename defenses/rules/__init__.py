@@ -9,6 +9,7 @@ from fedsec.registry import Registry
 from .base import AggregationResult, AggregationRule, ClientBatch, SeededRule
 from .bulyan import BulyanRule
 from .centered_clipping import CenteredClippingRule
+from .deepsight import DeepSightRule
 from .dnc import DnCRule
 from .fedavg import FedAvgRule
 from .flame import FLAMERule
@@ -35,6 +36,7 @@ RULES: Registry[type[AggregationRule]] = Registry(
         for cls in (
             BulyanRule,
             CenteredClippingRule,
+            DeepSightRule,
             DnCRule,
             FedAvgRule,
             FLAMERule,
@@ -66,6 +68,7 @@ __all__ = [
     "AggregationRule",
     "BulyanRule",
     "CenteredClippingRule",
+    "DeepSightRule",
     "DnCRule",
     "ClientBatch",
     "FLAMERule",
