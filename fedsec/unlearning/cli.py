@@ -92,7 +92,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="matching epochs, as the paper's code (default: until the held-out matching "
         "loss stops improving)",
     )
-    p.add_argument("--lr", type=float, default=5e-4, help="matching learning rate (Adam)")
+    p.add_argument("--lr", type=float, default=2e-3, help="matching learning rate (Adam)")
 
 
 def _settings(args):

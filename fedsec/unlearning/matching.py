@@ -42,11 +42,14 @@ class MatchingConfig:
       learning rate multiplied by ``lr_decay`` after each (its defaults: 5 epochs, lr
       5e-4, x0.95, batch 512).
 
-    Adam at ``lr`` with batches of ``batch_size`` either way.
+    Adam at ``lr`` with batches of ``batch_size`` either way. The default lr, 2e-3
+    (the paper code's is 5e-4), was chosen on validation models that the KLoM evaluation
+    never sees (``experiments/unlearning/README.md``): it matched the best DMM result
+    there at half the steps of 5e-4.
     """
 
     epochs: int | None = None
-    lr: float = 5e-4
+    lr: float = 2e-3  # chosen on validation models (experiments/unlearning/README.md)
     lr_decay: float = 0.95  # per epoch, fixed-epoch loop only
     batch_size: int = 512
     holdout: float = 0.2
