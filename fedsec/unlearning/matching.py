@@ -110,6 +110,15 @@ def fine_tune(
     return report
 
 
+def _step(model, opt, x, targets, idx, loss_fn, device) -> float:
+    """One Adam step on the rows ``idx``; returns the batch's loss."""
+    loss = loss_fn(model(x[idx].to(device)), targets[idx].to(device))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def _fixed_epochs(model, opt, x, targets, loss_fn, gen, settings, device) -> MatchingReport:
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=settings.lr_decay)
     n = x.shape[0]
@@ -119,11 +128,7 @@ def _fixed_epochs(model, opt, x, targets, loss_fn, gen, settings, device) -> Mat
         total = 0.0
         for start in range(0, n, settings.batch_size):
             idx = order[start : start + settings.batch_size]
-            loss = loss_fn(model(x[idx].to(device)), targets[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
+            total += _step(model, opt, x, targets, idx, loss_fn, device) * len(idx)
             steps += 1
         sched.step()
         history.append(total / n)
@@ -152,10 +157,7 @@ def _until_converged(model, opt, x, targets, loss_fn, gen, settings, device) -> 
         shuffled = fit[torch.randperm(len(fit), generator=gen)]
         for begin in range(0, len(fit), settings.batch_size):
             idx = shuffled[begin : begin + settings.batch_size]
-            loss = loss_fn(model(x[idx].to(device)), targets[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            _step(model, opt, x, targets, idx, loss_fn, device)
             steps += 1
             if steps % settings.check_every == 0:
                 value = held_loss()
