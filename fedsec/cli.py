@@ -4,6 +4,7 @@
     fedsec run --resume RUN_DIR
     fedsec run                          (no config: the showcase, fedsec/showcase.toml)
     fedsec sweep SWEEP.toml [--set section.key=value ...] [--out DIR] [--parallel N] [--dry-run]
+                        [--only AXIS=LABEL,... ...] [--reuse DIR ...]
     fedsec partition [CONFIG.toml] [--set ...] [--out FILE.png]
 
 A user error (bad config, missing data) prints one line and exits with code 2 before
@@ -80,6 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="validate every run of the grid, list them with their state, and exit",
+    )
+    sweep.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="AXIS=LABEL[,LABEL...]",
+        help="run only the cells with these labels (repeatable, one axis each): a slice "
+        "of the grid first; the rest runs later with the same --out",
+    )
+    sweep.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="copy the finished runs under DIR that are the same experiment as a cell "
+        "(equal configs) instead of running them again (repeatable)",
     )
     sweep.set_defaults(handler=cmd_sweep)
 
@@ -177,8 +195,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.parallel is not None and args.parallel < 1:
         raise FedsecError(f"--parallel must be >= 1, got {args.parallel}")
     sweep = load_sweep(args.sweep, args.out, args.overrides)
-    code = _sweep(sweep, sweep.root, args.parallel, args.dry_run)
-    if code == 0 and not args.dry_run:
+    runs = sweep.select(args.only)
+    if args.reuse:
+        from fedsec.sweep import reuse_finished
+
+        copied = reuse_finished(sweep, args.reuse, dry_run=args.dry_run)
+        verb = "would copy" if args.dry_run else "copied"
+        print(f"fedsec: {verb} {len(copied)} finished runs with the same config from --reuse")
+    code = _sweep(sweep, sweep.root, args.parallel, args.dry_run, runs)
+    if code == 0 and not args.dry_run and len(runs) < len(sweep.runs):
+        print(f"fedsec: sweep {sweep.name}: the {len(runs)} runs of --only finished")
+    elif code == 0 and not args.dry_run:
         print(
             f"fedsec: sweep {sweep.name} complete: {len(sweep.runs)} runs in {sweep.root}; "
             f"tables and plots: fedsec report {sweep.root}"
@@ -186,13 +213,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return code
 
 
-def _sweep(sweep, root: Path, parallel: int | None, dry_run: bool = False) -> int:
-    """Run (or with ``dry_run`` list) a loaded sweep; 0 when every run finished."""
+def _sweep(sweep, root: Path, parallel: int | None, dry_run: bool = False, runs=None) -> int:
+    """Run (or with ``dry_run`` list) a loaded sweep, or the slice ``runs`` of it; 0 when
+    every run finished."""
     from fedsec.sweep import default_parallel, pretrain_all, run_sweep
     from fedsec.task import get_task
 
+    runs = sweep.runs if runs is None else runs
     parallel = parallel or default_parallel(sweep)
-    states = [r.state() for r in sweep.runs]
+    states = [r.state() for r in runs]
     print(
         f"fedsec: sweep {sweep.name}: {len(states)} runs ({states.count('done')} done, "
         f"{states.count('partial')} to resume, {states.count('new')} new), "
@@ -200,24 +229,22 @@ def _sweep(sweep, root: Path, parallel: int | None, dry_run: bool = False) -> in
         flush=True,
     )
     if dry_run:
-        for run, state in zip(sweep.runs, states, strict=True):
+        for run, state in zip(runs, states, strict=True):
             print(f"{state:8s}{run.id}")
         return 0
-    for run, state in zip(
-        sweep.runs, states, strict=True
-    ):  # checked against the data before any run
+    for run, state in zip(runs, states, strict=True):  # checked against the data before any run
         if state != "done":
             get_task(run.config)
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    pretrain_all(sweep, log=lambda msg: print(f"fedsec: {msg}", flush=True))
+    pretrain_all(sweep, log=lambda msg: print(f"fedsec: {msg}", flush=True), runs=runs)
     try:
-        failed = run_sweep(sweep, root, parallel)
+        failed = run_sweep(sweep, root, parallel, runs=runs)
     except KeyboardInterrupt:
         print(f"fedsec: interrupted; rerun the same command to resume {root}", file=sys.stderr)
         return 130
     if failed:
         print(
-            f"fedsec: {len(failed)} of {len(sweep.runs)} runs failed: "
+            f"fedsec: {len(failed)} of {len(runs)} runs failed: "
             + ", ".join(f"{r.id} ({r.dir}/run.log)" for r in failed),
             file=sys.stderr,
         )

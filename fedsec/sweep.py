@@ -29,6 +29,17 @@ over. So a sweep killed midway is rerun with the same command, and it redoes not
 that finished. Runs start one seed at a time (all cells of the first seed, then the
 next), so a sweep stopped early holds whole seeds of the table.
 
+``--only AXIS=LABEL[,LABEL...]`` (repeatable) runs a slice of the grid first, the cells
+whose labels match every one given; the rest runs later with the same ``--out``, and
+``sweep.json`` lists the whole grid either way.
+
+A finished run of another sweep (or any run directory) that is the same experiment as
+one of this sweep's cells need not run again: ``fedsec sweep FILE --reuse DIR`` copies
+every finished run under DIR whose config equals a cell's (compared as configs, as
+above) into that cell before the sweep starts, and lists what it copied in
+``OUT/reused.json``. A rerun from scratch gives the same metrics (runs are
+deterministic), so the copy changes no number, only the hours spent.
+
 Each run is a child ``fedsec run`` process (a crash or a leak in one run cannot take the
 others down); ``parallel`` of them run at once, by default as many as the machine's cores
 hold at ``engine.client_num_cpus`` threads each. Pre-trained initial models are built
@@ -41,6 +52,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -111,6 +123,27 @@ class Sweep:
     runs: list[SweepRun]
     root: Path
     parallel: int | None = None
+
+    def select(self, only: list[str]) -> list[SweepRun]:
+        """The runs whose labels match every ``AXIS=LABEL[,LABEL...]`` of ``only`` (all
+        runs when it is empty): a slice of the grid to run first."""
+        chosen: dict[str, set[str]] = {}
+        for item in only:
+            axis, _, labels = item.partition("=")
+            if axis not in self.axes or not labels:
+                raise ConfigError(
+                    f"--only {item}: give AXIS=LABEL[,LABEL...] with an axis of "
+                    f"{self.name}: {', '.join(self.axes)}"
+                )
+            wanted = set(labels.split(","))
+            unknown = sorted(wanted - set(self.axes[axis]))
+            if unknown:
+                raise ConfigError(
+                    f"--only {item}: {axis} has no label {unknown[0]!r}; its labels: "
+                    + ", ".join(self.axes[axis])
+                )
+            chosen[axis] = chosen.get(axis, set()) | wanted
+        return [r for r in self.runs if all(r.labels[a] in ls for a, ls in chosen.items())]
 
 
 def load_sweep(
@@ -301,6 +334,41 @@ def write_manifest(sweep: Sweep, root: Path) -> None:
     atomic_write_text(root / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
 
 
+REUSED_FILE = "reused.json"
+
+
+def reuse_finished(sweep: Sweep, sources: list[Path], dry_run: bool = False) -> dict[str, str]:
+    """Copy each finished run under ``sources`` that is the same experiment as a cell of
+    ``sweep`` not yet run into that cell's directory; return {cell id: source dir}.
+
+    A source run counts when it has a summary (it finished) and its config reads back as
+    the cell's config. Cells already done or partial are left alone. With ``dry_run``,
+    nothing is copied: the answer says what would be."""
+    finished: dict[str, Path] = {}
+    for source in sources:
+        if not source.is_dir():
+            raise ConfigError(
+                f"--reuse {source}: no such directory (give a sweep's or a run's output)"
+            )
+        for written in sorted(source.rglob(CONFIG_FILE)):
+            if (written.parent / SUMMARY_FILE).is_file():
+                finished.setdefault(_written_config(written) or "", written.parent)
+    finished.pop("", None)
+    copied: dict[str, str] = {}
+    for run in sweep.runs:
+        source = finished.get(run.config.to_toml())
+        if source is None or source.resolve() == run.dir.resolve() or run.state() != "new":
+            continue
+        copied[run.id] = str(source)
+        if not dry_run:
+            shutil.copytree(source, run.dir, dirs_exist_ok=True)
+    if copied and not dry_run:
+        path = sweep.root / REUSED_FILE
+        earlier = json.loads(path.read_text()) if path.is_file() else {}
+        atomic_write_text(path, json.dumps({**earlier, **copied}, indent=2) + "\n")
+    return copied
+
+
 def default_parallel(sweep: Sweep) -> int:
     """Runs at once: the sweep's ``parallel``, else cores // threads per run (>= 1)."""
     if sweep.parallel:
@@ -309,13 +377,14 @@ def default_parallel(sweep: Sweep) -> int:
     return max(1, (os.cpu_count() or 1) // threads)
 
 
-def pretrain_all(sweep: Sweep, log=print) -> None:
-    """Build every distinct pre-trained initial model once, sequentially, in this process."""
+def pretrain_all(sweep: Sweep, log=print, runs: list[SweepRun] | None = None) -> None:
+    """Build every distinct pre-trained initial model of ``runs`` (default: the whole
+    grid) once, sequentially, in this process."""
     from fedsec.pretrain import initial_state
     from fedsec.task import get_task
 
     seen = set()
-    for run in sweep.runs:
+    for run in sweep.runs if runs is None else runs:
         cfg, t = run.config, run.config.train
         if t.pretrain_epochs == 0:
             continue
@@ -341,31 +410,39 @@ def pretrain_all(sweep: Sweep, log=print) -> None:
         initial_state(get_task(cfg), log=log)
 
 
-def run_sweep(sweep: Sweep, root: Path, parallel: int, progress: bool = True) -> list[SweepRun]:
-    """Run every unfinished run; return the runs that failed."""
+def run_sweep(
+    sweep: Sweep,
+    root: Path,
+    parallel: int,
+    progress: bool = True,
+    runs: list[SweepRun] | None = None,
+) -> list[SweepRun]:
+    """Run every unfinished run (of ``runs``, a slice of the grid, when given); return
+    the runs that failed. The manifest lists the whole grid either way."""
     from tqdm import tqdm
 
     write_manifest(sweep, root)
-    todo = [r for r in sweep.runs if r.state() != "done"]
+    runs = sweep.runs if runs is None else runs
+    todo = [r for r in runs if r.state() != "done"]
     if "seed" in sweep.axes:
         # One seed at a time: a sweep stopped early holds whole seeds of the table.
         seeds = sweep.axes["seed"]
         todo.sort(key=lambda r: seeds.index(r.labels["seed"]))
     # Progress counts rounds across every run (the parallel runs' rounds interleave);
     # the postfix counts finished runs.
-    rounds_done = {r.id: len(read_metrics(r.dir / METRICS_FILE)) for r in sweep.runs}
-    runs_done = len(sweep.runs) - len(todo)
+    rounds_done = {r.id: len(read_metrics(r.dir / METRICS_FILE)) for r in runs}
+    runs_done = len(runs) - len(todo)
     failed: list[SweepRun] = []
     lock = threading.Lock()
     bar = tqdm(
-        total=sum(r.config.train.rounds for r in sweep.runs),
-        initial=sum(min(rounds_done[r.id], r.config.train.rounds) for r in sweep.runs),
+        total=sum(r.config.train.rounds for r in runs),
+        initial=sum(min(rounds_done[r.id], r.config.train.rounds) for r in runs),
         desc=sweep.name,
         unit="round",
         disable=not progress,
         dynamic_ncols=True,
     )
-    bar.set_postfix_str(f"runs {runs_done}/{len(sweep.runs)}")
+    bar.set_postfix_str(f"runs {runs_done}/{len(runs)}")
 
     def on_round(run: SweepRun, server_round: int) -> None:
         with lock:
@@ -383,7 +460,7 @@ def run_sweep(sweep: Sweep, root: Path, parallel: int, progress: bool = True) ->
             if not ok:
                 failed.append(run)
                 bar.write(f"fedsec: run {run.id} failed; see {run.dir / LOG_FILE}")
-            bar.set_postfix_str(f"runs {runs_done}/{len(sweep.runs)}")
+            bar.set_postfix_str(f"runs {runs_done}/{len(runs)}")
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         for _ in pool.map(one, todo):

@@ -242,3 +242,61 @@ def test_a_run_written_before_a_key_was_added_still_counts(tmp_path):
     (run.dir / "config.toml").write_text(text.replace("rounds = 2", "rounds = 3"))
     with pytest.raises(ConfigError, match="holds a different experiment"):
         run.state()
+
+
+def test_reuse_copies_finished_runs_of_the_same_experiment_and_runs_the_rest(tmp_path, capsys):
+    path = write_sweep(
+        tmp_path,
+        'order = ["defense", "seed"]\n[axes]\nseed = [0, 1]\n'
+        '[axes.defense]\nfedavg = { "defense.name" = "fedavg" }\n',
+    )
+    earlier = tmp_path / "earlier"  # a run made outside any sweep: the seed-0 cell's experiment
+    assert main(["run", str(tmp_path / "base.toml"), "--out", str(earlier / "a")]) == 0
+    stamp = (earlier / "a" / "summary.json").read_text()
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--out", str(out), "--reuse", str(earlier), "--dry-run"]) == 0
+    assert "would copy 1 finished runs" in capsys.readouterr().out
+    assert not (out / "reused.json").exists()
+
+    assert main(["sweep", str(path), "--out", str(out), "--reuse", str(earlier)]) == 0
+    printed = capsys.readouterr().out
+    assert "copied 1 finished runs" in printed
+    assert "2 runs (1 done, 0 to resume, 1 new)" in printed
+    copied = out / "defense=fedavg" / "seed=0"
+    assert (copied / "summary.json").read_text() == stamp  # copied, not run again
+    assert not (copied / "run.log").exists()
+    assert json.loads((out / "reused.json").read_text()) == {
+        "defense=fedavg/seed=0": str(earlier / "a")
+    }
+    assert (out / "defense=fedavg" / "seed=1" / "run.log").is_file()  # the other cell ran
+
+
+def test_reuse_of_a_missing_directory_is_one_line(tmp_path, capsys):
+    path = write_sweep(tmp_path, GRID)
+    code = main(["sweep", str(path), "--out", str(tmp_path / "o"), "--reuse", str(tmp_path / "x")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no such directory" in err
+
+
+def test_only_runs_a_slice_and_the_manifest_lists_the_whole_grid(tmp_path, capsys):
+    path = write_sweep(tmp_path, GRID)
+    out = tmp_path / "out"
+    args = ["sweep", str(path), "--out", str(out), "--only", "defense=krum", "--only", "seed=1"]
+    assert main(args) == 0
+    assert "1 runs (0 done, 0 to resume, 1 new)" in capsys.readouterr().out
+    finished = sorted(p.parent.relative_to(out) for p in out.rglob("summary.json"))
+    assert finished == [Path("defense=krum/seed=1")]
+    assert len(json.loads((out / "sweep.json").read_text())["runs"]) == 4
+
+
+@pytest.mark.parametrize(
+    "only, message",
+    [("attack=x", "an axis of grid: defense, seed"), ("defense=bulyan", "defense has no label")],
+)
+def test_a_bad_only_is_one_line(tmp_path, capsys, only, message):
+    path = write_sweep(tmp_path, GRID)
+    assert main(["sweep", str(path), "--out", str(tmp_path / "o"), "--only", only]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err

@@ -121,6 +121,7 @@ def test_matching_reduces_the_mse_to_the_target():
         after = torch.nn.functional.mse_loss(student(x), target).item()
     assert after < 0.05 * before and report.end_loss < report.start_loss
     assert report.steps == 60 and report.converged is None  # 60 epochs of one batch
+    assert report.examples == 60 * 256  # every row of every epoch: one example-gradient each
 
 
 def _matching_problem(seed: int = 0):
@@ -155,11 +156,24 @@ def test_default_matching_converges_to_the_plateau_of_a_far_longer_run():
     match_logits(paper_student, x, target, seed=1, settings=MatchingConfig(epochs=5))
     assert default.converged and long.converged and default.steps < long.steps
     assert default.start_loss == long.start_loss  # the same held-out split
+    # 240 fitted rows (60 held out) = one batch of 240 per step
+    assert default.examples == 240 * default.steps
     tolerance = 0.05 * (default.start_loss - long.end_loss)
     assert default.end_loss <= long.end_loss + tolerance
     with torch.no_grad():  # the paper's 5 steps stay far from it (on the whole set)
         paper_loss = torch.nn.functional.mse_loss(paper_student(x), target).item()
     assert paper_loss > long.end_loss + 10 * tolerance
+
+
+def test_a_retraining_costs_every_round_s_examples_times_the_local_epochs():
+    # All 5 clients every round: 3 rounds x 2 epochs x the whole training split; without
+    # client 1, its examples drop out of every round.
+    config = tiny_config(train__local_epochs=2)
+    task = fedsec.task.get_task(config)
+    sizes = [len(p) for p in task.partitions]
+    assert federated.training_examples(config) == 3 * 2 * sum(sizes)
+    without = federation_variant(config, 7, (1,))
+    assert federated.training_examples(without) == 3 * 2 * (sum(sizes) - sizes[1])
 
 
 # ------------------------------------------------------------------ example units
@@ -616,6 +630,10 @@ def test_klom_protocol_orders_the_methods(tmp_path):
     assert len(report["forget_clients"]) == 1
     print({k: round(v["forget_mean"], 3) for k, v in m.items()})
     assert m["om"]["forget_mean"] < m["dmm"]["forget_mean"] < m["none"]["forget_mean"]
+    # cost in example-gradients: DMM's 20 epochs over its matching set; OM's matching
+    # plus its 4 oracles' trainings; doing nothing computes none
+    assert m["dmm"]["examples_per_request"] % 20 == 0 and m["none"]["examples_per_request"] == 0
+    assert m["om"]["examples_per_request"] > m["dmm"]["examples_per_request"] > 0
     for name in ("klom.json", "klom.md", "klom.png", "datamodel.pt"):
         assert (tmp_path / name).is_file()
     assert json.loads((tmp_path / "klom.json").read_text())["methods"].keys() == {

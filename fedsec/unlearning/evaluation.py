@@ -46,6 +46,7 @@ from fedsec.unlearning.federated import (
     get_datamodel,
     model_metrics,
     train_federations,
+    training_examples,
     unlearn_state,
 )
 from fedsec.unlearning.klom import klom, margins, percentile
@@ -134,6 +135,11 @@ def klom_evaluation(
     originals, oracles = states[:n_models], states[n_models : 2 * n_models]
     retrain_time = float(np.mean(times))  # one federation's own training time
     retrained = states[2 * n_models : om_start]
+    # What a retraining computes, averaged over the requests (which clients a round
+    # samples follows each training's seed).
+    retrain_examples = np.mean(
+        [training_examples(federation_variant(config, s, forget)) for s in seeds]
+    )
 
     labels = fed.labels
     rows = {
@@ -196,6 +202,11 @@ def klom_evaluation(
         )
         entry.update({key: float(np.mean([m[key] for m in metrics])) for key in metrics[0]})
         entry["wall_time_per_request_s"] = seconds
+        entry["examples_per_request"] = float(np.mean([r.examples for r in matching] or [0]))
+        if method == "retrain":
+            entry["examples_per_request"] = float(retrain_examples)
+        elif method == "om":  # its own oracles' training, then the matching
+            entry["examples_per_request"] += om_oracles * retrain_examples
         if matching:  # how far the fine-tuning got, over the N requests
             entry["matching"] = {
                 "steps_mean": float(np.mean([r.steps for r in matching])),
@@ -234,6 +245,10 @@ def klom_evaluation(
             report["datamodel"]["speedup_per_request"] = (
                 m["retrain"]["wall_time_per_request_s"] / m["dmm"]["wall_time_per_request_s"]
             )
+            examples = m["dmm"].get("examples_per_request")
+            report["datamodel"]["examples_ratio_per_request"] = (
+                m["retrain"]["examples_per_request"] / examples if examples else None
+            )
             report["datamodel"]["payoff_requests"] = (
                 int(np.ceil(art.build_train_time_s / saving)) if saving > 0 else None
             )
@@ -249,7 +264,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     has_ba = any("backdoor_accuracy" in v for v in report["methods"].values())
     head = ["method", "KLoM p95 forget", "retain", "test", "acc forget", "acc retain", "acc test"]
     head += ["BA"] if has_ba else []
-    head += ["gap closed", "s / request"]
+    head += ["gap closed", "s / request", "example-gradients / request"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     gaps = report.get("gap_closed", {})
     for name, v in report["methods"].items():
@@ -258,6 +273,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         cells += [f"{v['backdoor_accuracy']:.4f}"] if has_ba else []
         g = gaps.get(name)
         cells += ["" if g is None else f"{100 * g:.0f}%", f"{v['wall_time_per_request_s']:.2f}"]
+        cells += [f"{v.get('examples_per_request', 0):,.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -419,6 +419,26 @@ def train_federations(
     return out_states, out_times
 
 
+def training_examples(config: ExperimentConfig) -> int:
+    """Example-gradients one training of ``config`` computes: each round's sampled
+    clients' examples (an attacker's poisoned set at its size) times the local epochs,
+    summed over the rounds. The cost of a retraining that does not depend on the machine
+    (the central pre-training, which no forget request changes, is not counted)."""
+    from fedsec.task import get_task
+
+    task = get_task(config)
+    schedule = task.schedule
+    total = 0
+    for server_round in range(1, config.train.rounds + 1):
+        sampled, malicious = schedule.sample(server_round)
+        sizes = [len(task.partitions[c]) for c in sampled]
+        total += sum(
+            task.attack.num_examples(n) if c in malicious else n
+            for c, n in zip(sampled, sizes, strict=True)
+        )
+    return total * config.train.local_epochs
+
+
 def oracle_mean_logits(
     fed: Federation, forget, n: int, *, workers=None, progress=True, cache_dir=None
 ) -> torch.Tensor:
