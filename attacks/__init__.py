@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from attacks.a3fl import A3FL
 from attacks.alie import ALIE
 from attacks.base import Attack, AttackContext
 from attacks.dba import DBA
@@ -38,6 +39,7 @@ ATTACK_CLASSES: tuple[type[Attack], ...] = (
     PatternPGD,
     DBA,
     Neurotoxin,
+    A3FL,
     LabelFlip,
     GaussianNoise,
     SignFlip,

@@ -64,7 +64,11 @@ class AttackContext:
       attacker; ``round_clients``, how many clients the round has. No client recomputes
       the server's sampling;
     - its seeds and device: ``data_seed`` fixes its poisoned data (the same in every
-      round), ``seed`` its randomness in this round; ``device`` is where it trains.
+      round), ``seed`` its randomness in this round; ``device`` is where it trains;
+    - ``trigger``: for an attack whose trigger the attackers carry from round to round
+      (``a3fl``), the current one, (C, H, W), which the server loop's adversary stage
+      holds between rounds and sends in the train message (``fedsec.task.TRIGGER``);
+      None for every other attack, and before the server has sent one.
     """
 
     server_round: int
@@ -82,6 +86,7 @@ class AttackContext:
     device: torch.device
     defense_name: str = "fedavg"
     defense_params: dict[str, Any] = field(default_factory=dict)
+    trigger: torch.Tensor | None = None
 
 
 @dataclass
@@ -89,10 +94,12 @@ class AttackReply:
     """What a malicious client's training gives its reply: the training stats and, for an
     attack the server loop's adversary stage finishes (``fedsec.adversary``), the
     attacker's own benign model as a state dict, sent beside its update and removed
-    before the defense sees the round."""
+    before the defense sees the round; for an attack whose trigger the attackers carry
+    from round to round (``a3fl``), the trigger it used, likewise removed."""
 
     stats: TrainStats
     benign_state: dict[str, torch.Tensor] | None = None
+    trigger: torch.Tensor | None = None
 
 
 @dataclass(kw_only=True, eq=False)

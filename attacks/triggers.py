@@ -160,14 +160,19 @@ class PatternTriggerAttack(BackdoorAttack):
         if ctx.partition_id not in self._cache:
             x = ctx.examples[0].numpy().copy()
             y = ctx.examples[1].numpy().copy()
-            rng = np.random.default_rng(ctx.data_seed)
-            count = max(1, round(self.poison_fraction * len(y)))
-            poisoned = np.sort(rng.choice(len(y), size=count, replace=False))
+            poisoned = self.poisoned_rows(len(y), ctx.data_seed)
             mask = self.client_trigger(ctx) if self.trigger == "pattern" else None
             x[poisoned] = self.apply_trigger(x[poisoned], mask)
             y[poisoned] = self.poisoned_labels(y[poisoned], ctx.num_classes)
             self._cache[ctx.partition_id] = (torch.from_numpy(x), torch.from_numpy(y))
         return self._cache[ctx.partition_id]
+
+    def poisoned_rows(self, num_examples: int, data_seed: int) -> np.ndarray:
+        """Sorted indices of the examples an attacker poisons: a ``poison_fraction`` of its
+        ``num_examples`` (at least one), drawn with its ``data_seed``."""
+        rng = np.random.default_rng(data_seed)
+        count = max(1, round(self.poison_fraction * num_examples))
+        return np.sort(rng.choice(num_examples, size=count, replace=False))
 
     def backdoor_test_set(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
         d = dataset

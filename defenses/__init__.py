@@ -47,6 +47,7 @@ _STRATEGIES = (
     ("signguard", "signguard", "SignGuard"),
     ("fldetector", "fldetector", "FLDetector"),
     ("deepsight", "deepsight", "DeepSight"),
+    ("crfl", "crfl", "CRFL"),
 )
 #: ``defense.name`` -> strategy class (imported on first lookup).
 DEFENSES: Registry[type[DefenseStrategy]] = Registry(
@@ -96,7 +97,7 @@ def build_defense(
 ) -> DefenseStrategy:
     """Build defense ``name`` with ``params`` as a Flower strategy, every setting given here.
 
-    ``seed`` seeds defenses that draw random numbers (weak-dp, flame).
+    ``seed`` seeds defenses that draw random numbers (weak-dp, flame, crfl).
     ``root_update_fn(server_round, global_arrays) -> ArrayRecord`` is the server's training
     on a clean root set; it goes to the defenses that use one (``needs_root_update``:
     FLTrust) and no other; ``model_probe`` (``defenses.rules.deepsight.ModelProbe``: runs
@@ -135,6 +136,7 @@ def _strategy_class(name: str) -> type[DefenseStrategy]:
 
 
 __all__ = [
+    "CRFL",
     "DEFENSES",
     "FLAME",
     "FLDetector",

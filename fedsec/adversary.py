@@ -14,22 +14,30 @@ A backdoor with ``attack.evasion = "scaling"`` and full knowledge gets the secon
 of stage, :class:`ScalingAdversary`: it scales each attacker's update until the rule,
 run on the round's honest updates, keeps it.
 
+An attack whose trigger the attackers carry from round to round (``a3fl``) gets the
+third, :class:`TriggerAdversary`: the attackers' memory between rounds, which Flower's
+stateless client apps cannot keep. It holds the current trigger, adds it to the facts
+the round's attackers are told, takes the optimised triggers out of their replies
+before the defense sees them (keeping the lowest partition id's), gives the server the
+backdoor test set stamped with it, and goes into the checkpoint.
+
 The replies come in partition order, so the stage computes the same update on every
 engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, Message
 
+from attacks.a3fl import A3FL
 from attacks.collusion import CollusionAttack
 from attacks.evasion import largest_kept_scale
 from defenses.adapter import ModelLayout
-from fedsec.task import BENIGN_STATE
+from fedsec.task import BENIGN_STATE, TRIGGER
 
 
 @dataclass
@@ -40,9 +48,47 @@ class Collusion:
     view: int = 0  # benign updates it crafted from
     scales: dict[int, float] = field(default_factory=dict)  # evasion scaling: lam per attacker
     note: str = ""  # why it crafted nothing, when it did not
+    log: dict[str, Any] = field(default_factory=dict)  # more entries for the round's record
 
 
-class CraftingAdversary:
+class AdversaryStage:
+    """A stage of the server loop (``fedsec.server``) that acts for the round's attackers.
+
+    ``__call__(global_arrays, replies, partition_of, num_clients, malicious)`` runs after
+    the replies arrive and before the defense sees them (``replies`` sorted by partition
+    id, ``partition_of`` node id -> partition id, a round of ``num_clients`` clients,
+    ``malicious`` among them) and returns what it did. The other hooks are for a stage
+    that keeps state between rounds; by default it has none.
+    """
+
+    def __call__(
+        self,
+        global_arrays: ArrayRecord,
+        replies: list[Message],
+        partition_of: dict[int, int],
+        num_clients: int,
+        malicious: set[int],
+    ) -> Collusion:
+        raise NotImplementedError
+
+    def facts(self, facts: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+        """The facts each attacker of the round is told (``FederatedTask.attacker_facts``,
+        partition id -> ConfigRecord entries), with what the stage adds."""
+        return facts
+
+    def backdoor_test_set(self, default):
+        """The inputs backdoor accuracy is measured on now (``default``: the attack's own)."""
+        return default
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must hold for a resumed run to continue identically."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (an empty dict: the state at round 0)."""
+
+
+class CraftingAdversary(AdversaryStage):
     """Replaces the round's attackers' replies with the update ``attack`` crafts."""
 
     def __init__(self, attack: CollusionAttack) -> None:
@@ -91,7 +137,7 @@ class CraftingAdversary:
         return outcome
 
 
-class ScalingAdversary:
+class ScalingAdversary(AdversaryStage):
     """``attack.evasion = "scaling"`` with ``attack.knowledge = "full"``: each attacker's
     update is scaled back towards its benign model (``attacks.backdoor``) until the
     server's rule, run on the round's honest updates plus that update, keeps it."""
@@ -159,23 +205,101 @@ def _num_examples(reply: Message) -> float:
     return float(metrics["num-examples"]) if metrics and "num-examples" in metrics else 1.0
 
 
+class TriggerAdversary(AdversaryStage):
+    """The attackers' shared trigger (``attacks.a3fl``), held between rounds.
+
+    - :meth:`facts`: every attacker of the round is told the current trigger
+      (:data:`fedsec.task.TRIGGER`, a flat list of the (C, H, W) float32 values: exact);
+    - ``__call__``: the optimised triggers the attackers send back are taken out of
+      every reply (the defense never sees them); the one of the attacker with the lowest
+      partition id whose record is usable becomes the current trigger (logged as
+      ``trigger_from``); when none is usable the trigger stays (a ``collusion_note``
+      says so). ``inner``, a :class:`ScalingAdversary` when the attack also scales with
+      full knowledge, runs first;
+    - :meth:`backdoor_test_set`: the attack's test images stamped with the current
+      trigger (the server measures BA with it);
+    - :meth:`state_dict`: the current trigger, for the checkpoint.
+
+    A round skipped for too few replies does not reach the stage: the trigger stays.
+    """
+
+    def __init__(self, attack: A3FL, dataset, inner: AdversaryStage | None = None) -> None:
+        self.attack = attack
+        self.dataset = dataset
+        self.input_shape = tuple(dataset.input_shape)
+        self.inner = inner
+        self.trigger = attack.initial_trigger(self.input_shape)
+        self._test_set: tuple[torch.Tensor, Any] | None = None  # (trigger, test set)
+
+    def facts(self, facts):
+        flat = self.trigger.reshape(-1).tolist()
+        return {pid: {**told, TRIGGER: flat} for pid, told in facts.items()}
+
+    def __call__(self, global_arrays, replies, partition_of, num_clients, malicious) -> Collusion:
+        outcome = (
+            self.inner(global_arrays, replies, partition_of, num_clients, malicious)
+            if self.inner is not None
+            else Collusion()
+        )
+        kept = None
+        for reply in replies:  # in partition order: the first usable attacker's is kept
+            if reply.has_error() or TRIGGER not in reply.content:
+                continue
+            record = reply.content[TRIGGER]
+            del reply.content[TRIGGER]
+            pid = partition_of[reply.metadata.src_node_id]
+            if kept is not None or pid not in malicious:
+                continue
+            try:
+                trigger = torch.tensor(record["trigger"].numpy())  # type: ignore[index]
+                self.trigger = self.attack.valid_trigger(trigger, self.input_shape)
+                kept = pid
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue
+        if kept is not None:
+            outcome.log["trigger_from"] = kept
+        else:
+            note = "no attacker sent a usable trigger; the previous one stays"
+            outcome.note = f"{outcome.note}; {note}" if outcome.note else note
+        return outcome
+
+    def backdoor_test_set(self, default):
+        if self._test_set is None or self._test_set[0] is not self.trigger:
+            self._test_set = (
+                self.trigger,
+                self.attack.backdoor_test_set(self.dataset, self.trigger),
+            )
+        return self._test_set[1]
+
+    def state_dict(self):
+        return {"trigger": self.trigger.clone()}
+
+    def load_state_dict(self, state):
+        if "trigger" in state:
+            self.trigger = self.attack.valid_trigger(state["trigger"], self.input_shape)
+
+
 #: A stage of the server loop: (global model, replies, node -> partition, round size,
 #: attackers) -> what it did.
-Adversary = Callable[[ArrayRecord, list[Message], dict[int, int], int, set[int]], Collusion]
+Adversary = AdversaryStage
 
 
-def round_adversary(attack, config=None, model_probe=None) -> Adversary | None:
+def round_adversary(attack, config=None, model_probe=None, dataset=None) -> Adversary | None:
     """The adversary stage ``attack`` needs in the server loop, else None: the crafting
     stage of a colluding attack, the scaling stage of a full-knowledge scaling backdoor
     (which runs the rule of ``config``'s defense, with ``model_probe`` if it inspects
-    models)."""
+    models), the trigger stage of ``a3fl`` (on ``dataset``, the task's), around the
+    scaling stage if it has one."""
     if isinstance(attack, CollusionAttack):
         return CraftingAdversary(attack)
+    stage = None
     if getattr(attack, "evasion", "none") == "scaling" and attack.knowledge == "full":
         from defenses import build_defense
 
         rule = build_defense(
             config.defense.name, config.defense.params, seed=config.seed, model_probe=model_probe
         ).rule
-        return ScalingAdversary(attack, rule)
-    return None
+        stage = ScalingAdversary(attack, rule)
+    if isinstance(attack, A3FL):
+        return TriggerAdversary(attack, dataset, inner=stage)
+    return stage

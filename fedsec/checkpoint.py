@@ -1,7 +1,8 @@
 """Checkpoints: everything a run needs to continue after it was killed.
 
-A checkpoint holds the round it was taken after, the global model and the strategy's
-state (FoolsGold's history, a defense's noise generator, ...). Nothing else is needed:
+A checkpoint holds the round it was taken after, the global model, the strategy's
+state (FoolsGold's history, a defense's noise generator, ...) and the server loop's
+adversary stage's (``fedsec.adversary``: a3fl's current trigger). Nothing else is needed:
 client sampling, client training and attacks draw from streams derived from
 (seed, round, client), so round r + 1 of a resumed run draws exactly what it would have
 drawn without the interruption. The file is written to a temporary name and renamed, so
@@ -10,7 +11,7 @@ a kill mid-write leaves the previous checkpoint whole.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,17 @@ class Checkpoint:
     round: int
     model: dict[str, torch.Tensor]
     strategy: dict[str, Any]
+    adversary: dict[str, Any] = field(default_factory=dict)
 
 
 def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
     atomic_torch_save(
-        {"round": checkpoint.round, "model": checkpoint.model, "strategy": checkpoint.strategy},
+        {
+            "round": checkpoint.round,
+            "model": checkpoint.model,
+            "strategy": checkpoint.strategy,
+            "adversary": checkpoint.adversary,
+        },
         Path(run_dir) / CHECKPOINT_FILE,
     )
 
@@ -42,4 +49,9 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint | None:
     # Strategy states hold plain Python containers and tensors (and generator states),
     # all of which torch's restricted unpickler accepts.
     data = torch.load(path, map_location="cpu", weights_only=True)
-    return Checkpoint(round=int(data["round"]), model=data["model"], strategy=data["strategy"])
+    return Checkpoint(
+        round=int(data["round"]),
+        model=data["model"],
+        strategy=data["strategy"],
+        adversary=data.get("adversary", {}),  # absent from checkpoints of older versions
+    )

@@ -153,6 +153,9 @@ def summarize_rounds(
         if values:
             out[f"final_{key}"] = values[-1]
             out[f"best_{key}" if key == "main_accuracy" else f"max_{key}"] = max(values)
+    for key in ("smoothed_accuracy", "certified_accuracy"):  # crfl's, on the final model
+        if rounds and rounds[-1].get(key) is not None:
+            out[f"final_{key}"] = rounds[-1][key]
     counts = {
         k: sum(r.get(k, 0) for r in rounds)
         for k in ("true_positives", "false_positives", "false_negatives", "true_negatives")

@@ -25,6 +25,7 @@ from flwr.serverapp import Grid
 
 from defenses import DefenseStrategy, build_defense
 from fedsec.adversary import Adversary, round_adversary
+from fedsec.certify import final_certification
 from fedsec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedsec.config import ExperimentConfig
 from fedsec.errors import ConfigError, RunError
@@ -180,13 +181,16 @@ def run_federation(
     schedule = task.schedule
     node_of = discover_partitions(grid, task.num_clients, config.engine.connect_timeout, progress)
     partition_of = {node: pid for pid, node in node_of.items()}
-    evaluator = CentralEvaluator(task)
-    adversary = round_adversary(task.attack, config, probe)
+    adversary = round_adversary(task.attack, config, probe, task.dataset)
+    if adversary is not None and checkpoint is not None:
+        adversary.load_state_dict(checkpoint.adversary)  # e.g. a3fl's current trigger
+    evaluator = CentralEvaluator(task, adversary)
     every = config.engine.checkpoint_every if out_dir is not None else 0
 
     t_start = time.time() - writer.elapsed_before
     for server_round in range(first_round, config.train.rounds + 1):
         sampled, malicious = schedule.sample(server_round)
+        facts = task.attacker_facts(sampled, malicious)
         outcome = run_round(
             grid,
             strategy,
@@ -196,7 +200,7 @@ def run_federation(
             node_of,
             partition_of,
             config,
-            task.attacker_facts(sampled, malicious),
+            adversary.facts(facts) if adversary is not None else facts,
             adversary,
         )
         if schedule.enabled:
@@ -204,6 +208,8 @@ def run_federation(
             outcome.record.update(detection_counts(outcome.record, malicious))
         arrays = outcome.arrays
         record = {"round": server_round, **evaluator(arrays), **outcome.record}
+        if server_round == config.train.rounds:  # crfl certifies the final model
+            record.update(final_certification(task, strategy.rule, arrays, progress))
         record["time_s"] = round(time.time() - t_start, 3)
         writer.log_round(record)
         if every and (server_round % every == 0 or server_round == config.train.rounds):
@@ -213,6 +219,7 @@ def run_federation(
                     round=server_round,
                     model=arrays.to_torch_state_dict(),
                     strategy=strategy.state_dict(),
+                    adversary=adversary.state_dict() if adversary is not None else {},
                 ),
             )
         progress(_progress_line(record, config.train.rounds))
@@ -232,7 +239,7 @@ def run_round(
     node_of: dict[int, int],
     partition_of: dict[int, int],
     config: ExperimentConfig,
-    attacker_facts: dict[int, dict[str, int]] | None = None,
+    attacker_facts: dict[int, dict[str, Any]] | None = None,
     adversary: Adversary | None = None,
 ) -> RoundOutcome:
     """One round of training and aggregation over the clients ``sampled``.
@@ -241,7 +248,8 @@ def run_round(
     round's attackers, whose ClientApps build their AttackContext from them: the server
     is the simulation's adversary controller, so clients never recompute its sampling.
     A colluding attack's ``adversary`` (``fedsec.adversary``) rewrites the attackers'
-    replies after they arrive and before the defense sees them."""
+    replies after they arrive and before the defense sees them (a3fl's takes out the
+    triggers they send back)."""
     round_grid = RoundGrid(grid, [node_of[p] for p in sampled])
     # Told this round's size, the strategy samples exactly these nodes; told more, it
     # would wait for nodes that never come (Flower's sample_nodes has no timeout).
@@ -277,6 +285,7 @@ def run_round(
             record["evasion_scales"] = {str(k): v for k, v in sorted(collusion.scales.items())}
         if collusion.note:
             record["collusion_note"] = collusion.note
+        record.update(collusion.log)
     report = strategy.aggregate_round(server_round, replies)
     record["train_loss"] = _metric(report.metrics, "train_loss")
     record["accepted_clients"] = sorted(report.accepted)
@@ -293,7 +302,7 @@ def run_round(
     return RoundOutcome(report.arrays, record)
 
 
-def _with_facts(message: Message, facts: dict[str, int] | None) -> Message:
+def _with_facts(message: Message, facts: dict[str, Any] | None) -> Message:
     """``message`` with ``facts`` added to its ConfigRecord (a copy: the strategy's messages
     share one RecordDict), or ``message`` itself without facts."""
     if not facts:
@@ -313,21 +322,27 @@ class CentralEvaluator:
     """Server-side evaluation of a global model.
 
     Main accuracy (MA) on the task's test split and, when the attack has a backdoor test
-    set, backdoor accuracy (BA): the share of those inputs classified as the target.
+    set, backdoor accuracy (BA): the share of those inputs classified as the target. An
+    ``adversary`` stage that holds the attackers' trigger (``a3fl``) gives the backdoor
+    test set stamped with its current trigger.
     """
 
-    def __init__(self, task: FederatedTask) -> None:
+    def __init__(self, task: FederatedTask, adversary: Adversary | None = None) -> None:
         self.model = task.new_model()
         self.device = resolve_device(task.config.engine.device)
         self.x, self.y = task.test_data()
         self.backdoor = task.attack.backdoor_test_set(task.dataset) if task.attack else None
+        self.adversary = adversary
 
     def __call__(self, arrays: ArrayRecord) -> dict[str, float]:
         self.model.load_state_dict(arrays.to_torch_state_dict())
         stats = evaluate(self.model, self.x, self.y, device=self.device)
         out = {"main_accuracy": stats.accuracy, "test_loss": stats.loss}
-        if self.backdoor is not None:
-            x, target = self.backdoor
+        backdoor = self.backdoor
+        if self.adversary is not None:
+            backdoor = self.adversary.backdoor_test_set(backdoor)
+        if backdoor is not None:
+            x, target = backdoor
             out["backdoor_accuracy"] = evaluate(self.model, x, target, device=self.device).accuracy
         return out
 

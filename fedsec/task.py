@@ -31,6 +31,11 @@ ROUND_CLIENTS = "round-clients"
 #: RecordDict key of the benign model an attacker sends beside its update for the server
 #: loop's adversary stage (``attacks.AttackReply``); the stage removes it.
 BENIGN_STATE = "benign-state"
+#: The attackers' shared trigger (``a3fl``): in the train message's ConfigRecord, the
+#: current one as a flat list of C*H*W floats (``fedsec.adversary.TriggerAdversary``
+#: adds it to the facts); in the reply, an ArrayRecord holding the attacker's optimised
+#: one under ``"trigger"``, which the adversary stage removes before the defense.
+TRIGGER = "attack-trigger"
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,8 @@ class FederatedTask:
     ) -> AttackContext:
         """The :class:`~attacks.AttackContext` of attacker ``partition_id``: its own data and
         seeds from this task, the round's facts from the server (``facts``, the train
-        message's ConfigRecord, see :meth:`attacker_facts`)."""
+        message's ConfigRecord, see :meth:`attacker_facts`, and the shared trigger under
+        :data:`TRIGGER` when the adversary stage sends one)."""
         return AttackContext(
             server_round=server_round,
             partition_id=partition_id,
@@ -139,6 +145,13 @@ class FederatedTask:
             device=resolve_device(self.config.engine.device),
             defense_name=self.config.defense.name,
             defense_params=dict(self.config.defense.params),
+            trigger=(
+                torch.tensor(list(facts[TRIGGER]), dtype=torch.float32).reshape(
+                    tuple(self.dataset.input_shape)
+                )
+                if TRIGGER in facts
+                else None
+            ),
         )
 
 

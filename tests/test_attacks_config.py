@@ -30,7 +30,7 @@ def config_error(*overrides: str) -> str:
     [
         (
             ["attack.name=backdoorz"],
-            "unknown attack.name 'backdoorz'; valid: none, alie, dba, edge-case",
+            "unknown attack.name 'backdoorz'; valid: none, a3fl, alie, dba, edge-case",
         ),
         (
             [*DIGITS, "attack.name=label-flip", "attack.num_attackers=7"],
@@ -151,6 +151,7 @@ def test_every_attack_has_defaults_that_validate_somewhere():
         "pgd",
         "dba",
         "neurotoxin",
+        "a3fl",
         "label-flip",
         "gaussian",
         "sign-flip",
@@ -162,7 +163,7 @@ def test_every_attack_has_defaults_that_validate_somewhere():
     for name in ATTACKS:
         extra = (
             ["attack.trigger_size=2", "attack.trigger_gap=1"]
-            if name in ("pixel-replacement", "pgd", "dba", "neurotoxin")
+            if name in ("pixel-replacement", "pgd", "dba", "neurotoxin", "a3fl")
             # a standard deviation over the attackers' own updates needs two of them
             else [
                 "attack.num_attackers=2",

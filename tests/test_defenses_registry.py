@@ -17,6 +17,7 @@ from fedsec.errors import ConfigError
 NAMES = [
     "bulyan",
     "centered-clipping",
+    "crfl",
     "deepsight",
     "dnc",
     "fedavg",
@@ -80,7 +81,7 @@ def test_parameters_and_seed_reach_the_rule():
         (
             "krumm",
             {},
-            "unknown defense.name 'krumm'; valid: bulyan, centered-clipping, deepsight, dnc, ",
+            "unknown defense.name 'krumm'; valid: bulyan, centered-clipping, crfl, deepsight, ",
         ),
         ("krum", {"f": 1}, "defense 'krum': unknown parameter 'f'; valid: num_malicious"),
         ("median", {"beta": 0.1}, "unknown parameter 'beta'; valid: (none)"),

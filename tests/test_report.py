@@ -417,3 +417,30 @@ def test_runs_without_auroc_or_quota_render_as_before(tmp_path, capsys):
     _, md = _report(make_sweep(tmp_path))
     assert "| precision | recall | AUROC | attacker kept | BA − baseline | MA lost | seeds |" in md
     assert "50 = chance" not in md and "by design" not in md
+
+
+def test_certified_accuracy_columns_for_runs_that_certified(tmp_path, capsys):
+    # Two seeds of one cell certified their final model (CRFL): the long table gets the
+    # smoothed accuracy and a column per radius, averaged over the seeds like any metric.
+    root = make_sweep(tmp_path)
+    for seed, (smoothed, at0, at1) in {"0": (0.9, 0.8, 0.5), "1": (0.7, 0.6, 0.3)}.items():
+        path = root / f"defense=fedavg/attack={MR}/seed={seed}/summary.json"
+        summary = json.loads(path.read_text())
+        summary.update(
+            final_smoothed_accuracy=smoothed,
+            final_certified_accuracy={"0": at0, "0.001": at1},
+        )
+        path.write_text(json.dumps(summary))
+    report, md = _report(root)
+    assert report["metric_columns"][-3:] == [
+        ["final_smoothed_accuracy", "smoothed acc"],
+        ["certified_accuracy@0", "certified @r=0"],
+        ["certified_accuracy@0.001", "certified @r=0.001"],
+    ]
+    g = _group(report, "fedavg", MR)
+    assert g["metrics"]["final_smoothed_accuracy"]["mean"] == pytest.approx(80.0)
+    assert g["metrics"]["certified_accuracy@0"]["mean"] == pytest.approx(70.0)
+    assert g["metrics"]["certified_accuracy@0.001"]["mean"] == pytest.approx(40.0)
+    assert _group(report, "multi-metrics", MR)["metrics"]["certified_accuracy@0"]["n"] == 0
+    assert "| smoothed acc | certified @r=0 | certified @r=0.001 |" in md
+    assert "noisy copies of the model" in md

@@ -10,7 +10,8 @@ from fedsec.cli import DEFAULT_EXPERIMENT, main
 from fedsec.results import read_metrics
 from tests.runs import rounds_without_time, sigkill_when
 
-# weak-dp draws noise every round from a generator whose state must survive the kill;
+# weak-dp and crfl draw noise every round from a generator whose state must survive the
+# kill (crfl also certifies the final model, from the run's seed);
 # centered-clipping clips around the previous round's aggregate, fldetector predicts
 # each client from its history: both must survive it too.
 CONFIG = [
@@ -38,8 +39,9 @@ def argv(out: Path, defense: list[str]) -> list[str]:
         ["defense.name=weak-dp"],
         ["defense.name=centered-clipping", "defense.tau=0.05"],
         ["defense.name=fldetector", "defense.window=2", "defense.start_round=3"],
+        ["defense.name=crfl", "defense.num_samples=10"],
     ],
-    ids=["weak-dp", "centered-clipping", "fldetector"],
+    ids=["weak-dp", "centered-clipping", "fldetector", "crfl"],
 )
 def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path, defense):
     assert main(argv(tmp_path / "whole", defense)) == 0

@@ -132,6 +132,7 @@ UNLIMITED = [
     "median",
     "norm-clipping",
     "weak-dp",
+    "crfl",
     "rfa",
     "foolsgold",
     "flame",

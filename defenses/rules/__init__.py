@@ -9,6 +9,7 @@ from fedsec.registry import Registry
 from .base import AggregationResult, AggregationRule, ClientBatch, SeededRule
 from .bulyan import BulyanRule
 from .centered_clipping import CenteredClippingRule
+from .crfl import CRFLRule
 from .deepsight import DeepSightRule
 from .dnc import DnCRule
 from .fedavg import FedAvgRule
@@ -36,6 +37,7 @@ RULES: Registry[type[AggregationRule]] = Registry(
         for cls in (
             BulyanRule,
             CenteredClippingRule,
+            CRFLRule,
             DeepSightRule,
             DnCRule,
             FedAvgRule,
@@ -68,6 +70,7 @@ __all__ = [
     "AggregationRule",
     "BulyanRule",
     "CenteredClippingRule",
+    "CRFLRule",
     "DeepSightRule",
     "DnCRule",
     "ClientBatch",

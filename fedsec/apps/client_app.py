@@ -14,7 +14,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from fedsec.config import ExperimentConfig
-from fedsec.task import ATTACKER_INDEX, BENIGN_STATE, get_task
+from fedsec.task import ATTACKER_INDEX, BENIGN_STATE, TRIGGER, get_task
 from fedsec.training import train
 
 app = ClientApp()
@@ -54,9 +54,10 @@ def local_train(msg: Message, context: Context) -> Message:
         ctx = task.attack_context(pid, server_round, config_record)
         attack_reply = task.attack.update(model, ctx, kwargs)
         stats, benign_state = attack_reply.stats, attack_reply.benign_state
+        trigger = attack_reply.trigger
     else:
         x, y = task.client_data(pid)
-        stats, benign_state = train(model, x, y, **kwargs), None
+        stats, benign_state, trigger = train(model, x, y, **kwargs), None, None
     content = RecordDict(
         {
             "arrays": ArrayRecord(model.state_dict()),
@@ -71,4 +72,6 @@ def local_train(msg: Message, context: Context) -> Message:
     )
     if benign_state is not None:  # for the server loop's adversary stage, which removes it
         content[BENIGN_STATE] = ArrayRecord(benign_state)
+    if trigger is not None:  # the attackers' shared trigger (a3fl), likewise removed there
+        content[TRIGGER] = ArrayRecord({"trigger": trigger})
     return Message(content, reply_to=msg)

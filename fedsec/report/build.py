@@ -11,7 +11,14 @@ import numpy as np
 
 from fedsec import paper as paper_mod
 from fedsec.errors import ConfigError
-from fedsec.report.load import METRICS, SEED_AXIS, Run, SweepResults, is_no_attack
+from fedsec.report.load import (
+    METRICS,
+    SEED_AXIS,
+    Run,
+    SweepResults,
+    is_no_attack,
+    metric_columns,
+)
 from fedsec.report.stats import (
     BASELINE,
     paired_difference,
@@ -96,6 +103,7 @@ def build_report(sweep: SweepResults, layout: Layout, paper: str | None = None) 
                 f"(got {layout.rows!r} and {layout.cols!r})"
             )
     axes = sweep.axes
+    columns = metric_columns(sweep.runs)
     row_vals = axes[layout.rows] if layout.rows else [ALL]
     col_vals = axes[layout.cols] if layout.cols else [ALL]
 
@@ -114,7 +122,7 @@ def build_report(sweep: SweepResults, layout: Layout, paper: str | None = None) 
             ]
             if not members:
                 continue
-            groups.append(_group(labels, rv, cv, members, layout, paper))
+            groups.append(_group(labels, rv, cv, members, layout, paper, columns))
         if not groups:
             continue
         members = [
@@ -160,6 +168,8 @@ def build_report(sweep: SweepResults, layout: Layout, paper: str | None = None) 
         "sets": sets,
     }
     report["counts"]["total"] = len(sweep.runs)
+    if columns != METRICS:  # the long table's extra columns (CRFL's certified accuracy)
+        report["metric_columns"] = [list(c) for c in columns]
     if paper is not None:
         report["paper"] = {
             "name": paper,
@@ -170,7 +180,13 @@ def build_report(sweep: SweepResults, layout: Layout, paper: str | None = None) 
 
 
 def _group(
-    labels: dict[str, str], rv: str, cv: str, members: list[Run], layout: Layout, paper: str | None
+    labels: dict[str, str],
+    rv: str,
+    cv: str,
+    members: list[Run],
+    layout: Layout,
+    paper: str | None,
+    columns: tuple[tuple[str, str], ...] = METRICS,
 ) -> dict[str, Any]:
     """One cell: its runs, per-metric statistics over seeds, mean curves, backdoor key."""
     done = [r for r in members if r.status == "finished"]
@@ -186,7 +202,7 @@ def _group(
         "n": len(done),
         "n_expected": len(members),
         "metrics": {
-            k: summarize({seed_of[r.id]: values[r.id][k] for r in done}) for k, _ in METRICS
+            k: summarize({seed_of[r.id]: values[r.id].get(k) for r in done}) for k, _ in columns
         },
         "curves": mean_curves(done),
         "no_attack": is_no_attack(cv),

@@ -36,6 +36,26 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("acceptance", "attacker kept"),
 )
 
+#: CRFL's numbers on the final model (fedsec.certify): the smoothed model's accuracy, and
+#: its certified accuracy at each radius, a column per radius the runs report.
+SMOOTHED = ("final_smoothed_accuracy", "smoothed acc")
+CERTIFIED_PREFIX = "certified_accuracy@"
+
+
+def metric_columns(runs: Sequence[Run]) -> tuple[tuple[str, str], ...]:
+    """The long table's columns for ``runs``: :data:`METRICS`, then, when some run
+    certified its model (CRFL), the smoothed accuracy and the certified accuracy at each
+    radius any of them reports (ascending)."""
+    radii: set[str] = set()
+    for run in runs:
+        radii.update(((run.summary or {}).get("final_certified_accuracy") or {}).keys())
+    if not radii:
+        return METRICS
+    ordered = sorted(radii, key=float)
+    return (
+        METRICS + (SMOOTHED,) + tuple((CERTIFIED_PREFIX + r, f"certified @r={r}") for r in ordered)
+    )
+
 
 @dataclass
 class Run:
@@ -58,6 +78,9 @@ class Run:
         raw.update(precision=det.get("precision"), recall=det.get("recall"), auroc=det.get("auroc"))
         acceptance = attacker_acceptance(self.rounds) if self.selects_clients() else None
         raw["acceptance"] = acceptance and acceptance["rate"]
+        raw[SMOOTHED[0]] = s.get(SMOOTHED[0])
+        for radius, value in (s.get("final_certified_accuracy") or {}).items():
+            raw[CERTIFIED_PREFIX + radius] = value
         return {k: None if v is None else 100.0 * float(v) for k, v in raw.items()}
 
     def config(self) -> dict[str, Any]:

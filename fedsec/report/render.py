@@ -29,6 +29,7 @@ def render_markdown(
 ) -> tuple[str, str]:
     """report.md's text, and its shorter part (compact tables and rankings) for the terminal."""
     rows, cols, seed = report["rows"], report["cols"], report["seed_axis"]
+    columns = [tuple(c) for c in report.get("metric_columns", METRICS)]
     c = report["counts"]
     level_pct = round(100 * CONFIDENCE)
     head = [f"# Report: {report['name']}", ""]
@@ -56,6 +57,12 @@ def render_markdown(
             "AUROC: how well the defense's per-client scores rank the attackers above "
             "the honest clients, per round, averaged over the rounds with both "
             "(50 = chance, 100 = every attacker above every honest client)."
+        )
+    if len(columns) > len(METRICS):
+        head.append(
+            "Smoothed / certified accuracy (CRFL, on the final model): the majority vote of "
+            "noisy copies of the model, and the share of test examples it predicts right "
+            "with a certified radius of at least r (`fedsec/certify.py`)."
         )
     if any(g["metrics"]["acceptance"]["n"] for s in report["sets"] for g in s["groups"]):
         head.append(
@@ -124,7 +131,7 @@ def render_markdown(
             lost = format_ci(g["ma_drop"]) if "ma_drop" in g else "-"
             long_rows.append(
                 [g["row"], g["col"]]
-                + [format_mean_std(g["metrics"][k]) for k, _ in METRICS]
+                + [format_mean_std(g["metrics"][k]) for k, _ in columns]
                 + [above, lost, seeds]
             )
         long = [
@@ -133,7 +140,7 @@ def render_markdown(
             "",
             _table(
                 [rows or ALL, cols or ALL]
-                + [t for _, t in METRICS]
+                + [t for _, t in columns]
                 + ["BA − baseline", "MA lost", "seeds"],
                 long_rows,
             ),

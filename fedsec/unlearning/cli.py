@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from fedsec.unlearning import METHODS
+from fedsec.unlearning import DEFAULT_OM_ORACLES, METHODS
 
 
 def register(sub) -> None:
@@ -85,7 +85,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=0,
         help="server reference set size (default 3x the forget clients' examples)",
     )
-    p.add_argument("--om-oracles", type=int, default=4, help="retrained models OM matches")
+    p.add_argument(
+        "--om-oracles",
+        type=int,
+        default=DEFAULT_OM_ORACLES,
+        help=f"retrained models OM matches (default {DEFAULT_OM_ORACLES}, chosen on validation "
+        "models: experiments/unlearning/README.md)",
+    )
     p.add_argument(
         "--epochs",
         type=int,

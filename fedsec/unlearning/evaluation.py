@@ -35,11 +35,10 @@ from fedsec.config import ExperimentConfig
 from fedsec.errors import ConfigError
 from fedsec.seeding import derive_seed
 from fedsec.training import predict_logits
-from fedsec.unlearning import METHODS
+from fedsec.unlearning import DEFAULT_OM_ORACLES, METHODS
 from fedsec.unlearning.artifact import tensor_hash
 from fedsec.unlearning.federated import (
     DATAMODEL_FILE,
-    DEFAULT_OM_ORACLES,
     Federation,
     UnlearnSettings,
     check_forget_set,

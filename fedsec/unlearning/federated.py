@@ -38,7 +38,7 @@ from fedsec.errors import ConfigError, FedsecError
 from fedsec.results import CONFIG_FILE, METRICS_FILE, MODEL_FILE, read_metrics
 from fedsec.seeding import derive_seed, rng
 from fedsec.training import evaluate, predict_logits
-from fedsec.unlearning import METHODS
+from fedsec.unlearning import DEFAULT_OM_ORACLES, METHODS
 from fedsec.unlearning.artifact import (
     DatamodelArtifact,
     config_hash,
@@ -66,7 +66,6 @@ DATAMODEL_FILE = "datamodel.pt"
 UNLEARN_DIR = "unlearning"
 DEFAULT_SUBSETS = 100
 DEFAULT_Q = 0.9
-DEFAULT_OM_ORACLES = 4
 DEFAULT_FLAG_LEVEL = 0.05
 OUTLIER_Z = 3.5  # modified z-score cut-off for --flagged (Iglewicz & Hoaglin 1993)
 
