@@ -2,6 +2,7 @@
 per-seed ranking, attacker acceptance, no-attack baselines and heatmaps of a regime map
 read from two sweep directories."""
 
+import copy
 import json
 import math
 
@@ -224,6 +225,23 @@ def test_a_heatmap_per_attack_of_regime_by_defense(regime_report):
     assert data["rows"] == ["fedavg", "multi-krum"]
     np.testing.assert_allclose(data["gain"], [[60.0, 1.0], [30.0, 30.0]])
     np.testing.assert_allclose(data["kept"], [[np.nan, 25.0], [np.nan, 25.0]])
+
+
+def test_a_cell_with_no_finished_run_yet_is_left_out_of_the_heatmap(regime_report):
+    # A sweep still running: a defense's edge-case-pgd cell has no finished run, so it
+    # has no BA (it looks untargeted) and must neither break nor enter the heatmap.
+    report, _, _ = regime_report
+    report = copy.deepcopy(report)
+    (s,) = [s for s in report["sets"] if s["extra"] == {"regime": "base"}]
+    empty = copy.deepcopy(_cell(report, "base", "multi-krum", "edge-case-pgd"))
+    empty.update(row="krum", n=0, runs=[])
+    empty.pop("ba_above_baseline")
+    for stat in empty["metrics"].values():
+        stat.update(n=0, mean=None, values=[])
+    empty["ma_drop"] = {"n": 0, "mean": None, "values": []}
+    s["groups"].append(empty)
+    data = heatmap_data(report)["edge-case-pgd"]
+    assert data["rows"] == ["fedavg", "multi-krum"]
 
 
 def test_the_claims_checker_gives_each_regime_its_verdicts(regime_report):

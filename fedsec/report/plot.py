@@ -113,6 +113,8 @@ def heatmap_data(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     titles = [set_title(s) or ALL for s in sets]
     for s_idx, s in enumerate(sets):
         for g in s["groups"]:
+            if g["n"] == 0:  # no finished run (a sweep still running): nothing to show
+                continue
             # a backdoor (a cell with BA) is judged by its BA, an untargeted attack by the
             # MA it costs
             targeted = g["metrics"]["final_backdoor_accuracy"]["n"] > 0
