@@ -82,7 +82,7 @@ class BackdoorAttack(Attack):
             self._rule(ctx, model), view, n, benign, candidate, stats.num_examples, w0
         )
         assign_flat_params(model, w0 + benign + lam * (candidate - benign))
-        return AttackReply(stats)
+        return AttackReply(stats, evasion_scale=float(lam))
 
     def _estimates(self, model, ctx, kwargs) -> list[torch.Tensor]:
         """Benign updates beyond ``u_benign``: honest training on bootstrap resamples of

@@ -95,11 +95,14 @@ class AttackReply:
     attack the server loop's adversary stage finishes (``fedsec.adversary``), the
     attacker's own benign model as a state dict, sent beside its update and removed
     before the defense sees the round; for an attack whose trigger the attackers carry
-    from round to round (``a3fl``), the trigger it used, likewise removed."""
+    from round to round (``a3fl``), the trigger it used, likewise removed; for an attacker
+    that scaled its own update (``evasion = "scaling"``, partial knowledge), the scale
+    it sent, which the server logs and removes."""
 
     stats: TrainStats
     benign_state: dict[str, torch.Tensor] | None = None
     trigger: torch.Tensor | None = None
+    evasion_scale: float | None = None
 
 
 @dataclass(kw_only=True, eq=False)

@@ -32,7 +32,7 @@ from fedsec.errors import ConfigError, RunError
 from fedsec.pretrain import initial_state
 from fedsec.results import MODEL_FILE, MemoryWriter, RunWriter
 from fedsec.seeding import derive_seed, rng
-from fedsec.task import FederatedTask, get_task, resolve_device
+from fedsec.task import EVASION_SCALE, FederatedTask, get_task, resolve_device
 from fedsec.training import evaluate, train
 
 IDENTIFY = f"{MessageType.QUERY}.identify"
@@ -278,6 +278,9 @@ def run_round(
             f"train.min_replies = {config.train.min_replies}",
         )
         return RoundOutcome(arrays, record)
+    reported = _reported_scales(replies, partition_of, set(attacker_facts or {}))
+    if reported:  # attackers that scaled their own update (evasion, partial knowledge)
+        record["evasion_scales"] = {str(k): v for k, v in sorted(reported.items())}
     if adversary is not None and attacker_facts:
         collusion = adversary(arrays, replies, partition_of, len(sampled), set(attacker_facts))
         record["crafted_clients"] = collusion.crafted
@@ -300,6 +303,27 @@ def run_round(
             record["kept_previous_reason"] = report.note
         return RoundOutcome(arrays, record)
     return RoundOutcome(report.arrays, record)
+
+
+def _reported_scales(
+    replies: list[Message], partition_of: dict[int, int], attackers: set[int]
+) -> dict[int, float]:
+    """The evasion scale each of the round's ``attackers`` reported in its train metrics
+    (:data:`fedsec.task.EVASION_SCALE`), by partition id. The key is removed from every
+    reply, so the defense and the round's train metrics never see it."""
+    out = {}
+    for reply in replies:
+        if reply.has_error() or "metrics" not in reply.content:
+            continue
+        metrics = reply.content["metrics"]
+        if EVASION_SCALE not in metrics:
+            continue
+        value = metrics[EVASION_SCALE]
+        del metrics[EVASION_SCALE]
+        pid = partition_of[reply.metadata.src_node_id]
+        if pid in attackers and isinstance(value, (int, float)):
+            out[pid] = float(value)
+    return out
 
 
 def _with_facts(message: Message, facts: dict[str, Any] | None) -> Message:

@@ -31,6 +31,10 @@ ROUND_CLIENTS = "round-clients"
 #: RecordDict key of the benign model an attacker sends beside its update for the server
 #: loop's adversary stage (``attacks.AttackReply``); the stage removes it.
 BENIGN_STATE = "benign-state"
+#: MetricRecord key of the scale an attacker that scales its own update sent
+#: (``attack.evasion = "scaling"``, partial knowledge); the server logs it in the
+#: round's ``evasion_scales`` and removes it before the defense.
+EVASION_SCALE = "evasion-scale"
 #: The attackers' shared trigger (``a3fl``): in the train message's ConfigRecord, the
 #: current one as a flat list of C*H*W floats (``fedsec.adversary.TriggerAdversary``
 #: adds it to the facts); in the reply, an ArrayRecord holding the attacker's optimised

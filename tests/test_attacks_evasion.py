@@ -169,6 +169,12 @@ def test_each_evasion_runs_a_federation_and_sends_a_valid_update(tmp_path, evasi
     for r in rounds:
         assert r["malicious_clients"] and "invalid_clients" not in r
         assert "backdoor_accuracy" in r
+        if evasion[0] == "attack.evasion=scaling":  # each attacker's scale, in [0, 1]
+            scales = r["evasion_scales"]
+            assert set(scales) == {str(c) for c in r["malicious_clients"]}
+            assert all(0.0 <= v <= 1.0 for v in scales.values())
+        else:
+            assert "evasion_scales" not in r
 
 
 @pytest.mark.parametrize(

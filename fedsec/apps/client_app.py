@@ -14,7 +14,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from fedsec.config import ExperimentConfig
-from fedsec.task import ATTACKER_INDEX, BENIGN_STATE, TRIGGER, get_task
+from fedsec.task import ATTACKER_INDEX, BENIGN_STATE, EVASION_SCALE, TRIGGER, get_task
 from fedsec.training import train
 
 app = ClientApp()
@@ -54,21 +54,15 @@ def local_train(msg: Message, context: Context) -> Message:
         ctx = task.attack_context(pid, server_round, config_record)
         attack_reply = task.attack.update(model, ctx, kwargs)
         stats, benign_state = attack_reply.stats, attack_reply.benign_state
-        trigger = attack_reply.trigger
+        trigger, scale = attack_reply.trigger, attack_reply.evasion_scale
     else:
         x, y = task.client_data(pid)
-        stats, benign_state, trigger = train(model, x, y, **kwargs), None, None
+        stats, benign_state, trigger, scale = train(model, x, y, **kwargs), None, None, None
+    metrics = {"num-examples": stats.num_examples, "train_loss": stats.loss, "partition-id": pid}
+    if scale is not None:  # logged by the server loop, which removes it
+        metrics[EVASION_SCALE] = scale
     content = RecordDict(
-        {
-            "arrays": ArrayRecord(model.state_dict()),
-            "metrics": MetricRecord(
-                {
-                    "num-examples": stats.num_examples,
-                    "train_loss": stats.loss,
-                    "partition-id": pid,
-                }
-            ),
-        }
+        {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}
     )
     if benign_state is not None:  # for the server loop's adversary stage, which removes it
         content[BENIGN_STATE] = ArrayRecord(benign_state)
