@@ -266,6 +266,7 @@ def rule_specs() -> list[tuple[str, Callable[[], object]]]:
         ("FLDetectorRule", lambda: rules.FLDetectorRule(seed=SEED)),
         ("DeepSightRule", _deepsight),
         ("WeakDPRule", lambda: rules.WeakDPRule(seed=SEED)),
+        ("CRFLRule", lambda: rules.CRFLRule(seed=SEED)),
         ("RFARule", rules.RFARule),
         ("FoolsGoldRule", rules.FoolsGoldRule),
         ("FLAMERule", lambda: rules.FLAMERule(seed=SEED)),

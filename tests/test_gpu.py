@@ -47,13 +47,14 @@ round once per size and device, with a fresh rule; the tests share those results
 - ``test_rule_result_on_input_device``: the aggregate, the accepted mask, the scores (and
   FoolsGold's history) live on the input's device; the aggregate exists and is finite.
 - ``test_rule_cpu_matches_cuda`` (gpu): the accepted clients are the same and the
-  aggregates agree: ``||a_cpu - a_cuda|| / ||a_cpu - w_0|| <= 1e-4``. Noisy rules (WeakDP,
-  FLAME) are compared with their noise set to 0: the CPU and CUDA generators give
-  different streams from one seed.
-- ``test_rule_noise`` (WeakDP, FLAME), per device: with the default noise, the aggregate
-  minus the noise-free one has mean ~0 and the expected standard deviation (WeakDP:
-  ``noise_std``; FLAME: ``noise_lambda * median ||w_i - w_0||``) within 5%, and a second
-  rule with the same seed reproduces it bit for bit on that device.
+  aggregates agree: ``||a_cpu - a_cuda|| / ||a_cpu - w_0|| <= 1e-4``. Noisy rules
+  (WeakDP, CRFL, FLAME) are compared with their noise set to 0: the CPU and CUDA
+  generators give different streams from one seed.
+- ``test_rule_noise`` (WeakDP, CRFL, FLAME), per device: with the default noise, the
+  aggregate minus the noise-free one has mean ~0 and the expected standard deviation
+  (WeakDP and CRFL: ``noise_std``; FLAME: ``noise_lambda * median ||w_i - w_0||``)
+  within 5%, and a second rule with the same seed reproduces it bit for bit on that
+  device.
 - ``test_every_exported_rule_is_exercised``: the rules above are every rule class that
   ``defenses.rules`` exports.
 """
@@ -363,7 +364,7 @@ class RuleSpec:
     label: str
     #: A fresh rule; for noisy rules, with the noise set to 0.
     make: Callable[[], AggregationRule]
-    #: A fresh rule with its default noise (WeakDP, FLAME), else None.
+    #: A fresh rule with its default noise (WeakDP, CRFL, FLAME), else None.
     make_noisy: Callable[[], AggregationRule] | None = None
 
 
@@ -385,6 +386,11 @@ RULES = (
         "WeakDPRule",
         lambda: rules.WeakDPRule(noise_std=0.0, seed=SEED),
         lambda: rules.WeakDPRule(seed=SEED),
+    ),
+    RuleSpec(
+        "CRFLRule",
+        lambda: rules.CRFLRule(noise_std=0.0, seed=SEED),
+        lambda: rules.CRFLRule(seed=SEED),
     ),
     RuleSpec("RFARule", rules.RFARule),
     RuleSpec("FoolsGoldRule", rules.FoolsGoldRule),
@@ -557,6 +563,7 @@ def test_every_exported_rule_is_exercised() -> None:
     assert {type(rule) for rule in made} == exported
     assert {type(spec.make_noisy()) for spec in NOISY_RULES} == {
         rules.WeakDPRule,
+        rules.CRFLRule,
         rules.FLAMERule,
     }
     variants = {rule.variant for rule in made if isinstance(rule, rules.MultiMetricsRule)}
