@@ -25,6 +25,7 @@ import torch
 from .base import (
     AggregationResult,
     ClientBatch,
+    FlatLayout,
     SeededRule,
     combine,
     non_negative,
@@ -173,12 +174,7 @@ class CRFLRule(SeededRule):
 
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:
         model = clip_to_norm(combine(batch, normalized(batch.weights)), self.norm_bound)
-        noise = torch.randn(
-            model.shape,
-            generator=self._generator(model.device),
-            dtype=model.dtype,
-            device=model.device,
-        )
+        noise = self._standard_normal_like(model)
         accepted = torch.ones(batch.n, dtype=torch.bool, device=batch.models.device)
         return AggregationResult(model.add_(noise, alpha=self.noise_std), accepted)
 
@@ -377,7 +373,7 @@ def certify(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    layout = _FlatLayout(model)
+    layout = FlatLayout(model)
     center = clip_to_norm(flat, constants.norm_bound)
     generator = torch.Generator(device=center.device)
     generator.manual_seed(seed)
@@ -409,32 +405,6 @@ def certify(
         p_b_upper=p_b,
         radius=radius,
     )
-
-
-class _FlatLayout:
-    """Loads a flat vector into a module's floating-point state-dict entries, in order."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-        self.entries = [
-            (key, value.shape)
-            for key, value in model.state_dict().items()
-            if value.is_floating_point()
-        ]
-        self.size = sum(int(np.prod(shape)) for _, shape in self.entries)
-
-    def load(self, flat: torch.Tensor) -> None:
-        if flat.shape != (self.size,):
-            raise ValueError(
-                f"expected a flat model of {self.size} values, got {tuple(flat.shape)}"
-            )
-        state = self.model.state_dict()
-        start = 0
-        for key, shape in self.entries:
-            size = int(np.prod(shape))
-            state[key] = flat[start : start + size].reshape(shape).to(state[key].dtype)
-            start += size
-        self.model.load_state_dict(state)
 
 
 def _predict(

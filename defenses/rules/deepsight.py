@@ -15,6 +15,7 @@ import torch
 from .base import (
     AggregationResult,
     ClientBatch,
+    FlatLayout,
     SeededRule,
     combine,
     distances_to,
@@ -39,12 +40,8 @@ class ModelProbe:
     def __init__(self, template: torch.nn.Module, input_shape: tuple[int, ...]) -> None:
         self.model = template
         self.input_shape = tuple(input_shape)
-        state = template.state_dict()
-        self.entries = [(k, v.shape) for k, v in state.items() if v.is_floating_point()]
-        offsets, start = {}, 0
-        for key, shape in self.entries:
-            offsets[key] = slice(start, start + int(np.prod(shape)))
-            start += int(np.prod(shape))
+        self.layout = FlatLayout(template)
+        state, offsets = template.state_dict(), self.layout.offsets
         linear = [name for name, m in template.named_modules() if isinstance(m, torch.nn.Linear)]
         if not linear:
             raise ValueError("DeepSight needs a model whose output layer is a torch.nn.Linear")
@@ -63,13 +60,7 @@ class ModelProbe:
 
     def probabilities(self, model: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """Softmax outputs ``(N, C)`` of the flat ``model`` on ``inputs``."""
-        state = self.model.state_dict()
-        start = 0
-        for key, shape in self.entries:
-            size = int(np.prod(shape))
-            state[key] = model[start : start + size].reshape(shape).to(state[key].dtype)
-            start += size
-        self.model.load_state_dict(state)
+        self.layout.load(model)
         self.model.to(model.device).eval()
         with torch.no_grad():  # in batches, so that activations stay small
             return torch.cat(

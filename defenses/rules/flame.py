@@ -61,12 +61,7 @@ class FLAMERule(SeededRule):
         bound = norms.quantile(0.5)
         scale = clipping_factors(norms, bound) * accepted / accepted.sum()
         model = combine(batch, scale)
-        noise = torch.randn(
-            model.shape,
-            generator=self._generator(model.device),
-            dtype=model.dtype,
-            device=model.device,
-        )
+        noise = self._standard_normal_like(model)
         model.add_(noise.mul_((self.noise_lambda * bound).to(model.dtype)))
         scores = distances.sum(dim=1) / max(batch.n - 1, 1)
         return AggregationResult(model, accepted, scores)

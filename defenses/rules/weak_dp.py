@@ -51,11 +51,6 @@ class WeakDPRule(SeededRule):
         norms = distances_to(batch.models, batch.global_model)
         coefficients = normalized(batch.weights) * clipping_factors(norms, self.norm_bound)
         model = combine(batch, coefficients)
-        noise = torch.randn(
-            model.shape,
-            generator=self._generator(model.device),
-            dtype=model.dtype,
-            device=model.device,
-        )
+        noise = self._standard_normal_like(model)
         accepted = torch.ones(batch.n, dtype=torch.bool, device=batch.models.device)
         return AggregationResult(model.add_(noise, alpha=self.noise_std), accepted, norms)
