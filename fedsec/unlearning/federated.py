@@ -421,8 +421,8 @@ def train_federations(
 def training_examples(config: ExperimentConfig) -> int:
     """Example-gradients one training of ``config`` computes: each round's sampled
     clients' examples (an attacker's poisoned set at its size) times the local epochs,
-    summed over the rounds. The cost of a retraining that does not depend on the machine
-    (the central pre-training, which no forget request changes, is not counted)."""
+    summed over the rounds. The cost of a retraining that does not depend on the machine;
+    a central pre-training is not counted (the unlearning settings have none)."""
     from fedsec.task import get_task
 
     task = get_task(config)
