@@ -17,6 +17,10 @@ claim is "not separated". The claims, with one threshold for every defense:
   the score gap to every other defense lies above 0 (per-seed scores).
 
     python experiments/claims.py experiments/results/cpu-table/report.json
+
+With ``--table``, one markdown table instead: a row per claim, a column per set (regime),
+each cell the verdict and the mean [interval] behind it, for reading a claim across the
+regimes of a map (``experiments/results/REPRODUCTION.md``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 from fedsec.paper import ATTACKS, paper_table
 from fedsec.report.stats import (
@@ -42,6 +47,17 @@ BACKDOOR_IN = 5.0  # points of BA above the no-attack baseline
 MA_MARGIN = 1.0  # points of MA below FedAvg's no-attack MA
 PAPER_FAILURE_BA = 20.0  # a paper cell with BA >= 20 is a failure of that defense
 LABEL = {HOLDS: "HOLDS        ", FAILS: "FAILS        ", NOT_SEPARATED: "NOT SEPARATED"}
+SHORT = {HOLDS: "holds", FAILS: "**fails**", NOT_SEPARATED: "not separated"}
+
+
+class Claim(NamedTuple):
+    """One checked claim: ``key`` names it the same way in every set (a table row),
+    ``text`` is the full line, ``value`` the number behind the verdict."""
+
+    key: str
+    verdict: str
+    text: str
+    value: str
 
 
 def paper_failures() -> list[tuple[str, str]]:
@@ -56,13 +72,13 @@ def paper_failures() -> list[tuple[str, str]]:
     ]
 
 
-def check_set(s: dict) -> list[str]:
+def check_set(s: dict) -> list[Claim]:
     cells = {(g["row"], g["col"]): g for g in s["groups"]}
     attacks = [a for a in ATTACKS if any(col == a for _, col in cells)]
-    out = []
+    out: list[Claim] = []
 
-    def line(verdict: str, text: str) -> None:
-        out.append(f"{LABEL[verdict]}  {text}")
+    def line(verdict: str, text: str, key: str, value: str) -> None:
+        out.append(Claim(key, verdict, text, value))
 
     for d, a in paper_failures():
         g = cells.get((d, a))
@@ -73,6 +89,8 @@ def check_set(s: dict) -> list[str]:
             verdict_at_least(gain, BACKDOOR_IN),
             f"{d}: the {a} backdoor gets in "
             f"(BA > {BACKDOOR_IN:g} points above {g['baseline']['col']}): {format_ci(gain)}",
+            f"{d}: {a} gets in",
+            format_ci(gain),
         )
     for mm in MM_VARIANTS:
         for a in attacks:
@@ -85,6 +103,8 @@ def check_set(s: dict) -> list[str]:
                     verdict_at_most(gain, BACKDOOR_IN),
                     f"{mm} keeps the {a} backdoor out (BA <= {BACKDOOR_IN:g} points above "
                     f"{g['baseline']['col']}): {format_ci(gain)}",
+                    f"{mm} keeps {a} out",
+                    format_ci(gain),
                 )
             fed = cells.get(("fedavg", (g.get("baseline") or {}).get("col", "")))
             if fed is not None:
@@ -97,6 +117,8 @@ def check_set(s: dict) -> list[str]:
                     f"{mm} keeps MA under {a} "
                     f"(within {MA_MARGIN:g} point of FedAvg's no-attack MA): "
                     f"difference {format_ci(drop)}",
+                    f"{mm} keeps MA under {a}",
+                    format_ci(drop),
                 )
     ranking = (s.get("ranking") or {}).get("per_seed")
     if ranking and ranking["first"]:
@@ -116,15 +138,47 @@ def check_set(s: dict) -> list[str]:
                 gap = gaps[mm]
                 verdict = FAILS if gap and gap["ci"] and gap["ci"][0] > 0 else NOT_SEPARATED
                 detail = f"{first['defense']} leads by {format_ci(gap, 3)}"
-            line(verdict, f"{mm} ranks first by the ranking score: {detail}")
+            line(
+                verdict,
+                f"{mm} ranks first by the ranking score: {detail}",
+                f"{mm} ranks first",
+                "first" if first["defense"] == mm else f"{first['defense']} +{format_ci(gap, 3)}",
+            )
     return out
+
+
+def verdict_table(report: dict) -> str:
+    """Markdown: a row per claim (in first-seen order), a column per set; '-' where a
+    set has no cell for that claim."""
+    titles = [
+        ", ".join(str(v) for v in s["extra"].values()) or report["name"] for s in report["sets"]
+    ]
+    claims = [{c.key: c for c in check_set(s)} for s in report["sets"]]
+    keys = list(dict.fromkeys(k for per_set in claims for k in per_set))
+    lines = [
+        "| claim | " + " | ".join(titles) + " |",
+        "|---|" + "---|" * len(titles),
+    ]
+    for key in keys:
+        row = [
+            f"{SHORT[c.verdict]} {c.value}" if (c := per_set.get(key)) else "-"
+            for per_set in claims
+        ]
+        lines.append(f"| {key} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("report", type=Path, help="report.json (rows defense, columns attack)")
+    parser.add_argument(
+        "--table", action="store_true", help="one markdown table: claims x sets (regimes)"
+    )
     args = parser.parse_args()
     report = json.loads(args.report.read_text())
+    if args.table:
+        print(verdict_table(report))
+        return
     c = report["counts"]
     print(
         f"{report['name']}: {c['finished']} of {c['total']} runs finished; "
@@ -134,8 +188,8 @@ def main() -> None:
         title = ", ".join(f"{k}={v}" for k, v in s["extra"].items())
         if title:
             print(f"\n[{title}]")
-        for text in check_set(s):
-            print(text)
+        for claim in check_set(s):
+            print(f"{LABEL[claim.verdict]}  {claim.text}")
         ranking = s.get("ranking")
         if ranking:
             per = {e["defense"]: e for e in ranking["per_seed"]["defenses"]}

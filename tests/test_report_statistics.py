@@ -254,7 +254,7 @@ def test_the_claims_checker_gives_each_regime_its_verdicts(regime_report):
     spec.loader.exec_module(claims)
     report, _, _ = regime_report
     base, interval = (claims.check_set(s) for s in report["sets"])
-    assert base == [
+    assert [f"{claims.LABEL[c.verdict]}  {c.text}" for c in base] == [
         "HOLDS          fedavg: the edge-case-pgd backdoor gets in "
         "(BA > 5 points above none-edge): "
         "60.0 [60.0, 60.0]",
@@ -263,10 +263,18 @@ def test_the_claims_checker_gives_each_regime_its_verdicts(regime_report):
         "(BA > 5 points above none-edge): "
         "1.0 [-1.5, 3.5]",
     ]
-    assert interval[1] == (
-        "HOLDS          multi-krum: the edge-case-pgd backdoor gets in "
+    assert interval[1].text == (
+        "multi-krum: the edge-case-pgd backdoor gets in "
         "(BA > 5 points above none-edge): 30.0 [5.2, 54.8]"
     )
+    # the same claims read across the regimes: one row per claim, one column per regime
+    table = claims.verdict_table(report).splitlines()
+    assert table[0] == "| claim | base | interval-2 |"
+    assert table[2:] == [
+        "| fedavg: edge-case-pgd gets in | holds 60.0 [60.0, 60.0] | holds 30.0 [30.0, 30.0] |",
+        "| multi-krum: edge-case-pgd gets in | **fails** 1.0 [-1.5, 3.5] "
+        "| holds 30.0 [5.2, 54.8] |",
+    ]
 
 
 def test_an_untargeted_attack_is_measured_by_the_main_accuracy_it_costs(tmp_path, capsys):
