@@ -142,7 +142,9 @@ def check_set(s: dict) -> list[Claim]:
                 verdict,
                 f"{mm} ranks first by the ranking score: {detail}",
                 f"{mm} ranks first",
-                "first" if first["defense"] == mm else f"{first['defense']} +{format_ci(gap, 3)}",
+                "leads"
+                if first["defense"] == mm
+                else f"{first['defense']} leads by {format_ci(gap, 3)}",
             )
     return out
 
@@ -161,7 +163,7 @@ def verdict_table(report: dict) -> str:
     ]
     for key in keys:
         row = [
-            f"{SHORT[c.verdict]} {c.value}" if (c := per_set.get(key)) else "-"
+            f"{SHORT[c.verdict]}: {c.value}" if (c := per_set.get(key)) else "-"
             for per_set in claims
         ]
         lines.append(f"| {key} | " + " | ".join(row) + " |")

@@ -271,9 +271,9 @@ def test_the_claims_checker_gives_each_regime_its_verdicts(regime_report):
     table = claims.verdict_table(report).splitlines()
     assert table[0] == "| claim | base | interval-2 |"
     assert table[2:] == [
-        "| fedavg: edge-case-pgd gets in | holds 60.0 [60.0, 60.0] | holds 30.0 [30.0, 30.0] |",
-        "| multi-krum: edge-case-pgd gets in | **fails** 1.0 [-1.5, 3.5] "
-        "| holds 30.0 [5.2, 54.8] |",
+        "| fedavg: edge-case-pgd gets in | holds: 60.0 [60.0, 60.0] | holds: 30.0 [30.0, 30.0] |",
+        "| multi-krum: edge-case-pgd gets in | **fails**: 1.0 [-1.5, 3.5] "
+        "| holds: 30.0 [5.2, 54.8] |",
     ]
 
 
