@@ -194,14 +194,16 @@ def main() -> None:
             print(f"{LABEL[claim.verdict]}  {claim.text}")
         ranking = s.get("ranking")
         if ranking:
-            per = {e["defense"]: e for e in ranking["per_seed"]["defenses"]}
+            # ordered by the mean of the per-seed scores, the number the interval is about
+            # (the pooled score of the mean cells can order them differently)
+            scored = [e for e in ranking["per_seed"]["defenses"] if e["score"]["n"]]
+            scored.sort(key=lambda e: -e["score"]["mean"])
             print(
                 "ranking score (mean [95% interval over seeds]; ranks per seed): "
                 + "; ".join(
-                    f"{e['rank']}. {e['defense']} {format_ci(per[e['defense']]['score'], 3)} "
-                    f"({', '.join(str(r) for r in per[e['defense']]['ranks'].values()) or '-'})"
-                    for e in ranking["scores"]
-                    if e["score"] is not None
+                    f"{i}. {e['defense']} {format_ci(e['score'], 3)} "
+                    f"({', '.join(str(r) for r in e['ranks'].values()) or '-'})"
+                    for i, e in enumerate(scored, 1)
                 )
             )
 
