@@ -604,7 +604,7 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ the KLoM protocol
-def test_klom_protocol_orders_the_methods(tmp_path):
+def test_klom_protocol_orders_the_methods(tmp_path, monkeypatch):
     """Tiny federation, small N: DMM and OM move the forget margins towards the oracles'.
 
     With N = 10 the 95th percentile saturates (10 samples in 20 bins), so the ordering is
@@ -641,3 +641,36 @@ def test_klom_protocol_orders_the_methods(tmp_path):
         "dmm",
         "om",
     }
+    # every request's unlearned model is kept: a rerun (an evaluation stopped part-way)
+    # unlearns nothing again and reports the same numbers, time included
+    assert len(list((tmp_path / "unlearned").glob("*.pt"))) == 3 * 10
+
+    def unlearn_again(*args, **kwargs):
+        raise AssertionError("a kept request was unlearned again")
+
+    from fedsec.unlearning import evaluation
+
+    monkeypatch.setattr(evaluation, "unlearn_state", unlearn_again)
+    again = klom_evaluation(
+        tiny_config(),
+        "auto",
+        tmp_path,
+        n_models=10,
+        methods=("none", "dmm", "om"),
+        num_models=30,
+        workers=1,
+        settings=settings,
+        om_oracles=4,
+        progress=False,
+        log=lambda s: None,
+    )
+    assert again["methods"] == report["methods"]
+    # other settings are another request
+    state = {"w": torch.ones(3)}
+    other = federated.UnlearnSettings(matching=MatchingConfig(epochs=20, lr=1e-3))
+    assert evaluation.request_hash("dmm", state, (1,), settings) != evaluation.request_hash(
+        "dmm", state, (1,), other
+    )
+    assert evaluation.request_hash("dmm", state, (1,), settings) != evaluation.request_hash(
+        "dmm", state, (2,), settings
+    )

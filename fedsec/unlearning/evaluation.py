@@ -15,13 +15,18 @@ Datamodel Matching"): N originals vs N oracles, per method, per split.
 Trained federations are kept in ``DIR/models/<inputs hash>/<config hash>/`` (a rerun, say
 with other matching settings, trains nothing again; the inputs hash covers the examples
 the clients train on, attackers' poisoned ones included, so models trained on other data
-are never reused), the datamodel in ``DIR/datamodel.pt``.
+are never reused), the datamodel in ``DIR/datamodel.pt``, and every unlearned model in
+``DIR/unlearned/<request hash>.pt`` with its seconds and matching report, so that an
+evaluation stopped part-way (a matching method on a CNN takes minutes a request) resumes
+where it stopped. The request hash covers the method, the model unlearned, the forget
+clients, the settings and what the method matches (the datamodel, the oracles' logits).
 
 KLoM is noisy below N of about 80 (the paper's remark); compare methods, not values.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -31,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedsec.atomic import atomic_torch_save
 from fedsec.config import ExperimentConfig
 from fedsec.errors import ConfigError
 from fedsec.seeding import derive_seed
@@ -49,6 +55,7 @@ from fedsec.unlearning.federated import (
     unlearn_state,
 )
 from fedsec.unlearning.klom import klom, margins, percentile
+from fedsec.unlearning.matching import MatchingReport
 from fedsec.unlearning.subsets import federation_variant
 
 SPLITS = ("forget", "retain", "test")
@@ -59,6 +66,37 @@ def most_influential(datamodel, num: int = 1) -> tuple[int, ...]:
     return tuple(
         sorted(int(i) for i in torch.argsort(datamodel.influence(), descending=True)[:num])
     )
+
+
+def request_hash(method: str, state: dict, forget, settings: UnlearnSettings, *extra) -> str:
+    """sha256 naming one unlearning request: the method, the model's tensors, the forget
+    clients, the settings and the tensors the method matches (``extra``)."""
+    h = hashlib.sha256(f"{method}|{tuple(forget)}|{settings!r}".encode())
+    for name in sorted(state):
+        h.update(f"{name}:{tensor_hash(state[name])}".encode())
+    for x in extra:
+        h.update(b"-" if x is None else tensor_hash(x).encode())
+    return h.hexdigest()
+
+
+def unlearn_cached(cache_dir: Path, method: str, *, state: dict, forget, seed: int, **kwargs):
+    """``unlearn_state`` once per request: (state dict, seconds, MatchingReport or None),
+    read back from ``cache_dir`` when that request was already unlearned."""
+    datamodel = kwargs.get("datamodel")
+    matched = (datamodel.B if datamodel is not None else None, kwargs.get("om_target"))
+    key = request_hash(method, state, forget, kwargs["settings"], *matched)
+    path = cache_dir / f"{key[:32]}.pt"
+    if path.is_file():
+        saved = torch.load(path, weights_only=True)
+        report = saved["matching"] and MatchingReport(**saved["matching"])
+        return saved["state"], saved["seconds"], report
+    t0 = time.perf_counter()
+    outcome = unlearn_state(kwargs.pop("fed"), state, method, forget, seed=seed, **kwargs)
+    seconds = time.perf_counter() - t0
+    matching = outcome.matching.as_dict() if outcome.matching is not None else None
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save({"state": outcome.state, "seconds": seconds, "matching": matching}, path)
+    return outcome.state, seconds, outcome.matching
 
 
 def klom_evaluation(
@@ -169,27 +207,28 @@ def klom_evaluation(
     }
     per_example: dict[str, dict[str, torch.Tensor]] = {}
     for method in methods:
-        t0 = time.perf_counter()
         matching = []
         if method == "retrain":
             unlearned, seconds = retrained, retrain_time
         else:
-            unlearned = []
+            unlearned, request_seconds = [], []
             for s, state, target in zip(seeds, originals, om_targets, strict=True):
-                outcome = unlearn_state(
-                    fed,
-                    state,
+                state, took, how_far = unlearn_cached(
+                    out_dir / "unlearned",
                     method,
-                    forget,
+                    fed=fed,
+                    state=state,
+                    forget=forget,
                     seed=s,
                     settings=settings,
                     datamodel=art.datamodel if art else None,
                     om_target=target,
                 )
-                unlearned.append(outcome.state)
-                if outcome.matching is not None:
-                    matching.append(outcome.matching)
-            seconds = (time.perf_counter() - t0) / n_models
+                unlearned.append(state)
+                request_seconds.append(took)
+                if how_far is not None:
+                    matching.append(how_far)
+            seconds = float(np.mean(request_seconds))  # each request's own time
             if method == "om":
                 seconds += om_oracles * retrain_time  # every request needs its own oracles
         k = klom(all_margins(unlearned), oracle_margins)
