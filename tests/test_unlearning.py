@@ -665,12 +665,17 @@ def test_klom_protocol_orders_the_methods(tmp_path, monkeypatch):
         log=lambda s: None,
     )
     assert again["methods"] == report["methods"]
-    # other settings are another request
+    # other settings, another forget set or another seed are another request
     state = {"w": torch.ones(3)}
-    other = federated.UnlearnSettings(matching=MatchingConfig(epochs=20, lr=1e-3))
-    assert evaluation.request_hash("dmm", state, (1,), settings) != evaluation.request_hash(
-        "dmm", state, (1,), other
-    )
-    assert evaluation.request_hash("dmm", state, (1,), settings) != evaluation.request_hash(
-        "dmm", state, (2,), settings
-    )
+    other = federated.UnlearnSettings(matching=MatchingConfig(lr=1e-3))
+    one = evaluation.request_hash("dmm", state, (1,), 5, settings)
+    assert one == evaluation.request_hash("dmm", {"w": torch.ones(3)}, (1,), 5, settings)
+    changes = [
+        ("dmm", state, (1,), 5, other),
+        ("dmm", state, (2,), 5, settings),
+        ("dmm", state, (1,), 6, settings),
+        ("om", state, (1,), 5, settings),
+        ("dmm", {"w": torch.zeros(3)}, (1,), 5, settings),
+    ]
+    for changed in changes:
+        assert evaluation.request_hash(*changed) != one

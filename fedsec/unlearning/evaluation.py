@@ -68,10 +68,13 @@ def most_influential(datamodel, num: int = 1) -> tuple[int, ...]:
     )
 
 
-def request_hash(method: str, state: dict, forget, settings: UnlearnSettings, *extra) -> str:
+def request_hash(
+    method: str, state: dict, forget, seed: int, settings: UnlearnSettings, *extra
+) -> str:
     """sha256 naming one unlearning request: the method, the model's tensors, the forget
-    clients, the settings and the tensors the method matches (``extra``)."""
-    h = hashlib.sha256(f"{method}|{tuple(forget)}|{settings!r}".encode())
+    clients, the seed (the matching's batches), the settings and the tensors the method
+    matches (``extra``)."""
+    h = hashlib.sha256(f"{method}|{tuple(forget)}|{seed}|{settings!r}".encode())
     for name in sorted(state):
         h.update(f"{name}:{tensor_hash(state[name])}".encode())
     for x in extra:
@@ -84,7 +87,7 @@ def unlearn_cached(cache_dir: Path, method: str, *, state: dict, forget, seed: i
     read back from ``cache_dir`` when that request was already unlearned."""
     datamodel = kwargs.get("datamodel")
     matched = (datamodel.B if datamodel is not None else None, kwargs.get("om_target"))
-    key = request_hash(method, state, forget, kwargs["settings"], *matched)
+    key = request_hash(method, state, forget, seed, kwargs["settings"], *matched)
     path = cache_dir / f"{key[:32]}.pt"
     if path.is_file():
         saved = torch.load(path, weights_only=True)
