@@ -613,19 +613,23 @@ def test_klom_protocol_orders_the_methods(tmp_path, monkeypatch):
     from fedsec.unlearning.evaluation import klom_evaluation
 
     settings = federated.UnlearnSettings(matching=MatchingConfig(epochs=20, lr=2e-3))
-    report = klom_evaluation(
-        tiny_config(),
-        "auto",
-        tmp_path,
-        n_models=10,
-        methods=("none", "dmm", "om"),
-        num_models=30,
-        workers=1,
-        settings=settings,
-        om_oracles=4,
-        progress=False,
-        log=lambda s: None,
-    )
+
+    def evaluate():
+        return klom_evaluation(
+            tiny_config(),
+            "auto",
+            tmp_path,
+            n_models=10,
+            methods=("none", "dmm", "om"),
+            num_models=30,
+            workers=1,
+            settings=settings,
+            om_oracles=4,
+            progress=False,
+            log=lambda s: None,
+        )
+
+    report = evaluate()
     m = report["methods"]
     assert len(report["forget_clients"]) == 1
     print({k: round(v["forget_mean"], 3) for k, v in m.items()})
@@ -651,19 +655,7 @@ def test_klom_protocol_orders_the_methods(tmp_path, monkeypatch):
     from fedsec.unlearning import evaluation
 
     monkeypatch.setattr(evaluation, "unlearn_state", unlearn_again)
-    again = klom_evaluation(
-        tiny_config(),
-        "auto",
-        tmp_path,
-        n_models=10,
-        methods=("none", "dmm", "om"),
-        num_models=30,
-        workers=1,
-        settings=settings,
-        om_oracles=4,
-        progress=False,
-        log=lambda s: None,
-    )
+    again = evaluate()
     assert again["methods"] == report["methods"]
     # other settings, another forget set or another seed are another request
     state = {"w": torch.ones(3)}
