@@ -1,0 +1,65 @@
+"""Does the datamodel predict the effect of forgetting a client? (issue 17, diagnostics)
+
+From an ``unlearn-eval`` output folder (its cached originals, oracles and datamodel),
+compare on the forget client's examples the datamodel's predicted change of the logits,
+``-B[client]``, with the measured one: the oracles' mean logits minus the originals'.
+DMM matches ``logits - B[client]``, so the ratio of the two norms bounds how much of
+the way to the oracles DMM can go, whatever the fine-tuning does.
+
+    python experiments/unlearning/datamodel_check.py experiments/unlearning/mnist5k.toml \
+        runs/unlearning-mnist5k --client 15 --models 50
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedsec.config import load_config
+from fedsec.seeding import derive_seed
+from fedsec.training import predict_logits
+from fedsec.unlearning.artifact import config_hash, tensor_hash
+from fedsec.unlearning.federated import DATAMODEL_FILE, Federation, get_datamodel
+from fedsec.unlearning.subsets import federation_variant
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="the unlearn-eval config")
+    parser.add_argument("out", type=Path, help="the unlearn-eval --out folder")
+    parser.add_argument("--client", type=int, required=True, help="the forgotten client")
+    parser.add_argument("--models", type=int, default=50, help="unlearn-eval's --models (N)")
+    args = parser.parse_args()
+    config = load_config(args.config)
+    torch.set_num_threads(config.engine.client_num_cpus)
+    base = federation_variant(config, config.seed)
+    fed = Federation.from_config(base)
+    art, _ = get_datamodel(fed, args.out / DATAMODEL_FILE, progress=False, log=lambda s: None)
+    folder = args.out / "models" / tensor_hash(fed.inputs)[:16] / config_hash(base)[:16]
+    rows = fed.client_rows((args.client,))
+    x = fed.inputs[rows]
+
+    def mean_logits(label: str, exclude: tuple[int, ...]) -> torch.Tensor:
+        without = "_".join(map(str, exclude)) or "-"
+        logits = []
+        for i in range(args.models):
+            seed = derive_seed(config.seed, label, i)
+            state = torch.load(folder / f"seed{seed}-without{without}.pt", weights_only=True)
+            logits.append(predict_logits(fed.model_from(state["state"]), x))
+        return torch.stack(logits).mean(0)
+
+    measured = mean_logits("klom-oracle", (args.client,)) - mean_logits("klom-original", ())
+    predicted = -art.datamodel.B[args.client][torch.as_tensor(rows)]
+    m, p = measured.flatten(), predicted.flatten()
+    print(f"client {args.client}: {len(rows)} examples, datamodel lambda {art.datamodel.lam:.2f}")
+    print(f"correlation of predicted and measured logit change: {np.corrcoef(m, p)[0, 1]:.3f}")
+    print(
+        f"norm: predicted {p.norm():.2f}, measured {m.norm():.2f}, ratio {p.norm() / m.norm():.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
