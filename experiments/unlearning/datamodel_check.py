@@ -42,22 +42,27 @@ def main() -> None:
     rows = fed.client_rows((args.client,))
     x = fed.inputs[rows]
 
-    def mean_logits(label: str, exclude: tuple[int, ...]) -> torch.Tensor:
+    def all_logits(label: str, exclude: tuple[int, ...]) -> torch.Tensor:
         without = "_".join(map(str, exclude)) or "-"
         logits = []
         for i in range(args.models):
             seed = derive_seed(config.seed, label, i)
             state = torch.load(folder / f"seed{seed}-without{without}.pt", weights_only=True)
             logits.append(predict_logits(fed.model_from(state["state"]), x))
-        return torch.stack(logits).mean(0)
+        return torch.stack(logits)
 
-    measured = mean_logits("klom-oracle", (args.client,)) - mean_logits("klom-original", ())
+    originals = all_logits("klom-original", ())
+    measured = all_logits("klom-oracle", (args.client,)).mean(0) - originals.mean(0)
     predicted = -art.datamodel.B[args.client][torch.as_tensor(rows)]
     m, p = measured.flatten(), predicted.flatten()
     print(f"client {args.client}: {len(rows)} examples, datamodel lambda {art.datamodel.lam:.2f}")
     print(f"correlation of predicted and measured logit change: {np.corrcoef(m, p)[0, 1]:.3f}")
     print(
         f"norm: predicted {p.norm():.2f}, measured {m.norm():.2f}, ratio {p.norm() / m.norm():.3f}"
+    )
+    print(
+        f"mean |measured change| {m.abs().mean():.3f}; the originals' seed-to-seed std "
+        f"of a logit, averaged: {originals.std(0).mean():.3f}"
     )
 
 
