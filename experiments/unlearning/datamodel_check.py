@@ -21,8 +21,13 @@ import torch
 from fedsec.config import load_config
 from fedsec.seeding import derive_seed
 from fedsec.training import predict_logits
-from fedsec.unlearning.artifact import config_hash, tensor_hash
-from fedsec.unlearning.federated import DATAMODEL_FILE, Federation, get_datamodel
+from fedsec.unlearning.artifact import tensor_hash
+from fedsec.unlearning.federated import (
+    DATAMODEL_FILE,
+    Federation,
+    get_datamodel,
+    train_federations,
+)
 from fedsec.unlearning.subsets import federation_variant
 
 
@@ -38,18 +43,19 @@ def main() -> None:
     base = federation_variant(config, config.seed)
     fed = Federation.from_config(base)
     art, _ = get_datamodel(fed, args.out / DATAMODEL_FILE, progress=False, log=lambda s: None)
-    folder = args.out / "models" / tensor_hash(fed.inputs)[:16] / config_hash(base)[:16]
     rows = fed.client_rows((args.client,))
     x = fed.inputs[rows]
 
     def all_logits(label: str, exclude: tuple[int, ...]) -> torch.Tensor:
-        without = "_".join(map(str, exclude)) or "-"
-        logits = []
-        for i in range(args.models):
-            seed = derive_seed(config.seed, label, i)
-            state = torch.load(folder / f"seed{seed}-without{without}.pt", weights_only=True)
-            logits.append(predict_logits(fed.model_from(state["state"]), x))
-        return torch.stack(logits)
+        # the models unlearn-eval trained and kept (any missing one is trained and kept)
+        jobs = [(derive_seed(config.seed, label, i), exclude) for i in range(args.models)]
+        states, _ = train_federations(
+            base,
+            jobs,
+            progress=False,
+            cache_dir=args.out / "models" / tensor_hash(fed.inputs)[:16],
+        )
+        return torch.stack([predict_logits(fed.model_from(s), x) for s in states])
 
     originals = all_logits("klom-original", ())
     measured = all_logits("klom-oracle", (args.client,)).mean(0) - originals.mean(0)
