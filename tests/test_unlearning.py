@@ -62,6 +62,35 @@ def test_ridge_recovers_a_known_linear_datamodel():
     assert torch.allclose(dm.predict(mask), b + B[mask].sum(0), atol=0.1)
 
 
+def test_least_squares_keeps_a_large_effect_that_held_out_ridge_shrinks():
+    # The mnist5k situation: seed-to-seed noise (std 1) above most units' effects (0),
+    # one unit with a large effect on its own few outputs. With M >= 2U the datamodel is
+    # least squares, whose effect estimate is unbiased; the held-out lambda shrinks it.
+    g = torch.Generator().manual_seed(0)
+    m, u, n, k = 100, 20, 200, 10
+    B = torch.zeros(u, n, k)
+    B[3, :20] = 1.5 * torch.randn(20, k, generator=g)
+    masks = torch.rand(m, u, generator=g) < 0.9
+    outputs = torch.einsum("mu,unk->mnk", masks.float(), B) + torch.randn(m, n, k, generator=g)
+    ols = fit_datamodel(masks, outputs, seed=1)
+    assert ols.lam == 0.0
+    assert ols.B[3, :20].norm() / B[3, :20].norm() == pytest.approx(1.0, abs=0.15)
+    # The same rows with fewer models than 2U: lambda from the held-out grid, > 0.
+    ridge = fit_datamodel(masks[:30], outputs[:30], seed=1)
+    assert ridge.lam > 0 and ridge.B[3, :20].norm() < ols.B[3, :20].norm()
+
+
+def test_least_squares_gives_no_coefficient_to_a_unit_in_every_model():
+    masks = torch.tensor([[1, 1, 0], [1, 0, 1], [1, 1, 1], [1, 0, 0]] * 3, dtype=torch.bool)
+    B = torch.tensor([5.0, 2.0, -1.0]).reshape(3, 1, 1)
+    outputs = torch.einsum("mu,unk->mnk", masks.float(), B)
+    dm = fit_datamodel(masks, outputs, seed=0)
+    # unit 0 is always present: its effect is not identifiable, it goes into the intercept
+    assert dm.lam == 0.0 and torch.isfinite(dm.B).all() and dm.B[0].abs().item() < 1e-5
+    assert torch.allclose(dm.B[1:].flatten(), torch.tensor([2.0, -1.0]), atol=1e-5)
+    assert dm.b.item() == pytest.approx(5.0, abs=1e-5)
+
+
 def test_predicted_oracle_subtracts_the_forget_units_effects():
     B = torch.arange(4 * 3 * 2, dtype=torch.float32).reshape(4, 3, 2)
     dm = Datamodel(B=B, b=torch.zeros(3, 2), lam=1.0)
@@ -671,3 +700,15 @@ def test_klom_protocol_orders_the_methods(tmp_path, monkeypatch):
     ]
     for changed in changes:
         assert evaluation.request_hash(*changed) != one
+    # only what a method matches names its request: the datamodel for DMM, the oracles for OM
+    B, target = torch.ones(2, 2), torch.zeros(2, 2)
+    dmm = evaluation.request_hash("dmm", state, (1,), 5, settings, datamodel_B=B)
+    assert dmm != one and dmm == evaluation.request_hash(
+        "dmm", state, (1,), 5, settings, datamodel_B=B, om_target=target
+    )
+    assert dmm != evaluation.request_hash("dmm", state, (1,), 5, settings, datamodel_B=2 * B)
+    om = evaluation.request_hash("om", state, (1,), 5, settings, om_target=target)
+    assert om == evaluation.request_hash(
+        "om", state, (1,), 5, settings, datamodel_B=B, om_target=target
+    )
+    assert om != evaluation.request_hash("om", state, (1,), 5, settings, om_target=target + 1)

@@ -69,15 +69,25 @@ def most_influential(datamodel, num: int = 1) -> tuple[int, ...]:
 
 
 def request_hash(
-    method: str, state: dict, forget, seed: int, settings: UnlearnSettings, *extra
+    method: str,
+    state: dict,
+    forget,
+    seed: int,
+    settings: UnlearnSettings,
+    *,
+    datamodel_B: torch.Tensor | None = None,
+    om_target: torch.Tensor | None = None,
 ) -> str:
     """sha256 naming one unlearning request: the method, the model's tensors, the forget
-    clients, the seed (the matching's batches), the settings and the tensors the method
-    matches (``extra``)."""
+    clients, the seed (the matching's batches), the settings and what the method matches:
+    the datamodel's ``B`` for DMM, the oracles' mean logits for OM, nothing for the others.
+    So an OM model stays valid when the datamodel changes, a DMM model when the oracles do.
+    """
+    matched = (datamodel_B if method == "dmm" else None, om_target if method == "om" else None)
     h = hashlib.sha256(f"{method}|{tuple(forget)}|{seed}|{settings!r}".encode())
     for name in sorted(state):
         h.update(f"{name}:{tensor_hash(state[name])}".encode())
-    for x in extra:
+    for x in matched:
         h.update(b"-" if x is None else tensor_hash(x).encode())
     return h.hexdigest()
 
@@ -86,8 +96,15 @@ def unlearn_cached(cache_dir: Path, method: str, *, state: dict, forget, seed: i
     """``unlearn_state`` once per request: (state dict, seconds, MatchingReport or None),
     read back from ``cache_dir`` when that request was already unlearned."""
     datamodel = kwargs.get("datamodel")
-    matched = (datamodel.B if datamodel is not None else None, kwargs.get("om_target"))
-    key = request_hash(method, state, forget, seed, kwargs["settings"], *matched)
+    key = request_hash(
+        method,
+        state,
+        forget,
+        seed,
+        kwargs["settings"],
+        datamodel_B=datamodel.B if datamodel is not None else None,
+        om_target=kwargs.get("om_target"),
+    )
     path = cache_dir / f"{key[:32]}.pt"
     if path.is_file():
         saved = torch.load(path, weights_only=True)
