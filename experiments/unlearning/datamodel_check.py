@@ -7,7 +7,7 @@ DMM matches ``logits - B[client]``, so the ratio of the two norms bounds how muc
 the way to the oracles DMM can go, whatever the fine-tuning does.
 
     python experiments/unlearning/datamodel_check.py experiments/unlearning/mnist5k.toml \
-        runs/unlearning-mnist5k --client 15 --models 50
+        runs/unlearning-mnist5k --client 15 --models 50 [--datamodel OTHER.pt]
 """
 
 from __future__ import annotations
@@ -37,12 +37,16 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="the unlearn-eval --out folder")
     parser.add_argument("--client", type=int, required=True, help="the forgotten client")
     parser.add_argument("--models", type=int, default=50, help="unlearn-eval's --models (N)")
+    parser.add_argument(
+        "--datamodel", type=Path, help="another artifact of the same setting (default: OUT's)"
+    )
     args = parser.parse_args()
     config = load_config(args.config)
     torch.set_num_threads(config.engine.client_num_cpus)
     base = federation_variant(config, config.seed)
     fed = Federation.from_config(base)
-    art, _ = get_datamodel(fed, args.out / DATAMODEL_FILE, progress=False, log=lambda s: None)
+    path = args.datamodel or args.out / DATAMODEL_FILE
+    art, _ = get_datamodel(fed, path, progress=False, log=lambda s: None)
     rows = fed.client_rows((args.client,))
     x = fed.inputs[rows]
 
