@@ -19,11 +19,10 @@ import torch
 
 from fedsec.config import load_config
 from fedsec.seeding import derive_seed
-from fedsec.training import predict_logits
 from fedsec.unlearning.artifact import config_hash, load_artifact, tensor_hash
-from fedsec.unlearning.evaluation import unlearn_cached
+from fedsec.unlearning.evaluation import klom_splits, model_margins, unlearn_cached
 from fedsec.unlearning.federated import Federation, UnlearnSettings, train_federations
-from fedsec.unlearning.klom import klom, margins, percentile
+from fedsec.unlearning.klom import klom, percentile
 from fedsec.unlearning.subsets import federation_variant
 
 
@@ -53,19 +52,10 @@ def main() -> None:
     )
     m = args.models
     originals, oracles, retrained = states[: args.n], states[m : 2 * m], states[2 * m :]
-    rows = {
-        "forget": fed.client_rows(forget),
-        "retain": fed.retained_rows(forget),
-        "test": fed.test_rows(),
-    }
+    rows = klom_splits(fed, forget)
 
     def all_margins(model_states) -> torch.Tensor:
-        return torch.stack(
-            [
-                margins(predict_logits(fed.model_from(s), fed.inputs), fed.labels)
-                for s in model_states
-            ]
-        )
+        return model_margins(fed, model_states)
 
     oracle_margins = all_margins(oracles)
 

@@ -68,6 +68,23 @@ def most_influential(datamodel, num: int = 1) -> tuple[int, ...]:
     )
 
 
+def klom_splits(fed: Federation, forget) -> dict[str, np.ndarray]:
+    """KLoM's splits of ``fed.inputs``: the forget clients' examples, the retained
+    clients' and the test split (rows)."""
+    return {
+        "forget": fed.client_rows(forget),
+        "retain": fed.retained_rows(forget),
+        "test": fed.test_rows(),
+    }
+
+
+def model_margins(fed: Federation, model_states) -> torch.Tensor:
+    """(models, inputs): each model's margin on every input of ``fed``."""
+    return torch.stack(
+        [margins(predict_logits(fed.model_from(s), fed.inputs), fed.labels) for s in model_states]
+    )
+
+
 def request_hash(
     method: str,
     state: dict,
@@ -198,17 +215,10 @@ def klom_evaluation(
         [training_examples(federation_variant(config, s, forget)) for s in seeds]
     )
 
-    labels = fed.labels
-    rows = {
-        "forget": fed.client_rows(forget),
-        "retain": fed.retained_rows(forget),
-        "test": fed.test_rows(),
-    }
+    rows = klom_splits(fed, forget)
 
     def all_margins(model_states) -> torch.Tensor:
-        return torch.stack(
-            [margins(predict_logits(fed.model_from(s), fed.inputs), labels) for s in model_states]
-        )
+        return model_margins(fed, model_states)
 
     oracle_margins = all_margins(oracles)
     om_targets = [None] * n_models
