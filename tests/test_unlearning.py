@@ -78,6 +78,9 @@ def test_least_squares_keeps_a_large_effect_that_held_out_ridge_shrinks():
     # The same rows with fewer models than 2U: lambda from the held-out grid, > 0.
     ridge = fit_datamodel(masks[:30], outputs[:30], seed=1)
     assert ridge.lam > 0 and ridge.B[3, :20].norm() < ols.B[3, :20].norm()
+    # forced, with all 100 models: the held-out lambda shrinks the effect
+    forced = fit_datamodel(masks, outputs, seed=1, least_squares=False)
+    assert forced.lam > 0 and forced.B[3, :20].norm() < 0.9 * ols.B[3, :20].norm()
 
 
 def test_least_squares_gives_no_coefficient_to_a_unit_in_every_model():

@@ -89,13 +89,15 @@ def fit_datamodel(
     lambda_grid: tuple[float, ...] = DEFAULT_LAMBDA_GRID,
     val_fraction: float = 0.2,
     seed: int = 0,
+    least_squares: bool | None = None,
 ) -> Datamodel:
     """Ridge datamodel of ``outputs`` (M, N, K) on ``masks`` (M, U), vectorised in torch.
 
     ``lam`` given: fit with it. Otherwise lambda = 0 (least squares) when M >= 2U, else
     chosen from ``lambda_grid`` (multiples of the mean eigenvalue of the centred Gram
     matrix) by held-out MSE; then the fit on all models. ``val_mse`` is the held-out MSE
-    at the lambda used, whenever lambda was not given.
+    at the lambda used, whenever lambda was not given. ``least_squares`` True or False
+    forces the choice that M >= 2U makes by default (to compare the two fits).
     """
     if masks.dim() != 2 or outputs.dim() != 3 or masks.shape[0] != outputs.shape[0]:
         raise ValueError(
@@ -115,7 +117,9 @@ def fit_datamodel(
         tr, va = perm[: m - n_val], perm[m - n_val :]
         scale, solve = _ridge_solver(X[tr], Y[tr])
         best = None
-        for factor in (0.0,) if m >= 2 * u else lambda_grid:
+        if least_squares is None:
+            least_squares = m >= 2 * u
+        for factor in (0.0,) if least_squares else lambda_grid:
             B, b = solve(factor * scale)
             mse = ((b + X[va] @ B - Y[va]) ** 2).mean().item()
             if best is None or mse < best[1]:
