@@ -106,7 +106,8 @@ def write_report(
     }
     text, short = render_markdown(report, pngs, heatmaps)
     atomic_write_text(out_dir / "report.md", text)
-    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=1) + "\n")
+    # compact: a regime map's report holds every cell's per-seed numbers (MBs indented)
+    atomic_write_text(out_dir / "report.json", json.dumps(report, separators=(",", ":")) + "\n")
     return report, short
 
 
