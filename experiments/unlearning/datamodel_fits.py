@@ -46,7 +46,8 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.config, args.set)
     torch.set_num_threads(config.engine.client_num_cpus)
-    fed = Federation.from_config(federation_variant(config, config.seed))
+    base = federation_variant(config, config.seed)  # the federation pinned, as every model's
+    fed = Federation.from_config(base)
     if args.outputs.is_file():
         saved = torch.load(args.outputs)
         masks, outputs = saved["masks"], saved["outputs"]
@@ -66,9 +67,8 @@ def main() -> None:
         raise SystemExit("M < 2U: the default fit is the held-out ridge, nothing to compare")
     heldout = fit_datamodel(masks, outputs, seed=ridge_seed, least_squares=False)
     client = int(least_squares.influence().argmax()) if args.client == "auto" else int(args.client)
-    base = federation_variant(config, config.seed)
 
-    def mean_logits(label: str, exclude: tuple[int, ...]) -> torch.Tensor:
+    def all_logits(label: str, exclude: tuple[int, ...]) -> torch.Tensor:
         jobs = [(derive_seed(config.seed, label, i), exclude) for i in range(args.models)]
         states, _ = train_federations(
             base,
@@ -79,8 +79,8 @@ def main() -> None:
         )
         return torch.stack([predict_logits(fed.model_from(s), fed.inputs) for s in states])
 
-    originals = mean_logits("klom-original", ())
-    oracles = mean_logits("klom-oracle", (client,))
+    originals = all_logits("klom-original", ())
+    oracles = all_logits("klom-oracle", (client,))
     measured = (oracles.mean(0) - originals.mean(0)).double()
     noise = (originals.var(0) / args.models + oracles.var(0) / args.models).double()
     own = torch.zeros(len(fed.inputs), dtype=torch.bool)
