@@ -17,10 +17,12 @@ takes ``attack.evasion``:
     and the server loop's adversary stage (``fedsec.adversary``) scales it there (the
     simulation's adversary, as for the colluding attacks); a config error on the
     ``deployment`` engine.
-- ``"multi-metrics"``: the backdoor is trained with a penalty (weight
-  ``evasion_weight``) that keeps the update's Manhattan and Euclidean norms and cosine
-  distance to the global model near those of ``u_benign``
-  (``attacks.evasion.multi_metrics_penalty``).
+- ``"multi-metrics"``: "constrain and scale" on the three features Multi-metrics scores
+  (the update's Manhattan and Euclidean norms, its cosine distance to the global model):
+  the backdoor trains with a penalty (weight ``evasion_weight``) that pulls them towards
+  those of ``u_benign`` and, after every optimizer step, a constraint that keeps each at
+  most ``u_benign``'s; the update sent is scaled so that the tightest one equals it
+  (``attacks.evasion``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ import torch
 
 from attacks.base import Attack, AttackReply
 from attacks.collusion import KNOWLEDGE, check_knowledge
-from attacks.evasion import EVASIONS, largest_kept_scale, multi_metrics_penalty
+from attacks.evasion import (
+    EVASIONS,
+    benign_metric_bounds,
+    benign_metrics_constraint,
+    benign_metrics_scale,
+    largest_kept_scale,
+    multi_metrics_penalty,
+)
 from attacks.procedures import benign_update
 from fedsec.errors import ConfigError
 from fedsec.params import one_of, param, positive
@@ -69,8 +78,18 @@ class BackdoorAttack(Attack):
         w0 = flatten_params(model).detach().clone()
         benign = benign_update(model, *ctx.examples, kwargs)
         if self.evasion == "multi-metrics":
-            penalty = multi_metrics_penalty(w0, benign, self.evasion_weight)
-            return AttackReply(self.local_update(model, ctx, {**train_kwargs, "penalty": penalty}))
+            constrained = {
+                **train_kwargs,
+                "penalty": multi_metrics_penalty(w0, benign, self.evasion_weight),
+                "constraint": benign_metrics_constraint(w0, benign),
+            }
+            stats = self.local_update(model, ctx, constrained)
+            # the update transform (e.g. model replacement) may have scaled it past the
+            # bounds; scale it so that its tightest feature is the benign one's
+            update = flatten_params(model).detach() - w0
+            gamma = benign_metrics_scale(update, benign_metric_bounds(benign, w0), w0)
+            assign_flat_params(model, w0 + gamma * update)
+            return AttackReply(stats)
         stats = self.local_update(model, ctx, train_kwargs)
         if self.knowledge == "full":  # scaled by the server loop's adversary stage
             benign_model = _copy_with(model, w0 + benign)

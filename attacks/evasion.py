@@ -8,11 +8,17 @@ public) to keep its update in the aggregate:
   the largest ``lam`` in ``[0, 1]`` for which the rule keeps
   ``u_benign + lam (u_backdoor - u_benign)``; against a rule that keeps everyone (median,
   trimmed mean, clipping, ...) it matches the benign updates' median norm instead.
-- :func:`multi_metrics_penalty` (``evasion = "multi-metrics"``): training with a penalty
-  that keeps the update's Manhattan and Euclidean norms and its cosine distance to the
-  global model, the three features Multi-metrics (Huang et al., ICCV 2023) scores, near
-  those of the attacker's own benign update, in relative terms (Bagdasaryan et al.'s
-  "constrain and scale", AISTATS 2020, applied to these three metrics).
+- ``evasion = "multi-metrics"``: Bagdasaryan et al.'s "constrain and scale" (AISTATS
+  2020) applied to the three features Multi-metrics (Huang et al., ICCV 2023) scores:
+  the update's Manhattan and Euclidean norms and its cosine distance to the global
+  model. :func:`multi_metrics_penalty` is the soft part, a loss term that pulls those
+  features towards the attacker's own benign update's; :func:`benign_metrics_constraint`
+  the hard part, a projection after every optimizer step that keeps the Euclidean norm
+  and the cosine distance at most the benign update's (a penalty alone cannot: benign
+  updates of a pre-trained model are about 100x smaller than a backdoor's, and a penalty
+  strong enough to hold that gap makes SGD with momentum diverge);
+  :func:`benign_metrics_scale` the final scale, which brings the tightest of the three
+  features to the benign value.
 
 Pure functions of flat parameter vectors and rules; vectorised.
 """
@@ -23,6 +29,8 @@ import copy
 from collections.abc import Callable
 
 import torch
+
+from fedsec.training import assign_flat_params, flatten_params
 
 #: Values of ``attack.evasion``.
 EVASIONS = ("none", "scaling", "multi-metrics")
@@ -79,6 +87,82 @@ def _linear_features(update: torch.Tensor, global_flat: torch.Tensor) -> torch.T
     then grow linearly with the update); a finite gradient at ``u = 0``."""
     l1, l2, distance = metric_features(update, global_flat).unbind()
     return torch.stack([l1, l2, (distance + 1e-300).sqrt()])
+
+
+def benign_metric_bounds(update: torch.Tensor, global_flat: torch.Tensor) -> torch.Tensor:
+    """``(||u||_1, ||u||_2, ||P u||_2)`` in float64, ``P`` the projection orthogonal to
+    ``w0``: the three features of an update the multi-metrics evasion holds to its benign
+    update's.
+
+    All three are norms (``c u`` has ``c`` times each). The third stands for the cosine
+    distance: ``w0 + u`` makes the angle ``atan(||P u|| / (||w0|| + <u, w0> / ||w0||))``
+    with ``w0``, so an update with the benign ``<u, w0>`` and no larger ``||P u||`` has the
+    benign cosine distance or less."""
+    u, unit = update.double(), _unit(global_flat)
+    across = u - (u @ unit) * unit
+    return torch.stack(
+        [u.abs().sum(), torch.linalg.vector_norm(u), torch.linalg.vector_norm(across)]
+    )
+
+
+def constrain_to_benign(
+    update: torch.Tensor, benign: torch.Tensor, global_flat: torch.Tensor
+) -> torch.Tensor:
+    """The Euclidean projection of ``update`` onto ``C = {u : <u, w0> = <u_b, w0>,
+    ||P u|| <= ||P u_b||}`` (``u_b = benign``, ``P`` as in :func:`benign_metric_bounds`):
+    its component along ``w0`` becomes the benign one's, its orthogonal part is shrunk
+    onto the ball of the benign one's radius (the two parts are orthogonal, so the
+    composition is the projection). In ``C`` the Euclidean norm and the cosine distance
+    are at most the benign update's.
+
+    Why this set: along ``w0`` an update of a trained model is mostly weight decay's
+    shrink, which carries most of a benign update's norm and none of a backdoor; what
+    the backdoor learns lies orthogonal to ``w0``, where the bound holds its angle to
+    the benign one's. The Manhattan norm is left to :func:`benign_metrics_scale`."""
+    u, unit = update.double(), _unit(global_flat)
+    across = u - (u @ unit) * unit
+    radius = float(benign_metric_bounds(benign, global_flat)[2])
+    norm = float(torch.linalg.vector_norm(across))
+    if norm > radius:
+        across = across * (radius / norm)
+    return (across + (benign.double() @ unit) * unit).to(update.dtype)
+
+
+def benign_metrics_scale(
+    update: torch.Tensor, bounds: torch.Tensor, global_flat: torch.Tensor
+) -> float:
+    """``gamma`` for which ``gamma * update`` has every feature of
+    :func:`benign_metric_bounds` at most ``bounds`` and the tightest one equal to its
+    bound ("scale", after "constrain"); 0 for a zero update."""
+    features = benign_metric_bounds(update, global_flat)
+    if not bool((features > 0).any()):
+        return 0.0
+    ratios = torch.where(features > 0, bounds / features.clamp_min(1e-300), torch.inf)
+    return float(ratios.min())
+
+
+def benign_metrics_constraint(
+    global_flat: torch.Tensor, benign: torch.Tensor
+) -> Callable[[torch.nn.Module], None]:
+    """``constraint(model)``: projects the model's update onto the set of
+    :func:`constrain_to_benign`, in place; ``fedsec.training.train`` runs it after every
+    optimizer step."""
+    center, benign = global_flat.detach(), benign.detach()
+
+    def constraint(model: torch.nn.Module) -> None:
+        with torch.no_grad():
+            w = flatten_params(model)
+            w0 = center.to(w.device)
+            moved = constrain_to_benign(w - w0, benign.to(w.device), w0)
+            assign_flat_params(model, w0 + moved)
+
+    return constraint
+
+
+def _unit(global_flat: torch.Tensor) -> torch.Tensor:
+    """``w0 / ||w0||`` in float64."""
+    w0 = global_flat.double()
+    return w0 / torch.linalg.vector_norm(w0).clamp_min(torch.finfo(torch.float64).tiny)
 
 
 def largest_kept_scale(

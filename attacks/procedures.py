@@ -77,7 +77,8 @@ def benign_update(
     as it was. A malicious client learns from it how large an honest update is."""
     clone = copy.deepcopy(model)
     w0 = flatten_params(clone).detach().clone()
-    honest = {k: v for k, v in train_kwargs.items() if k != "penalty"}  # no attacker's penalty
+    # without the attacker's penalty and constraint (attack.evasion)
+    honest = {k: v for k, v in train_kwargs.items() if k not in ("penalty", "constraint")}
     train(clone, x, y, **honest)
     return flatten_params(clone).detach() - w0.to(flatten_params(clone).device)
 

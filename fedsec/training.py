@@ -142,6 +142,7 @@ def train(
     device: Device = "cpu",
     after_step: Callable[[int], None] | None = None,
     penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+    constraint: Callable[[nn.Module], None] | None = None,
 ) -> TrainStats:
     """Train ``model`` in place with minibatch SGD (momentum, weight decay) on cross-entropy.
 
@@ -150,8 +151,10 @@ def train(
     an epoch has ceil(N / batch_size) steps.  ``after_step(k)`` runs after the k-th
     optimizer step (k = 1, 2, ... over all epochs): attacks hook in there, e.g. PGD projects
     the weights back onto a norm ball every few steps.  ``penalty(model)``, when given, is
-    added to every batch's loss before the backward pass (an attacker's constraint on its
-    own weights); the reported loss is the cross-entropy alone.
+    added to every batch's loss before the backward pass (an attacker's soft pull on its
+    own weights); the reported loss is the cross-entropy alone.  ``constraint(model)``,
+    when given, runs after every optimizer step, before ``after_step``: an attacker's hard
+    constraint, which moves the weights back into a set in place.
 
     Dropout draws its masks from torch's global generator (of the training device), not
     from our generator, so that generator is seeded with ``seed`` too: the same model, data
@@ -184,6 +187,8 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 (loss if penalty is None else loss + penalty(model)).backward()
                 optimizer.step()
+                if constraint is not None:
+                    constraint(model)
                 loss_sum += loss.detach() * yb.shape[0]
                 step += 1
                 if after_step is not None:

@@ -14,6 +14,10 @@ from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, Rec
 
 from attacks.evasion import (
     SCALE_STEPS,
+    benign_metric_bounds,
+    benign_metrics_constraint,
+    benign_metrics_scale,
+    constrain_to_benign,
     largest_kept_scale,
     metric_features,
     multi_metrics_penalty,
@@ -108,6 +112,57 @@ def test_the_penalty_pulls_training_towards_the_benign_metrics():
     at_benign = torch.nn.Linear(10, 2)
     assign_flat_params(at_benign, w0 + benign)
     assert penalty(at_benign).item() == pytest.approx(0.0, abs=1e-9)  # zero at the target
+
+
+def test_the_constraint_takes_the_benign_shrink_along_w0_and_bounds_the_rest():
+    w0 = torch.tensor([2.0, 0.0, 0.0], dtype=torch.float64)
+    benign = torch.tensor([-0.1, 0.03, 0.04], dtype=torch.float64)  # along w0 -0.1, across 0.05
+    bounds = benign_metric_bounds(benign, w0).tolist()
+    assert bounds == pytest.approx([0.17, math.sqrt(0.0125), 0.05])
+    # across w0 (0.3, 0.4) has norm 0.5: shrunk 10x onto the benign radius
+    outside = constrain_to_benign(torch.tensor([0.5, 0.3, 0.4]).double(), benign, w0)
+    assert outside.tolist() == pytest.approx([-0.1, 0.03, 0.04])
+    inside = constrain_to_benign(torch.tensor([0.2, 0.0, 0.02]).double(), benign, w0)
+    assert inside.tolist() == pytest.approx([-0.1, 0.0, 0.02])  # only the part along w0 moved
+    # projecting twice changes nothing
+    assert constrain_to_benign(outside, benign, w0).tolist() == pytest.approx(outside.tolist())
+
+
+def test_the_scale_brings_the_tightest_feature_to_its_bound():
+    w0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    update = torch.tensor([0.0, 4.0], dtype=torch.float64)  # features (4, 4, 4)
+    bounds = torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)
+    assert benign_metrics_scale(update, bounds, w0) == pytest.approx(0.25)
+    assert benign_metrics_scale(update, torch.tensor([9.0, 8.0, 12.0]).double(), w0) == 2.0
+    assert benign_metrics_scale(torch.zeros(2).double(), bounds, w0) == 0.0
+
+
+def test_constrained_training_ends_with_every_feature_at_most_the_benign_ones():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 10), torch.randint(0, 2, (64,))
+    torch.manual_seed(1)
+    model = torch.nn.Linear(10, 2)
+    w0 = flatten_params(model).clone()
+    benign = 0.01 * torch.randn(w0.numel(), generator=torch.Generator().manual_seed(2))
+    train(
+        model,
+        x,
+        y,
+        epochs=10,
+        batch_size=16,
+        lr=0.05,
+        seed=1,
+        constraint=benign_metrics_constraint(w0, benign),
+    )
+    update = flatten_params(model) - w0
+    bounds = benign_metric_bounds(benign, w0)
+    features = benign_metric_bounds(update, w0)
+    unit = w0.double() / w0.double().norm()
+    assert float(update.double() @ unit) == pytest.approx(float(benign.double() @ unit), rel=1e-4)
+    assert features[2] == pytest.approx(float(bounds[2]), rel=1e-4)  # the data push it out
+    assert (features[1:] <= bounds[1:] * (1 + 1e-5)).all()
+    gamma = benign_metrics_scale(update, bounds, w0)
+    assert float((benign_metric_bounds(gamma * update, w0) / bounds).max()) == pytest.approx(1.0)
 
 
 NODE = 100
