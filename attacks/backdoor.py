@@ -20,8 +20,9 @@ takes ``attack.evasion``:
 - ``"multi-metrics"``: "constrain and scale" on the three features Multi-metrics scores
   (the update's Manhattan and Euclidean norms, its cosine distance to the global model):
   the backdoor trains with a penalty (weight ``evasion_weight``) that pulls them towards
-  those of ``u_benign`` and, after every optimizer step, a constraint that keeps each at
-  most ``u_benign``'s; the update sent is scaled so that the tightest one equals it
+  those of ``u_benign`` and, after every optimizer step, a projection that keeps the
+  Euclidean norm and the cosine distance at most ``u_benign``'s; the update sent is
+  scaled so that all three are at most ``u_benign``'s and the tightest equals it
   (``attacks.evasion``).
 """
 
