@@ -119,13 +119,22 @@ def constrain_to_benign(
     shrink, which carries most of a benign update's norm and none of a backdoor; what
     the backdoor learns lies orthogonal to ``w0``, where the bound holds its angle to
     the benign one's. The Manhattan norm is left to :func:`benign_metrics_scale`."""
-    u, unit = update.double(), _unit(global_flat)
-    across = u - (u @ unit) * unit
+    unit = _unit(global_flat)
     radius = float(benign_metric_bounds(benign, global_flat)[2])
+    return _project(update, unit, benign.double() @ unit, radius)
+
+
+def _project(
+    update: torch.Tensor, unit: torch.Tensor, along: torch.Tensor, radius: float
+) -> torch.Tensor:
+    """:func:`constrain_to_benign` given ``w0 / ||w0||``, the benign component along it
+    and the benign radius across it."""
+    u = update.double()
+    across = u - (u @ unit) * unit
     norm = float(torch.linalg.vector_norm(across))
     if norm > radius:
         across = across * (radius / norm)
-    return (across + (benign.double() @ unit) * unit).to(update.dtype)
+    return (across + along * unit).to(update.dtype)
 
 
 def benign_metrics_scale(
@@ -147,13 +156,17 @@ def benign_metrics_constraint(
     """``constraint(model)``: projects the model's update onto the set of
     :func:`constrain_to_benign`, in place; ``fedsec.training.train`` runs it after every
     optimizer step."""
-    center, benign = global_flat.detach(), benign.detach()
+    center = global_flat.detach()
+    # what the projection needs of w0 and the benign update, once for all steps
+    unit = _unit(center)
+    along = benign.detach().double() @ unit
+    radius = float(benign_metric_bounds(benign.detach(), center)[2])
 
     def constraint(model: torch.nn.Module) -> None:
         with torch.no_grad():
             w = flatten_params(model)
             w0 = center.to(w.device)
-            moved = constrain_to_benign(w - w0, benign.to(w.device), w0)
+            moved = _project(w - w0, unit.to(w.device), along.to(w.device), radius)
             assign_flat_params(model, w0 + moved)
 
     return constraint

@@ -54,13 +54,10 @@ def main() -> None:
     originals, oracles, retrained = states[: args.n], states[m : 2 * m], states[2 * m :]
     rows = klom_splits(fed, forget)
 
-    def all_margins(model_states) -> torch.Tensor:
-        return model_margins(fed, model_states)
-
-    oracle_margins = all_margins(oracles)
+    oracle_margins = model_margins(fed, oracles)
 
     def report(name: str, model_states) -> None:
-        k = klom(all_margins(model_states), oracle_margins)
+        k = klom(model_margins(fed, model_states), oracle_margins)
         cells = " ".join(
             f"{split} {percentile(k[torch.as_tensor(r)]):.3f}" for split, r in rows.items()
         )

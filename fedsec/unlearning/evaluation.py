@@ -217,10 +217,7 @@ def klom_evaluation(
 
     rows = klom_splits(fed, forget)
 
-    def all_margins(model_states) -> torch.Tensor:
-        return model_margins(fed, model_states)
-
-    oracle_margins = all_margins(oracles)
+    oracle_margins = model_margins(fed, oracles)
     om_targets = [None] * n_models
     if "om" in methods:
         for i in range(n_models):
@@ -261,7 +258,7 @@ def klom_evaluation(
             seconds = float(np.mean(request_seconds))  # each request's own time
             if method == "om":
                 seconds += om_oracles * retrain_time  # every request needs its own oracles
-        k = klom(all_margins(unlearned), oracle_margins)
+        k = klom(model_margins(fed, unlearned), oracle_margins)
         per_example[method] = {split: k[torch.from_numpy(r)] for split, r in rows.items()}
         metrics = [model_metrics(fed, s, forget) for s in unlearned]
         entry = {split: percentile(per_example[method][split]) for split in SPLITS}
