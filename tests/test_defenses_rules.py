@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import defenses.rules.base as rules_base
+import defenses.rules.dnc as dnc_module
 from defenses.rules import (
     AggregationRule,
     BulyanRule,
@@ -190,6 +191,23 @@ def test_dnc_removes_the_update_that_projects_far_on_the_top_singular_vector():
     two = run(DnCRule(num_malicious=1, filter_fraction=2.0, subsample=100), models, start)
     assert int((~two.accepted).sum()) == 2 and not bool(two.accepted[2])
     assert "at least 3 valid clients" in DnCRule(num_malicious=2).round_problem(2, 1)
+
+
+def test_dnc_gram_route_gives_the_svd_direction():
+    """The route DnC takes off the CPU (top eigenvector of the Gram matrix, because
+    cuSOLVER's SVD rejects VGG-9-wide matrices) finds the SVD's top right singular vector
+    up to sign, and a matrix of equal rows (centred: zero) gives a finite unit-or-zero
+    vector instead of NaN."""
+    gen = torch.Generator().manual_seed(0)
+    matrix = torch.randn(10, 5000, generator=gen, dtype=torch.float64)
+    matrix[3] += 5 * torch.randn(5000, generator=gen, dtype=torch.float64)  # a clear top
+    matrix -= matrix.mean(dim=0)
+    svd = torch.linalg.svd(matrix, full_matrices=False).Vh[0]
+    gram = dnc_module._top_right_singular_vector_gram(matrix)
+    assert abs(float(svd @ gram)) == pytest.approx(1.0, abs=1e-12)
+    assert torch.equal(dnc_module.top_right_singular_vector(matrix), svd)  # CPU: the SVD
+    zero = dnc_module._top_right_singular_vector_gram(torch.zeros(4, 7, dtype=torch.float64))
+    assert torch.isfinite(zero).all()
 
 
 def test_signguard_drops_the_sign_flipper_and_the_huge_update_then_clips_to_the_median():

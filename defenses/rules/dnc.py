@@ -46,8 +46,10 @@ class DnCRule(SeededRule):
     seed : int (default: 0)
         Seeds the coordinate subsets (a stream per round, resumed from a checkpoint).
 
-    Cost: per pass a gather of ``(n, b)`` values and its thin SVD. Scores: each
-    client's projection score summed over the passes.
+    Cost: per pass a gather of ``(n, b)`` values and its thin SVD (on the CPU; on
+    other devices the top eigenvector of the ``(n, n)`` Gram matrix: see
+    ``top_right_singular_vector``). Scores: each client's projection score summed over
+    the passes.
     """
 
     name = "dnc"
@@ -87,8 +89,31 @@ class DnCRule(SeededRule):
             columns = torch.randperm(d, generator=generator, device=device)[: self.subsample]
             part = (models[:, columns] - batch.global_model[columns]).double()
             centred = part - part.mean(dim=0)
-            top = torch.linalg.svd(centred, full_matrices=False).Vh[0]
+            top = top_right_singular_vector(centred)
             score = (centred @ top) ** 2
             scores += score
             kept &= keep_mask(batch.n, lowest(score, keep), device)
         return AggregationResult(combine(batch, normalized(batch.weights, kept)), kept, scores)
+
+
+def top_right_singular_vector(matrix: torch.Tensor) -> torch.Tensor:
+    """The unit right singular vector of the largest singular value of an ``(n, b)``
+    matrix with ``n`` small (its sign is arbitrary; DnC squares the projections).
+
+    On the CPU: LAPACK's thin SVD (what every committed DnC result ran). On CUDA,
+    cuSOLVER's SVD rejects a matrix as wide as VGG-9's model (10 x 9,225,610: its
+    ``gesvdj`` buffer query fails with CUSOLVER_STATUS_INVALID_VALUE, found by the GPU
+    check of 2026-11-30), so there the vector comes from the ``(n, n)`` Gram matrix
+    ``M M^T = U S^2 U^T``: ``v = M^T u_1 / ||M^T u_1||`` is the same vector in exact
+    arithmetic, and costs one ``(n, b)`` product instead of an SVD.
+    """
+    if matrix.device.type == "cpu":
+        return torch.linalg.svd(matrix, full_matrices=False).Vh[0]
+    return _top_right_singular_vector_gram(matrix)
+
+
+def _top_right_singular_vector_gram(matrix: torch.Tensor) -> torch.Tensor:
+    top_left = torch.linalg.eigh(matrix @ matrix.T).eigenvectors[:, -1]
+    vector = top_left @ matrix
+    # all rows equal (centred: all zero): no direction; any unit vector scores 0
+    return vector / vector.norm().clamp_min(torch.finfo(vector.dtype).tiny)
