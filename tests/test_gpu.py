@@ -378,7 +378,7 @@ def bulyan_tie_columns(batch: Round, result: AggregationResult) -> torch.Tensor:
     """Bulyan's columns where the ``beta``-th and ``(beta + 1)``-th of the selected values
     closest to their median are equally close (``beta = theta - 2f``, f = 1). Either
     value gives a valid Bulyan aggregate there, and ``torch.topk`` breaks such ties one
-    way on the CPU and another on CUDA (GPU check, 2026-11-30: 13 of 9,225,610 columns of
+    way on the CPU and another on CUDA (GPU check, 2026-11-30: 16 of 9,225,610 columns of
     this round, which alone moved the aggregate by 2e-4 of the update). The float32
     arithmetic is the rule's, so the tie set is the same on both devices."""
     selected = batch.models[result.accepted.cpu()]
