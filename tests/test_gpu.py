@@ -80,6 +80,7 @@ from benchmarks.gpu_shared import BiasProbe, Round, make_round
 from defenses import rules
 from defenses.rules import AggregationResult, AggregationRule
 from defenses.rules.base import BLOCK_COLUMNS, CHUNK_COLUMNS, column_blocks
+from defenses.rules.bulyan import distance_to_median
 from fedsec.models import build_model
 from fedsec.training import evaluate, train
 
@@ -379,17 +380,14 @@ def bulyan_tie_columns(batch: Round, result: AggregationResult) -> torch.Tensor:
     closest to their median are equally close (``beta = theta - 2f``, f = 1). Either
     value gives a valid Bulyan aggregate there, and ``torch.topk`` breaks such ties one
     way on the CPU and another on CUDA (GPU check, 2026-11-30: 16 of 9,225,610 columns of
-    this round, which alone moved the aggregate by 2e-4 of the update). The float32
-    arithmetic is the rule's, so the tie set is the same on both devices."""
+    this round, which alone moved the aggregate by 2e-4 of the update). The distances
+    are the rule's own (``distance_to_median``), so the tie set is the same on both
+    devices."""
     selected = batch.models[result.accepted.cpu()]
     beta = selected.shape[0] - 2
     ties = torch.empty(selected.shape[1], dtype=torch.bool)
     for cols in column_blocks(selected.shape[1]):
-        values = selected[:, cols]
-        ordered = torch.sort(values, dim=0).values
-        rows = values.shape[0]
-        median = (ordered[(rows - 1) // 2] + ordered[rows // 2]) / 2
-        closest = torch.sort((values - median).abs(), dim=0).values
+        closest = torch.sort(distance_to_median(selected[:, cols]), dim=0).values
         ties[cols] = closest[beta - 1] == closest[beta]
     return ties
 

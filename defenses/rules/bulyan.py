@@ -81,10 +81,16 @@ def _repeated_krum(distances: torch.Tensor, num_malicious: int, theta: int) -> t
     return torch.cat(picked)
 
 
-def _mean_around_median(values: torch.Tensor, beta: int) -> torch.Tensor:
-    """Per column, the mean of the ``beta`` values closest to the column's median."""
+def distance_to_median(values: torch.Tensor) -> torch.Tensor:
+    """Per column, each value's distance to the column's median (the mean of the two
+    middle values when the count is even)."""
     ordered = torch.sort(values, dim=0).values
     rows = values.shape[0]
     median = (ordered[(rows - 1) // 2] + ordered[rows // 2]) / 2
-    closest = torch.topk((values - median).abs(), beta, dim=0, largest=False).indices
+    return (values - median).abs()
+
+
+def _mean_around_median(values: torch.Tensor, beta: int) -> torch.Tensor:
+    """Per column, the mean of the ``beta`` values closest to the column's median."""
+    closest = torch.topk(distance_to_median(values), beta, dim=0, largest=False).indices
     return torch.gather(values, 0, closest).mean(dim=0)
