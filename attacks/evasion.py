@@ -26,7 +26,7 @@ Pure functions of flat parameter vectors and rules; vectorised.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -186,6 +186,7 @@ def largest_kept_scale(
     candidate: torch.Tensor,
     weight: float,
     global_flat: torch.Tensor,
+    client_ids: Sequence[int] | None = None,
 ) -> float:
     """The largest ``lam`` in [0, 1] (bisection, :data:`SCALE_STEPS` steps) such that
     ``rule`` keeps ``benign + lam (candidate - benign)`` in a round of the ``(k, d)``
@@ -193,7 +194,10 @@ def largest_kept_scale(
     ``weight``); 0 when not even the benign update is kept.
 
     The rule is a fresh copy each time (the attacker knows the rule, not its state across
-    rounds); a rule that needs the server's root update gets the view's mean. For a rule
+    rounds); a rule that needs the server's root update gets the view's mean. A rule that
+    keeps per-client histories (FoolsGold, FLDetector) is given ``client_ids``, the ids of
+    the view's rows and then the candidate's; by default the distinct placeholders
+    ``0..k`` (the fresh copy has no history, so only their distinctness matters). For a rule
     that keeps every client (``selects_clients`` False) "kept" means a norm no larger
     than the view's median norm. Assumes acceptance shrinks as ``lam`` grows, as it does
     for distance- and norm-based rules.
@@ -203,10 +207,13 @@ def largest_kept_scale(
         models = torch.cat([view, benign[None]]) + global_flat
         weights = torch.cat([view_weights, torch.tensor([float(weight)], dtype=view_weights.dtype)])
         root = view.mean(dim=0) if view.shape[0] else None
+        ids = list(range(models.shape[0])) if client_ids is None else list(client_ids)
+        if len(ids) != models.shape[0]:
+            raise ValueError(f"client_ids has {len(ids)} ids for {models.shape[0]} updates")
 
         def kept(lam: float) -> bool:
             models[-1] = global_flat + benign + lam * direction
-            result = copy.deepcopy(rule).aggregate(models, weights, global_flat, None, root)
+            result = copy.deepcopy(rule).aggregate(models, weights, global_flat, ids, root)
             return bool(result.accepted[-1])
 
     else:

@@ -158,13 +158,14 @@ class ScalingAdversary(AdversaryStage):
         beside it (:data:`fedsec.task.BENIGN_STATE`), so that the defense sees plain replies."""
         layout = ModelLayout(global_arrays)
         w0 = layout.flatten(global_arrays, torch.device("cpu"))
-        honest, weights, attackers = [], [], []
+        honest, weights, honest_ids, attackers = [], [], [], []
         for reply, pid, update in _valid_updates(layout, w0, replies, partition_of):
             if pid in malicious:
                 attackers.append((reply, pid, update))
             else:
                 honest.append(update)
                 weights.append(_num_examples(reply))
+                honest_ids.append(pid)
         outcome = Collusion(view=len(honest))
         view = torch.stack(honest) if honest else w0.new_zeros((0, w0.numel()))
         view_weights = torch.tensor(weights, dtype=torch.float64)
@@ -176,7 +177,14 @@ class ScalingAdversary(AdversaryStage):
                 continue
             benign -= w0
             lam = largest_kept_scale(
-                self.rule, view, view_weights, benign, candidate, _num_examples(reply), w0
+                self.rule,
+                view,
+                view_weights,
+                benign,
+                candidate,
+                _num_examples(reply),
+                w0,
+                client_ids=[*honest_ids, pid],
             )
             scaled = w0 + benign + lam * (candidate - benign)
             reply.content["arrays"] = layout.unflatten(scaled, reply.content["arrays"])

@@ -4,8 +4,10 @@ short federation per evasion."""
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -23,6 +25,8 @@ from attacks.evasion import (
     multi_metrics_penalty,
 )
 from defenses.rules.base import AggregationResult, AggregationRule
+from defenses.rules.fldetector import FLDetectorRule
+from defenses.rules.foolsgold import FoolsGoldRule
 from defenses.rules.median import MedianRule
 from fedsec.adversary import ScalingAdversary
 from fedsec.config import load_config
@@ -72,6 +76,33 @@ def test_against_a_rule_that_keeps_everyone_the_scale_matches_the_median_benign_
     benign, candidate = torch.zeros(2, dtype=torch.float64), torch.tensor([8.0, 0.0]).double()
     lam = largest_kept_scale(MedianRule(), view, torch.ones(3).double(), benign, candidate, 1, w0)
     assert 0.25 - 2.0**-SCALE_STEPS <= lam <= 0.25  # |8 lam| = 2
+
+
+@pytest.mark.parametrize("rule", [FoolsGoldRule(), FLDetectorRule()], ids=lambda r: r.name)
+def test_the_scale_search_gives_a_rule_with_histories_client_ids(rule):
+    # regression: the simulated round passed no client_ids, and both rules raise without them
+    gen = torch.Generator().manual_seed(0)
+    w0 = torch.zeros(6, dtype=torch.float64)
+    view = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    benign, candidate = torch.randn(6, generator=gen).double(), view[0].clone()
+    weights = torch.ones(4, dtype=torch.float64)
+    lam = largest_kept_scale(rule, view, weights, benign, candidate, 1.0, w0)
+
+    def kept(scale: float) -> bool:
+        models = torch.cat([view, (benign + scale * (candidate - benign))[None]])
+        result = copy.deepcopy(rule).aggregate(
+            models, torch.ones(5).double(), w0, [7, 8, 9, 10, 11]
+        )
+        return bool(result.accepted[-1])
+
+    if rule.name == "fldetector":  # no history yet: it keeps every client, so no scaling
+        assert lam == 1.0
+    else:  # a copy of the view's first update is rejected; the search stops at the boundary
+        assert 0.0 < lam < 1.0
+        assert kept(lam) and not kept(lam + 2.0**-SCALE_STEPS)
+    assert not rule._history if rule.name == "foolsgold" else rule._round == 0  # copies only
+    with pytest.raises(ValueError, match="client_ids has 2 ids for 5 updates"):
+        largest_kept_scale(rule, view, weights, benign, candidate, 1.0, w0, client_ids=[1, 2])
 
 
 def test_metric_features_are_the_three_quantities_multi_metrics_scores():
@@ -199,6 +230,30 @@ def test_full_knowledge_scaling_runs_the_rule_on_the_honest_updates_and_strips_t
     )
 
 
+@dataclass(kw_only=True)
+class IdRecordingRule(NormBoundRule):
+    """A norm bound that records the client ids of every round it is shown, in a list
+    its copies share (the search aggregates on copies of the rule)."""
+
+    seen: ClassVar[list] = []
+
+    def _aggregate(self, batch):
+        self.seen.append(list(batch.client_ids))
+        return super()._aggregate(batch)
+
+
+@pytest.mark.usefixtures("server_identity")
+def test_full_knowledge_scaling_shows_the_rule_the_rounds_partition_ids():
+    honest = [np.array([0.3, 0.1, 0.0]), np.array([0.2, -0.1, 0.1])]
+    benign, candidate = np.array([0.5, 0.0, 0.0]), np.array([0.5, 4.0, 0.0])
+    replies = [reply(4, honest[0]), reply(2, candidate, benign), reply(9, honest[1])]
+    IdRecordingRule.seen.clear()
+    stage = ScalingAdversary(attack=None, rule=IdRecordingRule())
+    stage(model_record(np.zeros(3)), replies, {NODE + p: p for p in (2, 4, 9)}, 10, {2})
+    seen = IdRecordingRule.seen
+    assert seen and all(ids == [4, 9, 2] for ids in seen)  # the honest ones, then the attacker
+
+
 DIGITS = [
     *tiny_digits(rounds=2, seed=3),
     "attack.name=pixel-replacement",
@@ -230,6 +285,22 @@ def test_each_evasion_runs_a_federation_and_sends_a_valid_update(tmp_path, evasi
             assert all(0.0 <= v <= 1.0 for v in scales.values())
         else:
             assert "evasion_scales" not in r
+
+
+@pytest.mark.parametrize("knowledge", ["partial", "full"])
+@pytest.mark.parametrize("defense", ["foolsgold", "fldetector"])
+def test_scaling_gets_past_a_rule_with_histories_without_an_error(tmp_path, defense, knowledge):
+    # regression: the attacker's simulated round lacked client ids, so against these rules
+    # its reply was an error that the server refused (partial) or the run stopped (full)
+    overrides = [
+        f"defense.name={defense}",
+        "attack.evasion=scaling",
+        f"attack.knowledge={knowledge}",
+    ]
+    run_cli(tmp_path / "run", [*DIGITS, *overrides])
+    for r in read_metrics(tmp_path / "run" / "metrics.jsonl"):
+        assert r["malicious_clients"] and "invalid_clients" not in r
+        assert set(r["evasion_scales"]) == {str(c) for c in r["malicious_clients"]}
 
 
 @pytest.mark.parametrize(
