@@ -268,6 +268,14 @@ def run_round(
     answered = {partition_of[m.metadata.src_node_id] for m in replies if not m.has_error()}
     failed = sorted(set(sampled) - answered)
     record: dict[str, Any] = {"clients": sampled, "failed_clients": failed}
+    # An error reply has no content, so the strategy could only name it by node id: it is
+    # recorded here by partition id, and only replies with content go on.
+    errors = {
+        partition_of[m.metadata.src_node_id]: m.error.reason for m in replies if m.has_error()
+    }
+    if errors:
+        record["failed_reasons"] = {str(k): v for k, v in sorted(errors.items())}
+        replies = [m for m in replies if not m.has_error()]
     if len(answered) < config.train.min_replies:
         # Too few clients answered: aggregating them would let a handful steer the model.
         record.update(

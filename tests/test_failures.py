@@ -44,6 +44,11 @@ def test_error_reply_exception_and_timeout_are_recorded_and_the_run_goes_on(engi
     rounds = run(engine, tmp_path / engine)
     assert [r["round"] for r in rounds] == [1, 2]
     assert rounds[0]["failed_clients"] == [1, 2]
+    # error replies are named by partition id, not by the node id the strategy would see
+    reasons = rounds[0]["failed_reasons"]
+    assert list(reasons) == ["1", "2"] and "partition 1 refuses to train" in reasons["1"]
+    assert "partition 2 crashed" in reasons["2"]
+    assert not any("invalid_clients" in r for r in rounds)
     assert rounds[1]["failed_clients"] == [1, 2, 3]  # 3 answered after the deadline
     assert [r["accepted_clients"] for r in rounds] == [[0, 3, 4], [0, 4]]  # the rest went in
     assert not any(r.get("skipped") or r.get("kept_previous_model") for r in rounds)

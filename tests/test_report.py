@@ -156,6 +156,22 @@ def test_unfinished_run_is_reported_and_left_out(tmp_path, capsys):
     )
 
 
+def test_runs_whose_attacker_failed_are_named_in_a_warning(tmp_path, capsys):
+    root = make_sweep(tmp_path)
+    run = root / "defense=fedavg/attack=model-replacement/seed=0"
+    rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rounds[0].update(malicious_clients=[3], failed_clients=[1])  # an honest client failed
+    rounds[1].update(malicious_clients=[3], failed_clients=[3])  # the attacker failed
+    rounds[2].update(malicious_clients=[2, 3], failed_clients=[0, 2])
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    rep, md = _report(root)
+    rel = "defense=fedavg/attack=model-replacement/seed=0"
+    assert rep["attacker_failures"] == {rel: [2, 3]}
+    assert f"`{rel}` (rounds 2, 3)" in md and "**Warning:** in 1 runs" in md
+    assert "attacker's reply failed (their cells measure" in capsys.readouterr().err
+    assert _report(make_sweep(tmp_path / "clean"))[0]["attacker_failures"] == {}
+
+
 def test_compact_table_cells(tmp_path, capsys):
     _, md = _report(make_sweep(tmp_path))
     assert "| defense \\ attack | none | model-replacement |" in md

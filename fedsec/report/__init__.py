@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     report, short = write_report(args.results_dirs, args.out, args.rows, args.cols, args.paper)
     out = Path(args.out) if args.out else Path(args.results_dirs[0])
     print(short, end="")
+    failures = report["attacker_failures"]
+    if failures:
+        print(
+            f"fedsec: report: warning: in {len(failures)} runs an attacker's reply failed "
+            f"(their cells measure an attack that did not take part; see report.md): "
+            + ", ".join(failures),
+            file=sys.stderr,
+        )
     c = report["counts"]
     print(
         f"fedsec: wrote report.md, report.json, {', '.join(report['files']['png'])} to {out} "

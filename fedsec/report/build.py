@@ -168,6 +168,8 @@ def build_report(sweep: SweepResults, layout: Layout, paper: str | None = None) 
         "sets": sets,
     }
     report["counts"]["total"] = len(sweep.runs)
+    failures = {r.id: r.attacker_failures() for r in sweep.runs}
+    report["attacker_failures"] = {k: v for k, v in failures.items() if v}
     if columns != METRICS:  # the long table's extra columns (CRFL's certified accuracy)
         report["metric_columns"] = [list(c) for c in columns]
     if paper is not None:

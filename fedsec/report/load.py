@@ -104,6 +104,15 @@ class Run:
         key = backdoor_key(self.config().get("attack") or {})
         return None if key is None else tuple(json.dumps(v) for v in key)
 
+    def attacker_failures(self) -> list[int]:
+        """The rounds in which an attacker was sampled but its reply failed (an error,
+        an exception or a timeout): there the attack did not take part."""
+        return [
+            r["round"]
+            for r in self.rounds
+            if set(r.get("failed_clients") or ()) & set(r.get("malicious_clients") or ())
+        ]
+
     def selection_quota(self) -> str:
         """The defense's quota sentence that summary.json records ("" when it has none)."""
         return ((self.summary or {}).get("detection") or {}).get("selection_quota") or ""

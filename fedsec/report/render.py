@@ -52,6 +52,15 @@ def render_markdown(
         "difference is paired by seed. A comparison whose interval contains the "
         "threshold is *not separated*: the seeds cannot tell the two apart."
     )
+    failures = report.get("attacker_failures") or {}
+    if failures:
+        head.append(
+            f"**Warning:** in {len(failures)} runs an attacker's reply failed in some rounds "
+            "(`failed_clients`; the reason in `failed_reasons` or the run's log), so their "
+            "cells measure an attack that did not always take part: "
+            + ", ".join(f"`{k}` (rounds {', '.join(map(str, v))})" for k, v in failures.items())
+            + "."
+        )
     if any(g["metrics"]["auroc"]["n"] for s in report["sets"] for g in s["groups"]):
         head.append(
             "AUROC: how well the defense's per-client scores rank the attackers above "
