@@ -17,6 +17,11 @@ takes ``attack.evasion``:
     and the server loop's adversary stage (``fedsec.adversary``) scales it there (the
     simulation's adversary, as for the colluding attacks); a config error on the
     ``deployment`` engine.
+
+  ``rule_state`` sets which rule it runs: ``"fresh"`` (default), a copy built from the
+  config, which knows nothing of earlier rounds; ``"server"`` (full knowledge only), a
+  copy of the server's own rule as it stands this round: the histories of FoolsGold and
+  FLDetector, centered clipping's centre, a seeded rule's random stream.
 - ``"multi-metrics"``: "constrain and scale" on the three features Multi-metrics scores
   (the update's Manhattan and Euclidean norms, its cosine distance to the global model):
   the backdoor trains with a penalty (weight ``evasion_weight``) that pulls them towards
@@ -37,6 +42,7 @@ from attacks.base import Attack, AttackReply
 from attacks.collusion import KNOWLEDGE, check_knowledge
 from attacks.evasion import (
     EVASIONS,
+    RULE_STATES,
     benign_metric_bounds,
     benign_metrics_constraint,
     benign_metrics_scale,
@@ -61,6 +67,7 @@ class BackdoorAttack(Attack):
         -1, lambda v: v == -1 or v >= 2, ">= 2 benign estimates (or -1: the round's size - 1)"
     )
     evasion_weight: float = param(1.0, positive, "> 0 (the multi-metrics penalty's weight)")
+    rule_state: str = param("fresh", one_of(*RULE_STATES), "one of 'fresh', 'server'")
 
     def check(self, config, dataset) -> None:
         super().check(config, dataset)
@@ -69,6 +76,12 @@ class BackdoorAttack(Attack):
                 "attack.knowledge = 'full' only changes attack.evasion = 'scaling' (the "
                 f"other evasions use the attacker's own update alone); got evasion "
                 f"{self.evasion!r}"
+            )
+        if self.rule_state == "server" and (self.evasion, self.knowledge) != ("scaling", "full"):
+            raise ConfigError(
+                "attack.rule_state = 'server' needs attack.evasion = 'scaling' and "
+                "attack.knowledge = 'full' (only the server loop's adversary holds the "
+                f"server's rule); got evasion {self.evasion!r}, knowledge {self.knowledge!r}"
             )
         check_knowledge(self.knowledge, config)
 

@@ -34,6 +34,9 @@ from fedsec.training import assign_flat_params, flatten_params
 
 #: Values of ``attack.evasion``.
 EVASIONS = ("none", "scaling", "multi-metrics")
+#: Which rule the scaling search copies (``attack.rule_state``): a fresh one built from the
+#: config, or (full knowledge only) the server's own, with the state it has this round.
+RULE_STATES = ("fresh", "server")
 #: Bisection steps of :func:`largest_kept_scale`: lam to within 2**-10 of the boundary.
 SCALE_STEPS = 10
 
@@ -193,11 +196,13 @@ def largest_kept_scale(
     benign updates ``view`` (weights ``view_weights``) plus that update (weight
     ``weight``); 0 when not even the benign update is kept.
 
-    The rule is a fresh copy each time (the attacker knows the rule, not its state across
-    rounds); a rule that needs the server's root update gets the view's mean. A rule that
-    keeps per-client histories (FoolsGold, FLDetector) is given ``client_ids``, the ids of
-    the view's rows and then the candidate's; by default the distinct placeholders
-    ``0..k`` (the fresh copy has no history, so only their distinctness matters). For a rule
+    Each trial runs a copy of ``rule``, which the search leaves as it was; the copy holds
+    whatever state ``rule`` has: none for a rule built from the config (the attacker knows
+    the rule, not its state across rounds), the server's for the server's own rule
+    (``attack.rule_state = "server"``). A rule that needs the server's root update gets
+    the view's mean. A rule that keeps per-client histories (FoolsGold, FLDetector) is
+    given ``client_ids``, the ids of the view's rows and then the candidate's; by default
+    the distinct placeholders ``0..k``, which serve a rule with no history. For a rule
     that keeps every client (``selects_clients`` False) "kept" means a norm no larger
     than the view's median norm. Assumes acceptance shrinks as ``lam`` grows, as it does
     for distance- and norm-based rules.

@@ -140,7 +140,10 @@ class CraftingAdversary(AdversaryStage):
 class ScalingAdversary(AdversaryStage):
     """``attack.evasion = "scaling"`` with ``attack.knowledge = "full"``: each attacker's
     update is scaled back towards its benign model (``attacks.backdoor``) until the
-    server's rule, run on the round's honest updates plus that update, keeps it."""
+    server's rule, run on the round's honest updates plus that update, keeps it.
+    ``rule`` is copied for each trial: one built from the config, or the server's own
+    (``attack.rule_state = "server"``), whose copies hold its state of the round; the
+    trials name the clients by partition id, as the server does."""
 
     def __init__(self, attack, rule) -> None:
         self.attack = attack
@@ -292,21 +295,33 @@ class TriggerAdversary(AdversaryStage):
 Adversary = AdversaryStage
 
 
-def round_adversary(attack, config=None, model_probe=None, dataset=None) -> Adversary | None:
+def round_adversary(
+    attack, config=None, model_probe=None, dataset=None, server_rule=None
+) -> Adversary | None:
     """The adversary stage ``attack`` needs in the server loop, else None: the crafting
     stage of a colluding attack, the scaling stage of a full-knowledge scaling backdoor
     (which runs the rule of ``config``'s defense, with ``model_probe`` if it inspects
-    models), the trigger stage of ``a3fl`` (on ``dataset``, the task's), around the
-    scaling stage if it has one."""
+    models; with ``attack.rule_state = "server"`` the live ``server_rule`` itself, copied
+    at each trial, so that the copy holds the state the server has that round), the
+    trigger stage of ``a3fl`` (on ``dataset``, the task's), around the scaling stage if
+    it has one."""
     if isinstance(attack, CollusionAttack):
         return CraftingAdversary(attack)
     stage = None
     if getattr(attack, "evasion", "none") == "scaling" and attack.knowledge == "full":
         from defenses import build_defense
 
-        rule = build_defense(
-            config.defense.name, config.defense.params, seed=config.seed, model_probe=model_probe
-        ).rule
+        if attack.rule_state == "server":
+            if server_rule is None:
+                raise ValueError("attack.rule_state = 'server' needs the server's rule")
+            rule = server_rule
+        else:
+            rule = build_defense(
+                config.defense.name,
+                config.defense.params,
+                seed=config.seed,
+                model_probe=model_probe,
+            ).rule
         stage = ScalingAdversary(attack, rule)
     if isinstance(attack, A3FL):
         return TriggerAdversary(attack, dataset, inner=stage)

@@ -181,7 +181,7 @@ def run_federation(
     schedule = task.schedule
     node_of = discover_partitions(grid, task.num_clients, config.engine.connect_timeout, progress)
     partition_of = {node: pid for pid, node in node_of.items()}
-    adversary = round_adversary(task.attack, config, probe, task.dataset)
+    adversary = round_adversary(task.attack, config, probe, task.dataset, strategy.rule)
     if adversary is not None and checkpoint is not None:
         adversary.load_state_dict(checkpoint.adversary)  # e.g. a3fl's current trigger
     evaluator = CentralEvaluator(task, adversary)

@@ -8,6 +8,7 @@ import copy
 import math
 from dataclasses import dataclass
 from typing import ClassVar
+from unittest.mock import Mock, patch
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ from defenses.rules.base import AggregationResult, AggregationRule
 from defenses.rules.fldetector import FLDetectorRule
 from defenses.rules.foolsgold import FoolsGoldRule
 from defenses.rules.median import MedianRule
-from fedsec.adversary import ScalingAdversary
+from fedsec.adversary import ScalingAdversary, round_adversary
 from fedsec.config import load_config
 from fedsec.errors import ConfigError
 from fedsec.results import read_metrics
@@ -254,6 +255,38 @@ def test_full_knowledge_scaling_shows_the_rule_the_rounds_partition_ids():
     assert seen and all(ids == [4, 9, 2] for ids in seen)  # the honest ones, then the attacker
 
 
+@dataclass(kw_only=True)
+class ShrinkingBoundRule(NormBoundRule):
+    """A norm bound that halves with every round the rule has aggregated: a rule whose
+    state decides whom it keeps."""
+
+    rounds: int = 0
+
+    def _aggregate(self, batch):
+        kept = torch.linalg.vector_norm(batch.models - batch.global_model, dim=1)
+        kept = kept <= self.bound / 2**self.rounds
+        self.rounds += 1
+        return AggregationResult(batch.global_model, kept)
+
+
+@pytest.mark.usefixtures("server_identity")
+@pytest.mark.parametrize(("rule_state", "bound"), [("fresh", 1.0), ("server", 0.25)])
+def test_with_the_servers_rule_the_search_sees_its_state_and_leaves_it(rule_state, bound):
+    server_rule = ShrinkingBoundRule(rounds=2)  # two rounds aggregated: bound 1/4
+    attack = type("Attack", (), dict(evasion="scaling", knowledge="full", rule_state=rule_state))
+    config = load_config(None, DIGITS)
+    with patch("defenses.build_defense", return_value=Mock(rule=ShrinkingBoundRule())):
+        stage = round_adversary(attack(), config, server_rule=server_rule)
+    assert (stage.rule is server_rule) == (rule_state == "server")
+    honest = [np.array([0.1, 0.0, 0.0]), np.array([0.0, 0.1, 0.0])]
+    benign, candidate = np.array([0.1, 0.0, 0.0]), np.array([0.1, 4.0, 0.0])
+    replies = [reply(0, honest[0]), reply(1, honest[1]), reply(2, candidate, benign)]
+    outcome = stage(model_record(np.zeros(3)), replies, {NODE + p: p for p in range(3)}, 3, {2})
+    exact = math.sqrt(bound**2 - 0.01) / 4.0  # |(0.1, 4 lam, 0)| = bound
+    assert exact - 2.0**-SCALE_STEPS <= outcome.scales[2] <= exact
+    assert server_rule.rounds == 2  # the trials ran on copies
+
+
 DIGITS = [
     *tiny_digits(rounds=2, seed=3),
     "attack.name=pixel-replacement",
@@ -287,7 +320,11 @@ def test_each_evasion_runs_a_federation_and_sends_a_valid_update(tmp_path, evasi
             assert "evasion_scales" not in r
 
 
-@pytest.mark.parametrize("knowledge", ["partial", "full"])
+@pytest.mark.parametrize(
+    "knowledge",
+    [["partial"], ["full"], ["full", "attack.rule_state=server"]],
+    ids=["partial", "full", "full-server-state"],
+)
 @pytest.mark.parametrize("defense", ["foolsgold", "fldetector"])
 def test_scaling_gets_past_a_rule_with_histories_without_an_error(tmp_path, defense, knowledge):
     # regression: the attacker's simulated round lacked client ids, so against these rules
@@ -295,7 +332,8 @@ def test_scaling_gets_past_a_rule_with_histories_without_an_error(tmp_path, defe
     overrides = [
         f"defense.name={defense}",
         "attack.evasion=scaling",
-        f"attack.knowledge={knowledge}",
+        f"attack.knowledge={knowledge[0]}",
+        *knowledge[1:],
     ]
     run_cli(tmp_path / "run", [*DIGITS, *overrides])
     for r in read_metrics(tmp_path / "run" / "metrics.jsonl"):
@@ -313,6 +351,9 @@ def test_scaling_gets_past_a_rule_with_histories_without_an_error(tmp_path, defe
         ),
         (["attack.evasion=hide"], "attack.evasion must be one of 'none', 'scaling'"),
         (["attack.evasion_estimates=1"], "attack.evasion_estimates must be >= 2"),
+        (["attack.rule_state=last"], "attack.rule_state must be one of 'fresh', 'server'"),
+        (["attack.evasion=scaling", "attack.rule_state=server"], "needs attack.evasion = 'sc"),
+        (["attack.rule_state=server"], "got evasion 'none', knowledge 'partial'"),
     ],
 )
 def test_evasion_config_errors(overrides, message):

@@ -145,7 +145,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if failures:
         print(
             f"fedsec: report: warning: in {len(failures)} runs an attacker's reply failed "
-            f"(their cells measure an attack that did not take part; see report.md): "
+            "(their cells measure an attack that did not take part; see report.md): "
             + ", ".join(failures),
             file=sys.stderr,
         )
