@@ -21,7 +21,8 @@ takes ``attack.evasion``:
   ``rule_state`` sets which rule it runs: ``"fresh"`` (default), a copy built from the
   config, which knows nothing of earlier rounds; ``"server"`` (full knowledge only), a
   copy of the server's own rule as it stands this round: the histories of FoolsGold and
-  FLDetector, centered clipping's centre, a seeded rule's random stream.
+  FLDetector, a seeded rule's random stream (it matters only for a rule that selects
+  clients; the others are matched by norm).
 - ``"multi-metrics"``: "constrain and scale" on the three features Multi-metrics scores
   (the update's Manhattan and Euclidean norms, its cosine distance to the global model):
   the backdoor trains with a penalty (weight ``evasion_weight``) that pulls them towards
