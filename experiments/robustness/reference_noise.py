@@ -46,7 +46,7 @@ def main() -> None:
         eigenvalues, vectors = torch.linalg.eigh((centred / std).T @ (centred / std) / (n - 1))
         parts = ((t / std) @ vectors).square() / eigenvalues  # score = parts.sum(1)
         off_top = parts[:, :-1].sum(dim=1) / parts.sum(dim=1)
-        mahalanobis = (((centred / std) @ vectors).square() / eigenvalues).sum(dim=1)
+        mahalanobis = whitened_square_norms(centred)  # the same form, centred
         rank = (-mahalanobis).argsort().argsort()[:NOISE] + 1
         print(
             f"{seed} | {kept} | {', '.join(f'{v:.1e}' for v in eigenvalues.tolist())} | "
