@@ -511,3 +511,51 @@ def test_a_nan_in_a_later_column_block_is_found(monkeypatch):
     models[1, 9] = float("nan")
     result = FedAvgRule().aggregate(models, torch.ones(3), torch.zeros(10))
     assert result.accepted.tolist() == [True, False, True]
+
+
+def far_first_row(seed: int, n: int = 11, d: int = 50_000, boost: float = 200.0):
+    """float32 models ``global + update``: honest updates N(mu, 1e-3) around a global model
+    N(0, 0.05), row 0 a boosted update ``boost * (noise - mu)`` far from every other row."""
+    gen = torch.Generator().manual_seed(seed)
+    global_model = 0.05 * torch.randn(d, generator=gen, dtype=torch.float64)
+    mu = 1e-3 * torch.randn(d, generator=gen, dtype=torch.float64)
+    updates = mu + 1e-3 * torch.randn(n, d, generator=gen, dtype=torch.float64)
+    updates[0] = boost * (1e-3 * torch.randn(d, generator=gen, dtype=torch.float64) - mu)
+    return (global_model + updates).float(), global_model.float()
+
+
+def exact_squared_distances(models: torch.Tensor) -> torch.Tensor:
+    """Pairwise squared distances by explicit float64 differences (no Gram identity)."""
+    wide = models.double()
+    return ((wide[:, None, :] - wide[None, :, :]) ** 2).sum(dim=2)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_distance_rules_pick_the_exact_clients_when_row_0_is_far(seed):
+    # A boosted row 0 once cost the Gram matrix (rows shifted by row 0, float32 blocks) the
+    # honest distances' digits: Krum's pick differed from the exact one on most seeds.
+    # n = 11 = 4 f + 3, the fewest clients Bulyan aggregates with f = 2.
+    from defenses.rules.krum import krum_neighbours, krum_scores, sum_of_nearest
+
+    models, global_model = far_first_row(seed)
+    exact = exact_squared_distances(models)
+    got = rules_base.squared_distances(models)
+    torch.testing.assert_close(got, exact, rtol=1e-9, atol=0)
+    f, n = 2, models.shape[0]
+    exact_scores = krum_scores(exact, f)
+    krum = run(KrumRule(num_malicious=f), models, global_model)
+    assert krum.accepted.nonzero().flatten().tolist() == [int(exact_scores.argmin())]
+    multi = run(MultiKrumRule(num_malicious=f), models, global_model)
+    kept = multi.accepted.nonzero().flatten().tolist()
+    assert kept == sorted(torch.argsort(exact_scores, stable=True)[: len(kept)].tolist())
+    # Bulyan: theta = n - 2f clients picked one by one by Krum on the exact distances.
+    remaining = exact.clone().fill_diagonal_(torch.inf)
+    picked = []
+    for step in range(n - 2 * f):
+        scores = sum_of_nearest(remaining, krum_neighbours(n - step, f))
+        scores[picked] = torch.inf
+        winner = int(scores.argmin())
+        picked.append(winner)
+        remaining[:, winner] = torch.inf
+    bulyan = run(BulyanRule(num_malicious=f), models, global_model)
+    assert bulyan.accepted.nonzero().flatten().tolist() == sorted(picked)

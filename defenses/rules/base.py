@@ -327,10 +327,20 @@ def gram(models: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tens
 def squared_distances(models: torch.Tensor) -> torch.Tensor:
     """Pairwise squared L2 distances ``(n, n)`` in float64, via a Gram matrix.
 
-    The rows are first shifted by the first row (distances do not change) so that a
-    common component of all models does not cost precision.
+    Each column block is shifted by its coordinate-wise median over the clients
+    (distances do not change) and multiplied out in float64. The Gram identity
+    ``|a|^2 + |b|^2 - 2 a.b`` loses the digits that the shifted rows share, so the shift
+    must leave every honest row small: the median does even when one row is a boosted
+    outlier. Shifting by one row (``models[0]``, as fedsec did before) cancels
+    catastrophically in float32 when that row is the outlier (Krum's pick then differed
+    from the exact one on most seeds of ``tests/test_defenses_rules.py``'s far-row case).
     """
-    products = gram(models, models[0])
+
+    def kernel(block: torch.Tensor) -> tuple[torch.Tensor]:
+        shifted = block - block.median(dim=0).values
+        return (shifted @ shifted.T,)
+
+    products = blockwise_sums(kernel, models, wide=True)[0]
     sq = products.diagonal()
     return (sq[:, None] + sq[None, :] - 2 * products).clamp_min(0)
 

@@ -30,7 +30,11 @@ class SignGuardRule(SeededRule):
     clip them to the median norm and average.
 
     1. Norm filter: with ``M`` the median update norm, keep ``lower < ||u_i|| / M <
-       upper``.
+       upper``. For an even number of clients ``M`` is the mean of the two middle norms
+       (numpy's median); the authors' code
+       takes the lower of the two (``torch.median``). The two differ only for even
+       ``n``, and only in the bound and the clipping norm, by half the gap between the
+       middle norms.
     2. Sign filter: on a random ``coordinate_fraction`` of the coordinates (the
        authors' code takes a contiguous block at a random offset; the paper says a
        random subset), each client's shares of positive, zero and negative update
@@ -65,7 +69,7 @@ class SignGuardRule(SeededRule):
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:
         models, device = batch.models, batch.models.device
         norms = distances_to(models, batch.global_model)
-        median = norms.quantile(0.5)  # numpy's median (the mean of the middle two)
+        median = norms.quantile(0.5)  # the mean of the middle two (the authors' code: the lower)
         ratio = norms / median.clamp_min(torch.finfo(norms.dtype).tiny)
         by_norm = (ratio > self.lower) & (ratio < self.upper)
         d = models.shape[1]
