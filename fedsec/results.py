@@ -12,9 +12,11 @@ Nothing is rewritten in place: a run killed midway leaves every finished round o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
+import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
@@ -29,6 +31,7 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.toml"
 MODEL_FILE = "model.pt"
+PROVENANCE_FILE = "provenance.json"
 
 
 def package_versions() -> dict[str, str]:
@@ -40,6 +43,41 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def source_commit() -> dict[str, Any] | None:
+    """The git commit fedsec's source tree is at, and whether tracked files differ from it
+    (``dirty``); None when fedsec is not run from a git checkout."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head, "dirty": bool(status.strip())}
+
+
+def state_digest(state: dict[str, Any]) -> str:
+    """A digest of a model state dict (names, dtypes, shapes and values, in order): tells
+    two initial models, e.g. two pre-training caches, apart."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in state.items():
+        array = np.ascontiguousarray(tensor.detach().cpu().numpy())
+        h.update(f"{name}:{array.dtype}:{array.shape};".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
 
 
 class RunWriter:
@@ -54,9 +92,22 @@ class RunWriter:
     keep_rounds : int
         Rounds of an existing ``metrics.jsonl`` to keep (a resumed run keeps those up to
         its checkpoint and drops later ones, which it runs again); 0 starts afresh.
+    initial_model : str
+        :func:`state_digest` of the round-0 model of a fresh run ("" on resume, which keeps
+        the one recorded when the run started).
+
+    ``provenance.json`` records the initial model's digest and the source commit of every
+    start and resume (``commits``); ``summary.json`` carries it as ``provenance``, so a
+    report can tell a cell whose seeds come from different programs.
     """
 
-    def __init__(self, out_dir: str | Path, config: ExperimentConfig, keep_rounds: int = 0) -> None:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        config: ExperimentConfig,
+        keep_rounds: int = 0,
+        initial_model: str = "",
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.config = config
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -66,6 +117,22 @@ class RunWriter:
         atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
         self.elapsed_before = kept[-1].get("time_s", 0.0) if kept else 0.0
         self._started = time.time() - self.elapsed_before
+        self.provenance = self._record_provenance(initial_model, resumed=keep_rounds > 0)
+
+    def _record_provenance(self, initial_model: str, resumed: bool) -> dict[str, Any]:
+        path = self.out_dir / PROVENANCE_FILE
+        previous: dict[str, Any] = {}
+        if resumed and path.is_file():
+            try:
+                previous = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                previous = {}
+        provenance = {
+            "initial_model": previous.get("initial_model") or initial_model or None,
+            "commits": [*previous.get("commits", []), source_commit()],
+        }
+        atomic_write_text(path, json.dumps(provenance, indent=1) + "\n")
+        return provenance
 
     def log_round(self, record: dict[str, Any]) -> None:
         """Append one round's record and flush it to disk."""
@@ -104,6 +171,7 @@ class RunWriter:
             **extra,
             "config": self.config.to_dict(),
             "versions": package_versions(),
+            "provenance": self.provenance,
         }
         self._write_summary(summary)
         return summary
@@ -126,6 +194,7 @@ class MemoryWriter(RunWriter):
         self.elapsed_before = 0.0
         self._started = time.time()
         self._rounds: list[dict[str, Any]] = []
+        self.provenance = None
 
     def log_round(self, record: dict[str, Any]) -> None:
         self._rounds.append(record)

@@ -30,7 +30,7 @@ from fedsec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedsec.config import ExperimentConfig
 from fedsec.errors import ConfigError, RunError
 from fedsec.pretrain import initial_state
-from fedsec.results import MODEL_FILE, MemoryWriter, RunWriter
+from fedsec.results import MODEL_FILE, MemoryWriter, RunWriter, state_digest
 from fedsec.seeding import derive_seed, rng
 from fedsec.task import EVASION_SCALE, FederatedTask, get_task, resolve_device
 from fedsec.training import evaluate, train
@@ -165,9 +165,12 @@ def run_federation(
         model_probe=probe,
     )
     checkpoint = load_checkpoint(out_dir) if resume else None
+    initial_model = ""
     if checkpoint is None:
         first_round = 1
-        arrays = ArrayRecord(initial_state(task, log=progress))
+        initial = initial_state(task, log=progress)
+        initial_model = state_digest(initial)
+        arrays = ArrayRecord(initial)
     else:
         first_round = checkpoint.round + 1
         arrays = ArrayRecord(checkpoint.model)
@@ -176,7 +179,7 @@ def run_federation(
     writer = (
         MemoryWriter(config)
         if out_dir is None
-        else RunWriter(out_dir, config, keep_rounds=first_round - 1)
+        else RunWriter(out_dir, config, keep_rounds=first_round - 1, initial_model=initial_model)
     )
     schedule = task.schedule
     node_of = discover_partitions(grid, task.num_clients, config.engine.connect_timeout, progress)

@@ -122,6 +122,7 @@ def test_means_and_stds_over_seeds(tmp_path, capsys):
         "values": [],
         "seeds": [],
         "ci": None,
+        "identical": False,
     }
     none = _group(rep, "fedavg", "none")["metrics"]
     assert none["final_main_accuracy"]["mean"] == pytest.approx(92.0)
@@ -152,7 +153,7 @@ def test_unfinished_run_is_reported_and_left_out(tmp_path, capsys):
     assert f"- `{bad}`: unfinished (no summary.json; 3 rounds logged)" in md
     assert (
         "| multi-metrics | model-replacement | 82.0 | 83.0 | 5.0 | 10.0 | 100.0 | 50.0 | - | - | - "
-        "| 9.0 (n=1) | 1 of 2 |" in md
+        "| 9.0 (n=1, no interval) | 1 of 2 |" in md
     )
 
 
@@ -180,7 +181,7 @@ def test_compact_table_cells(tmp_path, capsys):
     assert "| fedavg | none | 92.0 ± 2.8 | 95.5 ± 0.7 | - | - | - | - | - | - | - | - | 2 |" in md
     # MA lost to the attack, paired by seed with the same defense's no-attack run
     assert "| fedavg | model-replacement | 82.0 ± 2.8 | 85.5 ± 0.7 | 65.0 ± 7.1 | 85.0 ± 7.1 " in md
-    assert "| - | - | - | - | - | 10.0 [10.0, 10.0] | 2 |" in md
+    assert "| - | - | - | - | - | 10.0 (2 identical seeds, no interval) | 2 |" in md
     printed = capsys.readouterr().out
     assert "| fedavg | 92.0 ± 2.8 / - | 82.0 ± 2.8 / 65.0 ± 7.1 |" in printed  # terminal too
 

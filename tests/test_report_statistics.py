@@ -5,6 +5,7 @@ read from two sweep directories."""
 import copy
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -16,9 +17,14 @@ from fedsec.report.stats import (
     HOLDS,
     NOT_SEPARATED,
     format_ci,
+    holm,
     paired_difference,
+    past_threshold,
     seed_rankings,
+    seeds_needed,
+    sign_flip_p,
     summarize,
+    t_test_p,
     verdict_at_least,
     verdict_at_most,
 )
@@ -33,7 +39,73 @@ def test_summarize_gives_the_t_interval_of_the_mean():
     assert stat["ci"] == pytest.approx([2.0 - T3 / math.sqrt(3), 2.0 + T3 / math.sqrt(3)])
     assert summarize({"0": 5.0})["ci"] is None
     assert format_ci(stat) == "2.0 [-0.5, 4.5]"
-    assert format_ci(summarize({"0": 5.0})) == "5.0 (n=1)"
+    assert format_ci(summarize({"0": 5.0})) == "5.0 (n=1, no interval)"
+
+
+def test_identical_seeds_give_no_interval_and_no_verdict():
+    # three identical seeds say nothing about the spread: never a zero-width interval
+    stat = summarize({"0": 19.0, "1": 19.0, "2": 19.0})
+    assert stat["identical"] and stat["ci"] is None and stat["std"] == 0.0
+    assert format_ci(stat) == "19.0 (3 identical seeds, no interval)"
+    assert verdict_at_least(stat, 5.0) == NOT_SEPARATED
+    assert verdict_at_most(stat, 20.0) == NOT_SEPARATED
+    assert t_test_p(stat["values"], 5.0) is None
+    assert seeds_needed(stat["std"], 5.0) is None
+
+
+def test_the_sign_flip_test_counts_the_sign_patterns_exactly():
+    # the 2^3 patterns of (+-1, +-2, +-3) have |sum| 6, 0, 2, 4, 4, 2, 0, 6
+    assert sign_flip_p([1.0, 2.0, 3.0]) == pytest.approx(2 / 8)  # |sum| >= 6
+    assert sign_flip_p([1.0, -2.0, 3.0]) == pytest.approx(6 / 8)  # |sum| >= 2
+    assert sign_flip_p([3.0, 3.0, 3.0], center=2.0) == pytest.approx(0.25)  # 2/2^n at best
+    assert sign_flip_p([5.0, 5.0, 5.0], center=5.0) == 1.0  # no difference at all
+    assert sign_flip_p([]) is None
+    # ten seeds all on one side: 2 / 1024
+    assert sign_flip_p(np.arange(1.0, 11.0)) == pytest.approx(2 / 1024)
+    # above the exact limit: a seeded Monte Carlo, close to the exact value of a subset
+    many = np.r_[np.full(21, 1.0), -np.full(3, 1.0)]  # sum 18 of 24 unit values
+    from scipy.stats import binom
+
+    exact = 2 * binom.sf(20, 24, 0.5)  # |sum| >= 18 <=> at most 3 or at least 21 plus signs
+    assert sign_flip_p(many) == pytest.approx(exact, abs=2e-3)
+
+
+def test_the_t_test_p_matches_the_interval():
+    values = [10.0, 11.0, 12.0]
+    # the 95% interval [8.5, 13.5] touches 8.515...: p at its lower end is 0.05
+    low = summarize(dict(enumerate(values)))["ci"][0]
+    assert t_test_p(values, low) == pytest.approx(0.05)
+    assert t_test_p([1.0], 0.0) is None
+
+
+def test_holm_adjusts_step_down_and_keeps_the_order():
+    # sorted 0.01, 0.03, 0.04 of m = 3: 3 * 0.01, max(0.03, 2 * 0.03), max(0.06, 1 * 0.04)
+    assert holm([0.04, 0.01, None, 0.03]) == pytest.approx([0.06, 0.03, None, 0.06])
+    assert holm([0.5, 0.9]) == [1.0, 1.0]
+    assert holm([]) == []
+
+
+def test_past_threshold_counts_the_claims_side():
+    assert past_threshold([4.0, 5.0, 6.0], 5.0, above=True) == 1  # strictly more than 5
+    assert past_threshold([4.0, 5.0, 6.0], 5.0, above=False) == 2  # at most 5
+
+
+def test_seeds_needed_follows_the_noncentral_t_power():
+    from scipy.stats import nct
+    from scipy.stats import t as student
+
+    def power(n, std, effect, alpha):
+        c = student.ppf(1 - alpha / 2, n - 1)
+        shift = effect / (std / math.sqrt(n))
+        return nct.sf(c, n - 1, shift) + nct.cdf(-c, n - 1, shift)
+
+    # effect = one standard deviation at 5%: the textbook 10 pairs for 80% power
+    n = seeds_needed(5.0, 5.0)
+    assert n == 10
+    assert power(n, 5.0, 5.0, 0.05) >= 0.8 > power(n - 1, 5.0, 5.0, 0.05)
+    assert seeds_needed(5.0, 10.0) < n < seeds_needed(10.0, 5.0)
+    assert seeds_needed(5.0, 5.0, alpha=0.05 / 30) > n  # a Holm family asks for more
+    assert seeds_needed(1000.0, 0.1) is None  # more than max_seeds
 
 
 def test_a_paired_difference_uses_only_the_seeds_both_have():
@@ -73,12 +145,17 @@ def _tables(ba_good, ba_close):
 
 def test_the_leader_ranks_first_only_when_every_gap_is_beyond_the_seed_spread():
     # score = -(BA - 80) / 80; 'good' leads on every seed by 20 / 80 = 0.25
-    ma, ba = _tables([10.0, 12.0, 11.0], [30.0, 32.0, 31.0])
+    ma, ba = _tables([10.0, 12.0, 11.0], [30.0, 33.0, 31.0])
     ranking = seed_rankings(ma, ba, ["fedavg", "good", "close"], ["mr"])
     assert ranking["first"] == {"defense": "good", "verdict": HOLDS, "not_separated_from": []}
     by = {e["defense"]: e for e in ranking["defenses"]}
     assert by["good"]["scores"]["0"] == pytest.approx(0.875)
-    assert by["close"]["behind_leader"]["values"] == pytest.approx([0.25, 0.25, 0.25])
+    assert by["close"]["behind_leader"]["values"] == pytest.approx([0.25, 0.2625, 0.25])
+    assert ranking["dropped_seeds"] == {}
+    # the same gap on every seed gives no interval: not separated, never certain
+    ma, ba = _tables([10.0, 12.0, 11.0], [30.0, 32.0, 31.0])
+    ranking = seed_rankings(ma, ba, ["fedavg", "good", "close"], ["mr"])
+    assert ranking["first"]["verdict"] == NOT_SEPARATED
     assert by["good"]["ranks"] == {"0": 1, "1": 1, "2": 1}
     assert by["fedavg"]["ranks"] == {"0": 3, "1": 3, "2": 3}
     # 'close' beats 'good' on one seed: the mean still leads, the gap is inside the noise
@@ -244,37 +321,74 @@ def test_a_cell_with_no_finished_run_yet_is_left_out_of_the_heatmap(regime_repor
     assert data["rows"] == ["fedavg", "multi-krum"]
 
 
-def test_the_claims_checker_gives_each_regime_its_verdicts(regime_report):
+def test_the_claims_checker_gives_each_regime_its_verdicts(regime_report, monkeypatch):
     import importlib.util
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "experiments" / "claims.py"
     spec = importlib.util.spec_from_file_location("claims", path)
     claims = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "claims", claims)  # dataclasses look their module up
     spec.loader.exec_module(claims)
     report, _, _ = regime_report
-    base, interval = (claims.check_set(s) for s in report["sets"])
+    base, interval = claims.check_report(report)
+    # identical seeds (60, 60, 60 above the baseline) give no interval: only the sign-flip
+    # test speaks, and its 2 / 2^3 = 0.25 cannot decide. Multi-Krum's gains 0, 1, 2 are
+    # below 5 with t-test p 0.0202, which Holm over the 4 claims of the table makes 0.0808.
     assert [f"{claims.LABEL[c.verdict]}  {c.text}" for c in base] == [
-        "HOLDS          fedavg: the edge-case-pgd backdoor gets in "
-        "(BA > 5 points above none-edge): "
-        "60.0 [60.0, 60.0]",
-        # the paper has Multi-Krum fail on EC-PGD; here its BA stays within the noise of 1 point
-        "FAILS          multi-krum: the edge-case-pgd backdoor gets in "
-        "(BA > 5 points above none-edge): "
-        "1.0 [-1.5, 3.5]",
+        "NOT SEPARATED  fedavg: the edge-case-pgd backdoor gets in "
+        "(BA > 5 points above none-edge): 60.0 (3 identical seeds, no interval)",
+        "NOT SEPARATED  multi-krum: the edge-case-pgd backdoor gets in "
+        "(BA > 5 points above none-edge): 1.0 [-1.5, 3.5]",
     ]
+    assert [c.adjusted_p for c in base + interval] == pytest.approx(
+        [0.5, 4 * 0.020204102886728758, 0.5, 3 * 0.04941362421328314]
+    )
+    assert base[1].details(4) == (
+        "0/3 seeds above 5; sign-flip p 0.25; Holm p 0.0808; seeds for 5/10 points: 4/3"
+    )
     assert interval[1].text == (
         "multi-krum: the edge-case-pgd backdoor gets in "
         "(BA > 5 points above none-edge): 30.0 [5.2, 54.8]"
     )
     # the same claims read across the regimes: one row per claim, one column per regime
     table = claims.verdict_table(report).splitlines()
-    assert table[0] == "| claim | base | interval-2 |"
-    assert table[2:] == [
-        "| fedavg: edge-case-pgd gets in | holds: 60.0 [60.0, 60.0] | holds: 30.0 [30.0, 30.0] |",
-        "| multi-krum: edge-case-pgd gets in | **fails**: 1.0 [-1.5, 3.5] "
-        "| holds: 30.0 [5.2, 54.8] |",
+    assert table[0].startswith("Verdicts: paired two-sided t test") and "the 4 claims" in table[0]
+    assert table[2] == "| claim | base | interval-2 |"
+    assert table[4:] == [
+        "| fedavg: edge-case-pgd gets in | not separated: 60.0 (3 identical seeds, no interval) "
+        "(3/3, p 0.5) | not separated: 30.0 (3 identical seeds, no interval) (3/3, p 0.5) |",
+        "| multi-krum: edge-case-pgd gets in | not separated: 1.0 [-1.5, 3.5] (0/3, p 0.081) "
+        "| not separated: 30.0 [5.2, 54.8] (3/3, p 0.15) |",
     ]
+
+
+def test_holm_decides_a_claims_table_where_single_tests_would_not(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "claims.py"
+    spec = importlib.util.spec_from_file_location("claims", path)
+    claims = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "claims", claims)
+    spec.loader.exec_module(claims)
+
+    def claim(values, above=True):
+        stat = summarize(dict(enumerate(values)))
+        return claims.Claim("k", "t", "v", (claims.Test(stat, 5.0, above=above),))
+
+    # unadjusted p: 0.0091 (above 5), 0.0202 (below 5), 0.0494 (above), 0.118 (above)
+    table = [claim([10, 11, 12]), claim([0, 1, 2]), claim([20, 40, 30]), claim([7, 9, 6])]
+    judged = claims.judge(table)
+    # Holm: 4 x 0.0091 = 0.037 rejects; 3 x 0.0202 = 0.061 stops the steps
+    assert [c.verdict for c in judged] == [HOLDS, NOT_SEPARATED, NOT_SEPARATED, NOT_SEPARATED]
+    # alone, the second would fail and the third hold: the family makes them undecided
+    alone = [claims.judge([c])[0].verdict for c in table[1:3]]
+    assert alone == [FAILS, HOLDS]
+    # an "at most" claim decided on its side holds; a ranking claim needs every gap
+    assert claims.judge([claim([0, 1, 2], above=False)])[0].verdict == HOLDS
+    both = claims.Claim("k", "t", "v", (table[0].tests[0], table[3].tests[0]), in_points=False)
+    assert claims.judge([both])[0].adjusted_p == pytest.approx(0.11808289631180313)
 
 
 def test_an_untargeted_attack_is_measured_by_the_main_accuracy_it_costs(tmp_path, capsys):

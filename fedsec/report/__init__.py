@@ -149,6 +149,13 @@ def cmd_report(args: argparse.Namespace) -> int:
             + ", ".join(failures),
             file=sys.stderr,
         )
+    mixed = report.get("mixed_commits") or {}
+    if mixed:
+        print(
+            f"fedsec: report: warning: {len(mixed)} cells mix runs from different source "
+            "commits (see report.md): " + ", ".join(mixed),
+            file=sys.stderr,
+        )
     c = report["counts"]
     print(
         f"fedsec: wrote report.md, report.json, {', '.join(report['files']['png'])} to {out} "

@@ -162,12 +162,19 @@ def build_report(sweep: SweepResults, layout: Layout, paper: str | None = None) 
                 "labels": r.labels,
                 "status": r.status,
                 "rounds_logged": len(r.rounds),
+                **r.provenance(),
             }
             for r in sweep.runs
         ],
         "sets": sets,
     }
     report["counts"]["total"] = len(sweep.runs)
+    report["mixed_commits"] = {
+        f"{g['row']} / {g['col']}" + (f" ({set_title(st)})" if st["extra"] else ""): g["commits"]
+        for st in sets
+        for g in st["groups"]
+        if len(g["commits"]) > 1
+    }
     failures = {r.id: r.attacker_failures() for r in sweep.runs}
     report["attacker_failures"] = {k: v for k, v in failures.items() if v}
     if columns != METRICS:  # the long table's extra columns (CRFL's certified accuracy)
@@ -203,6 +210,9 @@ def _group(
         "left_out": [r.id for r in members if r.status != "finished"],
         "n": len(done),
         "n_expected": len(members),
+        # the programs its seeds ran at: more than one (or one unknown beside known ones)
+        # means the cell mixes code versions, and report.md says so
+        "commits": sorted({c or "unknown" for r in done for c in r.provenance()["commits"]}),
         "metrics": {
             k: summarize({seed_of[r.id]: values[r.id].get(k) for r in done}) for k, _ in columns
         },

@@ -61,6 +61,17 @@ def render_markdown(
             + ", ".join(f"`{k}` (rounds {', '.join(map(str, v))})" for k, v in failures.items())
             + "."
         )
+    mixed = report.get("mixed_commits") or {}
+    if mixed:
+        head.append(
+            f"**Warning:** {len(mixed)} cells mix runs from different source commits (or "
+            "known and unknown ones), so their seeds may come from different programs; rerun "
+            "them at one commit before comparing: "
+            + "; ".join(
+                f"{cell}: {', '.join(c[:12] for c in commits)}" for cell, commits in mixed.items()
+            )
+            + "."
+        )
     if any(g["metrics"]["auroc"]["n"] for s in report["sets"] for g in s["groups"]):
         head.append(
             "AUROC: how well the defense's per-client scores rank the attackers above "
@@ -200,6 +211,12 @@ def ranking_verdict(ranking: dict[str, Any]) -> str:
     first = (ranking.get("per_seed") or {}).get("first")
     if not first:
         return "No defense has a ranking score on every seed."
+    scored = (ranking.get("per_seed") or {}).get("seeds") or []
+    if len(scored) < 2:
+        return (
+            f"{first['defense']} has the best score, on {len(scored)} scored seed: no paired "
+            "interval, so nothing is separated."
+        )
     if first["verdict"] == "holds":
         return (
             f"{first['defense']} ranks first, separated from every other defense "
@@ -262,5 +279,11 @@ def _render_ranking(ranking: dict[str, Any], level: str, with_paper: bool) -> li
         rows.append(row)
     out += ["", _table(header, rows)]
     if ranking.get("per_seed"):
-        out += ["", f"Per seed ({', '.join(seeds) or 'none scored'}): " + ranking_verdict(ranking)]
+        dropped = ranking["per_seed"].get("dropped_seeds") or {}
+        left_out = "".join(f"; seed {s} left out ({why})" for s, why in dropped.items())
+        out += [
+            "",
+            f"Per seed ({', '.join(seeds) or 'none scored'}{left_out}): "
+            + ranking_verdict(ranking),
+        ]
     return out

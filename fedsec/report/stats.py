@@ -6,7 +6,15 @@ by seed (runs with the same seed share the partition, the pre-trained model and 
 attacker's data), and its 95% interval is Student's t over the per-seed differences:
 ``mean ± t(0.975, n-1) · sd / sqrt(n)``. A claim holds only when the whole interval is on
 its side of the threshold, fails when the whole interval is on the other side, and is
-*not separated* otherwise (including when fewer than two seeds are paired).
+*not separated* otherwise (including when fewer than two seeds are paired, and when the
+seeds are identical: a zero-width interval is no estimate of the spread, never a
+certainty).
+
+A table of many claims judged at once (``experiments/claims.py``) adds, per claim, an
+exact sign-flip (permutation) test of the per-seed values against the threshold, the
+number of seeds past the threshold ("k of n"), the two-sided paired t test's p-value,
+and a family-wise correction (Holm) over the table; and, from the per-seed spread, the
+number of seeds a 5- and a 10-point effect would need (:func:`seeds_needed`).
 """
 
 from __future__ import annotations
@@ -34,7 +42,11 @@ def t_critical(n: int, confidence: float = CONFIDENCE) -> float:
 
 def summarize(per_seed: Mapping[str, float | None]) -> dict[str, Any]:
     """Mean, sample std (ddof 1), n, the values and their seeds, and the 95% t interval of
-    the mean (``ci``: [low, high]; None below two values) of the non-None values."""
+    the mean (``ci``: [low, high]) of the non-None values.
+
+    ``ci`` is None below two values and when every value is the same (``identical``):
+    identical seeds say nothing about the spread, so they give no interval, never one of
+    zero width."""
     seeds = [s for s, v in per_seed.items() if v is not None]
     x = np.array([per_seed[s] for s in seeds], dtype=float)
     out: dict[str, Any] = {
@@ -44,8 +56,9 @@ def summarize(per_seed: Mapping[str, float | None]) -> dict[str, Any]:
         "values": x.tolist(),
         "seeds": seeds,
         "ci": None,
+        "identical": bool(x.size > 1 and np.all(x == x[0])),
     }
-    if x.size > 1:
+    if x.size > 1 and not out["identical"]:
         half = t_critical(x.size) * out["std"] / math.sqrt(x.size)
         out["ci"] = [out["mean"] - half, out["mean"] + half]
     return out
@@ -70,7 +83,8 @@ def paired_difference(
 
 def verdict_at_least(stat: Mapping[str, Any], threshold: float) -> str:
     """Whether the quantity is >= ``threshold``: holds if its 95% interval lies at or above
-    it, fails if the interval lies below it, else not separated."""
+    it, fails if the interval lies below it, else not separated (also with no interval:
+    fewer than two seeds, or identical ones)."""
     ci = stat.get("ci")
     if ci is None:
         return NOT_SEPARATED
@@ -94,13 +108,105 @@ def verdict_at_most(stat: Mapping[str, Any], threshold: float) -> str:
 
 
 def format_ci(stat: Mapping[str, Any], digits: int = 1) -> str:
-    """``mean [low, high]`` (``mean (n=1)`` with one value, ``-`` with none)."""
+    """``mean [low, high]``; ``mean (n=1, no interval)`` with one value, ``mean (n
+    identical seeds, no interval)`` when all values are equal, ``-`` with none."""
     if stat.get("mean") is None:
         return "-"
     if stat.get("ci") is None:
-        return f"{stat['mean']:.{digits}f} (n={stat['n']})"
+        if stat.get("identical"):
+            return f"{stat['mean']:.{digits}f} ({stat['n']} identical seeds, no interval)"
+        return f"{stat['mean']:.{digits}f} (n={stat['n']}, no interval)"
     low, high = stat["ci"]
     return f"{stat['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+# --------------------------------------------------------------------------- tests
+
+EXACT_SIGN_FLIP_MAX_N = 20  # 2^20 sign patterns; above, a seeded Monte Carlo of them
+SIGN_FLIP_SAMPLES = 200_000
+
+
+def sign_flip_p(values: Sequence[float], center: float = 0.0) -> float | None:
+    """Two-sided p-value of the exact sign-flip (permutation) test that the per-seed values
+    are symmetric around ``center``: the share of the ``2^n`` sign patterns of ``values -
+    center`` whose sum is at least as far from 0 as the observed one. Distribution-free
+    (it needs no normality and no spread estimate), and its smallest p is ``2 / 2^n``:
+    with 3 seeds 0.25, so 3 seeds can never decide a claim at 5%. Above
+    ``EXACT_SIGN_FLIP_MAX_N`` values, ``SIGN_FLIP_SAMPLES`` patterns drawn with a fixed seed
+    (the observed pattern counted once). None with no values."""
+    d = np.asarray(values, dtype=float) - center
+    n = d.size
+    if n == 0:
+        return None
+    observed = abs(d.sum())
+    # float noise in the sums must not split ties: compare with a relative tolerance
+    tolerance = 1e-9 * max(np.abs(d).sum(), 1e-300)
+    if n <= EXACT_SIGN_FLIP_MAX_N:
+        patterns = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2 - 1
+        sums = np.abs(patterns @ d)
+        return float(np.mean(sums >= observed - tolerance))
+    rng = np.random.default_rng(0)
+    patterns = rng.integers(0, 2, size=(SIGN_FLIP_SAMPLES, n)) * 2 - 1
+    hits = int(np.sum(np.abs(patterns @ d) >= observed - tolerance))
+    return (hits + 1) / (SIGN_FLIP_SAMPLES + 1)
+
+
+def t_test_p(values: Sequence[float], center: float = 0.0) -> float | None:
+    """Two-sided p-value of the one-sample (paired) Student's t test of mean == ``center``;
+    None below two values or with no spread (identical values: the t statistic is not
+    defined, the sign-flip test is the one to read)."""
+    x = np.asarray(values, dtype=float)
+    if x.size < 2 or np.all(x == x[0]):
+        return None
+    from scipy.stats import ttest_1samp
+
+    return float(ttest_1samp(x, center).pvalue)
+
+
+def past_threshold(values: Sequence[float], threshold: float, above: bool) -> int:
+    """How many values lie on a claim's side of ``threshold``: strictly above it if
+    ``above`` (a claim "more than"), else at or below it (a claim "at most")."""
+    x = np.asarray(values, dtype=float)
+    return int(np.sum(x > threshold) if above else np.sum(x <= threshold))
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values (family-wise error control); None stays None and
+    does not count in the family. Adjusted p ``<= alpha`` rejects at family-wise level
+    ``alpha``."""
+    known = [(p, i) for i, p in enumerate(pvalues) if p is not None]
+    m = len(known)
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(sorted(known)):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def seeds_needed(
+    std: float | None,
+    effect: float,
+    alpha: float = 1 - CONFIDENCE,
+    power: float = 0.8,
+    max_seeds: int = 1000,
+) -> int | None:
+    """The fewest seeds with which a paired two-sided t test at level ``alpha`` detects a
+    true mean ``effect`` away from the threshold with probability ``power``, for per-seed
+    differences of standard deviation ``std`` (from a pilot; the noncentral t
+    distribution). At least 2. None without a spread estimate (fewer than two values, or
+    identical ones), or if more than ``max_seeds`` would be needed."""
+    if std is None or not math.isfinite(std) or std == 0 or effect == 0:
+        return None  # identical seeds give no spread to plan from
+    from scipy.stats import nct
+    from scipy.stats import t as student
+
+    for n in range(2, max_seeds + 1):
+        critical = student.ppf(1 - alpha / 2, n - 1)
+        shift = abs(effect) / (std / math.sqrt(n))
+        if nct.sf(critical, n - 1, shift) + nct.cdf(-critical, n - 1, shift) >= power:
+            return n
+    return None
 
 
 # --------------------------------------------------------------------------- ranking
@@ -187,7 +293,8 @@ def seed_rankings(
     score from the leader's (the best mean score) with its 95% interval. ``first`` says
     whether the leader ranks first: ``holds`` if every other defense is separated below
     it, else ``not separated`` with the defenses it cannot be told from (the leader has
-    the best mean, so it is never separated below another).
+    the best mean, so it is never separated below another). ``dropped_seeds`` maps each
+    seed that could not be scored to the reason.
     """
     seeds = sorted(
         {s for table in (ma, ba) for v in table.values() for s in v},
@@ -196,6 +303,7 @@ def seed_rankings(
     per_seed: dict[str, dict[str, float | None]] = {d: {} for d in defenses}
     ranks: dict[str, dict[str, int | None]] = {d: {} for d in defenses}
     used_seeds = []
+    dropped: dict[str, str] = {}
     for s in seeds:
         one = ranking_scores(
             {k: v.get(s) for k, v in ma.items()},
@@ -205,7 +313,13 @@ def seed_rankings(
             baseline,
         )
         if one["excluded"] or one["attacks"] != list(attacks):
-            continue  # this seed cannot be scored on the same attacks
+            # this seed cannot be scored on the same attacks: say why, never drop it silently
+            missing = [a for a in attacks if a not in one["attacks"] and a not in one["excluded"]]
+            dropped[s] = "; ".join(
+                [f"{a}: {why}" for a, why in one["excluded"].items()]
+                + [f"{a}: not usable" for a in missing]
+            )
+            continue
         used_seeds.append(s)
         for e in one["scores"]:
             per_seed[e["defense"]][s] = e["score"]
@@ -230,7 +344,7 @@ def seed_rankings(
             "verdict": HOLDS if not tied else NOT_SEPARATED,
             "not_separated_from": tied,
         }
-    return {"seeds": used_seeds, "defenses": entries, "first": first}
+    return {"seeds": used_seeds, "dropped_seeds": dropped, "defenses": entries, "first": first}
 
 
 def paper_ranking(name: str, attacks: Sequence[str] | None = None) -> dict[str, Any]:
