@@ -445,3 +445,13 @@ def test_an_untargeted_attack_is_measured_by_the_main_accuracy_it_costs(tmp_path
         "MA lost: the final MA of the same defense's no-attack run"
         in (out / "report.md").read_text()
     )
+
+
+def test_seeds_equal_up_to_float_noise_count_as_identical():
+    # 90.4 - 90.6 and the like: the same difference on every seed, apart from the last bits
+    diffs = [90.4 - 90.6, 80.3 - 80.5, 70.7 - 70.9]
+    assert len(set(diffs)) > 1
+    stat = summarize(dict(enumerate(diffs)))
+    assert stat["identical"] and stat["ci"] is None
+    assert t_test_p(diffs, -1.0) is None
+    assert sign_flip_p(diffs, -1.0) == pytest.approx(0.25)
