@@ -1,0 +1,123 @@
+"""Each defense at its worst: the largest MA loss and BA gain over every committed study.
+
+Reads ``report.json`` files that ``fedsec report`` wrote (rows = defenses, columns =
+attacks; any further axis, e.g. the regime, is one more place to look) and prints, per
+defense, the cell with its largest mean MA loss (final MA below the paired no-attack
+run, ``ma_drop``) and the cell with its largest mean BA gain (final BA above the paired
+no-attack baseline, ``ba_above_baseline``), each with its per-seed values and 95% t
+interval (``fedsec.report.stats``), then the ranking the worst cases imply: by the
+larger of the two worst means (points; lower is better), and whether that worst case
+is separated beyond ``--threshold`` points (the interval above it) or not.
+
+A worst case taken over many cells is biased upwards (the maximum of noisy means): read
+its interval, and "separated" only as that cell's own verdict, not a family-wise one.
+
+    python experiments/worst_case.py > experiments/results/worst-case.md
+
+Without arguments it reads the committed studies listed in ``STUDIES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from fedsec.report.stats import format_ci, per_seed_values, summarize, verdict_at_least
+
+RESULTS = Path(__file__).resolve().parent / "results"
+#: The committed studies with defenses as rows (the CPU table is regime A's base, which
+#: regimes/a holds already).
+STUDIES = (
+    "robustness/report.json",
+    "robustness/from-scratch/report.json",
+    "robustness/evasion-seeds/report.json",
+    "regimes/a/report.json",
+    "regimes/b/report.json",
+    "breadth/report.json",
+)
+THRESHOLD = 5.0
+
+
+def cells(report: dict[str, Any], study: str) -> list[dict[str, Any]]:
+    """Every attacked cell of ``report`` with an MA loss or BA gain, recomputed from its
+    per-seed values (so an older report.json reads with today's statistics)."""
+    out = []
+    for s in report["sets"]:
+        where = ", ".join(f"{k}={v}" for k, v in s["extra"].items())
+        for g in s["groups"]:
+            for key, what in (("ma_drop", "MA lost"), ("ba_above_baseline", "BA gain")):
+                if key in g and g[key]["n"]:
+                    out.append(
+                        {
+                            "defense": g["row"],
+                            "what": what,
+                            "cell": f"{study}: {g['col']}" + (f" ({where})" if where else ""),
+                            "stat": summarize(per_seed_values(g[key])),
+                        }
+                    )
+    return out
+
+
+def worst(all_cells: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per defense and quantity, the cell with the largest mean (ties: the first seen)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for c in all_cells:
+        best = out.setdefault(c["defense"], {}).get(c["what"])
+        if best is None or c["stat"]["mean"] > best["stat"]["mean"]:
+            out[c["defense"]][c["what"]] = c
+    return out
+
+
+def table(paths: list[Path], threshold: float) -> str:
+    all_cells = []
+    for path in paths:
+        study = str(path.relative_to(RESULTS).parent) if path.is_relative_to(RESULTS) else str(path)
+        all_cells += cells(json.loads(path.read_text()), study)
+    per_defense = worst(all_cells)
+    counted = {d: sum(c["defense"] == d for c in all_cells) for d in per_defense}
+
+    def entry(c: dict[str, Any] | None) -> str:
+        if c is None:
+            return "-"
+        values = ", ".join(f"{v:.1f}" for v in c["stat"]["values"])
+        return f"{format_ci(c['stat'])} ({values}) in {c['cell']}"
+
+    def score(d: str) -> float:
+        return max(c["stat"]["mean"] for c in per_defense[d].values())
+
+    names = [str(p.relative_to(RESULTS)) if p.is_relative_to(RESULTS) else str(p) for p in paths]
+    lines = [
+        f"Worst cases over {len(all_cells)} cells of {len(paths)} studies "
+        f"({', '.join(names)}); "
+        "points, mean [95% t interval over seeds] (per seed) and the cell. Ranked by the "
+        f"larger worst mean; 'separated' when that cell's interval lies above {threshold:g} "
+        "points. The maximum over many noisy cells is biased upwards.",
+        "",
+        "| rank | defense | worst MA lost | worst BA gain | worst of the two | cells |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rank, d in enumerate(sorted(per_defense, key=score), 1):
+        worst_cell = max(per_defense[d].values(), key=lambda c: c["stat"]["mean"])
+        verdict = verdict_at_least(worst_cell["stat"], threshold)
+        judged = {"holds": "separated", "fails": "below", "not separated": "not separated"}
+        lines.append(
+            f"| {rank} | {d} | {entry(per_defense[d].get('MA lost'))} | "
+            f"{entry(per_defense[d].get('BA gain'))} | {score(d):.1f} "
+            f"({worst_cell['what']}, {judged[verdict]}) | {counted[d]} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="*", type=Path, help="report.json files")
+    parser.add_argument("--threshold", type=float, default=THRESHOLD)
+    args = parser.parse_args()
+    paths = args.reports or [RESULTS / s for s in STUDIES]
+    print(table([p.resolve() for p in paths], args.threshold))
+
+
+if __name__ == "__main__":
+    main()
