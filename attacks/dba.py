@@ -20,8 +20,11 @@ Where the authors' code (``AI-secure/DBA``) differs: its attackers train with th
 own lr, epochs and step schedule and poison a fixed number of every batch
 (``attack.poison_lr``, ``poison_local_epochs``, ``poison_lr_schedule = "step"``,
 ``poison_scope = "batch"``, :mod:`attacks.backdoor`, :mod:`attacks.triggers`), and a
-lone adversary (``adversary_list`` of one) stamps the FULL trigger (its "centralized
-attack"); here the attacker at pool position 0 stamps part 0 whatever the pool's size.
+lone adversary (``adversary_list`` of one: ``adversarial_index = -1``) stamps the FULL
+trigger (its "centralized attack"). Here by default (``lone_attacker = "part"``) the
+attacker at pool position 0 stamps part 0 whatever the pool's size, as the paper's
+rule "attacker i stamps part i" reads; ``lone_attacker = "full"`` stamps the full
+trigger when the attacker pool has one member, as the authors' code.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from attacks.base import AttackContext
 from attacks.procedures import scale_update
 from attacks.triggers import GLOBAL_PARTS, PatternTriggerAttack
 from fedsec.errors import ConfigError
-from fedsec.params import at_least, param, positive
+from fedsec.params import at_least, one_of, param, positive
 
 
 @dataclass(kw_only=True, eq=False)
@@ -42,6 +45,9 @@ class DBA(PatternTriggerAttack):
     name = "dba"
     num_parts: int = param(4, at_least(1), ">= 1 (trigger parts)")
     scale: float = param(1.0, positive, "> 0")
+    lone_attacker: str = param(
+        "part", one_of("part", "full"), "one of 'part', 'full' (what a pool of one stamps)"
+    )
 
     def check(self, config, dataset) -> None:
         super().check(config, dataset)
@@ -69,7 +75,10 @@ class DBA(PatternTriggerAttack):
         return ctx.attacker_index % self.num_parts
 
     def client_trigger(self, ctx: AttackContext) -> np.ndarray:
+        """Its part; the full trigger for a pool of one with ``lone_attacker = "full"``."""
         _, height, width = ctx.input_shape
+        if self.lone_attacker == "full" and ctx.num_attackers == 1:
+            return self.global_trigger(height, width)
         return self.parts(height, width)[self.part_index(ctx)]
 
     def transform_update(self, model, global_flat, ctx, stats) -> None:

@@ -87,6 +87,27 @@ def test_equal_backdoor_keys_iff_the_same_backdoor_test_set(first, second):
     assert (keys[0] == keys[1]) == same_inputs
 
 
+@pytest.mark.parametrize(
+    "pool,lone,full", [(1, "part", False), (1, "full", True), (2, "full", False)]
+)
+def test_a_lone_dba_attacker_stamps_the_full_trigger_only_when_asked(pool, lone, full):
+    task = task_for(
+        "attack.name=dba", f"attack.num_attackers={pool}", f"attack.lone_attacker={lone}", *TRIGGER
+    )
+    pid = task.schedule.pool[0]
+    ctx = task.pool_context(pid)
+    x, y = task.attack.attacker_data(ctx)
+    clean_x, _ = task.client_data(pid)
+    parts = torch.from_numpy(task.attack.parts(8, 8))
+    poisoned = torch.from_numpy(task.attack.poisoned_rows(len(y), ctx.data_seed))
+    assert torch.all(x[poisoned][:, 0][:, parts[0]] == 1.0)  # its own part, always
+    other = x[poisoned][:, 0][:, parts[1:].any(dim=0)]
+    if full:
+        assert torch.all(other == 1.0)
+    else:
+        assert torch.equal(other, clean_x[poisoned][:, 0][:, parts[1:].any(dim=0)])
+
+
 # ------------------------------------------------------------- PGD's projection
 def test_the_projection_schedules_project_at_the_batches_they_name():
     # 7 batches an epoch, 2 epochs, every 3: fedsec at global steps 3, 6, 9, 12 (and
