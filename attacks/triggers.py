@@ -120,7 +120,9 @@ class PatternTriggerAttack(BackdoorAttack):
     num_parts_of_global: ClassVar[int] = GLOBAL_PARTS
 
     poison_fraction: float = param(
-        0.3, in_unit_interval, "in (0, 1] (the share of its examples it poisons)"
+        0.3,
+        in_unit_interval,
+        "in (0, 1] (the share of its examples, or of every batch, it poisons)",
     )
     trigger_size: int = param(4, at_least(1), ">= 1 (pixels)")
     trigger_gap: int = param(2, at_least(0), ">= 0 (pixels)")
