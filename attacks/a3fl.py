@@ -83,10 +83,11 @@ Where this differs from the reference code:
   lowest partition id's. With one attacker a round (the reference's
   ``num_adversaries = 1``) the two are the same.
 - **Poisoned share.** The reference poisons the first 25% of every shuffled minibatch
-  (``bkd_ratio``); here a fixed seeded ``poison_fraction`` (default 0.3) of the
-  attacker's examples, as every pattern-trigger attack of fedsec, and
-  ``train.local_epochs`` (the reference's attacker trains as many epochs as a benign
-  client, too).
+  (``bkd_ratio``); here by default a fixed seeded ``poison_fraction`` (default 0.3) of
+  the attacker's examples, as every pattern-trigger attack of fedsec;
+  ``poison_scope = "batch"`` with ``poison_fraction = 0.25`` is the reference's. It
+  trains ``train.local_epochs`` (the reference's attacker trains as many epochs as a
+  benign client, too).
 - **Backdoor accuracy** is measured on test images not of the target class (fedsec's
   convention for every attack), the reference's on every test image.
 
@@ -298,8 +299,12 @@ class A3FL(PatternTriggerAttack):
 
     def attacker_data(self, ctx: AttackContext) -> tuple[torch.Tensor, torch.Tensor]:
         """Its own examples with the round's trigger (``ctx.trigger``) stamped on the
-        seeded ``poison_fraction`` of them (the same rows every round), relabelled."""
+        seeded ``poison_fraction`` of them (the same rows every round), relabelled; with
+        ``poison_scope = "batch"`` its clean examples (:meth:`poison_inputs` stamps the
+        round's trigger batch by batch)."""
         x, y = ctx.examples
+        if self.poison_scope == "batch":
+            return x, y
         if ctx.partition_id not in self._rows:
             self._rows[ctx.partition_id] = self.poisoned_rows(len(y), ctx.data_seed)
         rows = torch.from_numpy(self._rows[ctx.partition_id])
@@ -307,6 +312,11 @@ class A3FL(PatternTriggerAttack):
         x[rows] = self.stamp_trigger(x[rows], self._trigger_of(ctx))
         y[rows] = torch.from_numpy(self.poisoned_labels(y[rows].numpy(), ctx.num_classes))
         return x, y
+
+    def poison_inputs(self, x: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
+        """Inputs ``x`` with the round's trigger (``ctx.trigger``) on the mask."""
+        mask = self.trigger_mask(tuple(x.shape[1:])).to(x.device)
+        return apply_trigger_values(x, self._trigger_of(ctx).to(x.device), mask)
 
     def backdoor_test_set(
         self, dataset, trigger: torch.Tensor | None = None

@@ -5,6 +5,12 @@ per coordinate, with ``z_max = Phi^-1((n - s) / n)`` and ``s = floor(n / 2 + 1) 
 ``n`` clients and ``m`` attackers in the round: the largest shift that still leaves
 enough benign clients farther from the mean for the attackers to sway a majority-based
 rule. A colluding attack (``attacks.collusion``): ``attack.knowledge`` sets its view.
+
+``z_formula = "paper"`` (default) is the paper's formula (its Algorithm 1);
+``"benign-share"`` is ``Phi^-1((n - m - s) / (n - m))``, the share of the ``n - m``
+benign clients, which other public implementations use (Karimireddy et al.'s bucketing
+code, Blades); since ``s / (n - m) > s / n`` it always gives a smaller ``z_max`` (n = 10,
+m = 2: 0 against 0.253), and it is defined while ``n - m - s > 0``.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ import math
 from dataclasses import dataclass
 
 from attacks.collusion import CollusionAttack
-from attacks.crafted import alie
+from attacks.crafted import Z_FORMULAS, alie
+from fedsec.params import one_of, param
 
 
 @dataclass(kw_only=True, eq=False)
@@ -21,13 +28,22 @@ class ALIE(CollusionAttack):
     name = "alie"
     min_view = 2
 
+    z_formula: str = param("paper", one_of(*Z_FORMULAS), "one of 'paper', 'benign-share'")
+
     def craft(self, benign, num_clients, num_attackers):
-        return alie(benign, num_clients, num_attackers)
+        return alie(benign, num_clients, num_attackers, self.z_formula)
 
     def check_round(self, num_clients, num_attackers):
-        if math.floor(num_clients / 2 + 1) - num_attackers <= 0:
+        s = math.floor(num_clients / 2 + 1) - num_attackers
+        if s <= 0:
             return (
                 f"{num_attackers} attackers of {num_clients} clients are a majority already; "
                 "ALIE's z_max is defined for s = floor(n / 2 + 1) - m > 0"
+            )
+        if self.z_formula == "benign-share" and num_clients - num_attackers - s <= 0:
+            return (
+                f"with {num_attackers} attackers of {num_clients} clients the benign-share "
+                f"z_max needs n - m - s > 0 (s = {s}); use attack.z_formula = 'paper' or a "
+                "larger round"
             )
         return ""

@@ -30,6 +30,30 @@ takes ``attack.evasion``:
   Euclidean norm and the cosine distance at most ``u_benign``'s; the update sent is
   scaled so that all three are at most ``u_benign``'s and the tightest equals it
   (``attacks.evasion``).
+
+Every backdoor also takes the attacker's own local training, which its authors' code
+gives it (DBA, ``AI-secure/DBA`` ``image_train.py``: ``poison_lr`` 0.05 against the
+benign 0.1, ``internal_poison_epochs`` 10 on MNIST and 6 on CIFAR-10 against 1 and 2, a
+step schedule; Bagdasaryan et al., ``ebagdasa/backdoor_federated_learning``: 0.05, 15
+epochs, a step schedule; Neurotoxin, ``jhcknzzm/Federated-Learning-Backdoor``: 0.05,
+10 epochs, constant; Wang et al., ``ksreenivasan/OOD_Federated_Learning``: ``adv_lr``
+decayed like the round's lr). Every default is the round's setting (the papers' text
+does not single the attacker out, and every committed result used it):
+
+- ``poison_lr`` [-1 = the round's lr, ``train.lr * train.lr_decay^(round-1)``]: > 0,
+  the attacker's own lr in round 1, times ``poison_lr_decay^(round-1)`` [1.0: the same
+  every round, as DBA's, Bagdasaryan et al.'s and Neurotoxin's code; set it to
+  ``train.lr_decay`` for the round's decay, as Wang et al.'s code];
+- ``poison_local_epochs`` [-1 = ``train.local_epochs``]: its own number of local epochs;
+- ``poison_lr_schedule`` ["constant"]: the lr through its local epochs; ``"step"``
+  multiplies it by 0.1 from the epochs after 20% and 80% of them (DBA's code:
+  ``MultiStepLR`` stepped after each epoch), ``"step-ahead"`` one epoch earlier
+  (Bagdasaryan et al.'s: stepped before each epoch); :func:`attacks.procedures.step_lr_factor`.
+
+They change only its poisoned training (:meth:`BackdoorAttack.poison_train_kwargs`):
+the honest updates it computes for the evasions and for PGD's ``benign-norm`` radius use
+the round's settings. The poisoned share of each batch (``poison_scope = "batch"``) is
+a parameter of the pattern-trigger attacks (``attacks.triggers``).
 """
 
 from __future__ import annotations
@@ -50,11 +74,11 @@ from attacks.evasion import (
     largest_kept_scale,
     multi_metrics_penalty,
 )
-from attacks.procedures import benign_update
+from attacks.procedures import LR_SCHEDULES, benign_update, step_lr_factor
 from fedsec.errors import ConfigError
-from fedsec.params import one_of, param, positive
+from fedsec.params import in_unit_interval, one_of, param, positive
 from fedsec.seeding import derive_seed
-from fedsec.training import assign_flat_params, flatten_params
+from fedsec.training import assign_flat_params, flatten_params, train
 
 
 @dataclass(kw_only=True, eq=False)
@@ -69,9 +93,29 @@ class BackdoorAttack(Attack):
     )
     evasion_weight: float = param(1.0, positive, "> 0 (the multi-metrics penalty's weight)")
     rule_state: str = param("fresh", one_of(*RULE_STATES), "one of 'fresh', 'server'")
+    poison_lr: float = param(
+        -1.0,
+        lambda v: v == -1 or positive(v),
+        "> 0 (the attacker's own learning rate) or -1 (the round's)",
+    )
+    poison_lr_decay: float = param(
+        1.0, in_unit_interval, "in (0, 1] (poison_lr x poison_lr_decay^(round-1))"
+    )
+    poison_local_epochs: int = param(
+        -1, lambda v: v == -1 or v >= 1, ">= 1 (the attacker's local epochs) or -1 (the round's)"
+    )
+    poison_lr_schedule: str = param(
+        "constant", one_of(*LR_SCHEDULES), "one of 'constant', 'step', 'step-ahead'"
+    )
 
     def check(self, config, dataset) -> None:
         super().check(config, dataset)
+        if self.poison_lr == -1 and self.poison_lr_decay != 1.0:
+            raise ConfigError(
+                "attack.poison_lr_decay decays attack.poison_lr, but poison_lr is -1 (the "
+                "round's lr, decayed by train.lr_decay); give attack.poison_lr > 0 or "
+                f"leave poison_lr_decay at 1.0 (got {self.poison_lr_decay})"
+            )
         if self.knowledge == "full" and self.evasion != "scaling":
             raise ConfigError(
                 "attack.knowledge = 'full' only changes attack.evasion = 'scaling' (the "
@@ -117,6 +161,37 @@ class BackdoorAttack(Attack):
         )
         assign_flat_params(model, w0 + benign + lam * (candidate - benign))
         return AttackReply(stats, evasion_scale=float(lam))
+
+    # ------------------------------------------------------------------- training
+    def poison_train_kwargs(self, ctx, train_kwargs) -> dict:
+        """The keyword arguments of ``fedsec.training.train`` for the attacker's poisoned
+        training: the round's ``train_kwargs`` with its own lr (``poison_lr`` x
+        ``poison_lr_decay^(round-1)``), epochs and lr schedule where set, and the batch
+        transform of :meth:`poison_batch` if any; with the defaults, ``train_kwargs``
+        unchanged."""
+        kwargs = dict(train_kwargs)
+        if self.poison_lr != -1:
+            kwargs["lr"] = self.poison_lr * self.poison_lr_decay ** (ctx.server_round - 1)
+        if self.poison_local_epochs != -1:
+            kwargs["epochs"] = self.poison_local_epochs
+        if self.poison_lr_schedule != "constant":
+            ahead = self.poison_lr_schedule == "step-ahead"
+            kwargs["lr_factor"] = step_lr_factor(kwargs["epochs"], ahead=ahead)
+        transform = self.poison_batch(ctx, kwargs["batch_size"])
+        if transform is not None:
+            kwargs["batch_transform"] = transform
+        return kwargs
+
+    def poison_batch(self, ctx, batch_size: int):
+        """A function ``(xb, yb) -> (xb, yb)`` that poisons part of every minibatch of
+        ``batch_size`` examples, or None
+        (the attacker's data are poisoned once, in ``attacker_data``); the pattern-trigger
+        attacks return one with ``poison_scope = "batch"``."""
+        return None
+
+    def train(self, model, x, y, global_flat, ctx, train_kwargs):
+        """Plain local SGD with :meth:`poison_train_kwargs`."""
+        return train(model, x, y, **self.poison_train_kwargs(ctx, train_kwargs))
 
     def _estimates(self, model, ctx, kwargs) -> list[torch.Tensor]:
         """Benign updates beyond ``u_benign``: honest training on bootstrap resamples of

@@ -8,13 +8,16 @@ vectorised over clients and coordinates.
 
 - :func:`alie_z`, :func:`alie`: "A Little Is Enough" (Baruch, Baruch, Goldberg, NeurIPS
   2019): per coordinate ``mean - z_max * std``, with ``z_max`` chosen from the number of
-  clients and attackers so that enough benign clients look farther from the mean.
+  clients and attackers so that enough benign clients look farther from the mean
+  (``z_formula``: the paper's ``Phi^-1((n - s) / n)``, or ``Phi^-1((n - m - s) / (n - m))``,
+  the share among the benign clients, as other public implementations compute it).
 - :func:`ipm`: inner-product manipulation (Xie, Koyejo, Gupta, UAI 2020): ``-eps * mean``.
 - :func:`min_max`, :func:`min_sum`: the aggregation-agnostic attacks of Shejwalkar and
   Houmansadr (NDSS 2021): ``mean + gamma * p`` with the largest ``gamma`` (halving
   search) whose update is no farther from the benign ones than they are from each other:
   its largest distance (Min-Max) or its sum of squared distances (Min-Sum) at most the
-  benign updates' largest one.
+  benign updates' largest one (Min-Sum's ``bound``: ``"max"`` as the paper's text says,
+  ``"min"``, the smallest benign sum, as the authors' code computes it).
 """
 
 from __future__ import annotations
@@ -28,20 +31,43 @@ from scipy.stats import norm
 DIRECTIONS = ("unit", "std", "sign")
 
 
-def alie_z(num_clients: int, num_attackers: int) -> float:
+#: ALIE's ``z_max`` (:func:`alie_z`): the paper's formula, or the benign clients' share.
+Z_FORMULAS = ("paper", "benign-share")
+#: Min-Sum's bound (:func:`min_sum`): the largest benign sum (paper), the smallest (code).
+SUM_BOUNDS = ("max", "min")
+
+
+def alie_z(num_clients: int, num_attackers: int, formula: str = "paper") -> float:
     """Baruch et al.'s ``z_max``: with ``s = floor(n / 2 + 1) - m`` benign clients needed
-    beside the ``m`` attackers for a majority, ``z_max = Phi^-1((n - s) / n)``."""
+    beside the ``m`` attackers for a majority, ``z_max = Phi^-1((n - s) / n)``
+    (``formula = "paper"``, Algorithm 1 of the paper). ``"benign-share"``:
+    ``Phi^-1((n - m - s) / (n - m))``, the share of the ``n - m`` benign clients that must
+    lie farther from the mean, as e.g. Karimireddy et al.'s bucketing code (epfml) and
+    Blades compute it (defined for ``n - m - s > 0``)."""
     if not 0 < num_attackers < num_clients:
         raise ValueError(f"need 0 < attackers < clients, got {num_attackers} of {num_clients}")
     s = math.floor(num_clients / 2 + 1) - num_attackers
     if s <= 0:
         raise ValueError(f"{num_attackers} attackers of {num_clients} clients are a majority")
-    return float(norm.ppf((num_clients - s) / num_clients))
+    if formula == "paper":
+        return float(norm.ppf((num_clients - s) / num_clients))
+    if formula == "benign-share":
+        benign = num_clients - num_attackers
+        if benign - s <= 0:
+            raise ValueError(
+                f"the benign-share z_max needs n - m - s > 0, got n={num_clients}, "
+                f"m={num_attackers}, s={s}"
+            )
+        return float(norm.ppf((benign - s) / benign))
+    raise ValueError(f"unknown z formula {formula!r}; valid: {', '.join(Z_FORMULAS)}")
 
 
-def alie(benign: torch.Tensor, num_clients: int, num_attackers: int) -> torch.Tensor:
+def alie(
+    benign: torch.Tensor, num_clients: int, num_attackers: int, formula: str = "paper"
+) -> torch.Tensor:
     """``mean - z_max * std`` per coordinate (std with Bessel's correction)."""
-    return benign.mean(dim=0) - alie_z(num_clients, num_attackers) * benign.std(dim=0)
+    z = alie_z(num_clients, num_attackers, formula)
+    return benign.mean(dim=0) - z * benign.std(dim=0)
 
 
 def ipm(benign: torch.Tensor, eps: float) -> torch.Tensor:
@@ -93,14 +119,24 @@ def min_max(
 
 
 def min_sum(
-    benign: torch.Tensor, direction: str = "unit", gamma: float = 10.0, tolerance: float = 1e-5
+    benign: torch.Tensor,
+    direction: str = "unit",
+    gamma: float = 10.0,
+    tolerance: float = 1e-5,
+    bound: str = "max",
 ) -> torch.Tensor:
     """``mean + gamma * p`` with the largest gamma such that its sum of squared distances
-    to the benign updates is at most the largest such sum of a benign update."""
+    to the benign updates is at most the largest such sum of a benign update
+    (``bound = "max"``, the paper's text) or the smallest (``"min"``, the authors' code,
+    ``our_attack_dist`` of the NDSS'21 release: ``min_score = torch.min(scores)``), a
+    smaller gamma (10-20% in the issue's check)."""
+    if bound not in SUM_BOUNDS:
+        raise ValueError(f"unknown bound {bound!r}; valid: {', '.join(SUM_BOUNDS)}")
     mean, p = benign.mean(dim=0), deviation(benign, direction)
-    bound = (torch.cdist(benign, benign) ** 2).sum(dim=1).max()
+    sums = (torch.cdist(benign, benign) ** 2).sum(dim=1)
+    limit = sums.max() if bound == "max" else sums.min()
 
     def fits(g: float) -> bool:
-        return bool((torch.linalg.vector_norm(benign - (mean + g * p), dim=1) ** 2).sum() <= bound)
+        return bool((torch.linalg.vector_norm(benign - (mean + g * p), dim=1) ** 2).sum() <= limit)
 
     return mean + _largest_gamma(fits, gamma, tolerance) * p

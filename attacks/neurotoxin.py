@@ -22,6 +22,9 @@ As implemented here:
   attacker's examples, relabelled to the target; BA on triggered non-target test
   images. The pattern works on every data set, unlike ARDIS / Southwest edge cases.
 - No boosting and no projection: the update is sent as trained.
+- The attacker's training uses the round's lr and epochs by default; the authors' code
+  gives it its own (``poison_lr`` 0.05, ``retrain_poison`` 10 epochs, constant lr):
+  ``attack.poison_lr``, ``attack.poison_local_epochs`` (:mod:`attacks.backdoor`).
 """
 
 from __future__ import annotations
@@ -92,6 +95,5 @@ class Neurotoxin(PatternTriggerAttack):
         def keep_masked_at_global(step: int) -> None:
             assign_flat_params(model, torch.where(mask, center, flatten_params(model)))
 
-        return train(
-            model, x, y, **{**train_kwargs, "device": device}, after_step=keep_masked_at_global
-        )
+        kwargs = {**self.poison_train_kwargs(ctx, train_kwargs), "device": device}
+        return train(model, x, y, **kwargs, after_step=keep_masked_at_global)

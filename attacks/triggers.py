@@ -35,6 +35,8 @@ GLOBAL_PARTS = 4  # parts of the pattern that pixel-replacement, pgd and neuroto
 TRIGGERS = ("pattern", "blended")
 #: ``attack.target_mode``: every poisoned input to the target, or class y to y + 1.
 TARGET_MODES = ("all-to-one", "all-to-all")
+#: ``attack.poison_scope``: a fixed share of the attacker's examples, or of every batch.
+POISON_SCOPES = ("examples", "batch")
 #: Seed of the blended trigger's noise image: one fixed image, the same for every run.
 BLEND_SEED = 20170714  # the date of Chen et al.'s arXiv preprint
 
@@ -101,6 +103,16 @@ class PatternTriggerAttack(BackdoorAttack):
     (:func:`blend_pattern`). ``target_mode = "all-to-all"`` (Gu et al. 2017, BadNets'
     all-to-all attack) labels a poisoned input of class ``y`` as ``(y + 1) mod classes``;
     its BA test set is every test image, triggered, labelled ``y + 1``.
+
+    ``poison_scope`` says what ``poison_fraction`` is a share of: ``"examples"`` (default)
+    the attacker's examples, a seeded set of rows poisoned once and the same in every
+    round; ``"batch"`` every minibatch, as DBA's and Bagdasaryan et al.'s code do
+    (``poisoning_per_batch``: DBA poisons 20 of 64 on MNIST, 5 of 64 on CIFAR-10): the
+    first ``max(1, round(poison_fraction * train.batch_size))`` examples of each shuffled
+    batch (all of a shorter last batch if it has fewer) are triggered and relabelled
+    there, the rest of the batch stays clean, so which examples are poisoned changes from
+    batch to batch and epoch to epoch (:meth:`poison_batch`). A3FL's reference code
+    poisons a share of every batch too (``bkd_ratio`` 0.25).
     """
 
     default_target = 2
@@ -108,7 +120,9 @@ class PatternTriggerAttack(BackdoorAttack):
     num_parts_of_global: ClassVar[int] = GLOBAL_PARTS
 
     poison_fraction: float = param(
-        0.3, in_unit_interval, "in (0, 1] (the share of its examples it poisons)"
+        0.3,
+        in_unit_interval,
+        "in (0, 1] (the share of its examples, or of every batch, it poisons)",
     )
     trigger_size: int = param(4, at_least(1), ">= 1 (pixels)")
     trigger_gap: int = param(2, at_least(0), ">= 0 (pixels)")
@@ -117,6 +131,7 @@ class PatternTriggerAttack(BackdoorAttack):
     target_mode: str = param(
         "all-to-one", one_of(*TARGET_MODES), "one of 'all-to-one', 'all-to-all'"
     )
+    poison_scope: str = param("examples", one_of(*POISON_SCOPES), "one of 'examples', 'batch'")
     _cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(
         default_factory=dict, init=False, repr=False
     )
@@ -157,6 +172,8 @@ class PatternTriggerAttack(BackdoorAttack):
 
     # ------------------------------------------------------------- data, evaluation
     def attacker_data(self, ctx: AttackContext) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.poison_scope == "batch":  # poisoned batch by batch (poison_batch)
+            return ctx.examples
         if ctx.partition_id not in self._cache:
             x = ctx.examples[0].numpy().copy()
             y = ctx.examples[1].numpy().copy()
@@ -166,6 +183,31 @@ class PatternTriggerAttack(BackdoorAttack):
             y[poisoned] = self.poisoned_labels(y[poisoned], ctx.num_classes)
             self._cache[ctx.partition_id] = (torch.from_numpy(x), torch.from_numpy(y))
         return self._cache[ctx.partition_id]
+
+    def poison_batch(self, ctx: AttackContext, batch_size: int):
+        """With ``poison_scope = "batch"``: the function that poisons the first
+        ``max(1, round(poison_fraction * batch_size))`` examples of a minibatch (triggered
+        by :meth:`poison_inputs`, relabelled by :meth:`poisoned_labels`) and leaves the
+        rest; None otherwise."""
+        if self.poison_scope != "batch":
+            return None
+        per_batch = max(1, round(self.poison_fraction * batch_size))
+
+        def poison(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            k = min(per_batch, yb.shape[0])
+            xb, yb = xb.clone(), yb.clone()
+            xb[:k] = self.poison_inputs(xb[:k], ctx)
+            labels = self.poisoned_labels(yb[:k].cpu().numpy(), ctx.num_classes)
+            yb[:k] = torch.from_numpy(labels).to(yb.device)
+            return xb, yb
+
+        return poison
+
+    def poison_inputs(self, x: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
+        """Inputs ``x`` (N, C, H, W, on any device) with the trigger the client of ``ctx``
+        stamps, as :meth:`apply_trigger` stamps its poisoned rows."""
+        mask = self.client_trigger(ctx) if self.trigger == "pattern" else None
+        return torch.from_numpy(self.apply_trigger(x.cpu().numpy(), mask)).to(x.device)
 
     def poisoned_rows(self, num_examples: int, data_seed: int) -> np.ndarray:
         """Sorted indices of the examples an attacker poisons: a ``poison_fraction`` of its

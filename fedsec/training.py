@@ -143,6 +143,9 @@ def train(
     after_step: Callable[[int], None] | None = None,
     penalty: Callable[[nn.Module], torch.Tensor] | None = None,
     constraint: Callable[[nn.Module], None] | None = None,
+    lr_factor: Callable[[int], float] | None = None,
+    batch_transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    | None = None,
 ) -> TrainStats:
     """Train ``model`` in place with minibatch SGD (momentum, weight decay) on cross-entropy.
 
@@ -154,7 +157,11 @@ def train(
     added to every batch's loss before the backward pass (an attacker's soft pull on its
     own weights); the reported loss is the cross-entropy alone.  ``constraint(model)``,
     when given, runs after every optimizer step, before ``after_step``: an attacker's hard
-    constraint, which moves the weights back into a set in place.
+    constraint, which moves the weights back into a set in place.  ``lr_factor(e)``, when
+    given, sets the learning rate of epoch ``e`` (0-based) to ``lr * lr_factor(e)`` (an
+    attacker's step schedule); ``batch_transform(xb, yb)``, when given, replaces every
+    minibatch (on the device) before the forward pass (an attacker that poisons part of
+    every batch); the reported loss is that of the transformed batches.
 
     Dropout draws its masks from torch's global generator (of the training device), not
     from our generator, so that generator is seeded with ``seed`` too: the same model, data
@@ -179,10 +186,15 @@ def train(
     cuda_index = _cuda_index(device)
     with torch.random.fork_rng(devices=[] if cuda_index is None else [cuda_index]):
         _seed_global_rng(seed, cuda_index)
-        for _ in range(epochs):
+        for epoch in range(epochs):
+            if lr_factor is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * lr_factor(epoch)
             loss_sum = torch.zeros((), device=device)
             order = torch.randperm(n, generator=order_rng).to(x.device)
             for xb, yb in _batches(x, y, batch_size, device, order):
+                if batch_transform is not None:
+                    xb, yb = batch_transform(xb, yb)
                 loss = F.cross_entropy(model(xb), yb)
                 optimizer.zero_grad(set_to_none=True)
                 (loss if penalty is None else loss + penalty(model)).backward()

@@ -79,8 +79,8 @@ def config_error(*overrides: str) -> str:
         ),
         (
             [*DIGITS, "attack.name=dba", "attack.poison_fraction=1.5"],
-            "attack.poison_fraction must be in (0, 1] (the share of its examples it poisons), "
-            "got 1.5",
+            "attack.poison_fraction must be in (0, 1] (the share of its examples, or of every "
+            "batch, it poisons), got 1.5",
         ),
         (
             [*DIGITS, "attack.name=neurotoxin", "attack.mask_fraction=1.0"],
