@@ -244,8 +244,7 @@ class WandbSink(Sink):
         import wandb
 
         if self.mode == "offline":  # the earlier offline runs of this directory, rebuilt
-            for old in (self.run_dir / WANDB_DIR).glob("offline-run-*"):
-                shutil.rmtree(old)
+            self._remove_offline_runs(keep=None)
         repo = Path(__file__).resolve().parents[1]
         git = {"git_root": str(repo)} if (repo / ".git").exists() else {"disable_git": True}
         self.run = wandb.init(
@@ -273,8 +272,21 @@ class WandbSink(Sink):
 
     def close(self) -> None:
         if self.run is not None:
+            import wandb
+
+            this_run = Path(self.run.dir).parent  # RUN_DIR/wandb/offline-run-<time>-<id>
             self.run.finish()
+            # finish() can return before W&B's service has written the run's file out;
+            # teardown waits for it (and ends W&B's session in this process).
+            wandb.teardown()
+            if self.mode == "offline":  # what a killed run's W&B process wrote as it died
+                self._remove_offline_runs(keep=this_run)
             self.run = None
+
+    def _remove_offline_runs(self, keep: Path | None) -> None:
+        for old in (self.run_dir / WANDB_DIR).glob("offline-run-*"):
+            if keep is None or old.resolve() != keep.resolve():
+                shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------- labels
