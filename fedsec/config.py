@@ -18,7 +18,8 @@ An experiment file looks like::
 
 Every key has a default (the dataclasses below), so a file names only what it changes.
 ``[attack]`` and ``[defense]`` hold a ``name`` plus that method's own parameters, which
-the attack and defense registries check.
+the attack and defense registries check. ``[log]`` turns on experiment trackers
+(fedsec/tracking.py); they change no number of the run.
 
 The same config travels to Flower apps as a flat run config (``"data.alpha": 0.5``):
 :meth:`ExperimentConfig.to_flat` and :meth:`ExperimentConfig.from_flat` convert, so an

@@ -228,7 +228,9 @@ class WandbSink(Sink):
     """A Weights & Biases run in ``RUN_DIR/wandb`` (``dir`` = the run directory), offline
     (``wandb sync RUN_DIR/wandb/offline-run-*`` uploads it later) or online. Its console
     is not captured (fedsec prints its own lines). The project is ``$WANDB_PROJECT`` or
-    ``fedsec``; the entity is W&B's default (``$WANDB_ENTITY``)."""
+    ``fedsec``; the entity is W&B's default (``$WANDB_ENTITY``). ``close`` ends W&B's
+    session in this process (``wandb.teardown``), so that the run's files are whole
+    when the run returns."""
 
     def __init__(
         self, run_dir: Path, mode: str, labels: RunLabels, config: ExperimentConfig
