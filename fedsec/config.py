@@ -18,7 +18,8 @@ An experiment file looks like::
 
 Every key has a default (the dataclasses below), so a file names only what it changes.
 ``[attack]`` and ``[defense]`` hold a ``name`` plus that method's own parameters, which
-the attack and defense registries check.
+the attack and defense registries check. ``[log]`` turns on experiment trackers
+(fedsec/tracking.py); they change no number of the run.
 
 The same config travels to Flower apps as a flat run config (``"data.alpha": 0.5``):
 :meth:`ExperimentConfig.to_flat` and :meth:`ExperimentConfig.from_flat` convert, so an
@@ -160,6 +161,17 @@ class DefenseConfig:
 
 
 @dataclass
+class LogConfig:
+    """Experiment trackers that get every round's metrics besides metrics.jsonl (all off
+    by default; see fedsec/tracking.py). TensorBoard and W&B need ``pip install -e
+    ".[track]"``; their files go into the run directory."""
+
+    csv: bool = False  # RUN_DIR/metrics.csv, one row per round
+    tensorboard: bool = False  # RUN_DIR/tensorboard/
+    wandb: str = "off"  # "off", "offline" (no network; RUN_DIR/wandb/) or "online"
+
+
+@dataclass
 class ExperimentConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -168,6 +180,7 @@ class ExperimentConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     defense: DefenseConfig = field(default_factory=DefenseConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     @property
     def federation_seed(self) -> int:
@@ -320,6 +333,7 @@ class ExperimentConfig:
         _positive("engine.connect_timeout", e.connect_timeout)
         _at_least("engine.checkpoint_every", e.checkpoint_every, 0)
         _at_least("defense.root_size", self.defense.root_size, 1)
+        _validate_log(self.log)
         data_registry.check_available(d.name, d.dir or None)
         self._validate_attack_schedule()
         self.check_rounds()  # builds the defense, so it also checks its parameters
@@ -446,7 +460,7 @@ def parse_client_ids(text: str, key: str = "clients") -> tuple[int, ...]:
 
 
 # ---------------------------------------------------------------------- helpers
-_SECTIONS = ("data", "model", "train", "engine", "attack", "defense")
+_SECTIONS = ("data", "model", "train", "engine", "attack", "defense", "log")
 
 
 def _fill_section(name: str, section: Any, values: dict[str, Any]) -> None:
@@ -527,6 +541,13 @@ def _positive(key: str, value: float) -> None:
 def _at_least(key: str, value: int, low: int) -> None:
     if value < low:
         raise ConfigError(f"{key} must be >= {low}, got {value}")
+
+
+def _validate_log(log: LogConfig) -> None:
+    from fedsec.tracking import WANDB_MODES, check_trackers
+
+    _one_of("log.wandb", log.wandb, WANDB_MODES)
+    check_trackers(log)
 
 
 def _validate_attack(cfg: ExperimentConfig) -> None:

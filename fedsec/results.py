@@ -7,6 +7,9 @@ Layout::
     RUN_DIR/summary.json    final numbers, seed, config, package versions, wall time
     RUN_DIR/model.pt        the final global model (state dict)
 
+and what the experiment trackers of ``[log]`` write (metrics.csv, tensorboard/, wandb/;
+see fedsec/tracking.py): each round goes to metrics.jsonl first, then to each of them.
+
 Nothing is rewritten in place: a run killed midway leaves every finished round on disk.
 """
 
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import subprocess
 import time
@@ -26,6 +28,7 @@ import numpy as np
 
 from fedsec.atomic import atomic_write_text
 from fedsec.config import ExperimentConfig
+from fedsec.tracking import JsonlSink, Sink, tracker_sinks
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -114,7 +117,14 @@ class RunWriter:
         atomic_write_text(self.out_dir / CONFIG_FILE, config.to_toml())
         metrics = self.out_dir / METRICS_FILE
         kept = [r for r in read_metrics(metrics) if r["round"] <= keep_rounds]
-        atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
+        # metrics.jsonl first: every tracker of [log] is a sink beside it, and each
+        # starts from the kept rounds, so a resumed run logs no round twice anywhere.
+        self.sinks: list[Sink] = [
+            JsonlSink(metrics),
+            *tracker_sinks(self.out_dir, config, resuming=keep_rounds > 0),
+        ]
+        for sink in self.sinks:
+            sink.start(kept)
         self.elapsed_before = kept[-1].get("time_s", 0.0) if kept else 0.0
         self._started = time.time() - self.elapsed_before
         self.provenance = self._record_provenance(initial_model, resumed=keep_rounds > 0)
@@ -135,11 +145,15 @@ class RunWriter:
         return provenance
 
     def log_round(self, record: dict[str, Any]) -> None:
-        """Append one round's record and flush it to disk."""
-        with (self.out_dir / METRICS_FILE).open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """Append one round's record to metrics.jsonl (flushed to disk), then hand it to
+        the trackers."""
+        for sink in self.sinks:
+            sink.log_round(record)
+
+    def close(self) -> None:
+        """Close the trackers (``finish`` does; a run that fails leaves them to exit)."""
+        for sink in self.sinks:
+            sink.close()
 
     def finish(self, extra: dict[str, Any], rule: Any = None) -> dict[str, Any]:
         """Write ``summary.json`` from the logged rounds, ``extra`` and the config.
@@ -174,6 +188,7 @@ class RunWriter:
             "provenance": self.provenance,
         }
         self._write_summary(summary)
+        self.close()
         return summary
 
     def rounds(self) -> list[dict[str, Any]]:
@@ -195,6 +210,7 @@ class MemoryWriter(RunWriter):
         self._started = time.time()
         self._rounds: list[dict[str, Any]] = []
         self.provenance = None
+        self.sinks = []
 
     def log_round(self, record: dict[str, Any]) -> None:
         self._rounds.append(record)

@@ -67,6 +67,7 @@ from fedsec.checkpoint import CHECKPOINT_FILE
 from fedsec.config import AttackConfig, ExperimentConfig, load_config, read_toml
 from fedsec.errors import ConfigError
 from fedsec.results import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_metrics
+from fedsec.tracking import sweep_env
 
 MANIFEST_FILE = "sweep.json"
 LOG_FILE = "run.log"
@@ -454,7 +455,7 @@ def run_sweep(
         nonlocal runs_done
         with lock:
             bar.write(f"fedsec: started {run.id}; its log: {run.dir / LOG_FILE}")
-        ok = _run_child(run, lambda server_round: on_round(run, server_round))
+        ok = _run_child(run, lambda server_round: on_round(run, server_round), sweep.name)
         with lock:
             runs_done += 1
             if not ok:
@@ -469,9 +470,12 @@ def run_sweep(
     return failed
 
 
-def _run_child(run: SweepRun, on_round: Callable[[int], None] = lambda _: None) -> bool:
+def _run_child(
+    run: SweepRun, on_round: Callable[[int], None] = lambda _: None, sweep: str = ""
+) -> bool:
     """One run as a ``fedsec run`` child process; its output goes to run.log, and
-    ``on_round(k)`` is called as it logs round k."""
+    ``on_round(k)`` is called as it logs round k. The child is told its cell (the
+    ``sweep``'s name and the run's labels) for the experiment trackers' tags."""
     run.dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "fedsec.cli", "run"]
     if run.state() == "partial":
@@ -481,7 +485,7 @@ def _run_child(run: SweepRun, on_round: Callable[[int], None] = lambda _: None) 
         # the same numbers (``fedsec run RUN/config.toml``).
         atomic_write_text(run.dir / CONFIG_FILE, run.config.to_toml())
         cmd += [str(run.dir / CONFIG_FILE), "--out", str(run.dir)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **sweep_env(sweep, run.labels)}
     with (run.dir / LOG_FILE).open("a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()

@@ -34,13 +34,14 @@ def config_hash(config: ExperimentConfig) -> str:
     """sha256 of the experiment a datamodel describes.
 
     Normalised so that equal experiments hash equal: ``data.partition_seed`` is replaced
-    by the federation seed, and ``train.exclude_clients`` and the engine section (where
-    and how fast it ran) are left out.
+    by the federation seed, and ``train.exclude_clients``, the engine section (where
+    and how fast it ran) and the log section (which trackers saw it) are left out.
     """
     d = config.to_dict()
     d["data"]["partition_seed"] = config.federation_seed
     d["train"].pop("exclude_clients", None)
     d.pop("engine", None)
+    d.pop("log", None)
     from fedsec.config import dumps_toml
 
     return hashlib.sha256(dumps_toml(d).encode()).hexdigest()
