@@ -185,6 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         state = _out_state(out, config, args.overwrite)
         if state == "resume":
             state = _resumable(out, config)
+    config.check_device()
     task = get_task(config)  # load the data and check the attack against it before any training
     for caveat in config.check_rounds():
         print(f"fedsec: warning: {caveat}", file=sys.stderr)
@@ -351,6 +352,7 @@ def _sweep(sweep, root: Path, parallel: int | None, dry_run: bool = False, runs=
         return 0
     for run, state in zip(runs, states, strict=True):  # checked against the data before any run
         if state != "done":
+            run.config.check_device()
             get_task(run.config)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     pretrain_all(sweep, log=lambda msg: print(f"fedsec: {msg}", flush=True), runs=runs)
@@ -379,6 +381,7 @@ def cmd_showcase(args: argparse.Namespace) -> int:
     sweep = load_sweep(SHOWCASE, root, args.overrides)
     if args.check:
         for run in sweep.runs:
+            run.config.check_device()
             get_task(run.config)
         print("fedsec: the showcase experiment is valid")
         return 0

@@ -267,7 +267,6 @@ class ExperimentConfig:
         from fedsec.engines import ENGINES
         from fedsec.models import MODELS
         from fedsec.partition import PARTITION_SCHEMES
-        from fedsec.task import resolve_device
 
         d, t, e = self.data, self.train, self.engine
         _at_least("seed", self.seed, 0)
@@ -276,7 +275,6 @@ class ExperimentConfig:
         _one_of("model.name", self.model.name, MODELS.names())
         _one_of("engine.name", e.name, ENGINES.names())
         _one_of("engine.device", e.device, DEVICE_NAMES)
-        resolve_device(e.device)  # cuda without a GPU is an error now, not at round 1
         self._check_bounds()
         if t.min_replies > t.clients_per_round:
             raise ConfigError(
@@ -311,6 +309,16 @@ class ExperimentConfig:
         self.check_rounds()  # builds the defense, so it also checks its parameters
         _validate_attack(self)
         return self
+
+    def check_device(self) -> None:
+        """ConfigError if ``engine.device`` is not on this machine (``cuda`` where torch
+        sees no GPU; ``auto`` falls back to the CPU). Not part of :meth:`validate`: a
+        GPU experiment stays a valid config on a machine without one (a sweep prepared
+        there, its tests); ``fedsec run`` (``--check`` too) and ``fedsec sweep`` call it
+        before any training instead of failing at the first round."""
+        from fedsec.task import resolve_device
+
+        resolve_device(self.engine.device)
 
     def _check_bounds(self) -> None:
         """Every float of the experiment (attack and defense parameters included) is
