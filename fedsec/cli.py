@@ -75,12 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
         "this one, or a file) and run the experiment from round 1",
     )
     run.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last checkpoint (refused if its "
+        "config.toml was edited since, or a file is damaged; a finished run is left as it is)",
     )
     run.add_argument(
         "--check",
         action="store_true",
-        help="validate the experiment (config, data, attack) and exit without training",
+        help="validate the experiment (config, bounds, device, data, attack schedule and "
+        "window, defense, --out) and exit without training",
     )
     run.set_defaults(handler=cmd_run)
 
