@@ -73,7 +73,7 @@ from fedsec.config import (
     load_config,
     read_toml,
 )
-from fedsec.errors import ConfigError
+from fedsec.errors import ConfigError, FedsecError
 from fedsec.results import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -81,6 +81,7 @@ from fedsec.results import (
     differences_words,
     read_metrics,
     run_state,
+    written_config,
 )
 
 MANIFEST_FILE = "sweep.json"
@@ -120,9 +121,10 @@ class SweepRun:
 def _written_config(path: Path) -> str | None:
     """The run directory's config.toml as this version of fedsec writes it (None: unreadable)."""
     try:
-        return ExperimentConfig.from_dict(read_toml(path)).to_toml()
-    except ConfigError:
+        config = written_config(path.parent)
+    except FedsecError:
         return None
+    return None if config is None else config.to_toml()
 
 
 @dataclass
@@ -368,13 +370,15 @@ def _apply(
             raise ConfigError(problem)
         return config.validate()
     except ConfigError as err:
-        text = str(err)
-        written = [  # the keys the error is about, as the sweep file writes them
-            f"{(origin or {}).get(key, 'the cell')} sets {key} = {overrides[key]!r}"
+        text, origin = str(err), origin or {}
+        written = [  # the keys the error is about, and where the sweep file writes them
+            f"{origin[key]} sets {key} = {overrides[key]!r}"
             for key in overrides
-            if key not in text and repr(key.partition(".")[2]) in text
+            if key in origin
+            and origin[key] not in text
+            and (key in text or repr(key.partition(".")[2]) in text)
         ]
-        where += f" ({'; '.join(written)})" if written else ""
+        text += f" ({'; '.join(written)})" if written else ""
         raise ConfigError(f"sweep run {where}: {text}") from None
 
 

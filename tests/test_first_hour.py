@@ -379,8 +379,8 @@ def test_sweep_errors_name_every_bad_cell_and_the_key_as_written(tmp_path, capsy
         "parameter of defense 'fedavg'; did you mean defense.name? (valid: name, root_size)"
     )
     negative = (
-        " (axes.defense.bad sets defense.num_malicious = -1): defense 'krum': parameter "
-        "'num_malicious' must be an int >= 0, got -1"
+        ": defense 'krum': parameter 'num_malicious' must be an int >= 0, got -1 "
+        "(axes.defense.bad sets defense.num_malicious = -1)"
     )
     assert lines == [
         f"fedsec: error: sweep run seed={seed}, defense={label}{words}"
