@@ -18,8 +18,11 @@ from typing import Any
 import torch
 
 from fedsec.atomic import atomic_torch_save
+from fedsec.config import ExperimentConfig
+from fedsec.errors import ConfigError, FedsecError
+from fedsec.results import CHECKPOINT_FILE, config_differences, differences_words
 
-CHECKPOINT_FILE = "checkpoint.pt"
+__all__ = ["CHECKPOINT_FILE", "Checkpoint", "load_checkpoint", "save_checkpoint"]
 
 
 @dataclass
@@ -28,6 +31,7 @@ class Checkpoint:
     model: dict[str, torch.Tensor]
     strategy: dict[str, Any]
     adversary: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # the experiment (to_dict); {}: older
 
 
 def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
@@ -37,21 +41,49 @@ def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
             "model": checkpoint.model,
             "strategy": checkpoint.strategy,
             "adversary": checkpoint.adversary,
+            "config": checkpoint.config,
         },
         Path(run_dir) / CHECKPOINT_FILE,
     )
 
 
 def load_checkpoint(run_dir: str | Path) -> Checkpoint | None:
+    """The checkpoint of ``run_dir`` (None: there is none); a FedsecError naming the file
+    when it is empty, truncated or not a checkpoint."""
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():
         return None
     # Strategy states hold plain Python containers and tensors (and generator states),
-    # all of which torch's restricted unpickler accepts.
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    return Checkpoint(
-        round=int(data["round"]),
-        model=data["model"],
-        strategy=data["strategy"],
-        adversary=data.get("adversary", {}),  # absent from checkpoints of older versions
-    )
+    # all of which torch's restricted unpickler accepts. Whatever fails to load under it
+    # is damaged: the error says so without torch's advice to load it unrestricted.
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = Checkpoint(
+            round=int(data["round"]),
+            model=data["model"],
+            strategy=data["strategy"],
+            adversary=data.get("adversary", {}),  # absent from checkpoints of older versions
+            config=data.get("config", {}),  # likewise
+        )
+    except Exception as err:  # any failure to read it is the same news
+        size = path.stat().st_size
+        what = "empty" if size == 0 else f"damaged or truncated ({type(err).__name__})"
+        run = Path(run_dir)
+        raise FedsecError(
+            f"{path} is {what}, so the run cannot continue from it; start the run over "
+            f"with `fedsec run {run / 'config.toml'} --out {run} --overwrite`"
+        ) from None
+    return checkpoint
+
+
+def resume_problem(recorded: dict[str, Any], config: ExperimentConfig) -> str:
+    """How ``config`` (a run directory's config.toml) differs from ``recorded``, the
+    experiment its checkpoint was written by (``Checkpoint.config``), in words; "" when it
+    is the same, or when nothing was recorded (a checkpoint of an older version)."""
+    if not recorded:
+        return ""
+    try:
+        written = ExperimentConfig.from_dict(recorded)
+    except ConfigError:
+        return "the checkpoint's own experiment cannot be read"
+    return differences_words(config_differences(written, config))

@@ -1,6 +1,6 @@
 """The ``fedsec`` command.
 
-    fedsec run [CONFIG.toml] [--set section.key=value ...] [--out DIR]
+    fedsec run [CONFIG.toml] [--set section.key=value ...] [--out DIR [--overwrite]]
     fedsec run --resume RUN_DIR
     fedsec run                          (no config: the showcase, fedsec/showcase.toml)
     fedsec sweep SWEEP.toml [--set section.key=value ...] [--out DIR] [--parallel N] [--dry-run]
@@ -8,7 +8,9 @@
     fedsec partition [CONFIG.toml] [--set ...] [--out FILE.png]
 
 A user error (bad config, missing data) prints one line and exits with code 2 before
-any training starts.
+any training starts. Nothing is lost: ``--out`` refuses a directory that holds another
+experiment's run (or a file) unless ``--overwrite``; the same experiment's directory
+continues an interrupted run and leaves a finished one as it is.
 """
 
 from __future__ import annotations
@@ -21,10 +23,18 @@ import time
 from pathlib import Path
 
 from fedsec import report
-from fedsec.checkpoint import CHECKPOINT_FILE
+from fedsec.checkpoint import CHECKPOINT_FILE, load_checkpoint, resume_problem
 from fedsec.config import load_config
-from fedsec.errors import FedsecError, RunError
-from fedsec.results import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_metrics
+from fedsec.errors import ConfigError, FedsecError, RunError
+from fedsec.results import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    RUN_FILES,
+    SUMMARY_FILE,
+    differences_words,
+    read_metrics,
+    run_state,
+)
 from fedsec.unlearning import cli as unlearning_cli
 
 EXIT_USAGE = 2
@@ -52,14 +62,29 @@ def build_parser() -> argparse.ArgumentParser:
         "model replacement against FedAvg and Multi-metrics side by side; --set "
         "applies to both)",
     )
-    run.add_argument("--out", help="run directory (default: runs/<config>-<time>)")
     run.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"
+        "--out",
+        help="run directory (default: runs/<config>-<time>); one that holds this experiment "
+        "continues it if interrupted and is left as it is if finished; one that holds "
+        "another experiment, or a file, is refused",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what --out holds (another experiment's run files, a finished run of "
+        "this one, or a file) and run the experiment from round 1",
+    )
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last checkpoint (refused if its "
+        "config.toml was edited since, or a file is damaged; a finished run is left as it is)",
     )
     run.add_argument(
         "--check",
         action="store_true",
-        help="validate the experiment (config, data, attack) and exit without training",
+        help="validate the experiment (config, bounds, device, data, attack schedule and "
+        "window, defense, --out) and exit without training",
     )
     run.set_defaults(handler=cmd_run)
 
@@ -125,7 +150,18 @@ def _config_args(
 
 
 def _load(args: argparse.Namespace):
-    return load_config(args.config or DEFAULT_EXPERIMENT, args.overrides)
+    path = args.config or DEFAULT_EXPERIMENT
+    try:
+        return load_config(path, args.overrides)
+    except ConfigError:
+        from fedsec.sweep import is_sweep_file
+
+        if is_sweep_file(path):
+            raise ConfigError(
+                f"{path} is a sweep file (a base experiment and axes), not one experiment; "
+                f"run it with `fedsec sweep {path}`"
+            ) from None
+        raise
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -134,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.resume:
         out = Path(args.resume)
-        if args.config or args.overrides or args.out:
+        if args.config or args.overrides or args.out or args.overwrite:
             raise FedsecError(
                 "--resume takes the run directory alone: its config.toml is the experiment"
             )
@@ -144,11 +180,16 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "directory, or it died before its first checkpoint)"
             )
         config = load_config(out / CONFIG_FILE)
+        state = _resumable(out, config)
     elif not args.config:
         return cmd_showcase(args)
     else:
         config = _load(args)
         out = Path(args.out or f"runs/{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+        state = _out_state(out, config, args.overwrite)
+        if state == "resume":
+            state = _resumable(out, config)
+    config.check_device()
     task = get_task(config)  # load the data and check the attack against it before any training
     for caveat in config.check_rounds():
         print(f"fedsec: warning: {caveat}", file=sys.stderr)
@@ -156,6 +197,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.check:
         print(f"fedsec: {args.config or args.resume} is valid; attack: {schedule}")
         return 0
+    if state == "done":
+        print(
+            f"fedsec: {out} already holds this experiment, finished; nothing to run "
+            "(--overwrite runs it again)"
+        )
+        return _finish_run(out)
+    if state == "replace":
+        _remove_run(out)
+    elif state == "resume" and not args.resume:
+        print(
+            f"fedsec: {out} holds this experiment, interrupted; continuing it from its "
+            "checkpoint (--overwrite starts it over)"
+        )
     print(
         f"fedsec: {config.data.name} / {config.model.name} / {config.defense.name}, "
         f"{config.data.num_clients} clients ({config.train.clients_per_round} a round), "
@@ -166,16 +220,84 @@ def cmd_run(args: argparse.Namespace) -> int:
     # fedsec prints one line per round; Flower's per-round INFO log would repeat it.
     logging.getLogger("flwr").setLevel(logging.WARNING)
     try:
-        run_experiment(config, out, resume=bool(args.resume))
+        run_experiment(config, out, resume=state == "resume")
     except KeyboardInterrupt:
         print(f"fedsec: interrupted; finished rounds are in {out}/metrics.jsonl", file=sys.stderr)
         return 130
     return _finish_run(out)
 
 
+def _out_state(out: Path, config, overwrite: bool) -> str:
+    """What ``fedsec run CONFIG --out OUT`` does with OUT: ``new`` (start the run there),
+    ``resume`` (it holds this experiment, interrupted), ``done`` (it holds this experiment,
+    finished: nothing to run) or ``replace`` (``--overwrite``: remove what is there, then
+    start). OUT holding another experiment (compared as configs, as ``fedsec sweep``
+    does: ``fedsec.results.run_state``), or being a file, is refused without --overwrite."""
+    if out.exists() and not out.is_dir():
+        if overwrite:
+            return "replace"
+        raise FedsecError(
+            f"--out {out} is a file, not a run directory; give a new directory (or "
+            "--overwrite to replace the file)"
+        )
+    state, changes = run_state(out, config)
+    if overwrite:
+        return "new" if state == "empty" else "replace"
+    if changes:
+        raise FedsecError(
+            f"--out {out} holds another experiment ({differences_words(changes)}); "
+            "give another --out, or --overwrite to replace its run"
+        )
+    return {"empty": "new", "new": "new", "partial": "resume", "done": "done"}[state]
+
+
+def _resumable(out: Path, config) -> str:
+    """Check, before any training, that ``out`` can continue ``config`` from its checkpoint:
+    the checkpoint loads, was written by the same experiment (config.toml was not edited
+    since) and every round of metrics.jsonl is whole. ``resume``, or ``done`` when the
+    run has finished already (then nothing changes)."""
+    checkpoint = load_checkpoint(out)
+    recorded = checkpoint.config
+    if not recorded and (out / SUMMARY_FILE).is_file():  # a checkpoint of an older version
+        recorded = _read_summary(out).get("config") or {}
+    problem = resume_problem(recorded, config)
+    if problem:
+        raise FedsecError(
+            f"cannot resume {out}: its {CONFIG_FILE} is not the experiment its "
+            f"{CHECKPOINT_FILE} was written by ({problem}); undo the edit, or run the "
+            "edited experiment with another --out"
+        )
+    read_metrics(out / METRICS_FILE)
+    if checkpoint.round >= config.train.rounds and (out / SUMMARY_FILE).is_file():
+        return "done"
+    return "resume"
+
+
+def _remove_run(out: Path) -> None:
+    """``--overwrite``: remove the file at ``out``, or the run files in it."""
+    if not out.is_dir():
+        out.unlink()
+        return
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+def _read_summary(out: Path) -> dict:
+    try:
+        summary = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except ValueError:
+        summary = None
+    if not isinstance(summary, dict):
+        raise FedsecError(
+            f"{out / SUMMARY_FILE} is not a summary (damaged or edited); rerun the "
+            f"experiment with `fedsec run {out / CONFIG_FILE} --out {out} --overwrite`"
+        )
+    return summary
+
+
 def _finish_run(out: Path) -> int:
     """Print the run's summary line; fail the run if no round produced a new model."""
-    summary = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
+    summary = _read_summary(out)
     rounds = read_metrics(out / METRICS_FILE)
     print(summary_line(summary, out))
     kept = [r for r in rounds if r.get("kept_previous_model")]
@@ -234,6 +356,7 @@ def _sweep(sweep, root: Path, parallel: int | None, dry_run: bool = False, runs=
         return 0
     for run, state in zip(runs, states, strict=True):  # checked against the data before any run
         if state != "done":
+            run.config.check_device()
             get_task(run.config)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     pretrain_all(sweep, log=lambda msg: print(f"fedsec: {msg}", flush=True), runs=runs)
@@ -262,6 +385,7 @@ def cmd_showcase(args: argparse.Namespace) -> int:
     sweep = load_sweep(SHOWCASE, root, args.overrides)
     if args.check:
         for run in sweep.runs:
+            run.config.check_device()
             get_task(run.config)
         print("fedsec: the showcase experiment is valid")
         return 0
@@ -353,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.handler(args)
     except FedsecError as err:
-        print(f"fedsec: error: {err}", file=sys.stderr)
+        for line in str(err).splitlines():  # one line per problem (e.g. per bad sweep cell)
+            print(f"fedsec: error: {line}", file=sys.stderr)
         return getattr(err, "exit_code", EXIT_USAGE)
 
 

@@ -29,12 +29,14 @@ experiment file means the same thing on every engine.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedsec.errors import ConfigError
+from fedsec.params import at_least, non_negative, positive
 
 SCHEDULE_NAMES = ("fixed-frequency", "every-round", "random-pool")
 DEVICE_NAMES = ("cpu", "cuda", "auto")
@@ -286,28 +288,17 @@ class ExperimentConfig:
         _one_of("model.name", self.model.name, MODELS.names())
         _one_of("engine.name", e.name, ENGINES.names())
         _one_of("engine.device", e.device, DEVICE_NAMES)
-        _positive("data.alpha", d.alpha)
-        _at_least("data.num_clients", d.num_clients, 1)
-        _at_least("data.classes_per_client", d.classes_per_client, 1)
-        _at_least("data.min_partition_size", d.min_partition_size, 1)
-        _at_least("data.partition_seed", d.partition_seed, -1)
-        _at_least("train.rounds", t.rounds, 1)
-        _at_least("train.clients_per_round", t.clients_per_round, 1)
-        _at_least("train.local_epochs", t.local_epochs, 1)
-        _at_least("train.batch_size", t.batch_size, 1)
-        _at_least("train.pretrain_epochs", t.pretrain_epochs, 0)
-        _at_least("train.min_replies", t.min_replies, 1)
+        self._check_bounds()
         if t.min_replies > t.clients_per_round:
             raise ConfigError(
                 f"train.min_replies ({t.min_replies}) must be <= train.clients_per_round "
                 f"({t.clients_per_round})"
             )
-        _positive("train.lr", t.lr)
-        _positive("train.lr_decay", t.lr_decay)
-        if not 0.0 <= t.momentum < 1.0:
-            raise ConfigError(f"train.momentum must be in [0, 1), got {t.momentum}")
-        if t.weight_decay < 0:
-            raise ConfigError(f"train.weight_decay must be >= 0, got {t.weight_decay}")
+        if t.lr_decay > 1 and math.log(t.lr) + (t.rounds - 1) * math.log(t.lr_decay) > _LOG_MAX_LR:
+            raise ConfigError(
+                f"train.lr_decay = {t.lr_decay} grows the client lr past {MAX_LR:g} by round "
+                f"{t.rounds} (lr * lr_decay ** (round - 1)); use lr_decay <= 1 or fewer rounds"
+            )
         if t.clients_per_round > d.num_clients:
             raise ConfigError(
                 f"train.clients_per_round ({t.clients_per_round}) must be <= "
@@ -326,19 +317,33 @@ class ExperimentConfig:
                 f"train.min_replies ({t.min_replies}) exceeds the {t.round_size(d.num_clients)} "
                 "clients a round can have without train.exclude_clients"
             )
-        _at_least("engine.client_num_cpus", e.client_num_cpus, 1)
-        if e.client_num_gpus < 0:
-            raise ConfigError(f"engine.client_num_gpus must be >= 0, got {e.client_num_gpus}")
-        _positive("engine.round_timeout", e.round_timeout)
-        _positive("engine.connect_timeout", e.connect_timeout)
-        _at_least("engine.checkpoint_every", e.checkpoint_every, 0)
-        _at_least("defense.root_size", self.defense.root_size, 1)
         _validate_log(self.log)
         data_registry.check_available(d.name, d.dir or None)
         self._validate_attack_schedule()
         self.check_rounds()  # builds the defense, so it also checks its parameters
         _validate_attack(self)
         return self
+
+    def check_device(self) -> None:
+        """ConfigError if ``engine.device`` is not on this machine (``cuda`` where torch
+        sees no GPU; ``auto`` falls back to the CPU). Not part of :meth:`validate`: a
+        GPU experiment stays a valid config on a machine without one (a sweep prepared
+        there, its tests); ``fedsec run`` (``--check`` too) and ``fedsec sweep`` call it
+        before any training instead of failing at the first round."""
+        from fedsec.task import resolve_device
+
+        resolve_device(self.engine.device)
+
+    def _check_bounds(self) -> None:
+        """Every float of the experiment (attack and defense parameters included) is
+        finite, and every key of :data:`BOUNDS` within its bounds."""
+        for key, value in self.to_flat().items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value}")
+        flat = self.to_flat()
+        for key, (check, expect) in BOUNDS.items():
+            if not check(flat[key]):
+                raise ConfigError(f"{key} must be {expect}, got {flat[key]}")
 
     def _validate_attack_schedule(self) -> None:
         a, n = self.attack, self.data.num_clients
@@ -355,6 +360,18 @@ class ExperimentConfig:
         _at_least("attack.every", a.every, 1)
         _at_least("attack.start_round", a.start_round, 1)
         _at_least("attack.end_round", a.end_round, 0)
+        if a.end_round and a.start_round > a.end_round:
+            raise ConfigError(
+                f"attack.start_round ({a.start_round}) is after attack.end_round "
+                f"({a.end_round}): the attack window is empty; set end_round >= start_round "
+                "(0 = the last round)"
+            )
+        if a.end_round and a.start_round > self.train.rounds:
+            raise ConfigError(
+                f"the attack window, rounds {a.start_round}..{a.end_round}, lies after the last "
+                f"round (train.rounds = {self.train.rounds}): no round is attacked; move "
+                "attack.start_round into the rounds"
+            )
         if a.schedule != "random-pool":
             per_round = a.attackers_per_round
             if not 1 <= per_round <= min(pool, self.train.clients_per_round):
@@ -367,7 +384,9 @@ class ExperimentConfig:
     def check_rounds(self) -> list[str]:
         """Check that every round can be filled and that the defense can aggregate it.
 
-        Walks the schedule round by round (sampling is cheap): a round that cannot have
+        Looks at every shape of round the schedule makes (its clients and attackers, at
+        the first round of each: ``AttackSchedule.round_shapes``, in time independent of
+        ``train.rounds``): a round that cannot have
         ``train.clients_per_round`` clients is an error (with ``train.exclude_clients``,
         rounds of the remaining clients may be smaller, as documented there), and a
         round shape the defense cannot aggregate (Krum with
@@ -380,22 +399,26 @@ class ExperimentConfig:
 
         schedule = AttackSchedule.for_config(self)
         expected = self.train.round_size(self.data.num_clients)
-        shapes: dict[tuple[int, int], int] = {}  # (clients, attackers) -> first such round
-        for server_round in range(1, self.train.rounds + 1):
-            clients, malicious = schedule.sample(server_round)
-            if len(clients) < expected and not self.train.excluded():
+        shapes = schedule.round_shapes()  # (clients, attackers) -> first such round
+        for (clients, _), server_round in sorted(shapes.items(), key=lambda s: s[1]):
+            if clients < expected and not self.train.excluded():
                 a = self.attack
                 raise ConfigError(
-                    f"round {server_round} can have only {len(clients)} clients, not "
+                    f"round {server_round} can have only {clients} clients, not "
                     f"train.clients_per_round = {self.train.clients_per_round}: in rounds "
                     f"without an attack the {a.pool_size(self.data.num_clients)} attacker-pool "
                     f"client(s) sit out (attack.schedule = {a.schedule!r}); lower "
-                    f"train.clients_per_round to {len(clients)} or attack.num_attackers, or "
+                    f"train.clients_per_round to {clients} or attack.num_attackers, or "
                     'use attack.schedule = "random-pool"'
                 )
-            shapes.setdefault((len(clients), len(malicious)), server_round)
         rule = build_defense(self.defense.name, self.defense.params, seed=self.seed).rule
         caveats = []
+        a = self.attack
+        if schedule.enabled and a.start_round > self.train.rounds:  # end_round = 0 here
+            caveats.append(
+                f"attack.start_round = {a.start_round} is after the last round (train.rounds "
+                f"= {self.train.rounds}): no round is attacked (a no-attack baseline)"
+            )
         for (clients, attackers), server_round in sorted(shapes.items(), key=lambda s: s[1]):
             problem = rule.round_problem(clients, attackers)
             if problem:
@@ -407,6 +430,39 @@ class ExperimentConfig:
             if caveat and caveat not in caveats:
                 caveats.append(caveat)
         return caveats
+
+
+MAX_LR = 10.0
+"""The largest client learning rate: SGD at a larger one diverges on every model here."""
+_LOG_MAX_LR = math.log(MAX_LR)
+
+#: The bounds of the experiment's numeric keys, judged in one place
+#: (``ExperimentConfig._check_bounds``): flat key -> (check, the words for a valid value),
+#: as ``fedsec.params.param`` declares a plug-in's; every float must also be finite.
+#: Checks that relate two keys (min_replies <= clients_per_round, ...) follow in validate.
+BOUNDS: dict[str, tuple[Any, str]] = {
+    "data.alpha": (positive, "> 0"),
+    "data.num_clients": (at_least(1), ">= 1"),
+    "data.classes_per_client": (at_least(1), ">= 1"),
+    "data.min_partition_size": (at_least(1), ">= 1"),
+    "data.partition_seed": (at_least(-1), ">= -1"),
+    "train.rounds": (at_least(1), ">= 1"),
+    "train.clients_per_round": (at_least(1), ">= 1"),
+    "train.local_epochs": (at_least(1), ">= 1"),
+    "train.batch_size": (at_least(1), ">= 1"),
+    "train.pretrain_epochs": (at_least(0), ">= 0"),
+    "train.min_replies": (at_least(1), ">= 1"),
+    "train.lr": (lambda v: 0 < v <= MAX_LR, f"> 0 and <= {MAX_LR:g}"),
+    "train.lr_decay": (positive, "> 0"),
+    "train.momentum": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "train.weight_decay": (non_negative, ">= 0"),
+    "engine.client_num_cpus": (lambda v: 1 <= v <= 1024, ">= 1 and <= 1024 (threads per client)"),
+    "engine.client_num_gpus": (non_negative, ">= 0"),
+    "engine.round_timeout": (positive, "> 0"),
+    "engine.connect_timeout": (positive, "> 0"),
+    "engine.checkpoint_every": (at_least(0), ">= 0"),
+    "defense.root_size": (at_least(1), ">= 1"),
+}
 
 
 # ---------------------------------------------------------------------- loading
@@ -531,11 +587,6 @@ def _toml_value(value: Any) -> str:
 def _one_of(key: str, value: str, valid: Any) -> None:
     if value not in valid:
         raise ConfigError(f"unknown {key} {value!r}; valid: " + ", ".join(valid))
-
-
-def _positive(key: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{key} must be > 0, got {value}")
 
 
 def _at_least(key: str, value: int, low: int) -> None:

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from fedsec.atomic import atomic_write_text
-from fedsec.config import ExperimentConfig
+from fedsec.config import ExperimentConfig, _toml_value, read_toml
+from fedsec.errors import ConfigError, FedsecError
 from fedsec.tracking import JsonlSink, Sink, tracker_sinks
 
 METRICS_FILE = "metrics.jsonl"
@@ -35,6 +36,68 @@ SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.toml"
 MODEL_FILE = "model.pt"
 PROVENANCE_FILE = "provenance.json"
+CHECKPOINT_FILE = "checkpoint.pt"  # fedsec.checkpoint
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, MODEL_FILE, CHECKPOINT_FILE)
+"""The files a run writes."""
+
+
+def config_differences(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
+    """The keys in which two experiments differ, as ``"key old -> new"``; [] when they are
+    the same experiment. Compared key by key as TOML writes the values (so ``2`` and
+    ``2.0`` differ, as in the files), whatever the order of the keys."""
+    a, b = old.to_flat(), new.to_flat()
+    shown = {k: _toml_value(v) for k, v in a.items()}, {k: _toml_value(v) for k, v in b.items()}
+    keys = list(a) + [k for k in b if k not in a]
+    return [
+        f"{k} {shown[0].get(k, '(unset)')} -> {shown[1].get(k, '(unset)')}"
+        for k in keys
+        if shown[0].get(k) != shown[1].get(k)
+    ]
+
+
+def differences_words(changes: list[str], limit: int = 4) -> str:
+    """``"seed 0 -> 5, train.rounds 3 -> 6"``, cut after ``limit`` keys."""
+    more = f" and {len(changes) - limit} more" if len(changes) > limit else ""
+    return ", ".join(changes[:limit]) + more
+
+
+def written_config(run_dir: str | Path) -> ExperimentConfig | None:
+    """The experiment in ``run_dir/config.toml`` as this version of fedsec reads it (a key
+    added to fedsec since it was written reads back as its default, which keeps the old
+    behaviour); None when there is no such file; FedsecError when it is unreadable."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return ExperimentConfig.from_dict(read_toml(path))
+    except ConfigError as err:
+        raise FedsecError(f"{path} is not a readable experiment: {err}") from None
+
+
+def run_state(run_dir: str | Path, config: ExperimentConfig) -> tuple[str, list[str]]:
+    """What ``run_dir`` holds for the experiment ``config``: (state, differences).
+
+    state: ``empty`` (no run file there), ``done`` (summary written), ``partial`` (a
+    checkpoint to resume from) or ``new`` (to start over); differences: how the
+    experiment written there differs from ``config`` (:func:`config_differences`),
+    non-empty when the directory holds another experiment, whose files a new run would
+    replace. A run file without a readable config.toml counts as another experiment.
+    """
+    run_dir = Path(run_dir)
+    if not any((run_dir / name).exists() for name in RUN_FILES):
+        return "empty", []
+    try:
+        written = written_config(run_dir)
+    except FedsecError as err:
+        return "new", [str(err)]
+    if written is None:
+        return "new", [f"run files but no {CONFIG_FILE}"]
+    changes = config_differences(written, config)
+    if (run_dir / SUMMARY_FILE).is_file():
+        return "done", changes
+    if (run_dir / CHECKPOINT_FILE).is_file():
+        return "partial", changes
+    return "new", changes
 
 
 def package_versions() -> dict[str, str]:
@@ -326,7 +389,8 @@ def detection_auroc(
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The rounds of a metrics.jsonl; a torn last line (a killed writer) is skipped."""
+    """The rounds of a metrics.jsonl; a torn last line (a killed writer) is skipped, a
+    torn line before it (the file was damaged or edited) is a FedsecError naming it."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -340,5 +404,9 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 break  # the writer died mid-line; every earlier round is whole
-            raise
+            raise FedsecError(
+                f"{path}: line {i + 1} of {len(lines)} is not a whole JSON record (the file "
+                "was damaged or edited; only a torn last line is expected); restore the file, "
+                "or run the experiment again with --out elsewhere or --overwrite"
+            ) from None
     return rounds

@@ -9,10 +9,15 @@ run samples what the uninterrupted run would have.
 from __future__ import annotations
 
 import functools
+import itertools
+from collections.abc import Iterator
 
 import numpy as np
 
 from fedsec.seeding import rng
+
+ROUND_WALK_LIMIT = 10_000
+"""Rounds of a ``random-pool`` schedule sampled one by one to find its round shapes."""
 
 
 def _words(ids: list[int]) -> str:
@@ -142,9 +147,73 @@ class AttackSchedule:
         """Whether client ``partition_id`` attacks when it trains in ``server_round``."""
         return self.in_window(server_round) and partition_id in self.pool
 
+    @property
+    def periodic(self) -> bool:
+        """Whether the rounds follow a period (no attack, ``fixed-frequency``,
+        ``every-round``): a round's shape depends only on whether it is an attack round."""
+        return not self.enabled or self.attack.schedule != "random-pool"
+
+    def _window(self) -> range:
+        """The rounds of the attack window inside ``1..rounds`` (empty if none)."""
+        a = self.attack
+        return range(a.start_round, min(a.last_round(self.rounds), self.rounds) + 1)
+
+    def _periodic_attack_rounds(self) -> range:
+        """The attack rounds of a periodic schedule, without sampling any round."""
+        if not self.enabled or not [c for c in self.pool if c not in self.exclude]:
+            return range(0)
+        every = 1 if self.attack.schedule == "every-round" else self.attack.every
+        window = self._window()
+        return range(window.start, window.stop, every)
+
     def attack_rounds(self) -> list[int]:
         """The rounds in which some client attacks."""
-        return [r for r in range(1, self.rounds + 1) if self.sample(r)[1]]
+        if self.periodic:
+            return list(self._periodic_attack_rounds())
+        return list(self._sampled_attack_rounds())
+
+    def _sampled_attack_rounds(self) -> Iterator[int]:
+        return (r for r in range(1, self.rounds + 1) if self.sample(r)[1])
+
+    def round_shapes(self) -> dict[tuple[int, int], int]:
+        """``{(clients, attackers): the first round with that many}`` over every round.
+
+        Computed in time independent of ``rounds``: in a periodic schedule a round's
+        clients are its attackers (none outside the attack rounds) and honest clients up
+        to ``clients_per_round``, so its shape depends only on whether it is an attack
+        round, and the first attack round (``start_round``) and the first other one
+        (round 1, 2 or the one after the window) show every shape. ``random-pool``
+        rounds are sampled in order until every attacker count the pool allows has
+        appeared; after ``ROUND_WALK_LIMIT`` rounds, the counts not seen yet are counted
+        as possible from the window's first round (they change a defense's caveats,
+        never the round size).
+        """
+        shapes: dict[tuple[int, int], int] = {}
+        if self.periodic:
+            window = self._window()
+            candidates = {1, 2, window.start, window.stop}
+            for r in sorted(c for c in candidates if 1 <= c <= self.rounds):
+                clients, malicious = self.sample(r)
+                shapes.setdefault((len(clients), len(malicious)), r)
+            return shapes
+        size = len(self.sample(1)[0])
+        pool = len([c for c in self.pool if c not in self.exclude])
+        honest = self.num_clients - len(self.exclude) - pool
+        window = self._window()
+        counts = range(max(0, size - honest), min(pool, size) + 1) if window else range(0)
+        possible = {(size, m) for m in counts}
+        if len(window) < self.rounds:
+            possible.add((size, 0))
+        for r in range(1, min(self.rounds, ROUND_WALK_LIMIT) + 1):
+            clients, malicious = self.sample(r)
+            shapes.setdefault((len(clients), len(malicious)), r)
+            if possible <= shapes.keys():
+                return shapes
+        if self.rounds <= ROUND_WALK_LIMIT:  # every round was sampled
+            return shapes
+        for shape in sorted(possible - shapes.keys()):
+            shapes[shape] = window.start if shape[1] else 1
+        return shapes
 
     def describe(self) -> str:
         """The schedule in words, e.g. "sign-flip by clients 3 and 7, in rounds 1, 11, 21"."""
@@ -158,10 +227,13 @@ class AttackSchedule:
                 f"({_words(self.pool)}) is in train.exclude_clients"
             )
         who = _words(pool)
-        rounds = self.attack_rounds()
-        shown = ", ".join(map(str, rounds[:8])) + (
-            f", ... ({len(rounds)} rounds)" if len(rounds) > 8 else ""
-        )
+        if self.periodic or self.rounds <= ROUND_WALK_LIMIT:
+            rounds = self._periodic_attack_rounds() if self.periodic else self.attack_rounds()
+            count = f"{len(rounds)} rounds"
+        else:  # random-pool over very many rounds: the first ones, not counted
+            rounds = list(itertools.islice(self._sampled_attack_rounds(), 9))
+            count = f"of {self.rounds}, whenever sampled"
+        shown = ", ".join(map(str, rounds[:8])) + (f", ... ({count})" if len(rounds) > 8 else "")
         if a.schedule == "random-pool":
             how = (
                 f"attacking whenever sampled in rounds {a.start_round}.."

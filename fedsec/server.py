@@ -223,6 +223,7 @@ def run_federation(
                     model=arrays.to_torch_state_dict(),
                     strategy=strategy.state_dict(),
                     adversary=adversary.state_dict() if adversary is not None else {},
+                    config=config.to_dict(),  # --resume refuses an edited config.toml
                 ),
             )
         progress(_progress_line(record, config.train.rounds))

@@ -48,6 +48,8 @@ once, before the runs start, so parallel runs never train the same one twice.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import itertools
 import json
 import os
@@ -63,10 +65,24 @@ from pathlib import Path
 from typing import Any
 
 from fedsec.atomic import atomic_write_text
-from fedsec.checkpoint import CHECKPOINT_FILE
-from fedsec.config import AttackConfig, ExperimentConfig, load_config, read_toml
-from fedsec.errors import ConfigError
-from fedsec.results import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_metrics
+from fedsec.config import (
+    _SECTIONS,
+    AttackConfig,
+    DefenseConfig,
+    ExperimentConfig,
+    load_config,
+    read_toml,
+)
+from fedsec.errors import ConfigError, FedsecError
+from fedsec.results import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    differences_words,
+    read_metrics,
+    run_state,
+    written_config,
+)
 from fedsec.tracking import sweep_env
 
 MANIFEST_FILE = "sweep.json"
@@ -91,27 +107,25 @@ class SweepRun:
 
         A directory that holds a different experiment (the sweep file was edited since)
         is an error, never silently reused."""
-        written = self.dir / CONFIG_FILE
         # Compared as configs, not as text: a key added to fedsec since the run was written
         # reads back as its default, which keeps the old behaviour, so the run still counts.
-        if written.is_file() and _written_config(written) != self.config.to_toml():
+        state, changes = run_state(self.dir, self.config)
+        if changes:
             raise ConfigError(
-                f"{self.dir} holds a different experiment than the sweep's {self.id} (was "
-                "the sweep file or its base edited?); move that directory away or use another --out"
+                f"{self.dir} holds a different experiment than the sweep's {self.id} "
+                f"({differences_words(changes)}; was the sweep file or its base edited?); "
+                "move that directory away or use another --out"
             )
-        if (self.dir / SUMMARY_FILE).is_file():
-            return "done"
-        if (self.dir / CHECKPOINT_FILE).is_file():
-            return "partial"
-        return "new"
+        return "new" if state == "empty" else state
 
 
 def _written_config(path: Path) -> str | None:
     """The run directory's config.toml as this version of fedsec writes it (None: unreadable)."""
     try:
-        return ExperimentConfig.from_dict(read_toml(path)).to_toml()
-    except ConfigError:
+        config = written_config(path.parent)
+    except FedsecError:
         return None
+    return None if config is None else config.to_toml()
 
 
 @dataclass
@@ -145,6 +159,16 @@ class Sweep:
                 )
             chosen[axis] = chosen.get(axis, set()) | wanted
         return [r for r in self.runs if all(r.labels[a] in ls for a, ls in chosen.items())]
+
+
+def is_sweep_file(path: str | Path) -> bool:
+    """Whether ``path`` reads as a sweep file (it has ``axes``, or ``base`` and no section
+    of an experiment), for the error of ``fedsec run SWEEP.toml``."""
+    try:
+        spec = read_toml(path)
+    except ConfigError:
+        return False
+    return "axes" in spec or ("base" in spec and not set(spec) & set(_SECTIONS))
 
 
 def load_sweep(
@@ -198,17 +222,35 @@ def load_sweep(
 
     exclude = _parse_exclude(path, spec.get("exclude", []), axes)
     root = Path(out) if out else Path("runs") / "sweeps" / name
-    runs = []
+    runs, errors = [], []
     for combo in itertools.product(*(options.items() for options in axes.values())):
         labels = {axis: label for axis, (label, _) in zip(axes, combo, strict=True)}
         if any(all(labels[axis] in chosen for axis, chosen in rule.items()) for rule in exclude):
             continue
         cell: dict[str, Any] = {}
-        for _, assignment in combo:
+        origin: dict[str, str] = {}  # key -> where the sweep file sets it
+        for axis, (label, assignment) in zip(axes, combo, strict=True):
             cell.update(assignment)
-        config = _apply(base_config, cell, labels)
+            origin.update(
+                {
+                    key: f"axes.{axis}" if key == axis else f"axes.{axis}.{label}"
+                    for key in assignment
+                }
+            )
+        try:
+            config = _apply(base_config, cell, labels, origin)
+        except ConfigError as err:  # every bad cell is reported, one line each
+            errors.append(str(err))
+            continue
         run_dir = root.joinpath(*(f"{axis}={label}" for axis, label in labels.items()))
         runs.append(SweepRun(labels, config, run_dir))
+    if errors:
+        more = len(errors) - _MAX_CELL_ERRORS
+        raise ConfigError(
+            "\n".join(
+                errors[:_MAX_CELL_ERRORS] + ([f"... and {more} more bad runs"] if more > 0 else [])
+            )
+        )
     if not runs:
         raise ConfigError(f"{path}: exclude leaves no run of the grid")
     return Sweep(name, base, {a: list(o) for a, o in axes.items()}, runs, root, parallel)
@@ -298,8 +340,15 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+_MAX_CELL_ERRORS = 50
+"""Bad runs of a sweep listed one line each; the rest are counted."""
+
+
 def _apply(
-    base: ExperimentConfig, overrides: dict[str, Any], labels: dict[str, str]
+    base: ExperimentConfig,
+    overrides: dict[str, Any],
+    labels: dict[str, str],
+    origin: dict[str, str] | None = None,
 ) -> ExperimentConfig:
     flat = base.to_flat()
     if overrides.get("attack.name", flat["attack.name"]) != flat["attack.name"]:
@@ -316,9 +365,65 @@ def _apply(
     flat.update(overrides)
     where = ", ".join(f"{a}={v}" for a, v in labels.items())
     try:
-        return ExperimentConfig.from_flat(flat).validate()
+        config = ExperimentConfig.from_flat(flat)
+        problem = _unknown_written_key(config, overrides, origin or {})
+        if problem:
+            raise ConfigError(problem)
+        return config.validate()
     except ConfigError as err:
-        raise ConfigError(f"sweep run {where}: {err}") from None
+        text, origin = str(err), origin or {}
+        written = [  # the keys the error is about, and where the sweep file writes them
+            f"{origin[key]} sets {key} = {overrides[key]!r}"
+            for key in overrides
+            if key in origin
+            and origin[key] not in text
+            and (key in text or repr(key.partition(".")[2]) in text)
+        ]
+        text += f" ({'; '.join(written)})" if written else ""
+        raise ConfigError(f"sweep run {where}: {text}") from None
+
+
+def _unknown_written_key(
+    config: ExperimentConfig, overrides: dict[str, Any], origin: dict[str, str]
+) -> str:
+    """The first key a cell writes that its attack or defense has no parameter for, in
+    words naming the key as written and where (a misspelled ``defense.nmae`` would
+    otherwise read as a parameter of the base's defense); "" if none. Other unknown keys
+    fail in ``ExperimentConfig.from_flat`` already, naming the key."""
+    from attacks import ATTACKS
+    from defenses import defense_parameters
+
+    for key in overrides:
+        section, _, name = key.partition(".")
+        if section not in ("attack", "defense") or not name:
+            continue
+        fields = {
+            f.name
+            for f in dataclasses.fields(AttackConfig if section == "attack" else DefenseConfig)
+        } - {"params"}
+        if name in fields:
+            continue
+        chosen = config.attack.name if section == "attack" else config.defense.name
+        try:
+            if section == "attack":
+                cls = ATTACKS.get(chosen)
+                params = set(cls.parameters()) if cls is not None else None
+            else:
+                params = set(defense_parameters(chosen))
+        except ConfigError:
+            params = None
+        if params is None or name in params:
+            continue  # an unknown attack or defense name is its own error
+        valid = sorted(fields | params)
+        near = difflib.get_close_matches(name, valid, n=1)
+        hint = f"; did you mean {section}.{near[0]}?" if near else ""
+        return (
+            f"{origin.get(key, 'the cell')} sets {key!r}, which is neither a key of "
+            f"[{section}] nor a parameter of {section} {chosen!r}{hint} (valid: "
+            + ", ".join(valid)
+            + ")"
+        )
+    return ""
 
 
 def write_manifest(sweep: Sweep, root: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +65,9 @@ class Run:
     id: str
     path: Path
     labels: dict[str, str]
-    status: str  # "finished", "unfinished" (no summary.json yet) or "missing" (no directory)
+    # "finished", "unfinished" (no summary.json yet, or a damaged metrics.jsonl: left out
+    # with a warning) or "missing" (no directory)
+    status: str
     summary: dict[str, Any] | None = None
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
@@ -257,7 +260,11 @@ def _load_run(root: Path, run_id: str, rel: str, labels: dict[str, str]) -> Run:
         summary = json.loads((path / SUMMARY_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         summary = None
-    rounds = read_metrics(path / METRICS_FILE)
+    try:
+        rounds = read_metrics(path / METRICS_FILE)
+    except FedsecError as err:  # a torn line before the last: the run's numbers are unsure
+        print(f"fedsec: report: warning: run {run_id} left out: {err}", file=sys.stderr)
+        return Run(run_id, path, labels, "unfinished")
     if not isinstance(summary, dict):
         return Run(run_id, path, labels, "unfinished", rounds=rounds)
     return Run(run_id, path, labels, "finished", summary, rounds)
