@@ -461,3 +461,38 @@ def test_certified_accuracy_columns_for_runs_that_certified(tmp_path, capsys):
     assert _group(report, "multi-metrics", MR)["metrics"]["certified_accuracy@0"]["n"] == 0
     assert "| smoothed acc | certified @r=0 | certified @r=0.001 |" in md
     assert "noisy copies of the model" in md
+
+
+def _set_provenance(root, rel, commit, initial_model="m0"):
+    path = root / rel / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["provenance"] = {
+        "initial_model": initial_model,
+        "commits": [None if commit is None else {"commit": commit, "dirty": False}],
+    }
+    path.write_text(json.dumps(summary))
+
+
+def test_a_cell_whose_seeds_ran_at_different_commits_is_flagged(tmp_path, capsys):
+    root = make_sweep(tmp_path / "sweep")
+    for key, final in FINAL.items():
+        if final is not None:
+            _set_provenance(root, "defense={}/attack={}/seed={}".format(*key), "a" * 40)
+    # one seed of FedAvg's attacked cell ran at another commit
+    _set_provenance(root, f"defense=fedavg/attack={MR}/seed=1", "b" * 40, initial_model="m1")
+    report, md = _report(root)
+    assert report["mixed_commits"] == {f"fedavg / {MR}": ["a" * 40, "b" * 40]}
+    by_id = {r["id"]: r for r in report["runs"]}
+    assert by_id[f"defense=fedavg/attack={MR}/seed=1"]["commits"] == ["b" * 40]
+    assert by_id[f"defense=fedavg/attack={MR}/seed=1"]["initial_model"] == "m1"
+    assert _group(report, "fedavg", "none")["commits"] == ["a" * 40]
+    assert "1 cells mix runs from different source commits" in md
+    assert f"fedavg / {MR}: {'a' * 12}, {'b' * 12}" in md
+    assert "cells mix runs from different source commits" in capsys.readouterr().err
+
+
+def test_runs_without_provenance_are_not_flagged(tmp_path, capsys):
+    report, md = _report(make_sweep(tmp_path / "sweep"))
+    assert report["mixed_commits"] == {}
+    assert _group(report, "fedavg", MR)["commits"] == ["unknown"]
+    assert "source commits" not in md

@@ -455,3 +455,11 @@ def test_seeds_equal_up_to_float_noise_count_as_identical():
     assert stat["identical"] and stat["ci"] is None
     assert t_test_p(diffs, -1.0) is None
     assert sign_flip_p(diffs, -1.0) == pytest.approx(0.25)
+
+
+def test_a_seed_the_ranking_cannot_score_is_named_with_its_reason():
+    ma, ba = _tables([10.0, 12.0, 11.0], [30.0, 33.0, 31.0])
+    ba[("fedavg", "mr")]["1"] = 0.0  # FedAvg's BA 0: no relative BA term on seed 1
+    ranking = seed_rankings(ma, ba, ["fedavg", "good", "close"], ["mr"])
+    assert ranking["seeds"] == ["0", "2"]
+    assert ranking["dropped_seeds"] == {"1": "mr: fedavg's BA is 0"}

@@ -181,3 +181,29 @@ def test_summary_has_the_acceptance_only_for_rules_that_select_clients(tmp_path)
         summary = writer.finish({}, rule=defenses.build_defense(name, {}, seed=0).rule)
         assert ("attacker_acceptance" in summary) is selects
     assert summary["attacker_acceptance"]["rate"] == 1.0
+
+
+def test_a_run_records_its_commit_and_initial_model(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    from fedsec.config import load_config
+    from fedsec.pretrain import initial_state
+    from fedsec.results import state_digest
+    from fedsec.task import get_task
+    from tests.runs import run_cli, tiny_digits
+
+    out = tmp_path / "run"
+    run_cli(out, tiny_digits(rounds=1, seed=3))
+    provenance = json.loads((out / "summary.json").read_text())["provenance"]
+    config = load_config(out / "config.toml")
+    assert provenance["initial_model"] == state_digest(initial_state(get_task(config)))
+    (commit,) = provenance["commits"]
+    repo = Path(__file__).resolve().parents[1]
+    head = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    if head.returncode == 0:  # a git checkout, as in CI: the commit it ran at
+        assert commit["commit"] == head.stdout.strip()
+    else:
+        assert commit is None
