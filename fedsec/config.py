@@ -37,6 +37,7 @@ from fedsec.errors import ConfigError
 
 SCHEDULE_NAMES = ("fixed-frequency", "every-round", "random-pool")
 DEVICE_NAMES = ("cpu", "cuda", "auto")
+BATCH_CLIENTS = ("auto", "true", "false")
 
 
 @dataclass
@@ -107,6 +108,8 @@ class EngineConfig:
     round_timeout: float = 3600.0  # seconds the server waits for a round's replies
     connect_timeout: float = 600.0  # seconds to wait for every client to connect and answer
     checkpoint_every: int = 1  # rounds between checkpoints (0: none); see --resume
+    # train a round's honest clients together (fedsec.batched): auto (on CUDA), true, false
+    batch_clients: str = "auto"
 
 
 @dataclass
@@ -319,6 +322,18 @@ class ExperimentConfig:
         _positive("engine.round_timeout", e.round_timeout)
         _positive("engine.connect_timeout", e.connect_timeout)
         _at_least("engine.checkpoint_every", e.checkpoint_every, 0)
+        _one_of("engine.batch_clients", e.batch_clients, BATCH_CLIENTS)
+        if e.batch_clients == "true" and e.name != "inprocess":
+            raise ConfigError(
+                f"engine.batch_clients = true needs engine.name = 'inprocess' (the {e.name} "
+                "engine trains each client in its own ClientApp call); use auto or false"
+            )
+        if e.batch_clients == "true":
+            from fedsec.batched import model_problem
+
+            problem = model_problem(self.model.name)
+            if problem:
+                raise ConfigError(f"engine.batch_clients = true: {problem}; use auto or false")
         _at_least("defense.root_size", self.defense.root_size, 1)
         data_registry.check_available(d.name, d.dir or None)
         self._validate_attack_schedule()
@@ -477,6 +492,8 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
         raise ConfigError(f"{key} must be an integer, got {value!r}")
     if key == "train.exclude_clients" and isinstance(value, int) and not isinstance(value, bool):
         return str(value)  # --set train.exclude_clients=3 parses as an integer
+    if key == "engine.batch_clients" and isinstance(value, bool):
+        return "true" if value else "false"  # batch_clients = true is a TOML boolean
     if not isinstance(value, kind):
         raise ConfigError(f"{key} must be {_KIND_NAMES[kind]}, got {_typename(value)} {value!r}")
     return value
