@@ -11,8 +11,9 @@ process on the same device, the same clients, data, seeds and starting weights:
 
 Clients have unequal sizes (seeded, uniform in [0.5, 1.5] x ``--examples``), the models
 their dropout on, float32, batch ``--batch-size``, SGD with momentum 0.9 and weight
-decay 1e-4, as in a fedsec round. Each measurement is the best of ``--repeats`` after one
-warm-up round (vmap's tracing, cuDNN's algorithm choice, the allocator). It prints the
+decay 1e-4, as in a fedsec round. Each is the best of ``--repeats`` after one warm-up round
+(vmap's tracing, cuDNN's algorithm choice, the allocator), the two alternated so that
+they share the machine's drift. It prints the
 samples/s of each (examples x epochs / wall time, ``torch.cuda.synchronize`` around
 each on CUDA), their ratio (batched / sequential: > 1 means batching pays), the peak
 GPU memory of each (CUDA only: ``torch.cuda.max_memory_allocated`` above what was
@@ -96,24 +97,34 @@ def batched(model, data, seeds, device, epochs, batch_size):
     return [torch.cat([r.params[n].reshape(-1) for n in names]) for r in results]
 
 
-def measure(fn, device, repeats):
-    """Best wall time of ``repeats`` calls after a warm-up, the peak extra GPU memory
-    (bytes, None off CUDA) and the last call's result."""
-    fn()  # warm-up
-    best, peak = float("inf"), None
+def timed(fn, device):
+    """Wall time, peak extra GPU memory (bytes, None off CUDA) and result of one call."""
+    peak = None
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    start = time.perf_counter()
+    result = fn()
+    sync(device)
+    seconds = time.perf_counter() - start
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - base
+    return seconds, peak, result
+
+
+def measure_pair(first, second, device, repeats):
+    """Both after a warm-up each, then alternated ``repeats`` times (so that both share
+    the machine's drift): per function the best time, its peak memory and a result."""
+    first(), second()  # warm-up
+    best = [(float("inf"), None, None), (float("inf"), None, None)]
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            base = torch.cuda.memory_allocated(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        sync(device)
-        start = time.perf_counter()
-        result = fn()
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-        if device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(device) - base
-    return best, peak, result
+        for k, fn in enumerate((first, second)):
+            run = timed(fn, device)
+            if run[0] < best[k][0]:
+                best[k] = run
+    return best
 
 
 def mib(nbytes: int | None) -> str:
@@ -153,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"batched_clients: {props.name}, {props.total_memory / 2**30:.0f} GiB")
     print(
         f"batched_clients: device {device}, {epochs} local epoch(s), batch {args.batch_size}, "
-        f"float32, dropout on, best of {repeats} after a warm-up"
+        f"float32, dropout on, best of {repeats} alternated, after a warm-up"
     )
     ratios = []
     for name in args.models.split(","):
@@ -164,12 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.manual_seed(0)
             model = build_model(name, SHAPES[name], 10).to(device)
             samples = sum(len(y) for _, y in data) * epochs
-            t_seq, m_seq, w_seq = measure(
+            (t_seq, m_seq, w_seq), (t_bat, m_bat, w_bat) = measure_pair(
                 partial(sequential, model, data, seeds, device, epochs, args.batch_size),
-                device,
-                repeats,
-            )
-            t_bat, m_bat, w_bat = measure(
                 partial(batched, model, data, seeds, device, epochs, args.batch_size),
                 device,
                 repeats,

@@ -12,6 +12,8 @@ Then chunking, the config key, and the in-process engine end to end.
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -251,3 +253,29 @@ def test_a_batch_that_raises_fails_its_clients_only(tmp_path, monkeypatch) -> No
         assert r["failed_clients"] == honest
         assert all("batched training broke" in r["failed_reasons"][str(c)] for c in honest)
         assert r["accepted_clients"] == r["malicious_clients"]
+
+
+def test_benchmark_runs_without_flower() -> None:
+    """``benchmarks/batched_clients.py`` at a tiny size in a process where ``import flwr``
+    fails (the GPU machine has no Flower): it prints a line per model and round size."""
+    script = runs.REPO / "benchmarks" / "batched_clients.py"
+    code = (
+        "import runpy, sys\n"
+        "sys.modules['flwr'] = None\n"
+        f"sys.argv = [{str(script)!r}, '--device', 'cpu', '--quick', '--models', 'lenet,cnn',"
+        " '--clients', '2,3', '--examples', '4', '--threads', '1']\n"
+        f"runpy.run_path({str(script)!r}, run_name='__main__')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if "clients (" in line]
+    assert [line.split()[:2] for line in lines] == [
+        ["lenet", "2"],
+        ["lenet", "3"],
+        ["cnn", "2"],
+        ["cnn", "3"],
+    ]
+    assert all("samples/s, ratio" in line for line in lines)
+    assert "batched_speedup:" in proc.stdout
