@@ -214,10 +214,20 @@ ATTACKED = [
 ]
 
 
-def test_inprocess_engine_batches_honest_clients(tmp_path, capsys) -> None:
+def test_inprocess_engine_batches_honest_clients(tmp_path, capsys, monkeypatch) -> None:
     """End to end on the in-process engine, an attacker in every round: auto on the CPU
-    is the sequential path bit for bit (as false); true trains the honest clients
-    batched and the attacker apart, and gives the same rounds up to float32 rounding."""
+    is the sequential path bit for bit (as false); true trains the honest clients of
+    each round in one batch and the attacker apart, and gives the same rounds up to
+    float32 rounding."""
+    import fedsec.apps.client_app as client_app
+
+    batches = []
+
+    def recording(model, data, **kwargs):
+        batches.append(len(data))
+        return train_clients(model, data, **kwargs)
+
+    monkeypatch.setattr(client_app, "train_clients", recording)
     runs.run_cli(tmp_path / "false", [*ATTACKED, "engine.batch_clients=false"])
     assert "one client after another (engine.batch_clients = false)" in capsys.readouterr().out
     runs.run_cli(tmp_path / "auto", ATTACKED)
@@ -227,6 +237,8 @@ def test_inprocess_engine_batches_honest_clients(tmp_path, capsys) -> None:
     sequential = runs.rounds_without_time(tmp_path / "false")
     assert runs.rounds_without_time(tmp_path / "auto") == sequential
     together = runs.rounds_without_time(tmp_path / "true")
+    # one batch a round, of its honest clients (3 a round, 1 of them the attacker)
+    assert batches == [2, 2]
     for a, b in zip(sequential, together, strict=True):
         assert a["clients"] == b["clients"] and a["malicious_clients"] == b["malicious_clients"]
         assert b["failed_clients"] == [] and a["malicious_clients"]
