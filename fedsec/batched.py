@@ -218,16 +218,20 @@ def _batch_plan(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
     """Which example every client uses in every step, in ``train``'s order.
 
-    Returns ``index`` (clients, steps, batch_size): rows of the clients' concatenated data
+    Returns ``index`` (clients, steps, width): rows of the clients' concatenated data
     (a padding slot points at the client's first example); ``weight`` of the same shape:
     ``1 / b`` for the ``b`` real examples of that step's minibatch, 0 for padding;
     ``last_epoch`` (clients, steps): the step belongs to the client's last epoch; and the
-    number of steps of each client. Clients must come longest first.
+    number of steps of each client. Clients must come longest first. ``width`` is
+    ``batch_size``, or the largest client's size when every client is smaller than a
+    batch (then each takes one step an epoch on all its examples: padding to the batch
+    size would only add rows of weight 0).
     """
     total = max(epochs * math.ceil(n / batch_size) for n in sizes)
+    width = min(batch_size, max(sizes))
     c = len(sizes)
-    index = torch.zeros((c, total, batch_size), dtype=torch.long)
-    weight = torch.zeros((c, total, batch_size), dtype=torch.float64)
+    index = torch.zeros((c, total, width), dtype=torch.long)
+    weight = torch.zeros((c, total, width), dtype=torch.float64)
     last_epoch = torch.zeros((c, total), dtype=torch.bool)
     counts = []
     offset = 0
@@ -238,7 +242,8 @@ def _batch_plan(
         perms = torch.stack([torch.randperm(n, generator=order_rng) for _ in range(epochs)])
         slots = torch.full((epochs, per_epoch * batch_size), -1, dtype=torch.long)
         slots[:, :n] = perms
-        slots = slots.reshape(epochs * per_epoch, batch_size)
+        # a client's real examples fill the first min(n, batch_size) <= width columns
+        slots = slots.reshape(epochs * per_epoch, batch_size)[:, :width]
         real = slots >= 0
         rows = real.sum(dim=1, keepdim=True)
         count = epochs * per_epoch

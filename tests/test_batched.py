@@ -291,3 +291,23 @@ def test_benchmark_runs_without_flower() -> None:
     ]
     assert all("samples/s, ratio" in line for line in lines)
     assert "batched_speedup:" in proc.stdout
+
+
+def test_clients_smaller_than_a_batch_are_not_padded_to_it() -> None:
+    """Batch 512 (the paper's EMNIST setting) on clients of a few examples: one step an
+    epoch each on all its examples, the plan only as wide as the largest client, the
+    weights those of ``train`` (float64)."""
+    index, weight, _, counts = batched._batch_plan([9, 4], [1, 2], epochs=3, batch_size=512)
+    assert index.shape == (2, 3, 9) and counts == [3, 3]
+    assert torch.equal((weight > 0).sum(dim=2), torch.tensor([[9, 9, 9], [4, 4, 4]]))
+    model = _model("lenet")
+    data = _data("lenet", [9, 4])
+    hyper = {**HYPER, "batch_size": 512, "epochs": 3}
+    start = flatten_params(model)
+    for (w_seq, _), result in zip(
+        _sequential(model, data, [1, 2], **hyper),
+        train_clients(model, data, seeds=[1, 2], **hyper),
+        strict=True,
+    ):
+        w = _flat(model, result.params)
+        assert ((w - w_seq).norm() / (w_seq - start).norm()).item() < 1e-10
