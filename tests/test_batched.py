@@ -311,3 +311,18 @@ def test_clients_smaller_than_a_batch_are_not_padded_to_it() -> None:
     ):
         w = _flat(model, result.params)
         assert ((w - w_seq).norm() / (w_seq - start).norm()).item() < 1e-10
+
+
+def test_paper_shape_config_has_the_papers_emnist_settings() -> None:
+    """experiments/paper-scale/fashion-emnist-shape.toml: the EMNIST regime's training
+    settings exactly (emnist-base.toml's), its 3,383 clients and 30 a round, on
+    Fashion-MNIST, in-process with batch_clients = auto."""
+    from fedsec.config import ExperimentConfig, read_toml
+
+    paper = runs.REPO / "experiments" / "paper-scale"
+    shape = ExperimentConfig.from_dict(read_toml(paper / "fashion-emnist-shape.toml"))
+    emnist = ExperimentConfig.from_dict(read_toml(paper / "emnist-base.toml"))
+    assert shape.train == emnist.train and shape.model == emnist.model
+    assert (shape.data.name, shape.data.num_clients) == ("fashion-mnist", 3383)
+    assert (shape.data.partition, shape.data.alpha) == ("dirichlet", 0.5)
+    assert (shape.engine.name, shape.engine.batch_clients) == ("inprocess", "auto")
