@@ -147,7 +147,8 @@ def train_clients(
 ) -> list[ClientResult]:
     """Train one copy of ``model`` per client on ``data[i]`` with seed ``seeds[i]``, together.
 
-    Every client starts from ``model``'s weights (left unchanged) and trains as
+    Every client starts from ``model``'s weights (left unchanged; the model is moved to
+    ``device`` and set to train mode, as ``train`` does) and trains as
     ``fedsec.training.train(copy, x_i, y_i, epochs=..., seed=seeds[i], ...)`` would (see
     the module docstring for what is the same and what is not). Returns one
     :class:`ClientResult` per client, in the order of ``data``. Clients go in chunks of

@@ -30,7 +30,6 @@ def run_experiment_inprocess(
     from fedsec.apps.client_app import train_batch
     from fedsec.apps.server_app import OUTPUT_DIR_KEY, RESUME_KEY
     from fedsec.apps.server_app import app as server_app
-    from fedsec.batched import use_batched
     from fedsec.engines.inprocess import run_inprocess
 
     run_config = {
@@ -38,7 +37,6 @@ def run_experiment_inprocess(
         OUTPUT_DIR_KEY: str(Path(out_dir).resolve()),
         RESUME_KEY: resume,
     }
-    print(f"fedsec: training: {use_batched(config)[1]}", flush=True)
     run_inprocess(server_app, client_app, config.data.num_clients, run_config, train_batch)
 
 
@@ -74,6 +72,11 @@ ENGINES: Registry[Callable[..., None]] = Registry(
 def run_experiment(config: ExperimentConfig, out_dir: str | Path, resume: bool = False) -> None:
     """Run a validated experiment on the engine its config names.
 
-    ``resume`` continues the run in ``out_dir`` from its last checkpoint.
+    ``resume`` continues the run in ``out_dir`` from its last checkpoint. Prints which
+    path trains the clients (``fedsec.batched.use_batched``: batched or one by one).
     """
-    ENGINES.resolve(config.engine.name)(config, out_dir, resume=resume)
+    from fedsec.batched import use_batched
+
+    engine = ENGINES.resolve(config.engine.name)
+    print(f"fedsec: training: {use_batched(config)[1]}", flush=True)
+    engine(config, out_dir, resume=resume)
