@@ -149,8 +149,7 @@ def test_chunks_and_out_of_memory_split_the_round(monkeypatch) -> None:
 
     monkeypatch.setattr(batched, "_train_chunk", small_memory)
     split = train_clients(model, data, seeds=seeds, **HYPER)
-    assert tried == [5, 3, 2, 2, 2, 1] or tried[:3] == [5, 3, 2]
-    assert max(tried[2:]) <= 2
+    assert tried == [5, 3, 2, 2, 1]  # 5 and 3 fail; then chunks of 2, 2 and the last 1
     capped = train_clients(model, data, seeds=seeds, max_chunk=1, **HYPER)
     for a, b, c in zip(whole, split, capped, strict=True):
         assert torch.allclose(_flat(model, a.params), _flat(model, b.params), rtol=0, atol=1e-12)
