@@ -40,6 +40,7 @@ from fedsec.params import at_least, non_negative, positive
 
 SCHEDULE_NAMES = ("fixed-frequency", "every-round", "random-pool")
 DEVICE_NAMES = ("cpu", "cuda", "auto")
+BATCH_CLIENTS = ("auto", "true", "false")
 
 
 @dataclass
@@ -110,6 +111,8 @@ class EngineConfig:
     round_timeout: float = 3600.0  # seconds the server waits for a round's replies
     connect_timeout: float = 600.0  # seconds to wait for every client to connect and answer
     checkpoint_every: int = 1  # rounds between checkpoints (0: none); see --resume
+    # train a round's honest clients together (fedsec.batched): auto (on CUDA), true, false
+    batch_clients: str = "auto"
 
 
 @dataclass
@@ -317,6 +320,18 @@ class ExperimentConfig:
                 f"train.min_replies ({t.min_replies}) exceeds the {t.round_size(d.num_clients)} "
                 "clients a round can have without train.exclude_clients"
             )
+        _one_of("engine.batch_clients", e.batch_clients, BATCH_CLIENTS)
+        if e.batch_clients == "true" and e.name != "inprocess":
+            raise ConfigError(
+                f"engine.batch_clients = true needs engine.name = 'inprocess' (the {e.name} "
+                "engine trains each client in its own ClientApp call); use auto or false"
+            )
+        if e.batch_clients == "true":
+            from fedsec.batched import model_problem
+
+            problem = model_problem(self.model.name)
+            if problem:
+                raise ConfigError(f"engine.batch_clients = true: {problem}; use auto or false")
         _validate_log(self.log)
         data_registry.check_available(d.name, d.dir or None)
         self._validate_attack_schedule()
@@ -547,6 +562,8 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
         raise ConfigError(f"{key} must be an integer, got {value!r}")
     if key == "train.exclude_clients" and isinstance(value, int) and not isinstance(value, bool):
         return str(value)  # --set train.exclude_clients=3 parses as an integer
+    if key == "engine.batch_clients" and isinstance(value, bool):
+        return "true" if value else "false"  # batch_clients = true is a TOML boolean
     if not isinstance(value, kind):
         raise ConfigError(f"{key} must be {_KIND_NAMES[kind]}, got {_typename(value)} {value!r}")
     return value

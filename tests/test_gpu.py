@@ -62,6 +62,14 @@ round once per size and device, with a fresh rule; the tests share those results
   device.
 - ``test_every_exported_rule_is_exercised``: the rules above are every rule class that
   ``defenses.rules`` exports.
+
+Batched clients (``fedsec.batched``, issue 32):
+
+- ``test_batched_clients_match_sequential_on_cuda_fp64`` (gpu): a round of unequal
+  clients (LeNet 1x28x28: 37, 10, 64 and 3 examples, batch 16, 2 epochs; VGG-9 3x32x32:
+  20, 7 and 33, batch 8, 1 epoch) trained together on CUDA in float64 with dropout off:
+  each client's weights equal ``train``'s on CUDA and on the CPU to 1e-6 of the update,
+  its loss to 1e-6, its step count exactly. ``benchmarks/batched_clients.py`` times it.
 """
 
 from __future__ import annotations
@@ -616,3 +624,53 @@ def test_every_exported_rule_is_exercised() -> None:
     }
     variants = {rule.variant for rule in made if isinstance(rule, rules.MultiMetricsRule)}
     assert variants == {"paper", "reference"}
+
+
+# ---------------------------------------------------------- batched clients (fedsec.batched)
+
+#: Unequal clients (a short last batch, one client smaller than a batch) per model:
+#: (sizes, batch size, epochs). The CPU-side equality is tests/test_batched.py.
+BATCHED_ROUNDS = {"lenet": ((37, 10, 64, 3), 16, 2), "vgg9": ((20, 7, 33), 8, 1)}
+
+
+@gpu_test
+@pytest.mark.parametrize("model", MODELS)
+def test_batched_clients_match_sequential_on_cuda_fp64(
+    model: str, cuda_device: torch.device
+) -> None:
+    """``fedsec.batched.train_clients`` on CUDA, float64, dropout off: every client's
+    weights equal ``train``'s on CUDA and on the CPU to ``MATCH_TOL`` of the update, its
+    loss to ``MATCH_TOL`` relative, its step count exactly (module docstring: float64
+    separates rounding from a bug, float32 does not)."""
+    from fedsec.batched import train_clients
+
+    sizes, batch_size, epochs = BATCHED_ROUNDS[model]
+    shape = (1, 28, 28) if model == "lenet" else (3, 32, 32)
+    torch.manual_seed(SEED)
+    net = build_model(model, shape, NUM_CLASSES).double()
+    for module in net.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    g = torch.Generator().manual_seed(SEED)
+    data = [
+        (
+            torch.randn(n, *shape, generator=g, dtype=torch.float64),
+            torch.randint(0, NUM_CLASSES, (n,), generator=g),
+        )
+        for n in sizes
+    ]
+    seeds = [SEED + 17 * i for i in range(len(sizes))]
+    hyper = {"epochs": epochs, "batch_size": batch_size, "lr": 0.01}
+    start = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    results = train_clients(net, data, seeds=seeds, device=cuda_device, **hyper)
+    names = [name for name, _ in net.named_parameters()]
+    for (x, y), seed, result in zip(data, seeds, results, strict=True):
+        batched = torch.cat([result.params[n].reshape(-1) for n in names]).cpu()
+        for device in (cuda_device, CPU):
+            ref = copy.deepcopy(net)
+            stats = train(ref, x, y, seed=seed, device=device, **hyper)
+            ref_w = torch.cat([p.detach().reshape(-1) for p in ref.parameters()]).cpu()
+            rel = ((batched - ref_w).norm() / (ref_w - start.cpu()).norm()).item()
+            assert rel <= MATCH_TOL, f"{model}, {len(y)} examples, vs {device}: {rel:.1e}"
+            assert result.stats.loss == pytest.approx(stats.loss, rel=MATCH_TOL)
+            assert result.stats.num_steps == stats.num_steps

@@ -27,6 +27,7 @@ def run_experiment_inprocess(
 ) -> None:
     """The ``inprocess`` engine: the ServerApp and every ClientApp in this process."""
     from fedsec.apps.client_app import app as client_app
+    from fedsec.apps.client_app import train_batch
     from fedsec.apps.server_app import OUTPUT_DIR_KEY, RESUME_KEY
     from fedsec.apps.server_app import app as server_app
     from fedsec.engines.inprocess import run_inprocess
@@ -36,7 +37,7 @@ def run_experiment_inprocess(
         OUTPUT_DIR_KEY: str(Path(out_dir).resolve()),
         RESUME_KEY: resume,
     }
-    run_inprocess(server_app, client_app, config.data.num_clients, run_config)
+    run_inprocess(server_app, client_app, config.data.num_clients, run_config, train_batch)
 
 
 def train_inprocess(
@@ -47,10 +48,11 @@ def train_inprocess(
     ClientApp and strategy), without a run directory. Returns the summary and the final
     state dict."""
     from fedsec.apps.client_app import app as client_app
+    from fedsec.apps.client_app import train_batch
     from fedsec.engines.inprocess import in_process_grid
     from fedsec.server import run_federation
 
-    grid = in_process_grid(client_app, config.data.num_clients, config.to_flat())
+    grid = in_process_grid(client_app, config.data.num_clients, config.to_flat(), train_batch)
     return run_federation(grid, config.validate(), None, progress=progress)
 
 
@@ -70,6 +72,11 @@ ENGINES: Registry[Callable[..., None]] = Registry(
 def run_experiment(config: ExperimentConfig, out_dir: str | Path, resume: bool = False) -> None:
     """Run a validated experiment on the engine its config names.
 
-    ``resume`` continues the run in ``out_dir`` from its last checkpoint.
+    ``resume`` continues the run in ``out_dir`` from its last checkpoint. Prints which
+    path trains the clients (``fedsec.batched.use_batched``: batched or one by one).
     """
-    ENGINES.resolve(config.engine.name)(config, out_dir, resume=resume)
+    from fedsec.batched import use_batched
+
+    engine = ENGINES.resolve(config.engine.name)
+    print(f"fedsec: training: {use_batched(config)[1]}", flush=True)
+    engine(config, out_dir, resume=resume)
