@@ -348,7 +348,25 @@ def summary_line(summary: dict, out: Path) -> str:
     return f"fedsec: done: {'; '.join(parts)}; files in {out}"
 
 
+class _ProgressLines(logging.Handler):
+    """Prints the ``fedsec.progress`` records (loading data, fitting the tail density)
+    as ``fedsec: ...`` lines on stdout, looked up when printing (so a captured or
+    redirected stdout gets them), flushed at once."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"fedsec: {record.getMessage()}", flush=True)
+
+
+def _show_progress() -> None:
+    progress = logging.getLogger("fedsec.progress")
+    if not any(isinstance(h, _ProgressLines) for h in progress.handlers):
+        progress.addHandler(_ProgressLines())
+        progress.setLevel(logging.INFO)
+        progress.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    _show_progress()
     try:
         args = build_parser().parse_args(argv)
         return args.handler(args)
