@@ -361,7 +361,7 @@ class ExperimentConfig:
         ``ConfigError`` naming the round and the limit; returns the defense's caveats
         (what its parameters assume that some round breaks; it still aggregates).
         """
-        from defenses import build_defense
+        from defenses import build_rule  # the rule alone: no Flower import for --check
         from fedsec.sampling import AttackSchedule
 
         schedule = AttackSchedule.for_config(self)
@@ -380,7 +380,7 @@ class ExperimentConfig:
                     'use attack.schedule = "random-pool"'
                 )
             shapes.setdefault((len(clients), len(malicious)), server_round)
-        rule = build_defense(self.defense.name, self.defense.params, seed=self.seed).rule
+        rule = build_rule(self.defense.name, self.defense.params, seed=self.seed)
         caveats = []
         for (clients, attackers), server_round in sorted(shapes.items(), key=lambda s: s[1]):
             problem = rule.round_problem(clients, attackers)
