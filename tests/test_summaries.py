@@ -133,3 +133,47 @@ def test_partition_writes_under_runs_by_default(tmp_path, monkeypatch, capsys):
     written = tmp_path / "runs" / "partition-default.png"
     assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "partition.png").exists()
+
+
+@pytest.mark.parametrize("fraction_evaluate, evaluations", [(None, 3), (0.0, 0)])
+def test_the_readme_own_app_example_asks_for_no_evaluation(
+    server_identity, fraction_evaluate, evaluations
+):
+    """README.md's own-ServerApp example: with fraction_evaluate=0.0 a fedsec defense
+    sends no evaluate message, which a ClientApp without an evaluate handler could only
+    answer with an error ("No evaluate function registered"); Flower's default sends one
+    to every node."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    from defenses import build_defense
+    from fedsec.engines.inprocess import InProcessGrid
+
+    client = ClientApp()
+
+    @client.train()
+    def train(msg, context):
+        arrays = msg.content["arrays"]
+        return Message(
+            RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 5})}),
+            reply_to=msg,
+        )
+
+    grid = InProcessGrid(client, num_nodes=3, run_config={})
+    sent = []
+    push = grid.push_messages
+
+    def recording_push(messages):
+        messages = list(messages)
+        sent.extend(m.metadata.message_type for m in messages)
+        return push(messages)
+
+    grid.push_messages = recording_push
+    extra = {} if fraction_evaluate is None else {"fraction_evaluate": fraction_evaluate}
+    strategy = build_defense("multi-metrics", {"keep_fraction": 0.3}, **extra)
+    strategy.min_available_nodes = strategy.min_train_nodes = 3
+    initial = ArrayRecord({"w": Array(np.zeros(4, dtype=np.float32))})
+    strategy.start(grid=grid, initial_arrays=initial, num_rounds=1)
+    assert sent.count("train") == 3
+    assert sent.count("evaluate") == evaluations
