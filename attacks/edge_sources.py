@@ -34,9 +34,11 @@ count is part of the key because it changes the last bits of the scores.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -117,8 +119,6 @@ def tail_cache_key(
     """Everything the tail density depends on: the training images' content, the
     candidates, the seed, the fit's settings and thread count, the algorithm's version
     and scikit-learn's."""
-    from importlib.metadata import version
-
     return {
         "algorithm": TAIL_ALGORITHM_VERSION,
         "x_train": array_digest(x_train),
@@ -128,15 +128,13 @@ def tail_cache_key(
         "pca_dims": TAIL_PCA_DIMS,
         "components": TAIL_COMPONENTS,
         "fit_size": TAIL_FIT_SIZE,
-        "scikit-learn": version("scikit-learn"),
+        "scikit-learn": metadata.version("scikit-learn"),
         "numpy": np.__version__,
     }
 
 
 def tail_cache_path(key: dict) -> Path:
     """The cache file of ``key`` (:func:`tail_cache_key`)."""
-    import hashlib
-
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir(TAIL_CACHE_KIND) / f"tail-seed{key['seed']}-{digest}.npz"
 
