@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 
 import torch
-from scipy.stats import norm
 
 #: Perturbation directions ``p`` of Min-Max / Min-Sum (the paper's three).
 DIRECTIONS = ("unit", "std", "sign")
@@ -49,6 +48,8 @@ def alie_z(num_clients: int, num_attackers: int, formula: str = "paper") -> floa
     s = math.floor(num_clients / 2 + 1) - num_attackers
     if s <= 0:
         raise ValueError(f"{num_attackers} attackers of {num_clients} clients are a majority")
+    from scipy.stats import norm  # 1 s to import: only when an ALIE update is crafted
+
     if formula == "paper":
         return float(norm.ppf((num_clients - s) / num_clients))
     if formula == "benign-share":

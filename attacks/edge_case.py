@@ -70,6 +70,8 @@ class EdgeCase(BackdoorAttack):
 
     # resolved and cached state (not parameters)
     data_name: str | None = _state(None)  # set by check(); resolves edge_case = "auto"
+    # set by check(): the BLAS threads the tail density is fitted with (engine.client_num_cpus)
+    fit_threads: int | None = _state(None)
     tail_indices: np.ndarray | None = _state(None)  # tail: the removed training indices
     _edge_train: np.ndarray | None = _state(None)  # the attacker's edge-case pool
     _edge_test: np.ndarray | None = _state(None)
@@ -128,6 +130,7 @@ class EdgeCase(BackdoorAttack):
     # ------------------------------------------------------------------ validation
     def check(self, config, dataset) -> None:
         self.data_name = config.data.name
+        self.fit_threads = config.engine.client_num_cpus
         source, data = self.source, config.data.name
         if source == "ardis" and data not in src.ARDIS_DATASETS:
             raise ConfigError(
@@ -221,7 +224,7 @@ class EdgeCase(BackdoorAttack):
         size = int((dataset.y_train == self.source_class).sum())
         edge, _, test = self.counts(size)
         chosen = src.select_tail(
-            dataset.x_train, dataset.y_train, self.source_class, edge + test, seed
+            dataset.x_train, dataset.y_train, self.source_class, edge + test, seed, self.fit_threads
         )
         order = np.random.default_rng(derive_seed(seed, "tail-split")).permutation(len(chosen))
         self.tail_indices = np.sort(chosen)

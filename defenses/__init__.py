@@ -23,6 +23,7 @@ from fedsec.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from .adapter import DefenseStrategy
+    from .rules import AggregationRule
 
 #: Config name, module in ``strategies/``, strategy class. The strategies need Flower and
 #: are imported on first use, so that ``import defenses.rules`` (the math) loads neither
@@ -78,7 +79,10 @@ def defense_names() -> list[str]:
 
 def defense_parameters(name: str) -> dict[str, Any]:
     """The parameters a config may set for defense ``name``, with their defaults."""
-    rule_class = _strategy_class(name).rule_class
+    return _parameters(_strategy_class(name).rule_class)
+
+
+def _parameters(rule_class: type) -> dict[str, Any]:
     return {
         spec.name: spec.default
         for spec in fields(rule_class)
@@ -107,9 +111,34 @@ def build_defense(
     parameter, a wrong type or a value out of range.
     """
     cls = _strategy_class(name)
+    kwargs = _rule_kwargs(name, params, seed, cls.rule_class)
+    if cls.needs_root_update:
+        strategy_kwargs["root_update_fn"] = root_update_fn
+    if cls.needs_model_probe:
+        strategy_kwargs["model_probe"] = model_probe
+    return cls(**kwargs, **strategy_kwargs)
+
+
+def build_rule(name: str, params: dict[str, Any], *, seed: int = 0) -> AggregationRule:
+    """The aggregation rule of defense ``name`` with ``params``, checked exactly as
+    :func:`build_defense` checks them, without the Flower strategy: what config
+    validation asks (``fedsec run --check``), and it imports no Flower."""
+    from .rules import RULES
+
+    if not isinstance(name, str) or name not in DEFENSES.names():
+        DEFENSES.resolve(name)  # the one-line error naming the valid defenses
+    rule_class = RULES[name]
+    rule = rule_class(**_rule_kwargs(name, params, seed, rule_class))
+    rule.validate()
+    return rule
+
+
+def _rule_kwargs(name: str, params: Any, seed: int, rule_class: type) -> dict[str, Any]:
+    """``params`` checked (a table of the rule's parameters, no ``seed``) plus the seed
+    for a rule that takes one."""
     if not isinstance(params, dict):
         raise ConfigError(f"defense {name!r}: parameters must be a table, got {params!r}")
-    valid = defense_parameters(name)
+    valid = _parameters(rule_class)
     if SEED_PARAMETER in params:
         raise ConfigError(
             f"defense {name!r}: 'seed' is not a defense parameter; the experiment's seed "
@@ -122,13 +151,9 @@ def build_defense(
             f"{', '.join(valid) or '(none)'}"
         )
     kwargs = dict(params)
-    if SEED_PARAMETER in {spec.name for spec in fields(cls.rule_class)}:
+    if SEED_PARAMETER in {spec.name for spec in fields(rule_class)}:
         kwargs[SEED_PARAMETER] = seed
-    if cls.needs_root_update:
-        strategy_kwargs["root_update_fn"] = root_update_fn
-    if cls.needs_model_probe:
-        strategy_kwargs["model_probe"] = model_probe
-    return cls(**kwargs, **strategy_kwargs)
+    return kwargs
 
 
 def _strategy_class(name: str) -> type[DefenseStrategy]:
@@ -160,6 +185,7 @@ __all__ = [
     "TrimmedMean",
     "WeakDP",
     "build_defense",
+    "build_rule",
     "defense_names",
     "defense_parameters",
 ]

@@ -6,6 +6,7 @@
     fedsec sweep SWEEP.toml [--set section.key=value ...] [--out DIR] [--parallel N] [--dry-run]
                         [--only AXIS=LABEL,... ...] [--reuse DIR ...]
     fedsec partition [CONFIG.toml] [--set ...] [--out FILE.png]
+                        (default --out: runs/partition-<config>.png)
 
 A user error (bad config, missing data) prints one line and exits with code 2 before
 any training starts. Nothing is lost: ``--out`` refuses a directory that holds another
@@ -31,7 +32,9 @@ from fedsec.results import (
     METRICS_FILE,
     RUN_FILES,
     SUMMARY_FILE,
+    attack_window,
     differences_words,
+    precision_bound,
     read_metrics,
     run_state,
 )
@@ -128,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     part = sub.add_parser("partition", help="plot the per-client label histogram as a PNG")
     _config_args(part)
-    part.add_argument("--out", default="partition.png", help="PNG file to write")
+    part.add_argument(
+        "--out", help="PNG file to write (default: runs/partition-<config>.png, beside the runs)"
+    )
     part.set_defaults(handler=cmd_partition)
     unlearning_cli.register(sub)
     report.register(sub)
@@ -299,7 +304,7 @@ def _finish_run(out: Path) -> int:
     """Print the run's summary line; fail the run if no round produced a new model."""
     summary = _read_summary(out)
     rounds = read_metrics(out / METRICS_FILE)
-    print(summary_line(summary, out))
+    print(summary_line(summary, out, rounds))
     kept = [r for r in rounds if r.get("kept_previous_model")]
     if rounds and len(kept) == len(rounds):
         reason = kept[0].get("kept_previous_reason", "no usable reply")
@@ -413,20 +418,50 @@ def showcase_verdict(sweep) -> str:
     """What happened in the showcase, in one plain sentence with the numbers."""
     clauses = []
     for run in sweep.runs:
-        s = json.loads((run.dir / SUMMARY_FILE).read_text(encoding="utf-8"))
-        ba, ma = s.get("final_backdoor_accuracy"), s["final_main_accuracy"]
-        if ba is None:  # an attack without a backdoor (set with --set)
-            clauses.append(f"ran against {run.labels['defense']} (main accuracy {ma:.1%})")
-            continue
-        # Backdoor accuracy is the share of edge-case inputs classified as the target.
-        outcome = (
-            "got through" if ba >= 0.5 else "was stopped by" if ba < 0.2 else "partly got through"
-        )
-        clauses.append(
-            f"{outcome} {run.labels['defense']} (final backdoor accuracy "
-            f"{ba:.1%}, main accuracy {ma:.1%})"
-        )
+        summary = json.loads((run.dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+        rounds = read_metrics(run.dir / METRICS_FILE)
+        clauses.append(verdict_clause(run.labels["defense"], summary, rounds))
     return f"the {sweep.runs[0].config.attack.name} attack " + " and ".join(clauses) + "."
+
+
+#: A backdoor got through when its BA averaged at least this over the attack window,
+#: and was stopped when it never reached STOPPED; in between it partly got through.
+GOT_THROUGH, STOPPED = 0.5, 0.2
+#: A max - min of BA over the attack window at least this large is called a swing.
+SWING = 0.3
+
+
+def verdict_clause(defense: str, summary: dict, rounds: list[dict]) -> str:
+    """How the attack fared against ``defense``, judged on the attack window
+    (:func:`fedsec.results.attack_window`: the rounds from the first attack round on),
+    not on the final round alone: a BA that swings between 7% and 97% from round to
+    round is neither stopped nor 37% because the last round read 37%."""
+    ma = summary["final_main_accuracy"]
+    window = attack_window(rounds)
+    if window is None:  # an attack without a backdoor (set with --set), or no attack round
+        return f"ran against {defense} (main accuracy {ma:.1%})"
+    # Backdoor accuracy is the share of edge-case inputs classified as the target.
+    if window["max"] < STOPPED:
+        outcome = "was stopped by"
+    elif window["mean"] >= GOT_THROUGH:
+        outcome = "got through"
+    else:
+        outcome = "partly got through"
+    span = (
+        f"round {window['first_round']}"
+        if window["first_round"] == window["last_round"]
+        else f"rounds {window['first_round']}-{window['last_round']}"
+    )
+    swing = (
+        f", swinging between {window['min']:.1%} and {window['max']:.1%}"
+        if window["max"] - window["min"] >= SWING
+        else ""
+    )
+    return (
+        f"{outcome} {defense} (backdoor accuracy over the attack {span}: mean "
+        f"{window['mean']:.1%}, max {window['max']:.1%}{swing}; final {window['final']:.1%}; "
+        f"main accuracy {ma:.1%})"
+    )
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
@@ -440,13 +475,26 @@ def cmd_partition(args: argparse.Namespace) -> int:
     title = f"{d.name}: {d.num_clients} clients, {d.partition}" + (
         f" (alpha={d.alpha})" if d.partition == "dirichlet" else ""
     )
-    plot_label_histogram(hist, args.out, classes=task.dataset.classes, title=title)
-    print(f"fedsec: wrote {args.out}")
+    out = Path(args.out) if args.out else partition_default_path(args.config)
+    plot_label_histogram(hist, out, classes=task.dataset.classes, title=title)
+    print(f"fedsec: wrote {out}")
     return 0
 
 
-def summary_line(summary: dict, out: Path) -> str:
-    """One line: final accuracies, detection, rounds that kept the model, where the files are."""
+def partition_default_path(config: str | None) -> Path:
+    """Where ``fedsec partition`` writes without ``--out``: ``runs/partition-<config>.png``
+    (the config file's stem, ``default`` for the built-in experiment), beside the
+    ``runs/<config>-<time>`` folders of ``fedsec run``, not into the working folder."""
+    return Path("runs") / f"partition-{Path(config or DEFAULT_EXPERIMENT).stem}.png"
+
+
+def summary_line(summary: dict, out: Path, rounds: list[dict] | None = None) -> str:
+    """One line: final accuracies, detection, rounds that kept the model, where the files are.
+
+    With the run's ``rounds``, a defense that keeps a fixed number of clients a round
+    (``detection.selection_quota``) gets its precision explained: such a rule rejects
+    the rest whatever it sees, so its precision is bounded by the attackers a round
+    holds (:func:`fedsec.results.precision_bound`)."""
     parts = [f"{summary['rounds']} rounds"]
     if "final_main_accuracy" in summary:
         parts.append(
@@ -464,6 +512,8 @@ def summary_line(summary: dict, out: Path) -> str:
         for key, name in (("precision", "precision"), ("recall", "recall"), ("auroc", "AUROC"))
         if detection.get(key) is not None
     ]
+    if judged and detection.get("precision") is not None and detection.get("selection_quota"):
+        judged[0] += quota_note(detection["selection_quota"], rounds or [])
     if judged:
         parts.append("detection " + ", ".join(judged))
     kept = summary.get("kept_previous_model_rounds", 0)
@@ -472,7 +522,38 @@ def summary_line(summary: dict, out: Path) -> str:
     return f"fedsec: done: {'; '.join(parts)}; files in {out}"
 
 
+def quota_note(quota: str, rounds: list[dict]) -> str:
+    """Why a fixed-quota defense's precision is what it is, with the bound computed on
+    ``rounds`` ("" when they rejected no one)."""
+    bound = precision_bound(rounds)
+    if bound is None:
+        return f" (the defense {quota})"
+    return (
+        f" (at most {bound['bound']:.2f} here: the defense {quota}, so of its "
+        f"{bound['rejected']} rejections at most {bound['right_at_most']} could be "
+        f"the {bound['attackers']} attackers it judged)"
+    )
+
+
+class _ProgressLines(logging.Handler):
+    """Prints the ``fedsec.progress`` records (loading data, fitting the tail density)
+    as ``fedsec: ...`` lines on stdout, looked up when printing (so a captured or
+    redirected stdout gets them), flushed at once."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"fedsec: {record.getMessage()}", flush=True)
+
+
+def _show_progress() -> None:
+    progress = logging.getLogger("fedsec.progress")
+    if not any(isinstance(h, _ProgressLines) for h in progress.handlers):
+        progress.addHandler(_ProgressLines())
+        progress.setLevel(logging.INFO)
+        progress.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    _show_progress()
     try:
         args = build_parser().parse_args(argv)
         return args.handler(args)

@@ -409,7 +409,7 @@ class ExperimentConfig:
         ``ConfigError`` naming the round and the limit; returns the defense's caveats
         (what its parameters assume that some round breaks; it still aggregates).
         """
-        from defenses import build_defense
+        from defenses import build_rule  # the rule alone: no Flower import for --check
         from fedsec.sampling import AttackSchedule
 
         schedule = AttackSchedule.for_config(self)
@@ -426,7 +426,7 @@ class ExperimentConfig:
                     f"train.clients_per_round to {clients} or attack.num_attackers, or "
                     'use attack.schedule = "random-pool"'
                 )
-        rule = build_defense(self.defense.name, self.defense.params, seed=self.seed).rule
+        rule = build_rule(self.defense.name, self.defense.params, seed=self.seed)
         caveats = []
         a = self.attack
         if schedule.enabled and a.start_round > self.train.rounds:  # end_round = 0 here

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fedsec.atomic import atomic_torch_save
+from fedsec.cache import array_digest, cache_dir
 from fedsec.seeding import derive_seed
 from fedsec.task import FederatedTask, resolve_device
 from fedsec.training import train
@@ -84,20 +83,8 @@ def _cache_path(task: FederatedTask) -> Path:
         "threads": cfg.engine.client_num_cpus,
         # What pre-training actually sees: an attack may have edited the training split
         # (a "tail" edge case takes its examples out), so the name alone is not enough.
-        "train_split": _digest(task.dataset.x_train, task.dataset.y_train),
+        "train_split": array_digest(task.dataset.x_train, task.dataset.y_train),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    root = Path(t.pretrain_cache or os.environ.get("FEDSEC_CACHE", "~/.cache/fedsec"))
-    if not t.pretrain_cache:
-        root = root / "pretrained"
     name = f"{cfg.data.name}-{cfg.model.name}-seed{cfg.seed}-e{t.pretrain_epochs}-{digest}.pt"
-    return root.expanduser() / name
-
-
-def _digest(*arrays) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        h.update(f"{array.dtype}{array.shape}".encode())
-        h.update(memoryview(array).cast("B"))
-    return h.hexdigest()
+    return cache_dir("pretrained", t.pretrain_cache) / name

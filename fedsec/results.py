@@ -349,6 +349,67 @@ def attacker_acceptance(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
+def attack_window(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Backdoor accuracy over the attack window: the rounds from the first one with an
+    attacker (non-empty ``malicious_clients``) to the last round, those of them that
+    measured BA. A backdoor's BA can swing from round to round (an attacker every other
+    round, or a model the next honest round repairs), so one final value can say the
+    opposite of what the run did; the window's mean, max and min say it whole.
+
+    Returns ``{"first_round", "last_round", "rounds", "mean", "max", "min", "final"}``
+    (accuracies as fractions, ``rounds`` the number measured), or None without an
+    attack round that measured BA.
+    """
+    starts = [r["round"] for r in rounds if r.get("malicious_clients")]
+    if not starts:
+        return None
+    values = [
+        (r["round"], r["backdoor_accuracy"])
+        for r in rounds
+        if r["round"] >= starts[0] and r.get("backdoor_accuracy") is not None
+    ]
+    if not values:
+        return None
+    ba = np.array([v for _, v in values], dtype=float)
+    return {
+        "first_round": values[0][0],
+        "last_round": values[-1][0],
+        "rounds": len(values),
+        "mean": float(ba.mean()),
+        "max": float(ba.max()),
+        "min": float(ba.min()),
+        "final": float(ba[-1]),
+    }
+
+
+def precision_bound(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The highest detection precision a rule that rejects a fixed number of clients a
+    round could reach on these rounds, whatever it saw.
+
+    A round that judged clients rejected ``len(rejected_clients)`` of them; at most
+    ``min(attackers judged, rejected)`` of those rejections can be attackers. Summed
+    over the rounds: ``{"bound": sum of those / rejections, "rejected", "attackers"
+    (the judged attackers), "right_at_most"}``; None when no round rejected anyone.
+    """
+    rejected = attackers = right = 0
+    for r in rounds:
+        if r.get("rejected_clients") is None:
+            continue
+        judged = set(r["rejected_clients"]) | set(r.get("accepted_clients", []))
+        bad = len(judged & set(r.get("malicious_clients") or []))
+        rejected += len(r["rejected_clients"])
+        attackers += bad
+        right += min(bad, len(r["rejected_clients"]))
+    if not rejected:
+        return None
+    return {
+        "bound": right / rejected,
+        "rejected": rejected,
+        "attackers": attackers,
+        "right_at_most": right,
+    }
+
+
 def detection_auroc(
     rounds: list[dict[str, Any]], higher_score_is_suspicious: bool = True
 ) -> tuple[float | None, int]:

@@ -2,12 +2,18 @@
 
 A ``FederatedTask`` is built once per process and cached (a Ray worker hosting many
 virtual clients, or the in-process engine, loads and partitions the data once), then
-shared by the ServerApp and every ClientApp call in that process.
+shared by the ServerApp and every ClientApp call in that process. What a task derives
+from the data at some cost (an edge-case attack's tail density) is cached on disk as
+well (:mod:`attacks.edge_sources`), so other processes reuse it.
+
+Long preparation steps are announced on the ``fedsec.progress`` logger (INFO), which
+the ``fedsec`` command prints and library use leaves silent.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +46,10 @@ EVASION_SCALE = "evasion-scale"
 #: adds it to the facts); in the reply, an ArrayRecord holding the attacker's optimised
 #: one under ``"trigger"``, which the adversary stage removes before the defense.
 TRIGGER = "attack-trigger"
+
+#: Progress of slow preparation steps (loading data, the tail density); ``fedsec.cli``
+#: prints its INFO records.
+PROGRESS = logging.getLogger("fedsec.progress")
 
 
 @dataclass(frozen=True)
@@ -188,6 +198,7 @@ _TASK_CACHE_SIZE = 4
 
 def _build(config: ExperimentConfig) -> tuple[Dataset, tuple[np.ndarray, ...], Attack | None]:
     d = config.data
+    PROGRESS.info("loading %s ...", d.name)
     dataset = load_dataset(d.name, d.dir or None)
     attack = build_attack(config, dataset)
     if attack is not None:

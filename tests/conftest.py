@@ -66,3 +66,14 @@ def server_identity(monkeypatch):
 
     for attribute in ("_task_id", "_run_id", "_node_id"):
         monkeypatch.setattr(TaskIdentity, attribute, 1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fedsec_cache(tmp_path_factory) -> Path:
+    """Every on-disk cache fedsec writes without a folder of its own in the config
+    (pre-trained models, tail densities; ``FEDSEC_CACHE``) goes to a session folder,
+    never ``~/.cache/fedsec``; child processes inherit it."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("fedsec-cache")
+        patch.setenv("FEDSEC_CACHE", str(folder))
+        yield folder

@@ -34,8 +34,14 @@ def test_run_without_config_runs_the_showcase_side_by_side(tmp_path, capsys):
             len(r["malicious_clients"]) == 1 and r["backdoor_accuracy"] is not None for r in rounds
         )
         summary = json.loads((run_dir / "summary.json").read_text())
+        # judged on the attack window (every round has the attacker): mean and max of BA
+        ba = [r["backdoor_accuracy"] for r in rounds]
         assert (
-            f"{defense} (final backdoor accuracy {summary['final_backdoor_accuracy']:.1%}, "
+            f"{defense} (backdoor accuracy over the attack rounds 1-2: mean "
+            f"{sum(ba) / len(ba):.1%}, max {max(ba):.1%}"
+        ) in verdict
+        assert (
+            f"final {summary['final_backdoor_accuracy']:.1%}; "
             f"main accuracy {summary['final_main_accuracy']:.1%})"
         ) in verdict
         cfg = ExperimentConfig.from_dict(summary["config"])

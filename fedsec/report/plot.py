@@ -6,6 +6,7 @@ untouched); matplotlib is imported only here, when a figure is drawn.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,10 @@ def plot_curves(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
                 ax.text(
                     0.5, 0.5, "no finished run", ha="center", va="center", transform=ax.transAxes
                 )
-            ax.set_title(f"{report['cols']}={cv}" if report["cols"] else ALL, fontsize="medium")
+            ax.set_title(
+                f"{report['cols']}={cv}" if report["cols"] else _panel_title(report, s, cv),
+                fontsize="medium",
+            )
             ax.set_ylim(-2, 102)
             ax.set_xlabel("round")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -93,6 +97,38 @@ def plot_curves(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
         fig.savefig(out_dir / name, format="png", dpi=90)
         written[title] = name
     return written
+
+
+def _panel_title(report: dict[str, Any], s: dict[str, Any], cv: str) -> str:
+    """The title of a panel that no column axis names (the showcase's one panel): the
+    attack its runs share, read from their summaries ("attack: edge-case-pgd-replacement
+    (tail)"), or the attacks they ran; the column value (``all``) only when no summary
+    says."""
+    dirs = {r["id"]: r["dir"] for r in report.get("runs", [])}
+    attacks = []
+    for g in s["groups"]:
+        if g["col"] != cv:
+            continue
+        for run_id in g["runs"]:
+            try:
+                summary = json.loads((Path(dirs[run_id]) / "summary.json").read_text("utf-8"))
+            except (KeyError, OSError, ValueError):
+                continue
+            attack = (summary.get("config") or {}).get("attack") or {}
+            name = attack.get("name", "none")
+            details = [attack.get("edge_case")]
+            details += (
+                [f"evasion {attack['evasion']}"] if attack.get("evasion", "none") != "none" else []
+            )
+            detail = ", ".join(d for d in details if d)
+            label = "no attack" if name == "none" else name + (f" ({detail})" if detail else "")
+            if label not in attacks:
+                attacks.append(label)
+    if not attacks:
+        return cv
+    if attacks == ["no attack"]:
+        return "no attack"
+    return ("attack: " if len(attacks) == 1 else "attacks: ") + ", ".join(attacks)
 
 
 #: What a heatmap's colour measures: BA above the no-attack baseline for a backdoor,
