@@ -19,7 +19,7 @@ import torch
 from fedsec.atomic import atomic_torch_save
 from fedsec.cache import array_digest, cache_dir
 from fedsec.seeding import derive_seed
-from fedsec.task import FederatedTask, resolve_device
+from fedsec.task import FederatedTask, kernel_family, resolve_device
 from fedsec.training import train
 
 
@@ -81,6 +81,8 @@ def _cache_path(task: FederatedTask) -> Path:
         "weight_decay": t.weight_decay,
         "torch": torch.__version__,
         "threads": cfg.engine.client_num_cpus,
+        # other kernels (an AVX2 CPU, a GPU) pre-train another model from the same seed
+        "kernels": kernel_family(resolve_device(cfg.engine.device)),
         # What pre-training actually sees: an attack may have edited the training split
         # (a "tail" edge case takes its examples out), so the name alone is not enough.
         "train_split": array_digest(task.dataset.x_train, task.dataset.y_train),

@@ -162,9 +162,10 @@ class RunWriter:
         :func:`state_digest` of the round-0 model of a fresh run ("" on resume, which keeps
         the one recorded when the run started).
 
-    ``provenance.json`` records the initial model's digest and the source commit of every
-    start and resume (``commits``); ``summary.json`` carries it as ``provenance``, so a
-    report can tell a cell whose seeds come from different programs.
+    ``provenance.json`` records the initial model's digest and the source commit and the
+    kernel family (``fedsec.task.kernel_family``) of every start and resume (``commits``,
+    ``kernels``); ``summary.json`` carries it as ``provenance``, so a report can tell a
+    cell whose seeds come from different programs or machines.
     """
 
     def __init__(
@@ -192,6 +193,11 @@ class RunWriter:
         self._started = time.time() - self.elapsed_before
         self.provenance = self._record_provenance(initial_model, resumed=keep_rounds > 0)
 
+    def _kernels(self) -> str:
+        from fedsec.task import kernel_family, resolve_device
+
+        return kernel_family(resolve_device(self.config.engine.device))
+
     def _record_provenance(self, initial_model: str, resumed: bool) -> dict[str, Any]:
         path = self.out_dir / PROVENANCE_FILE
         previous: dict[str, Any] = {}
@@ -203,6 +209,8 @@ class RunWriter:
         provenance = {
             "initial_model": previous.get("initial_model") or initial_model or None,
             "commits": [*previous.get("commits", []), source_commit()],
+            # the kernels of every start and resume: another CPU family rounds differently
+            "kernels": [*previous.get("kernels", []), self._kernels()],
         }
         atomic_write_text(path, json.dumps(provenance, indent=1) + "\n")
         return provenance

@@ -220,6 +220,18 @@ def _tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
 
 
+def kernel_family(device: torch.device) -> str:
+    """Which kernels compute on ``device``: the CPU's instruction set as torch uses it
+    (``cpu:AVX512``, ``cpu:AVX2``, ...) or the GPU's name. The same code, seed and thread
+    count round differently on another family: a lenet pre-trained on an AVX-512 CPU
+    differs from one pre-trained on an AVX2 CPU by up to 0.75 in a weight, and the
+    regime map's lenet / RFA / edge-case PGD / seed 1 cell then ends at 97.5 / 31.0
+    instead of 97.1 / 29.0 (experiments/regimes/README.md)."""
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"{device.type}:{torch.backends.cpu.get_cpu_capability()}"
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; an explicit ``cuda`` without a GPU is an error."""
     if name == "auto":

@@ -463,12 +463,13 @@ def test_certified_accuracy_columns_for_runs_that_certified(tmp_path, capsys):
     assert "noisy copies of the model" in md
 
 
-def _set_provenance(root, rel, commit, initial_model="m0"):
+def _set_provenance(root, rel, commit, initial_model="m0", kernels="cpu:AVX512"):
     path = root / rel / "summary.json"
     summary = json.loads(path.read_text())
     summary["provenance"] = {
         "initial_model": initial_model,
         "commits": [None if commit is None else {"commit": commit, "dirty": False}],
+        "kernels": [kernels],
     }
     path.write_text(json.dumps(summary))
 
@@ -489,10 +490,17 @@ def test_a_cell_whose_seeds_ran_at_different_commits_is_flagged(tmp_path, capsys
     assert "1 cells mix runs from different source commits" in md
     assert f"fedavg / {MR}: {'a' * 12}, {'b' * 12}" in md
     assert "cells mix runs from different source commits" in capsys.readouterr().err
+    assert report["mixed_kernels"] == {}
+    # the same commit on another CPU family: flagged too
+    _set_provenance(root, f"defense=fedavg/attack={MR}/seed=1", "a" * 40, kernels="cpu:AVX2")
+    report, md = _report(root)
+    assert report["mixed_commits"] == {}
+    assert report["mixed_kernels"] == {f"fedavg / {MR}": ["cpu:AVX2", "cpu:AVX512"]}
+    assert f"fedavg / {MR}: cpu:AVX2, cpu:AVX512" in md
 
 
 def test_runs_without_provenance_are_not_flagged(tmp_path, capsys):
     report, md = _report(make_sweep(tmp_path / "sweep"))
-    assert report["mixed_commits"] == {}
+    assert report["mixed_commits"] == {} and report["mixed_kernels"] == {}
     assert _group(report, "fedavg", MR)["commits"] == ["unknown"]
     assert "source commits" not in md

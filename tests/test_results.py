@@ -187,6 +187,8 @@ def test_a_run_records_its_commit_and_initial_model(tmp_path):
     import subprocess
     from pathlib import Path
 
+    import torch
+
     from fedsec.config import load_config
     from fedsec.pretrain import initial_state
     from fedsec.results import state_digest
@@ -198,6 +200,7 @@ def test_a_run_records_its_commit_and_initial_model(tmp_path):
     provenance = json.loads((out / "summary.json").read_text())["provenance"]
     config = load_config(out / "config.toml")
     assert provenance["initial_model"] == state_digest(initial_state(get_task(config)))
+    assert provenance["kernels"] == [f"cpu:{torch.backends.cpu.get_cpu_capability()}"]
     (commit,) = provenance["commits"]
     repo = Path(__file__).resolve().parents[1]
     head = subprocess.run(

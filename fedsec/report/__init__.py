@@ -149,6 +149,13 @@ def cmd_report(args: argparse.Namespace) -> int:
             + ", ".join(failures),
             file=sys.stderr,
         )
+    kernels = report.get("mixed_kernels") or {}
+    if kernels:
+        print(
+            f"fedsec: report: warning: {len(kernels)} cells mix runs computed with different "
+            "kernel families (CPU instruction sets or GPUs; see report.md): " + ", ".join(kernels),
+            file=sys.stderr,
+        )
     mixed = report.get("mixed_commits") or {}
     if mixed:
         print(

@@ -169,12 +169,13 @@ def build_report(sweep: SweepResults, layout: Layout, paper: str | None = None) 
         "sets": sets,
     }
     report["counts"]["total"] = len(sweep.runs)
-    report["mixed_commits"] = {
-        f"{g['row']} / {g['col']}" + (f" ({set_title(st)})" if st["extra"] else ""): g["commits"]
-        for st in sets
-        for g in st["groups"]
-        if len(g["commits"]) > 1
-    }
+    for what in ("commits", "kernels"):  # cells whose seeds ran at other programs or CPUs
+        report[f"mixed_{what}"] = {
+            f"{g['row']} / {g['col']}" + (f" ({set_title(st)})" if st["extra"] else ""): g[what]
+            for st in sets
+            for g in st["groups"]
+            if len(g[what]) > 1
+        }
     failures = {r.id: r.attacker_failures() for r in sweep.runs}
     report["attacker_failures"] = {k: v for k, v in failures.items() if v}
     if columns != METRICS:  # the long table's extra columns (CRFL's certified accuracy)
@@ -213,6 +214,7 @@ def _group(
         # the programs its seeds ran at: more than one (or one unknown beside known ones)
         # means the cell mixes code versions, and report.md says so
         "commits": sorted({c or "unknown" for r in done for c in r.provenance()["commits"]}),
+        "kernels": sorted({k or "unknown" for r in done for k in r.provenance()["kernels"]}),
         "metrics": {
             k: summarize({seed_of[r.id]: values[r.id].get(k) for r in done}) for k, _ in columns
         },

@@ -120,14 +120,20 @@ class Run:
         """Where the run's numbers come from: the source commit(s) it ran at (``commits``:
         None where not known, e.g. a run written before fedsec recorded them, or one run
         outside a git checkout; a ``+dirty`` suffix where tracked files differed from the
-        commit) and the digest of its initial (pre-trained) model."""
+        commit), the kernel families it ran on (``fedsec.task.kernel_family``: another CPU
+        family rounds differently) and the digest of its initial (pre-trained) model."""
         recorded = (self.summary or {}).get("provenance") or {}
         commits = []
         for c in recorded.get("commits") or []:
             name = None if c is None else c["commit"] + ("+dirty" if c.get("dirty") else "")
             if name not in commits:
                 commits.append(name)
-        return {"commits": commits or [None], "initial_model": recorded.get("initial_model")}
+        kernels = list(dict.fromkeys(recorded.get("kernels") or [])) or [None]
+        return {
+            "commits": commits or [None],
+            "kernels": kernels,
+            "initial_model": recorded.get("initial_model"),
+        }
 
     def selection_quota(self) -> str:
         """The defense's quota sentence that summary.json records ("" when it has none)."""

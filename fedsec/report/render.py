@@ -61,6 +61,15 @@ def render_markdown(
             + ", ".join(f"`{k}` (rounds {', '.join(map(str, v))})" for k, v in failures.items())
             + "."
         )
+    kernels = report.get("mixed_kernels") or {}
+    if kernels:
+        head.append(
+            f"**Warning:** {len(kernels)} cells mix runs computed with different kernel "
+            "families (CPU instruction sets or GPUs round differently, so the same seed gives "
+            "another model): "
+            + "; ".join(f"{cell}: {', '.join(k)}" for cell, k in kernels.items())
+            + "."
+        )
     mixed = report.get("mixed_commits") or {}
     if mixed:
         head.append(
