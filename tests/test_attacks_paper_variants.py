@@ -160,41 +160,34 @@ def test_projected_training_projects_exactly_after_those_steps(
     assert calls == expected
 
 
+def _pgd_update(projection, *overrides):
+    """The global model and the update PGD sends with ``projection`` (eps 0.05, 2 epochs)."""
+    task = task_for(
+        "attack.name=pgd",
+        "attack.every=2",
+        "attack.eps=0.05",
+        f"attack.projection={projection}",
+        "train.local_epochs=2",
+        *overrides,
+        *TRIGGER,
+    )
+    r, pid = malicious_round(task)
+    model = task.new_model()
+    w0 = flatten_params(model)
+    task.attack.local_update(model, round_context(task, r, pid), task.train_kwargs(r, pid))
+    return w0, flatten_params(model)
+
+
 def test_the_two_schedules_are_the_same_attack_at_frequency_one():
-    sent = {}
-    for projection in ("global-steps", "per-epoch"):
-        task = task_for(
-            "attack.name=pgd",
-            "attack.every=2",
-            "attack.eps=0.05",
-            "attack.project_every=1",
-            f"attack.projection={projection}",
-            "train.local_epochs=2",
-            *TRIGGER,
-        )
-        r, pid = malicious_round(task)
-        model = task.new_model()
-        task.attack.local_update(model, round_context(task, r, pid), task.train_kwargs(r, pid))
-        sent[projection] = flatten_params(model)
-    assert torch.equal(sent["global-steps"], sent["per-epoch"])
+    _, global_steps = _pgd_update("global-steps", "attack.project_every=1")
+    _, per_epoch = _pgd_update("per-epoch", "attack.project_every=1")
+    assert torch.equal(global_steps, per_epoch)
 
 
 def test_at_frequency_ten_the_schedules_differ_and_both_stay_in_the_ball():
     sent = {}
     for projection in ("global-steps", "per-epoch"):
-        task = task_for(
-            "attack.name=pgd",
-            "attack.every=2",
-            "attack.eps=0.05",
-            f"attack.projection={projection}",
-            "train.local_epochs=2",
-            *TRIGGER,
-        )
-        r, pid = malicious_round(task)
-        model = task.new_model()
-        w0 = flatten_params(model)
-        task.attack.local_update(model, round_context(task, r, pid), task.train_kwargs(r, pid))
-        sent[projection] = flatten_params(model)
+        w0, sent[projection] = _pgd_update(projection)
         assert torch.linalg.vector_norm(sent[projection] - w0) <= 0.05 * (1 + 1e-5)
     assert not torch.equal(sent["global-steps"], sent["per-epoch"])
 

@@ -71,7 +71,7 @@ from typing import Any
 from fedsec import paper as paper_mod
 from fedsec.atomic import atomic_write_text
 from fedsec.errors import FedsecError
-from fedsec.report.build import build_report, choose_layout
+from fedsec.report.build import build_report, choose_layout, mix_warnings
 from fedsec.report.load import load_results
 from fedsec.report.plot import plot_curves, plot_heatmaps
 from fedsec.report.render import render_markdown
@@ -149,20 +149,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             + ", ".join(failures),
             file=sys.stderr,
         )
-    kernels = report.get("mixed_kernels") or {}
-    if kernels:
-        print(
-            f"fedsec: report: warning: {len(kernels)} cells mix runs computed with different "
-            "kernel families (CPU instruction sets or GPUs; see report.md): " + ", ".join(kernels),
-            file=sys.stderr,
-        )
-    mixed = report.get("mixed_commits") or {}
-    if mixed:
-        print(
-            f"fedsec: report: warning: {len(mixed)} cells mix runs from different source "
-            "commits (see report.md): " + ", ".join(mixed),
-            file=sys.stderr,
-        )
+    for warning in mix_warnings(report):
+        print(f"fedsec: report: warning: {warning}", file=sys.stderr)
     c = report["counts"]
     print(
         f"fedsec: wrote report.md, report.json, {', '.join(report['files']['png'])} to {out} "

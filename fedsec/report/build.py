@@ -340,6 +340,28 @@ def format_mean_std(stat: dict[str, Any], digits: int = 1) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
+def mix_warnings(report: dict[str, Any]) -> list[str]:
+    """A sentence for each kind of cell whose seeds do not all come from one program on one
+    kernel family (``mixed_kernels``, ``mixed_commits``), naming the cells."""
+    out = []
+    kernels = report.get("mixed_kernels") or {}
+    if kernels:
+        out.append(
+            f"{len(kernels)} cells mix runs computed with different kernel families (CPU "
+            "instruction sets or GPUs round differently, so the same seed gives another "
+            "model): " + "; ".join(f"{cell}: {', '.join(k)}" for cell, k in kernels.items())
+        )
+    commits = report.get("mixed_commits") or {}
+    if commits:
+        out.append(
+            f"{len(commits)} cells mix runs from different source commits (or known and "
+            "unknown ones), so their seeds may come from different programs; rerun them at "
+            "one commit before comparing: "
+            + "; ".join(f"{cell}: {', '.join(c[:12] for c in cs)}" for cell, cs in commits.items())
+        )
+    return out
+
+
 def set_title(s: dict[str, Any]) -> str:
     """``axis=value, ...`` of a set's extra axes ("" without extra axes)."""
     return ", ".join(f"{k}={v}" for k, v in s["extra"].items())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedsec.report.build import ALL, format_mean_std, set_title
+from fedsec.report.build import ALL, format_mean_std, mix_warnings, set_title
 from fedsec.report.load import METRICS
 from fedsec.report.stats import BASELINE, CONFIDENCE, format_ci
 from fedsec.results import SUMMARY_FILE
@@ -61,26 +61,7 @@ def render_markdown(
             + ", ".join(f"`{k}` (rounds {', '.join(map(str, v))})" for k, v in failures.items())
             + "."
         )
-    kernels = report.get("mixed_kernels") or {}
-    if kernels:
-        head.append(
-            f"**Warning:** {len(kernels)} cells mix runs computed with different kernel "
-            "families (CPU instruction sets or GPUs round differently, so the same seed gives "
-            "another model): "
-            + "; ".join(f"{cell}: {', '.join(k)}" for cell, k in kernels.items())
-            + "."
-        )
-    mixed = report.get("mixed_commits") or {}
-    if mixed:
-        head.append(
-            f"**Warning:** {len(mixed)} cells mix runs from different source commits (or "
-            "known and unknown ones), so their seeds may come from different programs; rerun "
-            "them at one commit before comparing: "
-            + "; ".join(
-                f"{cell}: {', '.join(c[:12] for c in commits)}" for cell, commits in mixed.items()
-            )
-            + "."
-        )
+    head += [f"**Warning:** {w}." for w in mix_warnings(report)]
     if any(g["metrics"]["auroc"]["n"] for s in report["sets"] for g in s["groups"]):
         head.append(
             "AUROC: how well the defense's per-client scores rank the attackers above "
