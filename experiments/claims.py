@@ -268,8 +268,8 @@ def check_report(report: dict) -> list[list[Claim]]:
     return [[next(judged) for _ in claims] for claims in per_set]
 
 
-def header(report: dict) -> str:
-    family = sum(len(c) for c in check_report(report))
+def header(family: int) -> str:
+    """The table's header line: how a claim of a ``family`` of claims is decided."""
     return (
         f"Verdicts: paired two-sided t test per claim (the exact sign-flip test where the "
         f"seeds are identical), Holm-corrected over the {family} claims of this table at "
@@ -288,10 +288,11 @@ def verdict_table(report: dict) -> str:
     titles = [
         ", ".join(str(v) for v in s["extra"].values()) or report["name"] for s in report["sets"]
     ]
-    claims = [{c.key: c for c in per_set} for per_set in check_report(report)]
+    judged = check_report(report)
+    claims = [{c.key: c for c in per_set} for per_set in judged]
     keys = list(dict.fromkeys(k for per_set in claims for k in per_set))
     lines = [
-        header(report),
+        header(sum(len(per_set) for per_set in judged)),
         "",
         "| claim | " + " | ".join(titles) + " |",
         "|---|" + "---|" * len(titles),
@@ -327,9 +328,9 @@ def main() -> None:
         f"{report['name']}: {c['finished']} of {c['total']} runs finished; "
         f"{report.get('statistics', 'statistics over seeds')}"
     )
-    print(header(report))
     judged = check_report(report)
     family = sum(len(c) for c in judged)
+    print(header(family))
     for s, claims in zip(report["sets"], judged, strict=True):
         title = ", ".join(f"{k}={v}" for k, v in s["extra"].items())
         if title:

@@ -38,6 +38,8 @@ STUDIES = (
     "breadth/report.json",
 )
 THRESHOLD = 5.0
+#: A worst case's own verdict against the threshold, in this table's words.
+JUDGED = {"holds": "separated", "fails": "below", "not separated": "not separated"}
 
 
 def cells(report: dict[str, Any], study: str) -> list[dict[str, Any]]:
@@ -101,11 +103,10 @@ def table(paths: list[Path], threshold: float) -> str:
     for rank, d in enumerate(sorted(per_defense, key=score), 1):
         worst_cell = max(per_defense[d].values(), key=lambda c: c["stat"]["mean"])
         verdict = verdict_at_least(worst_cell["stat"], threshold)
-        judged = {"holds": "separated", "fails": "below", "not separated": "not separated"}
         lines.append(
             f"| {rank} | {d} | {entry(per_defense[d].get('MA lost'))} | "
             f"{entry(per_defense[d].get('BA gain'))} | {score(d):.1f} "
-            f"({worst_cell['what']}, {judged[verdict]}) | {counted[d]} |"
+            f"({worst_cell['what']}, {JUDGED[verdict]}) | {counted[d]} |"
         )
     return "\n".join(lines)
 

@@ -169,7 +169,8 @@ def run_federation(
     if checkpoint is None:
         first_round = 1
         initial = initial_state(task, log=progress)
-        initial_model = state_digest(initial)
+        # recorded in the run directory's provenance; a federation kept in memory has none
+        initial_model = state_digest(initial) if out_dir is not None else ""
         arrays = ArrayRecord(initial)
     else:
         first_round = checkpoint.round + 1

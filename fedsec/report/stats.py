@@ -150,9 +150,13 @@ def sign_flip_p(values: Sequence[float], center: float = 0.0) -> float | None:
     # float noise in the sums must not split ties: compare with a relative tolerance
     tolerance = 1e-9 * max(np.abs(d).sum(), 1e-300)
     if n <= EXACT_SIGN_FLIP_MAX_N:
-        patterns = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2 - 1
-        sums = np.abs(patterns @ d)
-        return float(np.mean(sums >= observed - tolerance))
+        # every pattern, 2^16 at a time (all 2^20 at once would take 160 MB)
+        hits, step = 0, 2**16
+        for start in range(0, 2**n, step):
+            codes = np.arange(start, min(start + step, 2**n))
+            patterns = ((codes[:, None] >> np.arange(n)) & 1) * 2 - 1
+            hits += int(np.sum(np.abs(patterns @ d) >= observed - tolerance))
+        return hits / 2**n
     rng = np.random.default_rng(0)
     patterns = rng.integers(0, 2, size=(SIGN_FLIP_SAMPLES, n)) * 2 - 1
     hits = int(np.sum(np.abs(patterns @ d) >= observed - tolerance))
