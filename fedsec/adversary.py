@@ -27,7 +27,7 @@ engine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -37,7 +37,15 @@ from attacks.a3fl import A3FL
 from attacks.collusion import CollusionAttack
 from attacks.evasion import largest_kept_scale
 from defenses.adapter import ModelLayout
-from fedsec.task import BENIGN_STATE, TRIGGER
+from fedsec.protocol import (
+    ARRAYS,
+    BENIGN_STATE,
+    METRICS,
+    NUM_EXAMPLES,
+    TRIGGER,
+    TRIGGER_ARRAY,
+    AttackerFacts,
+)
 
 
 @dataclass
@@ -71,9 +79,9 @@ class AdversaryStage:
     ) -> Collusion:
         raise NotImplementedError
 
-    def facts(self, facts: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    def facts(self, facts: dict[int, AttackerFacts]) -> dict[int, AttackerFacts]:
         """The facts each attacker of the round is told (``FederatedTask.attacker_facts``,
-        partition id -> ConfigRecord entries), with what the stage adds."""
+        by partition id), with what the stage adds."""
         return facts
 
     def backdoor_test_set(self, default):
@@ -132,7 +140,7 @@ class CraftingAdversary(AdversaryStage):
         crafted = w0 + update.to(w0.dtype)
         for reply in attackers:
             # its floating-point arrays become the crafted update; the rest stay its own
-            reply.content["arrays"] = layout.unflatten(crafted, reply.content["arrays"])
+            reply.content[ARRAYS] = layout.unflatten(crafted, reply.content[ARRAYS])
             outcome.crafted.append(partition_of[reply.metadata.src_node_id])
         return outcome
 
@@ -158,7 +166,8 @@ class ScalingAdversary(AdversaryStage):
         malicious: set[int],
     ) -> Collusion:
         """Scale every attacker's reply in place and remove the benign models they sent
-        beside it (:data:`fedsec.task.BENIGN_STATE`), so that the defense sees plain replies."""
+        beside it (:data:`fedsec.protocol.BENIGN_STATE`), so that the defense sees plain
+        replies."""
         layout = ModelLayout(global_arrays)
         w0 = layout.flatten(global_arrays, torch.device("cpu"))
         honest, weights, honest_ids, attackers = [], [], [], []
@@ -190,7 +199,7 @@ class ScalingAdversary(AdversaryStage):
                 client_ids=[*honest_ids, pid],
             )
             scaled = w0 + benign + lam * (candidate - benign)
-            reply.content["arrays"] = layout.unflatten(scaled, reply.content["arrays"])
+            reply.content[ARRAYS] = layout.unflatten(scaled, reply.content[ARRAYS])
             outcome.crafted.append(pid)
             outcome.scales[pid] = lam
         for reply in replies:
@@ -205,22 +214,22 @@ def _valid_updates(layout: ModelLayout, w0: torch.Tensor, replies, partition_of)
         if reply.has_error():
             continue
         row = torch.empty(layout.size, dtype=layout.dtype)
-        record = reply.content.array_records.get("arrays")
+        record = reply.content.array_records.get(ARRAYS)
         if record is None or layout.mismatch(record) or layout.load(record, row):
             continue
         yield reply, partition_of[reply.metadata.src_node_id], row - w0
 
 
 def _num_examples(reply: Message) -> float:
-    metrics = reply.content.metric_records.get("metrics")
-    return float(metrics["num-examples"]) if metrics and "num-examples" in metrics else 1.0
+    metrics = reply.content.metric_records.get(METRICS)
+    return float(metrics[NUM_EXAMPLES]) if metrics and NUM_EXAMPLES in metrics else 1.0
 
 
 class TriggerAdversary(AdversaryStage):
     """The attackers' shared trigger (``attacks.a3fl``), held between rounds.
 
     - :meth:`facts`: every attacker of the round is told the current trigger
-      (:data:`fedsec.task.TRIGGER`, a flat list of the (C, H, W) float32 values: exact);
+      (``AttackerFacts.trigger``, a flat list of the (C, H, W) float32 values: exact);
     - ``__call__``: the optimised triggers the attackers send back are taken out of
       every reply (the defense never sees them); the one of the attacker with the lowest
       partition id whose record is usable becomes the current trigger (logged as
@@ -244,7 +253,7 @@ class TriggerAdversary(AdversaryStage):
 
     def facts(self, facts):
         flat = self.trigger.reshape(-1).tolist()
-        return {pid: {**told, TRIGGER: flat} for pid, told in facts.items()}
+        return {pid: replace(told, trigger=flat) for pid, told in facts.items()}
 
     def __call__(self, global_arrays, replies, partition_of, num_clients, malicious) -> Collusion:
         outcome = (
@@ -262,7 +271,7 @@ class TriggerAdversary(AdversaryStage):
             if kept is not None or pid not in malicious:
                 continue
             try:
-                trigger = torch.tensor(record["trigger"].numpy())  # type: ignore[index]
+                trigger = torch.tensor(record[TRIGGER_ARRAY].numpy())  # type: ignore[index]
                 self.trigger = self.attack.valid_trigger(trigger, self.input_shape)
                 kept = pid
             except (KeyError, TypeError, ValueError, AttributeError):

@@ -20,9 +20,10 @@ from fedsec.checkpoint import load_checkpoint
 from fedsec.cli import DEFAULT_EXPERIMENT, main
 from fedsec.config import load_config
 from fedsec.errors import ConfigError
+from fedsec.protocol import TRIGGER
 from fedsec.results import read_metrics
 from fedsec.server import CentralEvaluator
-from fedsec.task import TRIGGER, get_task
+from fedsec.task import get_task
 from fedsec.training import evaluate, flatten_params, train
 from tests.runs import rounds_without_time, sigkill_when, tiny_digits
 

@@ -26,33 +26,43 @@ from flwr.common.constant import ErrorCode
 
 from fedsec.batched import train_clients, use_batched
 from fedsec.config import ExperimentConfig
-from fedsec.task import (
-    ATTACKER_INDEX,
+from fedsec.protocol import (
+    ARRAYS,
     BENIGN_STATE,
+    CONFIG,
     EVASION_SCALE,
+    IDENTIFY,
+    METRICS,
+    NODE,
+    NUM_EXAMPLES,
+    NUM_PARTITIONS,
+    PARTITION_ID,
+    SERVER_ROUND,
+    TRAIN_LOSS,
     TRIGGER,
-    FederatedTask,
-    get_task,
+    TRIGGER_ARRAY,
+    AttackerFacts,
 )
+from fedsec.task import FederatedTask, get_task
 from fedsec.training import TrainStats, train
 
 app = ClientApp()
 
 
 def partition_id(context: Context) -> int:
-    return int(context.node_config["partition-id"])
+    return int(context.node_config[PARTITION_ID])
 
 
-@app.query("identify")
+@app.query(IDENTIFY)
 def identify(msg: Message, context: Context) -> Message:
     """Tell the server this node's partition id (node ids say nothing about it)."""
     info = ConfigRecord(
         {
-            "partition-id": partition_id(context),
-            "num-partitions": int(context.node_config["num-partitions"]),
+            PARTITION_ID: partition_id(context),
+            NUM_PARTITIONS: int(context.node_config[NUM_PARTITIONS]),
         }
     )
-    return Message(RecordDict({"node": info}), reply_to=msg)
+    return Message(RecordDict({NODE: info}), reply_to=msg)
 
 
 @app.train()
@@ -62,28 +72,28 @@ def local_train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(config.engine.client_num_cpus)
     task = get_task(config)
     pid = partition_id(context)
-    server_round = int(msg.content["config"]["server-round"])
+    server_round = int(msg.content[CONFIG][SERVER_ROUND])
 
     model = task.new_model()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    kwargs = task.train_kwargs(server_round, pid)
-    config_record = msg.content["config"]
+    model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict())
+    spec = task.training_spec(server_round, pid)
+    config_record = msg.content[CONFIG]
     if _is_attacker(task, config_record):
         # the server made this client one of the round's attackers (fedsec.server.run_round)
-        ctx = task.attack_context(pid, server_round, config_record)
-        attack_reply = task.attack.update(model, ctx, kwargs)
+        ctx = task.attack_context(pid, server_round, AttackerFacts.from_config(config_record))
+        attack_reply = task.attack.update(model, ctx, spec.to_dict())
         stats, benign_state = attack_reply.stats, attack_reply.benign_state
         trigger, scale = attack_reply.trigger, attack_reply.evasion_scale
     else:
         x, y = task.client_data(pid)
-        stats, benign_state, trigger, scale = train(model, x, y, **kwargs), None, None, None
+        stats, benign_state, trigger, scale = train(model, x, y, **spec.to_dict()), None, None, None
     return _train_reply(msg, model.state_dict(), stats, pid, benign_state, trigger, scale)
 
 
 def _is_attacker(task: FederatedTask, config_record: ConfigRecord) -> bool:
     """The server made this client one of the round's attackers (its facts are in the
     message, ``fedsec.server.run_round``)."""
-    return task.attack is not None and ATTACKER_INDEX in config_record
+    return task.attack is not None and AttackerFacts.told(config_record)
 
 
 def _train_reply(
@@ -96,14 +106,14 @@ def _train_reply(
     scale=None,
 ) -> Message:
     """The reply to train message ``msg``: the trained ``state`` and the client's metrics."""
-    metrics = {"num-examples": stats.num_examples, "train_loss": stats.loss, "partition-id": pid}
+    metrics = {NUM_EXAMPLES: stats.num_examples, TRAIN_LOSS: stats.loss, PARTITION_ID: pid}
     if scale is not None:  # logged by the server loop, which removes it
         metrics[EVASION_SCALE] = scale
-    content = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics)})
+    content = RecordDict({ARRAYS: ArrayRecord(state), METRICS: MetricRecord(metrics)})
     if benign_state is not None:  # for the server loop's adversary stage, which removes it
         content[BENIGN_STATE] = ArrayRecord(benign_state)
     if trigger is not None:  # the attackers' shared trigger (a3fl), likewise removed there
-        content[TRIGGER] = ArrayRecord({"trigger": trigger})
+        content[TRIGGER] = ArrayRecord({TRIGGER_ARRAY: trigger})
     return Message(content, reply_to=msg)
 
 
@@ -114,7 +124,7 @@ def train_batch(messages: Sequence[Message], contexts: Sequence[Context]) -> dic
     the messages without a reply here (queries, attackers) go to the ClientApp one by one.
 
     Messages that share one global model and round train as one batch, each client with
-    ``local_train``'s settings (``FederatedTask.train_kwargs``: its seed, the round's lr).
+    ``local_train``'s settings (``FederatedTask.training_spec``: its seed, the round's lr).
     If a batch raises, each of its messages gets the error reply Flower gives a
     ClientApp that raised.
     """
@@ -129,10 +139,10 @@ def train_batch(messages: Sequence[Message], contexts: Sequence[Context]) -> dic
     for i, msg in enumerate(messages):
         if msg.metadata.message_type != MessageType.TRAIN:
             continue
-        record = msg.content["config"]
+        record = msg.content[CONFIG]
         if _is_attacker(task, record):
             continue
-        key = (id(msg.content["arrays"]), int(record["server-round"]))
+        key = (id(msg.content[ARRAYS]), int(record[SERVER_ROUND]))
         groups.setdefault(key, []).append(i)
     replies: dict[int, Message] = {}
     for (_, server_round), members in groups.items():
@@ -155,19 +165,19 @@ def _train_group(
 ) -> list[tuple[dict[str, torch.Tensor], TrainStats]]:
     """Train clients ``pids`` from the global model of ``msg`` together."""
     model = task.new_model()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    kwargs = [task.train_kwargs(server_round, pid) for pid in pids]
-    first = kwargs[0]
+    model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict())
+    specs = [task.training_spec(server_round, pid) for pid in pids]
+    first = specs[0]
     results = train_clients(
         model,
         [task.client_data(pid) for pid in pids],
-        epochs=first["epochs"],
-        batch_size=first["batch_size"],
-        lr=first["lr"],
-        momentum=first["momentum"],
-        weight_decay=first["weight_decay"],
-        seeds=[k["seed"] for k in kwargs],
-        device=first["device"],
+        epochs=first.epochs,
+        batch_size=first.batch_size,
+        lr=first.lr,
+        momentum=first.momentum,
+        weight_decay=first.weight_decay,
+        seeds=[s.seed for s in specs],
+        device=first.device,
     )
     keys = list(model.state_dict())  # no buffers (fedsec.batched.supports): the parameters
     return [({k: r.params[k] for k in keys}, r.stats) for r in results]
