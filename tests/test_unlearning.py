@@ -515,13 +515,14 @@ def run_dir(tmp_path):
 
 
 def write_run_dir(out, config, rounds):
-    """A run directory: ``config``, an (untrained) model and ``rounds`` as metrics.jsonl."""
+    """A run directory: ``config``, an (untrained) model and ``rounds`` (RoundRecords) as
+    metrics.jsonl."""
     from fedsec.task import get_task
 
     out.mkdir()
     (out / "config.toml").write_text(config.to_toml())
     torch.save(get_task(config).new_model().state_dict(), out / "model.pt")
-    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in rounds))
     return out
 
 
