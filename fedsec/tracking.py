@@ -20,8 +20,9 @@ round's clients, its attackers, the accepted and rejected ones) and a table keye
 client id (scores, evasion scales, invalid or failed replies) as its length,
 ``n_<key>``; ``certified_accuracy`` (crfl's ``{radius: share}``) as one value per
 radius, ``certified_accuracy/<radius>``. Left out: text (``kept_previous_reason``,
-notes) and the other tables (crfl's ``certification`` constants); they stay in
-``metrics.jsonl``. The round is the step (TensorBoard, W&B) or the first column (CSV).
+notes), the other tables (crfl's ``certification`` constants) and the line's
+``format_version``; they stay in ``metrics.jsonl``. The round is the step
+(TensorBoard, W&B) or the first column (CSV).
 
 No round is logged twice, also across ``--resume`` (which drops the rounds after the
 checkpoint and runs them again): every tracker's files are rebuilt from the rounds the
