@@ -1,5 +1,6 @@
 """The one model layout (fedsec.layout): which tensors, in which order, with which shapes
-and dtypes; flatten and unflatten round trips for every model of the registry."""
+and dtypes; flatten and unflatten round trips for every model of the registry; the
+ArrayRecord face the server uses (defenses.adapter.RecordLayout) gives the same vector."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from flwr.app import ArrayRecord
 
+from defenses.adapter import RecordLayout
 from fedsec.layout import ModelLayout
 from fedsec.models import build_model
 from fedsec.training import assign_flat_params, flatten_params
@@ -153,3 +156,20 @@ def test_a_model_that_does_not_fit_is_refused_in_one_line():
         layout.load_module(torch.nn.Linear(2, 3), torch.zeros(8))
     with pytest.raises(KeyError, match="not an entry of the flat vector"):
         ModelLayout.of_module(seeded("resnet18", DIGITS, 0)).span("bn1.num_batches_tracked")
+
+
+def test_the_servers_record_layout_is_the_core_layout():
+    model = seeded("resnet18", DIGITS, 0)
+    record = ArrayRecord(model.state_dict())
+    server = RecordLayout(record)
+    core = ModelLayout.of_module(model)
+    assert server.layout.keys == core.keys and (server.size, server.dtype) == (
+        core.size,
+        core.dtype,
+    )
+    vector = server.flatten(record, torch.device("cpu"))
+    assert torch.equal(vector, core.flatten_module(model))
+    back = server.unflatten(vector + 1, record).to_torch_state_dict()
+    for key, value in model.state_dict().items():
+        expected = value + 1 if value.is_floating_point() else value
+        assert torch.equal(back[key], expected), key
