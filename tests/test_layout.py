@@ -1,6 +1,8 @@
 """The one model layout (fedsec.layout): which tensors, in which order, with which shapes
 and dtypes; flatten and unflatten round trips for every model of the registry; the
-ArrayRecord face the server uses (defenses.adapter.RecordLayout) gives the same vector."""
+ArrayRecord face the server uses (defenses.adapter.RecordLayout) gives the same vector;
+and with resnet18 (BatchNorm) the partial- and full-knowledge scaling evasions hand the
+rule the same vector."""
 
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ import torch
 from flwr.app import ArrayRecord
 
 from defenses.adapter import RecordLayout
+from defenses.rules.base import AggregationRule
 from fedsec.layout import ModelLayout
 from fedsec.models import build_model
 from fedsec.training import assign_flat_params, flatten_params
+from tests.runs import run_cli, tiny_digits
 
 DIGITS, MNIST, CIFAR = (1, 8, 8), (1, 28, 28), (3, 32, 32)
 
@@ -173,3 +177,50 @@ def test_the_servers_record_layout_is_the_core_layout():
     for key, value in model.state_dict().items():
         expected = value + 1 if value.is_floating_point() else value
         assert torch.equal(back[key], expected), key
+
+
+# -------------------------------------------- the two evasions hand the rule one vector
+
+#: One round, one client a round, who is the attacker: the rule's first call in a run is
+#: the evasion's trial at lam = 1 (``attacks.evasion.largest_kept_scale``), whose last row
+#: is the attacker's update. keep_fraction = 1 keeps it, so that is the only trial.
+RESNET_EVASION = [
+    *tiny_digits(rounds=1, seed=5),
+    "model.name=resnet18",
+    "data.num_clients=60",
+    "train.clients_per_round=1",
+    "attack.name=pixel-replacement",
+    "attack.trigger_size=2",
+    "attack.trigger_gap=1",
+    "attack.evasion=scaling",
+    "defense.name=multi-metrics",
+    "defense.keep_fraction=1.0",
+]
+
+
+def test_both_scaling_evasions_hand_the_rule_the_same_vector_with_batchnorm(tmp_path, monkeypatch):
+    # regression: on the client (partial knowledge) the evasion flattened the parameters
+    # only, in the server loop (full knowledge) every floating entry of the state: with
+    # BatchNorm the rule saw 11,173,962 values from one and 11,183,562 from the other
+    seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    aggregate = AggregationRule.aggregate
+
+    def recording(self, models, weights, global_model, *args, **kwargs):
+        seen[knowledge].append((models[-1].clone(), global_model.clone()))
+        return aggregate(self, models, weights, global_model, *args, **kwargs)
+
+    monkeypatch.setattr(AggregationRule, "aggregate", recording)
+    for knowledge in ("partial", "full"):
+        seen[knowledge] = []
+        run_cli(tmp_path / knowledge, [*RESNET_EVASION, f"attack.knowledge={knowledge}"])
+    (partial, partial_global), (full, full_global) = seen["partial"][0], seen["full"][0]
+    layout = ModelLayout.of_module(build_model("resnet18", DIGITS, 10))
+    # on 1-channel digits the stem convolution has 64 x 3 x 3 x 2 weights fewer
+    assert partial.shape == full.shape == (11_173_962 - 1_152 + 2 * RESNET_BN_CHANNELS,)
+    assert torch.equal(partial_global, full_global)
+    # the same update, up to the float32 rounding of the benign model's round trip
+    # through the reply (w0 + u_benign - w0)
+    torch.testing.assert_close(partial, full, rtol=0, atol=1e-6)
+    # and it carries the attacker's trained BatchNorm statistics
+    running = layout.span("bn1.running_mean")
+    assert not torch.equal(partial[running], partial_global[running])
