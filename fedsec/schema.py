@@ -138,9 +138,8 @@ class Interval(Constraint):
 
     def message(self, key: str, value: Any) -> str:
         if not has_type(value, self.kind):
-            words = self.describe()
-            kind = KIND_WORDS[self.kind]
-            wanted = words if words == kind or words.startswith(kind) else f"{kind} {words}"
+            bounded = self.low is not None or self.high is not None
+            wanted = f"{KIND_WORDS[self.kind]} {self.describe()}" if bounded else self.describe()
             return f"{key} must be {wanted}, got {typename(value)} {value!r}"
         return super().message(key, value)
 

@@ -65,6 +65,7 @@ def test_constraints_judge_and_word_known_values(constraint, words, valid, inval
             "k must be an integer >= 1, got a boolean True",
         ),
         (Interval(float, 0, None), "x", "k must be a number > 0, got a string 'x'"),
+        (FINITE, "x", "k must be a finite number, got a string 'x'"),
         (Options(("cpu", "cuda")), "tpu", "unknown k 'tpu'; valid: cpu, cuda"),
         (InstanceOf(int), "ten", "k must be an integer, got a string 'ten'"),
         (
