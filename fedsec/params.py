@@ -16,6 +16,7 @@ that judges them.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import Field, field, fields
@@ -71,7 +72,7 @@ def check_parameters(obj: Any, label: Callable[[str], str]) -> None:
     """Raise a one-line ConfigError for the first parameter of ``obj`` of the wrong type
     or failing its check: the constraint's own message for ``label(name)``, or
     ``{label(name)} must be {expect}, got {value!r}`` where the declaration gives words."""
-    hints = get_type_hints(type(obj))
+    hints = _type_hints(type(obj))
     for spec in parameter_fields(obj):
         value = getattr(obj, spec.name)
         check, expect = spec.metadata["check"], spec.metadata["expect"]
@@ -80,3 +81,10 @@ def check_parameters(obj: Any, label: Callable[[str], str]) -> None:
         if expect is None:
             raise ConfigError(check.message(label(spec.name), value))
         raise ConfigError(f"{label(spec.name)} must be {expect}, got {value!r}")
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """``cls``'s annotations as types, evaluated once per class (the strings of
+    ``from __future__ import annotations`` cost a millisecond a class to evaluate)."""
+    return get_type_hints(cls)
