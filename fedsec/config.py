@@ -321,10 +321,11 @@ class ExperimentConfig:
                 "clients a round can have without train.exclude_clients"
             )
         _one_of("engine.batch_clients", e.batch_clients, BATCH_CLIENTS)
-        if e.batch_clients == "true" and e.name != "inprocess":
+        if e.batch_clients == "true" and e.name == "deployment":
             raise ConfigError(
-                f"engine.batch_clients = true needs engine.name = 'inprocess' (the {e.name} "
-                "engine trains each client in its own ClientApp call); use auto or false"
+                "engine.batch_clients = true needs a simulation engine, 'inprocess' or "
+                "'flower' (each SuperNode of the deployment engine holds only its own data); "
+                "use auto or false"
             )
         if e.batch_clients == "true":
             from fedsec.batched import model_problem
