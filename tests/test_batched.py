@@ -304,6 +304,28 @@ def test_a_late_batch_fails_its_clients_only(tmp_path, monkeypatch) -> None:
         assert r["accepted_clients"] == r["malicious_clients"]
 
 
+def test_a_batch_with_dropout_does_not_depend_on_flowers_sampling_order(tmp_path) -> None:
+    """Flower's strategies list a round's nodes in ``random.sample`` order (unseeded), and a
+    batch's dropout masks depend on the order of its clients. Batch 512 gives every client
+    one step an epoch (the paper's EMNIST setting), so no step count orders them: the
+    batch orders them by partition id, and two runs with Python's ``random`` in other
+    states (other sampling orders) give the same rounds. (Before, in message order, these
+    two runs differed.)"""
+    import random
+
+    config = [
+        *runs.tiny_digits(rounds=1, seed=3),
+        "model.name=lenet",
+        "train.batch_size=512",
+        "engine.batch_clients=true",
+    ]
+    for state in (0, 1):
+        random.seed(state)
+        runs.run_cli(tmp_path / str(state), config)
+    first = runs.rounds_without_time(tmp_path / "0")
+    assert runs.rounds_without_time(tmp_path / "1") == first
+
+
 #: 4 digits clients, 3 a round, 2 rounds, a sign-flip attacker in every round: 2 honest
 #: clients a round, trained batched. The seeded sampler picks clients 0, 1, 3 and 0, 1, 2,
 #: the attacker is client 0 in both rounds.
