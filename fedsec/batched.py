@@ -102,6 +102,11 @@ def model_problem(name: str) -> str | None:
     return None if reason is None else f"model {name!r}: {reason}"
 
 
+#: The engines whose nodes can each read every partition (simulations), where a round's
+#: honest clients can go to one node as one batch (``fedsec.engines.batching``).
+BATCHING_ENGINES = ("inprocess", "flower")
+
+
 def use_batched(config: ExperimentConfig) -> tuple[bool, str]:
     """Whether ``config``'s honest clients train batched, and the run header's words for
     the path.
@@ -113,16 +118,16 @@ def use_batched(config: ExperimentConfig) -> tuple[bool, str]:
     committed CPU results must stay as they are (on this project's 2-core CPUs batching
     is also slower for conv models, see ``benchmarks/README.md``).
 
-    Both simulation engines batch (``inprocess`` and ``flower``: a round's honest clients
-    go to one node as one message, ``fedsec.engines.batching``); the ``deployment``
-    engine never does: each SuperNode holds only its own partition.
+    Both simulation engines batch (:data:`BATCHING_ENGINES`: a round's honest clients go
+    to one node as one message, ``fedsec.engines.batching``); the ``deployment`` engine
+    never does: each SuperNode holds only its own partition.
     """
     from fedsec.task import resolve_device
 
     e = config.engine
-    if e.name == "deployment":
+    if e.name not in BATCHING_ENGINES:
         return False, (
-            "each client on its own SuperNode (deployment engine: a node holds only its own "
+            f"each client on its own node ({e.name} engine: a node holds only its own "
             "data, so clients cannot be batched across nodes)"
         )
     # how the clients train when they are not batched

@@ -321,15 +321,15 @@ class ExperimentConfig:
                 "clients a round can have without train.exclude_clients"
             )
         _one_of("engine.batch_clients", e.batch_clients, BATCH_CLIENTS)
-        if e.batch_clients == "true" and e.name == "deployment":
-            raise ConfigError(
-                "engine.batch_clients = true needs a simulation engine, 'inprocess' or "
-                "'flower' (each SuperNode of the deployment engine holds only its own data); "
-                "use auto or false"
-            )
         if e.batch_clients == "true":
-            from fedsec.batched import model_problem
+            from fedsec.batched import BATCHING_ENGINES, model_problem
 
+            if e.name not in BATCHING_ENGINES:
+                raise ConfigError(
+                    "engine.batch_clients = true needs a simulation engine, 'inprocess' or "
+                    f"'flower' (each node of the {e.name} engine holds only its own data); "
+                    "use auto or false"
+                )
             problem = model_problem(self.model.name)
             if problem:
                 raise ConfigError(f"engine.batch_clients = true: {problem}; use auto or false")

@@ -217,7 +217,7 @@ def test_which_path_trains() -> None:
     deployment = ["engine.name=deployment", "engine.device=auto"]
     assert use_batched(load_config(None, deployment)) == (
         False,
-        "each client on its own SuperNode (deployment engine: a node holds only its own "
+        "each client on its own node (deployment engine: a node holds only its own "
         "data, so clients cannot be batched across nodes)",
     )
 

@@ -140,6 +140,8 @@ class BatchingGrid(Grid):
         for i, msg in enumerate(messages):
             if msg.metadata.message_type != MessageType.TRAIN:
                 continue
+            if "arrays" not in msg.content or "config" not in msg.content:
+                continue  # not a strategy's train message: it goes out as it is
             if msg.metadata.dst_node_id not in self._partition_of:
                 continue  # a node the server does not know: the grid answers as usual
             record = msg.content["config"]
