@@ -6,7 +6,9 @@
   SuperNode process per client over loopback, launched through ``flwr run``.
 
 Both hand the apps the same flat run config, including ``output.dir``, where the
-ServerApp writes the run directory.
+ServerApp writes the run directory. On the two simulation engines a round's honest
+clients can train as one batch, one message to one node (``engine.batch_clients``,
+``fedsec.engines.batching``); deployment nodes own their data and never batch.
 """
 
 from __future__ import annotations
