@@ -6,7 +6,9 @@ asked for; they agree to ~1e-15),
 for mlp, cnn, lenet and vgg9, one client and several of unequal sizes (a last short
 batch, a client smaller than one batch). With dropout: the same distribution of the
 reported losses (a two-sample test on fixed seeds), and masks that differ per client.
-Then chunking, the config key, and the in-process engine end to end.
+Then chunking, the config key, and both simulation engines end to end: a round's honest
+clients are one ``train.batch`` message to one node (counted where the ClientApps answer,
+``tests/recording_client.py``), and Flower's engine gives the in-process engine's rounds.
 """
 
 from __future__ import annotations
