@@ -5,10 +5,11 @@ everything that scores a model goes through ``evaluate`` / ``predict_logits``.  
 (no Flower), whole data sets as tensors in memory (federated client shards are small),
 no DataLoader: minibatches are index slices of a seeded permutation.
 
-The flat-vector helpers (``flatten_params``, ``assign_flat_params``) let defenses and attacks
-treat a model update as one vector.  They cover parameters only, in ``model.parameters()``
-order; buffers such as BatchNorm running statistics are not part of the vector and must be
-handled separately (e.g. through ``state_dict``).
+The flat-vector helpers (``flatten_params``, ``assign_flat_params``) let attacks treat the
+weights that local training moves as one vector: the parameters view of the one model
+layout (``fedsec.layout``), parameters only, in ``model.parameters()`` order.  Buffers such
+as BatchNorm running statistics are not in it; the vector a defense aggregates is the
+layout's state view, which has them (``fedsec.layout`` says which view is used where).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedsec.errors import ConfigError
+from fedsec.layout import ModelLayout
 
 Array = torch.Tensor | np.ndarray
 Device = torch.device | str
@@ -262,8 +264,9 @@ def parameter_count(model: nn.Module) -> int:
 
 
 def flatten_params(model: nn.Module) -> torch.Tensor:
-    """All parameters as one detached 1-D copy, in ``model.parameters()`` order, on their device."""
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    """All parameters as one detached 1-D copy, in ``model.parameters()`` order, on their
+    device: the parameters view of ``fedsec.layout.ModelLayout``."""
+    return ModelLayout.of_module(model, buffers=False).flatten_module(model)
 
 
 def assign_flat_params(model: nn.Module, flat: torch.Tensor) -> None:
@@ -273,14 +276,4 @@ def assign_flat_params(model: nn.Module, flat: torch.Tensor) -> None:
     The values are copied (converted to each parameter's dtype and device), so later changes
     to ``flat`` do not reach the model.  Raises ValueError if the length does not match.
     """
-    expected = parameter_count(model)
-    if flat.dim() != 1 or flat.numel() != expected:
-        raise ValueError(
-            f"flat parameter vector has shape {tuple(flat.shape)} "
-            f"but the model needs a 1-D vector of {expected} values"
-        )
-    offset = 0
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(flat[offset : offset + p.numel()].view_as(p))
-            offset += p.numel()
+    ModelLayout.of_module(model, buffers=False).load_module(model, flat)
