@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedsec.config import SGD
 from fedsec.errors import ConfigError
 from fedsec.layout import ModelLayout
 
@@ -70,30 +71,26 @@ def _check_data(x: torch.Tensor, y: torch.Tensor) -> None:
         )
 
 
-def _is_positive_int(value: object) -> bool:
-    """True for an int >= 1 (bools excluded: ``True`` is not a count)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 def _check_batch_size(batch_size: int) -> None:
     """Raise ConfigError unless ``batch_size`` is an int >= 1."""
-    if not _is_positive_int(batch_size):
-        raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    SGD["batch_size"].check("batch_size", batch_size)
 
 
 def _check_hyperparameters(
     epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float
 ) -> None:
-    """Raise ConfigError for training settings outside their valid ranges."""
-    if not _is_positive_int(epochs):
-        raise ConfigError(f"epochs must be an int >= 1, got {epochs!r}")
-    _check_batch_size(batch_size)
-    if not lr > 0:
-        raise ConfigError(f"lr must be > 0, got {lr!r}")
-    if not 0 <= momentum < 1:
-        raise ConfigError(f"momentum must be in [0, 1), got {momentum!r}")
-    if not weight_decay >= 0:
-        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    """Raise ConfigError for training settings outside what SGD accepts: the constraint
+    objects ``[train]`` declares its keys with (``fedsec.config.SGD``), so a value the
+    config validated passes here by construction, and an attack's or the unlearning's
+    own settings are judged by the same rule."""
+    for key, value in (
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+        ("lr", lr),
+        ("momentum", momentum),
+        ("weight_decay", weight_decay),
+    ):
+        SGD[key].check(key, value)
 
 
 def _batches(
