@@ -75,6 +75,25 @@ BENIGN_STATE = "benign-state"
 #: round's ``evasion_scales`` and removes it before the defense.
 EVASION_SCALE = "evasion-scale"
 
+#: Batched clients (``fedsec.engines.batching``): the action of a batch message
+#: (``train.batch``), its ConfigRecord naming the clients, the clients' partition ids in
+#: it (ascending), and the names of each client's records in the batch's reply
+#: (:func:`arrays_key`, :func:`metrics_key`).
+BATCH_ACTION = "batch"
+BATCH = "batch"
+PARTITION_IDS = "partition-ids"
+
+
+def arrays_key(partition_id: int) -> str:
+    """The name of client ``partition_id``'s ArrayRecord in a batch reply."""
+    return f"{ARRAYS}-{partition_id}"
+
+
+def metrics_key(partition_id: int) -> str:
+    """The name of client ``partition_id``'s MetricRecord in a batch reply."""
+    return f"{METRICS}-{partition_id}"
+
+
 #: Train-metric keys of the defense's verdicts, which ``DefenseStrategy.aggregate_train``
 #: adds for Flower's own round loop (``Strategy.start``).
 DEFENSE_ACCEPTED = "defense-accepted"
