@@ -126,3 +126,76 @@ def test_a_config_without_a_colluding_attack_is_a_one_line_error(tmp_path, capsy
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a colluding attack" in err[0]
+
+
+def load_script(name: str):
+    """Another script of the study folder as a module."""
+    key = f"known_breaks_{name}"
+    if key in sys.modules:
+        return sys.modules[key]
+    spec = importlib.util.spec_from_file_location(
+        key, REPO / "experiments" / "known-breaks" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_authors_logs_reads_the_last_logged_line_of_each_cell():
+    """A notebook cell in the NDSS'21 release's format: the settings are the last
+    assignments, the numbers those of the last log line."""
+    logs = load_script("authors_logs")
+    line = (
+        "median: at min-max n_at 10 | e {e} fed_model val loss 2.3 val acc {v} "
+        "best val_acc {b} te_acc {t}\n"
+    )
+    notebook = {
+        "cells": [
+            {"cell_type": "markdown", "source": ["# text"]},
+            {
+                "cell_type": "code",
+                "source": ["aggregation='median'\n", "at_type='min-max'\n", "n_attackers=[10]\n"],
+                "outputs": [
+                    {"text": [line.format(e=10, v=20.5, b=20.5, t=21.0)]},
+                    {"text": [line.format(e=1200, v=9.6388, b=28.226461, t=27.232143)]},
+                ],
+            },
+            {"cell_type": "code", "source": ["x = 1\n"], "outputs": []},
+        ]
+    }
+    (cell,) = logs.cells(notebook)
+    assert cell["cell"] == 1 and cell["aggregation"] == "'median'"
+    assert cell["at_type"] == "'min-max'" and cell["n_attackers"] == "[10]"
+    assert (cell["round"], cell["val_acc"], cell["best_val_acc"]) == (1200, 9.6388, 28.226461)
+    assert cell["te_acc_at_best"] == 27.232143
+
+
+def test_pilot_pairs_each_attack_with_its_no_attack_cell(tmp_path, capsys):
+    """Final MA 90 / 80 without the attack and 50 / 60 with it: 40 and 20 points lost,
+    mean 30; a cell without its baseline is left out."""
+    import json
+
+    pilot = load_script("pilot")
+    finals = {
+        ("none", 0): 0.9,
+        ("none", 1): 0.8,
+        ("min-max-full", 0): 0.5,
+        ("min-max-full", 1): 0.6,
+    }
+    runs = []
+    for (attack, seed), ma in finals.items():
+        run = f"regime=ndss/defense=median/attack={attack}/seed={seed}"
+        (tmp_path / run).mkdir(parents=True)
+        (tmp_path / run / "summary.json").write_text(json.dumps({"final_main_accuracy": ma}))
+        labels = {"regime": "ndss", "defense": "median", "attack": attack, "seed": str(seed)}
+        runs.append({"id": run, "dir": run, "labels": labels})
+    orphan = {"regime": "ndss", "defense": "krum-f10", "attack": "gaussian", "seed": "0"}
+    runs.append({"id": "x", "dir": "x", "labels": orphan})  # unfinished, no baseline
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": runs}))
+    assert pilot.main([str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "| ndss" in line]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[:4] == ["ndss", "median", "min-max-full", "0, 1"]
+    assert cells[4:8] == ["50.0, 60.0", "90.0, 80.0", "40.0, 20.0", "30.0"]
