@@ -33,10 +33,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from flwr.app import ArrayRecord
 
 from defenses.rules.crfl import CRFLRule, certified_radius, certify
+from fedsec.layout import ModelLayout
 from fedsec.seeding import derive_seed
 from fedsec.task import FederatedTask, resolve_device
 
@@ -57,7 +57,7 @@ def final_certification(
     device = resolve_device(config.engine.device)
     model = task.new_model()
     model.load_state_dict(state)  # its non-floating entries are the final model's
-    flat = torch.cat([v.reshape(-1) for v in state.values() if v.is_floating_point()])
+    flat = ModelLayout.of_module(model).flatten(state)  # the vector the rules see
     constants = rule.radius_constants(**run_constants(task))
     x, y = task.test_data()
     result = certify(

@@ -28,6 +28,7 @@ from fedsec.adversary import Adversary, round_adversary
 from fedsec.certify import final_certification
 from fedsec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedsec.config import ExperimentConfig
+from fedsec.engines.batching import batching_grid
 from fedsec.errors import ConfigError, RunError
 from fedsec.pretrain import initial_state
 from fedsec.results import MODEL_FILE, MemoryWriter, RunWriter, state_digest
@@ -185,6 +186,8 @@ def run_federation(
     schedule = task.schedule
     node_of = discover_partitions(grid, task.num_clients, config.engine.connect_timeout, progress)
     partition_of = {node: pid for pid, node in node_of.items()}
+    # a round's honest clients as one message when they train batched (engine.batch_clients)
+    grid = batching_grid(grid, config, partition_of)
     adversary = round_adversary(task.attack, config, probe, task.dataset, strategy.rule)
     if adversary is not None and checkpoint is not None:
         adversary.load_state_dict(checkpoint.adversary)  # e.g. a3fl's current trigger

@@ -9,7 +9,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from ..adapter import DefenseStrategy, ModelLayout
+from ..adapter import DefenseStrategy, RecordLayout
 from ..rules import FLTrustRule
 
 #: ``(server_round, global_arrays) -> the server's model after training on root data``.
@@ -51,7 +51,7 @@ class FLTrust(DefenseStrategy):
         return super().configure_train(server_round, arrays, config, grid)
 
     def _root_update(
-        self, server_round: int, layout: ModelLayout, global_model: torch.Tensor
+        self, server_round: int, layout: RecordLayout, global_model: torch.Tensor
     ) -> torch.Tensor:
         trained = self.root_update_fn(server_round, self._global_arrays)
         return layout.flatten(trained, self.device) - global_model
