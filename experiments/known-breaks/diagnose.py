@@ -60,13 +60,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord
 
 from attacks.collusion import CollusionAttack
 from defenses import build_rule
-from defenses.adapter import ModelLayout
 from fedsec.config import ExperimentConfig, load_config
 from fedsec.errors import ConfigError
+from fedsec.layout import ModelLayout
 from fedsec.pretrain import initial_state
 from fedsec.task import FederatedTask, get_task
 from fedsec.training import evaluate, train
@@ -147,15 +146,14 @@ class Diagnosis:
             (label, build_rule(name, params, seed=config.seed)) for label, name, params in rules
         ]
         state = initial_state(self.task, log=lambda _: None)
-        self.layout = ModelLayout(ArrayRecord(state))
+        self.layout = ModelLayout.of_state(state)  # the vector the server's rule sees
         self.model = self.task.new_model()
         self.model.load_state_dict(state)
-        self.w = self.layout.flatten(ArrayRecord(state), torch.device("cpu"))
+        self.w = self.layout.flatten(state, device="cpu")
         self.x_test, self.y_test = self.task.test_data()
 
     def _load(self, flat: torch.Tensor) -> None:
-        record = self.layout.unflatten(flat, ArrayRecord(self.model.state_dict()))
-        self.model.load_state_dict(record.to_torch_state_dict())
+        self.layout.load_module(self.model, flat)
 
     def _local_model(self, server_round: int, pid: int) -> tuple[torch.Tensor, float]:
         """The client's honestly trained flat model (what an honest client and a colluding
@@ -163,8 +161,7 @@ class Diagnosis:
         self._load(self.w)
         x, y = self.task.client_data(pid)
         stats = train(self.model, x, y, **self.task.train_kwargs(server_round, pid))
-        record = ArrayRecord(self.model.state_dict())
-        return self.layout.flatten(record, torch.device("cpu")), float(stats.num_examples)
+        return self.layout.flatten_module(self.model).cpu(), float(stats.num_examples)
 
     def round(self, server_round: int) -> dict[str, Any]:
         """Train, craft, ask every rule, move the model with the configured rule."""
