@@ -70,11 +70,11 @@ def write_app(
 ) -> Path:
     """A Flower App folder whose run config is ``config`` and whose output is ``out_dir``.
 
-    ``clientapp`` and ``serverapp`` name the app objects (``"module:attribute"``), which
-    every Flower process imports by module: tests substitute a ClientApp that fails on
-    purpose, or name a module that registers plug-ins of their own and re-exports
-    fedsec's apps, so that the ServerApp and every Ray worker know those plug-ins
-    (``tests/hook_plugins.py``; CONTRIBUTING.md).
+    ``clientapp`` and ``serverapp`` name the app objects (``"module:attribute"``): tests
+    substitute a ClientApp that fails on purpose, or name apps of a module that
+    registers plug-ins of their own, so that the ServerApp and every Ray worker know
+    those plug-ins (``tests/hook_plugins.py``; CONTRIBUTING.md says why its ClientApp's
+    handlers must live in that module).
     """
     app_dir.mkdir(parents=True, exist_ok=True)
     run_config = {**config.to_dict(), "output": {"dir": str(out_dir.resolve()), "resume": resume}}
@@ -120,6 +120,7 @@ def run_deployment(
     progress: Callable[[str], None] = print,
     resume: bool = False,
     clientapp: str = DEFAULT_CLIENTAPP,
+    serverapp: str = DEFAULT_SERVERAPP,
 ) -> None:
     """Run ``config`` on Flower's deployment engine, all on this machine.
 
@@ -127,7 +128,7 @@ def run_deployment(
     loopback, each SuperNode told its ``partition-id`` / ``num-partitions`` through
     ``--node-config``: the processes a real deployment runs on many machines.
     """
-    with FlowerLauncher(config, out_dir, resume, clientapp) as launcher:
+    with FlowerLauncher(config, out_dir, resume, clientapp, serverapp) as launcher:
         launcher.start_superlink(simulation=False)
         for pid in range(config.data.num_clients):
             launcher.start_supernode(pid, config.data.num_clients)
