@@ -77,9 +77,10 @@ from attacks.evasion import (
 )
 from attacks.procedures import LR_SCHEDULES, benign_update, step_lr_factor
 from fedsec.errors import ConfigError
+from fedsec.layout import ModelLayout
 from fedsec.params import in_unit_interval, one_of, param, positive
 from fedsec.seeding import derive_seed
-from fedsec.training import assign_flat_params, flatten_params, train
+from fedsec.training import train
 
 
 @dataclass(kw_only=True, eq=False)
@@ -159,8 +160,12 @@ class BackdoorAttack(Attack):
         if self.evasion == "none":
             return super().update(model, ctx, train_kwargs)
         kwargs = {**train_kwargs, "device": ctx.device}
-        w0 = flatten_params(model).detach().clone()
-        benign = benign_update(model, *ctx.examples, kwargs)
+        # scaling: the vector the server's rule sees, the state view (BatchNorm's running
+        # statistics included, as the full-knowledge stage sees them); multi-metrics
+        # constrains local training, so the parameters (fedsec.layout)
+        layout = ModelLayout.of_module(model, buffers=self.evasion == "scaling")
+        w0 = layout.flatten_module(model)
+        benign = benign_update(model, *ctx.examples, kwargs, layout)
         if self.evasion == "multi-metrics":
             constrained = {
                 **train_kwargs,
@@ -170,21 +175,21 @@ class BackdoorAttack(Attack):
             stats = self.local_update(model, ctx, constrained)
             # the update transform (e.g. model replacement) may have scaled it past the
             # bounds; scale it so that its tightest feature is the benign one's
-            update = flatten_params(model).detach() - w0
+            update = layout.flatten_module(model) - w0
             gamma = benign_metrics_scale(update, benign_metric_bounds(benign, w0), w0)
-            assign_flat_params(model, w0 + gamma * update)
+            layout.load_module(model, w0 + gamma * update)
             return AttackReply(stats)
         stats = self.local_update(model, ctx, train_kwargs)
         if self.knowledge == "full":  # scaled by the server loop's adversary stage
-            benign_model = _copy_with(model, w0 + benign)
+            benign_model = _copy_with(model, layout, w0 + benign)
             return AttackReply(stats, benign_state=benign_model.state_dict())
-        view = torch.stack([benign, *self._estimates(model, ctx, kwargs)])
+        view = torch.stack([benign, *self._estimates(model, ctx, kwargs, layout)])
         n = torch.full((view.shape[0],), float(ctx.examples[1].shape[0]), dtype=torch.float64)
-        candidate = flatten_params(model).detach() - w0
+        candidate = layout.flatten_module(model) - w0
         lam = largest_kept_scale(
             self._rule(ctx, model), view, n, benign, candidate, stats.num_examples, w0
         )
-        assign_flat_params(model, w0 + benign + lam * (candidate - benign))
+        layout.load_module(model, w0 + benign + lam * (candidate - benign))
         return AttackReply(stats, evasion_scale=float(lam))
 
     # ------------------------------------------------------------------- training
@@ -218,9 +223,9 @@ class BackdoorAttack(Attack):
         """Plain local SGD with :meth:`poison_train_kwargs`."""
         return train(model, x, y, **self.poison_train_kwargs(ctx, train_kwargs))
 
-    def _estimates(self, model, ctx, kwargs) -> list[torch.Tensor]:
+    def _estimates(self, model, ctx, kwargs, layout) -> list[torch.Tensor]:
         """Benign updates beyond ``u_benign``: honest training on bootstrap resamples of
-        the attacker's own clean data, each with its own seed."""
+        the attacker's own clean data, each with its own seed, as vectors of ``layout``."""
         count = self.evasion_estimates if self.evasion_estimates != -1 else ctx.round_clients - 1
         x, y = ctx.examples
         out = []
@@ -228,7 +233,7 @@ class BackdoorAttack(Attack):
             generator = torch.Generator().manual_seed(derive_seed(ctx.seed, "benign-estimate", i))
             index = torch.randint(len(y), (len(y),), generator=generator)
             seeded = {**kwargs, "seed": derive_seed(ctx.seed, "benign-estimate-train", i)}
-            out.append(benign_update(model, x[index], y[index], seeded))
+            out.append(benign_update(model, x[index], y[index], seeded, layout))
         return out
 
     def _rule(self, ctx, model):
@@ -245,7 +250,8 @@ class BackdoorAttack(Attack):
         return build_rule(ctx.defense_name, params, seed=ctx.seed, model_probe=self._probe)
 
 
-def _copy_with(model: torch.nn.Module, flat: torch.Tensor) -> torch.nn.Module:
+def _copy_with(model: torch.nn.Module, layout: ModelLayout, flat: torch.Tensor) -> torch.nn.Module:
+    """A copy of ``model`` that holds ``flat`` in ``layout``'s view."""
     clone = copy.deepcopy(model)
-    assign_flat_params(clone, flat)
+    layout.load_module(clone, flat)
     return clone

@@ -20,7 +20,10 @@ public) to keep its update in the aggregate:
   :func:`benign_metrics_scale` the final scale, which brings the tightest of the three
   features to the benign value.
 
-Pure functions of flat parameter vectors and rules; vectorised.
+Pure functions of flat vectors and rules; vectorised. The scaling search works on the
+vectors the server's rule sees (the state view of ``fedsec.layout``: parameters and
+floating buffers), the multi-metrics penalty and projection on the parameters that local
+training moves (its parameters view).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from fedsec.layout import ModelLayout
 from fedsec.training import assign_flat_params, flatten_params
 
 #: Values of ``attack.evasion``.
@@ -77,7 +81,7 @@ def multi_metrics_penalty(
     center = global_flat.detach()
 
     def penalty(model: torch.nn.Module) -> torch.Tensor:
-        w = torch.cat([p.reshape(-1) for p in model.parameters()])
+        w = ModelLayout.of_module(model, buffers=False).flatten_module(model, grad=True)
         features = _linear_features(w - center.to(w.device), center.to(w.device))
         deviation = (features - target.to(w.device)) / scale.to(w.device)
         return (strength * deviation.square().sum()).to(w.dtype)

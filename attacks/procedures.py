@@ -19,8 +19,10 @@
   that put them into an attack's ``train`` / ``transform_update`` hooks (list them
   before the attack class they modify: ``class X(ProjectedGradientMixin, Base)``).
 
-Everything works on the flat parameter vector (``fedsec.training.flatten_params``),
-on the device the model trains on.
+Everything works on the flat parameter vector (``fedsec.training.flatten_params``, the
+parameters view of ``fedsec.layout``), on the device the model trains on;
+:func:`benign_update` also gives the state view, the vector the server's rule sees (the
+scaling evasion's).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 import torch
 
 from attacks.base import AttackContext
+from fedsec.layout import ModelLayout
 from fedsec.params import at_least, in_unit_interval, one_of, param, positive
 from fedsec.training import TrainStats, assign_flat_params, flatten_params, train
 
@@ -110,17 +113,25 @@ def projected_train(
 
 
 def benign_update(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, train_kwargs: dict[str, Any]
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train_kwargs: dict[str, Any],
+    layout: ModelLayout | None = None,
 ) -> torch.Tensor:
     """The flat update ``w - w0`` that honest training on ``(x, y)`` would make from
-    ``model``'s parameters, with the round's settings (seed included); ``model`` is left
-    as it was. A malicious client learns from it how large an honest update is."""
+    ``model``, with the round's settings (seed included); ``model`` is left as it was. A
+    malicious client learns from it how large an honest update is. The vector is
+    ``layout``'s view of the model (``fedsec.layout``), by default its parameters."""
     clone = copy.deepcopy(model)
-    w0 = flatten_params(clone).detach().clone()
+    if layout is None:
+        layout = ModelLayout.of_module(clone, buffers=False)
+    w0 = layout.flatten_module(clone)
     # without the attacker's penalty and constraint (attack.evasion)
     honest = {k: v for k, v in train_kwargs.items() if k not in ("penalty", "constraint")}
     train(clone, x, y, **honest)
-    return flatten_params(clone).detach() - w0.to(flatten_params(clone).device)
+    trained = layout.flatten_module(clone)
+    return trained - w0.to(trained.device)
 
 
 def scale_update(model: torch.nn.Module, global_flat: torch.Tensor, factor: float) -> None:

@@ -33,7 +33,7 @@ import torch
 from flwr.app import ArrayRecord, Message
 
 from attacks.evasion import largest_kept_scale
-from defenses.adapter import ModelLayout
+from defenses.adapter import RecordLayout
 from fedsec.hooks import ServerStage, StageOutcome
 from fedsec.task import BENIGN_STATE, TRIGGER
 
@@ -63,7 +63,7 @@ class CraftingStage(ServerStage):
         A reply with an error or arrays that do not fit the global model is in no one's
         view (the defense refuses it anyway).
         """
-        layout = ModelLayout(global_arrays)
+        layout = RecordLayout(global_arrays)
         w0 = layout.flatten(global_arrays, torch.device("cpu"))
         full = self.attack.knowledge == "full"
         rows, attackers = [], []
@@ -113,7 +113,7 @@ class ScalingStage(ServerStage):
     ) -> StageOutcome:
         """Scale every attacker's reply in place and remove the benign models they sent
         beside it (:data:`fedsec.task.BENIGN_STATE`), so that the defense sees plain replies."""
-        layout = ModelLayout(global_arrays)
+        layout = RecordLayout(global_arrays)
         w0 = layout.flatten(global_arrays, torch.device("cpu"))
         honest, weights, honest_ids, attackers = [], [], [], []
         for reply, pid, update in _valid_updates(layout, w0, replies, partition_of):
@@ -153,7 +153,7 @@ class ScalingStage(ServerStage):
         return outcome
 
 
-def _valid_updates(layout: ModelLayout, w0: torch.Tensor, replies, partition_of):
+def _valid_updates(layout: RecordLayout, w0: torch.Tensor, replies, partition_of):
     """(reply, partition id, flat update) of every reply that holds a valid model."""
     for reply in replies:
         if reply.has_error():

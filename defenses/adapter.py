@@ -3,6 +3,8 @@
 :class:`DefenseStrategy` is Flower's ``FedAvg`` with its ``aggregate_train`` replaced:
 it checks every reply on its own, stacks the good ones into an ``(n, d)`` tensor,
 runs the rule, turns the new model back into an ``ArrayRecord`` and reports verdicts.
+:class:`RecordLayout` is the ``ArrayRecord`` side of the one model layout
+(``fedsec.layout``), which needs no Flower.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsec.errors import ConfigError
+from fedsec.layout import ModelLayout
 
 from .rules import AggregationRule
 
@@ -105,7 +108,9 @@ class DefenseStrategy(FedAvg):
     (``aggregate_train`` returns no model) and the previous global model stays.
 
     The rule sees the floating-point arrays only, flattened in the global record's key
-    order, as float32 (float64 if any array is float64); the new model is cast back
+    order (the state view of ``fedsec.layout``: parameters and floating buffers alike,
+    through :class:`RecordLayout`), as float32 (float64 if any array is float64); the
+    new model is cast back
     to each array's dtype. Other arrays (integer buffers such as BatchNorm's
     ``num_batches_tracked``) are copied from the global model, so clients cannot
     change them. Train metrics are aggregated by ``train_metrics_aggr_fn`` (FedAvg's
@@ -192,7 +197,7 @@ class DefenseStrategy(FedAvg):
         keep the previous one), the accepted replies' train metrics and the verdicts."""
         if self._global_arrays is None:
             raise RuntimeError("configure_train must run before aggregate_train")
-        layout = ModelLayout(self._global_arrays)
+        layout = RecordLayout(self._global_arrays)
         report = RoundReport(round=server_round)
         models, valid = self._load_valid(list(replies), layout, report)
         if not valid:
@@ -228,7 +233,7 @@ class DefenseStrategy(FedAvg):
         return report
 
     def _load_valid(
-        self, replies: list[Message], layout: ModelLayout, report: RoundReport
+        self, replies: list[Message], layout: RecordLayout, report: RoundReport
     ) -> tuple[torch.Tensor, list[_Reply]]:
         """The valid replies and their models as rows of one tensor; refuse the rest."""
         log(INFO, "aggregate_train: received %d replies", len(replies))
@@ -249,7 +254,7 @@ class DefenseStrategy(FedAvg):
         return models, [loaded[row] for row in rows]
 
     def _root_update(
-        self, server_round: int, layout: ModelLayout, global_model: torch.Tensor
+        self, server_round: int, layout: RecordLayout, global_model: torch.Tensor
     ) -> torch.Tensor | None:
         """The server's own update this round, for a rule that needs one (FLTrust)."""
         if not self.rule.needs_root_update:
@@ -257,7 +262,7 @@ class DefenseStrategy(FedAvg):
         trained = self.root_update_fn(server_round, self._global_arrays)
         return layout.flatten(trained, self.device) - global_model
 
-    def _problem(self, message: Message, layout: ModelLayout) -> str:
+    def _problem(self, message: Message, layout: RecordLayout) -> str:
         """Why a reply cannot be used, judged from its records' headers ("" if none)."""
         if message.has_error():
             return f"error reply: {message.error.reason}"
@@ -315,15 +320,19 @@ class DefenseStrategy(FedAvg):
         return report
 
 
-class ModelLayout:
-    """Where each floating-point array of a model sits in the flat vector."""
+class RecordLayout:
+    """The model layout (``fedsec.layout.ModelLayout``, its state view) of a Flower
+    ``ArrayRecord``: where each floating-point array sits in the flat vector the rule
+    sees, with the checks a client's reply needs before it is trusted.
+
+    ``specs`` holds every array's header as the record states it (dtype name, shape);
+    ``layout`` the core layout built from them (``size``, ``dtype``: the vector's)."""
 
     def __init__(self, record: ArrayRecord) -> None:
         self.specs = {key: (array.dtype, tuple(array.shape)) for key, array in record.items()}
-        self.floating = [key for key, (dtype, _) in self.specs.items() if _is_float(dtype)]
-        self.size = sum(math.prod(self.specs[key][1]) for key in self.floating)
-        wide = any(np.dtype(self.specs[key][0]) == np.float64 for key in self.floating)
-        self.dtype = torch.float64 if wide else torch.float32
+        self.layout = ModelLayout((key, shape, dtype) for key, (dtype, shape) in self.specs.items())
+        self.size = self.layout.size
+        self.dtype = self.layout.dtype
 
     def mismatch(self, record: ArrayRecord) -> str:
         """How ``record``'s headers differ from the global model's keys, shapes, dtypes."""
@@ -345,8 +354,8 @@ class ModelLayout:
         Checks on the host what the arrays really hold (their headers were checked by
         :meth:`mismatch`): bytes that do not decode, another dtype or shape, NaN/Inf.
         """
-        offset = 0
-        for key in self.floating:
+        for entry in self.layout.flat_entries:
+            key = entry.key
             dtype, shape = self.specs[key]
             try:
                 values = record[key].numpy()
@@ -356,8 +365,7 @@ class ModelLayout:
                 return f"array {key!r} holds {values.dtype}{list(values.shape)}, not its header"
             if not np.isfinite(values).all():
                 return f"array {key!r} has NaN or Inf values"
-            row[offset : offset + values.size] = torch.from_numpy(values.reshape(-1))
-            offset += values.size
+            row[entry.span] = torch.from_numpy(values.reshape(-1))
         return ""
 
     def flatten(self, record: ArrayRecord, device: torch.device) -> torch.Tensor:
@@ -370,26 +378,18 @@ class ModelLayout:
 
     def unflatten(self, vector: torch.Tensor, template: ArrayRecord) -> ArrayRecord:
         """An ArrayRecord like ``template`` whose floating-point arrays hold ``vector``."""
+        self.layout.check_vector(vector)
         host = vector.to("cpu").numpy()
         out = ArrayRecord()
-        offset = 0
         for key, array in template.items():
-            dtype, shape = self.specs[key]
-            if key in self.floating:
-                size = math.prod(shape)
-                values = host[offset : offset + size].reshape(shape).astype(dtype)
+            span = self.layout.entry(key).span
+            if span is not None:
+                dtype, shape = self.specs[key]
+                values = host[span].reshape(shape).astype(dtype)
                 out[key] = Array(np.ascontiguousarray(values))
-                offset += size
             else:
                 out[key] = Array(array.dtype, tuple(array.shape), array.stype, array.data)
         return out
-
-
-def _is_float(dtype: str) -> bool:
-    try:
-        return np.dtype(dtype).kind == "f"
-    except TypeError:
-        return False
 
 
 def _client_key(message: Message) -> int:

@@ -17,9 +17,12 @@ An experiment file looks like::
     name = "inprocess"
 
 Every key has a default (the dataclasses below), so a file names only what it changes.
-``[attack]`` and ``[defense]`` hold a ``name`` plus that method's own parameters, which
-the attack and defense registries check. ``[log]`` turns on experiment trackers
-(fedsec/tracking.py); they change no number of the run.
+A key's valid values are declared beside its default with ``fedsec.params.param`` and a
+constraint of ``fedsec.schema`` (the pattern of the attacks' and rules' parameters), and
+judged once, by :meth:`ExperimentConfig.validate`. ``[attack]`` and ``[defense]`` hold a
+``name`` plus that method's own parameters, which the attack and defense registries
+check. ``[log]`` turns on experiment trackers (fedsec/tracking.py); they change no
+number of the run.
 
 The same config travels to Flower apps as a flat run config (``"data.alpha": 0.5``):
 :meth:`ExperimentConfig.to_flat` and :meth:`ExperimentConfig.from_flat` convert, so an
@@ -36,50 +39,106 @@ from pathlib import Path
 from typing import Any
 
 from fedsec.errors import ConfigError
-from fedsec.params import at_least, non_negative, positive
+from fedsec.params import check_parameters, param, parameter_fields
+from fedsec.schema import FINITE, InstanceOf, Interval, Options, typename
 
 SCHEDULE_NAMES = ("fixed-frequency", "every-round", "random-pool")
 DEVICE_NAMES = ("cpu", "cuda", "auto")
 BATCH_CLIENTS = ("auto", "true", "false")
+
+MAX_LR = 10.0
+"""The largest client learning rate: SGD at a larger one diverges on every model here."""
+_LOG_MAX_LR = math.log(MAX_LR)
+
+COUNT = Interval(int, 1, None, closed="left")  # >= 1
+NON_NEGATIVE_INT = Interval(int, 0, None, closed="left")  # >= 0
+POSITIVE = Interval(float, 0, None)  # > 0, finite
+NON_NEGATIVE = Interval(float, 0, None, closed="left")  # >= 0, finite
+
+#: What local SGD accepts, whoever trains: ``fedsec.training.train`` checks its arguments
+#: with these same objects, and ``[train]`` declares its keys with them (the experiment's
+#: learning rate is also capped at :data:`MAX_LR`).
+SGD = {
+    "epochs": COUNT,
+    "batch_size": COUNT,
+    "lr": POSITIVE,
+    "momentum": Interval(float, 0, 1, closed="left"),
+    "weight_decay": NON_NEGATIVE,
+}
+
+
+# The registries import this module, so their names are read when a value is checked.
+def _dataset_names() -> tuple[str, ...]:
+    from fedsec.data import dataset_names
+
+    return tuple(dataset_names())
+
+
+def _partition_schemes() -> tuple[str, ...]:
+    from fedsec.partition import PARTITION_SCHEMES
+
+    return PARTITION_SCHEMES
+
+
+def _model_names() -> tuple[str, ...]:
+    from fedsec.models import MODELS
+
+    return tuple(MODELS.names())
+
+
+def _engine_names() -> tuple[str, ...]:
+    from fedsec.engines import ENGINES
+
+    return tuple(ENGINES.names())
+
+
+def _wandb_modes() -> tuple[str, ...]:
+    from fedsec.tracking import WANDB_MODES
+
+    return WANDB_MODES
 
 
 @dataclass
 class DataConfig:
     """Which data set, and how its training split is divided among clients."""
 
-    name: str = "mnist5k"
+    name: str = param("mnist5k", Options(_dataset_names))
     dir: str = ""  # "" = the data set's default location (if it reads files)
-    partition: str = "dirichlet"
-    alpha: float = 0.5  # Dirichlet concentration: the non-IID degree (lower = more skew)
-    classes_per_client: int = 2  # for partition = "pathological"
-    num_clients: int = 20
-    min_partition_size: int = 10
+    partition: str = param("dirichlet", Options(_partition_schemes))
+    # Dirichlet concentration: the non-IID degree (lower = more skew)
+    alpha: float = param(0.5, POSITIVE)
+    classes_per_client: int = param(2, COUNT)  # for partition = "pathological"
+    num_clients: int = param(20, COUNT)
+    min_partition_size: int = param(10, COUNT)
     # Seed of the federation itself: the partition, the attacker pool and the attack's
     # edits of the data set. -1 = the experiment seed. Fixing it while varying ``seed``
     # trains many models on the same clients (datamodels, KLoM; see fedsec/unlearning).
-    partition_seed: int = -1
+    partition_seed: int = param(-1, Interval(int, -1, None, closed="left"))
 
 
 @dataclass
 class ModelConfig:
-    name: str = "lenet"
+    name: str = param("lenet", Options(_model_names))
 
 
 @dataclass
 class TrainConfig:
     """Federated and local training (the papers' SGD setup by default)."""
 
-    rounds: int = 20
-    clients_per_round: int = 10
-    local_epochs: int = 2
-    batch_size: int = 32
-    lr: float = 0.05
-    lr_decay: float = 0.998  # client lr in round r is lr * lr_decay ** (r - 1)
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    pretrain_epochs: int = 0  # > 0: start from a model trained centrally for E epochs
+    rounds: int = param(20, COUNT)
+    clients_per_round: int = param(10, COUNT)
+    local_epochs: int = param(2, SGD["epochs"])
+    batch_size: int = param(32, SGD["batch_size"])
+    lr: float = param(0.05, SGD["lr"] & Interval(float, None, MAX_LR, closed="right"))
+    # client lr in round r is lr * lr_decay ** (r - 1)
+    lr_decay: float = param(0.998, POSITIVE)
+    momentum: float = param(0.9, SGD["momentum"])
+    weight_decay: float = param(1e-4, SGD["weight_decay"])
+    # > 0: start from a model trained centrally for E epochs
+    pretrain_epochs: int = param(0, NON_NEGATIVE_INT)
     pretrain_cache: str = ""  # "" = ~/.cache/fedsec/pretrained (or $FEDSEC_CACHE)
-    min_replies: int = 1  # fewer valid replies than this: the round keeps the old model
+    # fewer valid replies than this: the round keeps the old model
+    min_replies: int = param(1, COUNT)
     # Comma-separated partition ids that never train (e.g. "3,7"): the federation
     # without them, as retraining for unlearning needs. Rounds sample from the remaining
     # clients; when clients_per_round exceeds their number, every remaining client trains.
@@ -104,15 +163,24 @@ class EngineConfig:
     identical metrics across engines need the same value on both.
     """
 
-    name: str = "inprocess"
-    client_num_cpus: int = 2
-    client_num_gpus: float = 0.0
-    device: str = "cpu"  # where training and aggregation run: cpu, cuda or auto
-    round_timeout: float = 3600.0  # seconds the server waits for a round's replies
-    connect_timeout: float = 600.0  # seconds to wait for every client to connect and answer
-    checkpoint_every: int = 1  # rounds between checkpoints (0: none); see --resume
+    name: str = param("inprocess", Options(_engine_names))
+    client_num_cpus: int = param(
+        2,
+        (
+            Interval(int, 1, None, closed="left") & Interval(int, None, 1024, closed="right")
+        ).explained("threads per client"),
+    )
+    client_num_gpus: float = param(0.0, NON_NEGATIVE)
+    # where training and aggregation run: cpu, cuda or auto
+    device: str = param("cpu", Options(DEVICE_NAMES))
+    # seconds the server waits for a round's replies
+    round_timeout: float = param(3600.0, POSITIVE)
+    # seconds to wait for every client to connect and answer
+    connect_timeout: float = param(600.0, POSITIVE)
+    # rounds between checkpoints (0: none); see --resume
+    checkpoint_every: int = param(1, NON_NEGATIVE_INT)
     # train a round's honest clients together (fedsec.batched): auto (on CUDA), true, false
-    batch_clients: str = "auto"
+    batch_clients: str = param("auto", Options(BATCH_CLIENTS))
 
 
 @dataclass
@@ -129,17 +197,19 @@ class AttackConfig:
     - ``random-pool``: attackers are sampled like everyone else and attack whenever
       they are sampled between ``start_round`` and ``end_round``.
 
-    A pool member that trains outside ``start_round..end_round`` trains honestly.
+    A pool member that trains outside ``start_round..end_round`` trains honestly. The
+    declared keys are judged only when there is an attack (without one they mean
+    nothing); ``name`` and the attack's own parameters are the attack registry's.
     """
 
     name: str = "none"
     num_attackers: int = 1
-    fraction: float = 0.0
-    schedule: str = "fixed-frequency"
-    every: int = 10
+    fraction: float = param(0.0, Interval(float, 0, 1, closed="both"))
+    schedule: str = param("fixed-frequency", Options(SCHEDULE_NAMES))
+    every: int = param(10, COUNT)
     attackers_per_round: int = 1
-    start_round: int = 1
-    end_round: int = 0  # 0 = the last round
+    start_round: int = param(1, COUNT)
+    end_round: int = param(0, NON_NEGATIVE_INT)  # 0 = the last round
     target_label: int = -1  # -1 = the attack's own default (ARDIS 7 -> 1, Southwest -> 9)
     params: dict[str, Any] = field(default_factory=dict)
 
@@ -173,12 +243,13 @@ class LogConfig:
 
     csv: bool = False  # RUN_DIR/metrics.csv, one row per round
     tensorboard: bool = False  # RUN_DIR/tensorboard/
-    wandb: str = "off"  # "off", "offline" (no network; RUN_DIR/wandb/) or "online"
+    # "off", "offline" (no network; RUN_DIR/wandb/) or "online"
+    wandb: str = param("off", Options(_wandb_modes))
 
 
 @dataclass
 class ExperimentConfig:
-    seed: int = 0
+    seed: int = param(0, NON_NEGATIVE_INT)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -204,7 +275,7 @@ class ExperimentConfig:
                 cfg.seed = _coerce("seed", value, int)
             elif key in _SECTIONS:
                 if not isinstance(value, dict):
-                    raise ConfigError(f"[{key}] must be a table, got {_typename(value)}")
+                    raise ConfigError(f"[{key}] must be a table, got {typename(value)}")
                 _fill_section(key, getattr(cfg, key), value)
             else:
                 raise ConfigError(
@@ -279,22 +350,14 @@ class ExperimentConfig:
 
         This is the one place where a config is judged; it is cheap (no data is
         loaded beyond checking that required files exist) so the CLI calls it before
-        any training starts.
+        any training starts. Each key's own constraint first (:meth:`_check_values`),
+        then the checks that relate keys.
         """
         # the registries import this module, so they are imported here
         from fedsec import data as data_registry
-        from fedsec.engines import ENGINES
-        from fedsec.models import MODELS
-        from fedsec.partition import PARTITION_SCHEMES
 
         d, t, e = self.data, self.train, self.engine
-        _at_least("seed", self.seed, 0)
-        _one_of("data.name", d.name, data_registry.dataset_names())
-        _one_of("data.partition", d.partition, PARTITION_SCHEMES)
-        _one_of("model.name", self.model.name, MODELS.names())
-        _one_of("engine.name", e.name, ENGINES.names())
-        _one_of("engine.device", e.device, DEVICE_NAMES)
-        self._check_bounds()
+        self._check_values()
         if t.min_replies > t.clients_per_round:
             raise ConfigError(
                 f"train.min_replies ({t.min_replies}) must be <= train.clients_per_round "
@@ -323,7 +386,6 @@ class ExperimentConfig:
                 f"train.min_replies ({t.min_replies}) exceeds the {t.round_size(d.num_clients)} "
                 "clients a round can have without train.exclude_clients"
             )
-        _one_of("engine.batch_clients", e.batch_clients, BATCH_CLIENTS)
         if e.batch_clients == "true" and e.name != "inprocess":
             raise ConfigError(
                 f"engine.batch_clients = true needs engine.name = 'inprocess' (the {e.name} "
@@ -352,32 +414,37 @@ class ExperimentConfig:
 
         resolve_device(self.engine.device)
 
-    def _check_bounds(self) -> None:
-        """Every float of the experiment (attack and defense parameters included) is
-        finite, and every key of :data:`BOUNDS` within its bounds."""
-        for key, value in self.to_flat().items():
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{key} must be a finite number, got {value}")
-        flat = self.to_flat()
-        for key, (check, expect) in BOUNDS.items():
-            if not check(flat[key]):
-                raise ConfigError(f"{key} must be {expect}, got {flat[key]}")
+    def _check_values(self) -> None:
+        """Every declared key against its own constraint (its ``param`` above), once, in
+        declaration order, with the constraint's one-line error; every other float of
+        the experiment (attack and defense parameters included) must be finite. The
+        attack's schedule keys are judged only when there is an attack; the attack's
+        and the defense's own parameters by their declarations (attacks/, defenses/)."""
+        check_parameters(self, str)
+        for name in _SECTIONS:
+            section = getattr(self, name)
+            judged = name != "attack" or section.name != "none"
+            if judged:
+                check_parameters(section, lambda key, name=name: f"{name}.{key}")
+            declared = {f.name for f in parameter_fields(section)} if judged else set()
+            rest = {
+                f.name: getattr(section, f.name)
+                for f in dataclasses.fields(section)
+                if f.name not in declared and f.name != "params"
+            }
+            for key, value in {**rest, **getattr(section, "params", {})}.items():
+                if isinstance(value, float):
+                    FINITE.check(f"{name}.{key}", value)
 
     def _validate_attack_schedule(self) -> None:
         a, n = self.attack, self.data.num_clients
         if a.name == "none":
             return
-        _one_of("attack.schedule", a.schedule, SCHEDULE_NAMES)
-        if not 0.0 <= a.fraction <= 1.0:
-            raise ConfigError(f"attack.fraction must be in [0, 1], got {a.fraction}")
         pool = a.pool_size(n)
         if not 1 <= pool <= n:
             raise ConfigError(
                 f"attack.num_attackers must be between 1 and data.num_clients ({n}), got {pool}"
             )
-        _at_least("attack.every", a.every, 1)
-        _at_least("attack.start_round", a.start_round, 1)
-        _at_least("attack.end_round", a.end_round, 0)
         if a.end_round and a.start_round > a.end_round:
             raise ConfigError(
                 f"attack.start_round ({a.start_round}) is after attack.end_round "
@@ -450,38 +517,6 @@ class ExperimentConfig:
         return caveats
 
 
-MAX_LR = 10.0
-"""The largest client learning rate: SGD at a larger one diverges on every model here."""
-_LOG_MAX_LR = math.log(MAX_LR)
-
-#: The bounds of the experiment's numeric keys, judged in one place
-#: (``ExperimentConfig._check_bounds``): flat key -> (check, the words for a valid value),
-#: as ``fedsec.params.param`` declares a plug-in's; every float must also be finite.
-#: Checks that relate two keys (min_replies <= clients_per_round, ...) follow in validate.
-BOUNDS: dict[str, tuple[Any, str]] = {
-    "data.alpha": (positive, "> 0"),
-    "data.num_clients": (at_least(1), ">= 1"),
-    "data.classes_per_client": (at_least(1), ">= 1"),
-    "data.min_partition_size": (at_least(1), ">= 1"),
-    "data.partition_seed": (at_least(-1), ">= -1"),
-    "train.rounds": (at_least(1), ">= 1"),
-    "train.clients_per_round": (at_least(1), ">= 1"),
-    "train.local_epochs": (at_least(1), ">= 1"),
-    "train.batch_size": (at_least(1), ">= 1"),
-    "train.pretrain_epochs": (at_least(0), ">= 0"),
-    "train.min_replies": (at_least(1), ">= 1"),
-    "train.lr": (lambda v: 0 < v <= MAX_LR, f"> 0 and <= {MAX_LR:g}"),
-    "train.lr_decay": (positive, "> 0"),
-    "train.momentum": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
-    "train.weight_decay": (non_negative, ">= 0"),
-    "engine.client_num_cpus": (lambda v: 1 <= v <= 1024, ">= 1 and <= 1024 (threads per client)"),
-    "engine.client_num_gpus": (non_negative, ">= 0"),
-    "engine.round_timeout": (positive, "> 0"),
-    "engine.connect_timeout": (positive, "> 0"),
-    "engine.checkpoint_every": (at_least(0), ">= 0"),
-}
-
-
 # ---------------------------------------------------------------------- loading
 def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None
@@ -544,7 +579,7 @@ def _fill_section(name: str, section: Any, values: dict[str, Any]) -> None:
             setattr(section, key, _coerce(f"{name}.{key}", value, _field_type(fields[key])))
         elif has_params:
             if isinstance(value, (dict, list)):
-                raise ConfigError(f"{name}.{key} must be a single value, got {_typename(value)}")
+                raise ConfigError(f"{name}.{key} must be a single value, got {typename(value)}")
             section.params[key] = value
         else:
             raise ConfigError(
@@ -557,32 +592,15 @@ def _field_type(f: dataclasses.Field) -> type:
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
-    """Accept a value of the field's type (an int where a float is expected)."""
+    """Accept a value of the field's type (an int where a float is expected); the type
+    is the one check made while loading (its error from ``fedsec.schema.InstanceOf``)."""
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if kind is int and isinstance(value, bool):
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
     if key == "train.exclude_clients" and isinstance(value, int) and not isinstance(value, bool):
         return str(value)  # --set train.exclude_clients=3 parses as an integer
     if key == "engine.batch_clients" and isinstance(value, bool):
         return "true" if value else "false"  # batch_clients = true is a TOML boolean
-    if not isinstance(value, kind):
-        raise ConfigError(f"{key} must be {_KIND_NAMES[kind]}, got {_typename(value)} {value!r}")
-    return value
-
-
-_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
-
-
-def _typename(value: Any) -> str:
-    return {
-        dict: "a table",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-    }.get(type(value), type(value).__name__)
+    return InstanceOf(kind).check(key, value)
 
 
 def _parse_value(text: str) -> Any:
@@ -603,20 +621,9 @@ def _toml_value(value: Any) -> str:
     raise ConfigError(f"cannot write {value!r} to TOML")
 
 
-def _one_of(key: str, value: str, valid: Any) -> None:
-    if value not in valid:
-        raise ConfigError(f"unknown {key} {value!r}; valid: " + ", ".join(valid))
-
-
-def _at_least(key: str, value: int, low: int) -> None:
-    if value < low:
-        raise ConfigError(f"{key} must be >= {low}, got {value}")
-
-
 def _validate_log(log: LogConfig) -> None:
-    from fedsec.tracking import WANDB_MODES, check_trackers
+    from fedsec.tracking import check_trackers
 
-    _one_of("log.wandb", log.wandb, WANDB_MODES)
     check_trackers(log)
 
 

@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from fedsec.layout import ModelLayout
+
 
 @dataclass
 class StageOutcome:
@@ -134,6 +136,6 @@ class FinalModel:
     progress: Callable[[str], None] = print
 
     def flat(self) -> torch.Tensor:
-        """The final model's floating-point entries, flattened in state-dict order (the
-        vector the rules aggregate)."""
-        return torch.cat([v.reshape(-1) for v in self.state.values() if v.is_floating_point()])
+        """The final model as the rules see it: the state view of ``fedsec.layout`` (its
+        floating-point entries, in state-dict order)."""
+        return ModelLayout.of_state(self.state).flatten(self.state)

@@ -1,32 +1,42 @@
-"""One parameter pattern for attacks and defense rules.
+"""One parameter pattern: attacks, defense rules, the experiment's keys, unlearning.
 
 As scikit-learn's ``_parameter_constraints``, but as dataclass fields: a parameter is a
-field made with :func:`param`, which declares its default, a check and the words for a
-valid value; its annotation is its type (an int is a valid float). The constructor only
-stores values; :func:`check_parameters` is the one place that judges them, and the
-same declaration gives both the check and the one-line error message.
+field made with :func:`param`, which declares its default and its check; its annotation
+is its type (an int is a valid float). The check is a constraint object of
+``fedsec.schema`` (an interval, a set of options, ...), which puts a valid value into
+words and writes its own one-line error, or a plain predicate with the words for a valid
+value. The constructor only stores values; :func:`check_parameters` is the one place
+that judges them.
 
     @dataclass(kw_only=True)
     class MyRule(AggregationRule):
-        keep_fraction: float = param(0.3, in_unit_interval, "in (0, 1]")
+        keep_fraction: float = param(0.3, Interval(float, 0, 1, closed="right"))
+        mode: str = param("mean", one_of("mean", "median"), "one of 'mean', 'median'")
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import Field, field, fields
-from types import NoneType, UnionType
-from typing import Any, get_args, get_type_hints
+from typing import Any, get_type_hints
 
 from fedsec.errors import ConfigError
+from fedsec.schema import Constraint
+from fedsec.schema import has_type as has_type  # re-exported: it lived here
 
 
-def param(default: Any, check: Callable[[Any], bool], expect: str) -> Any:
-    """A parameter: its default, its check and the words for a valid value."""
+def param(default: Any, check: Callable[[Any], bool], expect: str | None = None) -> Any:
+    """A parameter: its default and its check, a ``fedsec.schema`` constraint (which
+    writes its own words) or a predicate with ``expect``, the words for a valid value."""
+    if expect is None and not isinstance(check, Constraint):
+        raise TypeError("param: a predicate needs the words for a valid value (expect)")
     return field(default=default, metadata={"check": check, "expect": expect})
 
 
+# The predicates the attacks and rules declare with words (``param(1.0, positive, "> 0")``);
+# a new declaration can name a ``fedsec.schema`` constraint instead, which words itself.
 def positive(value: float) -> bool:
     return math.isfinite(value) and value > 0
 
@@ -60,23 +70,21 @@ def parameter_defaults(cls: type) -> dict[str, Any]:
 
 def check_parameters(obj: Any, label: Callable[[str], str]) -> None:
     """Raise a one-line ConfigError for the first parameter of ``obj`` of the wrong type
-    or failing its check: ``{label(name)} must be {expect}, got {value!r}``."""
-    hints = get_type_hints(type(obj))
+    or failing its check: the constraint's own message for ``label(name)``, or
+    ``{label(name)} must be {expect}, got {value!r}`` where the declaration gives words."""
+    hints = _type_hints(type(obj))
     for spec in parameter_fields(obj):
         value = getattr(obj, spec.name)
-        if not has_type(value, hints[spec.name]) or not spec.metadata["check"](value):
-            expect = spec.metadata["expect"]
-            raise ConfigError(f"{label(spec.name)} must be {expect}, got {value!r}")
+        check, expect = spec.metadata["check"], spec.metadata["expect"]
+        if has_type(value, hints[spec.name]) and check(value):
+            continue
+        if expect is None:
+            raise ConfigError(check.message(label(spec.name), value))
+        raise ConfigError(f"{label(spec.name)} must be {expect}, got {value!r}")
 
 
-def has_type(value: Any, hint: Any) -> bool:
-    """Whether ``value`` fits the annotation ``hint`` (bool is not an int; int is a float)."""
-    if isinstance(hint, UnionType):
-        return any(has_type(value, option) for option in get_args(hint))
-    if hint is NoneType:
-        return value is None
-    if isinstance(value, bool):
-        return hint is bool
-    if hint is float:
-        return isinstance(value, (int, float))
-    return isinstance(value, hint)
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """``cls``'s annotations as types, evaluated once per class (the strings of
+    ``from __future__ import annotations`` cost a millisecond a class to evaluate)."""
+    return get_type_hints(cls)

@@ -5,10 +5,11 @@ everything that scores a model goes through ``evaluate`` / ``predict_logits``.  
 (no Flower), whole data sets as tensors in memory (federated client shards are small),
 no DataLoader: minibatches are index slices of a seeded permutation.
 
-The flat-vector helpers (``flatten_params``, ``assign_flat_params``) let defenses and attacks
-treat a model update as one vector.  They cover parameters only, in ``model.parameters()``
-order; buffers such as BatchNorm running statistics are not part of the vector and must be
-handled separately (e.g. through ``state_dict``).
+The flat-vector helpers (``flatten_params``, ``assign_flat_params``) let attacks treat the
+weights that local training moves as one vector: the parameters view of the one model
+layout (``fedsec.layout``), parameters only, in ``model.parameters()`` order.  Buffers such
+as BatchNorm running statistics are not in it; the vector a defense aggregates is the
+layout's state view, which has them (``fedsec.layout`` says which view is used where).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedsec.config import SGD
 from fedsec.errors import ConfigError
+from fedsec.layout import ModelLayout
 
 Array = torch.Tensor | np.ndarray
 Device = torch.device | str
@@ -68,30 +71,26 @@ def _check_data(x: torch.Tensor, y: torch.Tensor) -> None:
         )
 
 
-def _is_positive_int(value: object) -> bool:
-    """True for an int >= 1 (bools excluded: ``True`` is not a count)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 def _check_batch_size(batch_size: int) -> None:
     """Raise ConfigError unless ``batch_size`` is an int >= 1."""
-    if not _is_positive_int(batch_size):
-        raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    SGD["batch_size"].check("batch_size", batch_size)
 
 
 def _check_hyperparameters(
     epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float
 ) -> None:
-    """Raise ConfigError for training settings outside their valid ranges."""
-    if not _is_positive_int(epochs):
-        raise ConfigError(f"epochs must be an int >= 1, got {epochs!r}")
-    _check_batch_size(batch_size)
-    if not lr > 0:
-        raise ConfigError(f"lr must be > 0, got {lr!r}")
-    if not 0 <= momentum < 1:
-        raise ConfigError(f"momentum must be in [0, 1), got {momentum!r}")
-    if not weight_decay >= 0:
-        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    """Raise ConfigError for training settings outside what SGD accepts: the constraint
+    objects ``[train]`` declares its keys with (``fedsec.config.SGD``), so a value the
+    config validated passes here by construction, and an attack's or the unlearning's
+    own settings are judged by the same rule."""
+    for key, value in (
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+        ("lr", lr),
+        ("momentum", momentum),
+        ("weight_decay", weight_decay),
+    ):
+        SGD[key].check(key, value)
 
 
 def _batches(
@@ -262,8 +261,9 @@ def parameter_count(model: nn.Module) -> int:
 
 
 def flatten_params(model: nn.Module) -> torch.Tensor:
-    """All parameters as one detached 1-D copy, in ``model.parameters()`` order, on their device."""
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    """All parameters as one detached 1-D copy, in ``model.parameters()`` order, on their
+    device: the parameters view of ``fedsec.layout.ModelLayout``."""
+    return ModelLayout.of_module(model, buffers=False).flatten_module(model)
 
 
 def assign_flat_params(model: nn.Module, flat: torch.Tensor) -> None:
@@ -273,14 +273,4 @@ def assign_flat_params(model: nn.Module, flat: torch.Tensor) -> None:
     The values are copied (converted to each parameter's dtype and device), so later changes
     to ``flat`` do not reach the model.  Raises ValueError if the length does not match.
     """
-    expected = parameter_count(model)
-    if flat.dim() != 1 or flat.numel() != expected:
-        raise ValueError(
-            f"flat parameter vector has shape {tuple(flat.shape)} "
-            f"but the model needs a 1-D vector of {expected} values"
-        )
-    offset = 0
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(flat[offset : offset + p.numel()].view_as(p))
-            offset += p.numel()
+    ModelLayout.of_module(model, buffers=False).load_module(model, flat)

@@ -635,6 +635,86 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys):
     assert not (tmp_path / "e" / "models").exists()  # refused before any training
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lr", "-1"], "--lr must be > 0, got -1.0"),
+        (["--lr", "nan"], "--lr must be a finite number, got nan"),
+        (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+        (["--reference-size", "-1"], "--reference-size must be >= 0, got -1"),
+        (["--om-oracles", "0"], "--om-oracles must be >= 1, got 0"),
+        (["--subsets", "2"], "--subsets must be >= 3, got 2"),
+        (["--q", "1.5"], "--q must be in (0, 1], got 1.5"),
+        (["--q", "0"], "--q must be in (0, 1], got 0.0"),
+        (["--workers", "0"], "--workers must be >= 1, got 0"),
+    ],
+)
+def test_unlearn_values_are_judged_before_anything_runs(run_dir, capsys, flags, message):
+    """Each value of a request has one declared constraint (fedsec.unlearning.settings),
+    judged before anything is loaded or trained, whatever the method uses."""
+    argv = ["unlearn", str(run_dir), "--clients", "1", "--method", "none", *flags]
+    _one_line_error(capsys, argv, f"fedsec: error: {message}")
+    assert not (run_dir / "unlearning").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--clients", "auto:x"], "--clients auto:K must be an integer >= 1, got a string 'x'"),
+        (["--clients", "auto:0"], "--clients auto:K must be >= 1, got 0"),
+        (["--clients", "auto:5"], "--clients auto:5 would forget every client of 5"),
+        (["--clients", "1", "--models", "1"], "--models must be >= 2, got 1"),
+        (["--clients", "1", "--lr", "0"], "--lr must be > 0, got 0.0"),
+    ],
+)
+def test_unlearn_eval_values_are_judged_before_anything_runs(tmp_path, capsys, flags, message):
+    config = tmp_path / "c.toml"
+    config.write_text(tiny_config().to_toml())
+    argv = ["unlearn-eval", str(config), "--out", str(tmp_path / "e"), "--methods", "none"]
+    _one_line_error(capsys, [*argv, *flags], f"fedsec: error: {message}")
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"epochs": 0}, "matching.epochs must be >= 1, got 0"),
+        ({"epochs": 2.5}, "matching.epochs must be an integer >= 1, got a number 2.5"),
+        ({"lr": 0.0}, "matching.lr must be > 0, got 0.0"),
+        ({"lr": math.inf}, "matching.lr must be a finite number, got inf"),
+        ({"lr_decay": 1.5}, "matching.lr_decay must be in (0, 1], got 1.5"),
+        ({"batch_size": 0}, "matching.batch_size must be >= 1, got 0"),
+        ({"holdout": 1.0}, "matching.holdout must be in (0, 1), got 1.0"),
+        ({"holdout": 0.0}, "matching.holdout must be in (0, 1), got 0.0"),
+        ({"check_every": 0}, "matching.check_every must be >= 1, got 0"),
+        ({"patience": 0}, "matching.patience must be >= 1, got 0"),
+        ({"min_delta": -0.1}, "matching.min_delta must be in [0, 1), got -0.1"),
+        ({"min_delta": 1.0}, "matching.min_delta must be in [0, 1), got 1.0"),
+        ({"max_steps": 0}, "matching.max_steps must be >= 1, got 0"),
+        ({"max_steps": True}, "matching.max_steps must be an integer >= 1, got a boolean True"),
+    ],
+)
+def test_matching_settings_have_declared_constraints(values, message):
+    """MatchingConfig was never checked: check_every = 0 divided by zero mid-fine-tuning,
+    holdout = 1 held out every example. Its values now fail with one line, before any
+    training (unlearn_run judges them first), named as the commands name them."""
+    with pytest.raises(ConfigError) as info:
+        MatchingConfig(**values).validate()
+    assert str(info.value) == message
+    defaults = MatchingConfig().validate()
+    assert defaults.lr == 2e-3 and defaults.epochs is None  # the defaults are valid
+
+
+def test_unlearn_run_refuses_bad_matching_settings_before_anything_runs(run_dir):
+    bad = federated.UnlearnSettings(matching=MatchingConfig(check_every=0))
+    with pytest.raises(ConfigError, match=r"^matching.check_every must be >= 1, got 0$"):
+        federated.unlearn_run(run_dir, method="none", clients="1", settings=bad)
+    negative = federated.UnlearnSettings(matching=MatchingConfig(lr=-1.0))
+    with pytest.raises(ConfigError, match=r"^--lr must be > 0, got -1.0$"):
+        federated.unlearn_run(run_dir, method="none", clients="1", settings=negative)
+    assert not (run_dir / "unlearning").exists()
+
+
 # ------------------------------------------------------------------ the KLoM protocol
 def test_klom_protocol_orders_the_methods(tmp_path, monkeypatch):
     """Tiny federation, small N: DMM and OM move the forget margins towards the oracles'.

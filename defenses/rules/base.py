@@ -405,37 +405,3 @@ def keep_mask(n: int, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
 def lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the ``k`` lowest scores; ties go to the lower index."""
     return torch.argsort(scores, stable=True)[:k]
-
-
-class FlatLayout:
-    """A module's floating-point state-dict entries, in order, as one flat vector: the
-    layout of the rows of the ``(n, d)`` matrix the rules see. For the rules that must run
-    a model (DeepSight's probe, CRFL's certification): ``offsets`` (entry -> its slice of
-    the vector) and :meth:`load` (a flat vector into the module; its non-floating entries,
-    e.g. BatchNorm's batch counters, stay as they are)."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.module = module
-        self.entries = [
-            (key, value.shape)
-            for key, value in module.state_dict().items()
-            if value.is_floating_point()
-        ]
-        self.offsets: dict[str, slice] = {}
-        start = 0
-        for key, shape in self.entries:
-            self.offsets[key] = slice(start, start + int(np.prod(shape)))
-            start += int(np.prod(shape))
-        self.size = start
-
-    def load(self, flat: torch.Tensor) -> None:
-        """Set the module's floating-point entries from ``flat`` (ValueError if its length
-        is not the layout's)."""
-        if flat.shape != (self.size,):
-            raise ValueError(
-                f"expected a flat model of {self.size} values, got {tuple(flat.shape)}"
-            )
-        state = self.module.state_dict()
-        for key, shape in self.entries:
-            state[key] = flat[self.offsets[key]].reshape(shape).to(state[key].dtype)
-        self.module.load_state_dict(state)

@@ -48,12 +48,12 @@ import numpy as np
 import torch
 
 from fedsec.hooks import FinalModel
+from fedsec.layout import ModelLayout
 from fedsec.seeding import derive_seed
 
 from .base import (
     AggregationResult,
     ClientBatch,
-    FlatLayout,
     SeededRule,
     combine,
     non_negative,
@@ -216,9 +216,10 @@ class CRFLRule(SeededRule):
         model.load_state_dict(final.state)  # its non-floating entries are the final model's
         constants = self.radius_constants(**run_constants(final))
         x, y = final.test_data
+        flat = ModelLayout.of_module(model).flatten(final.state)  # the vector the rules see
         result = certify(
             model,
-            final.flat().to(final.device),
+            flat.to(final.device),
             x,
             y,
             constants=constants,
@@ -441,18 +442,19 @@ def certify(
 
     ``model`` is a module of the model's architecture (its non-floating entries are used
     as they are); ``flat`` its floating-point state-dict entries in order, as the rules
-    see them, on the device to run on. ``flat`` is clipped to ``constants.norm_bound``;
-    each of ``num_samples`` draws adds ``N(0, constants.smoothing_std^2)`` to every entry
-    (a stream seeded by ``seed``) and classifies every input, in batches of
-    ``batch_size``. Per input, the top class ``c_A`` of the votes and the runner-up's
-    count give one-sided Clopper-Pearson bounds ``p_A`` (lower) and ``p_B`` (upper), each
-    at level ``alpha / 2``, so both hold with probability ``1 - alpha``; the radius is
-    :func:`certified_radius`. The same draws choose ``c_A`` and bound it, as the
-    reference does (Cohen et al.'s separate selection draws would be stricter).
+    see them (the state view of ``fedsec.layout``), on the device to run on. ``flat`` is
+    clipped to ``constants.norm_bound``; each of ``num_samples`` draws adds
+    ``N(0, constants.smoothing_std^2)`` to every entry (a stream seeded by ``seed``) and
+    classifies every input, in batches of ``batch_size``. Per input, the top class
+    ``c_A`` of the votes and the runner-up's count give one-sided Clopper-Pearson bounds
+    ``p_A`` (lower) and ``p_B`` (upper), each at level ``alpha / 2``, so both hold with
+    probability ``1 - alpha``; the radius is :func:`certified_radius`. The same draws
+    choose ``c_A`` and bound it, as the reference does (Cohen et al.'s separate selection
+    draws would be stricter).
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    layout = FlatLayout(model)
+    layout = ModelLayout.of_module(model)
     center = clip_to_norm(flat, constants.norm_bound)
     generator = torch.Generator(device=center.device)
     generator.manual_seed(seed)
@@ -461,7 +463,7 @@ def certify(
         noise = torch.randn(
             center.shape, generator=generator, dtype=center.dtype, device=center.device
         )
-        layout.load(center + constants.smoothing_std * noise)
+        layout.load_module(model, center + constants.smoothing_std * noise)
         predicted, num_classes = _predict(model, inputs, center.device, batch_size)
         if counts is None:
             counts = torch.zeros(

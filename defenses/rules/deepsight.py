@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedsec.layout import ModelLayout
+
 from .base import (
     AggregationResult,
     ClientBatch,
-    FlatLayout,
     SeededRule,
     combine,
     distances_to,
@@ -30,8 +31,8 @@ PROBE_BATCH = 2000
 
 class ModelProbe:
     """What DeepSight needs to see inside the models, given by the platform: it runs a
-    flat model (the floating-point state-dict entries in order, as the rules see them)
-    on inputs, and finds its output layer.
+    flat model (the state view of ``fedsec.layout``: its floating-point state-dict
+    entries in order, as the rules see them) on inputs, and finds its output layer.
 
     ``template`` is a model of the federation's architecture (its non-floating buffers
     are used as they are), ``input_shape`` one input's shape. The output layer is the last
@@ -40,14 +41,14 @@ class ModelProbe:
     def __init__(self, template: torch.nn.Module, input_shape: tuple[int, ...]) -> None:
         self.model = template
         self.input_shape = tuple(input_shape)
-        self.layout = FlatLayout(template)
-        state, offsets = template.state_dict(), self.layout.offsets
+        self.layout = ModelLayout.of_module(template)
         linear = [name for name, m in template.named_modules() if isinstance(m, torch.nn.Linear)]
         if not linear:
             raise ValueError("DeepSight needs a model whose output layer is a torch.nn.Linear")
         last = linear[-1]
-        self.weight_slice, self.bias_slice = offsets[f"{last}.weight"], offsets[f"{last}.bias"]
-        self.weight_shape = tuple(state[f"{last}.weight"].shape)
+        self.weight_slice = self.layout.span(f"{last}.weight")
+        self.bias_slice = self.layout.span(f"{last}.bias")
+        self.weight_shape = self.layout.entry(f"{last}.weight").shape
 
     @property
     def num_classes(self) -> int:
@@ -60,7 +61,7 @@ class ModelProbe:
 
     def probabilities(self, model: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """Softmax outputs ``(N, C)`` of the flat ``model`` on ``inputs``."""
-        self.layout.load(model)
+        self.layout.load_module(self.model, model)
         self.model.to(model.device).eval()
         with torch.no_grad():  # in batches, so that activations stay small
             return torch.cat(

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 
+from fedsec.params import parameter_defaults
 from fedsec.unlearning import DEFAULT_OM_ORACLES, METHODS
+from fedsec.unlearning.settings import MatchingConfig
 
 
 def register(sub) -> None:
@@ -82,7 +84,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--reference-size",
         type=int,
-        default=0,
         help="server reference set size (default 3x the forget clients' examples)",
     )
     p.add_argument(
@@ -98,30 +99,22 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="matching epochs, as the paper's code (default: until the held-out matching "
         "loss stops improving)",
     )
-    p.add_argument("--lr", type=float, default=2e-3, help="matching learning rate (Adam)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="matching learning rate (Adam; default "
+        f"{parameter_defaults(MatchingConfig)['lr']:g}, chosen on validation models)",
+    )
 
 
 def _settings(args):
-    from fedsec.errors import ConfigError
+    """The request's settings from the flags given (the rest keep their declared
+    defaults); ``unlearn_run`` / ``klom_evaluation`` judge them before any training."""
     from fedsec.unlearning.federated import UnlearnSettings
-    from fedsec.unlearning.matching import MatchingConfig
 
-    for name in ("workers", "subsets"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name} must be >= 1, got {value}")
-    if (
-        (args.epochs is not None and args.epochs < 1)
-        or not args.lr > 0
-        or args.reference_size < 0
-        or args.om_oracles < 1
-    ):
-        raise ConfigError("--epochs and --om-oracles must be >= 1, --lr > 0, --reference-size >= 0")
-    return UnlearnSettings(
-        cooperative=args.cooperative,
-        reference_size=args.reference_size,
-        matching=MatchingConfig(epochs=args.epochs, lr=args.lr),
-    )
+    given = {k: getattr(args, k) for k in ("epochs", "lr") if getattr(args, k) is not None}
+    sizes = {} if args.reference_size is None else {"reference_size": args.reference_size}
+    return UnlearnSettings(cooperative=args.cooperative, matching=MatchingConfig(**given), **sizes)
 
 
 def cmd_unlearn(args) -> int:

@@ -58,6 +58,7 @@ from fedsec.unlearning.federated import (
 )
 from fedsec.unlearning.klom import klom, margins, percentile
 from fedsec.unlearning.matching import MatchingReport
+from fedsec.unlearning.settings import auto_count, check_auto_count, check_request
 from fedsec.unlearning.subsets import federation_variant
 
 SPLITS = ("forget", "retain", "test")
@@ -204,6 +205,12 @@ def klom_evaluation(
     """
     out_dir = Path(out_dir)
     settings = settings or UnlearnSettings()
+    check_request(
+        settings, subsets=num_models, q=q, workers=workers, om_oracles=om_oracles, models=n_models
+    )
+    auto = auto_count(clients)
+    if auto is not None:
+        check_auto_count(auto, config.data.num_clients)
     if "gradient-ascent" in methods and not settings.cooperative:  # before any training
         raise ConfigError(
             "gradient-ascent needs the forget clients' data: drop it from --methods "
@@ -214,10 +221,8 @@ def klom_evaluation(
     torch.set_num_threads(config.engine.client_num_cpus)
     base = federation_variant(config, config.seed)  # the federation pinned, as every model's
     fed = Federation.from_config(base)
-    if n_models < 2:
-        raise ConfigError(f"--models must be >= 2, got {n_models}")
     art = None
-    if "dmm" in methods or clients.startswith("auto"):
+    if "dmm" in methods or auto is not None:
         art, _ = get_datamodel(
             fed,
             out_dir / DATAMODEL_FILE,
@@ -227,12 +232,10 @@ def klom_evaluation(
             progress=progress,
             log=log,
         )
-    if clients.startswith("auto"):
-        forget = most_influential(art.datamodel, int(clients.partition(":")[2] or 1))
+    if auto is not None:
+        forget = most_influential(art.datamodel, auto)
         log(f"fedsec: most influential client(s) by the datamodel: {forget}")
-    forget = check_forget_set(
-        clients if not clients.startswith("auto") else forget, config.data.num_clients
-    )
+    forget = check_forget_set(clients if auto is None else forget, config.data.num_clients)
 
     seeds = [derive_seed(config.seed, "klom-original", i) for i in range(n_models)]
     oracle_seeds = [derive_seed(config.seed, "klom-oracle", i) for i in range(n_models)]

@@ -35,7 +35,9 @@ import torch
 
 from fedsec.config import ExperimentConfig, load_config, parse_client_ids
 from fedsec.errors import ConfigError, FedsecError
+from fedsec.params import param
 from fedsec.results import CONFIG_FILE, METRICS_FILE, MODEL_FILE, read_metrics
+from fedsec.schema import Interval
 from fedsec.seeding import derive_seed, rng
 from fedsec.training import evaluate, predict_logits
 from fedsec.unlearning import DEFAULT_OM_ORACLES, METHODS
@@ -53,6 +55,7 @@ from fedsec.unlearning.matching import (
     gradient_ascent,
     match_logits,
 )
+from fedsec.unlearning.settings import check_request
 from fedsec.unlearning.subsets import (
     FederatedSubsetTrainer,
     default_workers,
@@ -335,11 +338,8 @@ def get_datamodel(
             f"(M={art.num_models}, q={art.q}, lambda={art.datamodel.lam:.4g})"
         )
         return art, False
+    # num_models and q as settings.check_request judged them (None: the default)
     m, q = num_models or DEFAULT_SUBSETS, DEFAULT_Q if q is None else q
-    if not 0 < q <= 1:
-        raise ConfigError(f"--q must be in (0, 1], got {q}")
-    if m < 3:
-        raise ConfigError(f"--subsets must be >= 3, got {m}")
     threads = fed.config.engine.client_num_cpus
     workers = workers or default_workers(threads)
     log(
@@ -457,8 +457,11 @@ def oracle_mean_logits(
 # ------------------------------------------------------------------ the methods
 @dataclass
 class UnlearnSettings:
+    """How a request is unlearned; judged by ``settings.check_request``, with the rest."""
+
     cooperative: bool = True  # the forget clients hand over their data for matching
-    reference_size: int = 0  # 0 = 3x the forget clients' example count
+    # 0 = 3x the forget clients' example count
+    reference_size: int = param(0, Interval(int, 0, None, closed="left"))
     matching: MatchingConfig = field(default_factory=MatchingConfig)
 
 
@@ -664,9 +667,15 @@ def unlearn_run(
         raise FedsecError("name the clients to forget with --clients, or use --flagged (not both)")
     if not flagged and (flag_level is not None or allow_majority):
         raise ConfigError("--flag-level and --allow-majority apply only with --flagged")
+    check_request(
+        settings,
+        subsets=num_models,
+        q=q,
+        workers=workers,
+        om_oracles=om_oracles,
+        flag_level=flag_level,
+    )
     level = DEFAULT_FLAG_LEVEL if flag_level is None else flag_level
-    if flagged and not 0 < level < 1:
-        raise ConfigError(f"--flag-level must be in (0, 1), got {level}")
     config = load_config(run_dir / CONFIG_FILE)
     torch.set_num_threads(config.engine.client_num_cpus)  # as a client (and retraining) uses
     if flagged:

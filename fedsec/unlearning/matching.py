@@ -21,42 +21,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedsec.unlearning.settings import MatchingConfig as MatchingConfig  # declared there
+
 #: Epochs of gradient ascent when the settings say "until converged" (the paper code's).
 GRADIENT_ASCENT_EPOCHS = 5
 
-
-@dataclass(frozen=True)
-class MatchingConfig:
-    """Hyper-parameters of the fine-tuning loop.
-
-    Two ways to decide how long it runs:
-
-    - ``epochs = None`` (default): until it converges. A seeded ``holdout`` share of the
-      matching set is set aside; every ``check_every`` steps the loss on it is measured,
-      and the loop stops when it has not improved by ``min_delta`` (relative) over
-      ``patience`` checks in a row, or after ``max_steps``; the model of the best
-      held-out loss is kept. The step count then follows the problem (set size, model,
-      distance to the target) instead of a fixed epoch count, which on a client-sized
-      matching set of a few hundred examples is a handful of Adam steps.
-    - ``epochs = k``: the paper code's loop, exactly k epochs over the whole set with the
-      learning rate multiplied by ``lr_decay`` after each (its defaults: 5 epochs, lr
-      5e-4, x0.95, batch 512).
-
-    Adam at ``lr`` with batches of ``batch_size`` either way. The default lr, 2e-3
-    (the paper code's is 5e-4), was chosen on validation models that the KLoM evaluation
-    never sees (``experiments/unlearning/README.md``): it matched the best DMM result
-    there at half the steps of 5e-4.
-    """
-
-    epochs: int | None = None
-    lr: float = 2e-3  # chosen on validation models (experiments/unlearning/README.md)
-    lr_decay: float = 0.95  # per epoch, fixed-epoch loop only
-    batch_size: int = 512
-    holdout: float = 0.2
-    check_every: int = 5  # steps
-    patience: int = 10  # checks without improvement
-    min_delta: float = 0.01  # relative improvement that counts
-    max_steps: int = 2000
+DEFAULT_SETTINGS = MatchingConfig()
 
 
 @dataclass(frozen=True)
@@ -92,7 +62,7 @@ def fine_tune(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     *,
     seed: int,
-    settings: MatchingConfig = MatchingConfig(),
+    settings: MatchingConfig = DEFAULT_SETTINGS,
     device="cpu",
 ) -> MatchingReport:
     """Adam on ``loss_fn(model(x_batch), targets_batch)``, as ``settings`` say.
@@ -184,7 +154,7 @@ def match_logits(
     target_logits: torch.Tensor,
     *,
     seed: int,
-    settings: MatchingConfig = MatchingConfig(),
+    settings: MatchingConfig = DEFAULT_SETTINGS,
     device="cpu",
 ) -> MatchingReport:
     """DMM / OM: fine-tune ``model`` so its logits on ``x`` match ``target_logits`` (MSE)."""
@@ -199,7 +169,7 @@ def finetune_retain(
     y: torch.Tensor,
     *,
     seed: int,
-    settings: MatchingConfig = MatchingConfig(),
+    settings: MatchingConfig = DEFAULT_SETTINGS,
     device="cpu",
 ) -> MatchingReport:
     """Baseline: keep training on retained data (cross-entropy)."""
@@ -214,7 +184,7 @@ def gradient_ascent(
     y: torch.Tensor,
     *,
     seed: int,
-    settings: MatchingConfig = MatchingConfig(),
+    settings: MatchingConfig = DEFAULT_SETTINGS,
     device="cpu",
 ) -> MatchingReport:
     """Baseline: ascend the cross-entropy of the forget data (losses reported negated).
