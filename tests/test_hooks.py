@@ -88,7 +88,7 @@ def test_a_plugin_stage_and_post_training_step_run_in_process(plugins, tmp_path)
 
 
 @pytest.mark.slow
-def test_a_plugin_stage_and_post_training_step_run_on_flower_identically(plugins, tmp_path):
+def test_a_plugin_stage_and_post_training_step_run_on_flower(plugins, tmp_path):
     """On Flower's engine the ServerApp and the Ray workers import the apps by module:
     the test names this folder's, which register the plug-ins first."""
     out = tmp_path / "flower"
