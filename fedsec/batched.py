@@ -102,33 +102,49 @@ def model_problem(name: str) -> str | None:
     return None if reason is None else f"model {name!r}: {reason}"
 
 
+#: The engines whose nodes can each read every partition (simulations), where a round's
+#: honest clients can go to one node as one batch (``fedsec.engines.batching``).
+BATCHING_ENGINES = ("inprocess", "flower")
+
+
 def use_batched(config: ExperimentConfig) -> tuple[bool, str]:
-    """Whether the in-process engine trains ``config``'s honest clients batched, and the
-    run header's words for the path.
+    """Whether ``config``'s honest clients train batched, and the run header's words for
+    the path.
 
     ``engine.batch_clients``: ``false`` never; ``true`` always (``validate`` rejected it
-    for the other engines and for models with buffers); ``auto`` (the default) when the
-    training device is CUDA and the model has no buffers. ``auto`` never batches on the
-    CPU: batched float32 results are not bit-identical to the sequential ones, and the
+    for the deployment engine and for models with buffers); ``auto`` (the default) when
+    the training device is CUDA and the model has no buffers. ``auto`` never batches on
+    the CPU: batched float32 results are not bit-identical to the sequential ones, and the
     committed CPU results must stay as they are (on this project's 2-core CPUs batching
     is also slower for conv models, see ``benchmarks/README.md``).
+
+    Both simulation engines batch (:data:`BATCHING_ENGINES`: a round's honest clients go
+    to one node as one message, ``fedsec.engines.batching``); the ``deployment`` engine
+    never does: each SuperNode holds only its own partition.
     """
     from fedsec.task import resolve_device
 
     e = config.engine
-    if e.name != "inprocess":
-        return False, f"each client in its own ClientApp call ({e.name} engine)"
+    if e.name not in BATCHING_ENGINES:
+        return False, (
+            f"each client on its own node ({e.name} engine: a node holds only its own "
+            "data, so clients cannot be batched across nodes)"
+        )
+    # how the clients train when they are not batched
+    apart = (
+        "one client after another" if e.name == "inprocess" else "each in its own ClientApp call"
+    )
     if e.batch_clients == "false":
-        return False, "one client after another (engine.batch_clients = false)"
+        return False, f"{apart} (engine.batch_clients = false)"
     problem = model_problem(config.model.name)
     if problem:
-        return False, f"one client after another ({problem})"
+        return False, f"{apart} ({problem})"
     device = resolve_device(e.device)
     if e.batch_clients == "auto" and device.type != "cuda":
-        return False, f"one client after another (engine.batch_clients = auto on {device.type})"
+        return False, f"{apart} (engine.batch_clients = auto on {device.type})"
     return True, (
-        f"honest clients of a round batched on {device.type} "
-        f"(engine.batch_clients = {e.batch_clients}); attackers one after another"
+        f"honest clients of a round batched on {device.type}, one message to one node "
+        f"(engine.batch_clients = {e.batch_clients}); attackers apart, {apart}"
     )
 
 

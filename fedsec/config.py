@@ -386,14 +386,15 @@ class ExperimentConfig:
                 f"train.min_replies ({t.min_replies}) exceeds the {t.round_size(d.num_clients)} "
                 "clients a round can have without train.exclude_clients"
             )
-        if e.batch_clients == "true" and e.name != "inprocess":
-            raise ConfigError(
-                f"engine.batch_clients = true needs engine.name = 'inprocess' (the {e.name} "
-                "engine trains each client in its own ClientApp call); use auto or false"
-            )
         if e.batch_clients == "true":
-            from fedsec.batched import model_problem
+            from fedsec.batched import BATCHING_ENGINES, model_problem
 
+            if e.name not in BATCHING_ENGINES:
+                raise ConfigError(
+                    "engine.batch_clients = true needs a simulation engine, 'inprocess' or "
+                    f"'flower' (each node of the {e.name} engine holds only its own data); "
+                    "use auto or false"
+                )
             problem = model_problem(self.model.name)
             if problem:
                 raise ConfigError(f"engine.batch_clients = true: {problem}; use auto or false")

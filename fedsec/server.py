@@ -29,6 +29,7 @@ from defenses import DefenseStrategy, build_rule
 from fedsec.adversary import Adversary, round_adversary
 from fedsec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedsec.config import ExperimentConfig
+from fedsec.engines.batching import batching_grid
 from fedsec.errors import ConfigError, RunError
 from fedsec.hooks import FinalModel
 from fedsec.pretrain import initial_state
@@ -187,6 +188,8 @@ def run_federation(
     schedule = task.schedule
     node_of = discover_partitions(grid, task.num_clients, config.engine.connect_timeout, progress)
     partition_of = {node: pid for pid, node in node_of.items()}
+    # a round's honest clients as one message when they train batched (engine.batch_clients)
+    grid = batching_grid(grid, config, partition_of)
     adversary = round_adversary(task.attack, config, probe, task.dataset, strategy.rule)
     if adversary is not None and checkpoint is not None:
         adversary.load_state_dict(checkpoint.adversary)  # e.g. a3fl's current trigger

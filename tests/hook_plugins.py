@@ -165,4 +165,9 @@ def train(msg, context):
     return client_app.local_train(msg, context)
 
 
+@clientapp.train("batch")
+def train_together(msg, context):  # engine.batch_clients on Flower's engine
+    return client_app.train_together(msg, context)
+
+
 __all__ = ["clientapp", "register", "serverapp"]

@@ -6,7 +6,9 @@ asked for; they agree to ~1e-15),
 for mlp, cnn, lenet and vgg9, one client and several of unequal sizes (a last short
 batch, a client smaller than one batch). With dropout: the same distribution of the
 reported losses (a two-sample test on fixed seeds), and masks that differ per client.
-Then chunking, the config key, and the in-process engine end to end.
+Then chunking, the config key, and both simulation engines end to end: a round's honest
+clients are one ``train.batch`` message to one node (counted where the ClientApps answer,
+``tests/recording_client.py``), and Flower's engine gives the in-process engine's rounds.
 """
 
 from __future__ import annotations
@@ -188,8 +190,10 @@ def test_batch_clients_config_key() -> None:
         load_config(None, ["engine.batch_clients=sometimes"])
     with pytest.raises(ConfigError, match="resnet18.*BatchNorm"):
         load_config(None, ["engine.batch_clients=true", "model.name=resnet18"])
-    with pytest.raises(ConfigError, match="needs engine.name = 'inprocess'"):
-        load_config(None, ["engine.batch_clients=true", "engine.name=flower"])
+    # both simulation engines batch; the deployment engine's nodes hold only their own data
+    assert load_config(None, ["engine.batch_clients=true", "engine.name=flower"])
+    with pytest.raises(ConfigError, match="needs a simulation engine, 'inprocess' or 'flower'"):
+        load_config(None, ["engine.batch_clients=true", "engine.name=deployment"])
 
 
 def test_which_path_trains() -> None:
@@ -203,7 +207,21 @@ def test_which_path_trains() -> None:
         is False
     )
     assert use_batched(load_config(None, ["model.name=resnet18", "engine.device=auto"]))[0] is False
-    assert use_batched(load_config(None, ["engine.name=flower", "engine.device=auto"]))[0] is False
+    flower = ["engine.name=flower"]
+    assert use_batched(load_config(None, [*flower, "engine.device=auto"]))[0] is cuda
+    assert use_batched(load_config(None, flower))[0] is False
+    batched_flower = use_batched(load_config(None, [*flower, "engine.batch_clients=true"]))
+    assert batched_flower == (
+        True,
+        "honest clients of a round batched on cpu, one message to one node "
+        "(engine.batch_clients = true); attackers apart, each in its own ClientApp call",
+    )
+    deployment = ["engine.name=deployment", "engine.device=auto"]
+    assert use_batched(load_config(None, deployment)) == (
+        False,
+        "each client on its own node (deployment engine: a node holds only its own "
+        "data, so clients cannot be batched across nodes)",
+    )
 
 
 ATTACKED = [
@@ -264,6 +282,138 @@ def test_a_batch_that_raises_fails_its_clients_only(tmp_path, monkeypatch) -> No
         assert r["failed_clients"] == honest
         assert all("batched training broke" in r["failed_reasons"][str(c)] for c in honest)
         assert r["accepted_clients"] == r["malicious_clients"]
+
+
+def test_a_late_batch_fails_its_clients_only(tmp_path, monkeypatch) -> None:
+    """The batch is one call, timed as one: past engine.round_timeout every client in it
+    has failed (no reply, as a late client), while the attacker, trained apart, answers."""
+    import time
+
+    import fedsec.apps.client_app as client_app
+
+    def slow(*args, **kwargs):
+        time.sleep(1.2)
+        return train_clients(*args, **kwargs)
+
+    monkeypatch.setattr(client_app, "train_clients", slow)
+    runs.run_cli(
+        tmp_path / "run", [*ATTACKED, "engine.batch_clients=true", "engine.round_timeout=1"]
+    )
+    for r in runs.rounds_without_time(tmp_path / "run"):
+        honest = sorted(set(r["clients"]) - set(r["malicious_clients"]))
+        assert len(honest) == 2 and r["failed_clients"] == honest
+        assert "failed_reasons" not in r  # no reply at all, not an error reply
+        assert r["accepted_clients"] == r["malicious_clients"]
+
+
+def test_a_batch_with_dropout_does_not_depend_on_flowers_sampling_order(tmp_path) -> None:
+    """Flower's strategies list a round's nodes in ``random.sample`` order (unseeded), and a
+    batch's dropout masks depend on the order of its clients. Batch 512 gives every client
+    one step an epoch (the paper's EMNIST setting), so no step count orders them: the
+    batch orders them by partition id, and two runs with Python's ``random`` in other
+    states (other sampling orders) give the same rounds. (Before, in message order, these
+    two runs differed.)"""
+    import random
+
+    config = [
+        *runs.tiny_digits(rounds=1, seed=3),
+        "model.name=lenet",
+        "train.batch_size=512",
+        "engine.batch_clients=true",
+    ]
+    for state in (0, 1):
+        random.seed(state)
+        runs.run_cli(tmp_path / str(state), config)
+    first = runs.rounds_without_time(tmp_path / "0")
+    assert runs.rounds_without_time(tmp_path / "1") == first
+
+
+#: 4 digits clients, 3 a round, 2 rounds, a sign-flip attacker in every round: 2 honest
+#: clients a round, trained batched. The seeded sampler picks clients 0, 1, 3 and 0, 1, 2,
+#: the attacker is client 0 in both rounds.
+FEDERATION = [
+    "data.name=digits",
+    "model.name=mlp",
+    "data.num_clients=4",
+    "data.min_partition_size=5",
+    "train.clients_per_round=3",
+    "train.rounds=2",
+    "train.local_epochs=1",
+    "engine.client_num_cpus=1",
+    "seed=5",
+    "attack.name=sign-flip",
+    "attack.schedule=every-round",
+    "engine.batch_clients=true",
+]
+HONEST = {1: [1, 3], 2: [1, 2]}
+
+
+def _check_messages(run_dir) -> None:
+    """What the nodes' ClientApps answered (``tests.recording_client``), against the
+    known answers: 4 identify queries, one a node; then, per round, 2 train messages on 2
+    nodes: ONE batch message naming the round's 2 honest clients, in partition order, on
+    the node of the first of them, and the attacker's own train message on its node."""
+    from tests.recording_client import read_calls
+
+    calls = read_calls(run_dir)
+    assert len(calls) == 4 + 2 * 2
+    queries = [c for c in calls if c["type"] == "query.identify"]
+    assert sorted(c["node_partition"] for c in queries) == [0, 1, 2, 3]
+    rounds = runs.rounds_without_time(run_dir)
+    assert [(r["clients"], r["malicious_clients"]) for r in rounds] == [
+        ([0, 1, 3], [0]),
+        ([0, 1, 2], [0]),
+    ]
+    for r in rounds:
+        honest = HONEST[r["round"]]
+        train = [c for c in calls if c.get("round") == r["round"]]
+        assert sorted(train, key=lambda c: c["type"]) == [
+            {"type": "train", "node_partition": 0, "round": r["round"]},
+            {
+                "type": "train.batch",
+                "node_partition": honest[0],
+                "round": r["round"],
+                "batch": honest,
+            },
+        ]
+        # the strategy got one reply per client, as without batching
+        assert r["failed_clients"] == [] and r["accepted_clients"] == r["clients"]
+
+
+def test_inprocess_batch_is_one_message_to_one_node(tmp_path) -> None:
+    from fedsec.apps.server_app import OUTPUT_DIR_KEY
+    from fedsec.apps.server_app import app as server_app
+    from fedsec.engines.inprocess import run_inprocess
+    from tests.recording_client import app as recording_app
+
+    config = load_config(None, FEDERATION)
+    out = tmp_path / "recorded"
+    run_inprocess(server_app, recording_app, 4, {**config.to_flat(), OUTPUT_DIR_KEY: str(out)})
+    _check_messages(out)
+    # the recording ClientApp answers as fedsec's: the same rounds as `fedsec run`
+    runs.run_cli(tmp_path / "run", FEDERATION)
+    assert runs.rounds_without_time(out) == runs.rounds_without_time(tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_flower_engine_batches_as_the_inprocess_engine(tmp_path, capsys) -> None:
+    """Flower's simulation engine (Ray) with batch_clients = true: one batch message a
+    round to one node, and the same rounds and final model, bit for bit, as the
+    in-process engine with batch_clients = true."""
+    from fedsec.engines.flower import run_flower
+    from fedsec.engines.processes import marked_pids
+
+    runs.run_cli(tmp_path / "inprocess", FEDERATION)
+    out = tmp_path / "flower"
+    try:
+        run_flower(load_config(None, FEDERATION), out, clientapp="tests.recording_client:app")
+    finally:
+        assert marked_pids(str(out / ".flwr")) == []
+    _check_messages(out)
+    assert runs.rounds_without_time(out) == runs.rounds_without_time(tmp_path / "inprocess")
+    w_inprocess = torch.load(tmp_path / "inprocess" / "model.pt", weights_only=True)
+    w_flower = torch.load(out / "model.pt", weights_only=True)
+    assert all(torch.equal(w_flower[k], w_inprocess[k]) for k in w_inprocess)
 
 
 def test_benchmark_runs_without_flower() -> None:

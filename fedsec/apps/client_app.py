@@ -1,31 +1,27 @@
 """The ClientApp: answers who it is, and trains the global model on its partition.
 
-``train_batch`` is the same training for many honest clients at once (``fedsec.batched``),
-which the in-process engine calls with a round's train messages before it delivers the
-rest one by one (``engine.batch_clients``); its replies are built as ``local_train``'s.
+``train_together`` (message type ``train.batch``) is the same training for many honest
+clients at once (``fedsec.batched``): the server sends a round's honest clients as one
+message to one node when the config batches them (``engine.batch_clients``,
+``fedsec.engines.batching``); its reply holds, per client, what ``local_train``'s would.
 """
 
 from __future__ import annotations
-
-import traceback
-from collections.abc import Sequence
 
 import torch
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
     Context,
-    Error,
     Message,
-    MessageType,
     MetricRecord,
     RecordDict,
 )
 from flwr.clientapp import ClientApp
-from flwr.common.constant import ErrorCode
 
-from fedsec.batched import train_clients, use_batched
+from fedsec.batched import train_clients
 from fedsec.config import ExperimentConfig
+from fedsec.engines.batching import BATCH, PARTITION_IDS, arrays_key, metrics_key
 from fedsec.task import (
     ATTACKER_INDEX,
     BENIGN_STATE,
@@ -99,6 +95,20 @@ def _train_reply(
     records=None,
 ) -> Message:
     """The reply to train message ``msg``: the trained ``state`` and the client's metrics."""
+    content = _train_content(state, stats, pid, benign_state, trigger, scale, records)
+    return Message(content, reply_to=msg)
+
+
+def _train_content(
+    state: dict[str, torch.Tensor],
+    stats: TrainStats,
+    pid: int,
+    benign_state=None,
+    trigger=None,
+    scale=None,
+    records=None,
+) -> RecordDict:
+    """A train reply's content: the trained ``state`` and the client's metrics."""
     metrics = {"num-examples": stats.num_examples, "train_loss": stats.loss, "partition-id": pid}
     if scale is not None:  # logged by the server loop, which removes it
         metrics[EVASION_SCALE] = scale
@@ -109,50 +119,32 @@ def _train_reply(
         content[TRIGGER] = ArrayRecord({"trigger": trigger})
     for name, arrays in (records or {}).items():  # for the attack's server stage, likewise
         content[name] = ArrayRecord(arrays)
-    return Message(content, reply_to=msg)
+    return content
 
 
-def train_batch(messages: Sequence[Message], contexts: Sequence[Context]) -> dict[int, Message]:
-    """Replies to the honest train messages among ``messages`` (sent to the nodes of
-    ``contexts``), trained together by ``fedsec.batched.train_clients``; by index into
-    ``messages``. Empty when the config does not batch (``fedsec.batched.use_batched``);
-    the messages without a reply here (queries, attackers) go to the ClientApp one by one.
+@app.train("batch")
+def train_together(msg: Message, context: Context) -> Message:
+    """Train the honest clients a batch message names together (``fedsec.batched``).
 
-    Messages that share one global model and round train as one batch, each client with
-    ``local_train``'s settings (``FederatedTask.train_kwargs``: its seed, the round's lr).
-    If a batch raises, each of its messages gets the error reply Flower gives a
-    ClientApp that raised.
+    The server sends one such message a round (``fedsec.engines.batching``): the global
+    model, the round's ConfigRecord, and the clients' partition ids; every simulated node
+    can load any partition. Each client trains with ``local_train``'s settings
+    (``FederatedTask.train_kwargs``: its seed, the round's lr), and the reply holds, per
+    client, the ArrayRecord and MetricRecord its own ``local_train`` reply would hold. If
+    the training raises, the engine turns that into the batch's error reply, which the
+    server gives each of its clients.
     """
-    if not messages:
-        return {}
-    config = ExperimentConfig.from_flat(contexts[0].run_config)
-    if not use_batched(config)[0]:
-        return {}
+    config = ExperimentConfig.from_flat(context.run_config)
     torch.set_num_threads(config.engine.client_num_cpus)
     task = get_task(config)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, msg in enumerate(messages):
-        if msg.metadata.message_type != MessageType.TRAIN:
-            continue
-        record = msg.content["config"]
-        if _is_attacker(task, record):
-            continue
-        key = (id(msg.content["arrays"]), int(record["server-round"]))
-        groups.setdefault(key, []).append(i)
-    replies: dict[int, Message] = {}
-    for (_, server_round), members in groups.items():
-        pids = [partition_id(contexts[i]) for i in members]
-        try:
-            trained = _train_group(task, messages[members[0]], server_round, pids)
-        except Exception as exc:  # as a ClientApp that raises: an error reply each
-            reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
-            for i in members:
-                error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
-                replies[i] = Message(error, reply_to=messages[i])
-            continue
-        for i, pid, (state, stats) in zip(members, pids, trained, strict=True):
-            replies[i] = _train_reply(messages[i], state, stats, pid)
-    return replies
+    pids = [int(p) for p in msg.content[BATCH][PARTITION_IDS]]
+    server_round = int(msg.content["config"]["server-round"])
+    content = RecordDict()
+    for pid, (state, stats) in zip(pids, _train_group(task, msg, server_round, pids), strict=True):
+        client = _train_content(state, stats, pid)
+        content[arrays_key(pid)] = client["arrays"]
+        content[metrics_key(pid)] = client["metrics"]
+    return Message(content, reply_to=msg)
 
 
 def _train_group(

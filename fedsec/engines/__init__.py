@@ -6,7 +6,9 @@
   SuperNode process per client over loopback, launched through ``flwr run``.
 
 Both hand the apps the same flat run config, including ``output.dir``, where the
-ServerApp writes the run directory.
+ServerApp writes the run directory. On the two simulation engines a round's honest
+clients can train as one batch, one message to one node (``engine.batch_clients``,
+``fedsec.engines.batching``); deployment nodes own their data and never batch.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ def run_experiment_inprocess(
 ) -> None:
     """The ``inprocess`` engine: the ServerApp and every ClientApp in this process."""
     from fedsec.apps.client_app import app as client_app
-    from fedsec.apps.client_app import train_batch
     from fedsec.apps.server_app import OUTPUT_DIR_KEY, RESUME_KEY
     from fedsec.apps.server_app import app as server_app
     from fedsec.engines.inprocess import run_inprocess
@@ -37,7 +38,7 @@ def run_experiment_inprocess(
         OUTPUT_DIR_KEY: str(Path(out_dir).resolve()),
         RESUME_KEY: resume,
     }
-    run_inprocess(server_app, client_app, config.data.num_clients, run_config, train_batch)
+    run_inprocess(server_app, client_app, config.data.num_clients, run_config)
 
 
 def train_inprocess(
@@ -48,11 +49,10 @@ def train_inprocess(
     ClientApp and strategy), without a run directory. Returns the summary and the final
     state dict."""
     from fedsec.apps.client_app import app as client_app
-    from fedsec.apps.client_app import train_batch
     from fedsec.engines.inprocess import in_process_grid
     from fedsec.server import run_federation
 
-    grid = in_process_grid(client_app, config.data.num_clients, config.to_flat(), train_batch)
+    grid = in_process_grid(client_app, config.data.num_clients, config.to_flat())
     return run_federation(grid, config.validate(), None, progress=progress)
 
 

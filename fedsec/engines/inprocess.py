@@ -7,21 +7,17 @@ SuperLink and no serialisation round trip beyond what the Message API itself doe
 many small runs (sweeps, datamodel subset trainings) pay almost nothing for the
 federation. A ClientApp that raises becomes an error reply, as under Flower.
 
-Batched clients (``engine.batch_clients``, ``fedsec.batched``): with the Message API each
-client's training is its own ClientApp call, so the grid is where a round's training
-messages are seen together. Given a ``batch_trainer`` (fedsec's is
-``fedsec.apps.client_app.train_batch``), ``send_and_receive`` first hands it all of the
-round's messages; it answers the honest clients' train messages, trained as one batch,
-and declines the rest (attackers, queries, or all of them when the config does not
-batch), which are delivered to the ClientApp one by one as before. Without a
-``batch_trainer`` (another ClientApp, such as the failure tests') nothing changes.
+Batched clients (``engine.batch_clients``): the server loop wraps this grid in
+``fedsec.engines.batching.BatchingGrid``, which sends a round's honest clients as one
+``train.batch`` message; this grid delivers it like any other message (one ClientApp
+call, timed as one).
 """
 
 from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -31,10 +27,6 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.task_identity import TaskIdentity
 
 SERVER_NODE_ID = SUPERLINK_NODE_ID
-
-#: ``(messages, their nodes' contexts) -> {index into messages: reply}``: the replies to
-#: the messages it trains together; those it leaves out go to the ClientApp one by one.
-BatchTrainer = Callable[[Sequence[Message], Sequence[Context]], dict[int, Message]]
 
 
 class InProcessGrid(Grid):
@@ -48,19 +40,10 @@ class InProcessGrid(Grid):
         Number of nodes; node ``i`` gets ``partition-id = i``.
     run_config : dict
         The flat run config every node's ``Context`` carries.
-    batch_trainer : BatchTrainer, optional
-        Answers the messages of one ``send_and_receive`` call that it trains together.
     """
 
-    def __init__(
-        self,
-        client_app: ClientApp,
-        num_nodes: int,
-        run_config: dict,
-        batch_trainer: BatchTrainer | None = None,
-    ) -> None:
+    def __init__(self, client_app: ClientApp, num_nodes: int, run_config: dict) -> None:
         self.client_app = client_app
-        self.batch_trainer = batch_trainer
         self._contexts = {
             _node_id(pid): Context(
                 run_id=0,
@@ -105,38 +88,16 @@ class InProcessGrid(Grid):
         own call takes longer than the round's timeout, whatever ran before it here.
         Such a reply is discarded, as Flower's engines discard late replies, and the
         client counts as failed. (A call cannot be stopped midway in this process.)
-
-        Messages the ``batch_trainer`` answers trained concurrently in one call: each of
-        them is late when that call took longer than ``timeout``.
+        A batch message (``fedsec.engines.batching``) is one call: all its clients are
+        late when it took longer than ``timeout``.
         """
-        messages = list(messages)
-        batched, late = self._train_batched(messages, timeout)
         ids = []
-        for index, msg in enumerate(messages):
-            if index in batched:
-                msg.metadata.__dict__["_message_id"] = uuid4().hex
-                if not late:
-                    self._replies[msg.metadata.message_id] = batched[index]
-                ids.append(msg.metadata.message_id)
-                continue
+        for msg in messages:
             start = time.monotonic()
             ids += self.push_messages([msg])
             if timeout is not None and time.monotonic() - start > timeout:
                 self._replies.pop(ids[-1], None)
         return self.pull_messages(ids)
-
-    def _train_batched(
-        self, messages: list[Message], timeout: float | None
-    ) -> tuple[dict[int, Message], bool]:
-        """The batch trainer's replies by message index, and whether its call was late."""
-        if self.batch_trainer is None:
-            return {}, False
-        contexts = [self._contexts.get(m.metadata.dst_node_id) for m in messages]
-        if any(c is None for c in contexts):
-            return {}, False  # _deliver raises for the unknown node, as without batching
-        start = time.monotonic()
-        replies = self.batch_trainer(messages, contexts)
-        return replies, timeout is not None and time.monotonic() - start > timeout
 
     def _deliver(self, msg: Message) -> Message:
         context = self._contexts.get(msg.metadata.dst_node_id)
@@ -151,30 +112,21 @@ class InProcessGrid(Grid):
             )
 
 
-def in_process_grid(
-    client_app: ClientApp,
-    num_nodes: int,
-    run_config: dict,
-    batch_trainer: BatchTrainer | None = None,
-) -> InProcessGrid:
+def in_process_grid(client_app: ClientApp, num_nodes: int, run_config: dict) -> InProcessGrid:
     """The grid of ``num_nodes`` in-process ClientApp nodes, this process the server."""
     # Flower stamps every new Message with the identity of the process's task, which
     # its own runtimes set before running an app; this process is the SuperLink's node.
     TaskIdentity.task_id = 1
     TaskIdentity.run_id = 0
     TaskIdentity.node_id = SERVER_NODE_ID
-    return InProcessGrid(client_app, num_nodes, run_config, batch_trainer)
+    return InProcessGrid(client_app, num_nodes, run_config)
 
 
 def run_inprocess(
-    server_app: ServerApp,
-    client_app: ClientApp,
-    num_nodes: int,
-    run_config: dict,
-    batch_trainer: BatchTrainer | None = None,
+    server_app: ServerApp, client_app: ClientApp, num_nodes: int, run_config: dict
 ) -> None:
     """Run ``server_app`` against ``num_nodes`` in-process ClientApp nodes."""
-    grid = in_process_grid(client_app, num_nodes, run_config, batch_trainer)
+    grid = in_process_grid(client_app, num_nodes, run_config)
     context = Context(
         run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config)
     )
