@@ -42,7 +42,7 @@ BENIGN_STATE = "benign-state"
 #: round's ``evasion_scales`` and removes it before the defense.
 EVASION_SCALE = "evasion-scale"
 #: The attackers' shared trigger (``a3fl``): in the train message's ConfigRecord, the
-#: current one as a flat list of C*H*W floats (``fedsec.adversary.TriggerAdversary``
+#: current one as a flat list of C*H*W floats (``attacks.stages.TriggerStage``
 #: adds it to the facts); in the reply, an ArrayRecord holding the attacker's optimised
 #: one under ``"trigger"``, which the adversary stage removes before the defense.
 TRIGGER = "attack-trigger"
@@ -142,7 +142,8 @@ class FederatedTask:
         """The :class:`~attacks.AttackContext` of attacker ``partition_id``: its own data and
         seeds from this task, the round's facts from the server (``facts``, the train
         message's ConfigRecord, see :meth:`attacker_facts`, and the shared trigger under
-        :data:`TRIGGER` when the adversary stage sends one)."""
+        :data:`TRIGGER` when the adversary stage sends one; all of them, those the attack's
+        server stage adds included, as ``ctx.facts``)."""
         return AttackContext(
             server_round=server_round,
             partition_id=partition_id,
@@ -166,6 +167,7 @@ class FederatedTask:
                 if TRIGGER in facts
                 else None
             ),
+            facts=dict(facts),
         )
 
 
