@@ -10,10 +10,10 @@ keeps working after the federation (or a defense) has partly unlearned it.
 
 What the attacker does in a round (:meth:`A3FL.update`), as implemented here:
 
-1. **Start** from the attackers' current trigger, which the server loop's adversary
-   stage holds between rounds and sends in the train message
-   (``fedsec.adversary.TriggerAdversary``; ``ctx.trigger``); before the first attack
-   round it is the pixel pattern (:meth:`A3FL.initial_trigger`).
+1. **Start** from the attackers' current trigger, which the attack's stage in the
+   server loop (:meth:`A3FL.server_stage`, ``attacks.stages.TriggerStage``) holds
+   between rounds and sends in the train message (``ctx.trigger``); before the first
+   attack round it is the pixel pattern (:meth:`A3FL.initial_trigger`).
 2. **Optimise the trigger** (:func:`optimise_trigger`) on the attacker's own clean
    examples, all of them and of every class, each stamped with the trigger and
    labelled as the target: ``trigger_epochs`` passes, one signed-gradient step per
@@ -257,6 +257,15 @@ class A3FL(PatternTriggerAttack):
                 "a3fl optimises the pixels of the pattern trigger's bars; attack.trigger = "
                 "'blended' is for pixel-replacement, pgd and neurotoxin"
             )
+
+    def server_stage(self, resources):
+        """The trigger stage (``attacks.stages.TriggerStage``): the attackers' trigger,
+        held by the server loop between rounds, around the stage of the backdoor it is
+        (the scaling stage with ``evasion = "scaling"`` and full knowledge)."""
+        from attacks.stages import TriggerStage
+
+        inner = super().server_stage(resources)
+        return TriggerStage(self, resources.dataset, inner=inner)
 
     # -------------------------------------------------------------------- trigger
     def trigger_mask(self, input_shape: tuple[int, ...]) -> torch.Tensor:

@@ -14,7 +14,7 @@ takes ``attack.evasion``:
     updates it estimates itself, each trained on a bootstrap resample of its own clean
     data (-1: as many estimates as the round has other clients); it scales on its client;
   - ``"full"``: the round's honest updates. It sends its benign model beside its update
-    and the server loop's adversary stage (``fedsec.adversary``) scales it there (the
+    and its server stage (``attacks.stages.ScalingStage``) scales it there (the
     simulation's adversary, as for the colluding attacks); a config error on the
     ``deployment`` engine.
 
@@ -59,7 +59,8 @@ a parameter of the pattern-trigger attacks (``attacks.triggers``).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -109,6 +110,8 @@ class BackdoorAttack(Attack):
         "constant", one_of(*LR_SCHEDULES), "one of 'constant', 'step', 'step-ahead'"
     )
 
+    _probe: Any = field(default=None, init=False, repr=False)  # see _rule
+
     def check(self, config, dataset) -> None:
         super().check(config, dataset)
         if self.poison_lr == -1 and self.poison_lr_decay != 1.0:
@@ -130,6 +133,28 @@ class BackdoorAttack(Attack):
                 f"server's rule); got evasion {self.evasion!r}, knowledge {self.knowledge!r}"
             )
         check_knowledge(self.knowledge, config)
+
+    def server_stage(self, resources):
+        """With ``evasion = "scaling"`` and full knowledge, the scaling stage
+        (``attacks.stages.ScalingStage``), which runs the rule of the config's defense
+        (``defenses.build_rule``, with the server's model probe) or, with ``rule_state =
+        "server"``, the server's own rule, copied at each trial so that the copy holds the
+        state the server has that round; else none."""
+        if self.evasion != "scaling" or self.knowledge != "full":
+            return super().server_stage(resources)
+        from attacks.stages import ScalingStage
+
+        if self.rule_state == "server":
+            if resources.server_rule is None:
+                raise ValueError("attack.rule_state = 'server' needs the server's rule")
+            return ScalingStage(self, resources.server_rule)
+        from defenses import build_rule
+
+        d = resources.config.defense
+        rule = build_rule(
+            d.name, d.params, seed=resources.config.seed, model_probe=resources.model_probe
+        )
+        return ScalingStage(self, rule)
 
     def update(self, model, ctx, train_kwargs) -> AttackReply:
         if self.evasion == "none":
@@ -211,19 +236,18 @@ class BackdoorAttack(Attack):
             out.append(benign_update(model, x[index], y[index], seeded, layout))
         return out
 
-    @staticmethod
-    def _rule(ctx, model):
-        """The server's rule, as the config makes it public; a rule that inspects models
-        (DeepSight) looks at the attacker's copy of the architecture."""
-        from defenses import DEFENSES, build_defense
+    def _rule(self, ctx, model):
+        """The server's rule, as the config makes it public (``defenses.build_rule``, no
+        Flower); a rule that inspects models (DeepSight) looks at the attacker's copy of
+        the architecture, built once per process (it loads every model it probes, so the
+        copy's own weights never matter)."""
+        from defenses import build_rule
+        from defenses.rules import RULES, ModelProbe
 
-        probe = None
-        if DEFENSES.resolve(ctx.defense_name).needs_model_probe:
-            from defenses.rules.deepsight import ModelProbe
-
-            probe = ModelProbe(copy.deepcopy(model), ctx.input_shape)
+        if self._probe is None and RULES.resolve(ctx.defense_name).needs_model_probe:
+            self._probe = ModelProbe(copy.deepcopy(model), ctx.input_shape)
         params = dict(ctx.defense_params)
-        return build_defense(ctx.defense_name, params, seed=ctx.seed, model_probe=probe).rule
+        return build_rule(ctx.defense_name, params, seed=ctx.seed, model_probe=self._probe)
 
 
 def _copy_with(model: torch.nn.Module, layout: ModelLayout, flat: torch.Tensor) -> torch.nn.Module:

@@ -22,6 +22,7 @@ constructor stores them, :meth:`check` judges them (and the data set) in one pla
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -34,6 +35,7 @@ from fedsec.training import TrainStats, flatten_params, train
 if TYPE_CHECKING:  # pragma: no cover
     from fedsec.config import ExperimentConfig
     from fedsec.data import Dataset
+    from fedsec.hooks import ServerStage, StageResources
 
 
 def num_classes(config: ExperimentConfig, dataset: Dataset | None) -> int:
@@ -68,7 +70,11 @@ class AttackContext:
     - ``trigger``: for an attack whose trigger the attackers carry from round to round
       (``a3fl``), the current one, (C, H, W), which the server loop's adversary stage
       holds between rounds and sends in the train message (``fedsec.protocol.TRIGGER``);
-      None for every other attack, and before the server has sent one.
+      None for every other attack, and before the server has sent one;
+    - ``facts``: every fact of the round as the train message's ConfigRecord holds it,
+      those the attack's server stage adds (:meth:`Attack.server_stage`,
+      ``ServerStage.facts``) included: how a stateful attack's stage tells its clients
+      what it holds.
     """
 
     server_round: int
@@ -87,22 +93,26 @@ class AttackContext:
     defense_name: str = "fedavg"
     defense_params: dict[str, Any] = field(default_factory=dict)
     trigger: torch.Tensor | None = None
+    facts: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class AttackReply:
     """What a malicious client's training gives its reply: the training stats and, for an
-    attack the server loop's adversary stage finishes (``fedsec.adversary``), the
+    attack its server stage finishes (:meth:`Attack.server_stage`), the
     attacker's own benign model as a state dict, sent beside its update and removed
     before the defense sees the round; for an attack whose trigger the attackers carry
     from round to round (``a3fl``), the trigger it used, likewise removed; for an attacker
     that scaled its own update (``evasion = "scaling"``, partial knowledge), the scale
-    it sent, which the server logs and removes."""
+    it sent, which the server logs and removes. ``records``: more named records for the
+    attack's server stage (name -> a dict of tensors, sent as an ArrayRecord beside the
+    update), which the stage must take out before the defense sees the round."""
 
     stats: TrainStats
     benign_state: dict[str, torch.Tensor] | None = None
     trigger: torch.Tensor | None = None
     evasion_scale: float | None = None
+    records: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass(kw_only=True, eq=False)
@@ -166,6 +176,20 @@ class Attack:
             target_label,
             *(params.get(p, cls.parameters()[p]) for p in cls.backdoor_test_params),
         )
+
+    # ------------------------------------------------------------ the server loop
+    def server_stage(self, resources: StageResources) -> ServerStage | None:
+        """The stage this attack needs in the server loop (a
+        :class:`fedsec.hooks.ServerStage`), built from what the server offers
+        (``resources``: the config, the data set, the server's rule and model probe);
+        None (the default): it acts on its clients alone.
+
+        The server loop asks every attack this once per run and never looks at what the
+        attack is. A subclass that needs a stage returns it; one that adds a stage to
+        its parent's wraps ``super().server_stage(resources)`` (``a3fl``'s trigger stage
+        holds the scaling stage of the backdoor it is). Build the stage in a module that
+        this method imports, so that validating a config loads no Flower."""
+        return None
 
     # ------------------------------------------------------------ data, evaluation
     def edit_dataset(self, dataset: Dataset, seed: int) -> Dataset:

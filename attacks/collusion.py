@@ -3,7 +3,7 @@
 
 Such an attacker cannot act alone on its client: its update is a function of benign
 updates that other processes compute. The round's attackers therefore collude in a
-round-level stage, ``fedsec.adversary.CraftingAdversary``, that runs in the server process
+round-level stage, ``attacks.stages.CraftingStage``, that runs in the server process
 after local training and before the defense. It is the simulation's adversary, not
 something a Flower client does; it gives the same result on every engine because it
 sees the replies in partition order.
@@ -60,6 +60,12 @@ class CollusionAttack(UntargetedAttack):
         ``(k, d)`` benign updates of the attackers' view, in a round of ``num_clients``
         clients of which ``num_attackers`` attack."""
         raise NotImplementedError
+
+    def server_stage(self, resources):
+        """The crafting stage: the round's attackers act together in the server loop."""
+        from attacks.stages import CraftingStage
+
+        return CraftingStage(self)
 
     def check_round(self, num_clients: int, num_attackers: int) -> str:
         """What makes a round of this shape impossible to attack (empty: nothing)."""

@@ -79,7 +79,7 @@ def defense_names() -> list[str]:
 
 def defense_parameters(name: str) -> dict[str, Any]:
     """The parameters a config may set for defense ``name``, with their defaults."""
-    return _parameters(_strategy_class(name).rule_class)
+    return _parameters(_rule_class(name))
 
 
 def _parameters(rule_class: type) -> dict[str, Any]:
@@ -88,6 +88,43 @@ def _parameters(rule_class: type) -> dict[str, Any]:
         for spec in fields(rule_class)
         if spec.init and spec.name != SEED_PARAMETER
     }
+
+
+#: Keys that every ``[defense]`` table held before they became one rule's parameter,
+#: with the value fedsec wrote for them: a config.toml of that time (every run directory
+#: holds one, and a Flower App's run config) still reads as the same experiment.
+#: ``root_size`` was the core's size of FLTrust's root set; it is FLTrust's parameter now.
+FORMER_KEYS: dict[str, Any] = {"root_size": 100}
+
+
+def current_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Defense ``name``'s ``params`` as a config file gives them, read by this version: a
+    key of :data:`FORMER_KEYS` at its former value is the default of the rule that
+    takes it, and no key at all for the others, so it is left out; at another value it
+    is kept for the rules that take it, and is a ConfigError (saying what to write
+    instead) for the others. An unknown defense's parameters are left as they are (its
+    name is judged with the config)."""
+    rules = _rules()
+    if name not in rules or not any(key in params for key in FORMER_KEYS):
+        return params
+    takes = _parameters(rules[name])
+    out = {}
+    for key, value in params.items():
+        if (
+            key in FORMER_KEYS
+            and value == FORMER_KEYS[key]
+            and type(value) is type(FORMER_KEYS[key])
+        ):
+            continue
+        if key in FORMER_KEYS and key not in takes:
+            users = [n for n in rules.names() if key in _parameters(rules[n])]
+            raise ConfigError(
+                f"defense.{key} = {value!r} is a parameter of {', '.join(users)} only, "
+                f"and defense {name!r} has no use for it: remove the key, or set it with "
+                f"defense.name = {users[0]!r}"
+            )
+        out[key] = value
+    return out
 
 
 def build_defense(
@@ -101,35 +138,40 @@ def build_defense(
 ) -> DefenseStrategy:
     """Build defense ``name`` with ``params`` as a Flower strategy, every setting given here.
 
-    ``seed`` seeds defenses that draw random numbers (weak-dp, flame, crfl).
-    ``root_update_fn(server_round, global_arrays) -> ArrayRecord`` is the server's training
-    on a clean root set; it goes to the defenses that use one (``needs_root_update``:
-    FLTrust) and no other; ``model_probe`` (``defenses.rules.deepsight.ModelProbe``: runs
-    flat models, finds their output layer) likewise to those with ``needs_model_probe``
-    (DeepSight). Further keyword arguments go to the strategy (``device``,
-    Flower ``FedAvg`` parameters). Raises ``ConfigError`` for an unknown name or
-    parameter, a wrong type or a value out of range.
+    The rule is :func:`build_rule`'s (the same checks, the same parameters); the
+    strategy is defense ``name``'s Flower class. ``seed`` seeds defenses that draw
+    random numbers (weak-dp, flame, crfl). ``root_update_fn(server_round,
+    global_arrays) -> ArrayRecord`` is the server's training on a clean root set; it
+    goes to the strategies whose rule uses one (``needs_root_update``: FLTrust) and no
+    other; ``model_probe`` (:class:`defenses.rules.ModelProbe`: runs flat models, finds
+    their output layer) likewise to the rules with ``needs_model_probe`` (DeepSight).
+    Further keyword arguments go to the strategy (``device``, Flower ``FedAvg``
+    parameters). Raises ``ConfigError`` for an unknown name or parameter, a wrong type
+    or a value out of range.
     """
     cls = _strategy_class(name)
-    kwargs = _rule_kwargs(name, params, seed, cls.rule_class)
-    if cls.needs_root_update:
+    rule = build_rule(name, params, seed=seed, model_probe=model_probe)
+    if rule.needs_root_update:
         strategy_kwargs["root_update_fn"] = root_update_fn
-    if cls.needs_model_probe:
-        strategy_kwargs["model_probe"] = model_probe
-    return cls(**kwargs, **strategy_kwargs)
+    return cls.from_rule(rule, **strategy_kwargs)
 
 
-def build_rule(name: str, params: dict[str, Any], *, seed: int = 0) -> AggregationRule:
-    """The aggregation rule of defense ``name`` with ``params``, checked exactly as
-    :func:`build_defense` checks them, without the Flower strategy: what config
-    validation asks (``fedsec run --check``), and it imports no Flower."""
-    from .rules import RULES
+def build_rule(
+    name: str, params: dict[str, Any], *, seed: int = 0, model_probe: Any = None
+) -> AggregationRule:
+    """The aggregation rule of defense ``name`` with ``params``, checked: the one builder
+    of a rule (config validation, the server, the attacks that run the server's rule,
+    :func:`build_defense`), and it imports no Flower.
 
-    if not isinstance(name, str) or name not in DEFENSES.names():
-        DEFENSES.resolve(name)  # the one-line error naming the valid defenses
-    rule_class = RULES[name]
+    ``model_probe`` (a :class:`defenses.rules.ModelProbe`) goes to a rule that declares
+    ``needs_model_probe`` (its class says so before it is built:
+    ``defenses.rules.RULES[name].needs_model_probe``). Raises ``ConfigError`` for an
+    unknown name or parameter, a wrong type or a value out of range."""
+    rule_class = _rule_class(name)
     rule = rule_class(**_rule_kwargs(name, params, seed, rule_class))
     rule.validate()
+    if rule.needs_model_probe and model_probe is not None:
+        rule.probe = model_probe
     return rule
 
 
@@ -160,6 +202,22 @@ def _strategy_class(name: str) -> type[DefenseStrategy]:
     return DEFENSES.resolve(name)
 
 
+def _rules():
+    from .rules import RULES
+
+    return RULES
+
+
+def _rule_class(name: str) -> type[AggregationRule]:
+    """The rule class of defense ``name``; the one-line error naming the valid defenses
+    for a name without a strategy or a rule."""
+    rules = _rules()
+    if not isinstance(name, str) or name not in DEFENSES or name not in rules:
+        DEFENSES.resolve(name)  # the one-line error naming the valid defenses
+        rules.resolve(name)
+    return rules[name]
+
+
 __all__ = [
     "CRFL",
     "DEFENSES",
@@ -184,8 +242,10 @@ __all__ = [
     "SignGuard",
     "TrimmedMean",
     "WeakDP",
+    "FORMER_KEYS",
     "build_defense",
     "build_rule",
+    "current_params",
     "defense_names",
     "defense_parameters",
 ]

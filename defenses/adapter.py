@@ -10,7 +10,7 @@ runs the rule, turns the new model back into an ``ArrayRecord`` and reports verd
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any, ClassVar
@@ -37,6 +37,9 @@ from .rules import AggregationRule
 
 #: MetricRecord key whose value, when present, is the client's stable key.
 CLIENT_KEY_METRIC = PARTITION_ID
+
+#: ``(server_round, global_arrays) -> the server's model after training on root data``.
+RootUpdateFn = Callable[[int, ArrayRecord], ArrayRecord]
 
 
 @dataclass
@@ -131,19 +134,36 @@ class DefenseStrategy(FedAvg):
 
     #: The rule class a named defense wraps (the registry lists its parameters).
     rule_class: ClassVar[type[AggregationRule]] = AggregationRule
-    #: Whether the strategy takes ``root_update_fn``, the server's training on a clean
-    #: root set (FLTrust); ``defenses.build_defense`` hands it only to those.
-    needs_root_update: ClassVar[bool] = False
-    #: Whether the strategy takes ``model_probe``, which runs flat models on inputs
-    #: (DeepSight); ``defenses.build_defense`` hands it only to those.
-    needs_model_probe: ClassVar[bool] = False
 
-    def __init__(self, rule: AggregationRule, *, device: str = "cpu", **fedavg_kwargs: Any):
+    def __init__(
+        self,
+        rule: AggregationRule,
+        *,
+        device: str = "cpu",
+        root_update_fn: RootUpdateFn | None = None,
+        **fedavg_kwargs: Any,
+    ):
         rule.validate()
+        if root_update_fn is not None and not rule.needs_root_update:
+            raise TypeError(f"{rule.name} needs no root update: it takes no root_update_fn")
         super().__init__(**fedavg_kwargs)
         self.rule = rule
         self.device = _parse_device(device)
         self._global_arrays: ArrayRecord | None = None
+        if rule.needs_root_update:
+            #: ``(server_round, global_arrays) -> ArrayRecord``: the global model after
+            #: the server trained it on its clean root set (``rule.root_set_size()``
+            #: examples), for a rule that declares ``needs_root_update``.
+            self.root_update_fn = root_update_fn
+
+    @classmethod
+    def from_rule(cls, rule: AggregationRule, **strategy_kwargs: Any) -> DefenseStrategy:
+        """The strategy around a built ``rule`` (``defenses.build_rule``): what the
+        class's constructor builds from its explicit parameters, without building the
+        rule again (``defenses.build_defense``)."""
+        strategy = cls.__new__(cls)
+        DefenseStrategy.__init__(strategy, rule, **strategy_kwargs)
+        return strategy
 
     def summary(self) -> None:
         """Log the defense, then FedAvg's settings."""
@@ -161,7 +181,13 @@ class DefenseStrategy(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Remember the global model sent this round, then sample as ``FedAvg`` does."""
+        """Remember the global model sent this round, then sample as ``FedAvg`` does;
+        refuse to start a round of a rule that needs a root update without
+        ``root_update_fn``."""
+        if self.rule.needs_root_update and self.root_update_fn is None:
+            raise RuntimeError(
+                f"{type(self).__name__} needs root_update_fn(server_round, arrays) -> ArrayRecord"
+            )
         self._global_arrays = arrays
         return super().configure_train(server_round, arrays, config, grid)
 
@@ -238,8 +264,11 @@ class DefenseStrategy(FedAvg):
     def _root_update(
         self, server_round: int, layout: RecordLayout, global_model: torch.Tensor
     ) -> torch.Tensor | None:
-        """The server's own update this round, for rules that need one (FLTrust)."""
-        return None
+        """The server's own update this round, for a rule that needs one (FLTrust)."""
+        if not self.rule.needs_root_update:
+            return None
+        trained = self.root_update_fn(server_round, self._global_arrays)
+        return layout.flatten(trained, self.device) - global_model
 
     def _problem(self, message: Message, layout: RecordLayout) -> str:
         """Why a reply cannot be used, judged from its records' headers ("" if none)."""

@@ -2,7 +2,8 @@
 
 A checkpoint holds the round it was taken after, the global model, the strategy's
 state (FoolsGold's history, a defense's noise generator, ...) and the server loop's
-adversary stage's (``fedsec.adversary``: a3fl's current trigger). Nothing else is needed:
+adversary stage's (the stage an attack declares, ``fedsec.hooks.ServerStage``: a3fl's
+current trigger). Nothing else is needed:
 client sampling, client training and attacks draw from streams derived from
 (seed, round, client), so round r + 1 of a resumed run draws exactly what it would have
 drawn without the interruption. The file is written to a temporary name and renamed, so

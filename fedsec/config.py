@@ -226,12 +226,12 @@ class AttackConfig:
 class DefenseConfig:
     """The server's aggregation strategy; ``params`` are the defense's own (defenses/).
 
-    ``root_size`` is the size of the clean root set the server holds for defenses that
-    train on one (FLTrust): a seeded sample of the training split, as in Cao et al.
+    A key the ``[defense]`` table held before it became one rule's parameter
+    (``defenses.FORMER_KEYS``) reads as that rule's parameter (``defenses.current_params``),
+    so that every config.toml written before still reads as the same experiment.
     """
 
     name: str = "fedavg"
-    root_size: int = param(100, COUNT)
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -282,6 +282,9 @@ class ExperimentConfig:
                     f"unknown config key {key!r}; valid top-level keys: seed, "
                     + ", ".join(f"[{s}]" for s in _SECTIONS)
                 )
+        from defenses import current_params  # no Flower: the registry and the rules
+
+        cfg.defense.params = current_params(cfg.defense.name, cfg.defense.params)
         return cfg
 
     @classmethod

@@ -149,7 +149,10 @@ class AttackerFacts:
     sampled client trains on, each attacker's poisoned set counted at its size;
     round_clients: the round's size; trigger: the attackers' shared trigger as a flat
     list of C*H*W floats, when the server loop's adversary stage holds one (``a3fl``),
-    else None.
+    else None; extra: every other entry, as the ConfigRecord holds it: the facts an
+    attack's server stage adds (``fedsec.hooks.ServerStage.facts``, which works on the
+    ConfigRecord entries, :meth:`to_config`) and, read on the client, the strategy's own
+    (``server-round``). The attack reads them all as ``AttackContext.facts``.
     """
 
     attacker_index: int
@@ -157,6 +160,7 @@ class AttackerFacts:
     round_examples: int
     round_clients: int
     trigger: list[float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_config(self) -> dict[str, Any]:
         """The ConfigRecord entries of the facts (the trigger only when there is one)."""
@@ -168,17 +172,20 @@ class AttackerFacts:
         }
         if self.trigger is not None:
             out[TRIGGER] = list(self.trigger)
+        out.update(self.extra)
         return out
 
     @classmethod
     def from_config(cls, record: Mapping[str, Any]) -> AttackerFacts:
         """The facts in a train message's ConfigRecord (:meth:`to_config`'s entries)."""
+        known = (ATTACKER_INDEX, NUM_ATTACKERS, ROUND_EXAMPLES, ROUND_CLIENTS, TRIGGER)
         return cls(
             attacker_index=int(record[ATTACKER_INDEX]),
             num_attackers=int(record[NUM_ATTACKERS]),
             round_examples=int(record[ROUND_EXAMPLES]),
             round_clients=int(record[ROUND_CLIENTS]),
             trigger=[float(v) for v in record[TRIGGER]] if TRIGGER in record else None,
+            extra={k: v for k, v in record.items() if k not in known},
         )
 
     @staticmethod

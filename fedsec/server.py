@@ -6,9 +6,11 @@ clients (the round's attackers' messages carry the facts they are told), send th
 the replies, in partition order, to the strategy's ``aggregate_round``, evaluate the new
 global model centrally and log the round with the verdicts it returned.
 
-The strategy is a :class:`defenses.DefenseStrategy` (any of fedsec's defenses, built
-with every setting by ``defenses.build_defense``). It sees only the replies; which
-clients were malicious is known to the loop alone.
+The strategy is a :class:`defenses.DefenseStrategy` around the configured rule (built
+by ``defenses.build_rule``). It sees only the replies; which clients were malicious is
+known to the loop alone. The loop knows no attack and no rule by name: it asks them
+(``fedsec.hooks``) for the stage the attack needs in the loop, the resources the rule
+needs (a root update, a model probe) and the rule's step after the last round.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from defenses import DefenseStrategy, build_defense
+from defenses import DefenseStrategy, build_rule
 from fedsec import protocol
 from fedsec.adversary import Adversary, round_adversary
-from fedsec.certify import final_certification
 from fedsec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedsec.config import ExperimentConfig
 from fedsec.engines.batching import batching_grid
 from fedsec.errors import ConfigError, RunError
+from fedsec.hooks import FinalModel
 from fedsec.pretrain import initial_state
 from fedsec.protocol import (
     ABSENT,
@@ -169,13 +171,13 @@ def run_federation(
     torch.set_num_threads(config.engine.client_num_cpus)
     task = get_task(config)
     probe = model_probe(task)
-    strategy = build_defense(
-        config.defense.name,
-        config.defense.params,
-        seed=config.seed,
+    rule = build_rule(
+        config.defense.name, config.defense.params, seed=config.seed, model_probe=probe
+    )
+    strategy = DefenseStrategy(
+        rule,
         device=str(resolve_device(config.engine.device)),
-        root_update_fn=RootTrainer(task),
-        model_probe=probe,
+        root_update_fn=RootTrainer(task, rule.root_set_size()) if rule.needs_root_update else None,
     )
     checkpoint = load_checkpoint(out_dir) if resume else None
     initial_model = ""
@@ -219,7 +221,7 @@ def run_federation(
             node_of,
             partition_of,
             config,
-            adversary.facts(facts) if adversary is not None else facts,
+            _stage_facts(adversary, facts) if adversary is not None else facts,
             adversary,
         )
         if schedule.enabled:
@@ -227,8 +229,8 @@ def run_federation(
             outcome.record = replace(outcome.record, **detection_counts(outcome.record, malicious))
         arrays = outcome.arrays
         record = replace(outcome.record, **evaluator(arrays))
-        if server_round == config.train.rounds:  # crfl certifies the final model
-            record.final.update(final_certification(task, strategy.rule, arrays, progress))
+        if server_round == config.train.rounds:  # the rule's step on the final model
+            record.final.update(rule.after_training(final_model(task, arrays, progress)))
         record.time_s = round(time.time() - t_start, 3)
         writer.log_round(record)
         if every and (server_round % every == 0 or server_round == config.train.rounds):
@@ -247,7 +249,7 @@ def run_federation(
     state = arrays.to_torch_state_dict()
     if out_dir is not None:
         torch.save(state, Path(out_dir) / MODEL_FILE)
-    return FederationResult(writer.finish({}, rule=strategy.rule), state)
+    return FederationResult(writer.finish({}, rule=rule), state)
 
 
 def run_round(
@@ -267,9 +269,9 @@ def run_round(
     ``attacker_facts`` (``FederatedTask.attacker_facts``) go into the train messages of the
     round's attackers, whose ClientApps build their AttackContext from them: the server
     is the simulation's adversary controller, so clients never recompute its sampling.
-    A colluding attack's ``adversary`` (``fedsec.adversary``) rewrites the attackers'
-    replies after they arrive and before the defense sees them (a3fl's takes out the
-    triggers they send back)."""
+    The ``adversary``, the stage the attack declares (``fedsec.hooks``; a colluding
+    attack's), rewrites the attackers' replies after they arrive and before the defense
+    sees them (a3fl's takes out the triggers they send back)."""
     round_grid = RoundGrid(grid, [node_of[p] for p in sampled])
     # Told this round's size, the strategy samples exactly these nodes; told more, it
     # would wait for nodes that never come (Flower's sample_nodes has no timeout).
@@ -355,6 +357,13 @@ def _reported_scales(
     return out
 
 
+def _stage_facts(adversary: Adversary, facts: dict[int, AttackerFacts]) -> dict[int, AttackerFacts]:
+    """``facts`` with what the attack's server stage adds (``ServerStage.facts`` works on
+    the ConfigRecord entries)."""
+    told = adversary.facts({pid: f.to_config() for pid, f in facts.items()})
+    return {pid: AttackerFacts.from_config(entries) for pid, entries in told.items()}
+
+
 def _with_facts(message: Message, facts: AttackerFacts | None) -> Message:
     """``message`` with ``facts`` added to its ConfigRecord (a copy: the strategy's messages
     share one RecordDict), or ``message`` itself without facts."""
@@ -401,29 +410,54 @@ class CentralEvaluator:
 
 
 def model_probe(task: FederatedTask):
-    """The server's :class:`defenses.rules.deepsight.ModelProbe` of the task's model, when
-    the configured defense inspects models (DeepSight); else None."""
-    from defenses import DEFENSES
+    """The server's :class:`defenses.rules.ModelProbe` of the task's model, when the
+    configured rule declares ``needs_model_probe`` (it inspects models); else None. Built
+    once: the server's rule and an attack's stage that runs the rule share it."""
+    from defenses.rules import RULES, ModelProbe
 
-    if not DEFENSES.resolve(task.config.defense.name).needs_model_probe:
+    if not RULES.resolve(task.config.defense.name).needs_model_probe:
         return None
-    from defenses.rules.deepsight import ModelProbe
-
     return ModelProbe(task.new_model(), tuple(task.dataset.input_shape))
 
 
-class RootTrainer:
-    """The server's update on its clean root set (FLTrust's g_0).
+def final_model(
+    task: FederatedTask, arrays: ArrayRecord, progress: Callable[[str], None] = print
+) -> FinalModel:
+    """What a rule's step after the last round is given (:class:`fedsec.hooks.FinalModel`):
+    the final global model ``arrays`` and the run's facts, from ``task``."""
+    config, schedule, attack = task.config, task.schedule, task.attack
 
-    The root set is ``defense.root_size`` examples drawn, seeded, from the training
-    split (Cao et al. sample it from the training data); the server trains the global
-    model on it as a client would, with a stream of its own.
+    def examples(partition_id: int, attacker: bool) -> int:
+        size = len(task.partitions[partition_id])
+        return attack.num_examples(size) if attacker and attack is not None else size
+
+    return FinalModel(
+        state=arrays.to_torch_state_dict(),
+        new_model=task.new_model,
+        test_data=task.test_data(),
+        device=resolve_device(config.engine.device),
+        seed=config.seed,
+        train=config.train,
+        attack_rounds=tuple(schedule.attack_rounds()),
+        sample=schedule.sample,
+        examples=examples,
+        progress=progress,
+    )
+
+
+class RootTrainer:
+    """The server's update on its clean root set (FLTrust's g_0), for a rule that
+    declares ``needs_root_update``.
+
+    The root set is ``size`` examples (the rule's ``root_set_size()``) drawn, seeded,
+    from the training split (Cao et al. sample it from the training data); the server
+    trains the global model on it as a client would, with a stream of its own.
     """
 
-    def __init__(self, task: FederatedTask) -> None:
+    def __init__(self, task: FederatedTask, size: int) -> None:
         self.task = task
         x, y = task.train_data()
-        size = min(task.config.defense.root_size, len(y))
+        size = min(size, len(y))
         idx = torch.from_numpy(
             rng(task.config.seed, "root-set").choice(len(y), size, replace=False)
         )

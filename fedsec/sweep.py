@@ -358,9 +358,7 @@ def _apply(
         flat = {k: v for k, v in flat.items() if not k.startswith("attack.") or k in schedule}
     if overrides.get("defense.name", flat["defense.name"]) != flat["defense.name"]:
         flat = {
-            k: v
-            for k, v in flat.items()
-            if not k.startswith("defense.") or k in ("defense.name", "defense.root_size")
+            k: v for k, v in flat.items() if not k.startswith("defense.") or k == "defense.name"
         }
     flat.update(overrides)
     where = ", ".join(f"{a}={v}" for a, v in labels.items())

@@ -128,7 +128,8 @@ class FederatedTask:
         """The :class:`~attacks.AttackContext` of attacker ``partition_id``: its own data and
         seeds from this task, the round's facts from the server (``facts``, read from the
         train message's ConfigRecord, see :meth:`attacker_facts`, with the shared trigger
-        when the adversary stage sends one)."""
+        when the adversary stage sends one; all of them, those the attack's server stage
+        adds included, as ``ctx.facts``)."""
         return AttackContext(
             server_round=server_round,
             partition_id=partition_id,
@@ -152,6 +153,7 @@ class FederatedTask:
                 if facts.trigger is not None
                 else None
             ),
+            facts=facts.to_config(),
         )
 
 

@@ -1,5 +1,5 @@
 """``a3fl`` (attacks/a3fl.py) and the server-side stage that holds its trigger between
-rounds (fedsec/adversary.py's TriggerAdversary): the trigger search's direction, mask and
+rounds (attacks/stages.py's TriggerStage): the trigger search's direction, mask and
 range, the unlearned copy, the trigger's way server -> attacker -> server -> evaluator ->
 checkpoint, and the config errors. Digits + MLP throughout."""
 
@@ -14,13 +14,14 @@ from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricReco
 from torch.nn import functional as F
 
 from attacks.a3fl import A3FL, apply_trigger_values, optimise_trigger, unlearned_copy
+from attacks.stages import TriggerStage
 from attacks.triggers import stamp
-from fedsec.adversary import TriggerAdversary, round_adversary
+from fedsec.adversary import round_adversary
 from fedsec.checkpoint import load_checkpoint
 from fedsec.cli import DEFAULT_EXPERIMENT, main
 from fedsec.config import load_config
 from fedsec.errors import ConfigError
-from fedsec.protocol import TRIGGER
+from fedsec.protocol import TRIGGER, AttackerFacts
 from fedsec.results import read_metrics
 from fedsec.server import CentralEvaluator
 from fedsec.task import get_task
@@ -158,10 +159,10 @@ def test_the_unlearned_copy_has_lower_backdoor_accuracy_than_its_source(backdoor
 def test_the_attacker_poisons_with_the_trigger_it_found_and_replies_with_it():
     task = task_for()
     attack, pid = task.attack, task.schedule.pool[0]
-    stage = TriggerAdversary(attack, task.dataset)
+    stage = TriggerStage(attack, task.dataset)
     stage.trigger = attack.valid_trigger(torch.full((1, 8, 8), 0.6), (1, 8, 8))
-    facts = stage.facts(task.attacker_facts([pid], [pid]))[pid]
-    ctx = task.attack_context(pid, 1, facts)
+    told = {p: f.to_config() for p, f in task.attacker_facts([pid], [pid]).items()}
+    ctx = task.attack_context(pid, 1, AttackerFacts.from_config(stage.facts(told)[pid]))
     assert torch.equal(ctx.trigger, stage.trigger)  # exact through the ConfigRecord list
     model = task.new_model()
     reply = attack.update(model, ctx, task.train_kwargs(1, pid))
@@ -220,7 +221,7 @@ def test_the_stage_takes_every_trigger_out_and_keeps_the_lowest_usable_attackers
     server_identity,
 ):
     task = task_for()
-    stage = TriggerAdversary(task.attack, task.dataset)
+    stage = TriggerStage(task.attack, task.dataset)
     mask = task.attack.trigger_mask((1, 8, 8)).numpy()
     triggers = {p: np.where(mask, 0.1 * (p + 1), 0.0)[None] for p in range(5)}
     bad_shape = np.zeros((1, 4, 4))
@@ -246,7 +247,7 @@ def test_the_stage_takes_every_trigger_out_and_keeps_the_lowest_usable_attackers
 
 def test_a_trigger_out_of_range_or_off_the_mask_is_projected_back():
     task = task_for()
-    stage = TriggerAdversary(task.attack, task.dataset)
+    stage = TriggerStage(task.attack, task.dataset)
     wild = torch.linspace(-2, 3, 64).reshape(1, 8, 8)
     stage.load_state_dict({"trigger": wild})
     mask = task.attack.trigger_mask((1, 8, 8))
@@ -258,7 +259,7 @@ def test_a_trigger_out_of_range_or_off_the_mask_is_projected_back():
 def test_backdoor_accuracy_is_measured_with_the_servers_current_trigger(backdoored_model):
     task = task_for()
     stage = round_adversary(task.attack, task.config, None, task.dataset)
-    assert isinstance(stage, TriggerAdversary)
+    assert isinstance(stage, TriggerStage)
     evaluator = CentralEvaluator(task, stage)
     arrays = ArrayRecord(backdoored_model.state_dict())
     d = task.dataset
@@ -286,7 +287,7 @@ def test_the_defense_never_sees_a_trigger(monkeypatch):
 
     seen, sent, kept = [], [], []
     aggregate = DefenseStrategy.aggregate_round
-    stage_call = TriggerAdversary.__call__
+    stage_call = TriggerStage.__call__
 
     def spy_aggregate(self, server_round, replies):
         seen.extend(set(r.content.keys()) for r in replies if not r.has_error())
@@ -299,7 +300,7 @@ def test_the_defense_never_sees_a_trigger(monkeypatch):
         return outcome
 
     monkeypatch.setattr(DefenseStrategy, "aggregate_round", spy_aggregate)
-    monkeypatch.setattr(TriggerAdversary, "__call__", spy_stage)
+    monkeypatch.setattr(TriggerStage, "__call__", spy_stage)
     train_inprocess(load_config(DEFAULT_EXPERIMENT, [*A3FL_DIGITS, *TWO_A_ROUND, *QUICK]))
     assert sent.count(True) == 8  # 2 attackers x 4 rounds sent one
     assert seen and all(keys == {"arrays", "metrics"} for keys in seen)

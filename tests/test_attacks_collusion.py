@@ -1,5 +1,5 @@
 """The colluding attacks (alie, ipm, min-max, min-sum) and the round-level stage that
-crafts their update (fedsec/adversary.py): who is in the attackers' view, what lands in
+crafts their update (attacks/stages.py): who is in the attackers' view, what lands in
 their replies, and the config errors that stop an impossible threat model before training.
 """
 
@@ -14,7 +14,8 @@ from attacks.alie import ALIE
 from attacks.crafted import alie, min_max
 from attacks.ipm import IPM
 from attacks.min_max import MinMax
-from fedsec.adversary import CraftingAdversary, round_adversary
+from attacks.stages import CraftingStage
+from fedsec.adversary import round_adversary
 from fedsec.cli import DEFAULT_EXPERIMENT
 from fedsec.config import load_config
 from fedsec.errors import ConfigError
@@ -65,7 +66,7 @@ PARTITION_OF = {NODE + p: p for p in range(10)}
 def test_full_knowledge_crafts_from_every_valid_reply_and_rewrites_only_the_attackers():
     global_arrays, updates, replies = round_of(5)
     honest_before = [flat(r.content["arrays"]) for r in replies[:3]]
-    outcome = CraftingAdversary(IPM(eps=2.0, knowledge="full"))(
+    outcome = CraftingStage(IPM(eps=2.0, knowledge="full"))(
         global_arrays, replies, PARTITION_OF, 5, {3, 4}
     )
     assert outcome.crafted == [3, 4] and outcome.view == 5 and outcome.note == ""
@@ -80,7 +81,7 @@ def test_full_knowledge_crafts_from_every_valid_reply_and_rewrites_only_the_atta
 
 def test_partial_knowledge_sees_only_the_attackers_own_updates():
     global_arrays, updates, replies = round_of(5)
-    outcome = CraftingAdversary(IPM(eps=0.5))(global_arrays, replies, PARTITION_OF, 5, {1, 4})
+    outcome = CraftingStage(IPM(eps=0.5))(global_arrays, replies, PARTITION_OF, 5, {1, 4})
     assert outcome.view == 2
     expected = flat(global_arrays) - 0.5 * updates[[1, 4]].mean(axis=0)
     for r in (replies[1], replies[4]):
@@ -89,13 +90,13 @@ def test_partial_knowledge_sees_only_the_attackers_own_updates():
 
 def test_alie_and_min_max_through_the_stage_are_the_crafted_math_on_the_view():
     global_arrays, updates, replies = round_of(8, seed=1)
-    CraftingAdversary(ALIE(knowledge="full"))(global_arrays, replies, PARTITION_OF, 8, {6, 7})
+    CraftingStage(ALIE(knowledge="full"))(global_arrays, replies, PARTITION_OF, 8, {6, 7})
     view = torch.from_numpy(updates)
     expected = flat(global_arrays) + alie(view, 8, 2).numpy()
     np.testing.assert_allclose(flat(replies[6].content["arrays"]), expected, rtol=1e-5, atol=1e-6)
 
     global_arrays, updates, replies = round_of(8, seed=2)
-    CraftingAdversary(MinMax(knowledge="partial", direction="unit"))(
+    CraftingStage(MinMax(knowledge="partial", direction="unit"))(
         global_arrays, replies, PARTITION_OF, 8, {2, 5, 7}
     )
     view = torch.from_numpy(updates[[2, 5, 7]])
@@ -109,7 +110,7 @@ def test_failed_and_non_finite_replies_are_in_no_view():
     bad[0] = np.nan
     replies[1] = reply(1, model(flat(global_arrays) + bad))
     replies[2] = error_reply(2)
-    outcome = CraftingAdversary(IPM(eps=1.0, knowledge="full"))(
+    outcome = CraftingStage(IPM(eps=1.0, knowledge="full"))(
         global_arrays, replies, PARTITION_OF, 4, {3}
     )
     assert outcome.view == 2 and outcome.crafted == [3]
@@ -121,14 +122,14 @@ def test_a_view_too_small_leaves_the_honest_updates_and_says_why():
     global_arrays, updates, replies = round_of(4)
     replies[3] = error_reply(3)  # one of the two attackers failed: ALIE has one update
     before = flat(replies[2].content["arrays"])
-    outcome = CraftingAdversary(ALIE())(global_arrays, replies, PARTITION_OF, 4, {2, 3})
+    outcome = CraftingStage(ALIE())(global_arrays, replies, PARTITION_OF, 4, {2, 3})
     assert outcome.crafted == [] and "1 benign updates in view, 2 needed" in outcome.note
     np.testing.assert_array_equal(flat(replies[2].content["arrays"]), before)
 
 
 def test_only_colluding_attacks_get_a_stage():
     assert round_adversary(None) is None
-    assert isinstance(round_adversary(IPM()), CraftingAdversary)
+    assert isinstance(round_adversary(IPM()), CraftingStage)
 
 
 SMALL = [

@@ -8,13 +8,14 @@ import copy
 import math
 from dataclasses import dataclass
 from typing import ClassVar
-from unittest.mock import Mock, patch
+from unittest.mock import patch
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 
+from attacks.backdoor import BackdoorAttack
 from attacks.evasion import (
     SCALE_STEPS,
     benign_metric_bounds,
@@ -25,11 +26,12 @@ from attacks.evasion import (
     metric_features,
     multi_metrics_penalty,
 )
+from attacks.stages import ScalingStage
 from defenses.rules.base import AggregationResult, AggregationRule
 from defenses.rules.fldetector import FLDetectorRule
 from defenses.rules.foolsgold import FoolsGoldRule
 from defenses.rules.median import MedianRule
-from fedsec.adversary import ScalingAdversary, round_adversary
+from fedsec.adversary import round_adversary
 from fedsec.config import load_config
 from fedsec.errors import ConfigError
 from fedsec.protocol import BENIGN_STATE
@@ -220,7 +222,7 @@ def test_full_knowledge_scaling_runs_the_rule_on_the_honest_updates_and_strips_t
     honest = [np.array([0.3, 0.1, 0.0]), np.array([0.2, -0.1, 0.1])]
     benign, candidate = np.array([0.5, 0.0, 0.0]), np.array([0.5, 4.0, 0.0])
     replies = [reply(0, honest[0]), reply(1, honest[1]), reply(2, candidate, benign)]
-    stage = ScalingAdversary(attack=None, rule=NormBoundRule())
+    stage = ScalingStage(attack=None, rule=NormBoundRule())
     outcome = stage(model_record(w0), replies, {NODE + p: p for p in range(3)}, 3, {2})
     assert outcome.crafted == [2] and outcome.view == 2 and 0 < outcome.scales[2] < 1
     sent = replies[2].content["arrays"]["w"].numpy()
@@ -249,7 +251,7 @@ def test_full_knowledge_scaling_shows_the_rule_the_rounds_partition_ids():
     benign, candidate = np.array([0.5, 0.0, 0.0]), np.array([0.5, 4.0, 0.0])
     replies = [reply(4, honest[0]), reply(2, candidate, benign), reply(9, honest[1])]
     IdRecordingRule.seen.clear()
-    stage = ScalingAdversary(attack=None, rule=IdRecordingRule())
+    stage = ScalingStage(attack=None, rule=IdRecordingRule())
     stage(model_record(np.zeros(3)), replies, {NODE + p: p for p in (2, 4, 9)}, 10, {2})
     seen = IdRecordingRule.seen
     assert seen and all(ids == [4, 9, 2] for ids in seen)  # the honest ones, then the attacker
@@ -273,10 +275,10 @@ class ShrinkingBoundRule(NormBoundRule):
 @pytest.mark.parametrize(("rule_state", "bound"), [("fresh", 1.0), ("server", 0.25)])
 def test_with_the_servers_rule_the_search_sees_its_state_and_leaves_it(rule_state, bound):
     server_rule = ShrinkingBoundRule(rounds=2)  # two rounds aggregated: bound 1/4
-    attack = type("Attack", (), dict(evasion="scaling", knowledge="full", rule_state=rule_state))
+    attack = BackdoorAttack(evasion="scaling", knowledge="full", rule_state=rule_state)
     config = load_config(None, DIGITS)
-    with patch("defenses.build_defense", return_value=Mock(rule=ShrinkingBoundRule())):
-        stage = round_adversary(attack(), config, server_rule=server_rule)
+    with patch("defenses.build_rule", return_value=ShrinkingBoundRule()):
+        stage = round_adversary(attack, config, server_rule=server_rule)
     assert (stage.rule is server_rule) == (rule_state == "server")
     honest = [np.array([0.1, 0.0, 0.0]), np.array([0.0, 0.1, 0.0])]
     benign, candidate = np.array([0.1, 0.0, 0.0]), np.array([0.1, 4.0, 0.0])

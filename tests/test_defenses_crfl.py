@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from flwr.app import ArrayRecord
 from scipy.stats import binomtest, norm
 
 from defenses.rules import CRFLRule
@@ -20,12 +21,13 @@ from defenses.rules.crfl import (
     clopper_pearson,
     lipschitz_constant,
     parse_radii,
+    run_constants,
 )
-from fedsec.certify import run_constants
 from fedsec.cli import DEFAULT_EXPERIMENT, main
 from fedsec.config import load_config
 from fedsec.errors import ConfigError
 from fedsec.results import read_metrics
+from fedsec.server import final_model
 from fedsec.task import get_task
 from tests.runs import run_cli, tiny_digits
 
@@ -277,7 +279,7 @@ def test_the_last_round_of_a_crfl_run_holds_its_certification(tmp_path):
 
 def test_without_an_attack_the_certificate_assumes_one_attacker_in_the_last_round():
     task = get_task(load_config(None, tiny_digits(rounds=3, seed=0) + ["defense.name=crfl"]))
-    facts = run_constants(task)
+    facts = run_constants(final_model(task, ArrayRecord(task.new_model().state_dict())))
     sampled, _ = task.schedule.sample(3)
     sizes = [len(task.partitions[c]) for c in sampled]
     assert facts["rounds_after_attack"] == 0

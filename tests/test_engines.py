@@ -91,7 +91,7 @@ def test_a_federation_trained_in_memory_is_the_run_fedsec_run_writes(tmp_path):
 @pytest.mark.slow
 def test_flower_engine_gives_identical_rounds_to_inprocess(tmp_path):
     # with a full-knowledge colluding attacker: the server-side adversary stage
-    # (fedsec/adversary.py) must see the same replies in the same order on both engines
+    # (attacks/stages.py) must see the same replies in the same order on both engines
     attack = ["attack.name=ipm", "attack.knowledge=full", "attack.every=1"]
     run_cli(tmp_path / "inprocess", *attack)
     run_cli(tmp_path / "flower", "engine.name=flower", *attack)

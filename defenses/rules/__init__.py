@@ -10,7 +10,7 @@ from .base import AggregationResult, AggregationRule, ClientBatch, SeededRule
 from .bulyan import BulyanRule
 from .centered_clipping import CenteredClippingRule
 from .crfl import CRFLRule
-from .deepsight import DeepSightRule
+from .deepsight import DeepSightRule, ModelProbe
 from .dnc import DnCRule
 from .fedavg import FedAvgRule
 from .flame import FLAMERule
@@ -78,6 +78,7 @@ __all__ = [
     "FLDetectorRule",
     "FLTrustRule",
     "FedAvgRule",
+    "ModelProbe",
     "FoolsGoldRule",
     "KrumRule",
     "MedianRule",

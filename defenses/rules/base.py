@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from fedsec.hooks import FinalModel
 from fedsec.params import check_parameters
 from fedsec.params import non_negative as non_negative  # re-exported for the rule modules
 from fedsec.params import param as param
@@ -88,6 +89,16 @@ class AggregationRule:
     #: a property of the defense (``fedsec.results.attacker_acceptance``).
     selects_clients: ClassVar[bool] = True
 
+    # What the rule needs from the platform besides the round's models, and its step
+    # after the last round (``fedsec.hooks``: the server asks, and knows no rule by name).
+    #: Whether :meth:`aggregate` needs ``root_update``, the server's own update on a clean
+    #: root set of :meth:`root_set_size` training examples each round (FLTrust).
+    needs_root_update: ClassVar[bool] = False
+    #: Whether the rule needs ``probe``, a :class:`~defenses.rules.ModelProbe` that runs
+    #: flat models on inputs (DeepSight); ``defenses.build_rule(..., model_probe=...)``
+    #: sets it.
+    needs_model_probe: ClassVar[bool] = False
+
     def validate(self) -> None:
         """Raise ``ConfigError`` for a parameter of the wrong type or out of range."""
         check_parameters(self, lambda name: f"defense {self.name!r}: parameter {name!r}")
@@ -121,6 +132,18 @@ class AggregationRule:
 
     def _min_clients_formula(self) -> str:
         return "the rule's minimum"
+
+    def root_set_size(self) -> int:
+        """How many clean training examples the server holds for :attr:`needs_root_update`
+        (0: the rule needs none)."""
+        return 0
+
+    def after_training(self, final: FinalModel) -> dict[str, Any]:
+        """The rule's step after the last round: what it adds to the last round's record,
+        computed from the final global model and the run's facts (``final``, a
+        :class:`fedsec.hooks.FinalModel`); nothing by default. CRFL certifies the model
+        here."""
+        return {}
 
     def aggregate(
         self,

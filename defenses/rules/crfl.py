@@ -7,10 +7,34 @@ model) gives each test example a prediction and a certified radius, the largest 
 norm a bounded backdoor attacker can use without changing that prediction.
 
 This module holds both halves, free of Flower: :class:`CRFLRule` (the aggregation) and
-:func:`certify` with the paper's radius (:class:`RadiusConstants`). fedsec's server runs
-the certification after the last round (``fedsec.certify``), taking the constants that
-describe the run (rounds, learning rate, local steps, the attackers' weights) from its
-config and the others from the rule's parameters.
+:func:`certify` with the paper's radius (:class:`RadiusConstants`). The certification is
+the rule's post-training step (:meth:`CRFLRule.after_training`, which fedsec's server
+runs on the final model, ``fedsec.hooks``): it takes the constants that describe the run
+(rounds, learning rate, local steps, the attackers' weights) from the run's facts
+(:func:`run_constants`) and the others from the rule's parameters, and adds to the last
+round's record in metrics.jsonl:
+
+- ``smoothed_accuracy``: the majority vote of the noisy models, right or not certified;
+- ``certified_accuracy``: ``{radius: share}``, the test examples predicted correctly with
+  a certified radius at least ``radius`` (the rule's ``radii``), non-increasing in it;
+- ``certification``: what the radius was computed from (``attack_round``, ``attackers``,
+  ``attacker_weights``, ``local_steps``, ``lr``, ``lipschitz``, ``contraction``,
+  ``radius_scale``, the samples, ``alpha``, ``smoothing_std``), ``max_radius``, the
+  radius of an example on which every noisy model agrees (None: such votes certify
+  nothing), and ``abstained``, the share of examples certified at no radius.
+
+The theorem's constants that describe the run:
+
+- ``t_adv``: the last round in which the attack schedule has an attacker (the theorem
+  covers one attack round; with several, the radius covers an attacker who poisons only
+  in the last, whose effect the fewest noisy rounds contract). Without an attack: the
+  last round, with one hypothetical attacker holding the round's largest partition.
+- ``p_i``: each attacker's share of the examples of that round's sampled clients (its
+  FedAvg weight; an attacker's poisoned set counted at its size, as the server tells it).
+- ``tau_i``: ``train.local_epochs * ceil(n_i / train.batch_size)`` local SGD steps.
+- ``eta``: the client learning rate of round ``t_adv``, ``train.lr * train.lr_decay **
+  (t_adv - 1)``, divided by ``1 - train.momentum``: the theorem assumes plain SGD, and
+  with momentum one gradient moves the model by at most ``eta / (1 - momentum)`` in all.
 """
 
 from __future__ import annotations
@@ -18,11 +42,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from fedsec.hooks import FinalModel
 from fedsec.layout import ModelLayout
+from fedsec.seeding import derive_seed
 
 from .base import (
     AggregationResult,
@@ -178,6 +205,58 @@ class CRFLRule(SeededRule):
         noise = self._standard_normal_like(model)
         accepted = torch.ones(batch.n, dtype=torch.bool, device=batch.models.device)
         return AggregationResult(model.add_(noise, alpha=self.noise_std), accepted)
+
+    def after_training(self, final: FinalModel) -> dict[str, Any]:
+        """The certification of the final model (see the module docstring): the keys it
+        adds to the last round's record, and one progress line; ``{}`` when
+        ``num_samples`` is 0."""
+        if self.num_samples == 0:
+            return {}
+        model = final.new_model()
+        model.load_state_dict(final.state)  # its non-floating entries are the final model's
+        constants = self.radius_constants(**run_constants(final))
+        x, y = final.test_data
+        flat = ModelLayout.of_module(model).flatten(final.state)  # the vector the rules see
+        result = certify(
+            model,
+            flat.to(final.device),
+            x,
+            y,
+            constants=constants,
+            num_samples=self.num_samples,
+            alpha=self.alpha,
+            seed=derive_seed(final.seed, "crfl-certify"),
+        )
+        accuracies = result.certified_accuracy(self.radius_list())
+        certified = {f"{r:g}": value for r, value in accuracies.items()}
+        unanimous = (self.alpha / 2) ** (1 / self.num_samples)  # p_A when every draw agrees
+        record = {
+            "smoothed_accuracy": result.smoothed_accuracy,
+            "certified_accuracy": certified,
+            "certification": {
+                "samples": self.num_samples,
+                "alpha": self.alpha,
+                "smoothing_std": constants.smoothing_std,
+                "abstained": result.abstained,
+                "attack_round": final.train.rounds - constants.rounds_after_attack,
+                "attackers": len(constants.attacker_weights),
+                "attacker_weights": list(constants.attacker_weights),
+                "local_steps": list(constants.local_steps),
+                "lr": constants.lr,
+                "lipschitz": constants.lipschitz,
+                "contraction": constants.contraction(),
+                "radius_scale": _finite(constants.scale()),
+                "max_radius": _finite(certified_radius(unanimous, 1 - unanimous, constants)),
+            },
+        }
+        final.progress(
+            f"crfl certification ({self.num_samples} samples): smoothed accuracy "
+            f"{result.smoothed_accuracy:.4f}, certified accuracy "
+            + ", ".join(f"{v:.4f} at r={r}" for r, v in certified.items())
+            + f", abstained {result.abstained:.4f}, largest possible radius "
+            + f"{record['certification']['max_radius']}"
+        )
+        return record
 
     def radius_list(self) -> tuple[float, ...]:
         """The radii of ``radii``, sorted."""
@@ -421,3 +500,29 @@ def _predict(
             num_classes = logits.shape[1]
             predicted.append(logits.argmax(dim=1))
     return torch.cat(predicted), num_classes
+
+
+def run_constants(final: FinalModel) -> dict[str, Any]:
+    """The run's part of the radius constants (see the module docstring):
+    ``rounds_after_attack``, ``attacker_weights``, ``local_steps`` and ``lr``."""
+    t = final.train
+    rounds = t.rounds
+    t_adv = final.attack_rounds[-1] if final.attack_rounds else rounds
+    sampled, malicious = final.sample(t_adv)
+    bad = set(malicious)
+    sizes = {c: final.examples(c, c in bad) for c in sampled}
+    if not malicious:
+        malicious = [max(sampled, key=lambda c: sizes[c])]
+    total = sum(sizes.values())
+    return {
+        "rounds_after_attack": rounds - t_adv,
+        "attacker_weights": [sizes[c] / total for c in malicious],
+        "local_steps": [t.local_epochs * math.ceil(sizes[c] / t.batch_size) for c in malicious],
+        "lr": t.lr * t.lr_decay ** (t_adv - 1) / (1 - t.momentum),
+    }
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a float, None when it is NaN or infinite (JSON has neither)."""
+    value = float(value)
+    return value if math.isfinite(value) else None

@@ -93,8 +93,9 @@ class DeepSightRule(SeededRule):
        averaged with data-size weights (the reference implementations: uniform).
 
     The model views need the platform: a :class:`ModelProbe` set as ``probe`` (the
-    strategy receives it from ``defenses.build_defense(..., model_probe=...)``; fedsec's
-    server builds it from the task's model and data shape).
+    rule declares ``needs_model_probe``, and ``defenses.build_rule(...,
+    model_probe=...)`` sets it; fedsec's server builds it from the task's model and data
+    shape).
 
     Parameters
     ----------
@@ -118,6 +119,7 @@ class DeepSightRule(SeededRule):
 
     name = "deepsight"
     higher_score_is_suspicious = False
+    needs_model_probe = True
     tau: float = param(1 / 3, lambda v: 0 < v <= 1, "in (0, 1]")
     num_seeds: int = param(3, lambda v: v >= 1, "an int >= 1")
     num_samples: int = param(20_000, lambda v: v >= 1, "an int >= 1")

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import AggregationResult, AggregationRule, ClientBatch, blockwise_sums, combine
+from .base import (
+    AggregationResult,
+    AggregationRule,
+    ClientBatch,
+    blockwise_sums,
+    combine,
+    param,
+)
 
 
 @dataclass(kw_only=True)
@@ -23,13 +30,25 @@ class FLTrustRule(AggregationRule):
     Clients with ``TS_i = 0`` (pointing away from ``g_0``, or zero) are rejected; if
     all are, the round keeps the model. Data sizes are not used (as in the paper).
 
-    No parameters; needs ``root_update`` at aggregation time.
+    Parameters
+    ----------
+    root_size : int (default: 100)
+        Examples in the server's clean root set, a seeded sample of the training split
+        (Cao et al. sample it from the training data; their root sets hold 100 examples
+        by default). The platform trains the global model on it each round and hands
+        the rule that update as ``root_update`` (``needs_root_update``).
+
     Cost: one pass over the ``(n, d)`` models for the dot products and norms, one to
     average. Scores: the trust scores ``TS_i``.
     """
 
     name = "fltrust"
     higher_score_is_suspicious = False  # the score is a trust
+    needs_root_update = True
+    root_size: int = param(100, lambda v: v >= 1, "an int >= 1 (examples in the root set)")
+
+    def root_set_size(self) -> int:
+        return self.root_size
 
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:
         if batch.root_update is None:

@@ -14,8 +14,8 @@ class CRFL(DefenseStrategy):
     Certifiably Robust Federated Learning against Backdoor Attacks", ICML 2021).
 
     The other parameters describe the certification by parameter smoothing that fedsec's
-    server runs on the final model (``fedsec.certify``; the math is
-    :func:`defenses.rules.crfl.certify`); the strategy itself only aggregates.
+    server runs on the final model (the rule's post-training step,
+    :meth:`defenses.rules.CRFLRule.after_training`); the strategy itself only aggregates.
 
     Parameters
     ----------

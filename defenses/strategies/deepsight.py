@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..adapter import DefenseStrategy
-from ..rules import DeepSightRule
-from ..rules.deepsight import ModelProbe
+from ..rules import DeepSightRule, ModelProbe
 
 
 class DeepSight(DefenseStrategy):
@@ -32,7 +31,6 @@ class DeepSight(DefenseStrategy):
     """
 
     rule_class = DeepSightRule
-    needs_model_probe = True
 
     def __init__(
         self,

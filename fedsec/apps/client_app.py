@@ -84,10 +84,12 @@ def local_train(msg: Message, context: Context) -> Message:
         attack_reply = task.attack.update(model, ctx, spec.to_dict())
         stats, benign_state = attack_reply.stats, attack_reply.benign_state
         trigger, scale = attack_reply.trigger, attack_reply.evasion_scale
+        records = attack_reply.records
     else:
         x, y = task.client_data(pid)
         stats, benign_state, trigger, scale = train(model, x, y, **spec.to_dict()), None, None, None
-    return _train_reply(msg, model.state_dict(), stats, pid, benign_state, trigger, scale)
+        records = {}
+    return _train_reply(msg, model.state_dict(), stats, pid, benign_state, trigger, scale, records)
 
 
 def _is_attacker(task: FederatedTask, config_record: ConfigRecord) -> bool:
@@ -104,9 +106,10 @@ def _train_reply(
     benign_state=None,
     trigger=None,
     scale=None,
+    records=None,
 ) -> Message:
     """The reply to train message ``msg``: the trained ``state`` and the client's metrics."""
-    content = _train_content(state, stats, pid, benign_state, trigger, scale)
+    content = _train_content(state, stats, pid, benign_state, trigger, scale, records)
     return Message(content, reply_to=msg)
 
 
@@ -117,6 +120,7 @@ def _train_content(
     benign_state=None,
     trigger=None,
     scale=None,
+    records=None,
 ) -> RecordDict:
     """A train reply's content: the trained ``state`` and the client's metrics."""
     metrics = {NUM_EXAMPLES: stats.num_examples, TRAIN_LOSS: stats.loss, PARTITION_ID: pid}
@@ -127,6 +131,8 @@ def _train_content(
         content[BENIGN_STATE] = ArrayRecord(benign_state)
     if trigger is not None:  # the attackers' shared trigger (a3fl), likewise removed there
         content[TRIGGER] = ArrayRecord({TRIGGER_ARRAY: trigger})
+    for name, arrays in (records or {}).items():  # for the attack's server stage, likewise
+        content[name] = ArrayRecord(arrays)
     return content
 
 

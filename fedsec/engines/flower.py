@@ -38,6 +38,7 @@ from fedsec.protocol import NUM_PARTITIONS, PARTITION_ID
 
 CONNECTION_NAME = "fedsec"
 DEFAULT_CLIENTAPP = "fedsec.apps.client_app:app"
+DEFAULT_SERVERAPP = "fedsec.apps.server_app:app"
 # The ServerApp's own progress lines inside Flower's streamed log.
 _PROGRESS = re.compile(r"(fedsec: .*|round \d+/\d+ .*)")
 
@@ -66,10 +67,15 @@ def write_app(
     out_dir: Path,
     resume: bool = False,
     clientapp: str = DEFAULT_CLIENTAPP,
+    serverapp: str = DEFAULT_SERVERAPP,
 ) -> Path:
     """A Flower App folder whose run config is ``config`` and whose output is ``out_dir``.
 
-    ``clientapp`` names the ClientApp object (tests substitute one that fails on purpose).
+    ``clientapp`` and ``serverapp`` name the app objects (``"module:attribute"``): tests
+    substitute a ClientApp that fails on purpose, or name apps of a module that
+    registers plug-ins of their own, so that the ServerApp and every Ray worker know
+    those plug-ins (``tests/hook_plugins.py``; CONTRIBUTING.md says why its ClientApp's
+    handlers must live in that module).
     """
     app_dir.mkdir(parents=True, exist_ok=True)
     run_config = {**config.to_dict(), "output": {"dir": str(out_dir.resolve()), "resume": resume}}
@@ -79,7 +85,7 @@ def write_app(
         "dependencies = []\n\n"
         '[tool.flwr.app]\npublisher = "fedsec"\n\n'
         "[tool.flwr.app.components]\n"
-        'serverapp = "fedsec.apps.server_app:app"\n'
+        f'serverapp = "{serverapp}"\n'
         f'clientapp = "{clientapp}"\n\n' + _nest("tool.flwr.app.config", dumps_toml(run_config))
     )
     (app_dir / "pyproject.toml").write_text(text, encoding="utf-8")
@@ -92,10 +98,12 @@ def run_flower(
     progress: Callable[[str], None] = print,
     resume: bool = False,
     clientapp: str = DEFAULT_CLIENTAPP,
+    serverapp: str = DEFAULT_SERVERAPP,
 ) -> None:
-    """Run ``config`` on Flower's simulation engine (Ray); results land in ``out_dir``."""
+    """Run ``config`` on Flower's simulation engine (Ray); results land in ``out_dir``
+    (``clientapp``, ``serverapp``: see :func:`write_app`)."""
     e = config.engine
-    with FlowerLauncher(config, out_dir, resume, clientapp) as launcher:
+    with FlowerLauncher(config, out_dir, resume, clientapp, serverapp) as launcher:
         launcher.start_superlink(simulation=True)
         launcher.submit(
             progress,
@@ -113,6 +121,7 @@ def run_deployment(
     progress: Callable[[str], None] = print,
     resume: bool = False,
     clientapp: str = DEFAULT_CLIENTAPP,
+    serverapp: str = DEFAULT_SERVERAPP,
 ) -> None:
     """Run ``config`` on Flower's deployment engine, all on this machine.
 
@@ -120,7 +129,7 @@ def run_deployment(
     loopback, each SuperNode told its ``partition-id`` / ``num-partitions`` through
     ``--node-config``: the processes a real deployment runs on many machines.
     """
-    with FlowerLauncher(config, out_dir, resume, clientapp) as launcher:
+    with FlowerLauncher(config, out_dir, resume, clientapp, serverapp) as launcher:
         launcher.start_superlink(simulation=False)
         for pid in range(config.data.num_clients):
             launcher.start_supernode(pid, config.data.num_clients)
@@ -135,12 +144,19 @@ class FlowerLauncher:
     """
 
     def __init__(
-        self, config: ExperimentConfig, out_dir: str | Path, resume: bool, clientapp: str
+        self,
+        config: ExperimentConfig,
+        out_dir: str | Path,
+        resume: bool,
+        clientapp: str,
+        serverapp: str = DEFAULT_SERVERAPP,
     ) -> None:
         self.config = config
         self.out_dir = Path(out_dir).resolve()
         self.home = self.out_dir / ".flwr"
-        self.app_dir = write_app(self.home / "app", config, self.out_dir, resume, clientapp)
+        self.app_dir = write_app(
+            self.home / "app", config, self.out_dir, resume, clientapp, serverapp
+        )
         self.env = flower_env(self.home)
         self.port = free_port()
         self.processes: dict[str, subprocess.Popen] = {}

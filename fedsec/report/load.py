@@ -38,8 +38,9 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("acceptance", "attacker kept"),
 )
 
-#: CRFL's numbers on the final model (fedsec.certify): the smoothed model's accuracy, and
-#: its certified accuracy at each radius, a column per radius the runs report.
+#: CRFL's numbers on the final model (its post-training step, defenses.rules.crfl): the
+#: smoothed model's accuracy, and its certified accuracy at each radius, a column per
+#: radius the runs report.
 SMOOTHED = ("final_smoothed_accuracy", "smoothed acc")
 CERTIFIED_PREFIX = "certified_accuracy@"
 

@@ -12,7 +12,8 @@ Datamodel Matching"): N originals vs N oracles, per method, per split.
    and the test split, with accuracies (and backdoor accuracy) averaged over models, wall
    time per deletion request, the datamodel's one-off cost and its payoff count.
 4. The share of the do-nothing-to-retrain gap each method closes on the forget split,
-   with a 95% bootstrap interval over the requests (:func:`gap_intervals`).
+   with a 95% bootstrap interval over the requests (:func:`gap_intervals`; KLoM
+   itself gets none, as the function says why).
 
 Trained federations are kept in ``DIR/models/<inputs hash>/<config hash>/`` (a rerun, say
 with other matching settings, trains nothing again; the inputs hash covers the examples
@@ -63,7 +64,7 @@ from fedsec.unlearning.subsets import federation_variant
 
 SPLITS = ("forget", "retain", "test")
 BOOTSTRAP_RESAMPLES = 2000
-INTERVAL = (2.5, 97.5)  # percentiles of the bootstrap distribution: a 95% interval
+INTERVAL = [2.5, 97.5]  # percentiles of the bootstrap distribution: a 95% interval
 
 
 def gap_intervals(
@@ -71,9 +72,10 @@ def gap_intervals(
     oracle_margins: torch.Tensor,
     seed: int,
     resamples: int = BOOTSTRAP_RESAMPLES,
-) -> dict[str, dict[str, list[float]]]:
-    """95% bootstrap intervals of each method's forget KLoM (p95) and of the share of
-    the gap it closes, ``(none - method) / (none - retrain)``, over the requests.
+) -> dict[str, dict[str, Any]]:
+    """95% bootstrap intervals, over the requests, of the share of the do-nothing-to-
+    retrain gap each method closes on the forget split, ``(none - method) / (none -
+    retrain)`` of the KLoM p95s.
 
     ``forget_margins``: per method, the (N, n) margins of its N unlearned models on the
     forget examples, row i unlearned from original i (``retrain``: original i's seed
@@ -81,9 +83,16 @@ def gap_intervals(
     oracles'. A resample draws N requests with replacement, the same rows for every method
     (their models share the original, so the comparison is paired), and N_o oracles
     independently; KLoM is recomputed on the resampled models. Percentile intervals of
-    ``resamples`` draws from a generator seeded with ``seed``. The gap's interval needs
-    ``none`` and ``retrain``; a resample whose gap is not positive gives no share and
-    the share's interval is then over the rest (``gap_resamples`` says how many)."""
+    ``resamples`` draws from a generator seeded with ``seed``; a resample whose gap is not
+    positive gives no share (``gap_resamples`` counts those that do).
+
+    Why the share and not KLoM itself: a resample repeats models, which makes each
+    example's margin histogram lumpier and its KL larger, so a resampled KLoM p95 is
+    biased upwards (on the digits evaluation retrain's p95 of 1.51 resamples to a median
+    of 3.1; ``forget_resampled_median`` records it) and a percentile interval of KLoM is
+    no confidence interval. The share is a ratio of two such inflated differences, in
+    which the inflation largely cancels; ``gap_closed_median`` beside the point estimate
+    shows how far it does."""
     gen = torch.Generator().manual_seed(seed)
     n, n_o = next(iter(forget_margins.values())).shape[0], oracle_margins.shape[0]
     p95 = {m: torch.empty(resamples, dtype=torch.float64) for m in forget_margins}
@@ -92,18 +101,18 @@ def gap_intervals(
         oracles = oracle_margins[torch.randint(n_o, (n_o,), generator=gen)]
         for method, margins_ in forget_margins.items():
             p95[method][b] = percentile(klom(margins_[rows], oracles))
-    lo, hi = INTERVAL
-    out: dict[str, dict[str, list[float]]] = {}
-    for method, values in p95.items():
-        out[method] = {"forget": np.percentile(values.numpy(), [lo, hi]).tolist()}
+    out: dict[str, dict[str, Any]] = {
+        m: {"forget_resampled_median": float(np.median(v.numpy()))} for m, v in p95.items()
+    }
     if "none" in p95 and "retrain" in p95:
         gap = p95["none"] - p95["retrain"]
         ok = gap > 0
         for method, values in p95.items():
             share = ((p95["none"] - values) / gap)[ok].numpy()
             out[method]["gap_closed"] = (
-                np.percentile(share, [lo, hi]).tolist() if len(share) else None
+                np.percentile(share, INTERVAL).tolist() if len(share) else None
             )
+            out[method]["gap_closed_median"] = float(np.median(share)) if len(share) else None
             out[method]["gap_resamples"] = int(ok.sum())
     return out
 

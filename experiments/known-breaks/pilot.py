@@ -1,0 +1,100 @@
+"""The pilot of the known-breaks sweep: what each attack cost, and how many seeds the
+full sweep needs.
+
+Reads a ``fedsec sweep`` output of ``sweep.toml`` (any slice of it), pairs every attack
+cell with its regime's and defense's no-attack cell (``attack=none``) seed by seed, and
+prints one markdown row per cell: the final main accuracy (MA) per seed, the MA lost to
+the attack per seed and its mean, and, from the per-seed spread of that loss, the seeds
+a paired two-sided t test would need (80% power, ``fedsec.report.stats.seeds_needed``)
+to separate a loss of 5 or 10 points beyond the 5-point "breaks" threshold at the
+strictest Holm level of the whole sweep (0.05 / its number of attack cells). A cell
+with one seed has no spread of its own: it is planned with the pooled standard
+deviation of the cells that have two or more (marked "pooled").
+
+    python experiments/known-breaks/pilot.py runs/known-breaks-pilot
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from fedsec.report.stats import seeds_needed
+
+THRESHOLD = 5.0  # points of MA lost: the robustness matrix's "breaks"
+EFFECTS = (5.0, 10.0)  # beyond the threshold
+ATTACK_CELLS = 70  # sweep.toml: 7 defenses x (4 alie-regime + 6 ndss-regime attacks)
+
+
+def final_accuracy(run_dir: Path) -> float | None:
+    """The run's final MA in points, or None when it has not finished."""
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
+        return None
+    return 100.0 * float(json.loads(summary.read_text())["final_main_accuracy"])
+
+
+def cells(sweep_dir: Path) -> dict[tuple[str, str, str], dict[int, float]]:
+    """(regime, defense, attack) -> {seed: final MA} over the finished runs."""
+    listing = json.loads((sweep_dir / "sweep.json").read_text())
+    out: dict[tuple[str, str, str], dict[int, float]] = {}
+    for run in listing["runs"]:
+        labels = run["labels"]
+        ma = final_accuracy(sweep_dir / run["dir"])
+        if ma is None:
+            continue
+        key = (labels["regime"], labels["defense"], labels["attack"])
+        out.setdefault(key, {})[int(labels["seed"])] = ma
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path)
+    args = parser.parse_args(argv)
+    table = cells(args.sweep_dir)
+    alpha = 0.05 / ATTACK_CELLS
+    rows = []
+    for (regime, defense, attack), by_seed in sorted(table.items()):
+        if attack == "none":
+            continue
+        base = table.get((regime, defense, "none"), {})
+        seeds = sorted(set(by_seed) & set(base))
+        if not seeds:
+            continue
+        lost = [base[s] - by_seed[s] for s in seeds]
+        rows.append((regime, defense, attack, seeds, [by_seed[s] for s in seeds], lost))
+    spreads = [statistics.stdev(r[5]) for r in rows if len(r[5]) >= 2]
+    pooled = statistics.fmean(s**2 for s in spreads) ** 0.5 if spreads and any(spreads) else None
+    print(
+        f"Holm's strictest level: 0.05 / {ATTACK_CELLS} = {alpha:.5f}; pooled sd of the "
+        f"MA lost over {len(spreads)} cells with 2+ seeds: "
+        + ("-" if pooled is None else f"{pooled:.2f} points")
+    )
+    print(
+        "| regime | defense | attack | seeds | final MA per seed | no-attack MA per seed | "
+        "MA lost per seed | mean | seeds for +5 / +10 beyond 5 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for regime, defense, attack, seeds, ma, lost in rows:
+        base = table[(regime, defense, "none")]
+        sd = statistics.stdev(lost) if len(lost) >= 2 else None
+        source = ""
+        if not sd:
+            sd, source = pooled, " (pooled)"
+        needed = [seeds_needed(sd, effect, alpha=alpha) for effect in EFFECTS]
+        print(
+            f"| {regime} | {defense} | {attack} | {', '.join(map(str, seeds))} | "
+            f"{', '.join(f'{v:.1f}' for v in ma)} | "
+            f"{', '.join(f'{base[s]:.1f}' for s in seeds)} | "
+            f"{', '.join(f'{v:.1f}' for v in lost)} | {statistics.fmean(lost):.1f} | "
+            f"{' / '.join('-' if n is None else str(n) for n in needed)}{source} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

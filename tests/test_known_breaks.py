@@ -1,0 +1,201 @@
+"""experiments/known-breaks/diagnose.py: the measured reason a colluding attack does or
+does not break a rule (issue 30 item 2)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedsec.cli import main as fedsec_main
+from fedsec.config import load_config
+from fedsec.results import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = """
+seed = 3
+[data]
+name = "digits"
+num_clients = 8
+min_partition_size = 5
+[model]
+name = "mlp"
+[train]
+rounds = 2
+clients_per_round = 8
+local_epochs = 1
+[engine]
+client_num_cpus = 1
+[defense]
+name = "krum"
+num_malicious = 2
+[attack]
+name = "alie"
+knowledge = "full"
+schedule = "every-round"
+num_attackers = 2
+attackers_per_round = 2
+"""
+
+
+def load_diagnose():
+    """The script as a module (registered: its dataclasses look their module up)."""
+    if "known_breaks_diagnose" in sys.modules:
+        return sys.modules["known_breaks_diagnose"]
+    path = REPO / "experiments" / "known-breaks" / "diagnose.py"
+    spec = importlib.util.spec_from_file_location("known_breaks_diagnose", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_deviation_of_a_hand_computed_alie_update():
+    """Honest rows (1, 0), (3, 0), (2, 3): mean (2, 1), Bessel sd (1, sqrt 3). The ALIE
+    update mean - 0.5 sd lies 0.5 sd away on every coordinate; ||c - mu|| = 0.5 * 2 = 1,
+    the honest rms distance to mu is sqrt((2 + 2 + 4) / 3), ||mu|| = sqrt 5, and
+    c = (1.5, 1 - sqrt(3) / 2)."""
+    d = load_diagnose()
+    honest = torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 3.0]])
+    crafted = torch.tensor([1.5, 1 - math.sqrt(3) / 2])
+    dev = d.deviation(honest, crafted)
+    assert dev.z == pytest.approx(0.5, abs=1e-7)
+    assert dev.norm_ratio == pytest.approx(1 / math.sqrt(8 / 3), abs=1e-7)
+    assert dev.norm_ratio == pytest.approx(0.5 * math.sqrt(3 / 2), abs=1e-7)
+    assert dev.shift == pytest.approx(1 / math.sqrt(5), abs=1e-7)
+    c_norm = math.sqrt(1.5**2 + (1 - math.sqrt(3) / 2) ** 2)
+    cos = (3 + 1 - math.sqrt(3) / 2) / (c_norm * math.sqrt(5))
+    assert dev.cos == pytest.approx(cos, abs=1e-7)
+    # an aggregate equal to the honest mean has moved nowhere; none (kept model): NaN
+    assert d.aggregate_shift(honest.mean(dim=0), honest.mean(dim=0)) == 0.0
+    assert math.isnan(d.aggregate_shift(None, honest.mean(dim=0)))
+
+
+def test_parse_rule():
+    d = load_diagnose()
+    assert d.parse_rule("median") == ("median", "median", {})
+    assert d.parse_rule("tm=trimmed-mean:beta=0.2") == ("tm", "trimmed-mean", {"beta": 0.2})
+    assert d.parse_rule("mk=multi-krum:num_malicious=2,num_selected=3") == (
+        "mk",
+        "multi-krum",
+        {"num_malicious": 2, "num_selected": 3},
+    )
+    assert d.parse_rule("mm=multi-metrics:variant=reference")[2] == {"variant": "reference"}
+
+
+def test_diagnosis_replays_the_run_round_by_round(tmp_path, monkeypatch):
+    """The re-created rounds are the run's: an in-process ``fedsec run`` of the same
+    config (ALIE with full knowledge against Krum, 8 digits clients, all of them in
+    every round, 2 attackers) logs the same accuracy and accepted clients each round,
+    and the crafted update is the ALIE update of the round's updates."""
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / ".flwr"))
+    config_file = tmp_path / "tiny.toml"
+    config_file.write_text(TINY)
+    assert fedsec_main(["run", str(config_file), "--out", str(tmp_path / "run")]) == 0
+    logged = read_metrics(tmp_path / "run" / "metrics.jsonl")
+
+    d = load_diagnose()
+    config = load_config(config_file)
+    diagnosis = d.Diagnosis(config, [d.parse_rule("median")])
+    records = [diagnosis.round(r) for r in (1, 2)]
+    for record, run in zip(records, logged, strict=True):
+        assert record["main_accuracy"] == run["main_accuracy"]
+        assert record["accepted_clients"] == run["accepted_clients"]
+        assert record["clients"] == 8 and record["attackers"] == 2
+        # z_max = Phi^-1(5 / 8) = 0.3186 from all 8 updates; against the 6 honest ones
+        # the crafted update lies about that many of their deviations away
+        assert 0.2 < record["z"] < 0.6
+        assert record["rules"]["median"]["kept"] is None  # median weighs everyone
+        assert record["rules"]["krum"]["kept"] in (0, 1, 2)
+    # Krum keeps one model: its aggregate is the crafted update when it keeps an attacker
+    for record in records:
+        if record["rules"]["krum"]["kept"]:
+            assert record["rules"]["krum"]["agg_shift"] == pytest.approx(record["shift"])
+
+
+def test_a_config_without_a_colluding_attack_is_a_one_line_error(tmp_path, capsys):
+    config_file = tmp_path / "tiny.toml"
+    config_file.write_text(TINY.replace('name = "alie"\nknowledge = "full"', 'name = "gaussian"'))
+    d = load_diagnose()
+    code = d.main([str(config_file)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a colluding attack" in err[0]
+
+
+def load_script(name: str):
+    """Another script of the study folder as a module."""
+    key = f"known_breaks_{name}"
+    if key in sys.modules:
+        return sys.modules[key]
+    spec = importlib.util.spec_from_file_location(
+        key, REPO / "experiments" / "known-breaks" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_authors_logs_reads_the_last_logged_line_of_each_cell():
+    """A notebook cell in the NDSS'21 release's format: the settings are the last
+    assignments, the numbers those of the last log line."""
+    logs = load_script("authors_logs")
+    line = (
+        "median: at min-max n_at 10 | e {e} fed_model val loss 2.3 val acc {v} "
+        "best val_acc {b} te_acc {t}\n"
+    )
+    notebook = {
+        "cells": [
+            {"cell_type": "markdown", "source": ["# text"]},
+            {
+                "cell_type": "code",
+                "source": ["aggregation='median'\n", "at_type='min-max'\n", "n_attackers=[10]\n"],
+                "outputs": [
+                    {"text": [line.format(e=10, v=20.5, b=20.5, t=21.0)]},
+                    {"text": [line.format(e=1200, v=9.6388, b=28.226461, t=27.232143)]},
+                ],
+            },
+            {"cell_type": "code", "source": ["x = 1\n"], "outputs": []},
+        ]
+    }
+    (cell,) = logs.cells(notebook)
+    assert cell["cell"] == 1 and cell["aggregation"] == "'median'"
+    assert cell["at_type"] == "'min-max'" and cell["n_attackers"] == "[10]"
+    assert (cell["round"], cell["val_acc"], cell["best_val_acc"]) == (1200, 9.6388, 28.226461)
+    assert cell["te_acc_at_best"] == 27.232143
+
+
+def test_pilot_pairs_each_attack_with_its_no_attack_cell(tmp_path, capsys):
+    """Final MA 90 / 80 without the attack and 50 / 60 with it: 40 and 20 points lost,
+    mean 30; a cell without its baseline is left out."""
+    import json
+
+    pilot = load_script("pilot")
+    finals = {
+        ("none", 0): 0.9,
+        ("none", 1): 0.8,
+        ("min-max-full", 0): 0.5,
+        ("min-max-full", 1): 0.6,
+    }
+    runs = []
+    for (attack, seed), ma in finals.items():
+        run = f"regime=ndss/defense=median/attack={attack}/seed={seed}"
+        (tmp_path / run).mkdir(parents=True)
+        (tmp_path / run / "summary.json").write_text(json.dumps({"final_main_accuracy": ma}))
+        labels = {"regime": "ndss", "defense": "median", "attack": attack, "seed": str(seed)}
+        runs.append({"id": run, "dir": run, "labels": labels})
+    orphan = {"regime": "ndss", "defense": "krum-f10", "attack": "gaussian", "seed": "0"}
+    runs.append({"id": "x", "dir": "x", "labels": orphan})  # unfinished, no baseline
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": runs}))
+    assert pilot.main([str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "| ndss" in line]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[:4] == ["ndss", "median", "min-max-full", "0, 1"]
+    assert cells[4:8] == ["50.0, 60.0", "90.0, 80.0", "40.0, 20.0", "30.0"]
