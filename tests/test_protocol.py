@@ -247,6 +247,10 @@ def test_attacker_facts_in_the_config_record_and_back():
     shared = AttackerFacts(0, 1, 10, 2, trigger=[0.25, 1.0])
     assert shared.to_config()["attack-trigger"] == [0.25, 1.0]
     assert AttackerFacts.from_config(shared.to_config()) == shared
+    # what a server stage adds (ServerStage.facts works on the entries) is kept as it is
+    record = {**facts.to_config(), "server-round": 4, "my-stage-fact": 2.5}
+    read = AttackerFacts.from_config(record)
+    assert read.extra == {"server-round": 4, "my-stage-fact": 2.5} and read.to_config() == record
 
 
 def test_the_training_spec_of_a_client_in_a_round():
