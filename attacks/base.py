@@ -58,7 +58,7 @@ class AttackContext:
     - what the config makes public: ``defense_name`` and ``defense_params``, the server's
       rule (Kerckhoffs: a defense must hold when the attacker knows it);
     - the round's facts the server sends in the train message's ConfigRecord
-      (``fedsec.server.ROUND_FACTS``): ``attacker_index`` (its position in the
+      (``fedsec.protocol.AttackerFacts``): ``attacker_index`` (its position in the
       attacker pool, e.g. which DBA trigger part it stamps), ``num_attackers`` (the pool's
       size) and ``round_examples``, N_round, the examples of every client sampled this
       round (the attackers' poisoned sets included): model replacement scales by
@@ -69,7 +69,7 @@ class AttackContext:
       round), ``seed`` its randomness in this round; ``device`` is where it trains;
     - ``trigger``: for an attack whose trigger the attackers carry from round to round
       (``a3fl``), the current one, (C, H, W), which the server loop's adversary stage
-      holds between rounds and sends in the train message (``fedsec.task.TRIGGER``);
+      holds between rounds and sends in the train message (``fedsec.protocol.TRIGGER``);
       None for every other attack, and before the server has sent one;
     - ``facts``: every fact of the round as the train message's ConfigRecord holds it,
       those the attack's server stage adds (:meth:`Attack.server_stage`,

@@ -35,7 +35,14 @@ from flwr.app import ArrayRecord, Message
 from attacks.evasion import largest_kept_scale
 from defenses.adapter import RecordLayout
 from fedsec.hooks import ServerStage, StageOutcome
-from fedsec.task import BENIGN_STATE, TRIGGER
+from fedsec.protocol import (
+    ARRAYS,
+    BENIGN_STATE,
+    METRICS,
+    NUM_EXAMPLES,
+    TRIGGER,
+    TRIGGER_ARRAY,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from attacks.a3fl import A3FL
@@ -86,7 +93,7 @@ class CraftingStage(ServerStage):
         crafted = w0 + update.to(w0.dtype)
         for reply in attackers:
             # its floating-point arrays become the crafted update; the rest stay its own
-            reply.content["arrays"] = layout.unflatten(crafted, reply.content["arrays"])
+            reply.content[ARRAYS] = layout.unflatten(crafted, reply.content[ARRAYS])
             outcome.crafted.append(partition_of[reply.metadata.src_node_id])
         return outcome
 
@@ -112,7 +119,7 @@ class ScalingStage(ServerStage):
         malicious: set[int],
     ) -> StageOutcome:
         """Scale every attacker's reply in place and remove the benign models they sent
-        beside it (:data:`fedsec.task.BENIGN_STATE`), so that the defense sees plain replies."""
+        beside it (:data:`fedsec.protocol.BENIGN_STATE`), so that the defense sees plain replies."""
         layout = RecordLayout(global_arrays)
         w0 = layout.flatten(global_arrays, torch.device("cpu"))
         honest, weights, honest_ids, attackers = [], [], [], []
@@ -144,7 +151,7 @@ class ScalingStage(ServerStage):
                 client_ids=[*honest_ids, pid],
             )
             scaled = w0 + benign + lam * (candidate - benign)
-            reply.content["arrays"] = layout.unflatten(scaled, reply.content["arrays"])
+            reply.content[ARRAYS] = layout.unflatten(scaled, reply.content[ARRAYS])
             outcome.crafted.append(pid)
             outcome.scales[pid] = lam
         for reply in replies:
@@ -159,22 +166,22 @@ def _valid_updates(layout: RecordLayout, w0: torch.Tensor, replies, partition_of
         if reply.has_error():
             continue
         row = torch.empty(layout.size, dtype=layout.dtype)
-        record = reply.content.array_records.get("arrays")
+        record = reply.content.array_records.get(ARRAYS)
         if record is None or layout.mismatch(record) or layout.load(record, row):
             continue
         yield reply, partition_of[reply.metadata.src_node_id], row - w0
 
 
 def _num_examples(reply: Message) -> float:
-    metrics = reply.content.metric_records.get("metrics")
-    return float(metrics["num-examples"]) if metrics and "num-examples" in metrics else 1.0
+    metrics = reply.content.metric_records.get(METRICS)
+    return float(metrics[NUM_EXAMPLES]) if metrics and NUM_EXAMPLES in metrics else 1.0
 
 
 class TriggerStage(ServerStage):
     """The attackers' shared trigger (``attacks.a3fl``), held between rounds.
 
     - :meth:`facts`: every attacker of the round is told the current trigger
-      (:data:`fedsec.task.TRIGGER`, a flat list of the (C, H, W) float32 values: exact);
+      (:data:`fedsec.protocol.TRIGGER`, a flat list of the (C, H, W) float32 values: exact);
     - ``__call__``: the optimised triggers the attackers send back are taken out of
       every reply (the defense never sees them); the one of the attacker with the lowest
       partition id whose record is usable becomes the current trigger (logged as
@@ -218,7 +225,7 @@ class TriggerStage(ServerStage):
             if kept is not None or pid not in malicious:
                 continue
             try:
-                trigger = torch.tensor(record["trigger"].numpy())  # type: ignore[index]
+                trigger = torch.tensor(record[TRIGGER_ARRAY].numpy())  # type: ignore[index]
                 self.trigger = self.attack.valid_trigger(trigger, self.input_shape)
                 kept = pid
             except (KeyError, TypeError, ValueError, AttributeError):

@@ -24,11 +24,19 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedsec.errors import ConfigError
 from fedsec.layout import ModelLayout
+from fedsec.protocol import (
+    DEFENSE_ACCEPTED,
+    DEFENSE_REFUSED,
+    DEFENSE_REJECTED,
+    DEFENSE_SCORED,
+    DEFENSE_SCORES,
+    PARTITION_ID,
+)
 
 from .rules import AggregationRule
 
 #: MetricRecord key whose value, when present, is the client's stable key.
-CLIENT_KEY_METRIC = "partition-id"
+CLIENT_KEY_METRIC = PARTITION_ID
 
 #: ``(server_round, global_arrays) -> the server's model after training on root data``.
 RootUpdateFn = Callable[[int, ArrayRecord], ArrayRecord]
@@ -69,11 +77,11 @@ class RoundReport:
         the train metrics for Flower's own round loop (``Strategy.start``)."""
         scored = sorted(self.scores)
         return {
-            "defense-accepted": list(self.accepted),
-            "defense-rejected": list(self.rejected),
-            "defense-refused": sorted(self.invalid),
-            "defense-scored": scored,
-            "defense-scores": [float(self.scores[k]) for k in scored],
+            DEFENSE_ACCEPTED: list(self.accepted),
+            DEFENSE_REJECTED: list(self.rejected),
+            DEFENSE_REFUSED: sorted(self.invalid),
+            DEFENSE_SCORED: scored,
+            DEFENSE_SCORES: [float(self.scores[k]) for k in scored],
         }
 
 

@@ -7,7 +7,9 @@ current trigger). Nothing else is needed:
 client sampling, client training and attacks draw from streams derived from
 (seed, round, client), so round r + 1 of a resumed run draws exactly what it would have
 drawn without the interruption. The file is written to a temporary name and renamed, so
-a kill mid-write leaves the previous checkpoint whole.
+a kill mid-write leaves the previous checkpoint whole. It records its format version
+(``fedsec.protocol.CHECKPOINT_FORMAT``; one without is version 1), and a checkpoint in a
+version this fedsec does not read is a one-line error naming it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,13 @@ import torch
 from fedsec.atomic import atomic_torch_save
 from fedsec.config import ExperimentConfig
 from fedsec.errors import ConfigError, FedsecError
+from fedsec.protocol import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_FORMATS_READ,
+    FORMAT_KEY,
+    FormatError,
+    format_version,
+)
 from fedsec.results import CHECKPOINT_FILE, config_differences, differences_words
 
 __all__ = ["CHECKPOINT_FILE", "Checkpoint", "load_checkpoint", "save_checkpoint"]
@@ -43,6 +52,7 @@ def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
             "strategy": checkpoint.strategy,
             "adversary": checkpoint.adversary,
             "config": checkpoint.config,
+            FORMAT_KEY: CHECKPOINT_FORMAT,
         },
         Path(run_dir) / CHECKPOINT_FILE,
     )
@@ -50,7 +60,9 @@ def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
 
 def load_checkpoint(run_dir: str | Path) -> Checkpoint | None:
     """The checkpoint of ``run_dir`` (None: there is none); a FedsecError naming the file
-    when it is empty, truncated or not a checkpoint."""
+    when it is empty, truncated or not a checkpoint, and a
+    :class:`~fedsec.protocol.FormatError` naming it, the version found and the versions
+    this fedsec reads when a newer fedsec wrote it."""
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():
         return None
@@ -59,6 +71,7 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint | None:
     # is damaged: the error says so without torch's advice to load it unrestricted.
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
+        format_version(data, CHECKPOINT_FORMATS_READ, str(path))
         checkpoint = Checkpoint(
             round=int(data["round"]),
             model=data["model"],
@@ -66,6 +79,8 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint | None:
             adversary=data.get("adversary", {}),  # absent from checkpoints of older versions
             config=data.get("config", {}),  # likewise
         )
+    except FormatError:
+        raise
     except Exception as err:  # any failure to read it is the same news
         size = path.stat().st_size
         what = "empty" if size == 0 else f"damaged or truncated ({type(err).__name__})"

@@ -27,6 +27,7 @@ from fedsec import report
 from fedsec.checkpoint import CHECKPOINT_FILE, load_checkpoint, resume_problem
 from fedsec.config import load_config
 from fedsec.errors import ConfigError, FedsecError, RunError
+from fedsec.protocol import RoundRecord
 from fedsec.results import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -35,7 +36,7 @@ from fedsec.results import (
     attack_window,
     differences_words,
     precision_bound,
-    read_metrics,
+    read_rounds,
     run_state,
 )
 from fedsec.unlearning import cli as unlearning_cli
@@ -272,7 +273,7 @@ def _resumable(out: Path, config) -> str:
             f"{CHECKPOINT_FILE} was written by ({problem}); undo the edit, or run the "
             "edited experiment with another --out"
         )
-    read_metrics(out / METRICS_FILE)
+    read_rounds(out / METRICS_FILE)
     if checkpoint.round >= config.train.rounds and (out / SUMMARY_FILE).is_file():
         return "done"
     return "resume"
@@ -303,14 +304,14 @@ def _read_summary(out: Path) -> dict:
 def _finish_run(out: Path) -> int:
     """Print the run's summary line; fail the run if no round produced a new model."""
     summary = _read_summary(out)
-    rounds = read_metrics(out / METRICS_FILE)
+    rounds = read_rounds(out / METRICS_FILE)
     print(summary_line(summary, out, rounds))
-    kept = [r for r in rounds if r.get("kept_previous_model")]
+    kept = [r for r in rounds if r.kept_previous_model]
     if rounds and len(kept) == len(rounds):
-        reason = kept[0].get("kept_previous_reason", "no usable reply")
+        reason = kept[0].kept_previous_reason or "no usable reply"
         raise RunError(
             f"every one of the {len(rounds)} rounds kept the previous global model "
-            f"(round {kept[0]['round']}: {reason}); the model never left its initial "
+            f"(round {kept[0].round}: {reason}); the model never left its initial "
             f"state (results in {out})"
         )
     return 0
@@ -419,7 +420,7 @@ def showcase_verdict(sweep) -> str:
     clauses = []
     for run in sweep.runs:
         summary = json.loads((run.dir / SUMMARY_FILE).read_text(encoding="utf-8"))
-        rounds = read_metrics(run.dir / METRICS_FILE)
+        rounds = read_rounds(run.dir / METRICS_FILE)
         clauses.append(verdict_clause(run.labels["defense"], summary, rounds))
     return f"the {sweep.runs[0].config.attack.name} attack " + " and ".join(clauses) + "."
 
@@ -431,7 +432,7 @@ GOT_THROUGH, STOPPED = 0.5, 0.2
 SWING = 0.3
 
 
-def verdict_clause(defense: str, summary: dict, rounds: list[dict]) -> str:
+def verdict_clause(defense: str, summary: dict, rounds: list[RoundRecord]) -> str:
     """How the attack fared against ``defense``, judged on the attack window
     (:func:`fedsec.results.attack_window`: the rounds from the first attack round on),
     not on the final round alone: a BA that swings between 7% and 97% from round to
@@ -488,7 +489,7 @@ def partition_default_path(config: str | None) -> Path:
     return Path("runs") / f"partition-{Path(config or DEFAULT_EXPERIMENT).stem}.png"
 
 
-def summary_line(summary: dict, out: Path, rounds: list[dict] | None = None) -> str:
+def summary_line(summary: dict, out: Path, rounds: list[RoundRecord] | None = None) -> str:
     """One line: final accuracies, detection, rounds that kept the model, where the files are.
 
     With the run's ``rounds``, a defense that keeps a fixed number of clients a round
@@ -522,7 +523,7 @@ def summary_line(summary: dict, out: Path, rounds: list[dict] | None = None) -> 
     return f"fedsec: done: {'; '.join(parts)}; files in {out}"
 
 
-def quota_note(quota: str, rounds: list[dict]) -> str:
+def quota_note(quota: str, rounds: list[RoundRecord]) -> str:
     """Why a fixed-quota defense's precision is what it is, with the bound computed on
     ``rounds`` ("" when they rejected no one)."""
     bound = precision_bound(rounds)

@@ -29,6 +29,7 @@ import numpy as np
 from fedsec.atomic import atomic_write_text
 from fedsec.config import ExperimentConfig, _toml_value, read_toml
 from fedsec.errors import ConfigError, FedsecError
+from fedsec.protocol import FormatError, RoundRecord
 from fedsec.tracking import JsonlSink, Sink, tracker_sinks
 
 METRICS_FILE = "metrics.jsonl"
@@ -180,7 +181,7 @@ class RunWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out_dir / CONFIG_FILE, config.to_toml())
         metrics = self.out_dir / METRICS_FILE
-        kept = [r for r in read_metrics(metrics) if r["round"] <= keep_rounds]
+        kept = [r for r in read_rounds(metrics) if r.round <= keep_rounds]
         # metrics.jsonl first: every tracker of [log] is a sink beside it, and each
         # starts from the kept rounds, so a resumed run logs no round twice anywhere.
         self.sinks: list[Sink] = [
@@ -189,7 +190,7 @@ class RunWriter:
         ]
         for sink in self.sinks:
             sink.start(kept)
-        self.elapsed_before = kept[-1].get("time_s", 0.0) if kept else 0.0
+        self.elapsed_before = (kept[-1].time_s or 0.0) if kept else 0.0
         self._started = time.time() - self.elapsed_before
         self.provenance = self._record_provenance(initial_model, resumed=keep_rounds > 0)
 
@@ -215,7 +216,7 @@ class RunWriter:
         atomic_write_text(path, json.dumps(provenance, indent=1) + "\n")
         return provenance
 
-    def log_round(self, record: dict[str, Any]) -> None:
+    def log_round(self, record: RoundRecord) -> None:
         """Append one round's record to metrics.jsonl (flushed to disk), then hand it to
         the trackers."""
         for sink in self.sinks:
@@ -262,9 +263,9 @@ class RunWriter:
         self.close()
         return summary
 
-    def rounds(self) -> list[dict[str, Any]]:
+    def rounds(self) -> list[RoundRecord]:
         """The rounds logged so far."""
-        return read_metrics(self.out_dir / METRICS_FILE)
+        return read_rounds(self.out_dir / METRICS_FILE)
 
     def _write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
@@ -279,14 +280,14 @@ class MemoryWriter(RunWriter):
         self.config = config
         self.elapsed_before = 0.0
         self._started = time.time()
-        self._rounds: list[dict[str, Any]] = []
+        self._rounds: list[RoundRecord] = []
         self.provenance = None
         self.sinks = []
 
-    def log_round(self, record: dict[str, Any]) -> None:
+    def log_round(self, record: RoundRecord) -> None:
         self._rounds.append(record)
 
-    def rounds(self) -> list[dict[str, Any]]:
+    def rounds(self) -> list[RoundRecord]:
         return list(self._rounds)
 
     def _write_summary(self, summary: dict[str, Any]) -> None:
@@ -294,7 +295,7 @@ class MemoryWriter(RunWriter):
 
 
 def summarize_rounds(
-    rounds: list[dict[str, Any]], higher_score_is_suspicious: bool = True
+    rounds: list[RoundRecord], higher_score_is_suspicious: bool = True
 ) -> dict[str, Any]:
     """Final and best value of each accuracy that the rounds recorded, and the detection.
 
@@ -305,18 +306,18 @@ def summarize_rounds(
     """
     out: dict[str, Any] = {}
     for key in ("main_accuracy", "backdoor_accuracy"):
-        values = [r[key] for r in rounds if r.get(key) is not None]
+        values = [getattr(r, key) for r in rounds if getattr(r, key) is not None]
         if values:
             out[f"final_{key}"] = values[-1]
             out[f"best_{key}" if key == "main_accuracy" else f"max_{key}"] = max(values)
     for key in ("smoothed_accuracy", "certified_accuracy"):  # crfl's, on the final model
-        if rounds and rounds[-1].get(key) is not None:
-            out[f"final_{key}"] = rounds[-1][key]
+        if rounds and rounds[-1].final.get(key) is not None:
+            out[f"final_{key}"] = rounds[-1].final[key]
     counts = {
-        k: sum(r.get(k, 0) for r in rounds)
+        k: sum(getattr(r, k) or 0 for r in rounds)
         for k in ("true_positives", "false_positives", "false_negatives", "true_negatives")
     }
-    if any(k in r for r in rounds for k in counts):
+    if any(getattr(r, k) is not None for r in rounds for k in counts):
         tp, fp, fn, tn = counts.values()
         out["detection"] = {
             **counts,
@@ -325,14 +326,14 @@ def summarize_rounds(
             "false_positive_rate": fp / (fp + tn) if fp + tn else None,
         }
     # Rounds that produced no new model (too few replies, or the defense kept the model).
-    out["kept_previous_model_rounds"] = sum(1 for r in rounds if r.get("kept_previous_model"))
+    out["kept_previous_model_rounds"] = sum(1 for r in rounds if r.kept_previous_model)
     auroc, n_rounds = detection_auroc(rounds, higher_score_is_suspicious)
     if n_rounds:
         out.setdefault("detection", {}).update(auroc=auroc, auroc_rounds=n_rounds)
     return out
 
 
-def attacker_acceptance(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
+def attacker_acceptance(rounds: list[RoundRecord]) -> dict[str, Any] | None:
     """In how many attack rounds the defense kept an attacker in the aggregate.
 
     An attack round is one that logged ``malicious_clients`` (non-empty) and the
@@ -343,11 +344,11 @@ def attacker_acceptance(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
     """
     attack_rounds = accepted = 0
     for r in rounds:
-        bad = r.get("malicious_clients")
-        if not bad or r.get("accepted_clients") is None or r.get("kept_previous_model"):
+        bad = r.malicious_clients
+        if not bad or r.accepted_clients is None or r.kept_previous_model:
             continue
         attack_rounds += 1
-        accepted += bool(set(bad) & set(r["accepted_clients"]))
+        accepted += bool(set(bad) & set(r.accepted_clients))
     if not attack_rounds:
         return None
     return {
@@ -357,7 +358,7 @@ def attacker_acceptance(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
-def attack_window(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
+def attack_window(rounds: list[RoundRecord]) -> dict[str, Any] | None:
     """Backdoor accuracy over the attack window: the rounds from the first one with an
     attacker (non-empty ``malicious_clients``) to the last round, those of them that
     measured BA. A backdoor's BA can swing from round to round (an attacker every other
@@ -368,13 +369,13 @@ def attack_window(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
     (accuracies as fractions, ``rounds`` the number measured), or None without an
     attack round that measured BA.
     """
-    starts = [r["round"] for r in rounds if r.get("malicious_clients")]
+    starts = [r.round for r in rounds if r.malicious_clients]
     if not starts:
         return None
     values = [
-        (r["round"], r["backdoor_accuracy"])
+        (r.round, r.backdoor_accuracy)
         for r in rounds
-        if r["round"] >= starts[0] and r.get("backdoor_accuracy") is not None
+        if r.round >= starts[0] and r.backdoor_accuracy is not None
     ]
     if not values:
         return None
@@ -390,7 +391,7 @@ def attack_window(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
-def precision_bound(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
+def precision_bound(rounds: list[RoundRecord]) -> dict[str, Any] | None:
     """The highest detection precision a rule that rejects a fixed number of clients a
     round could reach on these rounds, whatever it saw.
 
@@ -401,13 +402,13 @@ def precision_bound(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
     """
     rejected = attackers = right = 0
     for r in rounds:
-        if r.get("rejected_clients") is None:
+        if r.rejected_clients is None:
             continue
-        judged = set(r["rejected_clients"]) | set(r.get("accepted_clients", []))
-        bad = len(judged & set(r.get("malicious_clients") or []))
-        rejected += len(r["rejected_clients"])
+        judged = set(r.rejected_clients) | set(r.accepted_clients or [])
+        bad = len(judged & set(r.malicious_clients or []))
+        rejected += len(r.rejected_clients)
         attackers += bad
-        right += min(bad, len(r["rejected_clients"]))
+        right += min(bad, len(r.rejected_clients))
     if not rejected:
         return None
     return {
@@ -419,7 +420,7 @@ def precision_bound(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def detection_auroc(
-    rounds: list[dict[str, Any]], higher_score_is_suspicious: bool = True
+    rounds: list[RoundRecord], higher_score_is_suspicious: bool = True
 ) -> tuple[float | None, int]:
     """Mean over rounds of the AUROC of the defense's scores against the attackers.
 
@@ -438,11 +439,11 @@ def detection_auroc(
     sign = 1.0 if higher_score_is_suspicious else -1.0
     per_round = []
     for r in rounds:
-        scores = r.get("scores")
-        if not scores or r.get("malicious_clients") is None:
+        scores = r.scores
+        if not scores or r.malicious_clients is None:
             continue
-        bad = {int(c) for c in r["malicious_clients"]}
-        ids = np.array([int(c) for c in scores], dtype=np.int64)
+        bad = {int(c) for c in r.malicious_clients}
+        ids = np.array(list(scores), dtype=np.int64)
         s = sign * np.array([np.nan if v is None else float(v) for v in scores.values()])
         keep = ~np.isnan(s)
         ids, s = ids[keep], s[keep]
@@ -457,9 +458,11 @@ def detection_auroc(
     return float(np.mean(per_round)), len(per_round)
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+def read_rounds(path: str | Path) -> list[RoundRecord]:
     """The rounds of a metrics.jsonl; a torn last line (a killed writer) is skipped, a
-    torn line before it (the file was damaged or edited) is a FedsecError naming it."""
+    torn line before it (the file was damaged or edited) is a FedsecError naming it, and
+    so is a round in a format version this fedsec does not read
+    (:class:`fedsec.protocol.FormatError`: a newer fedsec wrote it)."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -469,7 +472,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            rounds.append(json.loads(line))
+            data = json.loads(line)
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 break  # the writer died mid-line; every earlier round is whole
@@ -478,4 +481,14 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
                 "was damaged or edited; only a torn last line is expected); restore the file, "
                 "or run the experiment again with --out elsewhere or --overwrite"
             ) from None
+        if not isinstance(data, dict):
+            raise FormatError(f"{path}: line {i + 1} is not a round record (a JSON object)")
+        rounds.append(RoundRecord.from_dict(data, where=f"{path} (line {i + 1})"))
     return rounds
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rounds of a metrics.jsonl (:func:`read_rounds`) as JSON objects, without their
+    format version: for scripts and tests that read a run by key. fedsec reads
+    :class:`~fedsec.protocol.RoundRecord` objects."""
+    return [r.to_dict(version=False) for r in read_rounds(path)]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from defenses import DefenseStrategy, build_rule
+from fedsec import protocol
 from fedsec.adversary import Adversary, round_adversary
 from fedsec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedsec.config import ExperimentConfig
@@ -33,12 +34,23 @@ from fedsec.engines.batching import batching_grid
 from fedsec.errors import ConfigError, RunError
 from fedsec.hooks import FinalModel
 from fedsec.pretrain import initial_state
+from fedsec.protocol import (
+    ABSENT,
+    EVASION_SCALE,
+    METRICS,
+    NODE,
+    NUM_PARTITIONS,
+    PARTITION_ID,
+    TRAIN_LOSS,
+    AttackerFacts,
+    RoundRecord,
+)
 from fedsec.results import MODEL_FILE, MemoryWriter, RunWriter, state_digest
 from fedsec.seeding import derive_seed, rng
-from fedsec.task import EVASION_SCALE, FederatedTask, get_task, resolve_device
+from fedsec.task import FederatedTask, get_task, resolve_device
 from fedsec.training import evaluate, train
 
-IDENTIFY = f"{MessageType.QUERY}.identify"
+IDENTIFY = f"{MessageType.QUERY}.{protocol.IDENTIFY}"
 
 
 class RoundGrid(Grid):
@@ -80,7 +92,7 @@ class RoundGrid(Grid):
 @dataclass
 class RoundOutcome:
     arrays: ArrayRecord
-    record: dict[str, Any]
+    record: RoundRecord
 
 
 def discover_partitions(
@@ -113,14 +125,14 @@ def discover_partitions(
     for reply in grid.send_and_receive(queries, timeout=timeout):
         if reply.has_error():
             continue
-        info = reply.content["node"]
-        if int(info["num-partitions"]) != num_clients:
+        info = reply.content[NODE]
+        if int(info[NUM_PARTITIONS]) != num_clients:
             raise ConfigError(
-                f"the federation has {int(info['num-partitions'])} partitions but "
+                f"the federation has {int(info[NUM_PARTITIONS])} partitions but "
                 f"data.num_clients = {num_clients}; run Flower with "
                 f'--federation-config "num-supernodes={num_clients}" or set data.num_clients'
             )
-        mapping[int(info["partition-id"])] = reply.metadata.src_node_id
+        mapping[int(info[PARTITION_ID])] = reply.metadata.src_node_id
     missing = sorted(set(range(num_clients)) - set(mapping))
     if missing:
         raise RunError(
@@ -209,17 +221,17 @@ def run_federation(
             node_of,
             partition_of,
             config,
-            adversary.facts(facts) if adversary is not None else facts,
+            _stage_facts(adversary, facts) if adversary is not None else facts,
             adversary,
         )
         if schedule.enabled:
-            outcome.record["malicious_clients"] = malicious
-            outcome.record.update(detection_counts(outcome.record, malicious))
+            outcome.record.malicious_clients = malicious
+            outcome.record = replace(outcome.record, **detection_counts(outcome.record, malicious))
         arrays = outcome.arrays
-        record = {"round": server_round, **evaluator(arrays), **outcome.record}
+        record = replace(outcome.record, **evaluator(arrays))
         if server_round == config.train.rounds:  # the rule's step on the final model
-            record.update(rule.after_training(final_model(task, arrays, progress)))
-        record["time_s"] = round(time.time() - t_start, 3)
+            record.final.update(rule.after_training(final_model(task, arrays, progress)))
+        record.time_s = round(time.time() - t_start, 3)
         writer.log_round(record)
         if every and (server_round % every == 0 or server_round == config.train.rounds):
             save_checkpoint(
@@ -249,7 +261,7 @@ def run_round(
     node_of: dict[int, int],
     partition_of: dict[int, int],
     config: ExperimentConfig,
-    attacker_facts: dict[int, dict[str, Any]] | None = None,
+    attacker_facts: dict[int, AttackerFacts] | None = None,
     adversary: Adversary | None = None,
 ) -> RoundOutcome:
     """One round of training and aggregation over the clients ``sampled``.
@@ -277,18 +289,19 @@ def run_round(
     replies.sort(key=lambda m: partition_of[m.metadata.src_node_id])
     answered = {partition_of[m.metadata.src_node_id] for m in replies if not m.has_error()}
     failed = sorted(set(sampled) - answered)
-    record: dict[str, Any] = {"clients": sampled, "failed_clients": failed}
+    record = RoundRecord(round=server_round, clients=sampled, failed_clients=failed)
     # An error reply has no content, so the strategy could only name it by node id: it is
     # recorded here by partition id, and only replies with content go on.
     errors = {
         partition_of[m.metadata.src_node_id]: m.error.reason for m in replies if m.has_error()
     }
     if errors:
-        record["failed_reasons"] = {str(k): v for k, v in sorted(errors.items())}
+        record.failed_reasons = dict(sorted(errors.items()))
         replies = [m for m in replies if not m.has_error()]
     if len(answered) < config.train.min_replies:
         # Too few clients answered: aggregating them would let a handful steer the model.
-        record.update(
+        record = replace(
+            record,
             train_loss=None,
             skipped=True,
             kept_previous_model=True,
@@ -298,27 +311,27 @@ def run_round(
         return RoundOutcome(arrays, record)
     reported = _reported_scales(replies, partition_of, set(attacker_facts or {}))
     if reported:  # attackers that scaled their own update (evasion, partial knowledge)
-        record["evasion_scales"] = {str(k): v for k, v in sorted(reported.items())}
+        record.evasion_scales = dict(sorted(reported.items()))
     if adversary is not None and attacker_facts:
         collusion = adversary(arrays, replies, partition_of, len(sampled), set(attacker_facts))
-        record["crafted_clients"] = collusion.crafted
+        record.crafted_clients = collusion.crafted
         if collusion.scales:
-            record["evasion_scales"] = {str(k): v for k, v in sorted(collusion.scales.items())}
+            record.evasion_scales = dict(sorted(collusion.scales.items()))
         if collusion.note:
-            record["collusion_note"] = collusion.note
-        record.update(collusion.log)
+            record.collusion_note = collusion.note
+        record.stage_log.update(collusion.log)
     report = strategy.aggregate_round(server_round, replies)
-    record["train_loss"] = _metric(report.metrics, "train_loss")
-    record["accepted_clients"] = sorted(report.accepted)
-    record["rejected_clients"] = sorted(report.rejected)
+    record.train_loss = _metric(report.metrics, TRAIN_LOSS)
+    record.accepted_clients = sorted(report.accepted)
+    record.rejected_clients = sorted(report.rejected)
     if report.scores:  # the rule's per-client score (see its docstring), for AUROC
-        record["scores"] = {str(k): v for k, v in sorted(report.scores.items())}
+        record.scores = dict(sorted(report.scores.items()))
     if report.invalid:
-        record["invalid_clients"] = {str(k): v for k, v in sorted(report.invalid.items())}
+        record.invalid_clients = dict(sorted(report.invalid.items()))
     if report.arrays is None:
-        record["kept_previous_model"] = True
+        record.kept_previous_model = True
         if report.note:
-            record["kept_previous_reason"] = report.note
+            record.kept_previous_reason = report.note
         return RoundOutcome(arrays, record)
     return RoundOutcome(report.arrays, record)
 
@@ -327,13 +340,13 @@ def _reported_scales(
     replies: list[Message], partition_of: dict[int, int], attackers: set[int]
 ) -> dict[int, float]:
     """The evasion scale each of the round's ``attackers`` reported in its train metrics
-    (:data:`fedsec.task.EVASION_SCALE`), by partition id. The key is removed from every
+    (:data:`fedsec.protocol.EVASION_SCALE`), by partition id. The key is removed from every
     reply, so the defense and the round's train metrics never see it."""
     out = {}
     for reply in replies:
-        if reply.has_error() or "metrics" not in reply.content:
+        if reply.has_error() or METRICS not in reply.content:
             continue
-        metrics = reply.content["metrics"]
+        metrics = reply.content[METRICS]
         if EVASION_SCALE not in metrics:
             continue
         value = metrics[EVASION_SCALE]
@@ -344,7 +357,14 @@ def _reported_scales(
     return out
 
 
-def _with_facts(message: Message, facts: dict[str, Any] | None) -> Message:
+def _stage_facts(adversary: Adversary, facts: dict[int, AttackerFacts]) -> dict[int, AttackerFacts]:
+    """``facts`` with what the attack's server stage adds (``ServerStage.facts`` works on
+    the ConfigRecord entries)."""
+    told = adversary.facts({pid: f.to_config() for pid, f in facts.items()})
+    return {pid: AttackerFacts.from_config(entries) for pid, entries in told.items()}
+
+
+def _with_facts(message: Message, facts: AttackerFacts | None) -> Message:
     """``message`` with ``facts`` added to its ConfigRecord (a copy: the strategy's messages
     share one RecordDict), or ``message`` itself without facts."""
     if not facts:
@@ -352,7 +372,7 @@ def _with_facts(message: Message, facts: dict[str, Any] | None) -> Message:
     content = RecordDict({key: record for key, record in message.content.items()})
     for key, record in message.content.items():
         if isinstance(record, ConfigRecord):
-            content[key] = ConfigRecord({**record, **facts})
+            content[key] = ConfigRecord({**record, **facts.to_config()})
     return Message(
         content=content,
         message_type=message.metadata.message_type,
@@ -452,17 +472,17 @@ class RootTrainer:
         return ArrayRecord(model.state_dict())
 
 
-def detection_counts(record: dict[str, Any], malicious: list[int]) -> dict[str, int]:
+def detection_counts(record: RoundRecord, malicious: list[int]) -> dict[str, int]:
     """Confusion counts of the defense's verdict against the attack's ground truth.
 
     A rejected malicious client is a true positive, a rejected honest one a false
     positive. Rounds whose strategy gives no verdict count nothing.
     """
-    if "rejected_clients" not in record:
+    if record.rejected_clients is None:
         return {}
     rejected, accepted, bad = (
-        set(record["rejected_clients"]),
-        set(record["accepted_clients"]),
+        set(record.rejected_clients),
+        set(record.accepted_clients),
         set(malicious),
     )
     return {
@@ -492,29 +512,28 @@ def _metric(metrics, key: str) -> float | None:
     return float(metrics[key])
 
 
-def _progress_line(record: dict[str, Any], rounds: int) -> str:
+def _progress_line(record: RoundRecord, rounds: int) -> str:
     parts = [
-        f"round {record['round']:>{len(str(rounds))}}/{rounds}",
-        f"main_accuracy {record['main_accuracy']:.4f}",
+        f"round {record.round:>{len(str(rounds))}}/{rounds}",
+        f"main_accuracy {record.main_accuracy:.4f}",
     ]
-    if record.get("backdoor_accuracy") is not None:
-        parts.append(f"backdoor_accuracy {record['backdoor_accuracy']:.4f}")
-    if record.get("train_loss") is not None:
-        parts.append(f"train_loss {record['train_loss']:.4f}")
-    if "accepted_clients" in record:
-        judged = len(record["accepted_clients"]) + len(record["rejected_clients"])
-        parts.append(f"accepted {len(record['accepted_clients'])}/{judged}")
-    if record.get("malicious_clients"):
-        bad = record["malicious_clients"]
-        kept = [c for c in bad if c in record.get("accepted_clients", bad)]
+    if record.backdoor_accuracy is not None:
+        parts.append(f"backdoor_accuracy {record.backdoor_accuracy:.4f}")
+    if record.train_loss is not None and record.train_loss is not ABSENT:
+        parts.append(f"train_loss {record.train_loss:.4f}")
+    if record.accepted_clients is not None:
+        judged = len(record.accepted_clients) + len(record.rejected_clients)
+        parts.append(f"accepted {len(record.accepted_clients)}/{judged}")
+    if record.malicious_clients:
+        bad = record.malicious_clients
+        accepted = record.accepted_clients
+        kept = [c for c in bad if c in (bad if accepted is None else accepted)]
         parts.append(f"attackers {bad} ({len(kept)} accepted)")
-    if record.get("invalid_clients"):
-        parts.append(f"invalid {sorted(int(k) for k in record['invalid_clients'])}")
-    if record["failed_clients"]:
-        parts.append(f"failed {record['failed_clients']}")
-    if record.get("kept_previous_model"):
-        parts.append(
-            f"kept previous model ({record.get('kept_previous_reason', 'no usable reply')})"
-        )
-    parts.append(f"{record['time_s']:.1f}s")
+    if record.invalid_clients:
+        parts.append(f"invalid {sorted(record.invalid_clients)}")
+    if record.failed_clients:
+        parts.append(f"failed {record.failed_clients}")
+    if record.kept_previous_model:
+        parts.append(f"kept previous model ({record.kept_previous_reason or 'no usable reply'})")
+    parts.append(f"{record.time_s:.1f}s")
     return "  ".join(parts)

@@ -79,7 +79,7 @@ from fedsec.results import (
     METRICS_FILE,
     SUMMARY_FILE,
     differences_words,
-    read_metrics,
+    read_rounds,
     run_state,
     written_config,
 )
@@ -534,7 +534,7 @@ def run_sweep(
         todo.sort(key=lambda r: seeds.index(r.labels["seed"]))
     # Progress counts rounds across every run (the parallel runs' rounds interleave);
     # the postfix counts finished runs.
-    rounds_done = {r.id: len(read_metrics(r.dir / METRICS_FILE)) for r in runs}
+    rounds_done = {r.id: len(read_rounds(r.dir / METRICS_FILE)) for r in runs}
     runs_done = len(runs) - len(todo)
     failed: list[SweepRun] = []
     lock = threading.Lock()

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,26 +24,9 @@ from fedsec.config import ExperimentConfig
 from fedsec.data import Dataset, load_dataset
 from fedsec.models import build_model
 from fedsec.partition import partition_indices
+from fedsec.protocol import AttackerFacts, TrainingSpec
 from fedsec.sampling import AttackSchedule
 from fedsec.seeding import derive_seed
-
-#: ConfigRecord keys of the round's facts the server sends an attacker (AttackContext).
-ATTACKER_INDEX = "attacker-index"
-NUM_ATTACKERS = "num-attackers"
-ROUND_EXAMPLES = "round-examples"
-ROUND_CLIENTS = "round-clients"
-#: RecordDict key of the benign model an attacker sends beside its update for the server
-#: loop's adversary stage (``attacks.AttackReply``); the stage removes it.
-BENIGN_STATE = "benign-state"
-#: MetricRecord key of the scale an attacker that scales its own update sent
-#: (``attack.evasion = "scaling"``, partial knowledge); the server logs it in the
-#: round's ``evasion_scales`` and removes it before the defense.
-EVASION_SCALE = "evasion-scale"
-#: The attackers' shared trigger (``a3fl``): in the train message's ConfigRecord, the
-#: current one as a flat list of C*H*W floats (``attacks.stages.TriggerStage``
-#: adds it to the facts); in the reply, an ArrayRecord holding the attacker's optimised
-#: one under ``"trigger"``, which the adversary stage removes before the defense.
-TRIGGER = "attack-trigger"
 
 #: Progress of slow preparation steps (loading data, the tail density); ``fedsec.cli``
 #: prints its INFO records.
@@ -89,26 +70,31 @@ class FederatedTask:
                 self.config.model.name, self.dataset.input_shape, self.dataset.num_classes
             )
 
-    def train_kwargs(self, server_round: int, partition_id: int) -> dict:
-        """Keyword arguments of ``fedsec.training.train`` for one client in one round."""
+    def training_spec(self, server_round: int, partition_id: int) -> TrainingSpec:
+        """How client ``partition_id`` trains in round ``server_round``."""
         t = self.config.train
-        return {
-            "epochs": t.local_epochs,
-            "batch_size": t.batch_size,
-            "lr": t.lr * t.lr_decay ** (server_round - 1),
-            "momentum": t.momentum,
-            "weight_decay": t.weight_decay,
-            "seed": derive_seed(self.config.seed, "client-train", server_round, partition_id),
-            "device": resolve_device(self.config.engine.device),
-        }
+        return TrainingSpec(
+            epochs=t.local_epochs,
+            batch_size=t.batch_size,
+            lr=t.lr * t.lr_decay ** (server_round - 1),
+            momentum=t.momentum,
+            weight_decay=t.weight_decay,
+            seed=derive_seed(self.config.seed, "client-train", server_round, partition_id),
+            device=resolve_device(self.config.engine.device),
+        )
+
+    def train_kwargs(self, server_round: int, partition_id: int) -> dict:
+        """Keyword arguments of ``fedsec.training.train`` for one client in one round
+        (:meth:`training_spec` as a dict: what an attack's ``update`` takes)."""
+        return self.training_spec(server_round, partition_id).to_dict()
 
     # --------------------------------------------------------------- attackers
-    def attacker_facts(self, sampled: list[int], malicious: list[int]) -> dict[int, dict[str, int]]:
+    def attacker_facts(self, sampled: list[int], malicious: list[int]) -> dict[int, AttackerFacts]:
         """What the server tells each attacker of a round (``sampled`` clients, ``malicious``
-        among them) in its train message's ConfigRecord: :data:`ATTACKER_INDEX`,
-        :data:`NUM_ATTACKERS`, :data:`ROUND_EXAMPLES` (N_round: the examples every
-        sampled client trains on, each attacker's poisoned set counted at its size) and
-        :data:`ROUND_CLIENTS` (the round's size)."""
+        among them) in its train message's ConfigRecord, by partition id: its index in
+        the pool, the pool's size, N_round (the examples every sampled client trains on,
+        each attacker's poisoned set counted at its size) and the round's size
+        (:class:`fedsec.protocol.AttackerFacts`)."""
         if self.attack is None or not malicious:
             return {}
         bad = set(malicious)
@@ -122,14 +108,14 @@ class FederatedTask:
 
     def _pool_facts(
         self, partition_id: int, round_examples: int, round_clients: int
-    ) -> dict[str, int]:
+    ) -> AttackerFacts:
         pool = self.schedule.pool
-        return {
-            ATTACKER_INDEX: pool.index(partition_id),
-            NUM_ATTACKERS: len(pool),
-            ROUND_EXAMPLES: round_examples,
-            ROUND_CLIENTS: round_clients,
-        }
+        return AttackerFacts(
+            attacker_index=pool.index(partition_id),
+            num_attackers=len(pool),
+            round_examples=round_examples,
+            round_clients=round_clients,
+        )
 
     def pool_context(self, partition_id: int) -> AttackContext:
         """Attacker ``partition_id``'s context outside any round (round 1, N_round 0): enough
@@ -137,20 +123,20 @@ class FederatedTask:
         return self.attack_context(partition_id, 1, self._pool_facts(partition_id, 0, 0))
 
     def attack_context(
-        self, partition_id: int, server_round: int, facts: Mapping[str, Any]
+        self, partition_id: int, server_round: int, facts: AttackerFacts
     ) -> AttackContext:
         """The :class:`~attacks.AttackContext` of attacker ``partition_id``: its own data and
-        seeds from this task, the round's facts from the server (``facts``, the train
-        message's ConfigRecord, see :meth:`attacker_facts`, and the shared trigger under
-        :data:`TRIGGER` when the adversary stage sends one; all of them, those the attack's
-        server stage adds included, as ``ctx.facts``)."""
+        seeds from this task, the round's facts from the server (``facts``, read from the
+        train message's ConfigRecord, see :meth:`attacker_facts`, with the shared trigger
+        when the adversary stage sends one; all of them, those the attack's server stage
+        adds included, as ``ctx.facts``)."""
         return AttackContext(
             server_round=server_round,
             partition_id=partition_id,
-            attacker_index=int(facts[ATTACKER_INDEX]),
-            num_attackers=int(facts[NUM_ATTACKERS]),
-            round_examples=int(facts[ROUND_EXAMPLES]),
-            round_clients=int(facts[ROUND_CLIENTS]),
+            attacker_index=facts.attacker_index,
+            num_attackers=facts.num_attackers,
+            round_examples=facts.round_examples,
+            round_clients=facts.round_clients,
             target_label=self.attack.target,
             examples=self.client_data(partition_id),
             input_shape=tuple(self.dataset.input_shape),
@@ -161,13 +147,13 @@ class FederatedTask:
             defense_name=self.config.defense.name,
             defense_params=dict(self.config.defense.params),
             trigger=(
-                torch.tensor(list(facts[TRIGGER]), dtype=torch.float32).reshape(
+                torch.tensor(list(facts.trigger), dtype=torch.float32).reshape(
                     tuple(self.dataset.input_shape)
                 )
-                if TRIGGER in facts
+                if facts.trigger is not None
                 else None
             ),
-            facts=dict(facts),
+            facts=facts.to_config(),
         )
 
 

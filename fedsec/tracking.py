@@ -20,8 +20,9 @@ round's clients, its attackers, the accepted and rejected ones) and a table keye
 client id (scores, evasion scales, invalid or failed replies) as its length,
 ``n_<key>``; ``certified_accuracy`` (crfl's ``{radius: share}``) as one value per
 radius, ``certified_accuracy/<radius>``. Left out: text (``kept_previous_reason``,
-notes) and the other tables (crfl's ``certification`` constants); they stay in
-``metrics.jsonl``. The round is the step (TensorBoard, W&B) or the first column (CSV).
+notes), the other tables (crfl's ``certification`` constants) and the line's
+``format_version``; they stay in ``metrics.jsonl``. The round is the step
+(TensorBoard, W&B) or the first column (CSV).
 
 No round is logged twice, also across ``--resume`` (which drops the rounds after the
 checkpoint and runs them again): every tracker's files are rebuilt from the rounds the
@@ -59,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedsec.atomic import atomic_write_text
 from fedsec.errors import ConfigError
+from fedsec.protocol import FORMAT_KEY, RoundRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     from fedsec.config import ExperimentConfig, LogConfig
@@ -83,11 +85,12 @@ HPARAM_METRICS = ("main_accuracy", "backdoor_accuracy", "test_loss")
 
 # ----------------------------------------------------------------------- metrics
 def scalar_metrics(record: dict[str, Any]) -> dict[str, float | int]:
-    """The numbers of one round's record that a tracker logs (see the module docstring);
-    ``round`` is left out (it is the step)."""
+    """The numbers of one round's record (its metrics.jsonl object,
+    ``RoundRecord.to_dict``) that a tracker logs (see the module docstring); ``round`` is
+    left out (it is the step), and so is the record's format version."""
     out: dict[str, float | int] = {}
     for key, value in record.items():
-        if key == "round":
+        if key in ("round", FORMAT_KEY):
             continue
         if isinstance(value, bool):
             out[key] = int(value)
@@ -109,11 +112,11 @@ class Sink:
     """Receives a run's rounds. ``start`` is called once with the rounds the run keeps
     (``[]`` for a fresh run), then ``log_round`` once per new round, then ``close``."""
 
-    def start(self, kept: list[dict[str, Any]]) -> None:
+    def start(self, kept: list[RoundRecord]) -> None:
         for record in kept:
             self.log_round(record)
 
-    def log_round(self, record: dict[str, Any]) -> None:
+    def log_round(self, record: RoundRecord) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -127,12 +130,12 @@ class JsonlSink(Sink):
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def start(self, kept: list[dict[str, Any]]) -> None:
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+    def start(self, kept: list[RoundRecord]) -> None:
+        atomic_write_text(self.path, "".join(json.dumps(r.to_dict()) + "\n" for r in kept))
 
-    def log_round(self, record: dict[str, Any]) -> None:
+    def log_round(self, record: RoundRecord) -> None:
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=False) + "\n")
+            f.write(json.dumps(record.to_dict(), sort_keys=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -147,11 +150,11 @@ class CsvSink(Sink):
         self.rows: list[dict[str, Any]] = []
         self.columns: list[str] = []
 
-    def start(self, kept: list[dict[str, Any]]) -> None:
+    def start(self, kept: list[RoundRecord]) -> None:
         self.rows = [_csv_row(r) for r in kept]
         self._rewrite()
 
-    def log_round(self, record: dict[str, Any]) -> None:
+    def log_round(self, record: RoundRecord) -> None:
         row = _csv_row(record)
         self.rows.append(row)
         if not set(row) <= set(self.columns):
@@ -172,8 +175,8 @@ class CsvSink(Sink):
         atomic_write_text(self.path, text.getvalue())
 
 
-def _csv_row(record: dict[str, Any]) -> dict[str, Any]:
-    return {"round": record["round"], **scalar_metrics(record)}
+def _csv_row(record: RoundRecord) -> dict[str, Any]:
+    return {"round": record.round, **scalar_metrics(record.to_dict())}
 
 
 def _csv_writer(f: Any, columns: list[str]) -> csv.DictWriter:
@@ -191,7 +194,7 @@ class TensorBoardSink(Sink):
         self.config = config
         self.writer: Any = None
 
-    def start(self, kept: list[dict[str, Any]]) -> None:
+    def start(self, kept: list[RoundRecord]) -> None:
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
@@ -208,15 +211,13 @@ class TensorBoardSink(Sink):
             self._add(record)
         self.writer.flush()
 
-    def log_round(self, record: dict[str, Any]) -> None:
+    def log_round(self, record: RoundRecord) -> None:
         self._add(record)
         self.writer.flush()
 
-    def _add(self, record: dict[str, Any]) -> None:
-        for name, value in scalar_metrics(record).items():
-            self.writer.add_scalar(
-                name, value, record["round"], new_style=True, double_precision=True
-            )
+    def _add(self, record: RoundRecord) -> None:
+        for name, value in scalar_metrics(record.to_dict()).items():
+            self.writer.add_scalar(name, value, record.round, new_style=True, double_precision=True)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -242,7 +243,7 @@ class WandbSink(Sink):
         self.run: Any = None
         self.first_step = 0
 
-    def start(self, kept: list[dict[str, Any]]) -> None:
+    def start(self, kept: list[RoundRecord]) -> None:
         import wandb
 
         if self.mode == "offline":  # the earlier offline runs of this directory, rebuilt
@@ -268,9 +269,9 @@ class WandbSink(Sink):
         for record in kept:
             self.log_round(record)
 
-    def log_round(self, record: dict[str, Any]) -> None:
-        if record["round"] >= self.first_step:
-            self.run.log(scalar_metrics(record), step=record["round"], commit=True)
+    def log_round(self, record: RoundRecord) -> None:
+        if record.round >= self.first_step:
+            self.run.log(scalar_metrics(record.to_dict()), step=record.round, commit=True)
 
     def close(self) -> None:
         if self.run is not None:

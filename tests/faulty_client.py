@@ -11,12 +11,13 @@ from flwr.app import Error, Message
 from flwr.clientapp import ClientApp
 
 from fedsec.apps import client_app as real
+from fedsec.protocol import CONFIG, IDENTIFY, SERVER_ROUND
 
 SLEEP_S = 12.0
 app = ClientApp()
 
 
-@app.query("identify")
+@app.query(IDENTIFY)
 def identify(msg: Message, context):
     return real.identify(msg, context)
 
@@ -28,6 +29,6 @@ def train(msg: Message, context):
         return Message(Error(code=0, reason="partition 1 refuses to train"), reply_to=msg)
     if pid == 2:
         raise RuntimeError("partition 2 crashed")
-    if pid == 3 and int(msg.content["config"]["server-round"]) == 2:
+    if pid == 3 and int(msg.content[CONFIG][SERVER_ROUND]) == 2:
         time.sleep(SLEEP_S)
     return real.local_train(msg, context)

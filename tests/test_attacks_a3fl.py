@@ -21,9 +21,10 @@ from fedsec.checkpoint import load_checkpoint
 from fedsec.cli import DEFAULT_EXPERIMENT, main
 from fedsec.config import load_config
 from fedsec.errors import ConfigError
+from fedsec.protocol import TRIGGER, AttackerFacts
 from fedsec.results import read_metrics
 from fedsec.server import CentralEvaluator
-from fedsec.task import TRIGGER, get_task
+from fedsec.task import get_task
 from fedsec.training import evaluate, flatten_params, train
 from tests.runs import rounds_without_time, sigkill_when, tiny_digits
 
@@ -160,8 +161,8 @@ def test_the_attacker_poisons_with_the_trigger_it_found_and_replies_with_it():
     attack, pid = task.attack, task.schedule.pool[0]
     stage = TriggerStage(attack, task.dataset)
     stage.trigger = attack.valid_trigger(torch.full((1, 8, 8), 0.6), (1, 8, 8))
-    facts = stage.facts(task.attacker_facts([pid], [pid]))[pid]
-    ctx = task.attack_context(pid, 1, facts)
+    told = {p: f.to_config() for p, f in task.attacker_facts([pid], [pid]).items()}
+    ctx = task.attack_context(pid, 1, AttackerFacts.from_config(stage.facts(told)[pid]))
     assert torch.equal(ctx.trigger, stage.trigger)  # exact through the ConfigRecord list
     model = task.new_model()
     reply = attack.update(model, ctx, task.train_kwargs(1, pid))

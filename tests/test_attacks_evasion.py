@@ -34,8 +34,8 @@ from defenses.rules.median import MedianRule
 from fedsec.adversary import round_adversary
 from fedsec.config import load_config
 from fedsec.errors import ConfigError
+from fedsec.protocol import BENIGN_STATE
 from fedsec.results import read_metrics
-from fedsec.task import BENIGN_STATE
 from fedsec.training import assign_flat_params, flatten_params, train
 from tests.runs import run_cli, tiny_digits
 

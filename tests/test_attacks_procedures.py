@@ -14,7 +14,8 @@ from attacks.procedures import project_to_ball, projected_train, scale_update
 from attacks.triggers import blend_pattern, stamp, trigger_box, trigger_parts
 from fedsec.config import load_config
 from fedsec.errors import ConfigError
-from fedsec.task import ATTACKER_INDEX, NUM_ATTACKERS, ROUND_EXAMPLES, get_task
+from fedsec.protocol import AttackerFacts
+from fedsec.task import get_task
 from fedsec.training import assign_flat_params, flatten_params, train
 from tests.runs import tiny_digits
 
@@ -412,12 +413,16 @@ def test_only_the_attackers_train_messages_carry_the_facts(server_identity):
         Message(content=shared, message_type="train", dst_node_id=n) for n in (1, 2)
     )
     assert _with_facts(honest, None) is honest
-    sent = _with_facts(attacker, {ATTACKER_INDEX: 1, NUM_ATTACKERS: 2, ROUND_EXAMPLES: 90})
-    assert dict(sent.content["config"]) == {
+    facts = AttackerFacts(attacker_index=1, num_attackers=2, round_examples=90, round_clients=3)
+    sent = _with_facts(attacker, facts)
+    assert dict(sent.content["config"]) == {  # the wire format: the protocol's key strings
         "server-round": 3,
-        ATTACKER_INDEX: 1,
-        NUM_ATTACKERS: 2,
-        ROUND_EXAMPLES: 90,
+        "attacker-index": 1,
+        "num-attackers": 2,
+        "round-examples": 90,
+        "round-clients": 3,
     }
+    trigger = _with_facts(attacker, AttackerFacts(0, 1, 10, 2, trigger=[0.5, 1.0]))
+    assert dict(trigger.content["config"])["attack-trigger"] == [0.5, 1.0]
     assert dict(honest.content["config"]) == {"server-round": 3}  # the shared record is untouched
     assert sent.metadata.dst_node_id == 2 and sent.content["arrays"] is shared["arrays"]

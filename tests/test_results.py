@@ -7,6 +7,7 @@ import pytest
 
 import defenses
 from fedsec.config import ExperimentConfig
+from fedsec.protocol import RoundRecord
 from fedsec.results import (
     RunWriter,
     attacker_acceptance,
@@ -19,7 +20,7 @@ from fedsec.results import (
 def test_writer_appends_rounds_and_summarizes(tmp_path):
     writer = RunWriter(tmp_path / "run", ExperimentConfig())
     for r, acc in enumerate([0.5, 0.9, 0.8], start=1):
-        writer.log_round({"round": r, "main_accuracy": acc})
+        writer.log_round(RoundRecord(r, main_accuracy=acc))
         assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == r  # on disk now
     summary = writer.finish({})
     assert summary["final_main_accuracy"] == 0.8 and summary["best_main_accuracy"] == 0.9
@@ -36,9 +37,14 @@ def test_reader_skips_a_torn_last_line(tmp_path):
 
 
 # ------------------------------------------------------------------ detection AUROC
+def _records(rounds):
+    return [RoundRecord.from_dict(r) for r in rounds]
+
+
 def _round(scores, malicious, **extra):
-    """A round's record as fedsec.server logs it: scores keyed by partition id as strings."""
+    """A round's record as metrics.jsonl holds it: scores keyed by partition id as strings."""
     return {
+        "round": 1,
         "scores": {str(c): s for c, s in scores.items()},
         "malicious_clients": malicious,
         **extra,
@@ -56,15 +62,21 @@ def _round(scores, malicious, **extra):
     ],
 )
 def test_auroc_of_one_round(scores, malicious, expected):
-    det = summarize_rounds([_round(scores, malicious)])["detection"]
+    det = summarize_rounds(_records([_round(scores, malicious)]))["detection"]
     assert det["auroc"] == pytest.approx(expected) and det["auroc_rounds"] == 1
 
 
 def test_auroc_orients_a_trust_score():
     """FLTrust / FoolsGold score a trust: the attacker with the lowest trust is found."""
     trust = [_round({0: 0.9, 1: 0.8, 2: 0.0}, [2])]
-    assert summarize_rounds(trust, higher_score_is_suspicious=False)["detection"]["auroc"] == 1.0
-    assert summarize_rounds(trust, higher_score_is_suspicious=True)["detection"]["auroc"] == 0.0
+    assert (
+        summarize_rounds(_records(trust), higher_score_is_suspicious=False)["detection"]["auroc"]
+        == 1.0
+    )
+    assert (
+        summarize_rounds(_records(trust), higher_score_is_suspicious=True)["detection"]["auroc"]
+        == 0.0
+    )
 
 
 def test_auroc_averages_rounds_without_pooling_and_skips_rounds_it_cannot_judge():
@@ -75,10 +87,10 @@ def test_auroc_averages_rounds_without_pooling_and_skips_rounds_it_cannot_judge(
         _round({0: 5.0, 1: 1.0}, []),  # no attacker: left out
         _round({3: 5.0, 4: 1.0}, [3, 4]),  # only attackers scored: left out
         _round({0: 5.0, 1: 1.0}, [7]),  # the attacker was not scored: left out
-        {"scores": {"0": 1.0, "1": 2.0}},  # no ground truth (no attack): left out
-        {"malicious_clients": [1], "accepted_clients": [0], "rejected_clients": [1]},  # no scores
+        {"round": 1, "scores": {"0": 1.0, "1": 2.0}},  # no ground truth (no attack): left out
+        {"round": 1, "malicious_clients": [1], "accepted_clients": [0], "rejected_clients": [1]},
     ]
-    det = summarize_rounds(rounds)["detection"]
+    det = summarize_rounds(_records(rounds))["detection"]
     assert det["auroc"] == pytest.approx(2.5 / 3) and det["auroc_rounds"] == 3
 
 
@@ -93,10 +105,10 @@ def test_no_auroc_without_scores():
             "malicious_clients": [3],
         }
     ]
-    det = summarize_rounds(rounds)["detection"]
+    det = summarize_rounds(_records(rounds))["detection"]
     assert det["precision"] == 1.0 and "auroc" not in det and "auroc_rounds" not in det
-    assert detection_auroc(rounds) == (None, 0)
-    assert "detection" not in summarize_rounds([{"round": 1, "main_accuracy": 0.5}])
+    assert detection_auroc(_records(rounds)) == (None, 0)
+    assert "detection" not in summarize_rounds(_records([{"round": 1, "main_accuracy": 0.5}]))
 
 
 def test_summary_json_has_the_auroc_and_the_rule_quota(tmp_path):
@@ -121,7 +133,7 @@ def test_summary_json_has_the_auroc_and_the_rule_quota(tmp_path):
     for name, auroc in (("multi-metrics", 0.5), ("foolsgold", 0.5)):
         writer = RunWriter(tmp_path / name, config)
         for r in rounds:
-            writer.log_round(r)
+            writer.log_round(RoundRecord.from_dict(r))
         writer.finish({}, rule=defenses.build_defense(name, {}, seed=0).rule)
         det = json.loads((tmp_path / name / "summary.json").read_text())["detection"]
         assert det["auroc"] == auroc and det["auroc_rounds"] == 2
@@ -138,7 +150,7 @@ def test_summary_json_has_the_auroc_and_the_rule_quota(tmp_path):
     # orientation through finish: one round, attacker 0 with the lowest score
     for name, auroc in (("multi-metrics", 0.0), ("foolsgold", 1.0)):
         writer = RunWriter(tmp_path / f"{name}-1", config)
-        writer.log_round(rounds[0])
+        writer.log_round(RoundRecord.from_dict(rounds[0]))
         summary = writer.finish({}, rule=defenses.build_defense(name, {}, seed=0).rule)
         assert summary["detection"]["auroc"] == auroc
 
@@ -157,8 +169,12 @@ def test_attacker_acceptance_counts_attack_rounds_that_kept_an_attacker():
         },
         {"round": 6, "malicious_clients": [3]},  # no aggregation logged
     ]
-    assert attacker_acceptance(rounds) == {"attack_rounds": 3, "accepted_rounds": 2, "rate": 2 / 3}
-    assert attacker_acceptance(rounds[1:2]) is None
+    assert attacker_acceptance(_records(rounds)) == {
+        "attack_rounds": 3,
+        "accepted_rounds": 2,
+        "rate": 2 / 3,
+    }
+    assert attacker_acceptance(_records(rounds[1:2])) is None
 
 
 def test_summary_has_the_acceptance_only_for_rules_that_select_clients(tmp_path):
@@ -177,7 +193,7 @@ def test_summary_has_the_acceptance_only_for_rules_that_select_clients(tmp_path)
     for name, selects in (("multi-krum", True), ("fedavg", False), ("rfa", False), ("flame", True)):
         assert defenses.build_defense(name, {}, seed=0).rule.selects_clients is selects
         writer = RunWriter(tmp_path / name, config)
-        writer.log_round(rounds[0])
+        writer.log_round(RoundRecord.from_dict(rounds[0]))
         summary = writer.finish({}, rule=defenses.build_defense(name, {}, seed=0).rule)
         assert ("attacker_acceptance" in summary) is selects
     assert summary["attacker_acceptance"]["rate"] == 1.0

@@ -16,6 +16,7 @@ from benchmarks.gpu_shared import BiasProbe
 from fedsec.cli import _finish_run, main
 from fedsec.config import ExperimentConfig
 from fedsec.errors import RunError
+from fedsec.protocol import RoundRecord
 from fedsec.results import read_metrics
 from fedsec.sampling import AttackSchedule
 from fedsec.server import _progress_line, discover_partitions
@@ -215,7 +216,7 @@ def test_a_run_says_what_it_does_and_ends_with_a_summary_line(tmp_path, capsys):
 
 
 def test_the_sweep_progress_reads_the_round_lines_runs_print():
-    record = {"round": 7, "main_accuracy": 0.5, "failed_clients": [], "time_s": 1.0}
+    record = RoundRecord(7, main_accuracy=0.5, failed_clients=[], time_s=1.0)
     assert _ROUND_LINE.match(_progress_line(record, 20)).group(1) == "7"
     assert _ROUND_LINE.match(_progress_line(record, 200)).group(1) == "7"
 

@@ -10,6 +10,7 @@ import pytest
 
 from defenses.rules import MultiMetricsRule
 from fedsec.cli import main, partition_default_path, summary_line, verdict_clause
+from fedsec.protocol import RoundRecord
 from fedsec.report.plot import _panel_title
 from fedsec.results import attack_window, precision_bound
 
@@ -20,13 +21,13 @@ SWINGING = [0.07, 0.97, 0.07, 0.97, 0.07, 0.37]
 
 def rounds_with(ba, attacked_from=1, **extra):
     return [
-        {
-            "round": i + 1,
-            "main_accuracy": 0.9,
-            "backdoor_accuracy": v,
-            "malicious_clients": [4] if i + 1 >= attacked_from else [],
+        RoundRecord(
+            i + 1,
+            main_accuracy=0.9,
+            backdoor_accuracy=v,
+            malicious_clients=[4] if i + 1 >= attacked_from else [],
             **extra,
-        }
+        )
         for i, v in enumerate(ba)
     ]
 
@@ -67,12 +68,12 @@ def test_a_backdoor_that_never_reaches_20_percent_was_stopped():
 
 
 def judged_round(number, malicious, rejected, clients=10):
-    return {
-        "round": number,
-        "malicious_clients": malicious,
-        "rejected_clients": rejected,
-        "accepted_clients": [c for c in range(clients) if c not in rejected],
-    }
+    return RoundRecord(
+        number,
+        malicious_clients=malicious,
+        rejected_clients=rejected,
+        accepted_clients=[c for c in range(clients) if c not in rejected],
+    )
 
 
 def test_a_fixed_quota_precision_is_explained_with_its_bound():

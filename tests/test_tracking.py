@@ -241,7 +241,7 @@ from fedsec.cli import main
 log_round = results.RunWriter.log_round
 def log_then_die(self, record):
     log_round(self, record)
-    if record["round"] == {round}:
+    if record.round == {round}:
         os.kill(os.getpid(), signal.SIGKILL)
 results.RunWriter.log_round = log_then_die
 main(sys.argv[1:])

@@ -12,7 +12,8 @@ import fedsec.task
 from fedsec.cli import main
 from fedsec.config import ExperimentConfig
 from fedsec.errors import ConfigError, FedsecError
-from fedsec.results import read_metrics
+from fedsec.protocol import RoundRecord
+from fedsec.results import read_rounds
 from fedsec.sampling import AttackSchedule, ClientSampler
 from fedsec.seeding import rng
 from fedsec.unlearning import federated
@@ -370,10 +371,10 @@ def test_federation_holds_the_examples_attackers_train_on(monkeypatch):
 # ------------------------------------------------------------------ detect, then unlearn
 def test_flagged_clients_binomial_test_by_hand():
     records = [
-        {"round": 1, "accepted_clients": [1, 2, 3, 4, 5], "rejected_clients": [0]},
-        {"round": 2, "accepted_clients": [1, 2, 3, 4, 5], "rejected_clients": [0]},
-        {"round": 3, "accepted_clients": [2, 3, 4, 5], "rejected_clients": [0, 1]},
-        {"round": 4, "clients": [0, 1]},  # no verdict: left out
+        RoundRecord(1, accepted_clients=[1, 2, 3, 4, 5], rejected_clients=[0]),
+        RoundRecord(2, accepted_clients=[1, 2, 3, 4, 5], rejected_clients=[0]),
+        RoundRecord(3, accepted_clients=[2, 3, 4, 5], rejected_clients=[0, 1]),
+        RoundRecord(4, clients=[0, 1]),  # no verdict: left out
     ]
     f = federated.flagged_clients(records, 0.05)
     assert (f.rejected_total, f.judged_total) == (4, 18) and f.base_rate == pytest.approx(2 / 9)
@@ -389,7 +390,7 @@ def test_flagged_clients_binomial_test_by_hand():
     assert f.threshold == pytest.approx(0.05 / 6) and f.clients == ()  # 0.011 > 0.0083
     assert federated.flagged_clients(records, 0.2).clients == (0,)  # 0.011 < 0.033
     with pytest.raises(FedsecError, match="no verdicts"):
-        federated.flagged_clients([{"round": 1, "clients": [0, 1]}])
+        federated.flagged_clients([RoundRecord(1, clients=[0, 1])])
 
 
 def quota_rounds(num_rounds, *, num_clients=10, per_round=10, rejects=7, always=(), seed=0):
@@ -406,12 +407,12 @@ def quota_rounds(num_rounds, *, num_clients=10, per_round=10, rejects=7, always=
             int(c) for c in gen.choice(others, rejects - len(forced), replace=False)
         }
         records.append(
-            {
-                "round": r,
-                "clients": sampled,
-                "rejected_clients": sorted(rejected),
-                "accepted_clients": sorted(set(sampled) - rejected),
-            }
+            RoundRecord(
+                r,
+                clients=sampled,
+                rejected_clients=sorted(rejected),
+                accepted_clients=sorted(set(sampled) - rejected),
+            )
         )
     return records
 
@@ -484,9 +485,9 @@ def test_flagged_on_real_runs_names_nobody_honest_and_the_rejected_attacker(tmp_
         '[attack]\nname = "gaussian"\nschedule = "every-round"\n'
     )
     assert main(["run", str(attacked), "--out", str(tmp_path / "attacked")]) == 0
-    rounds = read_metrics(tmp_path / "attacked" / "metrics.jsonl")
-    attacker = rounds[0]["malicious_clients"]
-    assert all(r["rejected_clients"] == attacker for r in rounds)
+    rounds = read_rounds(tmp_path / "attacked" / "metrics.jsonl")
+    attacker = rounds[0].malicious_clients
+    assert all(r.rejected_clients == attacker for r in rounds)
     assert federated.flagged_clients(rounds).clients == tuple(attacker)
 
 
@@ -514,13 +515,14 @@ def run_dir(tmp_path):
 
 
 def write_run_dir(out, config, rounds):
-    """A run directory: ``config``, an (untrained) model and ``rounds`` as metrics.jsonl."""
+    """A run directory: ``config``, an (untrained) model and ``rounds`` (RoundRecords) as
+    metrics.jsonl."""
     from fedsec.task import get_task
 
     out.mkdir()
     (out / "config.toml").write_text(config.to_toml())
     torch.save(get_task(config).new_model().state_dict(), out / "model.pt")
-    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in rounds))
     return out
 
 

@@ -5,7 +5,7 @@ round's honest clients together (``engine.batch_clients``, ``fedsec.batched``),
 :class:`BatchingGrid` wraps the engine's grid between the server loop and the nodes:
 
 1. of the train messages of one ``send_and_receive`` call, the honest clients' (no
-   attacker facts in the ConfigRecord, :data:`fedsec.task.ATTACKER_INDEX`) that share
+   attacker facts in the ConfigRecord, ``fedsec.protocol.AttackerFacts``) that share
    one global model and round form a batch; attackers' messages and queries go out
    unchanged;
 2. a batch becomes ONE message of type :data:`BATCH_TRAIN` (``train.batch``, Flower's
@@ -46,24 +46,22 @@ from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedsec.config import ExperimentConfig
-from fedsec.task import ATTACKER_INDEX
+from fedsec.protocol import (
+    ARRAYS,
+    BATCH,
+    BATCH_ACTION,
+    CONFIG,
+    METRICS,
+    PARTITION_IDS,
+    SERVER_ROUND,
+    AttackerFacts,
+    arrays_key,
+    metrics_key,
+)
 
-#: The message type of a batch: the ``batch`` action of the ``train`` category.
-BATCH_TRAIN = f"{MessageType.TRAIN}.batch"
-#: The ConfigRecord of a batch message that names its clients.
-BATCH = "batch"
-#: In :data:`BATCH`: the clients' partition ids, ascending.
-PARTITION_IDS = "partition-ids"
-
-
-def arrays_key(partition_id: int) -> str:
-    """The name of client ``partition_id``'s ArrayRecord in a batch reply."""
-    return f"arrays-{partition_id}"
-
-
-def metrics_key(partition_id: int) -> str:
-    """The name of client ``partition_id``'s MetricRecord in a batch reply."""
-    return f"metrics-{partition_id}"
+#: The message type of a batch: the ``batch`` action of the ``train`` category (the
+#: batch's ConfigRecord :data:`fedsec.protocol.BATCH` names its clients' partition ids).
+BATCH_TRAIN = f"{MessageType.TRAIN}.{BATCH_ACTION}"
 
 
 def batching_grid(grid: Grid, config: ExperimentConfig, partition_of: dict[int, int]) -> Grid:
@@ -140,14 +138,14 @@ class BatchingGrid(Grid):
         for i, msg in enumerate(messages):
             if msg.metadata.message_type != MessageType.TRAIN:
                 continue
-            if "arrays" not in msg.content or "config" not in msg.content:
+            if ARRAYS not in msg.content or CONFIG not in msg.content:
                 continue  # not a strategy's train message: it goes out as it is
             if msg.metadata.dst_node_id not in self._partition_of:
                 continue  # a node the server does not know: the grid answers as usual
-            record = msg.content["config"]
-            if ATTACKER_INDEX in record:
+            record = msg.content[CONFIG]
+            if AttackerFacts.told(record):
                 continue  # an attacker trains apart, with its own procedure
-            key = (id(msg.content["arrays"]), int(record["server-round"]))
+            key = (id(msg.content[ARRAYS]), int(record[SERVER_ROUND]))
             groups.setdefault(key, []).append(i)
         return [
             sorted(members, key=lambda i: self._pid(messages[i])) for members in groups.values()
@@ -162,8 +160,8 @@ class BatchingGrid(Grid):
         first = members[0]
         content = RecordDict(
             {
-                "arrays": first.content["arrays"],
-                "config": first.content["config"],
+                ARRAYS: first.content[ARRAYS],
+                CONFIG: first.content[CONFIG],
                 BATCH: ConfigRecord({PARTITION_IDS: [self._pid(m) for m in members]}),
             }
         )
@@ -180,6 +178,6 @@ class BatchingGrid(Grid):
             return Message(Error(code=reply.error.code, reason=reply.error.reason), reply_to=msg)
         pid = self._pid(msg)
         content = RecordDict(
-            {"arrays": reply.content[arrays_key(pid)], "metrics": reply.content[metrics_key(pid)]}
+            {ARRAYS: reply.content[arrays_key(pid)], METRICS: reply.content[metrics_key(pid)]}
         )
         return Message(content, reply_to=msg)

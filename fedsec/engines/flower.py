@@ -34,6 +34,7 @@ from fedsec.engines.processes import (
     wait_for_port,
 )
 from fedsec.errors import FedsecError
+from fedsec.protocol import NUM_PARTITIONS, PARTITION_ID
 
 CONNECTION_NAME = "fedsec"
 DEFAULT_CLIENTAPP = "fedsec.apps.client_app:app"
@@ -191,7 +192,7 @@ class FlowerLauncher:
             "--superlink",
             f"127.0.0.1:{self.port}",
             "--node-config",
-            f"partition-id={partition_id} num-partitions={num_partitions}",
+            f"{PARTITION_ID}={partition_id} {NUM_PARTITIONS}={num_partitions}",
             "--isolation",
             "subprocess",
             "--host",

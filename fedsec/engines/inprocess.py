@@ -26,6 +26,8 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedsec.protocol import NUM_PARTITIONS, PARTITION_ID
+
 SERVER_NODE_ID = SUPERLINK_NODE_ID
 
 
@@ -48,7 +50,7 @@ class InProcessGrid(Grid):
             _node_id(pid): Context(
                 run_id=0,
                 node_id=_node_id(pid),
-                node_config={"partition-id": pid, "num-partitions": num_nodes},
+                node_config={PARTITION_ID: pid, NUM_PARTITIONS: num_nodes},
                 state=RecordDict(),
                 run_config=dict(run_config),
             )

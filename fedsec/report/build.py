@@ -69,16 +69,14 @@ def choose_layout(
 
 def mean_curves(runs: Sequence[Run]) -> dict[str, list]:
     """Per-round mean over ``runs`` of main and backdoor accuracy (percent; None if absent)."""
-    rounds = sorted({r["round"] for run in runs for r in run.rounds if "round" in r})
+    rounds = sorted({r.round for run in runs for r in run.rounds})
     out: dict[str, list] = {"round": rounds}
     col = {r: i for i, r in enumerate(rounds)}
     for key in ("main_accuracy", "backdoor_accuracy"):
         grid = np.full((len(runs), len(rounds)), np.nan)
         for i, run in enumerate(runs):
             pts = [
-                (col[r["round"]], r[key])
-                for r in run.rounds
-                if "round" in r and r.get(key) is not None
+                (col[r.round], getattr(r, key)) for r in run.rounds if getattr(r, key) is not None
             ]
             if pts:
                 idx, vals = zip(*pts, strict=True)

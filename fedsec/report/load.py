@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from fedsec.errors import FedsecError
-from fedsec.results import METRICS_FILE, SUMMARY_FILE, attacker_acceptance, read_metrics
+from fedsec.protocol import RoundRecord
+from fedsec.results import METRICS_FILE, SUMMARY_FILE, attacker_acceptance, read_rounds
 
 SWEEP_FILE = "sweep.json"
 SEED_AXIS = "seed"
@@ -70,7 +71,7 @@ class Run:
     # with a warning) or "missing" (no directory)
     status: str
     summary: dict[str, Any] | None = None
-    rounds: list[dict[str, Any]] = field(default_factory=list)
+    rounds: list[RoundRecord] = field(default_factory=list)
 
     def values(self) -> dict[str, float | None]:
         """The run's final numbers in percent (None where the run did not record one)."""
@@ -112,9 +113,9 @@ class Run:
         """The rounds in which an attacker was sampled but its reply failed (an error,
         an exception or a timeout): there the attack did not take part."""
         return [
-            r["round"]
+            r.round
             for r in self.rounds
-            if set(r.get("failed_clients") or ()) & set(r.get("malicious_clients") or ())
+            if set(r.failed_clients or ()) & set(r.malicious_clients or ())
         ]
 
     def provenance(self) -> dict[str, Any]:
@@ -268,8 +269,8 @@ def _load_run(root: Path, run_id: str, rel: str, labels: dict[str, str]) -> Run:
     except (OSError, ValueError):
         summary = None
     try:
-        rounds = read_metrics(path / METRICS_FILE)
-    except FedsecError as err:  # a torn line before the last: the run's numbers are unsure
+        rounds = read_rounds(path / METRICS_FILE)
+    except FedsecError as err:  # a torn line before the last, or a format it cannot read
         print(f"fedsec: report: warning: run {run_id} left out: {err}", file=sys.stderr)
         return Run(run_id, path, labels, "unfinished")
     if not isinstance(summary, dict):

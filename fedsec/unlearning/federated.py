@@ -36,7 +36,8 @@ import torch
 from fedsec.config import ExperimentConfig, load_config, parse_client_ids
 from fedsec.errors import ConfigError, FedsecError
 from fedsec.params import param
-from fedsec.results import CONFIG_FILE, METRICS_FILE, MODEL_FILE, read_metrics
+from fedsec.protocol import RoundRecord
+from fedsec.results import CONFIG_FILE, METRICS_FILE, MODEL_FILE, read_rounds
 from fedsec.schema import Interval
 from fedsec.seeding import derive_seed, rng
 from fedsec.training import evaluate, predict_logits
@@ -252,7 +253,7 @@ class Flagging:
         )
 
 
-def flagged_clients(records: list[dict], level: float = 0.05) -> Flagging:
+def flagged_clients(records: list[RoundRecord], level: float = 0.05) -> Flagging:
     """The significance test of :class:`Flagging` on a run's rounds (``metrics.jsonl``);
     rounds without a verdict (no ``rejected_clients``) are left out."""
     from scipy.stats import binom
@@ -260,11 +261,11 @@ def flagged_clients(records: list[dict], level: float = 0.05) -> Flagging:
     rejected: dict[int, int] = {}
     judged: dict[int, int] = {}
     for r in records:
-        if "rejected_clients" not in r:
+        if r.rejected_clients is None:
             continue
-        for c in set(r["rejected_clients"]) | set(r.get("accepted_clients", [])):
+        for c in set(r.rejected_clients) | set(r.accepted_clients or []):
             judged[int(c)] = judged.get(int(c), 0) + 1
-        for c in set(r["rejected_clients"]):
+        for c in set(r.rejected_clients):
             rejected[int(c)] = rejected.get(int(c), 0) + 1
     if not judged:
         raise FedsecError(
@@ -679,7 +680,7 @@ def unlearn_run(
     config = load_config(run_dir / CONFIG_FILE)
     torch.set_num_threads(config.engine.client_num_cpus)  # as a client (and retraining) uses
     if flagged:
-        flagging = flagged_clients(read_metrics(run_dir / METRICS_FILE), level)
+        flagging = flagged_clients(read_rounds(run_dir / METRICS_FILE), level)
         clients = flagged_forget_set(flagging, config.data.num_clients, allow_majority)
         log(f"fedsec: --flagged: {flagging.rule()}")
         for c in flagging.clients:
