@@ -75,10 +75,10 @@ from attacks.evasion import (
     multi_metrics_penalty,
 )
 from attacks.procedures import LR_SCHEDULES, benign_update, step_lr_factor
-from fedsec.errors import ConfigError
-from fedsec.params import in_unit_interval, one_of, param, positive
-from fedsec.seeding import derive_seed
-from fedsec.training import assign_flat_params, flatten_params, train
+from fedsec_core.errors import ConfigError
+from fedsec_core.params import in_unit_interval, one_of, param, positive
+from fedsec_core.seeding import derive_seed
+from fedsec_core.training import assign_flat_params, flatten_params, train
 
 
 @dataclass(kw_only=True, eq=False)
@@ -164,7 +164,7 @@ class BackdoorAttack(Attack):
 
     # ------------------------------------------------------------------- training
     def poison_train_kwargs(self, ctx, train_kwargs) -> dict:
-        """The keyword arguments of ``fedsec.training.train`` for the attacker's poisoned
+        """The keyword arguments of ``fedsec_core.training.train`` for the attacker's poisoned
         training: the round's ``train_kwargs`` with its own lr (``poison_lr`` x
         ``poison_lr_decay^(round-1)``), epochs and lr schedule where set, and the batch
         transform of :meth:`poison_batch` if any; with the defaults, ``train_kwargs``

@@ -15,7 +15,7 @@ inputs its success is measured on (``backdoor_test_set``: backdoor accuracy is t
 of them the global model classifies as the target).
 
 Everything the platform needs to know about *when* a client is malicious lives in the
-``[attack]`` schedule keys (``fedsec.sampling.AttackSchedule``); an Attack subclass only
+``[attack]`` schedule keys (``fedsec_core.sampling.AttackSchedule``); an Attack subclass only
 says *what* a malicious client does. Parameters follow scikit-learn's convention: the
 constructor stores them, :meth:`check` judges them (and the data set) in one place.
 """
@@ -27,20 +27,20 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from fedsec.errors import ConfigError
-from fedsec.params import check_parameters, parameter_defaults
-from fedsec.training import TrainStats, flatten_params, train
+from fedsec_core.errors import ConfigError
+from fedsec_core.params import check_parameters, parameter_defaults
+from fedsec_core.training import TrainStats, flatten_params, train
 
 if TYPE_CHECKING:  # pragma: no cover
     from fedsec.config import ExperimentConfig
-    from fedsec.data import Dataset
+    from fedsec_core.data import Dataset
 
 
 def num_classes(config: ExperimentConfig, dataset: Dataset | None) -> int:
     """Classes of the experiment's data set, read from the registry when not loaded."""
     if dataset is not None:
         return dataset.num_classes
-    from fedsec.data import num_classes as registry_num_classes
+    from fedsec_core.data import num_classes as registry_num_classes
 
     return registry_num_classes(config.data.name)
 
@@ -110,7 +110,7 @@ class Attack:
     """Base class: a client that trains honestly on its own data.
 
     Subclasses are ``@dataclass(kw_only=True)`` classes: they set ``name`` (the config
-    name), declare each parameter as a field made with :func:`fedsec.params.param` (its
+    name), declare each parameter as a field made with :func:`fedsec_core.params.param` (its
     default, its check and the words for a valid value; the annotation is its type),
     and override the hooks they change. The constructor only stores values;
     :meth:`validate` judges the parameters, :meth:`check` what depends on the data set.

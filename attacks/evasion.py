@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from fedsec.training import assign_flat_params, flatten_params
+from fedsec_core.training import assign_flat_params, flatten_params
 
 #: Values of ``attack.evasion``.
 EVASIONS = ("none", "scaling", "multi-metrics")
@@ -157,7 +157,7 @@ def benign_metrics_constraint(
     global_flat: torch.Tensor, benign: torch.Tensor
 ) -> Callable[[torch.nn.Module], None]:
     """``constraint(model)``: projects the model's update onto the set of
-    :func:`constrain_to_benign`, in place; ``fedsec.training.train`` runs it after every
+    :func:`constrain_to_benign`, in place; ``fedsec_core.training.train`` runs it after every
     optimizer step."""
     center = global_flat.detach()
     # what the projection needs of w0 and the benign update, once for all steps

@@ -19,7 +19,7 @@
   that put them into an attack's ``train`` / ``transform_update`` hooks (list them
   before the attack class they modify: ``class X(ProjectedGradientMixin, Base)``).
 
-Everything works on the flat parameter vector (``fedsec.training.flatten_params``),
+Everything works on the flat parameter vector (``fedsec_core.training.flatten_params``),
 on the device the model trains on.
 """
 
@@ -33,8 +33,8 @@ from typing import Any
 import torch
 
 from attacks.base import AttackContext
-from fedsec.params import at_least, in_unit_interval, one_of, param, positive
-from fedsec.training import TrainStats, assign_flat_params, flatten_params, train
+from fedsec_core.params import at_least, in_unit_interval, one_of, param, positive
+from fedsec_core.training import TrainStats, assign_flat_params, flatten_params, train
 
 #: What ``attack.eps`` is measured in (:class:`ProjectedGradientMixin`).
 EPS_UNITS = ("absolute", "benign-norm")

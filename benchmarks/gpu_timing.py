@@ -5,7 +5,7 @@ tests/test_gpu.py`` on a machine with CUDA). It needs torch, numpy, scipy and
 scikit-learn only (no Flower) and prints a header (machine, versions, TF32 defaults),
 then one line per measurement, each a ratio against a baseline measured in this process:
 
-- ``train-speed/MODEL``: one epoch of ``fedsec.training.train`` for ``lenet`` (1x28x28,
+- ``train-speed/MODEL``: one epoch of ``fedsec_core.training.train`` for ``lenet`` (1x28x28,
   2048 examples) and ``vgg9`` (3x32x32, 1024 examples), batch 32, synthetic data, the
   same initial weights on every device; the best of ``--repeats`` epochs after one
   warm-up epoch (cuDNN algorithm choice, allocator), ``torch.cuda.synchronize`` around
@@ -58,8 +58,8 @@ if str(REPO) not in sys.path:
 # when they are asked for, so `from defenses import rules` needs none of it.
 # They come after the sys.path setup above, hence the noqa: E402.
 from benchmarks.gpu_shared import OUTLIER, BiasProbe, Round, make_round, tf32  # noqa: E402
-from fedsec.models import build_model  # noqa: E402  # torch/numpy/fedsec.errors only
-from fedsec.training import train  # noqa: E402
+from fedsec.models import build_model  # noqa: E402  # torch/numpy/fedsec_core.errors only
+from fedsec_core.training import train  # noqa: E402
 
 SEED = 0
 NUM_CLASSES = 10

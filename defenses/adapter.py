@@ -20,7 +20,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedsec.errors import ConfigError
+from fedsec_core.errors import ConfigError
 
 from .rules import AggregationRule
 

@@ -37,8 +37,8 @@ import torch
 from flwr.app import ArrayRecord
 
 from defenses.rules.crfl import CRFLRule, certified_radius, certify
-from fedsec.seeding import derive_seed
 from fedsec.task import FederatedTask, resolve_device
+from fedsec_core.seeding import derive_seed
 
 
 def final_certification(

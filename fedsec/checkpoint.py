@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from fedsec.atomic import atomic_torch_save
 from fedsec.config import ExperimentConfig
-from fedsec.errors import ConfigError, FedsecError
 from fedsec.results import CHECKPOINT_FILE, config_differences, differences_words
+from fedsec_core.atomic import atomic_torch_save
+from fedsec_core.errors import ConfigError, FedsecError
 
 __all__ = ["CHECKPOINT_FILE", "Checkpoint", "load_checkpoint", "save_checkpoint"]
 

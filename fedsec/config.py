@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsec.errors import ConfigError
-from fedsec.params import at_least, non_negative, positive
+from fedsec_core.errors import ConfigError
+from fedsec_core.params import at_least, non_negative, positive
 
 SCHEDULE_NAMES = ("fixed-frequency", "every-round", "random-pool")
 DEVICE_NAMES = ("cpu", "cuda", "auto")
@@ -279,10 +279,10 @@ class ExperimentConfig:
         any training starts.
         """
         # the registries import this module, so they are imported here
-        from fedsec import data as data_registry
         from fedsec.engines import ENGINES
         from fedsec.models import MODELS
         from fedsec.partition import PARTITION_SCHEMES
+        from fedsec_core import data as data_registry
 
         d, t, e = self.data, self.train, self.engine
         _at_least("seed", self.seed, 0)
@@ -410,7 +410,7 @@ class ExperimentConfig:
         (what its parameters assume that some round breaks; it still aggregates).
         """
         from defenses import build_rule  # the rule alone: no Flower import for --check
-        from fedsec.sampling import AttackSchedule
+        from fedsec_core.sampling import AttackSchedule
 
         schedule = AttackSchedule.for_config(self)
         expected = self.train.round_size(self.data.num_clients)
@@ -453,7 +453,7 @@ _LOG_MAX_LR = math.log(MAX_LR)
 
 #: The bounds of the experiment's numeric keys, judged in one place
 #: (``ExperimentConfig._check_bounds``): flat key -> (check, the words for a valid value),
-#: as ``fedsec.params.param`` declares a plug-in's; every float must also be finite.
+#: as ``fedsec_core.params.param`` declares a plug-in's; every float must also be finite.
 #: Checks that relate two keys (min_replies <= clients_per_round, ...) follow in validate.
 BOUNDS: dict[str, tuple[Any, str]] = {
     "data.alpha": (positive, "> 0"),

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from fedsec.atomic import atomic_write_text
 from fedsec.config import ExperimentConfig, _toml_value, read_toml
-from fedsec.errors import ConfigError, FedsecError
 from fedsec.tracking import JsonlSink, Sink, tracker_sinks
+from fedsec_core.atomic import atomic_write_text
+from fedsec_core.errors import ConfigError, FedsecError
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"

@@ -28,12 +28,12 @@ from fedsec.adversary import Adversary, round_adversary
 from fedsec.certify import final_certification
 from fedsec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedsec.config import ExperimentConfig
-from fedsec.errors import ConfigError, RunError
 from fedsec.pretrain import initial_state
 from fedsec.results import MODEL_FILE, MemoryWriter, RunWriter, state_digest
-from fedsec.seeding import derive_seed, rng
 from fedsec.task import EVASION_SCALE, FederatedTask, get_task, resolve_device
-from fedsec.training import evaluate, train
+from fedsec_core.errors import ConfigError, RunError
+from fedsec_core.seeding import derive_seed, rng
+from fedsec_core.training import evaluate, train
 
 IDENTIFY = f"{MessageType.QUERY}.identify"
 

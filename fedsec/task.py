@@ -23,11 +23,11 @@ import torch
 
 from attacks import Attack, AttackContext, build_attack
 from fedsec.config import ExperimentConfig
-from fedsec.data import Dataset, load_dataset
 from fedsec.models import build_model
 from fedsec.partition import partition_indices
-from fedsec.sampling import AttackSchedule
-from fedsec.seeding import derive_seed
+from fedsec_core.data import Dataset, load_dataset
+from fedsec_core.sampling import AttackSchedule
+from fedsec_core.seeding import derive_seed
 
 #: ConfigRecord keys of the round's facts the server sends an attacker (AttackContext).
 ATTACKER_INDEX = "attacker-index"
@@ -90,7 +90,7 @@ class FederatedTask:
             )
 
     def train_kwargs(self, server_round: int, partition_id: int) -> dict:
-        """Keyword arguments of ``fedsec.training.train`` for one client in one round."""
+        """Keyword arguments of ``fedsec_core.training.train`` for one client in one round."""
         t = self.config.train
         return {
             "epochs": t.local_epochs,
@@ -237,7 +237,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from fedsec.errors import ConfigError
+        from fedsec_core.errors import ConfigError
 
         raise ConfigError("engine.device = 'cuda' but torch sees no CUDA device; use cpu or auto")
     return torch.device(name)

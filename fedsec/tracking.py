@@ -57,8 +57,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedsec.atomic import atomic_write_text
-from fedsec.errors import ConfigError
+from fedsec_core.atomic import atomic_write_text
+from fedsec_core.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from fedsec.config import ExperimentConfig, LogConfig

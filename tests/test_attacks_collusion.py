@@ -17,7 +17,7 @@ from attacks.min_max import MinMax
 from fedsec.adversary import CraftingAdversary, round_adversary
 from fedsec.cli import DEFAULT_EXPERIMENT
 from fedsec.config import load_config
-from fedsec.errors import ConfigError
+from fedsec_core.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("server_identity")  # tests/conftest.py
 

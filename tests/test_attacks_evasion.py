@@ -31,10 +31,10 @@ from defenses.rules.foolsgold import FoolsGoldRule
 from defenses.rules.median import MedianRule
 from fedsec.adversary import ScalingAdversary, round_adversary
 from fedsec.config import load_config
-from fedsec.errors import ConfigError
 from fedsec.results import read_metrics
 from fedsec.task import BENIGN_STATE
-from fedsec.training import assign_flat_params, flatten_params, train
+from fedsec_core.errors import ConfigError
+from fedsec_core.training import assign_flat_params, flatten_params, train
 from tests.runs import run_cli, tiny_digits
 
 

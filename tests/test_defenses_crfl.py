@@ -24,9 +24,9 @@ from defenses.rules.crfl import (
 from fedsec.certify import run_constants
 from fedsec.cli import DEFAULT_EXPERIMENT, main
 from fedsec.config import load_config
-from fedsec.errors import ConfigError
 from fedsec.results import read_metrics
 from fedsec.task import get_task
+from fedsec_core.errors import ConfigError
 from tests.runs import run_cli, tiny_digits
 
 

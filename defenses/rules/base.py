@@ -16,10 +16,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from fedsec.params import check_parameters
-from fedsec.params import non_negative as non_negative  # re-exported for the rule modules
-from fedsec.params import param as param
-from fedsec.params import positive as positive
+from fedsec_core.params import check_parameters
+from fedsec_core.params import non_negative as non_negative  # re-exported for the rule modules
+from fedsec_core.params import param as param
+from fedsec_core.params import positive as positive
 
 #: Columns per block in the blocked helpers (a float32 block of 30 clients is 16 MB):
 #: few enough blocks that a busy CPU costs few thread synchronisations.

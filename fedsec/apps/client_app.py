@@ -34,7 +34,7 @@ from fedsec.task import (
     FederatedTask,
     get_task,
 )
-from fedsec.training import TrainStats, train
+from fedsec_core.training import TrainStats, train
 
 app = ClientApp()
 

@@ -33,7 +33,7 @@ from fedsec.engines.processes import (
     stop_marked,
     wait_for_port,
 )
-from fedsec.errors import FedsecError
+from fedsec_core.errors import FedsecError
 
 CONNECTION_NAME = "fedsec"
 DEFAULT_CLIENTAPP = "fedsec.apps.client_app:app"

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsec.errors import FedsecError
 from fedsec.results import METRICS_FILE, SUMMARY_FILE, attacker_acceptance, read_metrics
+from fedsec_core.errors import FedsecError
 
 SWEEP_FILE = "sweep.json"
 SEED_AXIS = "seed"

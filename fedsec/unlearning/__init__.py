@@ -18,7 +18,7 @@ example in the paper; the math modules do not care which.
 ``datamodel``, ``klom`` and ``matching`` use torch only (no Flower).
 """
 
-from fedsec.registry import Registry
+from fedsec_core.registry import Registry
 
 #: OM's retrained models per request. Two: on validation models (seed 1000, digits,
 #: N = 50) OM's forget / retain / test KLoM was 1.54 / 1.57 / 1.45 with one oracle,

@@ -102,9 +102,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args):
-    from fedsec.errors import ConfigError
     from fedsec.unlearning.federated import UnlearnSettings
     from fedsec.unlearning.matching import MatchingConfig
+    from fedsec_core.errors import ConfigError
 
     for name in ("workers", "subsets"):
         value = getattr(args, name)
@@ -155,8 +155,8 @@ def cmd_unlearn(args) -> int:
 
 def cmd_unlearn_eval(args) -> int:
     from fedsec.config import load_config
-    from fedsec.errors import ConfigError
     from fedsec.unlearning.evaluation import klom_evaluation
+    from fedsec_core.errors import ConfigError
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if not methods:

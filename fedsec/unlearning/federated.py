@@ -34,10 +34,7 @@ import numpy as np
 import torch
 
 from fedsec.config import ExperimentConfig, load_config, parse_client_ids
-from fedsec.errors import ConfigError, FedsecError
 from fedsec.results import CONFIG_FILE, METRICS_FILE, MODEL_FILE, read_metrics
-from fedsec.seeding import derive_seed, rng
-from fedsec.training import evaluate, predict_logits
 from fedsec.unlearning import DEFAULT_OM_ORACLES, METHODS
 from fedsec.unlearning.artifact import (
     DatamodelArtifact,
@@ -61,6 +58,9 @@ from fedsec.unlearning.subsets import (
     train_datamodel,
     train_federation,
 )
+from fedsec_core.errors import ConfigError, FedsecError
+from fedsec_core.seeding import derive_seed, rng
+from fedsec_core.training import evaluate, predict_logits
 
 DATAMODEL_FILE = "datamodel.pt"
 UNLEARN_DIR = "unlearning"

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedsec.errors import ConfigError
+from fedsec_core.errors import ConfigError
 
 Array = torch.Tensor | np.ndarray
 Device = torch.device | str

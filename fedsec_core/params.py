@@ -19,7 +19,7 @@ from dataclasses import Field, field, fields
 from types import NoneType, UnionType
 from typing import Any, get_args, get_type_hints
 
-from fedsec.errors import ConfigError
+from fedsec_core.errors import ConfigError
 
 
 def param(default: Any, check: Callable[[Any], bool], expect: str) -> Any:
