@@ -77,3 +77,12 @@ def fedsec_cache(tmp_path_factory) -> Path:
         folder = tmp_path_factory.mktemp("fedsec-cache")
         patch.setenv("FEDSEC_CACHE", str(folder))
         yield folder
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--repin",
+        action="store_true",
+        help="rewrite the regression tier's pins (tests/regression_pins.json) for this "
+        "machine's kernel family from this run: for a change meant to change results",
+    )
