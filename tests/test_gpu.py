@@ -84,11 +84,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.gpu_shared import BiasProbe, Round, make_round
 from defenses import rules
 from defenses.rules import AggregationResult, AggregationRule
 from defenses.rules.base import BLOCK_COLUMNS, CHUNK_COLUMNS, column_blocks
 from defenses.rules.bulyan import distance_to_median
+from defenses.testing import BiasProbe, Round, make_round
 from fedsec.models import build_model
 from fedsec_core.training import evaluate, train
 

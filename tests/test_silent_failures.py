@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import defenses
-from benchmarks.gpu_shared import BiasProbe
+from defenses.testing import BiasProbe
 from fedsec.cli import _finish_run, main
 from fedsec.config import ExperimentConfig
 from fedsec.results import read_metrics
