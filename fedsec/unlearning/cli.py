@@ -102,8 +102,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args):
-    from fedsec.unlearning.federated import UnlearnSettings
     from fedsec.unlearning.matching import MatchingConfig
+    from fedsec.unlearning.methods import UnlearnSettings
     from fedsec_core.errors import ConfigError
 
     for name in ("workers", "subsets"):
@@ -166,7 +166,7 @@ def cmd_unlearn_eval(args) -> int:
     settings = _settings(args)
     config = load_config(args.config, args.overrides)
     if args.clients.strip() != "auto" and not args.clients.startswith("auto:"):
-        from fedsec.unlearning.federated import check_forget_set
+        from fedsec.unlearning.federation import check_forget_set
 
         check_forget_set(args.clients, config.data.num_clients)  # before any training
     logging.getLogger("flwr").setLevel(logging.WARNING)

@@ -39,19 +39,12 @@ import torch
 from fedsec.config import ExperimentConfig
 from fedsec.unlearning import DEFAULT_OM_ORACLES, METHODS
 from fedsec.unlearning.artifact import tensor_hash
-from fedsec.unlearning.federated import (
-    DATAMODEL_FILE,
-    Federation,
-    UnlearnSettings,
-    check_forget_set,
-    get_datamodel,
-    model_metrics,
-    train_federations,
-    training_examples,
-    unlearn_state,
-)
+from fedsec.unlearning.federated import DATAMODEL_FILE, get_datamodel
+from fedsec.unlearning.federation import Federation, check_forget_set, model_metrics
 from fedsec.unlearning.klom import klom, margins, percentile
 from fedsec.unlearning.matching import MatchingReport
+from fedsec.unlearning.methods import UnlearnSettings, unlearn_state
+from fedsec.unlearning.oracles import train_federations, training_examples
 from fedsec.unlearning.subsets import federation_variant
 from fedsec_core.atomic import atomic_torch_save
 from fedsec_core.errors import ConfigError
