@@ -715,3 +715,35 @@ def test_klom_protocol_orders_the_methods(tmp_path, monkeypatch):
         "om", state, (1,), 5, settings, datamodel_B=B, om_target=target
     )
     assert om != evaluation.request_hash("om", state, (1,), 5, settings, om_target=target + 1)
+
+
+def test_gap_intervals_known_answers_and_an_independent_recomputation():
+    from fedsec.unlearning.evaluation import gap_intervals
+    from fedsec.unlearning.klom import klom, percentile
+
+    gen = torch.Generator().manual_seed(0)
+    oracle = torch.randn(12, 40, generator=gen)
+    none = 3.0 + torch.randn(12, 40, generator=gen)  # far from the oracles
+    retrain = torch.randn(12, 40, generator=gen)  # another draw of the oracles' law
+    half = retrain + 0.5  # nearer the oracles than none
+    margins_ = {"none": none, "retrain": retrain, "copy-of-retrain": retrain.clone(), "half": half}
+    out = gap_intervals(margins_, oracle, seed=5, resamples=50)
+    # a method identical to retrain closes the whole gap in every resample; none closes 0
+    assert out["copy-of-retrain"]["gap_closed"] == [1.0, 1.0]
+    assert out["none"]["gap_closed"] == [0.0, 0.0]
+    assert out["half"]["gap_resamples"] == 50
+    lo, hi = out["half"]["gap_closed"]
+    assert 0.0 < lo < hi  # closer than none, within noise of retrain
+    # the same draws by hand: rows for the requests, then the oracles, per resample
+    draw = torch.Generator().manual_seed(5)
+    shares, kloms = [], []
+    for _ in range(50):
+        rows = torch.randint(12, (12,), generator=draw)
+        orc = oracle[torch.randint(12, (12,), generator=draw)]
+        p = {m: percentile(klom(v[rows], orc)) for m, v in margins_.items()}
+        kloms.append(p["half"])
+        shares.append((p["none"] - p["half"]) / (p["none"] - p["retrain"]))
+    assert out["half"]["gap_closed"] == pytest.approx(np.percentile(shares, [2.5, 97.5]).tolist())
+    assert out["half"]["forget"] == pytest.approx(np.percentile(kloms, [2.5, 97.5]).tolist())
+    # without none and retrain there is no gap, only each method's KLoM interval
+    assert set(gap_intervals({"half": half}, oracle, seed=5, resamples=5)["half"]) == {"forget"}

@@ -11,6 +11,8 @@ Datamodel Matching"): N originals vs N oracles, per method, per split.
    the 95th percentile over the forget clients' examples, the retained clients' examples
    and the test split, with accuracies (and backdoor accuracy) averaged over models, wall
    time per deletion request, the datamodel's one-off cost and its payoff count.
+4. The share of the do-nothing-to-retrain gap each method closes on the forget split,
+   with a 95% bootstrap interval over the requests (:func:`gap_intervals`).
 
 Trained federations are kept in ``DIR/models/<inputs hash>/<config hash>/`` (a rerun, say
 with other matching settings, trains nothing again; the inputs hash covers the examples
@@ -52,6 +54,50 @@ from fedsec_core.seeding import derive_seed
 from fedsec_core.training import predict_logits
 
 SPLITS = ("forget", "retain", "test")
+BOOTSTRAP_RESAMPLES = 2000
+INTERVAL = (2.5, 97.5)  # percentiles of the bootstrap distribution: a 95% interval
+
+
+def gap_intervals(
+    forget_margins: dict[str, torch.Tensor],
+    oracle_margins: torch.Tensor,
+    seed: int,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+) -> dict[str, dict[str, list[float]]]:
+    """95% bootstrap intervals of each method's forget KLoM (p95) and of the share of
+    the gap it closes, ``(none - method) / (none - retrain)``, over the requests.
+
+    ``forget_margins``: per method, the (N, n) margins of its N unlearned models on the
+    forget examples, row i unlearned from original i (``retrain``: original i's seed
+    retrained without F; ``none``: original i itself); ``oracle_margins`` the (N_o, n)
+    oracles'. A resample draws N requests with replacement, the same rows for every method
+    (their models share the original, so the comparison is paired), and N_o oracles
+    independently; KLoM is recomputed on the resampled models. Percentile intervals of
+    ``resamples`` draws from a generator seeded with ``seed``. The gap's interval needs
+    ``none`` and ``retrain``; a resample whose gap is not positive gives no share and
+    the share's interval is then over the rest (``gap_resamples`` says how many)."""
+    gen = torch.Generator().manual_seed(seed)
+    n, n_o = next(iter(forget_margins.values())).shape[0], oracle_margins.shape[0]
+    p95 = {m: torch.empty(resamples, dtype=torch.float64) for m in forget_margins}
+    for b in range(resamples):  # each draw is one vectorised KLoM over all examples
+        rows = torch.randint(n, (n,), generator=gen)
+        oracles = oracle_margins[torch.randint(n_o, (n_o,), generator=gen)]
+        for method, margins_ in forget_margins.items():
+            p95[method][b] = percentile(klom(margins_[rows], oracles))
+    lo, hi = INTERVAL
+    out: dict[str, dict[str, list[float]]] = {}
+    for method, values in p95.items():
+        out[method] = {"forget": np.percentile(values.numpy(), [lo, hi]).tolist()}
+    if "none" in p95 and "retrain" in p95:
+        gap = p95["none"] - p95["retrain"]
+        ok = gap > 0
+        for method, values in p95.items():
+            share = ((p95["none"] - values) / gap)[ok].numpy()
+            out[method]["gap_closed"] = (
+                np.percentile(share, [lo, hi]).tolist() if len(share) else None
+            )
+            out[method]["gap_resamples"] = int(ok.sum())
+    return out
 
 
 def most_influential(datamodel, num: int = 1) -> tuple[int, ...]:
@@ -226,6 +272,8 @@ def klom_evaluation(
         "methods": {},
     }
     per_example: dict[str, dict[str, torch.Tensor]] = {}
+    forget_margins: dict[str, torch.Tensor] = {}
+    forget_rows = torch.from_numpy(rows["forget"])
     for method in methods:
         matching = []
         if method == "retrain":
@@ -251,7 +299,9 @@ def klom_evaluation(
             seconds = float(np.mean(request_seconds))  # each request's own time
             if method == "om":
                 seconds += om_oracles * retrain_time  # every request needs its own oracles
-        k = klom(model_margins(fed, unlearned), oracle_margins)
+        method_margins = model_margins(fed, unlearned)
+        forget_margins[method] = method_margins[:, forget_rows]
+        k = klom(method_margins, oracle_margins)
         per_example[method] = {split: k[torch.from_numpy(r)] for split, r in rows.items()}
         metrics = [model_metrics(fed, s, forget) for s in unlearned]
         entry = {split: percentile(per_example[method][split]) for split in SPLITS}
@@ -290,6 +340,11 @@ def klom_evaluation(
             meth: (m["none"]["forget"] - v["forget"]) / gap if gap > 0 else None
             for meth, v in m.items()
         }
+    report["intervals"] = gap_intervals(
+        forget_margins,
+        oracle_margins[:, forget_rows],
+        seed=derive_seed(config.seed, "klom-bootstrap"),
+    )
     if art is not None:
         report["datamodel"] = {
             "num_models": art.num_models,
@@ -322,7 +377,8 @@ def markdown_table(report: dict[str, Any]) -> str:
     has_ba = any("backdoor_accuracy" in v for v in report["methods"].values())
     head = ["method", "KLoM p95 forget", "retain", "test", "acc forget", "acc retain", "acc test"]
     head += ["BA"] if has_ba else []
-    head += ["gap closed", "s / request", "example-gradients / request"]
+    head += ["gap closed [95% bootstrap over requests]", "s / request"]
+    head += ["example-gradients / request"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     gaps = report.get("gap_closed", {})
     for name, v in report["methods"].items():
@@ -330,7 +386,11 @@ def markdown_table(report: dict[str, Any]) -> str:
         cells += [f"{v[f'{s}_accuracy']:.4f}" for s in SPLITS]
         cells += [f"{v['backdoor_accuracy']:.4f}"] if has_ba else []
         g = gaps.get(name)
-        cells += ["" if g is None else f"{100 * g:.0f}%", f"{v['wall_time_per_request_s']:.2f}"]
+        share = report.get("intervals", {}).get(name, {}).get("gap_closed")
+        gap = "" if g is None else f"{100 * g:.0f}%"
+        if gap and share and name not in ("none", "retrain"):
+            gap += f" [{100 * share[0]:.0f}, {100 * share[1]:.0f}]"
+        cells += [gap, f"{v['wall_time_per_request_s']:.2f}"]
         cells += [f"{v.get('examples_per_request', 0):,.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
