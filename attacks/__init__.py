@@ -24,12 +24,12 @@ from attacks.neurotoxin import Neurotoxin
 from attacks.pgd import PatternPGD
 from attacks.pixel_replacement import PixelReplacement
 from attacks.sign_flip import SignFlip
-from fedsec.errors import ConfigError
-from fedsec.registry import Registry
+from fedsec_core.errors import ConfigError
+from fedsec_core.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from fedsec.config import ExperimentConfig
-    from fedsec.data import Dataset
+    from fedsec_core.data import Dataset
 
 ATTACK_CLASSES: tuple[type[Attack], ...] = (
     EdgeCase,

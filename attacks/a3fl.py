@@ -107,10 +107,10 @@ from torch.nn import functional as F
 
 from attacks.base import AttackContext, AttackReply
 from attacks.triggers import PatternTriggerAttack
-from fedsec.errors import ConfigError
-from fedsec.params import at_least, non_negative, param, positive
-from fedsec.seeding import derive_seed
-from fedsec.training import train
+from fedsec_core.errors import ConfigError
+from fedsec_core.params import at_least, non_negative, param, positive
+from fedsec_core.seeding import derive_seed
+from fedsec_core.training import train
 
 #: The unlearned copy's SGD momentum and weight decay (the reference's ``get_adv_model``).
 UNLEARN_MOMENTUM = 0.9

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from attacks.collusion import CollusionAttack
 from attacks.crafted import Z_FORMULAS, alie
-from fedsec.params import one_of, param
+from fedsec_core.params import one_of, param
 
 
 @dataclass(kw_only=True, eq=False)

@@ -76,11 +76,11 @@ from attacks.evasion import (
     multi_metrics_penalty,
 )
 from attacks.procedures import LR_SCHEDULES, benign_update, step_lr_factor
-from fedsec.errors import ConfigError
-from fedsec.layout import ModelLayout
-from fedsec.params import in_unit_interval, one_of, param, positive
-from fedsec.seeding import derive_seed
-from fedsec.training import train
+from fedsec_core.errors import ConfigError
+from fedsec_core.layout import ModelLayout
+from fedsec_core.params import in_unit_interval, one_of, param, positive
+from fedsec_core.seeding import derive_seed
+from fedsec_core.training import train
 
 
 @dataclass(kw_only=True, eq=False)
@@ -162,7 +162,7 @@ class BackdoorAttack(Attack):
         kwargs = {**train_kwargs, "device": ctx.device}
         # scaling: the vector the server's rule sees, the state view (BatchNorm's running
         # statistics included, as the full-knowledge stage sees them); multi-metrics
-        # constrains local training, so the parameters (fedsec.layout)
+        # constrains local training, so the parameters (fedsec_core.layout)
         layout = ModelLayout.of_module(model, buffers=self.evasion == "scaling")
         w0 = layout.flatten_module(model)
         benign = benign_update(model, *ctx.examples, kwargs, layout)
@@ -194,7 +194,7 @@ class BackdoorAttack(Attack):
 
     # ------------------------------------------------------------------- training
     def poison_train_kwargs(self, ctx, train_kwargs) -> dict:
-        """The keyword arguments of ``fedsec.training.train`` for the attacker's poisoned
+        """The keyword arguments of ``fedsec_core.training.train`` for the attacker's poisoned
         training: the round's ``train_kwargs`` with its own lr (``poison_lr`` x
         ``poison_lr_decay^(round-1)``), epochs and lr schedule where set, and the batch
         transform of :meth:`poison_batch` if any; with the defaults, ``train_kwargs``

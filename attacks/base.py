@@ -15,7 +15,7 @@ inputs its success is measured on (``backdoor_test_set``: backdoor accuracy is t
 of them the global model classifies as the target).
 
 Everything the platform needs to know about *when* a client is malicious lives in the
-``[attack]`` schedule keys (``fedsec.sampling.AttackSchedule``); an Attack subclass only
+``[attack]`` schedule keys (``fedsec_core.sampling.AttackSchedule``); an Attack subclass only
 says *what* a malicious client does. Parameters follow scikit-learn's convention: the
 constructor stores them, :meth:`check` judges them (and the data set) in one place.
 """
@@ -28,21 +28,21 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from fedsec.errors import ConfigError
-from fedsec.params import check_parameters, parameter_defaults
-from fedsec.training import TrainStats, flatten_params, train
+from fedsec_core.errors import ConfigError
+from fedsec_core.params import check_parameters, parameter_defaults
+from fedsec_core.training import TrainStats, flatten_params, train
 
 if TYPE_CHECKING:  # pragma: no cover
     from fedsec.config import ExperimentConfig
-    from fedsec.data import Dataset
-    from fedsec.hooks import ServerStage, StageResources
+    from fedsec_core.data import Dataset
+    from fedsec_core.hooks import ServerStage, StageResources
 
 
 def num_classes(config: ExperimentConfig, dataset: Dataset | None) -> int:
     """Classes of the experiment's data set, read from the registry when not loaded."""
     if dataset is not None:
         return dataset.num_classes
-    from fedsec.data import num_classes as registry_num_classes
+    from fedsec_core.data import num_classes as registry_num_classes
 
     return registry_num_classes(config.data.name)
 
@@ -58,7 +58,7 @@ class AttackContext:
     - what the config makes public: ``defense_name`` and ``defense_params``, the server's
       rule (Kerckhoffs: a defense must hold when the attacker knows it);
     - the round's facts the server sends in the train message's ConfigRecord
-      (``fedsec.protocol.AttackerFacts``): ``attacker_index`` (its position in the
+      (``fedsec_core.protocol.AttackerFacts``): ``attacker_index`` (its position in the
       attacker pool, e.g. which DBA trigger part it stamps), ``num_attackers`` (the pool's
       size) and ``round_examples``, N_round, the examples of every client sampled this
       round (the attackers' poisoned sets included): model replacement scales by
@@ -69,7 +69,7 @@ class AttackContext:
       round), ``seed`` its randomness in this round; ``device`` is where it trains;
     - ``trigger``: for an attack whose trigger the attackers carry from round to round
       (``a3fl``), the current one, (C, H, W), which the server loop's adversary stage
-      holds between rounds and sends in the train message (``fedsec.protocol.TRIGGER``);
+      holds between rounds and sends in the train message (``fedsec_core.protocol.TRIGGER``);
       None for every other attack, and before the server has sent one;
     - ``facts``: every fact of the round as the train message's ConfigRecord holds it,
       those the attack's server stage adds (:meth:`Attack.server_stage`,
@@ -120,7 +120,7 @@ class Attack:
     """Base class: a client that trains honestly on its own data.
 
     Subclasses are ``@dataclass(kw_only=True)`` classes: they set ``name`` (the config
-    name), declare each parameter as a field made with :func:`fedsec.params.param` (its
+    name), declare each parameter as a field made with :func:`fedsec_core.params.param` (its
     default, its check and the words for a valid value; the annotation is its type),
     and override the hooks they change. The constructor only stores values;
     :meth:`validate` judges the parameters, :meth:`check` what depends on the data set.
@@ -180,7 +180,7 @@ class Attack:
     # ------------------------------------------------------------ the server loop
     def server_stage(self, resources: StageResources) -> ServerStage | None:
         """The stage this attack needs in the server loop (a
-        :class:`fedsec.hooks.ServerStage`), built from what the server offers
+        :class:`fedsec_core.hooks.ServerStage`), built from what the server offers
         (``resources``: the config, the data set, the server's rule and model probe);
         None (the default): it acts on its clients alone.
 

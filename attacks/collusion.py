@@ -29,8 +29,8 @@ from typing import ClassVar
 import torch
 
 from attacks.untargeted import UntargetedAttack
-from fedsec.errors import ConfigError
-from fedsec.params import one_of, param
+from fedsec_core.errors import ConfigError
+from fedsec_core.params import one_of, param
 
 #: Who the colluding attackers see (``attack.knowledge``).
 KNOWLEDGE = ("partial", "full")
@@ -74,7 +74,7 @@ class CollusionAttack(UntargetedAttack):
     def check(self, config, dataset) -> None:
         super().check(config, dataset)
         check_knowledge(self.knowledge, config)
-        from fedsec.sampling import AttackSchedule
+        from fedsec_core.sampling import AttackSchedule
 
         schedule = AttackSchedule.for_config(config)
         for server_round in range(1, config.train.rounds + 1):

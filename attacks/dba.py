@@ -36,8 +36,8 @@ import numpy as np
 from attacks.base import AttackContext
 from attacks.procedures import scale_update
 from attacks.triggers import GLOBAL_PARTS, PatternTriggerAttack
-from fedsec.errors import ConfigError
-from fedsec.params import at_least, one_of, param, positive
+from fedsec_core.errors import ConfigError
+from fedsec_core.params import at_least, one_of, param, positive
 
 
 @dataclass(kw_only=True, eq=False)

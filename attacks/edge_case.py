@@ -40,9 +40,9 @@ import torch
 from attacks import edge_sources as src
 from attacks.backdoor import BackdoorAttack
 from attacks.base import AttackContext, num_classes
-from fedsec.errors import ConfigError, DataError
-from fedsec.params import one_of, param
-from fedsec.seeding import derive_seed
+from fedsec_core.errors import ConfigError, DataError
+from fedsec_core.params import one_of, param
+from fedsec_core.seeding import derive_seed
 
 
 def _state(default):

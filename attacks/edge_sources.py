@@ -23,7 +23,7 @@ honest clients do not hold, relabelled to an attacker-chosen class.
 The tail density is computed once per (training images, candidates, seed, thread
 count, algorithm) and cached on disk, like the pre-trained model: in
 ``$FEDSEC_CACHE/tail-density`` (default ``~/.cache/fedsec/tail-density``, see
-:mod:`fedsec.cache`), one ``.npz`` per key, written atomically. A cached file holds the
+:mod:`fedsec_core.cache`), one ``.npz`` per key, written atomically. A cached file holds the
 scores as computed, so a hit returns exactly the computed array; a file that does not
 read back whole, or whose stored key differs, is recomputed and rewritten. The fit runs
 with the BLAS/OpenMP pools bounded to ``threads`` (the engine's
@@ -43,10 +43,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsec.atomic import atomic_path
-from fedsec.cache import array_digest, cache_dir
-from fedsec.data import load_ardis, load_southwest
-from fedsec.data.edge_cases import locate_ardis, locate_southwest
+from fedsec_core.atomic import atomic_path
+from fedsec_core.cache import array_digest, cache_dir
+from fedsec_core.data import load_ardis, load_southwest
+from fedsec_core.data.edge_cases import locate_ardis, locate_southwest
 
 _LOG = logging.getLogger("fedsec.progress")  # printed by the fedsec command
 

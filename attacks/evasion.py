@@ -21,7 +21,7 @@ public) to keep its update in the aggregate:
   features to the benign value.
 
 Pure functions of flat vectors and rules; vectorised. The scaling search works on the
-vectors the server's rule sees (the state view of ``fedsec.layout``: parameters and
+vectors the server's rule sees (the state view of ``fedsec_core.layout``: parameters and
 floating buffers), the multi-metrics penalty and projection on the parameters that local
 training moves (its parameters view).
 """
@@ -33,8 +33,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from fedsec.layout import ModelLayout
-from fedsec.training import assign_flat_params, flatten_params
+from fedsec_core.layout import ModelLayout
+from fedsec_core.training import assign_flat_params, flatten_params
 
 #: Values of ``attack.evasion``.
 EVASIONS = ("none", "scaling", "multi-metrics")
@@ -161,7 +161,7 @@ def benign_metrics_constraint(
     global_flat: torch.Tensor, benign: torch.Tensor
 ) -> Callable[[torch.nn.Module], None]:
     """``constraint(model)``: projects the model's update onto the set of
-    :func:`constrain_to_benign`, in place; ``fedsec.training.train`` runs it after every
+    :func:`constrain_to_benign`, in place; ``fedsec_core.training.train`` runs it after every
     optimizer step."""
     center = global_flat.detach()
     # what the projection needs of w0 and the benign update, once for all steps

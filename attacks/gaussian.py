@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from attacks.untargeted import UntargetedAttack
-from fedsec.params import param, positive
-from fedsec.training import TrainStats, assign_flat_params, evaluate
+from fedsec_core.params import param, positive
+from fedsec_core.training import TrainStats, assign_flat_params, evaluate
 
 
 def gaussian_noise(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from attacks.collusion import CollusionAttack
 from attacks.crafted import ipm
-from fedsec.params import param, positive
+from fedsec_core.params import param, positive
 
 
 @dataclass(kw_only=True, eq=False)

@@ -14,8 +14,8 @@ import torch
 
 from attacks.backdoor import BackdoorAttack
 from attacks.base import num_classes
-from fedsec.errors import ConfigError
-from fedsec.params import at_least, param
+from fedsec_core.errors import ConfigError
+from fedsec_core.params import at_least, param
 
 
 @dataclass(kw_only=True, eq=False)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from attacks.collusion import CollusionAttack
 from attacks.crafted import DIRECTIONS, min_max
-from fedsec.params import one_of, param, positive
+from fedsec_core.params import one_of, param, positive
 
 
 @dataclass(kw_only=True, eq=False)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from attacks.crafted import SUM_BOUNDS, min_sum
 from attacks.min_max import MinMax
-from fedsec.params import one_of, param
+from fedsec_core.params import one_of, param
 
 
 @dataclass(kw_only=True, eq=False)

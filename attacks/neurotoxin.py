@@ -35,8 +35,8 @@ import torch
 from torch.nn import functional as F
 
 from attacks.triggers import PatternTriggerAttack
-from fedsec.params import param
-from fedsec.training import assign_flat_params, flatten_params, train
+from fedsec_core.params import param
+from fedsec_core.training import assign_flat_params, flatten_params, train
 
 
 def mean_loss_gradient(

@@ -19,8 +19,8 @@
   that put them into an attack's ``train`` / ``transform_update`` hooks (list them
   before the attack class they modify: ``class X(ProjectedGradientMixin, Base)``).
 
-Everything works on the flat parameter vector (``fedsec.training.flatten_params``, the
-parameters view of ``fedsec.layout``), on the device the model trains on;
+Everything works on the flat parameter vector (``fedsec_core.training.flatten_params``, the
+parameters view of ``fedsec_core.layout``), on the device the model trains on;
 :func:`benign_update` also gives the state view, the vector the server's rule sees (the
 scaling evasion's).
 """
@@ -35,9 +35,9 @@ from typing import Any
 import torch
 
 from attacks.base import AttackContext
-from fedsec.layout import ModelLayout
-from fedsec.params import at_least, in_unit_interval, one_of, param, positive
-from fedsec.training import TrainStats, assign_flat_params, flatten_params, train
+from fedsec_core.layout import ModelLayout
+from fedsec_core.params import at_least, in_unit_interval, one_of, param, positive
+from fedsec_core.training import TrainStats, assign_flat_params, flatten_params, train
 
 #: What ``attack.eps`` is measured in (:class:`ProjectedGradientMixin`).
 EPS_UNITS = ("absolute", "benign-norm")
@@ -122,7 +122,7 @@ def benign_update(
     """The flat update ``w - w0`` that honest training on ``(x, y)`` would make from
     ``model``, with the round's settings (seed included); ``model`` is left as it was. A
     malicious client learns from it how large an honest update is. The vector is
-    ``layout``'s view of the model (``fedsec.layout``), by default its parameters."""
+    ``layout``'s view of the model (``fedsec_core.layout``), by default its parameters."""
     clone = copy.deepcopy(model)
     if layout is None:
         layout = ModelLayout.of_module(clone, buffers=False)

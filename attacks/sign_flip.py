@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from attacks.procedures import scale_update
 from attacks.untargeted import UntargetedAttack
-from fedsec.params import param, positive
+from fedsec_core.params import param, positive
 
 
 @dataclass(kw_only=True, eq=False)

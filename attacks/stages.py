@@ -1,6 +1,6 @@
 """The server-side stages the attacks declare (``Attack.server_stage``), run by the
 server loop (``fedsec.server.run_round``) after the replies arrive and before the
-defense sees them (the protocol: :class:`fedsec.hooks.ServerStage`).
+defense sees them (the protocol: :class:`fedsec_core.hooks.ServerStage`).
 
 - :class:`CraftingStage`, of the colluding attacks (``attacks.collusion``): it builds
   the attackers' view of the round (their own replies with ``attack.knowledge =
@@ -34,8 +34,8 @@ from flwr.app import ArrayRecord, Message
 
 from attacks.evasion import largest_kept_scale
 from defenses.adapter import RecordLayout
-from fedsec.hooks import ServerStage, StageOutcome
-from fedsec.protocol import (
+from fedsec_core.hooks import ServerStage, StageOutcome
+from fedsec_core.protocol import (
     ARRAYS,
     BENIGN_STATE,
     METRICS,
@@ -119,7 +119,8 @@ class ScalingStage(ServerStage):
         malicious: set[int],
     ) -> StageOutcome:
         """Scale every attacker's reply in place and remove the benign models they sent
-        beside it (:data:`fedsec.protocol.BENIGN_STATE`), so that the defense sees plain replies."""
+        beside it (:data:`fedsec_core.protocol.BENIGN_STATE`), so that the defense sees plain
+        replies."""
         layout = RecordLayout(global_arrays)
         w0 = layout.flatten(global_arrays, torch.device("cpu"))
         honest, weights, honest_ids, attackers = [], [], [], []
@@ -181,7 +182,7 @@ class TriggerStage(ServerStage):
     """The attackers' shared trigger (``attacks.a3fl``), held between rounds.
 
     - :meth:`facts`: every attacker of the round is told the current trigger
-      (:data:`fedsec.protocol.TRIGGER`, a flat list of the (C, H, W) float32 values: exact);
+      (:data:`fedsec_core.protocol.TRIGGER`, a flat list of the (C, H, W) float32 values: exact);
     - ``__call__``: the optimised triggers the attackers send back are taken out of
       every reply (the defense never sees them); the one of the attacker with the lowest
       partition id whose record is usable becomes the current trigger (logged as

@@ -27,8 +27,8 @@ import torch
 
 from attacks.backdoor import BackdoorAttack
 from attacks.base import AttackContext
-from fedsec.errors import ConfigError
-from fedsec.params import at_least, in_unit_interval, one_of, param
+from fedsec_core.errors import ConfigError
+from fedsec_core.params import at_least, in_unit_interval, one_of, param
 
 GLOBAL_PARTS = 4  # parts of the pattern that pixel-replacement, pgd and neurotoxin stamp whole
 #: ``attack.trigger``: white bars (the pattern) or a noise image blended into the input.

@@ -7,7 +7,7 @@ backdoor test set (the server records no backdoor accuracy for them).
 from __future__ import annotations
 
 from attacks.base import Attack
-from fedsec.errors import ConfigError
+from fedsec_core.errors import ConfigError
 
 
 class UntargetedAttack(Attack):

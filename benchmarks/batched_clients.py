@@ -4,7 +4,7 @@ For each model (``lenet`` and ``cnn`` on 1x28x28, ``vgg9`` on 3x32x32, 10 classe
 each round size (10 and 30 clients), one round of local training, two ways in this
 process on the same device, the same clients, data, seeds and starting weights:
 
-- ``sequential``: ``fedsec.training.train`` for one client after another (what the
+- ``sequential``: ``fedsec_core.training.train`` for one client after another (what the
   ClientApp does; the client's data on the CPU, moved one minibatch at a time);
 - ``batched``: ``fedsec.batched.train_clients`` for all of them at once (the chunk's
   data moved to the device once, inside the timed call).
@@ -22,7 +22,7 @@ allocated before), and how far the batched weights are from the sequential ones
 ``tests/test_batched.py``). It ends
 with ``batched_speedup: <the smallest ratio>``.
 
-It imports no Flower (``fedsec.batched``, ``fedsec.training`` and ``fedsec.models``
+It imports no Flower (``fedsec.batched``, ``fedsec_core.training`` and ``fedsec.models``
 need torch and numpy only), so it runs on a GPU machine that has no flwr.
 
 Usage (from the repository root)::
@@ -51,7 +51,7 @@ if str(REPO) not in sys.path:
 
 from fedsec.batched import train_clients  # noqa: E402  # torch/numpy only, no flwr
 from fedsec.models import build_model  # noqa: E402
-from fedsec.training import flatten_params, train  # noqa: E402
+from fedsec_core.training import flatten_params, train  # noqa: E402
 
 SHAPES = {"lenet": (1, 28, 28), "cnn": (1, 28, 28), "vgg9": (3, 32, 32)}
 #: mean examples per client: the default (GPU) size and --quick (CPU)

@@ -2,7 +2,7 @@
 
 Times the same rounds three ways, in this process:
 
-- ``bare``: the client training (``fedsec.training.train`` with the ClientApp's exact
+- ``bare``: the client training (``fedsec_core.training.train`` with the ClientApp's exact
   arguments), a weighted average and the central evaluation, called in a plain loop:
   the compute any engine must do;
 - ``inprocess``: ``fedsec run`` on the in-process engine (ServerApp + ClientApp through
@@ -36,10 +36,10 @@ from fedsec.cli import DEFAULT_EXPERIMENT
 from fedsec.config import load_config
 from fedsec.engines import run_experiment
 from fedsec.results import read_metrics
-from fedsec.sampling import ClientSampler
 from fedsec.server import CentralEvaluator
 from fedsec.task import get_task
-from fedsec.training import train
+from fedsec_core.sampling import ClientSampler
+from fedsec_core.training import train
 
 
 class Timer:

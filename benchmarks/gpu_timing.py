@@ -5,7 +5,7 @@ tests/test_gpu.py`` on a machine with CUDA). It needs torch, numpy, scipy and
 scikit-learn only (no Flower) and prints a header (machine, versions, TF32 defaults),
 then one line per measurement, each a ratio against a baseline measured in this process:
 
-- ``train-speed/MODEL``: one epoch of ``fedsec.training.train`` for ``lenet`` (1x28x28,
+- ``train-speed/MODEL``: one epoch of ``fedsec_core.training.train`` for ``lenet`` (1x28x28,
   2048 examples) and ``vgg9`` (3x32x32, 1024 examples), batch 32, synthetic data, the
   same initial weights on every device; the best of ``--repeats`` epochs after one
   warm-up epoch (cuDNN algorithm choice, allocator), ``torch.cuda.synchronize`` around
@@ -36,6 +36,7 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import platform
@@ -43,7 +44,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -57,9 +58,9 @@ if str(REPO) not in sys.path:
 # The GPU machine has no flwr: defenses/__init__.py imports the Flower strategies only
 # when they are asked for, so `from defenses import rules` needs none of it.
 # They come after the sys.path setup above, hence the noqa: E402.
-from benchmarks.gpu_shared import OUTLIER, BiasProbe, Round, make_round, tf32  # noqa: E402
-from fedsec.models import build_model  # noqa: E402  # torch/numpy/fedsec.errors only
-from fedsec.training import train  # noqa: E402
+from defenses.testing import OUTLIER, BiasProbe, Round, make_round  # noqa: E402
+from fedsec.models import build_model  # noqa: E402  # torch/numpy/fedsec_core.errors only
+from fedsec_core.training import train  # noqa: E402
 
 SEED = 0
 NUM_CLASSES = 10
@@ -96,6 +97,19 @@ def timed(device: torch.device, fn: Callable[[], object]) -> tuple[float, object
     result = fn()
     sync(device)
     return time.perf_counter() - start, result
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool | None) -> Iterator[None]:
+    """Set cuDNN's and cuBLAS's TF32 switches for a block (None: leave the defaults)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    if enabled is not None:
+        torch.backends.cudnn.allow_tf32 = enabled
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def tf32_state() -> str:

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
-from fedsec.errors import ConfigError
-from fedsec.registry import Registry
+from fedsec_core.errors import ConfigError
+from fedsec_core.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from .adapter import DefenseStrategy

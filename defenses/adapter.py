@@ -4,7 +4,7 @@
 it checks every reply on its own, stacks the good ones into an ``(n, d)`` tensor,
 runs the rule, turns the new model back into an ``ArrayRecord`` and reports verdicts.
 :class:`RecordLayout` is the ``ArrayRecord`` side of the one model layout
-(``fedsec.layout``), which needs no Flower.
+(``fedsec_core.layout``), which needs no Flower.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedsec.errors import ConfigError
-from fedsec.layout import ModelLayout
-from fedsec.protocol import (
+from fedsec_core.errors import ConfigError
+from fedsec_core.layout import ModelLayout
+from fedsec_core.protocol import (
     DEFENSE_ACCEPTED,
     DEFENSE_REFUSED,
     DEFENSE_REJECTED,
@@ -116,7 +116,7 @@ class DefenseStrategy(FedAvg):
     (``aggregate_train`` returns no model) and the previous global model stays.
 
     The rule sees the floating-point arrays only, flattened in the global record's key
-    order (the state view of ``fedsec.layout``: parameters and floating buffers alike,
+    order (the state view of ``fedsec_core.layout``: parameters and floating buffers alike,
     through :class:`RecordLayout`), as float32 (float64 if any array is float64); the
     new model is cast back
     to each array's dtype. Other arrays (integer buffers such as BatchNorm's
@@ -329,7 +329,7 @@ class DefenseStrategy(FedAvg):
 
 
 class RecordLayout:
-    """The model layout (``fedsec.layout.ModelLayout``, its state view) of a Flower
+    """The model layout (``fedsec_core.layout.ModelLayout``, its state view) of a Flower
     ``ArrayRecord``: where each floating-point array sits in the flat vector the rule
     sees, with the checks a client's reply needs before it is trusted.
 

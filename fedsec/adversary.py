@@ -2,16 +2,16 @@
 
 An attack that needs to act in the server loop (the colluding attacks' crafting, the
 full-knowledge scaling evasion, A3FL's trigger, or any plug-in's) says so through
-``Attack.server_stage`` and builds its :class:`fedsec.hooks.ServerStage` itself (the
+``Attack.server_stage`` and builds its :class:`fedsec_core.hooks.ServerStage` itself (the
 stages of fedsec's attacks live in ``attacks/stages.py``). The server loop
 (``fedsec.server``) asks once per run, with what it can offer
-(:class:`fedsec.hooks.StageResources`), and then runs the stage in every round that has
+(:class:`fedsec_core.hooks.StageResources`), and then runs the stage in every round that has
 attackers, after the replies arrive and before the defense sees them.
 """
 
 from __future__ import annotations
 
-from fedsec.hooks import ServerStage, StageResources
+from fedsec_core.hooks import ServerStage, StageResources
 
 #: A stage of the server loop: (global model, replies, node -> partition, round size,
 #: attackers) -> what it did.

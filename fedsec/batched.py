@@ -1,12 +1,12 @@
 """Many clients trained at once: the honest clients of a round as one vectorized computation.
 
-``fedsec.training.train`` trains one client after another. On a GPU a small client (a
+``fedsec_core.training.train`` trains one client after another. On a GPU a small client (a
 LeNet at batch 32) leaves the device mostly idle, so :func:`train_clients` trains a
 round's clients together: their parameters are stacked along a leading client axis and
 one ``torch.func.vmap`` of ``torch.func.grad`` over ``functional_call`` computes every
 client's gradient on its own minibatch in one call per step. Pure torch (no Flower).
 
-It reproduces ``fedsec.training.train`` client by client:
+It reproduces ``fedsec_core.training.train`` client by client:
 
 - data order: client ``i`` draws its epochs' permutations from
   ``torch.Generator().manual_seed(seeds[i])`` exactly as ``train`` does, and cuts each
@@ -59,7 +59,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from fedsec.config import ExperimentConfig
-from fedsec.training import (
+from fedsec_core.training import (
     Array,
     Device,
     TrainStats,
@@ -165,7 +165,7 @@ def train_clients(
 
     Every client starts from ``model``'s weights (left unchanged; the model is moved to
     ``device`` and set to train mode, as ``train`` does) and trains as
-    ``fedsec.training.train(copy, x_i, y_i, epochs=..., seed=seeds[i], ...)`` would (see
+    ``fedsec_core.training.train(copy, x_i, y_i, epochs=..., seed=seeds[i], ...)`` would (see
     the module docstring for what is the same and what is not). Returns one
     :class:`ClientResult` per client, in the order of ``data``. Clients go in chunks of
     at most ``max_chunk`` (None: all at once), halved while a chunk runs out of memory.

@@ -2,13 +2,13 @@
 
 A checkpoint holds the round it was taken after, the global model, the strategy's
 state (FoolsGold's history, a defense's noise generator, ...) and the server loop's
-adversary stage's (the stage an attack declares, ``fedsec.hooks.ServerStage``: a3fl's
+adversary stage's (the stage an attack declares, ``fedsec_core.hooks.ServerStage``: a3fl's
 current trigger). Nothing else is needed:
 client sampling, client training and attacks draw from streams derived from
 (seed, round, client), so round r + 1 of a resumed run draws exactly what it would have
 drawn without the interruption. The file is written to a temporary name and renamed, so
 a kill mid-write leaves the previous checkpoint whole. It records its format version
-(``fedsec.protocol.CHECKPOINT_FORMAT``; one without is version 1), and a checkpoint in a
+(``fedsec_core.protocol.CHECKPOINT_FORMAT``; one without is version 1), and a checkpoint in a
 version this fedsec does not read is a one-line error naming it.
 """
 
@@ -20,17 +20,17 @@ from typing import Any
 
 import torch
 
-from fedsec.atomic import atomic_torch_save
 from fedsec.config import ExperimentConfig
-from fedsec.errors import ConfigError, FedsecError
-from fedsec.protocol import (
+from fedsec.results import CHECKPOINT_FILE, config_differences, differences_words
+from fedsec_core.atomic import atomic_torch_save
+from fedsec_core.errors import ConfigError, FedsecError
+from fedsec_core.protocol import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_FORMATS_READ,
     FORMAT_KEY,
     FormatError,
     format_version,
 )
-from fedsec.results import CHECKPOINT_FILE, config_differences, differences_words
 
 __all__ = ["CHECKPOINT_FILE", "Checkpoint", "load_checkpoint", "save_checkpoint"]
 
@@ -61,7 +61,7 @@ def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
 def load_checkpoint(run_dir: str | Path) -> Checkpoint | None:
     """The checkpoint of ``run_dir`` (None: there is none); a FedsecError naming the file
     when it is empty, truncated or not a checkpoint, and a
-    :class:`~fedsec.protocol.FormatError` naming it, the version found and the versions
+    :class:`~fedsec_core.protocol.FormatError` naming it, the version found and the versions
     this fedsec reads when a newer fedsec wrote it."""
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():

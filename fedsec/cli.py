@@ -26,8 +26,6 @@ from pathlib import Path
 from fedsec import report
 from fedsec.checkpoint import CHECKPOINT_FILE, load_checkpoint, resume_problem
 from fedsec.config import load_config
-from fedsec.errors import ConfigError, FedsecError, RunError
-from fedsec.protocol import RoundRecord
 from fedsec.results import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -40,6 +38,8 @@ from fedsec.results import (
     run_state,
 )
 from fedsec.unlearning import cli as unlearning_cli
+from fedsec_core.errors import ConfigError, FedsecError, RunError
+from fedsec_core.protocol import RoundRecord
 
 EXIT_USAGE = 2
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parent / "default.toml"

@@ -17,8 +17,8 @@ An experiment file looks like::
     name = "inprocess"
 
 Every key has a default (the dataclasses below), so a file names only what it changes.
-A key's valid values are declared beside its default with ``fedsec.params.param`` and a
-constraint of ``fedsec.schema`` (the pattern of the attacks' and rules' parameters), and
+A key's valid values are declared beside its default with ``fedsec_core.params.param`` and a
+constraint of ``fedsec_core.schema`` (the pattern of the attacks' and rules' parameters), and
 judged once, by :meth:`ExperimentConfig.validate`. ``[attack]`` and ``[defense]`` hold a
 ``name`` plus that method's own parameters, which the attack and defense registries
 check. ``[log]`` turns on experiment trackers (fedsec/tracking.py); they change no
@@ -38,9 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsec.errors import ConfigError
-from fedsec.params import check_parameters, param, parameter_fields
-from fedsec.schema import FINITE, InstanceOf, Interval, Options, typename
+from fedsec_core.errors import ConfigError
+from fedsec_core.params import check_parameters, param, parameter_fields
+from fedsec_core.schema import FINITE, InstanceOf, Interval, Options, typename
+from fedsec_core.training import SGD
 
 SCHEDULE_NAMES = ("fixed-frequency", "every-round", "random-pool")
 DEVICE_NAMES = ("cpu", "cuda", "auto")
@@ -55,21 +56,11 @@ NON_NEGATIVE_INT = Interval(int, 0, None, closed="left")  # >= 0
 POSITIVE = Interval(float, 0, None)  # > 0, finite
 NON_NEGATIVE = Interval(float, 0, None, closed="left")  # >= 0, finite
 
-#: What local SGD accepts, whoever trains: ``fedsec.training.train`` checks its arguments
-#: with these same objects, and ``[train]`` declares its keys with them (the experiment's
-#: learning rate is also capped at :data:`MAX_LR`).
-SGD = {
-    "epochs": COUNT,
-    "batch_size": COUNT,
-    "lr": POSITIVE,
-    "momentum": Interval(float, 0, 1, closed="left"),
-    "weight_decay": NON_NEGATIVE,
-}
 
 
 # The registries import this module, so their names are read when a value is checked.
 def _dataset_names() -> tuple[str, ...]:
-    from fedsec.data import dataset_names
+    from fedsec_core.data import dataset_names
 
     return tuple(dataset_names())
 
@@ -354,7 +345,7 @@ class ExperimentConfig:
         then the checks that relate keys.
         """
         # the registries import this module, so they are imported here
-        from fedsec import data as data_registry
+        from fedsec_core import data as data_registry
 
         d, t, e = self.data, self.train, self.engine
         self._check_values()
@@ -481,7 +472,7 @@ class ExperimentConfig:
         (what its parameters assume that some round breaks; it still aggregates).
         """
         from defenses import build_rule  # the rule alone: no Flower import for --check
-        from fedsec.sampling import AttackSchedule
+        from fedsec_core.sampling import AttackSchedule
 
         schedule = AttackSchedule.for_config(self)
         expected = self.train.round_size(self.data.num_clients)
@@ -594,7 +585,7 @@ def _field_type(f: dataclasses.Field) -> type:
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
     """Accept a value of the field's type (an int where a float is expected); the type
-    is the one check made while loading (its error from ``fedsec.schema.InstanceOf``)."""
+    is the one check made while loading (its error from ``fedsec_core.schema.InstanceOf``)."""
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if key == "train.exclude_clients" and isinstance(value, int) and not isinstance(value, bool):

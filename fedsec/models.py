@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from fedsec.errors import ConfigError
-from fedsec.registry import Registry
+from fedsec_core.errors import ConfigError
+from fedsec_core.registry import Registry
 
 InputShape = tuple[int, int, int]
 """Shape of one example: (channels, height, width)."""

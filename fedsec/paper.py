@@ -17,7 +17,7 @@ Use :func:`paper_cell` to look a cell up by (possibly aliased) label.
 
 from __future__ import annotations
 
-from fedsec.errors import ConfigError
+from fedsec_core.errors import ConfigError
 
 CITATION = (
     'Huang et al., "Multi-metrics adaptively identifies backdoors in Federated '

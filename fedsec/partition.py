@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsec.errors import ConfigError
+from fedsec_core.errors import ConfigError
 
 PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "pathological")
 _DIRICHLET_DRAWS = 11  # as flwr-datasets: the first draw and 10 retries

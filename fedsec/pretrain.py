@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from fedsec.atomic import atomic_torch_save
-from fedsec.cache import array_digest, cache_dir
-from fedsec.seeding import derive_seed
 from fedsec.task import FederatedTask, kernel_family, resolve_device
-from fedsec.training import train
+from fedsec_core.atomic import atomic_torch_save
+from fedsec_core.cache import array_digest, cache_dir
+from fedsec_core.seeding import derive_seed
+from fedsec_core.training import train
 
 
 def initial_state(task: FederatedTask, log=print) -> dict[str, torch.Tensor]:

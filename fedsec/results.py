@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from fedsec.atomic import atomic_write_text
 from fedsec.config import ExperimentConfig, _toml_value, read_toml
-from fedsec.errors import ConfigError, FedsecError
-from fedsec.protocol import FormatError, RoundRecord
 from fedsec.tracking import JsonlSink, Sink, tracker_sinks
+from fedsec_core.atomic import atomic_write_text
+from fedsec_core.errors import ConfigError, FedsecError
+from fedsec_core.protocol import FormatError, RoundRecord
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -462,7 +462,7 @@ def read_rounds(path: str | Path) -> list[RoundRecord]:
     """The rounds of a metrics.jsonl; a torn last line (a killed writer) is skipped, a
     torn line before it (the file was damaged or edited) is a FedsecError naming it, and
     so is a round in a format version this fedsec does not read
-    (:class:`fedsec.protocol.FormatError`: a newer fedsec wrote it)."""
+    (:class:`fedsec_core.protocol.FormatError`: a newer fedsec wrote it)."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -490,5 +490,5 @@ def read_rounds(path: str | Path) -> list[RoundRecord]:
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The rounds of a metrics.jsonl (:func:`read_rounds`) as JSON objects, without their
     format version: for scripts and tests that read a run by key. fedsec reads
-    :class:`~fedsec.protocol.RoundRecord` objects."""
+    :class:`~fedsec_core.protocol.RoundRecord` objects."""
     return [r.to_dict(version=False) for r in read_rounds(path)]

@@ -9,7 +9,7 @@ global model centrally and log the round with the verdicts it returned.
 The strategy is a :class:`defenses.DefenseStrategy` around the configured rule (built
 by ``defenses.build_rule``). It sees only the replies; which clients were malicious is
 known to the loop alone. The loop knows no attack and no rule by name: it asks them
-(``fedsec.hooks``) for the stage the attack needs in the loop, the resources the rule
+(``fedsec_core.hooks``) for the stage the attack needs in the loop, the resources the rule
 needs (a root update, a model probe) and the rule's step after the last round.
 """
 
@@ -26,15 +26,17 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from defenses import DefenseStrategy, build_rule
-from fedsec import protocol
 from fedsec.adversary import Adversary, round_adversary
 from fedsec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedsec.config import ExperimentConfig
 from fedsec.engines.batching import batching_grid
-from fedsec.errors import ConfigError, RunError
-from fedsec.hooks import FinalModel
 from fedsec.pretrain import initial_state
-from fedsec.protocol import (
+from fedsec.results import MODEL_FILE, MemoryWriter, RunWriter, state_digest
+from fedsec.task import FederatedTask, get_task, resolve_device
+from fedsec_core import protocol
+from fedsec_core.errors import ConfigError, RunError
+from fedsec_core.hooks import FinalModel
+from fedsec_core.protocol import (
     ABSENT,
     EVASION_SCALE,
     METRICS,
@@ -45,10 +47,8 @@ from fedsec.protocol import (
     AttackerFacts,
     RoundRecord,
 )
-from fedsec.results import MODEL_FILE, MemoryWriter, RunWriter, state_digest
-from fedsec.seeding import derive_seed, rng
-from fedsec.task import FederatedTask, get_task, resolve_device
-from fedsec.training import evaluate, train
+from fedsec_core.seeding import derive_seed, rng
+from fedsec_core.training import evaluate, train
 
 IDENTIFY = f"{MessageType.QUERY}.{protocol.IDENTIFY}"
 
@@ -269,7 +269,7 @@ def run_round(
     ``attacker_facts`` (``FederatedTask.attacker_facts``) go into the train messages of the
     round's attackers, whose ClientApps build their AttackContext from them: the server
     is the simulation's adversary controller, so clients never recompute its sampling.
-    The ``adversary``, the stage the attack declares (``fedsec.hooks``; a colluding
+    The ``adversary``, the stage the attack declares (``fedsec_core.hooks``; a colluding
     attack's), rewrites the attackers' replies after they arrive and before the defense
     sees them (a3fl's takes out the triggers they send back)."""
     round_grid = RoundGrid(grid, [node_of[p] for p in sampled])
@@ -340,7 +340,7 @@ def _reported_scales(
     replies: list[Message], partition_of: dict[int, int], attackers: set[int]
 ) -> dict[int, float]:
     """The evasion scale each of the round's ``attackers`` reported in its train metrics
-    (:data:`fedsec.protocol.EVASION_SCALE`), by partition id. The key is removed from every
+    (:data:`fedsec_core.protocol.EVASION_SCALE`), by partition id. The key is removed from every
     reply, so the defense and the round's train metrics never see it."""
     out = {}
     for reply in replies:
@@ -423,7 +423,7 @@ def model_probe(task: FederatedTask):
 def final_model(
     task: FederatedTask, arrays: ArrayRecord, progress: Callable[[str], None] = print
 ) -> FinalModel:
-    """What a rule's step after the last round is given (:class:`fedsec.hooks.FinalModel`):
+    """What a rule's step after the last round is given (:class:`fedsec_core.hooks.FinalModel`):
     the final global model ``arrays`` and the run's facts, from ``task``."""
     config, schedule, attack = task.config, task.schedule, task.attack
 

@@ -64,7 +64,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedsec.atomic import atomic_write_text
 from fedsec.config import (
     _SECTIONS,
     AttackConfig,
@@ -73,7 +72,6 @@ from fedsec.config import (
     load_config,
     read_toml,
 )
-from fedsec.errors import ConfigError, FedsecError
 from fedsec.results import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -84,6 +82,8 @@ from fedsec.results import (
     written_config,
 )
 from fedsec.tracking import sweep_env
+from fedsec_core.atomic import atomic_write_text
+from fedsec_core.errors import ConfigError, FedsecError
 
 MANIFEST_FILE = "sweep.json"
 LOG_FILE = "run.log"

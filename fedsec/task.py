@@ -21,12 +21,12 @@ import torch
 
 from attacks import Attack, AttackContext, build_attack
 from fedsec.config import ExperimentConfig
-from fedsec.data import Dataset, load_dataset
 from fedsec.models import build_model
 from fedsec.partition import partition_indices
-from fedsec.protocol import AttackerFacts, TrainingSpec
-from fedsec.sampling import AttackSchedule
-from fedsec.seeding import derive_seed
+from fedsec_core.data import Dataset, load_dataset
+from fedsec_core.protocol import AttackerFacts, TrainingSpec
+from fedsec_core.sampling import AttackSchedule
+from fedsec_core.seeding import derive_seed
 
 #: Progress of slow preparation steps (loading data, the tail density); ``fedsec.cli``
 #: prints its INFO records.
@@ -84,7 +84,7 @@ class FederatedTask:
         )
 
     def train_kwargs(self, server_round: int, partition_id: int) -> dict:
-        """Keyword arguments of ``fedsec.training.train`` for one client in one round
+        """Keyword arguments of ``fedsec_core.training.train`` for one client in one round
         (:meth:`training_spec` as a dict: what an attack's ``update`` takes)."""
         return self.training_spec(server_round, partition_id).to_dict()
 
@@ -94,7 +94,7 @@ class FederatedTask:
         among them) in its train message's ConfigRecord, by partition id: its index in
         the pool, the pool's size, N_round (the examples every sampled client trains on,
         each attacker's poisoned set counted at its size) and the round's size
-        (:class:`fedsec.protocol.AttackerFacts`)."""
+        (:class:`fedsec_core.protocol.AttackerFacts`)."""
         if self.attack is None or not malicious:
             return {}
         bad = set(malicious)
@@ -225,7 +225,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from fedsec.errors import ConfigError
+        from fedsec_core.errors import ConfigError
 
         raise ConfigError("engine.device = 'cuda' but torch sees no CUDA device; use cpu or auto")
     return torch.device(name)

@@ -58,9 +58,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedsec.atomic import atomic_write_text
-from fedsec.errors import ConfigError
-from fedsec.protocol import FORMAT_KEY, RoundRecord
+from fedsec_core.atomic import atomic_write_text
+from fedsec_core.errors import ConfigError
+from fedsec_core.protocol import FORMAT_KEY, RoundRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     from fedsec.config import ExperimentConfig, LogConfig

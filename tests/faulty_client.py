@@ -11,7 +11,7 @@ from flwr.app import Error, Message
 from flwr.clientapp import ClientApp
 
 from fedsec.apps import client_app as real
-from fedsec.protocol import CONFIG, IDENTIFY, SERVER_ROUND
+from fedsec_core.protocol import CONFIG, IDENTIFY, SERVER_ROUND
 
 SLEEP_S = 12.0
 app = ClientApp()

@@ -1,4 +1,4 @@
-"""Plug-ins added from tests/ alone, through the hooks (``fedsec.hooks``): an attack with
+"""Plug-ins added from tests/ alone, through the hooks (``fedsec_core.hooks``): an attack with
 a server-side stage that keeps state between rounds, and a rule with a post-training
 step. ``tests/test_hooks.py`` runs them end to end on both engines.
 
@@ -33,8 +33,8 @@ from attacks.untargeted import UntargetedAttack
 from defenses import DEFENSES
 from defenses.adapter import DefenseStrategy
 from defenses.rules import RULES, FedAvgRule
-from fedsec.hooks import ServerStage, StageOutcome
-from fedsec.params import param, positive
+from fedsec_core.hooks import ServerStage, StageOutcome
+from fedsec_core.params import param, positive
 
 ATTACK = "test-constant-stage"
 DEFENSE = "test-final-step"

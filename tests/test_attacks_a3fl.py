@@ -20,12 +20,12 @@ from fedsec.adversary import round_adversary
 from fedsec.checkpoint import load_checkpoint
 from fedsec.cli import DEFAULT_EXPERIMENT, main
 from fedsec.config import load_config
-from fedsec.errors import ConfigError
-from fedsec.protocol import TRIGGER, AttackerFacts
 from fedsec.results import read_metrics
 from fedsec.server import CentralEvaluator
 from fedsec.task import get_task
-from fedsec.training import evaluate, flatten_params, train
+from fedsec_core.errors import ConfigError
+from fedsec_core.protocol import TRIGGER, AttackerFacts
+from fedsec_core.training import evaluate, flatten_params, train
 from tests.runs import rounds_without_time, sigkill_when, tiny_digits
 
 # 8x8 digits: the bars of size 2, gap 1 (rows 0 and 2, columns 0-1 and 3-4: 8 pixels)

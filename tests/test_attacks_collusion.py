@@ -18,7 +18,7 @@ from attacks.stages import CraftingStage
 from fedsec.adversary import round_adversary
 from fedsec.cli import DEFAULT_EXPERIMENT
 from fedsec.config import load_config
-from fedsec.errors import ConfigError
+from fedsec_core.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("server_identity")  # tests/conftest.py
 

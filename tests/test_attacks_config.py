@@ -9,9 +9,9 @@ import pytest
 from attacks import ATTACKS, attack_names, build_attack
 from fedsec.cli import DEFAULT_EXPERIMENT, main
 from fedsec.config import load_config
-from fedsec.errors import ConfigError
 from fedsec.results import read_metrics
-from fedsec.sampling import AttackSchedule
+from fedsec_core.errors import ConfigError
+from fedsec_core.sampling import AttackSchedule
 from tests.runs import tiny_digits
 
 DIGITS = tiny_digits(rounds=4, seed=4)
@@ -128,7 +128,7 @@ def test_missing_edge_case_files_name_the_folder_and_the_files(tmp_path):
 def test_checks_that_need_the_data_run_before_training(tmp_path, capsys):
     overrides = [*DIGITS, "attack.name=pixel-replacement"]  # the default trigger is too big for 8x8
     config = load_config(None, overrides)
-    from fedsec.data import load_dataset
+    from fedsec_core.data import load_dataset
 
     with pytest.raises(ConfigError, match="needs 4x10 px but digits images are 8x8"):
         build_attack(config, load_dataset("digits"))
@@ -246,11 +246,11 @@ def test_runs_that_measure_the_same_backdoor_inputs_share_a_backdoor_key():
 
 def test_attacks_and_rules_declare_parameters_one_way():
     # Every attack parameter and every rule parameter is a typed field made with
-    # fedsec.params.param: the declaration gives the check and the message.
+    # fedsec_core.params.param: the declaration gives the check and the message.
     from dataclasses import fields
 
     import defenses.rules as rules
-    from fedsec.params import parameter_fields
+    from fedsec_core.params import parameter_fields
 
     for cls in ATTACKS.values():
         declared = {f.name for f in parameter_fields(cls)}

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from fedsec.config import load_config
-from fedsec.data import load_ardis
 from fedsec.task import get_task
+from fedsec_core.data import load_ardis
 from tests.runs import tiny_digits
 
 # (two local epochs: the default)
@@ -70,7 +70,7 @@ def test_ardis_counts_and_target_follow_the_config(edge_case_dir):
 
 # --------------------------------------------------------------------------- tail
 def test_tail_examples_leave_the_training_set_and_form_attacker_and_test_parts():
-    from fedsec.data import load_dataset
+    from fedsec_core.data import load_dataset
 
     task = get_task(
         load_config(
@@ -105,7 +105,7 @@ def test_tail_examples_leave_the_training_set_and_form_attacker_and_test_parts()
 
 def test_tail_selection_picks_the_lowest_density_examples_and_is_seeded():
     from attacks.edge_sources import select_tail, tail_log_density
-    from fedsec.data import load_dataset
+    from fedsec_core.data import load_dataset
 
     d = load_dataset("digits")
     members = np.flatnonzero(d.y_train == 7)

@@ -33,10 +33,10 @@ from defenses.rules.foolsgold import FoolsGoldRule
 from defenses.rules.median import MedianRule
 from fedsec.adversary import round_adversary
 from fedsec.config import load_config
-from fedsec.errors import ConfigError
-from fedsec.protocol import BENIGN_STATE
 from fedsec.results import read_metrics
-from fedsec.training import assign_flat_params, flatten_params, train
+from fedsec_core.errors import ConfigError
+from fedsec_core.protocol import BENIGN_STATE
+from fedsec_core.training import assign_flat_params, flatten_params, train
 from tests.runs import run_cli, tiny_digits
 
 

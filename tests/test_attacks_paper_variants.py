@@ -18,8 +18,8 @@ from attacks.dba import DBA
 from attacks.min_sum import MinSum
 from attacks.pixel_replacement import PixelReplacement
 from attacks.procedures import projected_train, projects_after, scale_update, step_lr_factor
-from fedsec.errors import ConfigError
-from fedsec.training import flatten_params, train
+from fedsec_core.errors import ConfigError
+from fedsec_core.training import flatten_params, train
 from tests.test_attacks_config import config_error
 from tests.test_attacks_procedures import (
     BASE,

@@ -13,10 +13,10 @@ from attacks.gaussian import gaussian_noise
 from attacks.procedures import project_to_ball, projected_train, scale_update
 from attacks.triggers import blend_pattern, stamp, trigger_box, trigger_parts
 from fedsec.config import load_config
-from fedsec.errors import ConfigError
-from fedsec.protocol import AttackerFacts
 from fedsec.task import get_task
-from fedsec.training import assign_flat_params, flatten_params, train
+from fedsec_core.errors import ConfigError
+from fedsec_core.protocol import AttackerFacts
+from fedsec_core.training import assign_flat_params, flatten_params, train
 from tests.runs import tiny_digits
 
 # 8x8 digits, a 200-unit MLP, 6 clients; small triggers so that they fit 8x8 images.

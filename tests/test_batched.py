@@ -1,4 +1,4 @@
-"""The batched client trainer (``fedsec.batched``) against ``fedsec.training.train``.
+"""The batched client trainer (``fedsec.batched``) against ``fedsec_core.training.train``.
 
 Float64 without dropout: every client's weights, reported loss and step count equal the
 sequential ``train`` call's (weights to 1e-10 of the update, tighter than the 1e-6
@@ -25,9 +25,9 @@ from torch import nn
 from fedsec import batched
 from fedsec.batched import model_problem, supports, train_clients, use_batched
 from fedsec.config import load_config
-from fedsec.errors import ConfigError
 from fedsec.models import build_model
-from fedsec.training import flatten_params, train
+from fedsec_core.errors import ConfigError
+from fedsec_core.training import flatten_params, train
 from tests import runs
 
 SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8), "lenet": (1, 8, 8), "vgg9": (3, 32, 32)}

@@ -8,7 +8,7 @@ import pytest
 
 from fedsec.cli import DEFAULT_EXPERIMENT, main
 from fedsec.config import ExperimentConfig, load_config
-from fedsec.errors import ConfigError
+from fedsec_core.errors import ConfigError
 
 
 def write(tmp_path, text: str):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsec.data import (
+from fedsec_core.data import (
     DATASETS,
     check_available,
     dataset_names,
@@ -20,9 +20,9 @@ from fedsec.data import (
     load_southwest,
     requires_dir,
 )
-from fedsec.data.base import stratified_split
-from fedsec.data.formats import read_idx
-from fedsec.errors import ConfigError, DataError
+from fedsec_core.data.base import stratified_split
+from fedsec_core.data.formats import read_idx
+from fedsec_core.errors import ConfigError, DataError
 from tests.conftest import SHARED_DATA
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")

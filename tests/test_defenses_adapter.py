@@ -20,7 +20,7 @@ from flwr.app import (
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 import defenses
-from fedsec.errors import ConfigError
+from fedsec_core.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("server_identity")  # tests/conftest.py
 

@@ -25,10 +25,10 @@ from defenses.rules.crfl import (
 )
 from fedsec.cli import DEFAULT_EXPERIMENT, main
 from fedsec.config import load_config
-from fedsec.errors import ConfigError
 from fedsec.results import read_metrics
 from fedsec.server import final_model
 from fedsec.task import get_task
+from fedsec_core.errors import ConfigError
 from tests.runs import run_cli, tiny_digits
 
 

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import defenses
-from benchmarks.gpu_shared import BiasProbe
 from defenses.rules import DeepSightRule, MultiMetricsRule
+from defenses.testing import BiasProbe
 
 SPECIAL = [0.0, 1.0, -1.0, math.nan, math.inf, -math.inf, 1e30, -1e30, 3e38, -3e38, 1e-30]
 values = st.one_of(st.sampled_from(SPECIAL), st.floats(-10, 10, width=32))

@@ -12,7 +12,7 @@ import pytest
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 import defenses
-from fedsec.errors import ConfigError
+from fedsec_core.errors import ConfigError
 
 NAMES = [
     "bulyan",

@@ -14,7 +14,7 @@ import torch
 from fedsec.cli import main
 from fedsec.config import ExperimentConfig
 from fedsec.results import read_metrics
-from fedsec.sampling import AttackSchedule
+from fedsec_core.sampling import AttackSchedule
 from tests.runs import sigkill_when
 
 TINY = """\

@@ -6,7 +6,7 @@ is False). On a machine with CUDA run them as (from the repository root)::
     timeout 600 python -m pytest -q -m gpu tests/test_gpu.py
 
 They need torch, numpy, scipy, scikit-learn and pytest only, no Flower: ``defenses.rules``
-and ``fedsec.training`` import none of it. Timings are not tested here;
+and ``fedsec_core.training`` import none of it. Timings are not tested here;
 ``benchmarks/gpu_timing.py`` prints them.
 
 Tests that take a ``device`` run on the CPU everywhere, at sizes that keep them to
@@ -18,7 +18,7 @@ learnable data (each class has a fixed smooth random image as its mean, plus uni
 Gaussian noise; seeded), the same initial weights and seed on every device (VGG-9's
 convolutions He-initialised: see ``TrainSetup.he_init``).
 
-- ``test_train_learns_on_device``: ``fedsec.training.train`` lowers the loss (last
+- ``test_train_learns_on_device``: ``fedsec_core.training.train`` lowers the loss (last
   epoch's training loss at most half the initial test loss), ``evaluate`` gives a test
   accuracy far above chance, every parameter and buffer ends on the requested device.
   On the CPU LeNet trains on 256 examples (same thresholds) and VGG-9 is a smoke run (16
@@ -84,13 +84,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.gpu_shared import BiasProbe, Round, make_round
 from defenses import rules
 from defenses.rules import AggregationResult, AggregationRule
 from defenses.rules.base import BLOCK_COLUMNS, CHUNK_COLUMNS, column_blocks
 from defenses.rules.bulyan import distance_to_median
+from defenses.testing import BiasProbe, Round, make_round
 from fedsec.models import build_model
-from fedsec.training import evaluate, train
+from fedsec_core.training import evaluate, train
 
 SEED = 0
 NUM_CLASSES = 10

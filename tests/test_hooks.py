@@ -16,9 +16,9 @@ from defenses.rules import RULES
 from fedsec.config import ExperimentConfig, load_config, read_toml
 from fedsec.engines.flower import run_flower
 from fedsec.engines.processes import marked_pids
-from fedsec.errors import ConfigError
 from fedsec.results import read_metrics
 from fedsec.task import get_task
+from fedsec_core.errors import ConfigError
 from tests import runs
 
 #: 4 digits clients, 3 a round, 2 rounds; the one attacker acts from round 2 only.

@@ -1,4 +1,4 @@
-"""The one model layout (fedsec.layout): which tensors, in which order, with which shapes
+"""The one model layout (fedsec_core.layout): which tensors, in which order, with which shapes
 and dtypes; flatten and unflatten round trips for every model of the registry; the
 ArrayRecord face the server uses (defenses.adapter.RecordLayout) gives the same vector;
 and with resnet18 (BatchNorm) the partial- and full-knowledge scaling evasions hand the
@@ -14,9 +14,9 @@ from flwr.app import ArrayRecord
 
 from defenses.adapter import RecordLayout
 from defenses.rules.base import AggregationRule
-from fedsec.layout import ModelLayout
 from fedsec.models import build_model
-from fedsec.training import assign_flat_params, flatten_params
+from fedsec_core.layout import ModelLayout
+from fedsec_core.training import assign_flat_params, flatten_params
 from tests.runs import run_cli, tiny_digits
 
 DIGITS, MNIST, CIFAR = (1, 8, 8), (1, 28, 28), (3, 32, 32)

@@ -5,8 +5,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from fedsec.errors import ConfigError
 from fedsec.models import MODELS, build_model, model_names
+from fedsec_core.errors import ConfigError
 
 DIGITS = (1, 8, 8)
 MNIST = (1, 28, 28)

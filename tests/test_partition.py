@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsec.errors import ConfigError
 from fedsec.partition import (
     PARTITION_SCHEMES,
     label_histogram,
     partition_indices,
     plot_label_histogram,
 )
+from fedsec_core.errors import ConfigError
 
 LABELS = np.random.default_rng(0).integers(0, 10, size=2000)
 

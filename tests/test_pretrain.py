@@ -6,7 +6,7 @@ import torch
 import fedsec.pretrain as pretrain
 from fedsec.config import load_config
 from fedsec.task import get_task
-from fedsec.training import evaluate
+from fedsec_core.training import evaluate
 
 
 def config(tmp_path, *extra):

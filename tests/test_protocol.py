@@ -1,4 +1,4 @@
-"""The round protocol (fedsec.protocol): message keys, attacker facts, training spec, the
+"""The round protocol (fedsec_core.protocol): message keys, attacker facts, training spec, the
 round record as metrics.jsonl holds it, and the format versions of metrics.jsonl and
 checkpoints."""
 
@@ -13,17 +13,17 @@ import torch
 from fedsec.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from fedsec.cli import main
 from fedsec.config import load_config
-from fedsec.protocol import (
+from fedsec.results import read_metrics, read_rounds
+from fedsec.task import get_task
+from fedsec.tracking import scalar_metrics
+from fedsec_core.protocol import (
     ABSENT,
     AttackerFacts,
     FormatError,
     RoundRecord,
     TrainingSpec,
 )
-from fedsec.results import read_metrics, read_rounds
-from fedsec.seeding import derive_seed
-from fedsec.task import get_task
-from fedsec.tracking import scalar_metrics
+from fedsec_core.seeding import derive_seed
 from tests.runs import REPO, run_cli, tiny_digits
 
 #: The one metrics.jsonl committed under experiments/ (a Multi-metrics run against two
@@ -279,7 +279,7 @@ def test_the_training_spec_of_a_client_in_a_round():
 
 
 def test_no_message_key_is_spelled_out_in_the_apps_server_or_adversary():
-    """Every producer and consumer names a key through fedsec.protocol."""
+    """Every producer and consumer names a key through fedsec_core.protocol."""
     keys = ['"server-round"', '"num-examples"', '"partition-id"', '"num-partitions"']
     keys += ['"arrays"', '"metrics"', '"config"', '"node"', '"attacker-index"']
     keys += ['"attack-trigger"', '"benign-state"', '"evasion-scale"', '"defense-']

@@ -11,12 +11,12 @@ import pytest
 import defenses
 from attacks import ATTACKS
 from fedsec.config import load_config
-from fedsec.data import DATASETS
 from fedsec.engines import ENGINES
-from fedsec.errors import ConfigError
 from fedsec.models import MODELS
-from fedsec.registry import Registry
 from fedsec.unlearning import METHODS
+from fedsec_core.data import DATASETS
+from fedsec_core.errors import ConfigError
+from fedsec_core.registry import Registry
 
 
 def test_a_registry_resolves_names_and_names_the_valid_ones_otherwise():
@@ -35,7 +35,7 @@ def test_a_registry_resolves_names_and_names_the_valid_ones_otherwise():
 def test_a_lazy_entry_is_imported_on_first_lookup_only():
     code = (
         "import sys\n"
-        "from fedsec.registry import Registry\n"
+        "from fedsec_core.registry import Registry\n"
         "reg = Registry('x', {'hsv': 'colorsys:rgb_to_hsv'})\n"
         "assert reg.names() == ['hsv'] and 'hsv' in reg\n"
         "loaded = 'colorsys' in sys.modules\n"

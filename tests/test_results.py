@@ -7,7 +7,6 @@ import pytest
 
 import defenses
 from fedsec.config import ExperimentConfig
-from fedsec.protocol import RoundRecord
 from fedsec.results import (
     RunWriter,
     attacker_acceptance,
@@ -15,6 +14,7 @@ from fedsec.results import (
     read_metrics,
     summarize_rounds,
 )
+from fedsec_core.protocol import RoundRecord
 
 
 def test_writer_appends_rounds_and_summarizes(tmp_path):

@@ -1,7 +1,7 @@
 """Seeded client sampling and seed streams."""
 
-from fedsec.sampling import ClientSampler
-from fedsec.seeding import derive_seed
+from fedsec_core.sampling import ClientSampler
+from fedsec_core.seeding import derive_seed
 
 
 def test_same_seed_same_clients_and_rounds_differ():
@@ -48,7 +48,7 @@ def test_derive_seed_streams():
 
 def schedule(**attack):
     from fedsec.config import AttackConfig
-    from fedsec.sampling import AttackSchedule
+    from fedsec_core.sampling import AttackSchedule
 
     return AttackSchedule(
         AttackConfig(name="sign-flip", **attack),

@@ -1,4 +1,4 @@
-"""fedsec.schema's constraint objects and the declarations made with them: each value's
+"""fedsec_core.schema's constraint objects and the declarations made with them: each value's
 valid range, its words and its one-line error, judged once."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 
 from fedsec import config
 from fedsec.config import ExperimentConfig, TrainConfig, load_config
-from fedsec.errors import ConfigError
-from fedsec.params import check_parameters, param, parameter_fields, positive
-from fedsec.schema import FINITE, InstanceOf, Interval, Options
+from fedsec_core.errors import ConfigError
+from fedsec_core.params import check_parameters, param, parameter_fields, positive
+from fedsec_core.schema import FINITE, InstanceOf, Interval, Options
 
 
 @pytest.mark.parametrize(
@@ -149,7 +149,7 @@ def test_schedule_keys_mean_nothing_without_an_attack():
 
 def test_training_checks_with_the_objects_train_declares():
     """One rule per value: [train]'s keys are declared with config.SGD's objects, which
-    fedsec.training.train checks its arguments with (lr also capped for experiments)."""
+    fedsec_core.training.train checks its arguments with (lr also capped for experiments)."""
     checks = {f.name: f.metadata["check"] for f in parameter_fields(TrainConfig)}
     assert checks["local_epochs"] is config.SGD["epochs"]
     assert checks["batch_size"] is config.SGD["batch_size"]

@@ -12,15 +12,15 @@ import pytest
 import torch
 
 import defenses
-from benchmarks.gpu_shared import BiasProbe
+from defenses.testing import BiasProbe
 from fedsec.cli import _finish_run, main
 from fedsec.config import ExperimentConfig
-from fedsec.errors import RunError
-from fedsec.protocol import RoundRecord
 from fedsec.results import read_metrics
-from fedsec.sampling import AttackSchedule
 from fedsec.server import _progress_line, discover_partitions
 from fedsec.sweep import _ROUND_LINE
+from fedsec_core.errors import RunError
+from fedsec_core.protocol import RoundRecord
+from fedsec_core.sampling import AttackSchedule
 from tests.runs import REPO, SMALL
 from tests.test_failures import run as run_faulty
 

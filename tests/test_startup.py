@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from defenses import build_defense, build_rule, defense_names
-from fedsec.errors import ConfigError
+from fedsec_core.errors import ConfigError
 from tests.runs import REPO
 
 HEAVY = ("flwr", "sklearn", "scipy", "matplotlib", "ray", "pandas")

@@ -10,9 +10,9 @@ import pytest
 
 from defenses.rules import MultiMetricsRule
 from fedsec.cli import main, partition_default_path, summary_line, verdict_clause
-from fedsec.protocol import RoundRecord
 from fedsec.report.plot import _panel_title
 from fedsec.results import attack_window, precision_bound
+from fedsec_core.protocol import RoundRecord
 
 # FedAvg's BA in the showcase swung between 7% and 97% every other round and the last
 # round read 37%: the old verdict called that "partly got through (final 36.7%)".

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from fedsec.cli import main
-from fedsec.errors import ConfigError
 from fedsec.results import read_metrics
 from fedsec.sweep import load_sweep
+from fedsec_core.errors import ConfigError
 from tests.runs import rounds_without_time, sigkill_when
 
 BASE = """

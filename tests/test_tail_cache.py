@@ -10,8 +10,8 @@ import pytest
 from attacks import edge_sources as src
 from fedsec import task as task_module
 from fedsec.config import load_config
-from fedsec.data import load_dataset
 from fedsec.task import get_task
+from fedsec_core.data import load_dataset
 from tests.runs import tiny_digits
 
 FIT = src._fit_tail_log_density  # the computation itself, never cached

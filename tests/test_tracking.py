@@ -21,8 +21,8 @@ import torch
 from fedsec import tracking
 from fedsec.cli import DEFAULT_EXPERIMENT, main
 from fedsec.config import load_config
-from fedsec.errors import ConfigError
 from fedsec.results import read_metrics
+from fedsec_core.errors import ConfigError
 from tests.runs import REPO, run_cli, tiny_digits
 
 pytest.importorskip("tensorboard")

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from fedsec.errors import ConfigError
 from fedsec.models import build_model
-from fedsec.training import (
+from fedsec_core.errors import ConfigError
+from fedsec_core.training import (
     EvalStats,
     TrainStats,
     assign_flat_params,

@@ -11,11 +11,7 @@ import torch
 import fedsec.task
 from fedsec.cli import main
 from fedsec.config import ExperimentConfig
-from fedsec.errors import ConfigError, FedsecError
-from fedsec.protocol import RoundRecord
 from fedsec.results import read_rounds
-from fedsec.sampling import AttackSchedule, ClientSampler
-from fedsec.seeding import rng
 from fedsec.unlearning import federated
 from fedsec.unlearning.artifact import DatamodelArtifact, config_hash
 from fedsec.unlearning.datamodel import Datamodel, fit_datamodel, predicted_oracle
@@ -26,6 +22,10 @@ from fedsec.unlearning.subsets import (
     federation_variant,
     train_datamodel,
 )
+from fedsec_core.errors import ConfigError, FedsecError
+from fedsec_core.protocol import RoundRecord
+from fedsec_core.sampling import AttackSchedule, ClientSampler
+from fedsec_core.seeding import rng
 from tests.runs import SMALL
 
 TINY = {

@@ -4,7 +4,7 @@ Every rule maps the sampled clients' flattened models ``(n, d)``, their example
 counts ``(n,)`` and the global model ``(d,)`` to an :class:`AggregationResult`.
 """
 
-from fedsec.registry import Registry
+from fedsec_core.registry import Registry
 
 from .base import AggregationResult, AggregationRule, ClientBatch, SeededRule
 from .bulyan import BulyanRule

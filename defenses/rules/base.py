@@ -16,11 +16,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from fedsec.hooks import FinalModel
-from fedsec.params import check_parameters
-from fedsec.params import non_negative as non_negative  # re-exported for the rule modules
-from fedsec.params import param as param
-from fedsec.params import positive as positive
+from fedsec_core.hooks import FinalModel
+from fedsec_core.params import check_parameters
+from fedsec_core.params import non_negative as non_negative  # re-exported for the rule modules
+from fedsec_core.params import param as param
+from fedsec_core.params import positive as positive
 
 #: Columns per block in the blocked helpers (a float32 block of 30 clients is 16 MB):
 #: few enough blocks that a busy CPU costs few thread synchronisations.
@@ -90,7 +90,7 @@ class AggregationRule:
     selects_clients: ClassVar[bool] = True
 
     # What the rule needs from the platform besides the round's models, and its step
-    # after the last round (``fedsec.hooks``: the server asks, and knows no rule by name).
+    # after the last round (``fedsec_core.hooks``: the server asks, and knows no rule by name).
     #: Whether :meth:`aggregate` needs ``root_update``, the server's own update on a clean
     #: root set of :meth:`root_set_size` training examples each round (FLTrust).
     needs_root_update: ClassVar[bool] = False
@@ -141,7 +141,7 @@ class AggregationRule:
     def after_training(self, final: FinalModel) -> dict[str, Any]:
         """The rule's step after the last round: what it adds to the last round's record,
         computed from the final global model and the run's facts (``final``, a
-        :class:`fedsec.hooks.FinalModel`); nothing by default. CRFL certifies the model
+        :class:`fedsec_core.hooks.FinalModel`); nothing by default. CRFL certifies the model
         here."""
         return {}
 

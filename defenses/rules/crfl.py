@@ -9,7 +9,7 @@ norm a bounded backdoor attacker can use without changing that prediction.
 This module holds both halves, free of Flower: :class:`CRFLRule` (the aggregation) and
 :func:`certify` with the paper's radius (:class:`RadiusConstants`). The certification is
 the rule's post-training step (:meth:`CRFLRule.after_training`, which fedsec's server
-runs on the final model, ``fedsec.hooks``): it takes the constants that describe the run
+runs on the final model, ``fedsec_core.hooks``): it takes the constants that describe the run
 (rounds, learning rate, local steps, the attackers' weights) from the run's facts
 (:func:`run_constants`) and the others from the rule's parameters, and adds to the last
 round's record in metrics.jsonl:
@@ -47,9 +47,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedsec.hooks import FinalModel
-from fedsec.layout import ModelLayout
-from fedsec.seeding import derive_seed
+from fedsec_core.hooks import FinalModel
+from fedsec_core.layout import ModelLayout
+from fedsec_core.seeding import derive_seed
 
 from .base import (
     AggregationResult,
@@ -442,7 +442,7 @@ def certify(
 
     ``model`` is a module of the model's architecture (its non-floating entries are used
     as they are); ``flat`` its floating-point state-dict entries in order, as the rules
-    see them (the state view of ``fedsec.layout``), on the device to run on. ``flat`` is
+    see them (the state view of ``fedsec_core.layout``), on the device to run on. ``flat`` is
     clipped to ``constants.norm_bound``; each of ``num_samples`` draws adds
     ``N(0, constants.smoothing_std^2)`` to every entry (a stream seeded by ``seed``) and
     classifies every input, in batches of ``batch_size``. Per input, the top class

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedsec.layout import ModelLayout
+from fedsec_core.layout import ModelLayout
 
 from .base import (
     AggregationResult,
@@ -31,7 +31,7 @@ PROBE_BATCH = 2000
 
 class ModelProbe:
     """What DeepSight needs to see inside the models, given by the platform: it runs a
-    flat model (the state view of ``fedsec.layout``: its floating-point state-dict
+    flat model (the state view of ``fedsec_core.layout``: its floating-point state-dict
     entries in order, as the rules see them) on inputs, and finds its output layer.
 
     ``template`` is a model of the federation's architecture (its non-floating buffers

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedsec.params import in_unit_interval
+from fedsec_core.params import in_unit_interval
 
 from .base import (
     AggregationResult,

@@ -4,7 +4,7 @@ For one experiment (a config and its seed) with a colluding attack (``alie``, ``
 ``min-max``, ``min-sum``), this script re-creates every round of the run from fedsec's
 public pieces, without touching the server loop: the task (``fedsec.task.get_task``:
 data, partition, model, the attack schedule), each sampled client's honest local
-training (``fedsec.training.train`` with the task's per-client settings, which is what
+training (``fedsec_core.training.train`` with the task's per-client settings, which is what
 an honest client and a colluding attacker both run on their client), the attack's own
 crafting function (``attack.craft`` on the attackers' view: their own benign updates
 with ``attack.knowledge = "partial"``, every update with ``"full"``) and the rules
@@ -64,11 +64,11 @@ import torch
 from attacks.collusion import CollusionAttack
 from defenses import build_rule
 from fedsec.config import ExperimentConfig, load_config
-from fedsec.errors import ConfigError
-from fedsec.layout import ModelLayout
 from fedsec.pretrain import initial_state
 from fedsec.task import FederatedTask, get_task
-from fedsec.training import evaluate, train
+from fedsec_core.errors import ConfigError
+from fedsec_core.layout import ModelLayout
+from fedsec_core.training import evaluate, train
 
 
 @dataclass

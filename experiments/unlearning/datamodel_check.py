@@ -19,8 +19,6 @@ import numpy as np
 import torch
 
 from fedsec.config import load_config
-from fedsec.seeding import derive_seed
-from fedsec.training import predict_logits
 from fedsec.unlearning.artifact import tensor_hash
 from fedsec.unlearning.federated import (
     DATAMODEL_FILE,
@@ -29,6 +27,8 @@ from fedsec.unlearning.federated import (
     train_federations,
 )
 from fedsec.unlearning.subsets import federation_variant
+from fedsec_core.seeding import derive_seed
+from fedsec_core.training import predict_logits
 
 
 def main() -> None:

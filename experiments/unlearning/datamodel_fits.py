@@ -21,8 +21,6 @@ from pathlib import Path
 import torch
 
 from fedsec.config import load_config
-from fedsec.seeding import derive_seed
-from fedsec.training import predict_logits
 from fedsec.unlearning.artifact import tensor_hash
 from fedsec.unlearning.datamodel import fit_datamodel
 from fedsec.unlearning.federated import (
@@ -32,6 +30,8 @@ from fedsec.unlearning.federated import (
     train_federations,
 )
 from fedsec.unlearning.subsets import federation_variant, train_datamodel
+from fedsec_core.seeding import derive_seed
+from fedsec_core.training import predict_logits
 
 
 def main() -> None:

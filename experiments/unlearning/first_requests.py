@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 
 from fedsec.config import load_config
-from fedsec.seeding import derive_seed
 from fedsec.unlearning.artifact import config_hash, load_artifact, tensor_hash
 from fedsec.unlearning.evaluation import klom_splits, model_margins, unlearn_cached
 from fedsec.unlearning.federated import Federation, UnlearnSettings, train_federations
 from fedsec.unlearning.klom import klom, percentile
 from fedsec.unlearning.subsets import federation_variant
+from fedsec_core.seeding import derive_seed
 
 
 def main() -> None:

@@ -21,7 +21,8 @@ from flwr.clientapp import ClientApp
 
 from fedsec.batched import train_clients
 from fedsec.config import ExperimentConfig
-from fedsec.protocol import (
+from fedsec.task import FederatedTask, get_task
+from fedsec_core.protocol import (
     ARRAYS,
     BATCH,
     BATCH_ACTION,
@@ -43,8 +44,7 @@ from fedsec.protocol import (
     arrays_key,
     metrics_key,
 )
-from fedsec.task import FederatedTask, get_task
-from fedsec.training import TrainStats, train
+from fedsec_core.training import TrainStats, train
 
 app = ClientApp()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedsec.config import ExperimentConfig
-from fedsec.registry import Registry
+from fedsec_core.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from fedsec.server import FederationResult

@@ -5,7 +5,7 @@ round's honest clients together (``engine.batch_clients``, ``fedsec.batched``),
 :class:`BatchingGrid` wraps the engine's grid between the server loop and the nodes:
 
 1. of the train messages of one ``send_and_receive`` call, the honest clients' (no
-   attacker facts in the ConfigRecord, ``fedsec.protocol.AttackerFacts``) that share
+   attacker facts in the ConfigRecord, ``fedsec_core.protocol.AttackerFacts``) that share
    one global model and round form a batch; attackers' messages and queries go out
    unchanged;
 2. a batch becomes ONE message of type :data:`BATCH_TRAIN` (``train.batch``, Flower's
@@ -46,7 +46,7 @@ from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedsec.config import ExperimentConfig
-from fedsec.protocol import (
+from fedsec_core.protocol import (
     ARRAYS,
     BATCH,
     BATCH_ACTION,
@@ -60,7 +60,7 @@ from fedsec.protocol import (
 )
 
 #: The message type of a batch: the ``batch`` action of the ``train`` category (the
-#: batch's ConfigRecord :data:`fedsec.protocol.BATCH` names its clients' partition ids).
+#: batch's ConfigRecord :data:`fedsec_core.protocol.BATCH` names its clients' partition ids).
 BATCH_TRAIN = f"{MessageType.TRAIN}.{BATCH_ACTION}"
 
 

@@ -33,8 +33,8 @@ from fedsec.engines.processes import (
     stop_marked,
     wait_for_port,
 )
-from fedsec.errors import FedsecError
-from fedsec.protocol import NUM_PARTITIONS, PARTITION_ID
+from fedsec_core.errors import FedsecError
+from fedsec_core.protocol import NUM_PARTITIONS, PARTITION_ID
 
 CONNECTION_NAME = "fedsec"
 DEFAULT_CLIENTAPP = "fedsec.apps.client_app:app"

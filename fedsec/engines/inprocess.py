@@ -26,7 +26,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsec.protocol import NUM_PARTITIONS, PARTITION_ID
+from fedsec_core.protocol import NUM_PARTITIONS, PARTITION_ID
 
 SERVER_NODE_ID = SUPERLINK_NODE_ID
 

@@ -69,13 +69,13 @@ from pathlib import Path
 from typing import Any
 
 from fedsec import paper as paper_mod
-from fedsec.atomic import atomic_write_text
-from fedsec.errors import FedsecError
 from fedsec.report.build import build_report, choose_layout, mix_warnings
 from fedsec.report.load import load_results
 from fedsec.report.plot import plot_curves, plot_heatmaps
 from fedsec.report.render import render_markdown
 from fedsec.report.stats import paper_ranking, ranking_scores
+from fedsec_core.atomic import atomic_write_text
+from fedsec_core.errors import FedsecError
 
 __all__ = ["load_results", "paper_ranking", "ranking_scores", "register", "write_report"]
 

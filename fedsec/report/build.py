@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from fedsec import paper as paper_mod
-from fedsec.errors import ConfigError
 from fedsec.report.load import (
     METRICS,
     SEED_AXIS,
@@ -28,6 +27,7 @@ from fedsec.report.stats import (
     seed_rankings,
     summarize,
 )
+from fedsec_core.errors import ConfigError
 
 ALL = "all"  # the one row or column value when there is no rows or cols axis
 

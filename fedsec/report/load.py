@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsec.errors import FedsecError
-from fedsec.protocol import RoundRecord
 from fedsec.results import METRICS_FILE, SUMMARY_FILE, attacker_acceptance, read_rounds
+from fedsec_core.errors import FedsecError
+from fedsec_core.protocol import RoundRecord
 
 SWEEP_FILE = "sweep.json"
 SEED_AXIS = "seed"

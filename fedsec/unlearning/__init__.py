@@ -12,13 +12,15 @@ example in the paper; the math modules do not care which.
 - ``subsets``: "train on a subset of units -> logits on inputs" for clients (the
   in-process federation) and for examples (central training), run in parallel.
 - ``artifact``: the datamodel stored beside a run, checked against its config and inputs.
-- ``federated``: the unlearning methods on a federation, flagged clients, the run-dir
-  ``unlearn`` command; ``evaluation``: the KLoM protocol (``unlearn-eval``).
+- ``federation`` (a federation's rows and who owns them), ``flagging`` (``--flagged``),
+  ``oracles`` (federations retrained without some clients), ``methods`` (the unlearning
+  methods on a request), ``federated`` (the run-dir ``unlearn`` command; it re-exports
+  the names of the four); ``evaluation``: the KLoM protocol (``unlearn-eval``).
 
 ``datamodel``, ``klom`` and ``matching`` use torch only (no Flower).
 """
 
-from fedsec.registry import Registry
+from fedsec_core.registry import Registry
 
 #: OM's retrained models per request. Two: on validation models (seed 1000, digits,
 #: N = 50) OM's forget / retain / test KLoM was 1.54 / 1.57 / 1.45 with one oracle,
@@ -27,16 +29,16 @@ from fedsec.registry import Registry
 #: request (experiments/unlearning/README.md).
 DEFAULT_OM_ORACLES = 2
 
-#: ``--method`` -> ``method(UnlearnRequest) -> state dict`` (``federated``), imported on use.
+#: ``--method`` -> ``method(UnlearnRequest) -> Unlearned`` (``methods``), imported on use.
 METHODS = Registry(
     "--method",
     {
-        "none": "fedsec.unlearning.federated:keep_model",
-        "retrain": "fedsec.unlearning.federated:retrain",
-        "dmm": "fedsec.unlearning.federated:datamodel_matching",
-        "om": "fedsec.unlearning.federated:oracle_matching",
-        "finetune": "fedsec.unlearning.federated:finetune",
-        "gradient-ascent": "fedsec.unlearning.federated:gradient_ascent_method",
+        "none": "fedsec.unlearning.methods:keep_model",
+        "retrain": "fedsec.unlearning.methods:retrain",
+        "dmm": "fedsec.unlearning.methods:datamodel_matching",
+        "om": "fedsec.unlearning.methods:oracle_matching",
+        "finetune": "fedsec.unlearning.methods:finetune",
+        "gradient-ascent": "fedsec.unlearning.methods:gradient_ascent_method",
     },
     sort_names=False,
 )

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from fedsec.atomic import atomic_torch_save
 from fedsec.config import ExperimentConfig
-from fedsec.errors import FedsecError
 from fedsec.unlearning.datamodel import Datamodel
+from fedsec_core.atomic import atomic_torch_save
+from fedsec_core.errors import FedsecError
 
 FORMAT = "fedsec-datamodel-v1"
 

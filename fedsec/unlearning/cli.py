@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from fedsec.params import parameter_defaults
 from fedsec.unlearning import DEFAULT_OM_ORACLES, METHODS
 from fedsec.unlearning.settings import MatchingConfig
+from fedsec_core.params import parameter_defaults
 
 
 def register(sub) -> None:
@@ -148,8 +148,8 @@ def cmd_unlearn(args) -> int:
 
 def cmd_unlearn_eval(args) -> int:
     from fedsec.config import load_config
-    from fedsec.errors import ConfigError
     from fedsec.unlearning.evaluation import klom_evaluation
+    from fedsec_core.errors import ConfigError
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if not methods:

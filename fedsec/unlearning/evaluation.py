@@ -39,11 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedsec.atomic import atomic_torch_save
 from fedsec.config import ExperimentConfig
-from fedsec.errors import ConfigError
-from fedsec.seeding import derive_seed
-from fedsec.training import predict_logits
 from fedsec.unlearning import DEFAULT_OM_ORACLES, METHODS
 from fedsec.unlearning.artifact import tensor_hash
 from fedsec.unlearning.federated import (
@@ -61,6 +57,10 @@ from fedsec.unlearning.klom import klom, margins, percentile
 from fedsec.unlearning.matching import MatchingReport
 from fedsec.unlearning.settings import auto_count, check_auto_count, check_request
 from fedsec.unlearning.subsets import federation_variant
+from fedsec_core.atomic import atomic_torch_save
+from fedsec_core.errors import ConfigError
+from fedsec_core.seeding import derive_seed
+from fedsec_core.training import predict_logits
 
 SPLITS = ("forget", "retain", "test")
 BOOTSTRAP_RESAMPLES = 2000

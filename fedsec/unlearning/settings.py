@@ -5,7 +5,7 @@
 the datamodel's, the oracles' and ``--flagged``'s (:class:`RequestArguments`), how the
 request is unlearned (``federated.UnlearnSettings``) and the fine-tuning
 (``matching.MatchingConfig``). Each is declared beside its default with
-``fedsec.params.param`` and a ``fedsec.schema`` constraint, the pattern of the
+``fedsec_core.params.param`` and a ``fedsec_core.schema`` constraint, the pattern of the
 experiment's keys and of the attacks' and rules' parameters, and :func:`check_request`
 judges them all before anything is loaded or trained; the steps after it
 (``get_datamodel``, the fine-tuning loops) trust them. The errors name the commands'
@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fedsec.errors import ConfigError
-from fedsec.params import check_parameters, param
-from fedsec.schema import Interval
+from fedsec_core.errors import ConfigError
+from fedsec_core.params import check_parameters, param
+from fedsec_core.schema import Interval
 
 _COUNT = Interval(int, 1, None, closed="left")
 

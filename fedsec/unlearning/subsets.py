@@ -9,7 +9,7 @@ inputs. Two implementations:
   in-process engine with ``train.exclude_clients`` = the units outside the mask
   (``data.partition_seed`` pinned, so every subset sees the same clients).
 - ``ExampleSubsetTrainer``: units are training examples; central training with
-  ``fedsec.training.train`` (the paper's setting).
+  ``fedsec_core.training.train`` (the paper's setting).
 
 ``run_parallel`` runs many trainings in spawned worker processes with a tqdm bar;
 ``train_datamodel`` draws the masks (each unit kept with probability q), trains and fits.
@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from fedsec.config import ExperimentConfig
-from fedsec.seeding import derive_seed, rng
-from fedsec.training import predict_logits, train
 from fedsec.unlearning.datamodel import Datamodel, fit_datamodel
+from fedsec_core.seeding import derive_seed, rng
+from fedsec_core.training import predict_logits, train
 
 
 # ------------------------------------------------------------------ federations

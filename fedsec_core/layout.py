@@ -28,7 +28,7 @@ Two views of a module, and which one is used where (the decision):
   view (``tests/test_layout.py``).
 - **the parameters view** (``buffers=False``): ``model.parameters()`` in their order,
   what SGD moves. Operations inside local training stay on it
-  (``fedsec.training.flatten_params`` / ``assign_flat_params``: PGD's projection, model
+  (``fedsec_core.training.flatten_params`` / ``assign_flat_params``: PGD's projection, model
   replacement's boost, Neurotoxin's mask, the multi-metrics evasion's penalty and
   projection), because a penalty is differentiated through the parameters and a
   running variance moved outside the convex hull of its values can turn negative.

@@ -1,11 +1,14 @@
-"""What the GPU checks (tests/test_gpu.py) and the GPU timing script
-(benchmarks/gpu_timing.py) share: the synthetic aggregation round, the model probe such a
-round gets (DeepSight) and the TF32 switch. Torch only, no Flower."""
+"""Synthetic aggregation rounds, to check and time the rules without Flower or a model.
+
+A seeded round of float32 models with one outlier (:func:`make_round`) and the model
+probe such a round gives DeepSight (:class:`BiasProbe`): what the GPU checks
+(tests/test_gpu.py), the rules' property tests and the GPU timing script
+(benchmarks/gpu_timing.py) share, here rather than in benchmarks/ so that no test imports
+a benchmark. Torch only, no Flower.
+"""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -61,19 +64,6 @@ def make_round(n: int, d: int, seed: int) -> Round:
     weights = torch.randint(100, 600, (n,), generator=gen).double()
     root = torch.empty(d).normal_(0, 0.002, generator=gen).add_(shared)
     return Round(models, weights, base, root, list(range(100, 100 + n)))
-
-
-@contextlib.contextmanager
-def tf32(enabled: bool | None) -> Iterator[None]:
-    """Set cuDNN's and cuBLAS's TF32 switches for a block (None: leave the defaults)."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    if enabled is not None:
-        torch.backends.cudnn.allow_tf32 = enabled
-        torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 class BiasProbe:

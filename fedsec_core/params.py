@@ -3,7 +3,7 @@
 As scikit-learn's ``_parameter_constraints``, but as dataclass fields: a parameter is a
 field made with :func:`param`, which declares its default and its check; its annotation
 is its type (an int is a valid float). The check is a constraint object of
-``fedsec.schema`` (an interval, a set of options, ...), which puts a valid value into
+``fedsec_core.schema`` (an interval, a set of options, ...), which puts a valid value into
 words and writes its own one-line error, or a plain predicate with the words for a valid
 value. The constructor only stores values; :func:`check_parameters` is the one place
 that judges them.
@@ -22,13 +22,13 @@ from collections.abc import Callable
 from dataclasses import Field, field, fields
 from typing import Any, get_type_hints
 
-from fedsec.errors import ConfigError
-from fedsec.schema import Constraint
-from fedsec.schema import has_type as has_type  # re-exported: it lived here
+from fedsec_core.errors import ConfigError
+from fedsec_core.schema import Constraint
+from fedsec_core.schema import has_type as has_type  # re-exported: it lived here
 
 
 def param(default: Any, check: Callable[[Any], bool], expect: str | None = None) -> Any:
-    """A parameter: its default and its check, a ``fedsec.schema`` constraint (which
+    """A parameter: its default and its check, a ``fedsec_core.schema`` constraint (which
     writes its own words) or a predicate with ``expect``, the words for a valid value."""
     if expect is None and not isinstance(check, Constraint):
         raise TypeError("param: a predicate needs the words for a valid value (expect)")
@@ -36,7 +36,7 @@ def param(default: Any, check: Callable[[Any], bool], expect: str | None = None)
 
 
 # The predicates the attacks and rules declare with words (``param(1.0, positive, "> 0")``);
-# a new declaration can name a ``fedsec.schema`` constraint instead, which words itself.
+# a new declaration can name a ``fedsec_core.schema`` constraint instead, which words itself.
 def positive(value: float) -> bool:
     return math.isfinite(value) and value > 0
 

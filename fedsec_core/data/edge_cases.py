@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsec.data.base import to_unit_nchw
-from fedsec.data.formats import check_images, check_labels, read_npz, read_pickle
-from fedsec.errors import DataError
+from fedsec_core.data.base import to_unit_nchw
+from fedsec_core.data.formats import check_images, check_labels, read_npz, read_pickle
+from fedsec_core.errors import DataError
 
 ARDIS_NPZ = "ardis_iv.npz"
 ARDIS_CSV = {

@@ -10,7 +10,7 @@ cannot drift apart:
   adversary stage, and the defense's verdicts as train metrics;
 - :class:`AttackerFacts`: the facts the server tells each attacker of a round, as the
   train message's ConfigRecord entries;
-- :class:`TrainingSpec`: how a client trains in a round (``fedsec.training.train``'s
+- :class:`TrainingSpec`: how a client trains in a round (``fedsec_core.training.train``'s
   settings);
 - :class:`RoundRecord`: one round as ``metrics.jsonl`` holds it, which the server loop
   writes and ``summary.json``, reports, the CLI and unlearning read;
@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from fedsec.errors import FedsecError
+from fedsec_core.errors import FedsecError
 
 # --------------------------------------------------------------------- message keys
 #: RecordDict key of the model (an ArrayRecord) in a train message and its reply
@@ -150,7 +150,7 @@ class AttackerFacts:
     round_clients: the round's size; trigger: the attackers' shared trigger as a flat
     list of C*H*W floats, when the server loop's adversary stage holds one (``a3fl``),
     else None; extra: every other entry, as the ConfigRecord holds it: the facts an
-    attack's server stage adds (``fedsec.hooks.ServerStage.facts``, which works on the
+    attack's server stage adds (``fedsec_core.hooks.ServerStage.facts``, which works on the
     ConfigRecord entries, :meth:`to_config`) and, read on the client, the strategy's own
     (``server-round``). The attack reads them all as ``AttackContext.facts``.
     """
@@ -197,7 +197,7 @@ class AttackerFacts:
 # ------------------------------------------------------------------- training spec
 @dataclass(frozen=True)
 class TrainingSpec:
-    """How one client trains in one round: ``fedsec.training.train``'s settings
+    """How one client trains in one round: ``fedsec_core.training.train``'s settings
     (``FederatedTask.training_spec`` derives them from the config, the round and the
     client). ``to_dict()`` is ``train``'s keyword arguments."""
 
@@ -210,7 +210,7 @@ class TrainingSpec:
     device: torch.device
 
     def to_dict(self) -> dict[str, Any]:
-        """The keyword arguments of ``fedsec.training.train``, in field order."""
+        """The keyword arguments of ``fedsec_core.training.train``, in field order."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod

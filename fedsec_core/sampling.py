@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from fedsec.seeding import rng
+from fedsec_core.seeding import rng
 
 ROUND_WALK_LIMIT = 10_000
 """Rounds of a ``random-pool`` schedule sampled one by one to find its round shapes."""

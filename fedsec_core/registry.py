@@ -16,7 +16,7 @@ import importlib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Generic, TypeVar
 
-from fedsec.errors import ConfigError
+from fedsec_core.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedsec.data.base import Dataset
-from fedsec.data.edge_cases import load_ardis, load_southwest
-from fedsec.data.sources import SOURCES, DatasetSource
-from fedsec.registry import Registry
+from fedsec_core.data.base import Dataset
+from fedsec_core.data.edge_cases import load_ardis, load_southwest
+from fedsec_core.data.sources import SOURCES, DatasetSource
+from fedsec_core.registry import Registry
 
 __all__ = [
     "DATASETS",

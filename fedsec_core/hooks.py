@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from fedsec.layout import ModelLayout
+from fedsec_core.layout import ModelLayout
 
 
 @dataclass
@@ -92,7 +92,7 @@ class StageResources:
     """What the server offers an attack that builds its :class:`ServerStage`.
 
     ``config``: the experiment (``fedsec.config.ExperimentConfig``); ``dataset``: the
-    task's data set (``fedsec.data.Dataset``); ``server_rule``: the server's own rule,
+    task's data set (``fedsec_core.data.Dataset``); ``server_rule``: the server's own rule,
     live (a stage that copies it sees the state the server has that round);
     ``model_probe``: the server's ``defenses.rules.ModelProbe`` of the task's model when
     the configured rule inspects models, else None (a stage that builds the configured
@@ -115,7 +115,7 @@ class FinalModel:
       the run's architecture (load ``state`` into it); ``test_data``: the test split
       ``(x, y)``; ``device``: where the run computes;
     - ``seed``: the experiment's seed (derive the step's own streams from it with
-      ``fedsec.seeding.derive_seed``); ``train``: the ``[train]`` settings (``rounds``,
+      ``fedsec_core.seeding.derive_seed``); ``train``: the ``[train]`` settings (``rounds``,
       ``lr``, ``lr_decay``, ``momentum``, ``local_epochs``, ``batch_size``, ...);
     - ``attack_rounds``: the rounds in which the schedule has an attacker;
       ``sample(round)``: that round's ``(clients, attackers)`` by partition id;
@@ -136,6 +136,6 @@ class FinalModel:
     progress: Callable[[str], None] = print
 
     def flat(self) -> torch.Tensor:
-        """The final model as the rules see it: the state view of ``fedsec.layout`` (its
+        """The final model as the rules see it: the state view of ``fedsec_core.layout`` (its
         floating-point entries, in state-dict order)."""
         return ModelLayout.of_state(self.state).flatten(self.state)

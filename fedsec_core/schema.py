@@ -11,7 +11,7 @@ declaration cannot say one thing and check another::
     Interval(float, 0, 1, closed="left").check("train.momentum", 1.0)
     # ConfigError: train.momentum must be in [0, 1), got 1.0
 
-Values are declared with these through ``fedsec.params.param``: the experiment's keys
+Values are declared with these through ``fedsec_core.params.param``: the experiment's keys
 (fedsec/config.py), the unlearning settings (fedsec/unlearning/), the attacks' and the
 defense rules' parameters. Where fedsec differs from scikit-learn, and why:
 
@@ -26,7 +26,7 @@ defense rules' parameters. Where fedsec differs from scikit-learn, and why:
 - :class:`Options` may read its options when a value is checked (a registry's names),
   so declaring it imports nothing.
 
-A core module: the standard library and ``fedsec.errors`` only.
+A core module: the standard library and ``fedsec_core.errors`` only.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from types import NoneType, UnionType
 from typing import Any, get_args
 
-from fedsec.errors import ConfigError
+from fedsec_core.errors import ConfigError
 
 #: The closed ends an :class:`Interval` may have (scikit-learn's words).
 CLOSED = ("left", "right", "both", "neither")

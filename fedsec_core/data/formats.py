@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsec.errors import DataError
+from fedsec_core.errors import DataError
 
 # IDX element type codes (http://yann.lecun.com/exdb/mnist/, "the IDX file format"); data
 # are big-endian.

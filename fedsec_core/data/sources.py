@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsec.data.base import DIGIT_CLASSES, Dataset, stratified_split, to_unit_nchw
-from fedsec.data.edge_cases import load_ardis, locate_ardis
-from fedsec.data.formats import check_images, check_labels, find_file, read_idx, read_pickle
-from fedsec.errors import ConfigError, DataError
+from fedsec_core.data.base import DIGIT_CLASSES, Dataset, stratified_split, to_unit_nchw
+from fedsec_core.data.edge_cases import load_ardis, locate_ardis
+from fedsec_core.data.formats import check_images, check_labels, find_file, read_idx, read_pickle
+from fedsec_core.errors import ConfigError, DataError
 
 FASHION_CLASSES = (
     "T-shirt/top",

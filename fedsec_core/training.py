@@ -7,9 +7,9 @@ no DataLoader: minibatches are index slices of a seeded permutation.
 
 The flat-vector helpers (``flatten_params``, ``assign_flat_params``) let attacks treat the
 weights that local training moves as one vector: the parameters view of the one model
-layout (``fedsec.layout``), parameters only, in ``model.parameters()`` order.  Buffers such
-as BatchNorm running statistics are not in it; the vector a defense aggregates is the
-layout's state view, which has them (``fedsec.layout`` says which view is used where).
+layout (``fedsec_core.layout``), parameters only, in ``model.parameters()`` order.
+Buffers such as BatchNorm running statistics are not in it; the vector a defense aggregates is the
+layout's state view, which has them (``fedsec_core.layout`` says which view is used where).
 """
 
 from __future__ import annotations
@@ -22,9 +22,20 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedsec.config import SGD
-from fedsec.errors import ConfigError
-from fedsec.layout import ModelLayout
+from fedsec_core.errors import ConfigError
+from fedsec_core.layout import ModelLayout
+from fedsec_core.schema import Interval
+
+#: What local SGD accepts, whoever trains: :func:`train` checks its arguments with these
+#: objects, and the experiment's ``[train]`` (``fedsec.config``) declares its keys with
+#: them (the experiment's learning rate is also capped at ``fedsec.config.MAX_LR``).
+SGD = {
+    "epochs": Interval(int, 1, None, closed="left"),
+    "batch_size": Interval(int, 1, None, closed="left"),
+    "lr": Interval(float, 0, None),
+    "momentum": Interval(float, 0, 1, closed="left"),
+    "weight_decay": Interval(float, 0, None, closed="left"),
+}
 
 Array = torch.Tensor | np.ndarray
 Device = torch.device | str
@@ -80,7 +91,7 @@ def _check_hyperparameters(
     epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float
 ) -> None:
     """Raise ConfigError for training settings outside what SGD accepts: the constraint
-    objects ``[train]`` declares its keys with (``fedsec.config.SGD``), so a value the
+    objects ``[train]`` declares its keys with (:data:`SGD`), so a value the
     config validated passes here by construction, and an attack's or the unlearning's
     own settings are judged by the same rule."""
     for key, value in (
@@ -262,7 +273,7 @@ def parameter_count(model: nn.Module) -> int:
 
 def flatten_params(model: nn.Module) -> torch.Tensor:
     """All parameters as one detached 1-D copy, in ``model.parameters()`` order, on their
-    device: the parameters view of ``fedsec.layout.ModelLayout``."""
+    device: the parameters view of ``fedsec_core.layout.ModelLayout``."""
     return ModelLayout.of_module(model, buffers=False).flatten_module(model)
 
 
