@@ -30,13 +30,13 @@ def rounds_without_time(run_dir: Path) -> list[dict]:
     ]
 
 
-def tiny_digits(rounds: int, seed: int, local_epochs: int = 1) -> list[str]:
-    """``--set`` overrides of a tiny federation: 8x8 digits, an MLP, 6 clients, 3 a round
-    (the attack tests' setting; triggers must then fit 8x8 images)."""
+def tiny_digits(rounds: int, seed: int, local_epochs: int = 1, clients: int = 6) -> list[str]:
+    """``--set`` overrides of a tiny federation: 8x8 digits, an MLP, ``clients`` clients
+    (6: the attack tests' setting), 3 a round (triggers must then fit 8x8 images)."""
     return [
         "data.name=digits",
         "model.name=mlp",
-        "data.num_clients=6",
+        f"data.num_clients={clients}",
         "data.min_partition_size=5",
         "train.clients_per_round=3",
         f"train.rounds={rounds}",

@@ -332,15 +332,7 @@ def test_a_batch_with_dropout_does_not_depend_on_flowers_sampling_order(tmp_path
 #: clients a round, trained batched. The seeded sampler picks clients 0, 1, 3 and 0, 1, 2,
 #: the attacker is client 0 in both rounds.
 FEDERATION = [
-    "data.name=digits",
-    "model.name=mlp",
-    "data.num_clients=4",
-    "data.min_partition_size=5",
-    "train.clients_per_round=3",
-    "train.rounds=2",
-    "train.local_epochs=1",
-    "engine.client_num_cpus=1",
-    "seed=5",
+    *runs.tiny_digits(rounds=2, seed=5, clients=4),
     "attack.name=sign-flip",
     "attack.schedule=every-round",
     "engine.batch_clients=true",

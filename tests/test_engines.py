@@ -29,15 +29,7 @@ from tests.runs import rounds_without_time
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = [
-    "data.name=digits",
-    "model.name=mlp",
-    "data.num_clients=4",
-    "data.min_partition_size=5",
-    "train.clients_per_round=3",
-    "train.rounds=2",
-    "train.local_epochs=1",
-    "engine.client_num_cpus=1",
-    "seed=5",
+    *runs.tiny_digits(rounds=2, seed=5, clients=4),
 ]
 
 

@@ -23,15 +23,7 @@ from tests import runs
 
 #: 4 digits clients, 3 a round, 2 rounds; the one attacker acts from round 2 only.
 RUN = [
-    "data.name=digits",
-    "model.name=mlp",
-    "data.num_clients=4",
-    "data.min_partition_size=5",
-    "train.clients_per_round=3",
-    "train.rounds=2",
-    "train.local_epochs=1",
-    "engine.client_num_cpus=1",
-    "seed=5",
+    *runs.tiny_digits(rounds=2, seed=5, clients=4),
     "attack.name=test-constant-stage",
     "attack.start_round=2",
     "defense.name=test-final-step",

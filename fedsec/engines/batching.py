@@ -40,12 +40,11 @@ on every run and engine.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedsec.config import ExperimentConfig
+from fedsec.engines.grids import ForwardingGrid
 from fedsec_core.protocol import (
     ARRAYS,
     BATCH,
@@ -72,7 +71,7 @@ def batching_grid(grid: Grid, config: ExperimentConfig, partition_of: dict[int, 
     return BatchingGrid(grid, partition_of) if use_batched(config)[0] else grid
 
 
-class BatchingGrid(Grid):
+class BatchingGrid(ForwardingGrid):
     """A grid that sends a round's honest train messages as one batch message.
 
     Parameters
@@ -84,28 +83,9 @@ class BatchingGrid(Grid):
     """
 
     def __init__(self, grid: Grid, partition_of: dict[int, int]) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self._partition_of = dict(partition_of)
         self._node_of = {pid: node for node, pid in partition_of.items()}
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def set_run(self, run):  # pragma: no cover - the real grid owns the run
-        self._grid.set_run(run)
-
-    @property
-    def run(self):
-        return self._grid.run
-
-    def create_message(self, *args, **kwargs):  # pragma: no cover - deprecated in Flower
-        return self._grid.create_message(*args, **kwargs)
-
-    def push_messages(self, messages):
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids):
-        return self._grid.pull_messages(message_ids)
 
     def send_and_receive(self, messages, *, timeout=None):
         """Send ``messages`` with each batch as one message; return one reply per client.

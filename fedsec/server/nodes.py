@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedsec.engines.grids import ForwardingGrid
 from fedsec_core import protocol
 from fedsec_core.errors import ConfigError, RunError
 from fedsec_core.protocol import NODE, NUM_PARTITIONS, PARTITION_ID
@@ -16,7 +17,7 @@ from fedsec_core.protocol import NODE, NUM_PARTITIONS, PARTITION_ID
 IDENTIFY = f"{MessageType.QUERY}.{protocol.IDENTIFY}"
 
 
-class RoundGrid(Grid):
+class RoundGrid(ForwardingGrid):
     """A grid that shows a strategy only this round's sampled nodes.
 
     Flower strategies sample with ``random.sample`` over ``grid.get_node_ids()``; given
@@ -26,30 +27,11 @@ class RoundGrid(Grid):
     """
 
     def __init__(self, grid: Grid, node_ids: list[int]) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self._node_ids = node_ids
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self._node_ids)
-
-    def set_run(self, run):  # pragma: no cover - the real grid owns the run
-        self._grid.set_run(run)
-
-    @property
-    def run(self):
-        return self._grid.run
-
-    def create_message(self, *args, **kwargs):  # pragma: no cover - deprecated in Flower
-        return self._grid.create_message(*args, **kwargs)
-
-    def push_messages(self, messages):
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids):
-        return self._grid.pull_messages(message_ids)
-
-    def send_and_receive(self, messages, *, timeout=None):
-        return self._grid.send_and_receive(messages, timeout=timeout)
 
 
 def discover_partitions(
