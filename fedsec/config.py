@@ -41,7 +41,7 @@ from typing import Any
 from fedsec_core.errors import ConfigError
 from fedsec_core.params import check_parameters, param, parameter_fields
 from fedsec_core.schema import FINITE, InstanceOf, Interval, Options, typename
-from fedsec_core.training import SGD
+from fedsec_core.sgd import SGD
 
 SCHEDULE_NAMES = ("fixed-frequency", "every-round", "random-pool")
 DEVICE_NAMES = ("cpu", "cuda", "auto")

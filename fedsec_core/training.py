@@ -24,18 +24,7 @@ from torch.nn import functional as F
 
 from fedsec_core.errors import ConfigError
 from fedsec_core.layout import ModelLayout
-from fedsec_core.schema import Interval
-
-#: What local SGD accepts, whoever trains: :func:`train` checks its arguments with these
-#: objects, and the experiment's ``[train]`` (``fedsec.config``) declares its keys with
-#: them (the experiment's learning rate is also capped at ``fedsec.config.MAX_LR``).
-SGD = {
-    "epochs": Interval(int, 1, None, closed="left"),
-    "batch_size": Interval(int, 1, None, closed="left"),
-    "lr": Interval(float, 0, None),
-    "momentum": Interval(float, 0, 1, closed="left"),
-    "weight_decay": Interval(float, 0, None, closed="left"),
-}
+from fedsec_core.sgd import SGD
 
 Array = torch.Tensor | np.ndarray
 Device = torch.device | str
@@ -91,7 +80,7 @@ def _check_hyperparameters(
     epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float
 ) -> None:
     """Raise ConfigError for training settings outside what SGD accepts: the constraint
-    objects ``[train]`` declares its keys with (:data:`SGD`), so a value the
+    objects ``[train]`` declares its keys with (``fedsec_core.sgd.SGD``), so a value the
     config validated passes here by construction, and an attack's or the unlearning's
     own settings are judged by the same rule."""
     for key, value in (
