@@ -3,7 +3,7 @@
 ``fedsec unlearn`` and ``fedsec unlearn-eval`` (and their functions,
 ``federated.unlearn_run`` and ``evaluation.klom_evaluation``) take three kinds of value:
 the datamodel's, the oracles' and ``--flagged``'s (:class:`RequestArguments`), how the
-request is unlearned (``federated.UnlearnSettings``) and the fine-tuning
+request is unlearned (``methods.UnlearnSettings``) and the fine-tuning
 (``matching.MatchingConfig``). Each is declared beside its default with
 ``fedsec_core.params.param`` and a ``fedsec_core.schema`` constraint, the pattern of the
 experiment's keys and of the attacks' and rules' parameters, and :func:`check_request`
