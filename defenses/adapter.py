@@ -34,6 +34,7 @@ from fedsec_core.protocol import (
 )
 
 from .rules import AggregationRule
+from .rules.base import normalized
 
 #: MetricRecord key whose value, when present, is the client's stable key.
 CLIENT_KEY_METRIC = PARTITION_ID
@@ -57,6 +58,12 @@ class RoundReport:
     rejected: valid replies the defense left out (sorted).
     invalid: replies refused before the defense saw them, with the reason.
     scores: the defense's score per scored client (empty if it has none).
+    weight_ratios: per valid client, its coefficient in the new model over the weight
+        FedAvg would give it (``n_i / sum n`` over the valid replies): 1 everywhere
+        for FedAvg, 0 for a client left out, ``n / m`` for a client among ``m`` equal
+        ones kept of ``n``; how much heavier a kept attacker is than under FedAvg.
+        Empty when the rule's model is no combination of the clients' models (see
+        :class:`~defenses.rules.AggregationResult`'s ``coefficients``).
     kept_previous: True when no new model came out of the round.
     note: why the previous model was kept, empty otherwise.
     """
@@ -68,6 +75,7 @@ class RoundReport:
     rejected: list[int] = field(default_factory=list)
     invalid: dict[int, str] = field(default_factory=dict)
     scores: dict[int, float] = field(default_factory=dict)
+    weight_ratios: dict[int, float] = field(default_factory=dict)
     kept_previous: bool = False
     note: str = ""
 
@@ -213,14 +221,20 @@ class DefenseStrategy(FedAvg):
 
         keys = [reply.key for reply in valid]
         global_model = layout.flatten(self._global_arrays, self.device)
+        examples = torch.tensor(
+            [r.num_examples for r in valid], dtype=torch.float64, device=self.device
+        )
         result = self.rule.aggregate(
             models,
-            torch.tensor([r.num_examples for r in valid], dtype=torch.float64, device=self.device),
+            examples,
             global_model,
             keys,
             self._root_update(server_round, layout, global_model),
         )
         accepted = result.accepted.tolist()
+        if result.coefficients is not None and result.model is not None:
+            ratios = result.coefficients / normalized(examples).to(result.coefficients.device)
+            report.weight_ratios = dict(zip(keys, ratios.tolist(), strict=True))
         report.accepted = sorted(k for k, ok in zip(keys, accepted, strict=True) if ok)
         report.rejected = sorted(k for k, ok in zip(keys, accepted, strict=True) if not ok)
         if result.scores is not None:

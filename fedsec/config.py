@@ -57,7 +57,6 @@ POSITIVE = Interval(float, 0, None)  # > 0, finite
 NON_NEGATIVE = Interval(float, 0, None, closed="left")  # >= 0, finite
 
 
-
 # The registries import this module, so their names are read when a value is checked.
 def _dataset_names() -> tuple[str, ...]:
     from fedsec_core.data import dataset_names

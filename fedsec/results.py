@@ -358,6 +358,29 @@ def attacker_acceptance(rounds: list[RoundRecord]) -> dict[str, Any] | None:
     }
 
 
+def attacker_weight(rounds: list[RoundRecord]) -> dict[str, Any] | None:
+    """How heavy a kept attacker was against FedAvg: the amplification a selecting rule
+    gives the attackers it keeps (keeping 3 of 10 equal clients makes each 10/3 as heavy).
+
+    Over the attack rounds (non-empty ``malicious_clients``) that logged the rule's
+    ``weight_ratios`` and aggregated a model, each attacker in the aggregate (ratio > 0)
+    adds its ratio: its coefficient in the new model over FedAvg's ``n_i / sum n``.
+    Returns ``{"kept", "mean", "max"}`` (the (round, attacker) pairs counted, the mean
+    and the largest ratio), or None when no pair counts (no attack, a rule whose model
+    is no combination of the clients', or no attacker ever kept).
+    """
+    ratios = [
+        r.weight_ratios[c]
+        for r in rounds
+        if r.malicious_clients and r.weight_ratios and not r.kept_previous_model
+        for c in r.malicious_clients
+        if r.weight_ratios.get(c, 0.0) > 0
+    ]
+    if not ratios:
+        return None
+    return {"kept": len(ratios), "mean": sum(ratios) / len(ratios), "max": max(ratios)}
+
+
 def attack_window(rounds: list[RoundRecord]) -> dict[str, Any] | None:
     """Backdoor accuracy over the attack window: the rounds from the first one with an
     attacker (non-empty ``malicious_clients``) to the last round, those of them that

@@ -251,7 +251,13 @@ ABSENT: Any = _Absent()
 
 #: Tables keyed by client (partition id): ints in a :class:`RoundRecord`, the strings
 #: JSON needs in metrics.jsonl.
-_CLIENT_TABLES = ("failed_reasons", "evasion_scales", "scores", "invalid_clients")
+_CLIENT_TABLES = (
+    "failed_reasons",
+    "evasion_scales",
+    "scores",
+    "weight_ratios",
+    "invalid_clients",
+)
 
 
 @dataclass
@@ -273,7 +279,9 @@ class RoundRecord:
       precedes ``crafted_clients`` when the stage crafted no reply, follows it otherwise;
     - the aggregation: ``train_loss`` (None: no reply had one), ``skipped`` (too few
       replies), ``accepted_clients``, ``rejected_clients``, ``scores`` ({client:
-      score}), ``invalid_clients`` ({client: why refused}), ``kept_previous_model`` and
+      score}), ``weight_ratios`` ({client: its coefficient in the new model over
+      FedAvg's ``n_i / sum n``}, for rules whose model is such a combination),
+      ``invalid_clients`` ({client: why refused}), ``kept_previous_model`` and
       ``kept_previous_reason``;
     - the ground truth: ``malicious_clients`` and the detection counts;
     - ``final``: what a post-training step adds to the last round (``crfl``'s
@@ -301,6 +309,7 @@ class RoundRecord:
     accepted_clients: list[int] | None = None
     rejected_clients: list[int] | None = None
     scores: dict[int, float] | None = None
+    weight_ratios: dict[int, float] | None = None
     invalid_clients: dict[int, str] | None = None
     kept_previous_model: bool | None = None
     kept_previous_reason: str | None = None

@@ -295,3 +295,41 @@ def test_device_is_checked_when_the_strategy_is_built():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA"):
             defenses.FedAvg(device="cuda")
+
+
+def test_the_round_report_gives_each_clients_weight_against_fedavgs():
+    """Known answers: FedAvg weighs every client as FedAvg (ratio 1, whatever their
+    example counts); Multi-Krum keeping m of n equal clients makes each kept one n/m
+    as heavy and the others 0; Krum makes its one pick n times as heavy."""
+    global_arrays = model_arrays(99)
+    nodes = list(range(100, 107))
+    fedavg = started(defenses.FedAvg(), global_arrays, nodes[:4])
+    assert fedavg.aggregate_round(1, good_replies()).weight_ratios == {
+        0: 1.0,
+        1: 1.0,
+        2: 1.0,
+        3: 1.0,
+    }
+    replies = [
+        reply(100 + i, model_arrays(50, shift=0.01 * i), {"num-examples": 10, "partition-id": i})
+        for i in range(6)
+    ]
+    replies.append(
+        reply(106, model_arrays(51, shift=30.0), {"num-examples": 10, "partition-id": 6})
+    )
+    multi_krum = started(defenses.MultiKrum(num_malicious=2), global_arrays, nodes)
+    report = multi_krum.aggregate_round(1, replies)
+    assert len(report.accepted) == 5 and 6 in report.rejected
+    assert report.weight_ratios[6] == 0.0
+    for client in report.accepted:
+        assert report.weight_ratios[client] == pytest.approx(7 / 5, rel=1e-12)
+    krum = started(defenses.Krum(num_malicious=1), global_arrays, nodes)
+    report = krum.aggregate_round(1, replies)
+    assert report.weight_ratios[report.accepted[0]] == pytest.approx(7.0, rel=1e-12)
+    assert sum(report.weight_ratios.values()) == pytest.approx(7.0, rel=1e-12)
+
+
+def test_a_coordinate_wise_rule_logs_no_weights():
+    global_arrays = model_arrays(99)
+    strategy = started(defenses.Median(), global_arrays, [100, 101, 102, 103])
+    assert strategy.aggregate_round(1, good_replies()).weight_ratios == {}

@@ -61,3 +61,41 @@ def test_every_defense_gives_a_finite_model_or_keeps_the_previous_one(rule, data
         assert result.model.shape == start.shape
         assert torch.isfinite(result.model).all()
         assert result.accepted.any()
+
+
+#: Rules whose model is no ``w_0 + sum_i c_i (w_i - w_0)``: coordinate-wise ones, the
+#: iterated clipping around a moving center, CRFL's clipped model.
+NO_COMBINATION = {"median", "trimmed-mean", "bulyan", "centered-clipping", "rlr", "crfl"}
+
+
+def _noise_free(rule):
+    """``rule`` without its noise (FLAME, weak DP), so its model is the combination alone."""
+    fresh = dataclasses.replace(rule)
+    if isinstance(rule, DeepSightRule):
+        fresh.probe = rule.probe
+    for noise in ("noise_lambda", "noise_std"):
+        if hasattr(fresh, noise):
+            setattr(fresh, noise, 0.0)
+    return fresh
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: f"{r.name}-{getattr(r, 'variant', '')}")
+@pytest.mark.parametrize("seed", range(3))
+def test_a_rules_coefficients_rebuild_its_model(rule, seed):
+    """What a rule reports as each client's coefficient is what made its model:
+    ``w_0 + sum_i c_i (w_i - w_0)``, recomputed here in float64 from the rows, and no
+    weight on a client it left out. Three clients sit apart so selecting rules drop some."""
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randn(30, generator=g, dtype=torch.float64)
+    models = start + 0.1 * torch.randn(12, 30, generator=g, dtype=torch.float64)
+    models[:3] += 3.0 * torch.randn(3, 30, generator=g, dtype=torch.float64)
+    weights = torch.randint(5, 50, (12,), generator=g).double()
+    root = 0.1 * torch.randn(30, generator=g, dtype=torch.float64)
+    result = _noise_free(rule).aggregate(models, weights, start, list(range(12)), start + root)
+    if rule.name in NO_COMBINATION:
+        assert result.coefficients is None
+        return
+    assert result.model is not None and result.coefficients.shape == (12,)
+    rebuilt = start + result.coefficients @ (models - start)
+    torch.testing.assert_close(result.model, rebuilt, rtol=1e-10, atol=1e-10)
+    assert (result.coefficients[~result.accepted] == 0).all()

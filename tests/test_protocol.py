@@ -218,7 +218,14 @@ def test_a_run_writes_the_same_lines_as_before_plus_the_version(tmp_path):
         "true_negatives": 4,
     }
     first = json.loads(lines[0])
-    assert list(first) == [*before, "time_s", "format_version"]
+    # Added since: each client's weight against FedAvg's (Multi-Krum's kept clients share
+    # one ratio, sum n over sum n of the kept; the rejected one weighs 0).
+    keys = list(before)
+    keys.insert(keys.index("scores") + 1, "weight_ratios")
+    assert list(first) == [*keys, "time_s", "format_version"]
+    ratios = first["weight_ratios"]
+    kept = [ratios[c] for c in ("1", "2", "3", "5")]
+    assert ratios["4"] == 0.0 and max(kept) - min(kept) < 1e-12 and min(kept) > 1.0
     assert first["format_version"] == 1
     floats = ("main_accuracy", "test_loss", "backdoor_accuracy", "train_loss")
     for key, value in before.items():

@@ -152,8 +152,8 @@ def test_unfinished_run_is_reported_and_left_out(tmp_path, capsys):
     assert g["curves"]["backdoor_accuracy"] == pytest.approx([5.0, 5.0, 5.0])
     assert f"- `{bad}`: unfinished (no summary.json; 3 rounds logged)" in md
     assert (
-        "| multi-metrics | model-replacement | 82.0 | 83.0 | 5.0 | 10.0 | 100.0 | 50.0 | - | - | - "
-        "| 9.0 (n=1, no interval) | 1 of 2 |" in md
+        "| multi-metrics | model-replacement | 82.0 | 83.0 | 5.0 | 10.0 | 100.0 | 50.0 "
+        "| - | - | - | - | 9.0 (n=1, no interval) | 1 of 2 |" in md
     )
 
 
@@ -178,10 +178,10 @@ def test_compact_table_cells(tmp_path, capsys):
     assert "| defense \\ attack | none | model-replacement |" in md
     assert "| fedavg | 92.0 ± 2.8 / - | 82.0 ± 2.8 / 65.0 ± 7.1 |" in md
     assert "| multi-metrics | 92.0 ± 1.4 / - | 82.0 / 5.0 (n=1) |" in md
-    assert "| fedavg | none | 92.0 ± 2.8 | 95.5 ± 0.7 | - | - | - | - | - | - | - | - | 2 |" in md
+    assert "| fedavg | none | 92.0 ± 2.8 | 95.5 ± 0.7 " + "| - " * 9 + "| 2 |" in md
     # MA lost to the attack, paired by seed with the same defense's no-attack run
     assert "| fedavg | model-replacement | 82.0 ± 2.8 | 85.5 ± 0.7 | 65.0 ± 7.1 | 85.0 ± 7.1 " in md
-    assert "| - | - | - | - | - | 10.0 (2 identical seeds, no interval) | 2 |" in md
+    assert "| - | - | - | - | - | - | 10.0 (2 identical seeds, no interval) | 2 |" in md
     printed = capsys.readouterr().out
     assert "| fedavg | 92.0 ± 2.8 / - | 82.0 ± 2.8 / 65.0 ± 7.1 |" in printed  # terminal too
 
@@ -411,15 +411,15 @@ def test_auroc_column_and_selection_quota_lines(tmp_path, capsys):
     assert fl["values"] == pytest.approx([75.0]) and fl["std"] is None
     assert (
         "| defense | attack | final MA | best MA | final BA | max BA | precision | recall | AUROC "
-        "| attacker kept | BA − baseline | MA lost | seeds |" in md
+        "| attacker kept | attacker weight | BA − baseline | MA lost | seeds |" in md
     )
     assert (
         f"| multi-metrics | {MR} | 90.0 ± 0.0 | 90.0 ± 0.0 | - | - | 25.0 ± 0.0 | 100.0 ± 0.0 "
-        "| 90.0 ± 10.0 | - | - | - | 3 |" in md
+        "| 90.0 ± 10.0 | - | - | - | - | 3 |" in md
     )
     assert (
         f"| flame | {MR} | 90.0 ± 0.0 | 90.0 ± 0.0 | - | - | 25.0 ± 0.0 | 100.0 ± 0.0 | 75.0 "
-        "| - | - | - | 3 |" in md
+        "| - | - | - | - | 3 |" in md
     )
     assert rep["sets"][0]["selection_quotas"] == [{"defense": "multi-metrics", "quota": quota}]
     line = (
@@ -432,7 +432,10 @@ def test_auroc_column_and_selection_quota_lines(tmp_path, capsys):
 
 def test_runs_without_auroc_or_quota_render_as_before(tmp_path, capsys):
     _, md = _report(make_sweep(tmp_path))
-    assert "| precision | recall | AUROC | attacker kept | BA − baseline | MA lost | seeds |" in md
+    assert (
+        "| precision | recall | AUROC | attacker kept | attacker weight | BA − baseline "
+        "| MA lost | seeds |" in md
+    )
     assert "50 = chance" not in md and "by design" not in md
 
 

@@ -10,6 +10,7 @@ from fedsec.config import ExperimentConfig
 from fedsec.results import (
     RunWriter,
     attacker_acceptance,
+    attacker_weight,
     detection_auroc,
     read_metrics,
     summarize_rounds,
@@ -175,6 +176,30 @@ def test_attacker_acceptance_counts_attack_rounds_that_kept_an_attacker():
         "rate": 2 / 3,
     }
     assert attacker_acceptance(_records(rounds[1:2])) is None
+
+
+def test_attacker_weight_averages_the_kept_attackers_ratios():
+    rounds = [
+        # kept 3 of 10: the attacker weighs 10/3 of FedAvg's weight
+        {"round": 1, "malicious_clients": [3], "weight_ratios": {"1": 10 / 3, "3": 10 / 3}},
+        # the attacker left out (ratio 0) counts nowhere; no attacker: not an attack round
+        {"round": 2, "malicious_clients": [3], "weight_ratios": {"1": 2.0, "3": 0.0}},
+        {"round": 3, "malicious_clients": [], "weight_ratios": {"1": 5.0}},
+        # two attackers kept, one of them by a rule that halved it (clipping)
+        {"round": 4, "malicious_clients": [3, 4], "weight_ratios": {"3": 2.0, "4": 0.5}},
+        # a round that kept the previous model aggregated nothing
+        {
+            "round": 5,
+            "malicious_clients": [3],
+            "weight_ratios": {"3": 9.0},
+            "kept_previous_model": True,
+        },
+    ]
+    weight = attacker_weight(_records(rounds))
+    assert weight["kept"] == 3 and weight["max"] == 10 / 3
+    assert weight["mean"] == pytest.approx((10 / 3 + 2.0 + 0.5) / 3, rel=1e-15)
+    assert attacker_weight(_records(rounds[1:3])) is None  # never kept
+    assert attacker_weight(_records([{"round": 1, "malicious_clients": [3]}])) is None
 
 
 def test_summary_has_the_acceptance_only_for_rules_that_select_clients(tmp_path):

@@ -62,12 +62,20 @@ class AggregationResult:
     scores: ``(n,)`` the rule's per-client score (meaning documented per rule;
         NaN for rows that were not scored), or ``None`` for rules without one.
     note: why the round was skipped, empty otherwise.
+    coefficients: ``(n,)`` float64, set by rules whose new model is
+        ``w_0 + sum_i c_i (w_i - w_0)`` (plus noise, for the rules that add it): each
+        client's ``c_i``, 0 for a client left out. ``None`` for rules that are no such
+        combination (coordinate-wise rules, CRFL's clipped model). Set it beside the
+        model, never recomputed: it is what says how heavy a kept client was
+        (:meth:`DefenseStrategy.aggregate_round` logs ``c_i`` over FedAvg's
+        ``n_i / sum n``).
     """
 
     model: torch.Tensor | None
     accepted: torch.Tensor
     scores: torch.Tensor | None = None
     note: str = ""
+    coefficients: torch.Tensor | None = None
 
 
 @dataclass(kw_only=True)
@@ -183,7 +191,11 @@ class AggregationRule:
             scores[rows] = result.scores
         if result.model is not None and not bool(finite_rows(result.model[None])[0]):
             return AggregationResult(None, accepted.zero_(), scores, "aggregate is not finite")
-        return AggregationResult(result.model, accepted, scores, result.note)
+        coefficients = None
+        if result.coefficients is not None and result.model is not None:
+            coefficients = torch.zeros(n, dtype=torch.float64, device=accepted.device)
+            coefficients[rows] = result.coefficients.to(torch.float64)
+        return AggregationResult(result.model, accepted, scores, result.note, coefficients)
 
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:
         """The rule itself, on finite rows only (``batch.n >= min_clients()``)."""

@@ -160,7 +160,9 @@ class DeepSightRule(SeededRule):
         norms = distances_to(models, w0)
         bound = norms.quantile(0.5)
         coefficients = normalized(batch.weights, mask) * clipping_factors(norms, bound)
-        return AggregationResult(combine(batch, coefficients), mask, scores)
+        return AggregationResult(
+            combine(batch, coefficients), mask, scores, coefficients=coefficients
+        )
 
     def _ddifs(self, models: torch.Tensor, w0: torch.Tensor) -> list[np.ndarray]:
         """Per seed, ``(n, C)``: the mean over noise inputs of each class's softmax ratio

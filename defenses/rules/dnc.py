@@ -93,7 +93,10 @@ class DnCRule(SeededRule):
             score = (centred @ top) ** 2
             scores += score
             kept &= keep_mask(batch.n, lowest(score, keep), device)
-        return AggregationResult(combine(batch, normalized(batch.weights, kept)), kept, scores)
+        coefficients = normalized(batch.weights, kept)
+        return AggregationResult(
+            combine(batch, coefficients), kept, scores, coefficients=coefficients
+        )
 
 
 def top_right_singular_vector(matrix: torch.Tensor) -> torch.Tensor:

@@ -24,4 +24,5 @@ class FedAvgRule(AggregationRule):
 
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:
         accepted = torch.ones(batch.n, dtype=torch.bool, device=batch.models.device)
-        return AggregationResult(combine(batch, normalized(batch.weights)), accepted)
+        coefficients = normalized(batch.weights)
+        return AggregationResult(combine(batch, coefficients), accepted, coefficients=coefficients)

@@ -64,7 +64,7 @@ class FLAMERule(SeededRule):
         noise = self._standard_normal_like(model)
         model.add_(noise.mul_((self.noise_lambda * bound).to(model.dtype)))
         scores = distances.sum(dim=1) / max(batch.n - 1, 1)
-        return AggregationResult(model, accepted, scores)
+        return AggregationResult(model, accepted, scores, coefficients=scale)
 
 
 def _majority_cluster(distances: torch.Tensor) -> torch.Tensor:

@@ -96,10 +96,12 @@ class FLDetectorRule(SeededRule):
         if self._round >= start:
             self._flagged |= self._detect(ids, window_means)
         kept = torch.tensor([c not in self._flagged for c in ids], device=w0.device)
-        model = combine(batch, normalized(batch.weights, kept)) if kept.any() else None
+        coefficients = normalized(batch.weights, kept)
+        model = combine(batch, coefficients) if kept.any() else None
         self._remember(ids, updates, w0, None if model is None else model - w0)
         note = "" if model is not None else "every client of the round is flagged"
-        return AggregationResult(model, kept, window_means.to(w0.device), note)
+        scores = window_means.to(w0.device)
+        return AggregationResult(model, kept, scores, note, coefficients)
 
     # ----------------------------------------------------------------- the steps
     def _score(self, ids: list[int], updates: torch.Tensor, w0: torch.Tensor) -> None:

@@ -70,4 +70,6 @@ class FLTrustRule(AggregationRule):
         if not bool(accepted.any()):
             return AggregationResult(None, accepted, trust, "FLTrust trusted no client")
         coefficients = trust * root_norm / norms.clamp_min(tiny) / trust.sum()
-        return AggregationResult(combine(batch, coefficients), accepted, trust)
+        return AggregationResult(
+            combine(batch, coefficients), accepted, trust, coefficients=coefficients
+        )

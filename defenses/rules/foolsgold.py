@@ -64,7 +64,10 @@ class FoolsGoldRule(AggregationRule):
         if not bool(accepted.any()):
             note = "FoolsGold gave every client weight 0"
             return AggregationResult(None, accepted, weights, note)
-        return AggregationResult(combine(batch, normalized(weights)), accepted, weights)
+        coefficients = normalized(weights)
+        return AggregationResult(
+            combine(batch, coefficients), accepted, weights, coefficients=coefficients
+        )
 
     def _update_histories(self, batch: ClientBatch) -> torch.Tensor:
         """Add this round's updates to the histories; return them stacked ``(n, d)``."""

@@ -65,4 +65,5 @@ class KrumRule(ByzantineRule):
         scores = krum_scores(squared_distances(batch.models), self.num_malicious)
         best = lowest(scores, 1)
         model = batch.models.index_select(0, best).squeeze(0)
-        return AggregationResult(model, keep_mask(batch.n, best, batch.models.device), scores)
+        chosen = keep_mask(batch.n, best, batch.models.device)
+        return AggregationResult(model, chosen, scores, coefficients=chosen.double())

@@ -50,5 +50,6 @@ class MultiKrumRule(ByzantineRule):
         scores = krum_scores(squared_distances(batch.models), self.num_malicious)
         m = batch.n - self.num_malicious if self.num_selected is None else self.num_selected
         chosen = keep_mask(batch.n, lowest(scores, min(m, batch.n)), batch.models.device)
-        model = combine(batch, normalized(batch.weights, chosen))
-        return AggregationResult(model, chosen, scores)
+        coefficients = normalized(batch.weights, chosen)
+        model = combine(batch, coefficients)
+        return AggregationResult(model, chosen, scores, coefficients=coefficients)

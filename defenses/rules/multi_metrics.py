@@ -97,7 +97,10 @@ class MultiMetricsRule(AggregationRule):
         kept = keep_mask(
             batch.n, lowest(scores, max(1, int(self.keep_fraction * batch.n))), batch.models.device
         )
-        return AggregationResult(combine(batch, normalized(batch.weights, kept)), kept, scores)
+        coefficients = normalized(batch.weights, kept)
+        return AggregationResult(
+            combine(batch, coefficients), kept, scores, coefficients=coefficients
+        )
 
 
 def paper_features(batch: ClientBatch) -> torch.Tensor:

@@ -51,4 +51,6 @@ class NormClippingRule(AggregationRule):
         norms = distances_to(batch.models, batch.global_model)
         coefficients = normalized(batch.weights) * clipping_factors(norms, self.norm_bound)
         accepted = torch.ones(batch.n, dtype=torch.bool, device=batch.models.device)
-        return AggregationResult(combine(batch, coefficients), accepted, norms)
+        return AggregationResult(
+            combine(batch, coefficients), accepted, norms, coefficients=coefficients
+        )

@@ -51,9 +51,12 @@ class RFARule(AggregationRule):
 
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:
         prior = normalized(batch.weights)
-        median = combine(batch, prior)
+        coefficients = prior
+        median = combine(batch, coefficients)
         for _ in range(self.max_iter):
             distances = distances_to(batch.models, median)
-            median = combine(batch, normalized(prior / distances.clamp_min(self.smoothing)))
+            coefficients = normalized(prior / distances.clamp_min(self.smoothing))
+            median = combine(batch, coefficients)
         accepted = torch.ones(batch.n, dtype=torch.bool, device=batch.models.device)
-        return AggregationResult(median, accepted, distances_to(batch.models, median))
+        scores = distances_to(batch.models, median)
+        return AggregationResult(median, accepted, scores, coefficients=coefficients)

@@ -86,7 +86,9 @@ class SignGuardRule(SeededRule):
             note = "no client passed both the norm filter and the sign filter"
             return AggregationResult(None, kept, ratio, note)
         coefficients = normalized(batch.weights, kept) * clipping_factors(norms, median)
-        return AggregationResult(combine(batch, coefficients), kept, ratio)
+        return AggregationResult(
+            combine(batch, coefficients), kept, ratio, coefficients=coefficients
+        )
 
 
 def largest_cluster(points: np.ndarray, seed: int) -> np.ndarray:

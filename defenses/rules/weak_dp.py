@@ -53,4 +53,5 @@ class WeakDPRule(SeededRule):
         model = combine(batch, coefficients)
         noise = self._standard_normal_like(model)
         accepted = torch.ones(batch.n, dtype=torch.bool, device=batch.models.device)
-        return AggregationResult(model.add_(noise, alpha=self.noise_std), accepted, norms)
+        model.add_(noise, alpha=self.noise_std)
+        return AggregationResult(model, accepted, norms, coefficients=coefficients)

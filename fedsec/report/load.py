@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsec.results import METRICS_FILE, SUMMARY_FILE, attacker_acceptance, read_rounds
+from fedsec.results import (
+    METRICS_FILE,
+    SUMMARY_FILE,
+    attacker_acceptance,
+    attacker_weight,
+    read_rounds,
+)
 from fedsec_core.errors import FedsecError
 from fedsec_core.protocol import RoundRecord
 
@@ -36,6 +42,7 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("recall", "recall"),
     ("auroc", "AUROC"),
     ("acceptance", "attacker kept"),
+    ("attacker_weight", "attacker weight"),
 )
 
 #: CRFL's numbers on the final model (its post-training step, defenses.rules.crfl): the
@@ -83,6 +90,8 @@ class Run:
         raw.update(precision=det.get("precision"), recall=det.get("recall"), auroc=det.get("auroc"))
         acceptance = attacker_acceptance(self.rounds) if self.selects_clients() else None
         raw["acceptance"] = acceptance and acceptance["rate"]
+        weight = attacker_weight(self.rounds)
+        raw["attacker_weight"] = weight and weight["mean"]
         raw[SMOOTHED[0]] = s.get(SMOOTHED[0])
         for radius, value in (s.get("final_certified_accuracy") or {}).items():
             raw[CERTIFIED_PREFIX + radius] = value

@@ -72,13 +72,25 @@ def render_markdown(
         head.append(
             "Smoothed / certified accuracy (CRFL, on the final model): the majority vote of "
             "noisy copies of the model, and the share of test examples it predicts right "
-            "with a certified radius of at least r (`fedsec/certify.py`)."
+            "with a certified radius of at least r (`defenses/rules/crfl.py`)."
         )
     if any(g["metrics"]["acceptance"]["n"] for s in report["sets"] for g in s["groups"]):
         head.append(
             "Attacker kept: the share of attack rounds in which a defense that selects "
             "clients kept an attacker in the aggregate (defenses that weigh or clip "
             "every client have none)."
+        )
+    if any(
+        g["metrics"].get("attacker_weight", {}).get("n")
+        for s in report["sets"]
+        for g in s["groups"]
+    ):
+        head.append(
+            "Attacker weight: a kept attacker's coefficient in the new model as a "
+            "share of the weight FedAvg gives it (100 = FedAvg's; keeping 3 of 10 equal "
+            "clients makes it 333), the mean over the attack rounds and attackers kept; "
+            "defenses whose model is no weighted combination of the clients' (median, "
+            "trimmed mean, Bulyan, ...) have none."
         )
     if any("ba_above_baseline" in g for s in report["sets"] for g in s["groups"]):
         head.append(

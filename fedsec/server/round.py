@@ -96,6 +96,8 @@ def run_round(
     record.rejected_clients = sorted(report.rejected)
     if report.scores:  # the rule's per-client score (see its docstring), for AUROC
         record.scores = dict(sorted(report.scores.items()))
+    if report.weight_ratios:  # how heavy each client was against FedAvg (amplification)
+        record.weight_ratios = dict(sorted(report.weight_ratios.items()))
     if report.invalid:
         record.invalid_clients = dict(sorted(report.invalid.items()))
     if report.arrays is None:
