@@ -19,6 +19,10 @@ computed from the attackers' view of the round:
   updates included (the omniscient colluding attacker of Baruch et al., Xie et al. and
   Shejwalkar & Houmansadr). A real deployment gives no one that view, so ``full`` is a
   config error on the ``deployment`` engine.
+- ``knowledge = "honest"``: the honest clients' replies only, the attackers' own benign
+  updates left out: the full knowledge of Shejwalkar & Houmansadr's code (its attackers
+  compute no benign gradient; the view is the ``n - m`` benign ones). A config error on
+  the ``deployment`` engine, as ``full``.
 """
 
 from __future__ import annotations
@@ -32,16 +36,19 @@ from attacks.untargeted import UntargetedAttack
 from fedsec_core.errors import ConfigError
 from fedsec_core.params import one_of, param
 
-#: Who the colluding attackers see (``attack.knowledge``).
+#: Who the defense-aware backdoors see (``attack.knowledge``).
 KNOWLEDGE = ("partial", "full")
+#: Who the colluding attackers see: also ``honest``, the view of the NDSS'21 code.
+COLLUSION_KNOWLEDGE = (*KNOWLEDGE, "honest")
 
 
 def check_knowledge(knowledge: str, config) -> None:
-    """``full`` knowledge is a simulation's: a config error on the deployment engine."""
-    if knowledge == "full" and config.engine.name == "deployment":
+    """Knowing other clients' updates is a simulation's: a config error on the
+    deployment engine."""
+    if knowledge != "partial" and config.engine.name == "deployment":
         raise ConfigError(
-            "attack.knowledge = 'full' needs every client's update, which no one holds "
-            "in a real deployment; use 'partial' or the inprocess / flower engine"
+            f"attack.knowledge = {knowledge!r} needs other clients' updates, which no one "
+            "holds in a real deployment; use 'partial' or the inprocess / flower engine"
         )
 
 
@@ -53,7 +60,9 @@ class CollusionAttack(UntargetedAttack):
     #: Fewest benign updates :meth:`craft` needs (a standard deviation needs two).
     min_view: ClassVar[int] = 1
 
-    knowledge: str = param("partial", one_of(*KNOWLEDGE), "one of 'partial', 'full'")
+    knowledge: str = param(
+        "partial", one_of(*COLLUSION_KNOWLEDGE), "one of 'partial', 'full', 'honest'"
+    )
 
     def craft(self, benign: torch.Tensor, num_clients: int, num_attackers: int) -> torch.Tensor:
         """The malicious update every attacker of the round sends, from ``benign``, the
@@ -81,7 +90,11 @@ class CollusionAttack(UntargetedAttack):
             clients, malicious = schedule.sample(server_round)
             if not malicious:
                 continue
-            view = len(malicious) if self.knowledge == "partial" else len(clients)
+            view = {
+                "partial": len(malicious),
+                "full": len(clients),
+                "honest": len(clients) - len(malicious),
+            }[self.knowledge]
             if view < self.min_view:
                 raise ConfigError(
                     f"attack {self.name!r} with attack.knowledge = {self.knowledge!r} needs "

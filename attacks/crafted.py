@@ -30,8 +30,10 @@ import torch
 DIRECTIONS = ("unit", "std", "sign")
 
 
-#: ALIE's ``z_max`` (:func:`alie_z`): the paper's formula, or the benign clients' share.
-Z_FORMULAS = ("paper", "benign-share")
+#: ALIE's ``z_max`` (:func:`alie_z`): the paper's formula, or the benign clients' share;
+#: ``fixed`` (the attack's ``z``, as the authors' code's ``-z`` and the NDSS'21 code's
+#: table) is the attack's, not a formula of n and m.
+Z_FORMULAS = ("paper", "benign-share", "fixed")
 #: Min-Sum's bound (:func:`min_sum`): the largest benign sum (paper), the smallest (code).
 SUM_BOUNDS = ("max", "min")
 
@@ -64,10 +66,19 @@ def alie_z(num_clients: int, num_attackers: int, formula: str = "paper") -> floa
 
 
 def alie(
-    benign: torch.Tensor, num_clients: int, num_attackers: int, formula: str = "paper"
+    benign: torch.Tensor,
+    num_clients: int,
+    num_attackers: int,
+    formula: str = "paper",
+    z: float | None = None,
 ) -> torch.Tensor:
-    """``mean - z_max * std`` per coordinate (std with Bessel's correction)."""
-    z = alie_z(num_clients, num_attackers, formula)
+    """``mean - z_max * std`` per coordinate (std with Bessel's correction); with
+    ``formula = "fixed"``, ``z`` itself instead of ``z_max``."""
+    if formula == "fixed":
+        if z is None:
+            raise ValueError("formula 'fixed' needs z")
+    else:
+        z = alie_z(num_clients, num_attackers, formula)
     return benign.mean(dim=0) - z * benign.std(dim=0)
 
 

@@ -4,8 +4,8 @@ defense sees them (the protocol: :class:`fedsec_core.hooks.ServerStage`).
 
 - :class:`CraftingStage`, of the colluding attacks (``attacks.collusion``): it builds
   the attackers' view of the round (their own replies with ``attack.knowledge =
-  "partial"``, every valid reply with ``"full"``), asks the attack for one malicious
-  update and puts it into every attacker's reply;
+  "partial"``, every valid reply with ``"full"``, the honest ones' with ``"honest"``),
+  asks the attack for one malicious update and puts it into every attacker's reply;
 - :class:`ScalingStage`, of a backdoor with ``attack.evasion = "scaling"`` and full
   knowledge (``attacks.backdoor``): it scales each attacker's update until the rule, run
   on the round's honest updates, keeps it;
@@ -72,10 +72,11 @@ class CraftingStage(ServerStage):
         """
         layout = RecordLayout(global_arrays)
         w0 = layout.flatten(global_arrays, torch.device("cpu"))
-        full = self.attack.knowledge == "full"
+        knowledge = self.attack.knowledge
         rows, attackers = [], []
         for reply, pid, update in _valid_updates(layout, w0, replies, partition_of):
-            if pid in malicious or full:
+            seen = {"partial": pid in malicious, "full": True, "honest": pid not in malicious}
+            if seen[knowledge]:
                 rows.append(update)
             if pid in malicious:
                 attackers.append(reply)

@@ -88,6 +88,18 @@ def test_partial_knowledge_sees_only_the_attackers_own_updates():
         np.testing.assert_allclose(flat(r.content["arrays"]), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_honest_knowledge_sees_every_valid_reply_but_the_attackers_own():
+    """The NDSS'21 code's full knowledge: the n - m benign updates, not the attackers'."""
+    global_arrays, updates, replies = round_of(5)
+    outcome = CraftingStage(IPM(eps=0.5, knowledge="honest"))(
+        global_arrays, replies, PARTITION_OF, 5, {1, 4}
+    )
+    assert outcome.view == 3 and outcome.crafted == [1, 4]
+    expected = flat(global_arrays) - 0.5 * updates[[0, 2, 3]].mean(axis=0)
+    for r in (replies[1], replies[4]):
+        np.testing.assert_allclose(flat(r.content["arrays"]), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_alie_and_min_max_through_the_stage_are_the_crafted_math_on_the_view():
     global_arrays, updates, replies = round_of(8, seed=1)
     CraftingStage(ALIE(knowledge="full"))(global_arrays, replies, PARTITION_OF, 8, {6, 7})
@@ -149,7 +161,11 @@ SMALL = [
         (["attack.name=min-sum"], "needs at least 2 benign updates"),
         (
             ["attack.name=ipm", "attack.knowledge=full", "engine.name=deployment"],
-            "attack.knowledge = 'full' needs every client's update",
+            "attack.knowledge = 'full' needs other clients' updates",
+        ),
+        (
+            ["attack.name=min-max", "attack.knowledge=honest", "engine.name=deployment"],
+            "attack.knowledge = 'honest' needs other clients' updates",
         ),
         (
             [

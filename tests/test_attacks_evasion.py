@@ -349,7 +349,7 @@ def test_scaling_gets_past_a_rule_with_histories_without_an_error(tmp_path, defe
         (["attack.knowledge=full"], "only changes attack.evasion = 'scaling'"),
         (
             ["attack.evasion=scaling", "attack.knowledge=full", "engine.name=deployment"],
-            "attack.knowledge = 'full' needs every client's update",
+            "attack.knowledge = 'full' needs other clients' updates",
         ),
         (["attack.evasion=hide"], "attack.evasion must be one of 'none', 'scaling'"),
         (["attack.evasion_estimates=1"], "attack.evasion_estimates must be >= 2"),

@@ -431,6 +431,30 @@ def test_alie_z_by_the_papers_formula_and_by_the_benign_share():
     assert ALIE().check_round(2, 1) == ""
 
 
+def test_alie_with_a_fixed_z_as_the_authors_code_runs_it():
+    # the ALIE code's -z 1.5: mean - 1.5 std whatever n and m (even a majority)
+    benign = torch.tensor([[0.0, 1.0], [2.0, 1.0]], dtype=torch.float64)  # std (sqrt 2, 0)
+    attack = ALIE(z_formula="fixed", z=1.5)
+    assert attack.craft(benign, 51, 12).tolist() == pytest.approx([1 - 1.5 * 2**0.5, 1.0])
+    assert attack.check_round(3, 2) == ""
+    with pytest.raises(ValueError, match="needs z"):
+        alie(benign, 51, 12, "fixed")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["attack.z_formula=fixed"],
+        ["attack.z=1.5"],
+        ["attack.z_formula=benign-share", "attack.z=0.7"],
+    ],
+    ids=["fixed-without-z", "z-without-fixed", "z-with-a-formula"],
+)
+def test_alie_z_goes_with_the_fixed_formula_only(overrides):
+    error = config_error("attack.name=alie", *overrides)
+    assert error.startswith("attack.z goes with attack.z_formula = 'fixed' and only with it")
+
+
 def test_min_sum_bound_by_the_largest_or_the_smallest_benign_sum():
     # benign 0, 1, 3: sums of squared distances 10, 5, 13; mean 4/3, p = -1 (unit);
     # the update 4/3 - g has sum 3 g^2 + 14/3: g = 5/3 under 13 (max), 1/3 under 5 (min)
@@ -447,7 +471,7 @@ def test_min_sum_bound_by_the_largest_or_the_smallest_benign_sum():
     [
         (
             ["attack.name=alie", "attack.z_formula=code"],
-            "attack.z_formula must be one of 'paper', 'benign-share', got 'code'",
+            "attack.z_formula must be one of 'paper', 'benign-share', 'fixed', got 'code'",
         ),
         (
             ["attack.name=min-sum", "attack.bound=median"],
