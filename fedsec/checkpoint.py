@@ -42,6 +42,7 @@ class Checkpoint:
     strategy: dict[str, Any]
     adversary: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)  # the experiment (to_dict); {}: older
+    server: dict[str, Any] = field(default_factory=dict)  # the server step's velocity
 
 
 def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
@@ -52,6 +53,7 @@ def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
             "strategy": checkpoint.strategy,
             "adversary": checkpoint.adversary,
             "config": checkpoint.config,
+            "server": checkpoint.server,
             FORMAT_KEY: CHECKPOINT_FORMAT,
         },
         Path(run_dir) / CHECKPOINT_FILE,
@@ -78,6 +80,7 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint | None:
             strategy=data["strategy"],
             adversary=data.get("adversary", {}),  # absent from checkpoints of older versions
             config=data.get("config", {}),  # likewise
+            server=data.get("server", {}),  # likewise
         )
     except FormatError:
         raise

@@ -129,6 +129,11 @@ class TrainConfig:
     pretrain_cache: str = ""  # "" = ~/.cache/fedsec/pretrained (or $FEDSEC_CACHE)
     # fewer valid replies than this: the round keeps the old model
     min_replies: int = param(1, COUNT)
+    # The server's step on the round's aggregate (fedsec/server/optimizer.py, FedAvgM):
+    # v <- server_momentum * v + (aggregate - w); w <- w + server_lr * v. The defaults
+    # (1, 0) make the new model the aggregate itself.
+    server_lr: float = param(1.0, POSITIVE)
+    server_momentum: float = param(0.0, Interval(float, 0, 1, closed="left"))
     # Comma-separated partition ids that never train (e.g. "3,7"): the federation
     # without them, as retraining for unlearning needs. Rounds sample from the remaining
     # clients; when clients_per_round exceeds their number, every remaining client trains.

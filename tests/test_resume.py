@@ -13,7 +13,8 @@ from tests.runs import rounds_without_time, sigkill_when
 # weak-dp and crfl draw noise every round from a generator whose state must survive the
 # kill (crfl also certifies the final model, from the run's seed);
 # centered-clipping clips around the previous round's aggregate, fldetector predicts
-# each client from its history: both must survive it too.
+# each client from its history, the server's momentum keeps a velocity: all must
+# survive it too.
 CONFIG = [
     "data.name=digits",
     "model.name=mlp",
@@ -40,8 +41,10 @@ def argv(out: Path, defense: list[str]) -> list[str]:
         ["defense.name=centered-clipping", "defense.tau=0.05"],
         ["defense.name=fldetector", "defense.window=2", "defense.start_round=3"],
         ["defense.name=crfl", "defense.num_samples=10"],
+        # the server's momentum carries a velocity across rounds
+        ["defense.name=fedavg", "train.server_momentum=0.9", "train.server_lr=0.5"],
     ],
-    ids=["weak-dp", "centered-clipping", "fldetector", "crfl"],
+    ids=["weak-dp", "centered-clipping", "fldetector", "crfl", "server-momentum"],
 )
 def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path, defense):
     assert main(argv(tmp_path / "whole", defense)) == 0

@@ -15,8 +15,9 @@ needs (a root update, a model probe) and the rule's step after the last round.
 By layer (``lint-imports`` checks it): ``loop`` (the federation: setup, resume, every
 round, checkpoints) over ``round`` (one round's messages, replies, the attack's stage,
 the aggregation and its record) over ``nodes`` (partition ids and the round's grid),
-``resources`` (what a rule declares it needs), ``evaluation`` (central MA/BA) and
-``progress`` (verdict counts and the printed line).
+``resources`` (what a rule declares it needs), ``evaluation`` (central MA/BA),
+``progress`` (verdict counts and the printed line) and ``optimizer`` (the server's step
+on the aggregate: ``train.server_lr``, ``train.server_momentum``).
 """
 
 from fedsec.server.evaluation import CentralEvaluator

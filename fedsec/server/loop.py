@@ -22,6 +22,7 @@ from fedsec.pretrain import initial_state
 from fedsec.results import MODEL_FILE, MemoryWriter, RunWriter, state_digest
 from fedsec.server.evaluation import CentralEvaluator
 from fedsec.server.nodes import discover_partitions
+from fedsec.server.optimizer import ServerOptimizer
 from fedsec.server.progress import _progress_line, detection_counts
 from fedsec.server.resources import RootTrainer, final_model, model_probe
 from fedsec.server.round import _stage_facts, run_round
@@ -65,6 +66,11 @@ def run_federation(
         device=str(resolve_device(config.engine.device)),
         root_update_fn=RootTrainer(task, rule.root_set_size()) if rule.needs_root_update else None,
     )
+    optimizer = ServerOptimizer(
+        lr=config.train.server_lr,
+        momentum=config.train.server_momentum,
+        keys=tuple(name for name, _ in task.new_model().named_parameters()),
+    )
     checkpoint = load_checkpoint(out_dir) if resume else None
     initial_model = ""
     if checkpoint is None:
@@ -77,6 +83,7 @@ def run_federation(
         first_round = checkpoint.round + 1
         arrays = ArrayRecord(checkpoint.model)
         strategy.load_state_dict(checkpoint.strategy)
+        optimizer.load_state_dict(checkpoint.server)
         progress(f"fedsec: resuming after round {checkpoint.round}")
     writer = (
         MemoryWriter(config)
@@ -113,6 +120,8 @@ def run_federation(
         if schedule.enabled:
             outcome.record.malicious_clients = malicious
             outcome.record = replace(outcome.record, **detection_counts(outcome.record, malicious))
+        if not outcome.record.kept_previous_model:  # the server's step (identity by default)
+            outcome.arrays = optimizer.step(arrays, outcome.arrays)
         arrays = outcome.arrays
         record = replace(outcome.record, **evaluator(arrays))
         if server_round == config.train.rounds:  # the rule's step on the final model
@@ -128,6 +137,7 @@ def run_federation(
                     strategy=strategy.state_dict(),
                     adversary=adversary.state_dict() if adversary is not None else {},
                     config=config.to_dict(),  # --resume refuses an edited config.toml
+                    server=optimizer.state_dict(),
                 ),
             )
         progress(_progress_line(record, config.train.rounds))
