@@ -463,3 +463,35 @@ def test_a_seed_the_ranking_cannot_score_is_named_with_its_reason():
     ranking = seed_rankings(ma, ba, ["fedavg", "good", "close"], ["mr"])
     assert ranking["seeds"] == ["0", "2"]
     assert ranking["dropped_seeds"] == {"1": "mr: fedavg's BA is 0"}
+
+
+def test_compare_reports_finds_the_one_moved_value(tmp_path, monkeypatch, capsys):
+    """The rerun checker on the committed robustness report against itself with one
+    per-seed value moved: one changed cell, 377 unchanged, the change in its row."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "compare_reports", root / "experiments" / "compare_reports.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "compare_reports", module)
+    spec.loader.exec_module(module)
+    old_path = root / "experiments" / "results" / "robustness" / "report.json"
+    report = json.loads(old_path.read_text())
+    (krum,) = [
+        g
+        for g in report["sets"][0]["groups"]
+        if g["labels"] == {"defense": "krum", "attack": "gaussian"}
+    ]
+    krum["metrics"]["final_main_accuracy"]["values"][1] -= 2.5
+    new_path = tmp_path / "report.json"
+    new_path.write_text(json.dumps(report))
+    assert module.main([str(old_path), str(new_path)]) == 0
+    out = capsys.readouterr().out
+    assert "378 cells in both reports; 377 unchanged in every per-seed value." in out
+    (row,) = [
+        line for line in out.splitlines() if line.startswith("| attack=gaussian, defense=krum |")
+    ]
+    assert "98.0 -> 95.5" in row and row.endswith("| 2.5 |")
