@@ -10,8 +10,9 @@ markdown tables, a row per defense:
 Each cell is the mean [Student's t 95% interval] over seeds, paired by seed
 (``fedsec.report.stats``), judged against one threshold for every defense, 5 points:
 **bold** when the whole interval lies above it (the attack breaks the defense), plain
-when it lies at or below it (the defense holds), _italic_ when it straddles it (not
-separated). A cell with fewer than its 3 seeds shows ``-``.
+when it lies at or below it (the defense holds), _italic_ when it straddles it or when
+the seeds are identical (not separated: no interval). A cell with fewer than its 3 seeds
+shows ``-``.
 
     python experiments/robustness/summary.py experiments/results/robustness/report.json
 """
@@ -22,7 +23,14 @@ import argparse
 import json
 from pathlib import Path
 
-from fedsec.report.stats import FAILS, HOLDS, format_ci, verdict_at_most
+from fedsec.report.stats import (
+    FAILS,
+    HOLDS,
+    format_ci,
+    per_seed_values,
+    summarize,
+    verdict_at_most,
+)
 
 THRESHOLD = 5.0  # points of MA lost, or of BA above the no-attack baseline
 UNTARGETED = (
@@ -48,9 +56,14 @@ BACKDOORS = (
 
 
 def judged(stat: dict | None) -> str:
-    """``mean [low, high]``, bold / plain / italic by its verdict against the threshold."""
-    if not stat or stat.get("ci") is None or stat["n"] < stat.get("n_expected", stat["n"]):
+    """``mean [low, high]``, bold / plain / italic by its verdict against the threshold.
+
+    The interval is recomputed from the per-seed values (``summarize``), so a cell of
+    identical seeds, which older report.json files hold with a zero-width interval,
+    reads "(3 identical seeds, no interval)" and not separated, never as a hold."""
+    if not stat or not stat.get("n") or stat["n"] < stat.get("n_expected", stat["n"]):
         return "-"
+    stat = summarize(per_seed_values(stat))
     text = format_ci(stat)
     verdict = verdict_at_most(stat, THRESHOLD)
     return text if verdict == HOLDS else f"**{text}**" if verdict == FAILS else f"_{text}_"
