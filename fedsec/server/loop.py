@@ -66,11 +66,9 @@ def run_federation(
         device=str(resolve_device(config.engine.device)),
         root_update_fn=RootTrainer(task, rule.root_set_size()) if rule.needs_root_update else None,
     )
-    optimizer = ServerOptimizer(
-        lr=config.train.server_lr,
-        momentum=config.train.server_momentum,
-        keys=tuple(name for name, _ in task.new_model().named_parameters()),
-    )
+    optimizer = ServerOptimizer(lr=config.train.server_lr, momentum=config.train.server_momentum)
+    if not optimizer.is_identity:  # the parameters it moves (buffers take the aggregate)
+        optimizer.keys = tuple(name for name, _ in task.new_model().named_parameters())
     checkpoint = load_checkpoint(out_dir) if resume else None
     initial_model = ""
     if checkpoint is None:
