@@ -559,3 +559,35 @@ def test_distance_rules_pick_the_exact_clients_when_row_0_is_far(seed):
         remaining[:, winner] = torch.inf
     bulyan = run(BulyanRule(num_malicious=f), models, global_model)
     assert bulyan.accepted.nonzero().flatten().tolist() == sorted(picked)
+
+
+def _alie_code_trimmed_mean(values: np.ndarray, corrupted: int) -> np.ndarray:
+    """Baruch et al.'s trimmed mean, written out here per coordinate as their
+    ``defences.py`` describes it: the n - f - 1 values nearest the median, averaged."""
+    keep = values.shape[0] - corrupted - 1
+    out = np.empty(values.shape[1])
+    for j, column in enumerate(values.T):
+        median = np.median(column)
+        nearest = sorted(column - median, key=abs)[:keep]
+        out[j] = np.mean(nearest) + median
+    return out
+
+
+def test_trimmed_mean_around_the_median_is_the_alie_codes():
+    # one coordinate by hand: 0, 1, 2, 10, 11 with k = 1 keeps the 3 nearest 2 -> 1.0,
+    # where Yin et al.'s trim keeps 1, 2, 10 -> 13 / 3
+    column = torch.tensor([[0.0], [1.0], [2.0], [10.0], [11.0]], dtype=torch.float64)
+    start = torch.zeros(1, dtype=torch.float64)
+    weights = torch.ones(5, dtype=torch.float64)
+    median_rule = TrimmedMeanRule(beta=0.2, around="median")
+    assert median_rule.aggregate(column, weights, start).model.item() == pytest.approx(1.0)
+    ends = TrimmedMeanRule(beta=0.2).aggregate(column, weights, start).model.item()
+    assert ends == pytest.approx(13 / 3)
+    # random continuous values (no ties), 51 clients, k = 12 as in ALIE's regime
+    g = np.random.default_rng(0)
+    values = g.normal(size=(51, 40))
+    values[:12] += 3.0  # a shifted group
+    ours = TrimmedMeanRule(beta=0.24, around="median").aggregate(
+        torch.from_numpy(values), torch.ones(51, dtype=torch.float64), torch.zeros(40)
+    )
+    np.testing.assert_allclose(ours.model.numpy(), _alie_code_trimmed_mean(values, 12), atol=1e-12)

@@ -58,7 +58,7 @@ class BulyanRule(ByzantineRule):
         chosen = _repeated_krum(distances, f, n - 2 * f)
         model = torch.empty_like(batch.global_model, dtype=batch.models.dtype)
         for cols in column_blocks(batch.models.shape[1]):
-            model[cols] = _mean_around_median(batch.models[chosen, cols], n - 4 * f)
+            model[cols] = mean_around_median(batch.models[chosen, cols], n - 4 * f)
         return AggregationResult(model, keep_mask(n, chosen, distances.device), first_scores)
 
 
@@ -90,7 +90,10 @@ def distance_to_median(values: torch.Tensor) -> torch.Tensor:
     return (values - median).abs()
 
 
-def _mean_around_median(values: torch.Tensor, beta: int) -> torch.Tensor:
-    """Per column, the mean of the ``beta`` values closest to the column's median."""
+def mean_around_median(values: torch.Tensor, beta: int) -> torch.Tensor:
+    """Per column, the mean of the ``beta`` values closest to the column's median (also
+    the ALIE authors' trimmed mean, :class:`~defenses.rules.TrimmedMeanRule`'s
+    ``around = "median"``). Ties in distance are broken by ``torch.topk``, in no set
+    order."""
     closest = torch.topk(distance_to_median(values), beta, dim=0, largest=False).indices
     return torch.gather(values, 0, closest).mean(dim=0)

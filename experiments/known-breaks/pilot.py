@@ -26,7 +26,7 @@ from fedsec.report.stats import seeds_needed
 
 THRESHOLD = 5.0  # points of MA lost: the robustness matrix's "breaks"
 EFFECTS = (5.0, 10.0)  # beyond the threshold
-ATTACK_CELLS = 133  # sweep.toml: 7 defenses x (5 alie + 5 alie-code + 9 ndss attacks)
+ATTACK_CELLS = 143  # sweep.toml: 7 defenses x 9 ndss attacks + 2 ALIE regimes x 8 x 5
 
 
 def final_accuracy(run_dir: Path) -> float | None:
