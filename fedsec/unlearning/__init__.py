@@ -28,6 +28,9 @@ from fedsec_core.registry import Registry
 #: eight: two is the cheapest at the best level, and each oracle is a retraining per
 #: request (experiments/unlearning/README.md).
 DEFAULT_OM_ORACLES = 2
+#: KLoM's models per side (N originals and N oracles) of ``fedsec unlearn-eval``: the
+#: protocol's default, and the N of every committed KLoM result.
+DEFAULT_KLOM_MODELS = 50
 
 #: ``--method`` -> ``method(UnlearnRequest) -> Unlearned`` (``methods``), imported on use.
 METHODS = Registry(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from fedsec.unlearning import DEFAULT_OM_ORACLES, METHODS
+from fedsec.unlearning import DEFAULT_KLOM_MODELS, DEFAULT_OM_ORACLES, METHODS
 from fedsec.unlearning.settings import MatchingConfig
 from fedsec_core.params import parameter_defaults
 
@@ -62,7 +62,12 @@ def register(sub) -> None:
         help="ids to forget (3,7), or auto[:K] = the K most influential by the datamodel",
     )
     ev.add_argument("--out", required=True, help="results folder (klom.json, klom.md, klom.png)")
-    ev.add_argument("--models", type=int, default=50, help="N originals and N oracles")
+    ev.add_argument(
+        "--models",
+        type=int,
+        default=DEFAULT_KLOM_MODELS,
+        help=f"N originals and N oracles (default {DEFAULT_KLOM_MODELS})",
+    )
     ev.add_argument("--methods", default=",".join(METHODS.names()), help="comma-separated methods")
     _common(ev)
     ev.set_defaults(handler=cmd_unlearn_eval)

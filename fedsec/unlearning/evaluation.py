@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from fedsec.config import ExperimentConfig
-from fedsec.unlearning import DEFAULT_OM_ORACLES, METHODS
+from fedsec.unlearning import DEFAULT_KLOM_MODELS, DEFAULT_OM_ORACLES, METHODS
 from fedsec.unlearning.artifact import tensor_hash
 from fedsec.unlearning.federated import (
     DATAMODEL_FILE,
@@ -197,7 +197,7 @@ def klom_evaluation(
     clients: str,
     out_dir: str | Path,
     *,
-    n_models: int = 50,
+    n_models: int = DEFAULT_KLOM_MODELS,
     methods: tuple[str, ...] = tuple(METHODS.names()),
     num_models: int | None = None,
     q: float | None = None,
