@@ -20,6 +20,7 @@ import json
 import platform
 import subprocess
 import time
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -232,12 +233,17 @@ class RunWriter:
 
         ``rule`` is the run's defense rule (:class:`defenses.rules.AggregationRule`), or
         None: its ``higher_score_is_suspicious`` orients the scores for the detection
-        AUROC, and its ``selection_quota`` (for this config's round size), when it has
-        one, goes into ``detection`` beside the precision and FPR that it shapes.
+        AUROC, its ``selection_quota`` (for this config's round size), when it has
+        one, goes into ``detection`` beside the precision and FPR that it shapes, and
+        the keys it names in ``final_summary_keys`` (what its step after training adds
+        to the last round) go into the summary as ``final_<key>``.
         """
         rounds = self.rounds()
         higher = True if rule is None else bool(rule.higher_score_is_suspicious)
-        summarized = summarize_rounds(rounds, higher_score_is_suspicious=higher)
+        final_keys = () if rule is None else tuple(rule.final_summary_keys)
+        summarized = summarize_rounds(
+            rounds, higher_score_is_suspicious=higher, final_keys=final_keys
+        )
         quota = (
             ""
             if rule is None
@@ -295,9 +301,14 @@ class MemoryWriter(RunWriter):
 
 
 def summarize_rounds(
-    rounds: list[RoundRecord], higher_score_is_suspicious: bool = True
+    rounds: list[RoundRecord],
+    higher_score_is_suspicious: bool = True,
+    final_keys: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Final and best value of each accuracy that the rounds recorded, and the detection.
+
+    ``final_keys``: keys of the last round's ``final`` (a rule's step after training,
+    e.g. CRFL's ``smoothed_accuracy``) copied as ``final_<key>``.
 
     ``detection`` holds the confusion counts summed over the rounds, precision, recall
     and FPR and, when rounds logged the defense's ``scores`` with attackers and honest
@@ -310,7 +321,7 @@ def summarize_rounds(
         if values:
             out[f"final_{key}"] = values[-1]
             out[f"best_{key}" if key == "main_accuracy" else f"max_{key}"] = max(values)
-    for key in ("smoothed_accuracy", "certified_accuracy"):  # crfl's, on the final model
+    for key in final_keys:  # what the rule's step after training measured
         if rounds and rounds[-1].final.get(key) is not None:
             out[f"final_{key}"] = rounds[-1].final[key]
     counts = {

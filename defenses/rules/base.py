@@ -146,6 +146,10 @@ class AggregationRule:
         (0: the rule needs none)."""
         return 0
 
+    #: Keys of what :meth:`after_training` returns that a run's ``summary.json`` carries
+    #: as ``final_<key>`` (CRFL: its smoothed and certified accuracy).
+    final_summary_keys: ClassVar[tuple[str, ...]] = ()
+
     def after_training(self, final: FinalModel) -> dict[str, Any]:
         """The rule's step after the last round: what it adds to the last round's record,
         computed from the final global model and the run's facts (``final``, a

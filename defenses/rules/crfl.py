@@ -181,6 +181,7 @@ class CRFLRule(SeededRule):
     """
 
     name = "crfl"
+    final_summary_keys = ("smoothed_accuracy", "certified_accuracy")
     selects_clients = False
     norm_bound: float = param(15.0, positive, "a number > 0")
     noise_std: float = param(0.01, non_negative, "a number >= 0")
