@@ -193,9 +193,13 @@ def test_pilot_pairs_each_attack_with_its_no_attack_cell(tmp_path, capsys):
     orphan = {"regime": "ndss", "defense": "krum-f10", "attack": "gaussian", "seed": "0"}
     runs.append({"id": "x", "dir": "x", "labels": orphan})  # unfinished, no baseline
     (tmp_path / "sweep.json").write_text(json.dumps({"runs": runs}))
-    assert pilot.main([str(tmp_path)]) == 0
+    record = tmp_path / "pilot.json"
+    assert pilot.main([str(tmp_path), "--json", str(record)]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if "| ndss" in line]
     assert len(rows) == 1
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert cells[:4] == ["ndss", "median", "min-max-full", "0, 1"]
     assert cells[4:8] == ["50.0, 60.0", "90.0, 80.0", "40.0, 20.0", "30.0"]
+    (cell,) = json.loads(record.read_text())["cells"]  # the same numbers, unrounded
+    assert cell["ma_lost"] == pytest.approx([40.0, 20.0]) and cell["sd_source"] == "cell"
+    assert cell["mean_ma_lost"] == pytest.approx(30.0)

@@ -11,7 +11,10 @@ strictest Holm level of the whole sweep (0.05 / its number of attack cells). A c
 with one seed has no spread of its own: it is planned with the pooled standard
 deviation of the cells that have two or more (marked "pooled").
 
-    python experiments/known-breaks/pilot.py runs/known-breaks-pilot
+    python experiments/known-breaks/pilot.py runs/known-breaks-pilot --json pilot.json
+
+``--json`` also writes the table's numbers (unrounded) to a file, the machine-readable
+record that prose quoting the pilot copies from.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ def cells(sweep_dir: Path) -> dict[tuple[str, str, str], dict[int, float]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--json", type=Path, help="also write the table's numbers here")
     args = parser.parse_args(argv)
     table = cells(args.sweep_dir)
     alpha = 0.05 / ATTACK_CELLS
@@ -79,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "MA lost per seed | mean | seeds for +5 / +10 beyond 5 |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
+    records = []
     for regime, defense, attack, seeds, ma, lost in rows:
         base = table[(regime, defense, "none")]
         sd = statistics.stdev(lost) if len(lost) >= 2 else None
@@ -93,6 +98,30 @@ def main(argv: list[str] | None = None) -> int:
             f"{', '.join(f'{v:.1f}' for v in lost)} | {statistics.fmean(lost):.1f} | "
             f"{' / '.join('-' if n is None else str(n) for n in needed)}{source} |"
         )
+        records.append(
+            {
+                "regime": regime,
+                "defense": defense,
+                "attack": attack,
+                "seeds": seeds,
+                "final_ma": ma,
+                "no_attack_ma": [base[s] for s in seeds],
+                "ma_lost": lost,
+                "mean_ma_lost": statistics.fmean(lost),
+                "sd_planned_with": sd,
+                "sd_source": "pooled" if source else "cell",
+                "seeds_needed": dict(zip(("+5", "+10"), needed, strict=True)),
+            }
+        )
+    if args.json is not None:
+        out = {
+            "sweep_dir": str(args.sweep_dir),
+            "holm_level": alpha,
+            "attack_cells": ATTACK_CELLS,
+            "pooled_sd": pooled,
+            "cells": records,
+        }
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
     return 0
 
 
