@@ -124,14 +124,15 @@ class Claim:
             parts.append("sign-flip p " + ("-" if flip is None else f"{flip:.3g}"))
         parts.append("Holm p " + ("-" if self.adjusted_p is None else f"{self.adjusted_p:.3g}"))
         if len(self.tests) == 1 and self.in_points:
-            need = [
-                seeds_needed(self.tests[0].stat["std"], e, FAMILY_ALPHA / family) for e in EFFECTS
-            ]
+            stat = self.tests[0].stat
+            # identical seeds (to float noise) have no spread to plan from
+            std = None if stat.get("identical") else stat["std"]
+            need = [seeds_needed(std, e, FAMILY_ALPHA / family) for e in EFFECTS]
             parts.append(
                 "seeds for "
                 + "/".join(f"{e:g}" for e in EFFECTS)
                 + " points: "
-                + "/".join(_seeds(n, self.tests[0].stat["std"]) for n in need)
+                + "/".join(_seeds(n, std) for n in need)
             )
         return "; ".join(parts)
 

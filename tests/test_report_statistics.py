@@ -347,6 +347,17 @@ def test_the_claims_checker_gives_each_regime_its_verdicts(regime_report, monkey
     assert base[1].details(4) == (
         "0/3 seeds above 5; sign-flip p 0.25; Holm p 0.0808; seeds for 5/10 points: 4/3"
     )
+    # identical seeds plan no seed count (their spread, exact or float noise, is none)
+    assert base[0].details(4).endswith("seeds for 5/10 points: no spread/no spread")
+    noisy = copy.deepcopy(report)
+    _cell(noisy, "base", "fedavg", "edge-case-pgd")["ba_above_baseline"]["values"] = [
+        59.999999999999996,
+        60.0,
+        60.0,
+    ]
+    fedavg = claims.check_report(noisy)[0][0]
+    assert "3 identical seeds, no interval" in fedavg.text
+    assert fedavg.details(4).endswith("seeds for 5/10 points: no spread/no spread")
     assert interval[1].text == (
         "multi-krum: the edge-case-pgd backdoor gets in "
         "(BA > 5 points above none-edge): 30.0 [5.2, 54.8]"
