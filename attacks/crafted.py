@@ -12,6 +12,8 @@ vectorised over clients and coordinates.
   (``z_formula``: the paper's ``Phi^-1((n - s) / n)``, or ``Phi^-1((n - m - s) / (n - m))``,
   the share among the benign clients, as other public implementations compute it).
 - :func:`ipm`: inner-product manipulation (Xie, Koyejo, Gupta, UAI 2020): ``-eps * mean``.
+- :func:`position`: where a crafted update lies against the round's honest updates, in
+  the units the papers argue in (logged by the crafting stage every attack round).
 - :func:`min_max`, :func:`min_sum`: the aggregation-agnostic attacks of Shejwalkar and
   Houmansadr (NDSS 2021): ``mean + gamma * p`` with the largest ``gamma`` (halving
   search) whose update is no farther from the benign ones than they are from each other:
@@ -23,8 +25,53 @@ vectorised over clients and coordinates.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
 import torch
+
+
+@dataclass
+class Position:
+    """Where a crafted update ``c`` lies against the honest updates ``h_i`` of its round
+    (mean ``mu``, per-coordinate standard deviation ``sd`` with Bessel's correction).
+
+    z: the mean over coordinates of ``|c - mu| / sd`` (coordinates with ``sd = 0`` left
+        out): an ALIE update crafted from every update sits about ``z_max`` away.
+    norm_ratio: ``||c - mu||`` over the honest updates' root-mean-square distance to
+        ``mu``; below 1 the crafted update is closer to the honest mean than a typical
+        honest update, and a distance-based rule has no reason to drop it.
+    shift: ``||c - mu|| / ||mu||``, its distance from the honest mean relative to the
+        mean's own length; cos: its cosine with ``mu``. A kept update with a small
+        ``shift`` and ``cos`` near 1 still points where the honest clients go.
+    """
+
+    z: float
+    norm_ratio: float
+    shift: float
+    cos: float
+
+    def as_log(self) -> dict[str, float]:
+        """The round record's entries (``crafted_z``, ``crafted_norm_ratio``, ...)."""
+        return {f"crafted_{k}": v for k, v in asdict(self).items()}
+
+
+def position(honest: torch.Tensor, crafted: torch.Tensor) -> Position:
+    """The ``(d,)`` crafted update against the ``(k, d)`` honest ones, ``k >= 2``
+    (float64, vectorised over clients and coordinates; NaN where a measure is undefined)."""
+    h, c = honest.double(), crafted.double()
+    mu, sd = h.mean(dim=0), h.std(dim=0)
+    gap = c - mu
+    spread = sd > 0
+    z = float((gap[spread].abs() / sd[spread]).mean()) if bool(spread.any()) else math.nan
+    rms = float(((h - mu) ** 2).sum(dim=1).mean().sqrt())
+    gap_norm, mu_norm, c_norm = float(gap.norm()), float(mu.norm()), float(c.norm())
+    return Position(
+        z=z,
+        norm_ratio=gap_norm / rms if rms > 0 else math.nan,
+        shift=gap_norm / mu_norm if mu_norm > 0 else math.nan,
+        cos=float(c @ mu) / (c_norm * mu_norm) if mu_norm > 0 and c_norm > 0 else math.nan,
+    )
+
 
 #: Perturbation directions ``p`` of Min-Max / Min-Sum (the paper's three).
 DIRECTIONS = ("unit", "std", "sign")

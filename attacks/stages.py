@@ -5,7 +5,10 @@ defense sees them (the protocol: :class:`fedsec_core.hooks.ServerStage`).
 - :class:`CraftingStage`, of the colluding attacks (``attacks.collusion``): it builds
   the attackers' view of the round (their own replies with ``attack.knowledge =
   "partial"``, every valid reply with ``"full"``, the honest ones' with ``"honest"``),
-  asks the attack for one malicious update and puts it into every attacker's reply;
+  asks the attack for one malicious update and puts it into every attacker's reply, and
+  logs where that update lies against the round's honest updates (``crafted_z``,
+  ``crafted_norm_ratio``, ``crafted_shift``, ``crafted_cos``: :func:`attacks.crafted.position`;
+  the experimenter's measure, whatever the attackers' view);
 - :class:`ScalingStage`, of a backdoor with ``attack.evasion = "scaling"`` and full
   knowledge (``attacks.backdoor``): it scales each attacker's update until the rule, run
   on the round's honest updates, keeps it;
@@ -32,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from flwr.app import ArrayRecord, Message
 
+from attacks.crafted import position
 from attacks.evasion import largest_kept_scale
 from defenses.adapter import RecordLayout
 from fedsec_core.hooks import ServerStage, StageOutcome
@@ -73,13 +77,15 @@ class CraftingStage(ServerStage):
         layout = RecordLayout(global_arrays)
         w0 = layout.flatten(global_arrays, torch.device("cpu"))
         knowledge = self.attack.knowledge
-        rows, attackers = [], []
+        rows, attackers, honest = [], [], []
         for reply, pid, update in _valid_updates(layout, w0, replies, partition_of):
             seen = {"partial": pid in malicious, "full": True, "honest": pid not in malicious}
             if seen[knowledge]:
                 rows.append(update)
             if pid in malicious:
                 attackers.append(reply)
+            else:
+                honest.append(update)
         outcome = StageOutcome(view=len(rows))
         if not attackers:
             outcome.note = "no attacker replied with a valid update"
@@ -91,6 +97,8 @@ class CraftingStage(ServerStage):
             )
             return outcome
         update = self.attack.craft(torch.stack(rows), num_clients, len(malicious))
+        if len(honest) >= 2:  # the measured reason a rule kept or dropped it (the round's)
+            outcome.log.update(position(torch.stack(honest), update).as_log())
         crafted = w0 + update.to(w0.dtype)
         for reply in attackers:
             # its floating-point arrays become the crafted update; the rest stay its own

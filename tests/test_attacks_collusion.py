@@ -79,6 +79,25 @@ def test_full_knowledge_crafts_from_every_valid_reply_and_rewrites_only_the_atta
         np.testing.assert_array_equal(flat(r.content["arrays"]), before)
 
 
+def test_the_stage_logs_where_the_crafted_update_lies_against_the_honest_ones():
+    """Measured against the round's honest updates (not the attackers' view), in numpy:
+    z, the norm ratio to the honest rms spread, the shift and the cosine to their mean."""
+    global_arrays, updates, replies = round_of(5)
+    outcome = CraftingStage(IPM(eps=0.5))(global_arrays, replies, PARTITION_OF, 5, {1, 4})
+    crafted = -0.5 * updates[[1, 4]].mean(axis=0).astype(np.float64)
+    honest = updates[[0, 2, 3]].astype(np.float64)
+    mu, sd = honest.mean(axis=0), honest.std(axis=0, ddof=1)
+    rms = np.sqrt(((honest - mu) ** 2).sum(axis=1).mean())
+    gap = np.linalg.norm(crafted - mu)
+    expected = {
+        "crafted_z": np.mean(np.abs(crafted - mu)[sd > 0] / sd[sd > 0]),
+        "crafted_norm_ratio": gap / rms,
+        "crafted_shift": gap / np.linalg.norm(mu),
+        "crafted_cos": crafted @ mu / (np.linalg.norm(crafted) * np.linalg.norm(mu)),
+    }
+    assert outcome.log == pytest.approx(expected, rel=1e-5)
+
+
 def test_partial_knowledge_sees_only_the_attackers_own_updates():
     global_arrays, updates, replies = round_of(5)
     outcome = CraftingStage(IPM(eps=0.5))(global_arrays, replies, PARTITION_OF, 5, {1, 4})

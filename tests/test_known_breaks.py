@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from attacks.crafted import position
 from fedsec.cli import main as fedsec_main
 from fedsec.config import load_config
 from fedsec.results import read_metrics
@@ -55,7 +56,7 @@ def load_diagnose():
     return module
 
 
-def test_deviation_of_a_hand_computed_alie_update():
+def test_position_of_a_hand_computed_alie_update():
     """Honest rows (1, 0), (3, 0), (2, 3): mean (2, 1), Bessel sd (1, sqrt 3). The ALIE
     update mean - 0.5 sd lies 0.5 sd away on every coordinate; ||c - mu|| = 0.5 * 2 = 1,
     the honest rms distance to mu is sqrt((2 + 2 + 4) / 3), ||mu|| = sqrt 5, and
@@ -63,7 +64,7 @@ def test_deviation_of_a_hand_computed_alie_update():
     d = load_diagnose()
     honest = torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 3.0]])
     crafted = torch.tensor([1.5, 1 - math.sqrt(3) / 2])
-    dev = d.deviation(honest, crafted)
+    dev = position(honest, crafted)  # attacks.crafted, what the crafting stage logs
     assert dev.z == pytest.approx(0.5, abs=1e-7)
     assert dev.norm_ratio == pytest.approx(1 / math.sqrt(8 / 3), abs=1e-7)
     assert dev.norm_ratio == pytest.approx(0.5 * math.sqrt(3 / 2), abs=1e-7)

@@ -55,13 +55,13 @@ import json
 import math
 import sys
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from attacks.collusion import CollusionAttack
+from attacks.crafted import position
 from defenses import build_rule
 from fedsec.config import ExperimentConfig, load_config
 from fedsec.pretrain import initial_state
@@ -69,34 +69,6 @@ from fedsec.task import FederatedTask, get_task
 from fedsec_core.errors import ConfigError
 from fedsec_core.layout import ModelLayout
 from fedsec_core.training import evaluate, train
-
-
-@dataclass
-class Deviation:
-    """Where a crafted update ``c`` lies against the honest updates of its round."""
-
-    z: float  # mean over coordinates of |c - mu| / sd (sd > 0)
-    norm_ratio: float  # ||c - mu|| / rms_i ||h_i - mu||
-    shift: float  # ||c - mu|| / ||mu||
-    cos: float  # cosine of c and mu
-
-
-def deviation(honest: torch.Tensor, crafted: torch.Tensor) -> Deviation:
-    """The crafted update ``crafted`` (``(d,)``) against the ``(k, d)`` honest updates,
-    ``k >= 2``, vectorised over clients and coordinates (float64)."""
-    h, c = honest.double(), crafted.double()
-    mu, sd = h.mean(dim=0), h.std(dim=0)
-    gap = c - mu
-    spread = sd > 0
-    z = float((gap[spread].abs() / sd[spread]).mean()) if bool(spread.any()) else math.nan
-    rms = float(((h - mu) ** 2).sum(dim=1).mean().sqrt())
-    gap_norm, mu_norm = float(gap.norm()), float(mu.norm())
-    return Deviation(
-        z=z,
-        norm_ratio=gap_norm / rms if rms > 0 else math.nan,
-        shift=gap_norm / mu_norm if mu_norm > 0 else math.nan,
-        cos=float(c @ mu / (c.norm() * mu.norm())) if mu_norm > 0 and c.norm() > 0 else math.nan,
-    )
 
 
 def aggregate_shift(update: torch.Tensor | None, honest_mean: torch.Tensor) -> float:
@@ -184,7 +156,7 @@ class Diagnosis:
             view = updates[bad] if self.attack.knowledge == "partial" else updates
             crafted = self.attack.craft(view, len(sampled), len(malicious))
             models[bad] = self.w + crafted.to(self.w.dtype)
-            record.update(vars(deviation(honest, crafted)))
+            record.update(vars(position(honest, crafted)))
         mu = honest.mean(dim=0)
         ids = list(sampled)
         record["rules"] = {}
