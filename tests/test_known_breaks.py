@@ -204,3 +204,14 @@ def test_pilot_pairs_each_attack_with_its_no_attack_cell(tmp_path, capsys):
     (cell,) = json.loads(record.read_text())["cells"]  # the same numbers, unrounded
     assert cell["ma_lost"] == pytest.approx([40.0, 20.0]) and cell["sd_source"] == "cell"
     assert cell["mean_ma_lost"] == pytest.approx(30.0)
+    # --last 2: the mean MA of each run's last two rounds (a dip in the last round of the
+    # no-attack seed 0, 0.9 after 0.7, reads 0.8)
+    for (attack, seed), ma in finals.items():
+        run = tmp_path / f"regime=ndss/defense=median/attack={attack}/seed={seed}"
+        lines = [{"round": 1, "main_accuracy": 0.1}, {"round": 2, "main_accuracy": ma - 0.2}]
+        lines.append({"round": 3, "main_accuracy": ma})
+        (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert pilot.main([str(tmp_path), "--last", "2", "--json", str(record)]) == 0
+    (cell,) = json.loads(record.read_text())["cells"]
+    assert cell["no_attack_ma"] == pytest.approx([80.0, 70.0])
+    assert cell["final_ma"] == pytest.approx([40.0, 50.0])

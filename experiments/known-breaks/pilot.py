@@ -26,27 +26,34 @@ import sys
 from pathlib import Path
 
 from fedsec.report.stats import seeds_needed
+from fedsec.results import METRICS_FILE, read_rounds
 
 THRESHOLD = 5.0  # points of MA lost: the robustness matrix's "breaks"
 EFFECTS = (5.0, 10.0)  # beyond the threshold
 ATTACK_CELLS = 143  # sweep.toml: 7 defenses x 9 ndss attacks + 2 ALIE regimes x 8 x 5
 
 
-def final_accuracy(run_dir: Path) -> float | None:
-    """The run's final MA in points, or None when it has not finished."""
+def final_accuracy(run_dir: Path, last: int = 1) -> float | None:
+    """The run's MA in points at the end: the final round's (``last = 1``) or the mean
+    over its last ``last`` rounds (a steadier end point where the MA dips and recovers
+    from round to round); None when the run has not finished."""
     summary = run_dir / "summary.json"
     if not summary.is_file():
         return None
-    return 100.0 * float(json.loads(summary.read_text())["final_main_accuracy"])
+    if last == 1:
+        return 100.0 * float(json.loads(summary.read_text())["final_main_accuracy"])
+    values = [r.main_accuracy for r in read_rounds(run_dir / METRICS_FILE)]
+    values = [v for v in values if v is not None][-last:]
+    return 100.0 * statistics.fmean(values)
 
 
-def cells(sweep_dir: Path) -> dict[tuple[str, str, str], dict[int, float]]:
-    """(regime, defense, attack) -> {seed: final MA} over the finished runs."""
+def cells(sweep_dir: Path, last: int = 1) -> dict[tuple[str, str, str], dict[int, float]]:
+    """(regime, defense, attack) -> {seed: MA at the end} over the finished runs."""
     listing = json.loads((sweep_dir / "sweep.json").read_text())
     out: dict[tuple[str, str, str], dict[int, float]] = {}
     for run in listing["runs"]:
         labels = run["labels"]
-        ma = final_accuracy(sweep_dir / run["dir"])
+        ma = final_accuracy(sweep_dir / run["dir"], last)
         if ma is None:
             continue
         key = (labels["regime"], labels["defense"], labels["attack"])
@@ -58,8 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--json", type=Path, help="also write the table's numbers here")
+    parser.add_argument(
+        "--last",
+        type=int,
+        default=1,
+        help="MA at the end: the mean over the last N rounds (default 1: the final MA)",
+    )
     args = parser.parse_args(argv)
-    table = cells(args.sweep_dir)
+    table = cells(args.sweep_dir, args.last)
     alpha = 0.05 / ATTACK_CELLS
     rows = []
     for (regime, defense, attack), by_seed in sorted(table.items()):
@@ -79,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         + ("-" if pooled is None else f"{pooled:.2f} points")
     )
     print(
-        "| regime | defense | attack | seeds | final MA per seed | no-attack MA per seed | "
+        "| regime | defense | attack | seeds | "
+        + ("final MA" if args.last == 1 else f"MA over the last {args.last} rounds")
+        + " per seed | no-attack MA per seed | "
         "MA lost per seed | mean | seeds for +5 / +10 beyond 5 |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
@@ -118,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             "sweep_dir": str(args.sweep_dir),
             "holm_level": alpha,
             "attack_cells": ATTACK_CELLS,
+            "ma_over_last_rounds": args.last,
             "pooled_sd": pooled,
             "cells": records,
         }
