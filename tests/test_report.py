@@ -507,3 +507,19 @@ def test_runs_without_provenance_are_not_flagged(tmp_path, capsys):
     assert report["mixed_commits"] == {} and report["mixed_kernels"] == {}
     assert _group(report, "fedavg", MR)["commits"] == ["unknown"]
     assert "source commits" not in md
+
+
+def test_only_reports_a_slice_of_the_sweep(tmp_path, capsys):
+    """--only keeps the runs with those labels: the other cells are not asked for, so
+    they are neither counted missing nor shown; the slice is named in report.md."""
+    rep, md = _report(make_sweep(tmp_path), "--only", "defense=fedavg", "--only", "seed=0")
+    assert rep["counts"] == {"finished": 2, "unfinished": 0, "missing": 0, "total": 2}
+    assert rep["axes"]["defense"] == ["fedavg"] and rep["only"] == ["defense=fedavg", "seed=0"]
+    assert [g["labels"]["defense"] for s in rep["sets"] for g in s["groups"]] == ["fedavg"] * 2
+    assert "(the slice `--only defense=fedavg seed=0`)" in md
+    assert main(["report", str(tmp_path), "--only", "defense=krum"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "fedsec: error: --only defense=krum: defense has no label 'krum'; its labels: "
+        "fedavg, multi-metrics"
+    )

@@ -86,13 +86,17 @@ def write_report(
     rows: str | None = None,
     cols: str | None = None,
     paper: str | None = None,
+    only: Sequence[str] = (),
 ) -> tuple[dict[str, Any], str]:
-    """Write report.md, report.json and the PNGs; return the report and the terminal text."""
+    """Write report.md, report.json and the PNGs; return the report and the terminal text.
+    ``only``: report the slice of the runs those ``AXIS=LABEL,...`` items select."""
     if paper is not None:
         paper_mod.paper_table(paper)  # fail before reading anything
-    sweep = load_results(results_dirs)
+    sweep = load_results(results_dirs, only)
     layout = choose_layout(sweep.axes, rows, cols)
     report = build_report(sweep, layout, paper)
+    if only:
+        report["only"] = list(only)
     out_dir = Path(out) if out is not None else sweep.root
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -134,11 +138,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="show Huang et al. (ICCV 2023) Table 1 beside ours: "
         + "|".join(paper_mod.paper_names()),
     )
+    p.add_argument(
+        "--only",
+        metavar="AXIS=LABEL,...",
+        action="append",
+        default=[],
+        help="report only the runs with these labels (repeatable; as fedsec sweep --only)",
+    )
     p.set_defaults(handler=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    report, short = write_report(args.results_dirs, args.out, args.rows, args.cols, args.paper)
+    report, short = write_report(
+        args.results_dirs, args.out, args.rows, args.cols, args.paper, args.only
+    )
     out = Path(args.out) if args.out else Path(args.results_dirs[0])
     print(short, end="")
     failures = report["attacker_failures"]

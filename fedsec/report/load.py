@@ -166,16 +166,23 @@ class SweepResults:
         return self.roots[0]
 
 
-def load_results(results_dirs: str | Path | Sequence[str | Path]) -> SweepResults:
+def load_results(
+    results_dirs: str | Path | Sequence[str | Path], only: Sequence[str] = ()
+) -> SweepResults:
     """Read ``sweep.json`` (or discover run directories) and every run's files.
 
     Several directories (e.g. the sweeps of one study, each over some values of a shared
     ``regime`` axis) are read as one set of runs: the axes are the union of theirs (in the
-    order met), and a run keeps the directory it came from in its ``dir``."""
+    order met), and a run keeps the directory it came from in its ``dir``.
+
+    ``only`` (``AXIS=LABEL[,LABEL...]`` items, as ``fedsec sweep --only``) keeps the runs
+    whose labels match every item, and each axis keeps the labels they have: the report of
+    a slice of a sweep (a pilot, a first part), whose other cells are not "missing" but
+    not asked for."""
     dirs = [results_dirs] if isinstance(results_dirs, (str, Path)) else list(results_dirs)
     if not dirs:
         raise FedsecError("no results directory given")
-    names, sources, axes, runs = [], [], {}, []
+    names, sources, axes, listed = [], [], {}, []
     for d in dirs:
         root = Path(d)
         if not root.is_dir():
@@ -196,7 +203,14 @@ def load_results(results_dirs: str | Path | Sequence[str | Path]) -> SweepResult
         for key, values in dir_axes.items():
             axes.setdefault(key, [])
             axes[key] += [v for v in values if v not in axes[key]]
-        runs += [_load_run(root, run_id, rel, labels) for run_id, rel, labels in entries]
+        listed += [(root, run_id, rel, labels) for run_id, rel, labels in entries]
+    if only:
+        chosen = _only(only, axes)
+        listed = [e for e in listed if all(e[3].get(a) in ls for a, ls in chosen.items())]
+        axes = {a: [v for v in vs if a not in chosen or v in chosen[a]] for a, vs in axes.items()}
+        if not listed:
+            raise FedsecError(f"no run matches --only {' '.join(only)}")
+    runs = [_load_run(root, run_id, rel, labels) for root, run_id, rel, labels in listed]
     for run in runs:  # every label value appears on its axis
         for key, value in run.labels.items():
             values = axes.setdefault(key, [])
@@ -222,6 +236,28 @@ def load_results(results_dirs: str | Path | Sequence[str | Path]) -> SweepResult
         runs=runs,
         source=", ".join(dict.fromkeys(sources)),
     )
+
+
+def _only(only: Sequence[str], axes: dict[str, list[str]]) -> dict[str, set[str]]:
+    """``AXIS=LABEL[,LABEL...]`` items as {axis: labels}; a one-line FedsecError for an
+    axis or a label the results do not have."""
+    chosen: dict[str, set[str]] = {}
+    for item in only:
+        axis, _, labels = item.partition("=")
+        if axis not in axes or not labels:
+            raise FedsecError(
+                f"--only {item}: give AXIS=LABEL[,LABEL...] with an axis of the results: "
+                + ", ".join(axes)
+            )
+        wanted = set(labels.split(","))
+        unknown = sorted(wanted - set(axes[axis]))
+        if unknown:
+            raise FedsecError(
+                f"--only {item}: {axis} has no label {unknown[0]!r}; its labels: "
+                + ", ".join(axes[axis])
+            )
+        chosen[axis] = chosen.get(axis, set()) | wanted
+    return chosen
 
 
 def _read_sweep_json(

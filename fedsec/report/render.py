@@ -35,7 +35,8 @@ def render_markdown(
     head = [f"# Report: {report['name']}", ""]
     head.append(
         f"Results: `{report['results_dir']}` (runs from {report['source']}): {c['total']} runs, "
-        f"{c['finished']} finished, {c['unfinished']} unfinished, {c['missing']} missing."
+        f"{c['finished']} finished, {c['unfinished']} unfinished, {c['missing']} missing"
+        + (f" (the slice `--only {' '.join(report['only'])}`)." if report.get("only") else ".")
     )
     over = (
         f"mean ± sample std over `{seed}` ({len(report['axes'][seed])} values; `n=k` marks "
