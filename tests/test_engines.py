@@ -173,6 +173,11 @@ def _toml(value) -> str:
 def test_pyproject_flower_app_config_is_the_default_experiment():
     """`flwr run .` must run what `fedsec run` runs (on Flower's engine)."""
     table = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    # Flower refuses a --run-config key the app does not declare: every key of the
+    # sections a user overrides must be there (a new config key is added here too)
+    declared = ExperimentConfig().to_dict()
+    for section in ("data", "model", "train", "engine"):
+        assert set(table[section]) == set(declared[section]), section
     assert table.pop("output") == {"dir": "runs/flwr-run", "resume": False}
     assert table["engine"].pop("name") == "flower"
     default = load_config(DEFAULT_EXPERIMENT)
