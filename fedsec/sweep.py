@@ -142,23 +142,32 @@ class Sweep:
     def select(self, only: list[str]) -> list[SweepRun]:
         """The runs whose labels match every ``AXIS=LABEL[,LABEL...]`` of ``only`` (all
         runs when it is empty): a slice of the grid to run first."""
-        chosen: dict[str, set[str]] = {}
-        for item in only:
-            axis, _, labels = item.partition("=")
-            if axis not in self.axes or not labels:
-                raise ConfigError(
-                    f"--only {item}: give AXIS=LABEL[,LABEL...] with an axis of "
-                    f"{self.name}: {', '.join(self.axes)}"
-                )
-            wanted = set(labels.split(","))
-            unknown = sorted(wanted - set(self.axes[axis]))
-            if unknown:
-                raise ConfigError(
-                    f"--only {item}: {axis} has no label {unknown[0]!r}; its labels: "
-                    + ", ".join(self.axes[axis])
-                )
-            chosen[axis] = chosen.get(axis, set()) | wanted
+        chosen = only_labels(only, self.axes, self.name)
         return [r for r in self.runs if all(r.labels[a] in ls for a, ls in chosen.items())]
+
+
+def only_labels(
+    only: list[str] | tuple[str, ...], axes: dict[str, list[str]], of: str
+) -> dict[str, set[str]]:
+    """``--only AXIS=LABEL[,LABEL...]`` items (``fedsec sweep``, ``fedsec report``) as
+    {axis: labels}; a one-line ConfigError for an axis or a label that ``axes`` (those
+    of ``of``, named in the message) does not have."""
+    chosen: dict[str, set[str]] = {}
+    for item in only:
+        axis, _, labels = item.partition("=")
+        if axis not in axes or not labels:
+            raise ConfigError(
+                f"--only {item}: give AXIS=LABEL[,LABEL...] with an axis of {of}: {', '.join(axes)}"
+            )
+        wanted = set(labels.split(","))
+        unknown = sorted(wanted - set(axes[axis]))
+        if unknown:
+            raise ConfigError(
+                f"--only {item}: {axis} has no label {unknown[0]!r}; its labels: "
+                + ", ".join(axes[axis])
+            )
+        chosen[axis] = chosen.get(axis, set()) | wanted
+    return chosen
 
 
 def is_sweep_file(path: str | Path) -> bool:

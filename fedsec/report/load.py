@@ -17,6 +17,7 @@ from fedsec.results import (
     attacker_weight,
     read_rounds,
 )
+from fedsec.sweep import only_labels
 from fedsec_core.errors import FedsecError
 from fedsec_core.protocol import RoundRecord
 
@@ -205,7 +206,7 @@ def load_results(
             axes[key] += [v for v in values if v not in axes[key]]
         listed += [(root, run_id, rel, labels) for run_id, rel, labels in entries]
     if only:
-        chosen = _only(only, axes)
+        chosen = only_labels(list(only), axes, "the results")
         listed = [e for e in listed if all(e[3].get(a) in ls for a, ls in chosen.items())]
         axes = {a: [v for v in vs if a not in chosen or v in chosen[a]] for a, vs in axes.items()}
         if not listed:
@@ -236,28 +237,6 @@ def load_results(
         runs=runs,
         source=", ".join(dict.fromkeys(sources)),
     )
-
-
-def _only(only: Sequence[str], axes: dict[str, list[str]]) -> dict[str, set[str]]:
-    """``AXIS=LABEL[,LABEL...]`` items as {axis: labels}; a one-line FedsecError for an
-    axis or a label the results do not have."""
-    chosen: dict[str, set[str]] = {}
-    for item in only:
-        axis, _, labels = item.partition("=")
-        if axis not in axes or not labels:
-            raise FedsecError(
-                f"--only {item}: give AXIS=LABEL[,LABEL...] with an axis of the results: "
-                + ", ".join(axes)
-            )
-        wanted = set(labels.split(","))
-        unknown = sorted(wanted - set(axes[axis]))
-        if unknown:
-            raise FedsecError(
-                f"--only {item}: {axis} has no label {unknown[0]!r}; its labels: "
-                + ", ".join(axes[axis])
-            )
-        chosen[axis] = chosen.get(axis, set()) | wanted
-    return chosen
 
 
 def _read_sweep_json(
