@@ -30,6 +30,8 @@ from fedsec_core.protocol import (
     DEFENSE_REJECTED,
     DEFENSE_SCORED,
     DEFENSE_SCORES,
+    DEFENSE_WEIGHT_RATIOS,
+    DEFENSE_WEIGHTED,
     PARTITION_ID,
 )
 
@@ -84,12 +86,15 @@ class RoundReport:
         reasons are text, so only the refused keys): what ``aggregate_train`` adds to
         the train metrics for Flower's own round loop (``Strategy.start``)."""
         scored = sorted(self.scores)
+        weighted = sorted(self.weight_ratios)
         return {
             DEFENSE_ACCEPTED: list(self.accepted),
             DEFENSE_REJECTED: list(self.rejected),
             DEFENSE_REFUSED: sorted(self.invalid),
             DEFENSE_SCORED: scored,
             DEFENSE_SCORES: [float(self.scores[k]) for k in scored],
+            DEFENSE_WEIGHTED: weighted,
+            DEFENSE_WEIGHT_RATIOS: [float(self.weight_ratios[k]) for k in weighted],
         }
 
 

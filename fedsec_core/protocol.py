@@ -101,6 +101,11 @@ DEFENSE_REJECTED = "defense-rejected"
 DEFENSE_REFUSED = "defense-refused"
 DEFENSE_SCORED = "defense-scored"
 DEFENSE_SCORES = "defense-scores"
+#: The clients with a weight ratio and, in the same order, their ratios (the report's
+#: ``weight_ratios``: a coefficient over FedAvg's weight; absent where the rule's model
+#: is no combination of the clients' models).
+DEFENSE_WEIGHTED = "defense-weighted"
+DEFENSE_WEIGHT_RATIOS = "defense-weight-ratios"
 
 
 # ------------------------------------------------------------------ format versions

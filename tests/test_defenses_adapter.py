@@ -225,6 +225,11 @@ def test_flowers_hook_returns_the_model_and_the_verdicts_in_the_train_metrics():
     assert list(metrics["defense-refused"]) == [107]
     assert list(metrics["defense-scored"]) == list(range(7))
     assert list(metrics["defense-scores"]) == pytest.approx([report.scores[k] for k in range(7)])
+    # Krum keeps one of 7 equal clients: 7 times FedAvg's weight, the others 0
+    assert list(metrics["defense-weighted"]) == list(range(7))
+    assert list(metrics["defense-weight-ratios"]) == pytest.approx(
+        [7.0 if k in report.accepted else 0.0 for k in range(7)]
+    )
     # a round that keeps the previous model: no model, the verdicts still returned
     strategy = started(defenses.Bulyan(num_malicious=1), model_arrays(99), [100, 101])
     arrays, metrics = strategy.aggregate_train(1, good_replies(2))
