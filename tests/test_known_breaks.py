@@ -215,3 +215,17 @@ def test_pilot_pairs_each_attack_with_its_no_attack_cell(tmp_path, capsys):
     (cell,) = json.loads(record.read_text())["cells"]
     assert cell["no_attack_ma"] == pytest.approx([80.0, 70.0])
     assert cell["final_ma"] == pytest.approx([40.0, 50.0])
+    # --best: the papers' end point, the best MA of any round (the no-attack runs peak 5
+    # points above their final MA in round 2; the attacked ones end at their best)
+    for (attack, seed), ma in finals.items():
+        run = tmp_path / f"regime=ndss/defense=median/attack={attack}/seed={seed}"
+        peak = ma + 0.05 if attack == "none" else ma - 0.2
+        lines = [{"round": 1, "main_accuracy": 0.1}, {"round": 2, "main_accuracy": peak}]
+        lines.append({"round": 3, "main_accuracy": ma})
+        (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert pilot.main([str(tmp_path), "--best", "--json", str(record)]) == 0
+    (cell,) = json.loads(record.read_text())["cells"]
+    assert cell["no_attack_ma"] == pytest.approx([95.0, 85.0])
+    assert cell["ma_lost"] == pytest.approx([45.0, 25.0])
+    with pytest.raises(SystemExit):
+        pilot.main([str(tmp_path), "--best", "--last", "2"])

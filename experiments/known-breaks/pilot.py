@@ -14,7 +14,10 @@ deviation of the cells that have two or more (marked "pooled").
     python experiments/known-breaks/pilot.py runs/known-breaks-pilot --json pilot.json
 
 ``--json`` also writes the table's numbers (unrounded) to a file, the machine-readable
-record that prose quoting the pilot copies from.
+record that prose quoting the pilot copies from. ``--best`` uses the papers' end point
+instead of the final MA: the best MA the run reached in any round (ALIE's Table 1,
+"maximal accuracy"; NDSS'21's attack impact is the drop of the best global model's
+accuracy), so a cell reads like the papers' tables.
 """
 
 from __future__ import annotations
@@ -33,27 +36,31 @@ EFFECTS = (5.0, 10.0)  # beyond the threshold
 ATTACK_CELLS = 143  # sweep.toml: 7 defenses x 9 ndss attacks + 2 ALIE regimes x 8 x 5
 
 
-def final_accuracy(run_dir: Path, last: int = 1) -> float | None:
-    """The run's MA in points at the end: the final round's (``last = 1``) or the mean
+def final_accuracy(run_dir: Path, last: int = 1, best: bool = False) -> float | None:
+    """The run's MA in points: at the end, the final round's (``last = 1``) or the mean
     over its last ``last`` rounds (a steadier end point where the MA dips and recovers
-    from round to round); None when the run has not finished."""
+    from round to round); with ``best``, the highest MA of any round (the papers' end
+    point). None when the run has not finished."""
     summary = run_dir / "summary.json"
     if not summary.is_file():
         return None
-    if last == 1:
+    if last == 1 and not best:
         return 100.0 * float(json.loads(summary.read_text())["final_main_accuracy"])
     values = [r.main_accuracy for r in read_rounds(run_dir / METRICS_FILE)]
-    values = [v for v in values if v is not None][-last:]
-    return 100.0 * statistics.fmean(values)
+    values = [v for v in values if v is not None]
+    return 100.0 * (max(values) if best else statistics.fmean(values[-last:]))
 
 
-def cells(sweep_dir: Path, last: int = 1) -> dict[tuple[str, str, str], dict[int, float]]:
-    """(regime, defense, attack) -> {seed: MA at the end} over the finished runs."""
+def cells(
+    sweep_dir: Path, last: int = 1, best: bool = False
+) -> dict[tuple[str, str, str], dict[int, float]]:
+    """(regime, defense, attack) -> {seed: MA} over the finished runs (see
+    :func:`final_accuracy` for ``last`` and ``best``)."""
     listing = json.loads((sweep_dir / "sweep.json").read_text())
     out: dict[tuple[str, str, str], dict[int, float]] = {}
     for run in listing["runs"]:
         labels = run["labels"]
-        ma = final_accuracy(sweep_dir / run["dir"], last)
+        ma = final_accuracy(sweep_dir / run["dir"], last, best)
         if ma is None:
             continue
         key = (labels["regime"], labels["defense"], labels["attack"])
@@ -71,8 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="MA at the end: the mean over the last N rounds (default 1: the final MA)",
     )
+    parser.add_argument(
+        "--best",
+        action="store_true",
+        help="the best MA of any round instead (the papers' end point; not with --last)",
+    )
     args = parser.parse_args(argv)
-    table = cells(args.sweep_dir, args.last)
+    if args.best and args.last != 1:
+        parser.error("--best and --last N > 1 are two end points: give one")
+    table = cells(args.sweep_dir, args.last, args.best)
     alpha = 0.05 / ATTACK_CELLS
     rows = []
     for (regime, defense, attack), by_seed in sorted(table.items()):
@@ -93,7 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "| regime | defense | attack | seeds | "
-        + ("final MA" if args.last == 1 else f"MA over the last {args.last} rounds")
+        + (
+            "best MA of any round"
+            if args.best
+            else "final MA"
+            if args.last == 1
+            else f"MA over the last {args.last} rounds"
+        )
         + " per seed | no-attack MA per seed | "
         "MA lost per seed | mean | seeds for +5 / +10 beyond 5 |"
     )
@@ -134,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             "holm_level": alpha,
             "attack_cells": ATTACK_CELLS,
             "ma_over_last_rounds": args.last,
+            "best_ma_of_any_round": args.best,
             "pooled_sd": pooled,
             "cells": records,
         }
