@@ -12,6 +12,12 @@ threshold for every defense:
   no-attack baseline, and final MA at least FedAvg's no-attack MA minus 1 point;
 - Multi-metrics ranks first by the ranking score: it leads and the paired score gap to
   every other defense is above 0 (per-seed scores).
+- with ``--separation``, the paper's separation itself, directly: for each Multi-metrics
+  variant, attack and other defense, Multi-metrics keeps out what that defense lets in:
+  the other's BA above its baseline minus Multi-metrics', paired by seed, is more than 5
+  points (the "gets in" threshold). Pairing the two gains seed by seed removes what a
+  seed does to both (its partition, its attacker's data); each is one more claim of the
+  family.
 
 How a claim is decided (``fedsec.report.stats``): every comparison is paired by seed. Its
 p-value is the two-sided paired Student's t test of the per-seed values against the
@@ -27,6 +33,7 @@ effect of 5 and 10 points from the threshold with 80% power at the strictest Hol
 (0.05 / the number of claims).
 
     python experiments/claims.py experiments/results/cpu-table/report.json
+    python experiments/claims.py --separation experiments/results/regimes/separation/report.json
 
 With ``--table``, one markdown table instead: a row per claim, a column per set (regime),
 each cell the verdict and the mean [interval] behind it, with k/n and the Holm-adjusted
@@ -176,7 +183,7 @@ def paper_failures() -> list[tuple[str, str]]:
     ]
 
 
-def check_set(s: dict) -> list[Claim]:
+def check_set(s: dict, separation: bool = False) -> list[Claim]:
     cells = {(g["row"], g["col"]): g for g in s["groups"]}
     attacks = [a for a in ATTACKS if any(col == a for _, col in cells)]
     out: list[Claim] = []
@@ -226,6 +233,28 @@ def check_set(s: dict) -> list[Claim]:
                     format_ci(drop),
                     Test(drop, -MA_MARGIN, above=True),
                 )
+    if separation:
+        rivals = list(dict.fromkeys(row for row, _ in cells if row not in MM_VARIANTS))
+        for a in attacks:
+            for mm in MM_VARIANTS:
+                ours = cells.get((mm, a))
+                if ours is None or "ba_above_baseline" not in ours:
+                    continue
+                for d in rivals:
+                    theirs = cells.get((d, a))
+                    if theirs is None or "ba_above_baseline" not in theirs:
+                        continue
+                    gap = paired_difference(
+                        per_seed_values(theirs["ba_above_baseline"]),
+                        per_seed_values(ours["ba_above_baseline"]),
+                    )
+                    line(
+                        f"{mm} keeps the {a} backdoor out where {d} lets it in ({d}'s BA "
+                        f"gain minus {mm}'s > {BACKDOOR_IN:g} points): {format_ci(gap)}",
+                        f"separation: {mm} vs {d} under {a}",
+                        format_ci(gap),
+                        Test(gap, BACKDOOR_IN, above=True),
+                    )
     ranking = (s.get("ranking") or {}).get("per_seed")
     if ranking and ranking["first"]:
         first = ranking["first"]
@@ -262,9 +291,9 @@ def check_set(s: dict) -> list[Claim]:
     return out
 
 
-def check_report(report: dict) -> list[list[Claim]]:
+def check_report(report: dict, separation: bool = False) -> list[list[Claim]]:
     """Every set's claims, judged together: one family for the Holm correction."""
-    per_set = [check_set(s) for s in report["sets"]]
+    per_set = [check_set(s, separation) for s in report["sets"]]
     judged = iter(judge([c for claims in per_set for c in claims]))
     return [[next(judged) for _ in claims] for claims in per_set]
 
@@ -282,14 +311,14 @@ def header(family: int) -> str:
     )
 
 
-def verdict_table(report: dict) -> str:
+def verdict_table(report: dict, separation: bool = False) -> str:
     """Markdown: a row per claim (in first-seen order), a column per set; '-' where a
     set has no cell for that claim. Each cell: the verdict, the mean [interval], k/n
     seeds past the threshold and the Holm-adjusted p."""
     titles = [
         ", ".join(str(v) for v in s["extra"].values()) or report["name"] for s in report["sets"]
     ]
-    judged = check_report(report)
+    judged = check_report(report, separation)
     claims = [{c.key: c for c in per_set} for per_set in judged]
     keys = list(dict.fromkeys(k for per_set in claims for k in per_set))
     lines = [
@@ -319,17 +348,23 @@ def main() -> None:
     parser.add_argument(
         "--table", action="store_true", help="one markdown table: claims x sets (regimes)"
     )
+    parser.add_argument(
+        "--separation",
+        action="store_true",
+        help="also the paper's separation, paired: each Multi-metrics variant against "
+        "every other defense, per attack",
+    )
     args = parser.parse_args()
     report = json.loads(args.report.read_text())
     if args.table:
-        print(verdict_table(report))
+        print(verdict_table(report, args.separation))
         return
     c = report["counts"]
     print(
         f"{report['name']}: {c['finished']} of {c['total']} runs finished; "
         f"{report.get('statistics', 'statistics over seeds')}"
     )
-    judged = check_report(report)
+    judged = check_report(report, args.separation)
     family = sum(len(c) for c in judged)
     print(header(family))
     for s, claims in zip(report["sets"], judged, strict=True):

@@ -374,6 +374,62 @@ def test_the_claims_checker_gives_each_regime_its_verdicts(regime_report, monkey
     ]
 
 
+def test_the_separation_claims_pair_each_multi_metrics_variant_with_every_rival(monkeypatch):
+    """--separation: per seed, the rival's BA gain minus Multi-metrics', against 5 points.
+    RFA's gains 30, 24, 17 and the reference variant's 0, -7, 0 (the 3-seed lenet cells
+    of issue 29) differ by 30, 31, 17; the p is scipy's one-sample t test of those
+    differences against 5, computed here independently."""
+    import importlib.util
+    from pathlib import Path
+
+    from scipy import stats as scipy_stats
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "claims.py"
+    spec = importlib.util.spec_from_file_location("claims", path)
+    claims = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "claims", claims)
+    spec.loader.exec_module(claims)
+    gains = {
+        "rfa": [30.0, 24.0, 17.0],
+        "multi-krum": [62.0, 45.0, 19.0],
+        "multi-metrics": [8.0, 4.0, 9.0],
+        "multi-metrics-reference": [0.0, -7.0, 0.0],
+    }
+    groups = [
+        {
+            "row": d,
+            "col": "edge-case-pgd",
+            "baseline": {"col": "none-edge"},
+            "ba_above_baseline": summarize(dict(enumerate(v))),
+        }
+        for d, v in gains.items()
+    ]
+    report = {"name": "separation", "sets": [{"extra": {}, "groups": groups}]}
+    assert [c.key for c in claims.check_report(report)[0]] == [
+        "rfa: edge-case-pgd gets in",
+        "multi-krum: edge-case-pgd gets in",
+        "multi-metrics keeps edge-case-pgd out",
+        "multi-metrics-reference keeps edge-case-pgd out",
+    ]
+    (judged,) = claims.check_report(report, separation=True)
+    separation = {c.key: c for c in judged if c.key.startswith("separation")}
+    assert list(separation) == [  # a variant is never the other's rival
+        "separation: multi-metrics vs rfa under edge-case-pgd",
+        "separation: multi-metrics vs multi-krum under edge-case-pgd",
+        "separation: multi-metrics-reference vs rfa under edge-case-pgd",
+        "separation: multi-metrics-reference vs multi-krum under edge-case-pgd",
+    ]
+    ref_rfa = separation["separation: multi-metrics-reference vs rfa under edge-case-pgd"]
+    assert ref_rfa.tests[0].stat["values"] == pytest.approx([30.0, 31.0, 17.0])
+    expected = scipy_stats.ttest_1samp([30.0, 31.0, 17.0], 5.0).pvalue
+    assert ref_rfa.p() == pytest.approx(expected)
+    # Holm over the 8 claims; this one alone would be 0.043, so it is not separated
+    assert ref_rfa.adjusted_p >= expected and ref_rfa.verdict == NOT_SEPARATED
+    # mean 26, sd sqrt(122 / 2), so 26 -+ T3 x 7.81 / sqrt(3)
+    assert ref_rfa.text.endswith("multi-metrics-reference's > 5 points): 26.0 [6.6, 45.4]")
+    assert ref_rfa.details(8).startswith("3/3 seeds above 5; sign-flip p 0.25;")
+
+
 def test_holm_decides_a_claims_table_where_single_tests_would_not(monkeypatch):
     import importlib.util
     from pathlib import Path
