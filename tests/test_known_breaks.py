@@ -200,10 +200,12 @@ def test_pilot_pairs_each_attack_with_its_no_attack_cell(tmp_path, capsys):
     assert len(rows) == 1
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert cells[:4] == ["ndss", "median", "min-max-full", "0, 1"]
-    assert cells[4:8] == ["50.0, 60.0", "90.0, 80.0", "40.0, 20.0", "30.0"]
+    # mean 30, sd 10 sqrt(2), so 30 -+ t(0.975, 1) x 10 = 30 -+ 127.06
+    assert cells[4:8] == ["50.0, 60.0", "90.0, 80.0", "40.0, 20.0", "30.0 [-97.1, 157.1]"]
     (cell,) = json.loads(record.read_text())["cells"]  # the same numbers, unrounded
     assert cell["ma_lost"] == pytest.approx([40.0, 20.0]) and cell["sd_source"] == "cell"
     assert cell["mean_ma_lost"] == pytest.approx(30.0)
+    assert cell["ma_lost_ci"] == pytest.approx([30 - 127.06204736174703, 30 + 127.06204736174703])
     # --last 2: the mean MA of each run's last two rounds (a dip in the last round of the
     # no-attack seed 0, 0.9 after 0.7, reads 0.8)
     for (attack, seed), ma in finals.items():

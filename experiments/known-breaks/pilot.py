@@ -4,12 +4,13 @@ full sweep needs.
 Reads a ``fedsec sweep`` output of ``sweep.toml`` (any slice of it), pairs every attack
 cell with its regime's and defense's no-attack cell (``attack=none``) seed by seed, and
 prints one markdown row per cell: the final main accuracy (MA) per seed, the MA lost to
-the attack per seed and its mean, and, from the per-seed spread of that loss, the seeds
-a paired two-sided t test would need (80% power, ``fedsec.report.stats.seeds_needed``)
-to separate a loss of 5 or 10 points beyond the 5-point "breaks" threshold at the
-strictest Holm level of the whole sweep (0.05 / its number of attack cells). A cell
-with one seed has no spread of its own: it is planned with the pooled standard
-deviation of the cells that have two or more (marked "pooled").
+the attack per seed and its mean with the 95% t interval over seeds, and, from the
+per-seed spread of that loss, the seeds a paired two-sided t test would need (80%
+power, ``fedsec.report.stats.seeds_needed``) to separate a loss of 5 or 10 points
+beyond the 5-point "breaks" threshold at the strictest Holm level of the whole sweep
+(0.05 / its number of attack cells). A cell with one seed has no spread of its own: it
+is planned with the pooled standard deviation of the cells that have two or more
+(marked "pooled").
 
     python experiments/known-breaks/pilot.py runs/known-breaks-pilot --json pilot.json
 
@@ -28,7 +29,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from fedsec.report.stats import seeds_needed
+from fedsec.report.stats import format_ci, seeds_needed, summarize
 from fedsec.results import METRICS_FILE, read_rounds
 
 THRESHOLD = 5.0  # points of MA lost: the robustness matrix's "breaks"
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             else f"MA over the last {args.last} rounds"
         )
         + " per seed | no-attack MA per seed | "
-        "MA lost per seed | mean | seeds for +5 / +10 beyond 5 |"
+        "MA lost per seed | mean [95% interval] | seeds for +5 / +10 beyond 5 |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     records = []
@@ -126,11 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         if not sd:
             sd, source = pooled, " (pooled)"
         needed = [seeds_needed(sd, effect, alpha=alpha) for effect in EFFECTS]
+        stat = summarize(dict(zip(seeds, lost, strict=True)))
         print(
             f"| {regime} | {defense} | {attack} | {', '.join(map(str, seeds))} | "
             f"{', '.join(f'{v:.1f}' for v in ma)} | "
             f"{', '.join(f'{base[s]:.1f}' for s in seeds)} | "
-            f"{', '.join(f'{v:.1f}' for v in lost)} | {statistics.fmean(lost):.1f} | "
+            f"{', '.join(f'{v:.1f}' for v in lost)} | {format_ci(stat)} | "
             f"{' / '.join('-' if n is None else str(n) for n in needed)}{source} |"
         )
         records.append(
@@ -143,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 "no_attack_ma": [base[s] for s in seeds],
                 "ma_lost": lost,
                 "mean_ma_lost": statistics.fmean(lost),
+                "ma_lost_ci": stat["ci"],
                 "sd_planned_with": sd,
                 "sd_source": "pooled" if source else "cell",
                 "seeds_needed": dict(zip(("+5", "+10"), needed, strict=True)),
