@@ -3,9 +3,11 @@ per-seed ranking, attacker acceptance, no-attack baselines and heatmaps of a reg
 read from two sweep directories."""
 
 import copy
+import importlib.util
 import json
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +32,23 @@ from fedsec.report.stats import (
 )
 
 T3 = 4.302652729911275  # Student's t, 0.975 quantile, 2 degrees of freedom
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_experiment_script(monkeypatch, name):
+    """A script of experiments/ (not a package module), loaded by path."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def claims(monkeypatch):
+    return load_experiment_script(monkeypatch, "claims")
 
 
 def test_summarize_gives_the_t_interval_of_the_mean():
@@ -321,15 +340,7 @@ def test_a_cell_with_no_finished_run_yet_is_left_out_of_the_heatmap(regime_repor
     assert data["rows"] == ["fedavg", "multi-krum"]
 
 
-def test_the_claims_checker_gives_each_regime_its_verdicts(regime_report, monkeypatch):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "experiments" / "claims.py"
-    spec = importlib.util.spec_from_file_location("claims", path)
-    claims = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "claims", claims)  # dataclasses look their module up
-    spec.loader.exec_module(claims)
+def test_the_claims_checker_gives_each_regime_its_verdicts(regime_report, claims):
     report, _, _ = regime_report
     base, interval = claims.check_report(report)
     # identical seeds (60, 60, 60 above the baseline) give no interval: only the sign-flip
@@ -374,21 +385,13 @@ def test_the_claims_checker_gives_each_regime_its_verdicts(regime_report, monkey
     ]
 
 
-def test_the_separation_claims_pair_each_multi_metrics_variant_with_every_rival(monkeypatch):
+def test_the_separation_claims_pair_each_multi_metrics_variant_with_every_rival(claims):
     """--separation: per seed, the rival's BA gain minus Multi-metrics', against 5 points.
     RFA's gains 30, 24, 17 and the reference variant's 0, -7, 0 (the 3-seed lenet cells
     of issue 29) differ by 30, 31, 17; the p is scipy's one-sample t test of those
     differences against 5, computed here independently."""
-    import importlib.util
-    from pathlib import Path
-
     from scipy import stats as scipy_stats
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "claims.py"
-    spec = importlib.util.spec_from_file_location("claims", path)
-    claims = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "claims", claims)
-    spec.loader.exec_module(claims)
     gains = {
         "rfa": [30.0, 24.0, 17.0],
         "multi-krum": [62.0, 45.0, 19.0],
@@ -430,15 +433,7 @@ def test_the_separation_claims_pair_each_multi_metrics_variant_with_every_rival(
     assert ref_rfa.details(8).startswith("3/3 seeds above 5; sign-flip p 0.25;")
 
 
-def test_holm_decides_a_claims_table_where_single_tests_would_not(monkeypatch):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "experiments" / "claims.py"
-    spec = importlib.util.spec_from_file_location("claims", path)
-    claims = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "claims", claims)
-    spec.loader.exec_module(claims)
+def test_holm_decides_a_claims_table_where_single_tests_would_not(claims):
 
     def claim(values, above=True):
         stat = summarize(dict(enumerate(values)))
@@ -535,17 +530,8 @@ def test_a_seed_the_ranking_cannot_score_is_named_with_its_reason():
 def test_compare_reports_finds_the_one_moved_value(tmp_path, monkeypatch, capsys):
     """The rerun checker on the committed robustness report against itself with one
     per-seed value moved: one changed cell, 377 unchanged, the change in its row."""
-    import importlib.util
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location(
-        "compare_reports", root / "experiments" / "compare_reports.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "compare_reports", module)
-    spec.loader.exec_module(module)
-    old_path = root / "experiments" / "results" / "robustness" / "report.json"
+    module = load_experiment_script(monkeypatch, "compare_reports")
+    old_path = ROOT / "experiments" / "results" / "robustness" / "report.json"
     report = json.loads(old_path.read_text())
     (krum,) = [
         g
