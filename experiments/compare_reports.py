@@ -31,12 +31,12 @@ DIFFERENCES = (("ma_drop", "MA lost"), ("ba_above_baseline", "BA - baseline"))
 
 
 def groups(report: dict[str, Any]) -> dict[tuple, dict[str, Any]]:
-    """Every group of every set, keyed by its labels and its set's extra labels."""
+    """Every group of every set, keyed by its labels and its set's extra labels (a label
+    both carry, e.g. the regime, once)."""
     out = {}
     for s in report["sets"]:
-        extra = tuple(sorted((s.get("extra") or {}).items()))
         for g in s["groups"]:
-            out[(*extra, *sorted(g["labels"].items()))] = g
+            out[tuple(sorted({**(s.get("extra") or {}), **g["labels"]}.items()))] = g
     return out
 
 

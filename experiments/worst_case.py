@@ -28,21 +28,32 @@ from fedsec.report.stats import format_ci, per_seed_values, summarize, verdict_a
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The committed studies with defenses as rows (the CPU table is regime A's base, which
-#: regimes/a holds already).
+#: regimes/a holds already; its Krum row is read from its rerun).
 STUDIES = (
     "robustness/report.json",
     "robustness/krum-bulyan/report.json",
+    "cpu-table/krum/report.json",
     "robustness/from-scratch/report.json",
     "robustness/evasion-seeds/report.json",
     "regimes/a/report.json",
     "regimes/b/report.json",
+    "regimes/separation/report.json",
+    "regimes/interactions/report.json",
     "breadth/report.json",
 )
 #: Rows of a study that a rerun replaces when both are read: study -> (its defenses
-#: read from the rerun instead, the rerun). The robustness matrix's Krum and Bulyan ran
-#: with the pre-fix pairwise distances; ``robustness/krum-bulyan`` reran them at one
-#: commit after the fix.
-SUPERSEDED = {"robustness/report.json": ({"krum", "bulyan"}, "robustness/krum-bulyan/report.json")}
+#: read from the rerun instead, the rerun). These rows ran with the pre-fix pairwise
+#: distances; each rerun is one commit after the fix (00b81a2).
+SUPERSEDED = {
+    "robustness/report.json": ({"krum", "bulyan"}, "robustness/krum-bulyan/report.json"),
+    "regimes/a/report.json": ({"krum"}, "cpu-table/krum/report.json"),
+}
+#: Rows still from the pre-fix pairwise distances, named in the table's header until
+#: they are rerun (study -> defenses).
+PRE_FIX = {
+    "robustness/from-scratch/report.json": {"krum"},
+    "regimes/b/report.json": {"krum"},
+}
 THRESHOLD = 5.0
 #: A worst case's own verdict against the threshold, in this table's words.
 JUDGED = {"holds": "separated", "fails": "below", "not separated": "not separated"}
@@ -105,7 +116,24 @@ def table(paths: list[Path], threshold: float) -> str:
         return max(c["stat"]["mean"] for c in per_defense[d].values())
 
     names = [str(p.relative_to(RESULTS)) if p.is_relative_to(RESULTS) else str(p) for p in paths]
+    reruns = [
+        f"{', '.join(sorted(rows))} of `{study}` from `{rerun}`"
+        for study, (rows, rerun) in SUPERSEDED.items()
+        if study in given and rerun in given
+    ]
+    pre_fix = [
+        f"{', '.join(sorted(rows))} of `{study}`"
+        for study, rows in PRE_FIX.items()
+        if study in given
+    ]
     lines = [
+        "# Each defense at its worst (issue 29, item 6)",
+        "",
+        "Made by `python experiments/worst_case.py > experiments/results/worst-case.md` from "
+        "the committed report.json files. Rows read from a rerun after the float32 distance "
+        f"fix (see experiments/README.md): {'; '.join(reruns) or 'none'}. Rows still from the "
+        f"pre-fix pairwise distances: {'; '.join(pre_fix) or 'none'}.",
+        "",
         f"Worst cases over {len(all_cells)} cells of {len(paths)} studies "
         f"({', '.join(names)}); "
         "points, mean [95% t interval over seeds] (per seed) and the cell. Ranked by the "
