@@ -135,7 +135,7 @@ def table(paths: list[Path], threshold: float) -> str:
         f"fix (see experiments/README.md): {'; '.join(reruns) or 'none'}. Rows still from the "
         f"pre-fix pairwise distances: {'; '.join(pre_fix) or 'none'}. Multi-Krum's rows "
         "ran with them too and are read as committed: its audit found no round changed "
-        "in the 18 runs it covered, and the rest is not audited.",
+        "in the 36 runs it covered, and the rest is not audited.",
         "",
         f"Worst cases over {len(all_cells)} cells of {len(paths)} studies "
         f"({', '.join(names)}); "
