@@ -127,6 +127,17 @@ def test_fedavg_is_the_weighted_mean():
     assert result.model.tolist() == [1.0, 3.0]
 
 
+def test_fedavg_equal_weighting_is_the_plain_mean_as_the_dba_authors_server():
+    models = torch.tensor([[0.0, 2.0], [4.0, 6.0]])
+    result = run(
+        FedAvgRule(weighting="equal"), models, torch.zeros(2), weights=torch.tensor([3.0, 1.0])
+    )
+    assert result.model.tolist() == [2.0, 4.0]
+    assert result.coefficients.tolist() == [0.5, 0.5]
+    with pytest.raises(ValueError, match="'weighting' must be one of 'examples', 'equal'"):
+        FedAvgRule(weighting="uniform").validate()
+
+
 def test_norm_clipping_clips_to_exactly_the_bound():
     start = torch.tensor([1.0, 1.0, 1.0])
     models = start + torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.3, 0.4]])

@@ -9,20 +9,33 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import AggregationResult, AggregationRule, ClientBatch, combine, normalized
+from fedsec_core.params import one_of
+
+from .base import AggregationResult, AggregationRule, ClientBatch, combine, normalized, param
 
 
 @dataclass(kw_only=True)
 class FedAvgRule(AggregationRule):
-    """Data-size-weighted mean of all client models.
+    """Mean of all client models, weighted by data size (or equally).
 
-    No parameters. Cost: one pass over the ``(n, d)`` models, no extra memory.
+    Parameters
+    ----------
+    weighting : str (default: "examples")
+        ``"examples"``: client ``i`` weighs ``n_i / sum n`` (McMahan et al.'s FedAvg,
+        Flower's). ``"equal"``: every client ``1 / n``, as the servers of several attack
+        papers' code average (DBA's ``average_shrink_models``: ``eta / no_models`` times
+        the sum of updates). With Dirichlet partitions the two differ most for a client
+        with a large share, e.g. a lone attacker.
+
+    Cost: one pass over the ``(n, d)`` models, no extra memory.
     """
 
     name = "fedavg"
     selects_clients = False
+    weighting: str = param("examples", one_of("examples", "equal"), "one of 'examples', 'equal'")
 
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:
         accepted = torch.ones(batch.n, dtype=torch.bool, device=batch.models.device)
-        coefficients = normalized(batch.weights)
+        weights = batch.weights if self.weighting == "examples" else torch.ones_like(batch.weights)
+        coefficients = normalized(weights)
         return AggregationResult(combine(batch, coefficients), accepted, coefficients=coefficients)
