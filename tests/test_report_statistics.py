@@ -548,3 +548,45 @@ def test_compare_reports_finds_the_one_moved_value(tmp_path, monkeypatch, capsys
         line for line in out.splitlines() if line.startswith("| attack=gaussian, defense=krum |")
     ]
     assert "98.0 -> 95.5" in row and row.endswith("| 2.5 |")
+
+
+def test_dba_persistence_pairs_distributed_with_centralized_by_seed(tmp_path, monkeypatch, capsys):
+    """experiments/dba/persistence.py: the distributed backdoor's final BA minus the
+    centralized one's, seed by seed (seed 3 only in one cell: left out), with the exact
+    sign-flip p (|sum| 70 reached by 4 of the 8 sign patterns of 10, -50, -30)."""
+    module = load_experiment_script(monkeypatch, "dba/persistence")
+
+    def cell(defense, attack, ba, weight=None):
+        seeds = [str(s) for s in range(len(ba))]
+        metrics = {
+            "final_backdoor_accuracy": {"values": ba, "seeds": seeds},
+            "final_main_accuracy": {"values": [85.0] * len(ba), "seeds": seeds},
+        }
+        if weight:
+            metrics["attacker_weight"] = {"values": weight, "seeds": seeds}
+        return {"row": defense, "col": attack, "metrics": metrics}
+
+    report = {
+        "sets": [
+            {
+                "groups": [
+                    cell("fedavg", "distributed", [90.0, 50.0, 70.0, 60.0], [100.0] * 4),
+                    cell("fedavg", "centralized", [80.0, 100.0, 100.0]),
+                    cell("fedavg-equal", "centralized", [20.0, 30.0, 40.0], [50.0, 80.0, 90.0]),
+                ]
+            }
+        ]
+    }
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    out_json = tmp_path / "persistence.json"
+    assert module.main([str(path), "--versus", "fedavg-equal=fedavg", "--json", str(out_json)]) == 0
+    numbers = json.loads(out_json.read_text())["comparisons"]
+    persistence = numbers["fedavg: distributed - centralized"]
+    assert persistence["values"] == [10.0, -50.0, -30.0] and persistence["n"] == 3
+    assert persistence["mean"] == pytest.approx(-70.0 / 3)
+    assert persistence["sign_flip_p"] == 0.5 and persistence["above_zero"] == 1
+    weighting = numbers["centralized: fedavg-equal - fedavg"]
+    assert weighting["values"] == [-60.0, -70.0, -60.0]
+    assert "| fedavg-equal | centralized | 20.0, 30.0, 40.0 |" in capsys.readouterr().out
+    assert module.main([str(path), "--versus", "rfa=fedavg"]) == 2

@@ -25,7 +25,9 @@ class FedAvgRule(AggregationRule):
         Flower's). ``"equal"``: every client ``1 / n``, as the servers of several attack
         papers' code average (DBA's ``average_shrink_models``: ``eta / no_models`` times
         the sum of updates). With Dirichlet partitions the two differ most for a client
-        with a large share, e.g. a lone attacker.
+        with a large share, e.g. a lone attacker. Model replacement's boost
+        ``N_round / N_attacker`` (``attacks/``) replaces the model exactly under
+        ``"examples"`` only.
 
     Cost: one pass over the ``(n, d)`` models, no extra memory.
     """
