@@ -377,7 +377,7 @@ def test_sweep_errors_name_every_bad_cell_and_the_key_as_written(tmp_path, capsy
     lines = capsys.readouterr().err.splitlines()
     misspelled = (
         ": axes.defense.krum sets 'defense.nmae', which is neither a key of [defense] nor a "
-        "parameter of defense 'fedavg'; did you mean defense.name? (valid: name)"
+        "parameter of defense 'fedavg'; did you mean defense.name? (valid: name, weighting)"
     )
     negative = (
         ": defense 'krum': parameter 'num_malicious' must be an int >= 0, got -1 "
