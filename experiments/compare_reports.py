@@ -3,11 +3,12 @@
 Reads two ``report.json`` files that ``fedsec report`` wrote for the same sweep, a
 committed one (``old``) and a rerun of some of its cells (``new``, e.g. ``fedsec sweep
 ... --only defense=krum``), matches their cells by labels, and prints one markdown row
-per cell both hold: the final MA and final BA per seed (old -> new), the paired
+per cell both hold runs of: the final MA and final BA per seed (old -> new), the paired
 differences the studies judge (MA lost to the attack, ``ma_drop``; BA above the
 no-attack baseline, ``ba_above_baseline``) as mean [95% t interval] old -> new, and the
 largest change of any per-seed value in the row. Then a count of the cells whose
-numbers did not change at all.
+numbers did not change at all. A cell the rerun's sweep lists but did not run (a report of
+``--only`` a few cells still names the sweep's others, with no runs) is not compared.
 
 Written for issue 29's Krum and Bulyan reruns (the pre-fix float32 pairwise distances):
 
@@ -65,8 +66,13 @@ def _difference(block: dict[str, Any] | None) -> str:
 def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], int, int]:
     """The table's rows, the number of cells compared and of those unchanged."""
     old_groups, new_groups = groups(old), groups(new)
+    both = sorted(
+        key
+        for key in set(old_groups) & set(new_groups)
+        if old_groups[key].get("n") and new_groups[key].get("n")
+    )
     rows, unchanged = [], 0
-    for key in sorted(set(old_groups) & set(new_groups)):
+    for key in both:
         a, b = old_groups[key], new_groups[key]
         largest = 0.0
         cells = []
@@ -80,7 +86,7 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], int, i
         unchanged += largest == 0.0
         label = ", ".join(f"{k}={v}" for k, v in key)
         rows.append(f"| {label} | " + " | ".join(cells) + f" | {largest:.1f} |")
-    return rows, len(set(old_groups) & set(new_groups)), unchanged
+    return rows, len(both), unchanged
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| cell | " + " | ".join(head) + " | largest change |")
     print("|---" * (len(head) + 2) + "|")
     print("\n".join(rows))
-    print(f"\n{compared} cells in both reports; {unchanged} unchanged in every per-seed value.")
+    print(
+        f"\n{compared} cells with runs in both reports; "
+        f"{unchanged} unchanged in every per-seed value."
+    )
     return 0
 
 

@@ -543,7 +543,7 @@ def test_compare_reports_finds_the_one_moved_value(tmp_path, monkeypatch, capsys
     new_path.write_text(json.dumps(report))
     assert module.main([str(old_path), str(new_path)]) == 0
     out = capsys.readouterr().out
-    assert "378 cells in both reports; 377 unchanged in every per-seed value." in out
+    assert "378 cells with runs in both reports; 377 unchanged in every per-seed value." in out
     (row,) = [
         line for line in out.splitlines() if line.startswith("| attack=gaussian, defense=krum |")
     ]
