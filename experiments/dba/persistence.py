@@ -68,8 +68,8 @@ def comparison(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     values = diff["values"]
     return {
         **diff,
-        "t_p": t_test_p(values) if len(values) > 1 else None,
-        "sign_flip_p": sign_flip_p(values) if values else None,
+        "t_p": t_test_p(values),
+        "sign_flip_p": sign_flip_p(values),
         "above_zero": past_threshold(values, 0.0, True),
     }
 
