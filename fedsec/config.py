@@ -46,6 +46,7 @@ from fedsec_core.sgd import SGD
 SCHEDULE_NAMES = ("fixed-frequency", "every-round", "random-pool")
 DEVICE_NAMES = ("cpu", "cuda", "auto")
 BATCH_CLIENTS = ("auto", "true", "false")
+SERVER_OPTIMIZERS = ("sgd", "adam")  # fedsec/server/optimizer.py
 
 MAX_LR = 10.0
 """The largest client learning rate: SGD at a larger one diverges on every model here."""
@@ -129,9 +130,12 @@ class TrainConfig:
     pretrain_cache: str = ""  # "" = ~/.cache/fedsec/pretrained (or $FEDSEC_CACHE)
     # fewer valid replies than this: the round keeps the old model
     min_replies: int = param(1, COUNT)
-    # The server's step on the round's aggregate (fedsec/server/optimizer.py, FedAvgM):
-    # v <- server_momentum * v + (aggregate - w); w <- w + server_lr * v. The defaults
-    # (1, 0) make the new model the aggregate itself.
+    # The server's step on the round's aggregate (fedsec/server/optimizer.py). "sgd",
+    # FedAvgM: v <- server_momentum * v + (aggregate - w); w <- w + server_lr * v; the
+    # defaults (1, 0) make the new model the aggregate itself. "adam": Adam at lr
+    # server_lr on (w - aggregate), as the NDSS'21 authors' FedSGD server (their lr
+    # 0.001); server_momentum must stay 0 (Adam's betas are fixed at 0.9, 0.999).
+    server_optimizer: str = param("sgd", Options(SERVER_OPTIMIZERS))
     server_lr: float = param(1.0, POSITIVE)
     server_momentum: float = param(0.0, Interval(float, 0, 1, closed="left"))
     # Comma-separated partition ids that never train (e.g. "3,7"): the federation
@@ -357,6 +361,11 @@ class ExperimentConfig:
             raise ConfigError(
                 f"train.min_replies ({t.min_replies}) must be <= train.clients_per_round "
                 f"({t.clients_per_round})"
+            )
+        if t.server_optimizer == "adam" and t.server_momentum != 0:
+            raise ConfigError(
+                f"train.server_momentum = {t.server_momentum} applies to server_optimizer = "
+                "'sgd' only; with 'adam' leave it 0 (Adam's betas are 0.9, 0.999)"
             )
         if t.lr_decay > 1 and math.log(t.lr) + (t.rounds - 1) * math.log(t.lr_decay) > _LOG_MAX_LR:
             raise ConfigError(

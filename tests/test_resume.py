@@ -43,8 +43,10 @@ def argv(out: Path, defense: list[str]) -> list[str]:
         ["defense.name=crfl", "defense.num_samples=10"],
         # the server's momentum carries a velocity across rounds
         ["defense.name=fedavg", "train.server_momentum=0.9", "train.server_lr=0.5"],
+        # Adam's step count and moments
+        ["defense.name=fedavg", "train.server_optimizer=adam", "train.server_lr=0.001"],
     ],
-    ids=["weak-dp", "centered-clipping", "fldetector", "crfl", "server-momentum"],
+    ids=["weak-dp", "centered-clipping", "fldetector", "crfl", "server-momentum", "server-adam"],
 )
 def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path, defense):
     assert main(argv(tmp_path / "whole", defense)) == 0

@@ -17,7 +17,8 @@ round, checkpoints) over ``round`` (one round's messages, replies, the attack's 
 the aggregation and its record) over ``nodes`` (partition ids and the round's grid),
 ``resources`` (what a rule declares it needs), ``evaluation`` (central MA/BA),
 ``progress`` (verdict counts and the printed line) and ``optimizer`` (the server's step
-on the aggregate: ``train.server_lr``, ``train.server_momentum``).
+on the aggregate: ``train.server_optimizer``, ``train.server_lr``,
+``train.server_momentum``).
 """
 
 from fedsec.server.evaluation import CentralEvaluator

@@ -22,7 +22,7 @@ from fedsec.pretrain import initial_state
 from fedsec.results import MODEL_FILE, MemoryWriter, RunWriter, state_digest
 from fedsec.server.evaluation import CentralEvaluator
 from fedsec.server.nodes import discover_partitions
-from fedsec.server.optimizer import ServerOptimizer
+from fedsec.server.optimizer import server_optimizer
 from fedsec.server.progress import _progress_line, detection_counts
 from fedsec.server.resources import RootTrainer, final_model, model_probe
 from fedsec.server.round import _stage_facts, run_round
@@ -66,7 +66,8 @@ def run_federation(
         device=str(resolve_device(config.engine.device)),
         root_update_fn=RootTrainer(task, rule.root_set_size()) if rule.needs_root_update else None,
     )
-    optimizer = ServerOptimizer(lr=config.train.server_lr, momentum=config.train.server_momentum)
+    t = config.train
+    optimizer = server_optimizer(t.server_optimizer, lr=t.server_lr, momentum=t.server_momentum)
     if not optimizer.is_identity:  # the parameters it moves (buffers take the aggregate)
         optimizer.keys = tuple(name for name, _ in task.new_model().named_parameters())
     checkpoint = load_checkpoint(out_dir) if resume else None
