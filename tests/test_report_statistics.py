@@ -590,3 +590,56 @@ def test_dba_persistence_pairs_distributed_with_centralized_by_seed(tmp_path, mo
     assert weighting["values"] == [-60.0, -70.0, -60.0]
     assert "| fedavg-equal | centralized | 20.0, 30.0, 40.0 |" in capsys.readouterr().out
     assert module.main([str(path), "--versus", "rfa=fedavg"]) == 2
+
+
+def test_dba_persistence_at_a_round_reads_the_runs_metrics(tmp_path, monkeypatch, capsys):
+    """--at-round R: each run's BA of round R from its metrics.jsonl (the final round's
+    in report.json is ignored), paired by seed as before."""
+    module = load_experiment_script(monkeypatch, "dba/persistence")
+    bas = {
+        ("distributed", "0"): [0.1, 0.9, 0.5],
+        ("distributed", "1"): [0.2, 0.7, 0.4],
+        ("centralized", "0"): [0.1, 0.05, 0.9],
+        ("centralized", "1"): [0.3, 0.1, 0.8],
+    }
+    runs, groups = [], {}
+    for (attack, seed), per_round in bas.items():
+        run_id = f"defense=foolsgold/attack={attack}/seed={seed}"
+        run_dir = tmp_path / run_id
+        run_dir.mkdir(parents=True)
+        lines = [
+            json.dumps(
+                {"round": r, "main_accuracy": 0.9, "backdoor_accuracy": ba, "format_version": 1}
+            )
+            for r, ba in enumerate(per_round, start=1)
+        ]
+        (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        labels = {"defense": "foolsgold", "attack": attack, "seed": seed}
+        runs.append({"id": run_id, "dir": str(run_dir), "labels": labels})
+        group = groups.setdefault(
+            attack,
+            {
+                "row": "foolsgold",
+                "col": attack,
+                "runs": [],
+                "metrics": {
+                    "final_backdoor_accuracy": {"values": [0.0, 0.0], "seeds": ["0", "1"]},
+                    "final_main_accuracy": {"values": [90.0, 90.0], "seeds": ["0", "1"]},
+                },
+                "ba_above_baseline": {"n": 2, "values": [0.0, 0.0]},
+            },
+        )
+        group["runs"].append(run_id)
+    report = {"seed_axis": "seed", "runs": runs, "sets": [{"groups": list(groups.values())}]}
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    out_json = tmp_path / "round-2.json"
+    assert module.main([str(path), "--at-round", "2", "--json", str(out_json)]) == 0
+    numbers = json.loads(out_json.read_text())
+    assert numbers["backdoor_accuracy_at"] == 2
+    cell = numbers["cells"]["foolsgold/distributed"]
+    assert cell["final_backdoor_accuracy"]["values"] == pytest.approx([90.0, 70.0])
+    assert "gain" not in cell
+    difference = numbers["comparisons"]["foolsgold: distributed - centralized"]
+    assert difference["values"] == pytest.approx([85.0, 60.0])
+    assert "| foolsgold | distributed | 90.0, 70.0 |" in capsys.readouterr().out

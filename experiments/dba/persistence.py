@@ -16,6 +16,15 @@ t and exact sign-flip p-values and how many seeds are above 0:
         --versus fedavg-equal=fedavg --json experiments/results/dba/persistence.json
 
 ``--json`` writes every number printed, unrounded: prose copies from that file.
+
+``--at-round R`` reads the BA of round R instead of the final round, from each run's
+metrics.jsonl in the directories report.json names (the runs must be on this machine):
+the multiple-shot attack's claims are made at a round during the attack (the paper's
+round 30, 20 rounds into it). The gain over the no-attack run is then left out (report.json
+has it at the final round only); the no-attack cell's own row gives its BA at R.
+
+    python experiments/dba/persistence.py experiments/results/dba/multi-shot/report.json \
+        --at-round 20 --json experiments/results/dba/multi-shot/round-20.json
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from fedsec.report.stats import (
     summarize,
     t_test_p,
 )
+from fedsec.results import METRICS_FILE, read_rounds
 
 DISTRIBUTED, CENTRALIZED = "distributed", "centralized"
 
@@ -42,6 +52,26 @@ DISTRIBUTED, CENTRALIZED = "distributed", "centralized"
 def cells(report: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     """``{(defense, attack): group}`` over every set of the report."""
     return {(g["row"], g["col"]): g for s in report["sets"] for g in s["groups"]}
+
+
+def at_round(report: dict[str, Any], server_round: int) -> None:
+    """Put each group's BA at ``server_round`` in place of its final BA (percent, as
+    report.json has it), read from the runs' metrics.jsonl; drop the final-round gain."""
+    run_dir = {run["id"]: Path(run["dir"]) for run in report["runs"]}
+    seed_of = {run["id"]: run["labels"][report["seed_axis"]] for run in report["runs"]}
+    for s in report["sets"]:
+        for group in s["groups"]:
+            values = {}
+            for run_id in group["runs"]:
+                rounds = read_rounds(run_dir[run_id] / METRICS_FILE)
+                record = next((r for r in rounds if r.round == server_round), None)
+                if record is None or record.backdoor_accuracy is None:
+                    raise SystemExit(
+                        f"{run_dir[run_id]}: no backdoor accuracy at round {server_round}"
+                    )
+                values[seed_of[run_id]] = 100.0 * record.backdoor_accuracy
+            group["metrics"]["final_backdoor_accuracy"] = summarize(values)
+            group.pop("ba_above_baseline", None)
 
 
 def cell_numbers(group: dict[str, Any]) -> dict[str, Any]:
@@ -93,8 +123,16 @@ def main(argv: list[str] | None = None) -> int:
         help="compare defense A with defense B attack by attack (final BA, A - B)",
     )
     parser.add_argument("--json", type=Path, help="write the numbers to this file")
+    parser.add_argument(
+        "--at-round",
+        type=int,
+        metavar="R",
+        help="the BA of round R instead of the final round's (from the runs' metrics.jsonl)",
+    )
     args = parser.parse_args(argv)
     report = json.loads(args.report.read_text())
+    if args.at_round is not None:
+        at_round(report, args.at_round)
     groups = cells(report)
     rows = sorted({d for d, _ in groups})
     versus = []
@@ -105,8 +143,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         versus.append((a, b))
 
-    out: dict[str, Any] = {"report": str(args.report), "cells": {}, "comparisons": {}}
-    print("| defense | attack | final BA per seed | final BA | gain | final MA | attacker weight |")
+    out: dict[str, Any] = {
+        "report": str(args.report),
+        "backdoor_accuracy_at": "final round" if args.at_round is None else args.at_round,
+        "cells": {},
+        "comparisons": {},
+    }
+    which = "final BA" if args.at_round is None else f"BA at round {args.at_round}"
+    print(f"| defense | attack | {which} per seed | {which} | gain | final MA | attacker weight |")
     print("|---|---|---|---|---|---|---|")
     for (defense, attack), group in sorted(groups.items()):
         numbers = cell_numbers(group)
@@ -128,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         for attack in sorted({c for d, c in groups if d == a})
     ]
     print()
-    print("| final BA, paired by seed | per seed | mean [95% t] | t p | sign-flip p | above 0 |")
+    print(f"| {which}, paired by seed | per seed | mean [95% t] | t p | sign-flip p | above 0 |")
     print("|---|---|---|---|---|---|")
     for label, first, second in pairs:
         if first not in groups or second not in groups:
