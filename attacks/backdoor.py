@@ -44,7 +44,8 @@ does not single the attacker out, and every committed result used it):
   the attacker's own lr in round 1, times ``poison_lr_decay^(round-1)`` [1.0: the same
   every round, as DBA's, Bagdasaryan et al.'s and Neurotoxin's code; set it to
   ``train.lr_decay`` for the round's decay, as Wang et al.'s code];
-- ``poison_local_epochs`` [-1 = ``train.local_epochs``]: its own number of local epochs;
+- ``poison_local_epochs`` [-1 = ``train.local_epochs``]: its own number of local epochs,
+  each in full (the round's ``train.max_steps`` does not cut them short);
 - ``poison_lr_schedule`` ["constant"]: the lr through its local epochs; ``"step"``
   multiplies it by 0.1 from the epochs after 20% and 80% of them (DBA's code:
   ``MultiStepLR`` stepped after each epoch), ``"step-ahead"`` one epoch earlier
@@ -204,6 +205,7 @@ class BackdoorAttack(Attack):
             kwargs["lr"] = self.poison_lr * self.poison_lr_decay ** (ctx.server_round - 1)
         if self.poison_local_epochs != -1:
             kwargs["epochs"] = self.poison_local_epochs
+            kwargs["max_steps"] = 0
         if self.poison_lr_schedule != "constant":
             ahead = self.poison_lr_schedule == "step-ahead"
             kwargs["lr_factor"] = step_lr_factor(kwargs["epochs"], ahead=ahead)

@@ -22,7 +22,10 @@ It reproduces ``fedsec_core.training.train`` client by client:
   their number of steps, longest first, so the ones still training at any step are a
   prefix of the stack and each step works on a view of that prefix (no masking of
   finished clients, no compute spent on them);
-- the reported loss is ``train``'s: the last epoch's mean cross-entropy per example.
+- ``max_steps`` > 0 ends a client after that many steps, as ``train`` does (its step
+  count is the smaller of the two; its last epoch is the one that step falls in);
+- the reported loss is ``train``'s: the last epoch's mean cross-entropy per example
+  (over the examples it used, when ``max_steps`` cut it short).
 
 Where it differs from ``train``, and why:
 
@@ -59,6 +62,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from fedsec.config import ExperimentConfig
+from fedsec_core.sgd import SGD
 from fedsec_core.training import (
     Array,
     Device,
@@ -159,6 +163,7 @@ def train_clients(
     weight_decay: float = 1e-4,
     seeds: Sequence[int],
     device: Device = "cpu",
+    max_steps: int = 0,
     max_chunk: int | None = None,
 ) -> list[ClientResult]:
     """Train one copy of ``model`` per client on ``data[i]`` with seed ``seeds[i]``, together.
@@ -171,6 +176,7 @@ def train_clients(
     at most ``max_chunk`` (None: all at once), halved while a chunk runs out of memory.
     """
     _check_hyperparameters(epochs, batch_size, lr, momentum, weight_decay)
+    SGD["max_steps"].check("max_steps", max_steps)
     if len(data) != len(seeds):
         raise ValueError(f"got {len(data)} clients' data but {len(seeds)} seeds")
     if not data:
@@ -189,7 +195,7 @@ def train_clients(
     model = model.to(device)
     model.train()
     # Longest first: the clients still training at a step are a prefix of a chunk.
-    steps = [epochs * math.ceil(y.shape[0] / batch_size) for _, y in tensors]
+    steps = [_step_count(y.shape[0], epochs, batch_size, max_steps) for _, y in tensors]
     order = sorted(range(len(tensors)), key=lambda i: -steps[i])
     chunk = len(order) if max_chunk is None else min(max_chunk, len(order))
     results: dict[int, ClientResult] = {}
@@ -207,6 +213,7 @@ def train_clients(
                 momentum=momentum,
                 weight_decay=weight_decay,
                 device=device,
+                max_steps=max_steps,
             )
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if chunk == 1 or not _out_of_memory(exc):
@@ -230,27 +237,34 @@ def dropout_seed(seeds: Sequence[int]) -> int:
     return int(np.random.SeedSequence([int(s) for s in seeds]).generate_state(1)[0])
 
 
+def _step_count(n: int, epochs: int, batch_size: int, max_steps: int) -> int:
+    """The optimizer steps ``train`` takes on ``n`` examples."""
+    steps = epochs * math.ceil(n / batch_size)
+    return min(steps, max_steps) if max_steps else steps
+
+
 def _batch_plan(
-    sizes: Sequence[int], seeds: Sequence[int], epochs: int, batch_size: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    sizes: Sequence[int], seeds: Sequence[int], epochs: int, batch_size: int, max_steps: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int], list[int]]:
     """Which example every client uses in every step, in ``train``'s order.
 
     Returns ``index`` (clients, steps, width): rows of the clients' concatenated data
     (a padding slot points at the client's first example); ``weight`` of the same shape:
     ``1 / b`` for the ``b`` real examples of that step's minibatch, 0 for padding;
-    ``last_epoch`` (clients, steps): the step belongs to the client's last epoch; and the
-    number of steps of each client. Clients must come longest first. ``width`` is
+    ``last_epoch`` (clients, steps): the step belongs to the client's last epoch; the
+    number of steps of each client; and the examples of its last epoch that it used (its
+    size, unless ``max_steps`` cut that epoch short). Clients must come longest first. ``width`` is
     ``batch_size``, or the largest client's size when every client is smaller than a
     batch (then each takes one step an epoch on all its examples: padding to the batch
     size would only add rows of weight 0).
     """
-    total = max(epochs * math.ceil(n / batch_size) for n in sizes)
+    total = max(_step_count(n, epochs, batch_size, max_steps) for n in sizes)
     width = min(batch_size, max(sizes))
     c = len(sizes)
     index = torch.zeros((c, total, width), dtype=torch.long)
     weight = torch.zeros((c, total, width), dtype=torch.float64)
     last_epoch = torch.zeros((c, total), dtype=torch.bool)
-    counts = []
+    counts, last_seen = [], []
     offset = 0
     for i, (n, seed) in enumerate(zip(sizes, seeds, strict=True)):
         per_epoch = math.ceil(n / batch_size)
@@ -261,15 +275,18 @@ def _batch_plan(
         slots[:, :n] = perms
         # a client's real examples fill the first min(n, batch_size) <= width columns
         slots = slots.reshape(epochs * per_epoch, batch_size)[:, :width]
+        count = _step_count(n, epochs, batch_size, max_steps)
+        slots = slots[:count]
         real = slots >= 0
         rows = real.sum(dim=1, keepdim=True)
-        count = epochs * per_epoch
         index[i, :count] = torch.where(real, slots, 0) + offset
         weight[i, :count] = real.double() / rows
-        last_epoch[i, (epochs - 1) * per_epoch : count] = True
+        first_of_last = (count - 1) // per_epoch * per_epoch
+        last_epoch[i, first_of_last:count] = True
         counts.append(count)
+        last_seen.append(int(real[first_of_last:count].sum()))
         offset += n
-    return index, weight, last_epoch, counts
+    return index, weight, last_epoch, counts, last_seen
 
 
 def _train_chunk(
@@ -283,11 +300,14 @@ def _train_chunk(
     momentum: float,
     weight_decay: float,
     device: torch.device,
+    max_steps: int = 0,
 ) -> list[ClientResult]:
     """Train the clients of ``data`` (longest first) together; see :func:`train_clients`."""
     c = len(data)
     sizes = [y.shape[0] for _, y in data]
-    index, weight, last_epoch, counts = _batch_plan(sizes, seeds, epochs, batch_size)
+    index, weight, last_epoch, counts, last_seen = _batch_plan(
+        sizes, seeds, epochs, batch_size, max_steps
+    )
     x_all = torch.cat([x for x, _ in data]).to(device)
     y_all = torch.cat([y for _, y in data]).to(device, dtype=torch.long)
     index, last_epoch = index.to(device), last_epoch.to(device)
@@ -330,7 +350,9 @@ def _train_chunk(
     return [
         ClientResult(
             params={n: p[i].clone() for n, p in zip(names, params, strict=True)},
-            stats=TrainStats(loss=sums[i] / sizes[i], num_examples=sizes[i], num_steps=counts[i]),
+            stats=TrainStats(
+                loss=sums[i] / last_seen[i], num_examples=sizes[i], num_steps=counts[i]
+            ),
         )
         for i in range(c)
     ]

@@ -120,6 +120,9 @@ class TrainConfig:
     clients_per_round: int = param(10, COUNT)
     local_epochs: int = param(2, SGD["epochs"])
     batch_size: int = param(32, SGD["batch_size"])
+    # 0: a client trains every local epoch in full; k >= 1: it stops after k minibatch
+    # steps (FedSGD: local_epochs = 1, max_steps = 1 sends one minibatch's step)
+    max_steps: int = param(0, SGD["max_steps"])
     lr: float = param(0.05, SGD["lr"] & Interval(float, None, MAX_LR, closed="right"))
     # client lr in round r is lr * lr_decay ** (r - 1)
     lr_decay: float = param(0.998, POSITIVE)

@@ -81,6 +81,7 @@ class FederatedTask:
             weight_decay=t.weight_decay,
             seed=derive_seed(self.config.seed, "client-train", server_round, partition_id),
             device=resolve_device(self.config.engine.device),
+            max_steps=t.max_steps,
         )
 
     def train_kwargs(self, server_round: int, partition_id: int) -> dict:

@@ -213,6 +213,7 @@ class TrainingSpec:
     weight_decay: float
     seed: int
     device: torch.device
+    max_steps: int = 0  # 0: every epoch in full (``train.max_steps``)
 
     def to_dict(self) -> dict[str, Any]:
         """The keyword arguments of ``fedsec_core.training.train``, in field order."""
@@ -229,6 +230,7 @@ class TrainingSpec:
             weight_decay=float(data["weight_decay"]),
             seed=int(data["seed"]),
             device=torch.device(data["device"]),
+            max_steps=int(data.get("max_steps", 0)),
         )
 
 

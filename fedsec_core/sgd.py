@@ -17,4 +17,6 @@ SGD = {
     "lr": Interval(float, 0, None),
     "momentum": Interval(float, 0, 1, closed="left"),
     "weight_decay": Interval(float, 0, None, closed="left"),
+    # 0: every epoch in full; k >= 1: stop after k optimizer steps (FedSGD: one minibatch)
+    "max_steps": Interval(int, 0, None, closed="left"),
 }

@@ -14,6 +14,7 @@ layout's state view, which has them (``fedsec_core.layout`` says which view is u
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -35,8 +36,9 @@ class TrainStats:
     """What one ``train`` call did.
 
     loss: mean cross-entropy per example over the last epoch (measured during training,
-    i.e. with dropout active and weights changing); num_examples: size of the training set
-    (the FedAvg weight, not multiplied by epochs); num_steps: optimizer steps taken.
+    i.e. with dropout active and weights changing; over the examples it used when
+    ``max_steps`` ended it early); num_examples: size of the training set (the FedAvg
+    weight, not multiplied by epochs); num_steps: optimizer steps taken.
     """
 
     loss: float
@@ -139,6 +141,7 @@ def train(
     weight_decay: float = 1e-4,
     seed: int,
     device: Device = "cpu",
+    max_steps: int = 0,
     after_step: Callable[[int], None] | None = None,
     penalty: Callable[[nn.Module], torch.Tensor] | None = None,
     constraint: Callable[[nn.Module], None] | None = None,
@@ -160,7 +163,10 @@ def train(
     given, sets the learning rate of epoch ``e`` (0-based) to ``lr * lr_factor(e)`` (an
     attacker's step schedule); ``batch_transform(xb, yb)``, when given, replaces every
     minibatch (on the device) before the forward pass (an attacker that poisons part of
-    every batch); the reported loss is that of the transformed batches.
+    every batch); the reported loss is that of the transformed batches. ``max_steps`` > 0
+    stops training after that many optimizer steps, mid-epoch if need be (FedSGD:
+    ``epochs=1, max_steps=1`` takes one minibatch of the epoch's seeded permutation);
+    0 trains every epoch in full.
 
     Dropout draws its masks from torch's global generator (of the training device), not
     from our generator, so that generator is seeded with ``seed`` too: the same model, data
@@ -171,10 +177,14 @@ def train(
     the data may live on the CPU and travels one batch at a time.
     """
     _check_hyperparameters(epochs, batch_size, lr, momentum, weight_decay)
+    SGD["max_steps"].check("max_steps", max_steps)
     x, y = _as_tensor(x), _as_tensor(y)
     _check_data(x, y)
     device = torch.device(device)
     n = y.shape[0]
+    last = epochs * math.ceil(n / batch_size)  # the step training ends after
+    if max_steps:
+        last = min(last, max_steps)
     model.to(device)
     model.train()
     optimizer = torch.optim.SGD(
@@ -185,13 +195,17 @@ def train(
     cuda_index = _cuda_index(device)
     with torch.random.fork_rng(devices=[] if cuda_index is None else [cuda_index]):
         _seed_global_rng(seed, cuda_index)
-        for epoch in range(epochs):
+        per_epoch = math.ceil(n / batch_size)
+        while step < last:
+            epoch = step // per_epoch
             if lr_factor is not None:
                 for group in optimizer.param_groups:
                     group["lr"] = lr * lr_factor(epoch)
             loss_sum = torch.zeros((), device=device)
+            seen = 0  # examples of this epoch used so far (all n unless max_steps cut it)
             order = torch.randperm(n, generator=order_rng).to(x.device)
             for xb, yb in _batches(x, y, batch_size, device, order):
+                seen += yb.shape[0]
                 if batch_transform is not None:
                     xb, yb = batch_transform(xb, yb)
                 loss = F.cross_entropy(model(xb), yb)
@@ -204,7 +218,9 @@ def train(
                 step += 1
                 if after_step is not None:
                     after_step(step)
-    return TrainStats(loss=loss_sum.item() / n, num_examples=n, num_steps=step)
+                if step == last:
+                    break
+    return TrainStats(loss=loss_sum.item() / seen, num_examples=n, num_steps=step)
 
 
 def evaluate(

@@ -82,6 +82,11 @@ def _flat(model: nn.Module, params: dict[str, torch.Tensor]) -> torch.Tensor:
         # vgg9 kept to a few steps on 32x32 (2 steps; 2 and 1 with short batches)
         ("vgg9", [4], {**HYPER, "batch_size": 4}),
         ("vgg9", [5, 2], {**HYPER, "batch_size": 4, "epochs": 1}),
+        # train.max_steps: FedSGD's one minibatch, and a cut in the second epoch of some
+        # clients (37 and 64 examples: 3 and 4 steps an epoch) but not of the others
+        ("mlp", [37, 10, 64, 3], {**HYPER, "epochs": 1, "max_steps": 1}),
+        ("mlp", [37, 10, 64, 3], {**HYPER, "max_steps": 5}),
+        ("lenet", [37, 3], {**HYPER, "max_steps": 4}),
     ],
 )
 def test_matches_sequential_train_in_float64(name, sizes, hyper) -> None:
@@ -438,7 +443,7 @@ def test_clients_smaller_than_a_batch_are_not_padded_to_it() -> None:
     """Batch 512 (the paper's EMNIST setting) on clients of a few examples: one step an
     epoch each on all its examples, the plan only as wide as the largest client, the
     weights those of ``train`` (float64)."""
-    index, weight, _, counts = batched._batch_plan([9, 4], [1, 2], epochs=3, batch_size=512)
+    index, weight, _, counts, _ = batched._batch_plan([9, 4], [1, 2], epochs=3, batch_size=512)
     assert index.shape == (2, 3, 9) and counts == [3, 3]
     assert torch.equal((weight > 0).sum(dim=2), torch.tensor([[9, 9, 9], [4, 4, 4]]))
     model = _model("lenet")

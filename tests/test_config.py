@@ -55,6 +55,7 @@ def test_flat_and_toml_round_trips_keep_every_value():
         (["train.rounds=ten"], "train.rounds must be an integer, got a string 'ten'"),
         (["train.rounds=2.5"], "train.rounds must be an integer"),
         (["train.lr=true"], "train.lr must be a number"),
+        (["train.max_steps=-1"], "train.max_steps must be >= 0, got -1"),
         (["data.name=cifar10", "data.dir=/nonexistent/cifar"], "/nonexistent/cifar"),
     ],
 )

@@ -4,6 +4,7 @@ Trainings that are compared bitwise run in this one process at one thread count 
 ``one_thread`` fixture): torch results differ bitwise between ``torch.set_num_threads`` values.
 """
 
+import copy
 import math
 from collections.abc import Iterator
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fedsec.models import build_model
 from fedsec_core.errors import ConfigError
@@ -235,3 +237,46 @@ def test_assign_rejects_a_vector_of_the_wrong_length(bad: torch.Tensor) -> None:
     model = nn.Linear(2, 2)  # 6 parameters
     with pytest.raises(ValueError, match="6 values"):
         assign_flat_params(model, bad)
+
+
+def test_max_steps_stops_mid_epoch_on_the_seeded_minibatches():
+    """max_steps = k: the first k minibatches of train's own sequence (the same weights
+    as a full run stopped there, checked against one step taken by hand), the loss over
+    the examples of the last epoch it used; 0 and a cap beyond the epochs change nothing."""
+    torch.manual_seed(0)
+    x, y = torch.randn(10, 6), torch.randint(0, 3, (10,))
+    model = nn.Linear(6, 3)
+    hyper = {"epochs": 2, "batch_size": 4, "lr": 0.5, "momentum": 0.0, "weight_decay": 0.0}
+
+    one = copy.deepcopy(model)
+    stats = train(one, x, y, seed=3, max_steps=1, **hyper)
+    assert (stats.num_steps, stats.num_examples) == (1, 10)
+    # by hand: the first 4 of the epoch's permutation, one SGD step at lr 0.5
+    first = torch.randperm(10, generator=torch.Generator().manual_seed(3))[:4]
+    by_hand = copy.deepcopy(model)
+    loss = F.cross_entropy(by_hand(x[first]), y[first])
+    loss.backward()
+    with torch.no_grad():
+        expected = [p - 0.5 * p.grad for p in by_hand.parameters()]
+    for got, want in zip(one.parameters(), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+    assert stats.loss == pytest.approx(loss.item(), rel=1e-6)
+
+    # 5 steps: epoch 1's 3 (4 + 4 + 2 examples), then 2 of epoch 2 (8 examples)
+    cut_model = copy.deepcopy(model)
+    cut = train(cut_model, x, y, seed=3, max_steps=5, **hyper)
+    assert cut.num_steps == 5
+    full, capped = copy.deepcopy(model), copy.deepcopy(model)
+    at_step_5 = []
+
+    def snapshot(step):
+        if step == 5:
+            at_step_5.extend(p.detach().clone() for p in full.parameters())
+
+    whole = train(full, x, y, seed=3, after_step=snapshot, **hyper)
+    assert all(torch.equal(a, b) for a, b in zip(cut_model.parameters(), at_step_5, strict=True))
+    beyond = train(capped, x, y, seed=3, max_steps=100, **hyper)
+    assert whole.num_steps == beyond.num_steps == 6 and whole.loss == beyond.loss
+    assert all(
+        torch.equal(a, b) for a, b in zip(full.parameters(), capped.parameters(), strict=True)
+    )

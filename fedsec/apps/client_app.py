@@ -179,6 +179,7 @@ def _train_group(
         weight_decay=first.weight_decay,
         seeds=[s.seed for s in specs],
         device=first.device,
+        max_steps=first.max_steps,
     )
     keys = list(model.state_dict())  # no buffers (fedsec.batched.supports): the parameters
     return [({k: r.params[k] for k in keys}, r.stats) for r in results]
