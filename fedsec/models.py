@@ -122,6 +122,38 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+class MnistNet(nn.Module):
+    """The MNIST network of the DBA authors' code (Xie et al., "DBA: Distributed Backdoor
+    Attacks against Federated Learning", ICLR 2020; ``models/MnistNet.py``), which is
+    PyTorch's older MNIST example network.
+
+    conv 5x5 (20) - ReLU - maxpool 2 - conv 5x5 (50) - ReLU - maxpool 2 - fc 500 - ReLU -
+    fc classes, no padding.  On 1x28x28 with 10 classes: 431,080 parameters (fc1 takes
+    50*4*4 = 800 features).  fc1's input size follows the input shape (>= 16x16).  Attribute
+    names match the authors' code (conv1, conv2, fc1, fc2); the output is logits instead of
+    its log-softmax (fedsec's loss takes logits).
+    """
+
+    min_size = 16
+
+    def __init__(self, input_shape: InputShape, num_classes: int) -> None:
+        super().__init__()
+        channels, height, width = input_shape
+        self.conv1 = nn.Conv2d(channels, 20, kernel_size=5)
+        self.conv2 = nn.Conv2d(20, 50, kernel_size=5)
+        self.pool = nn.MaxPool2d(2)
+        side_h, side_w = ((height - 4) // 2 - 4) // 2, ((width - 4) // 2 - 4) // 2
+        self.fc1 = nn.Linear(50 * side_h * side_w, 500)
+        self.fc2 = nn.Linear(500, num_classes)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.relu(self.conv1(x)))
+        x = self.pool(self.relu(self.conv2(x)))
+        x = self.relu(self.fc1(torch.flatten(x, 1)))
+        return self.fc2(x)
+
+
 VGG9_LAYOUT: tuple[int | str, ...] = (
     64,
     "M",
@@ -251,6 +283,11 @@ def _build_cnn(input_shape: InputShape, num_classes: int) -> nn.Module:
     return SmallCNN(input_shape, num_classes)
 
 
+def _build_mnistnet(input_shape: InputShape, num_classes: int) -> nn.Module:
+    _require_min_size("mnistnet", input_shape, MnistNet.min_size)
+    return MnistNet(input_shape, num_classes)
+
+
 def _build_vgg9(input_shape: InputShape, num_classes: int) -> nn.Module:
     _require_min_size("vgg9", input_shape, VGG9.min_size)
     return VGG9(input_shape, num_classes)
@@ -266,6 +303,7 @@ MODELS: Registry[ModelBuilder] = Registry(
         "mlp": _build_mlp,
         "lenet": _build_lenet,
         "cnn": _build_cnn,
+        "mnistnet": _build_mnistnet,
         "vgg9": _build_vgg9,
         "resnet18": _build_resnet18,
     },

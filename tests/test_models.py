@@ -28,6 +28,7 @@ ACCEPTED = {
     "mlp": [DIGITS, MNIST, CIFAR],
     "cnn": [DIGITS, MNIST, CIFAR],
     "lenet": [DIGITS, MNIST, CIFAR],
+    "mnistnet": [MNIST, CIFAR],
     "vgg9": [CIFAR],
     "resnet18": [DIGITS, MNIST, CIFAR],
 }
@@ -38,7 +39,9 @@ def count(model: torch.nn.Module) -> int:
 
 
 def test_model_names_are_the_registry() -> None:
-    assert model_names() == sorted(MODELS) == ["cnn", "lenet", "mlp", "resnet18", "vgg9"]
+    assert (
+        model_names() == sorted(MODELS) == ["cnn", "lenet", "mlp", "mnistnet", "resnet18", "vgg9"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -48,6 +51,8 @@ def test_model_names_are_the_registry() -> None:
         ("vgg9", CIFAR, 9_225_610),  # Wang et al. 2020, CIFAR-10 VGG-9
         ("resnet18", CIFAR, 11_173_962),  # CIFAR ResNet-18
         ("mlp", MNIST, 784 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10),
+        # the DBA authors' MnistNet: conv 1->20 and 20->50 (5x5), fc 800->500->10
+        ("mnistnet", MNIST, 20 * 25 + 20 + 50 * 20 * 25 + 50 + 800 * 500 + 500 + 500 * 10 + 10),
     ],
 )
 def test_parameter_counts(name: str, shape: tuple[int, int, int], expected: int) -> None:
@@ -97,13 +102,15 @@ def test_building_is_reproducible_under_a_seed() -> None:
 
 def test_unknown_name_lists_valid_names() -> None:
     with pytest.raises(
-        ConfigError, match="unknown model.name 'vgg99'; valid: cnn, lenet, mlp, resnet18, vgg9"
+        ConfigError,
+        match="unknown model.name 'vgg99'; valid: cnn, lenet, mlp, mnistnet, resnet18, vgg9",
     ):
         build_model("vgg99", CIFAR, 10)
 
 
 @pytest.mark.parametrize(
-    "name, shape, minimum", [("vgg9", DIGITS, 32), ("vgg9", MNIST, 32), ("lenet", (1, 5, 28), 6)]
+    "name, shape, minimum",
+    [("vgg9", DIGITS, 32), ("vgg9", MNIST, 32), ("lenet", (1, 5, 28), 6), ("mnistnet", DIGITS, 16)],
 )
 def test_incompatible_shape_says_which_sizes_work(
     name: str, shape: tuple[int, int, int], minimum: int
