@@ -294,6 +294,27 @@ def test_pngs_are_written(tmp_path, capsys):
     assert not (tmp_path / "sweep" / "report.md").exists()
 
 
+def test_a_combination_the_sweep_excludes_is_drawn_and_tabled_as_absent(tmp_path, capsys):
+    """A sweep's `exclude` leaves a (row, column) pair without a group: the table shows
+    it as absent and the curves skip it (they raised KeyError before)."""
+    root = make_sweep(tmp_path / "sweep")
+    sweep = json.loads((root / "sweep.json").read_text())
+    sweep["runs"] = [
+        r for r in sweep["runs"] if not r["id"].startswith(f"defense=multi-metrics/attack={MR}")
+    ]
+    (root / "sweep.json").write_text(json.dumps(sweep))
+    shutil.rmtree(root / "defense=multi-metrics" / f"attack={MR}")
+    out = tmp_path / "out"
+    rep, md = _report(root, "--out", str(out))
+    assert (out / "curves.png").read_bytes().startswith(PNG_MAGIC)
+    assert "| multi-metrics | 92.0 ± 1.4 / - | · |" in md
+    assert {(g["row"], g["col"]) for s in rep["sets"] for g in s["groups"]} == {
+        ("fedavg", "none"),
+        ("fedavg", MR),
+        ("multi-metrics", "none"),
+    }
+
+
 def test_fallback_discovery_without_sweep_json(tmp_path, capsys):
     rep, md = _report(make_sweep(tmp_path, with_sweep_json=False))
     assert rep["source"] == "discovered"

@@ -51,6 +51,8 @@ def plot_curves(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
         for ax, cv in zip(axs, col_vals, strict=False):
             drawn = False
             for rv in row_vals:
+                if (rv, cv) not in groups:  # a combination the sweep excludes
+                    continue
                 cur = groups[(rv, cv)]["curves"]
                 x = np.array(cur["round"], dtype=float)
                 for key, style in (("main_accuracy", "-"), ("backdoor_accuracy", "--")):
