@@ -272,6 +272,7 @@ def test_the_training_spec_of_a_client_in_a_round():
         weight_decay=t.weight_decay,
         seed=derive_seed(5, "client-train", 3, 2),
         device=torch.device("cpu"),
+        max_steps=0,
     )
     assert list(spec.to_dict()) == [
         "epochs",
@@ -281,6 +282,7 @@ def test_the_training_spec_of_a_client_in_a_round():
         "weight_decay",
         "seed",
         "device",
+        "max_steps",
     ]
     assert TrainingSpec.from_dict({**spec.to_dict(), "device": "cpu"}) == spec
 
