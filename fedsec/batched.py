@@ -72,6 +72,7 @@ from fedsec_core.training import (
     _check_hyperparameters,
     _cuda_index,
     _seed_global_rng,
+    step_count,
 )
 
 
@@ -195,7 +196,7 @@ def train_clients(
     model = model.to(device)
     model.train()
     # Longest first: the clients still training at a step are a prefix of a chunk.
-    steps = [_step_count(y.shape[0], epochs, batch_size, max_steps) for _, y in tensors]
+    steps = [step_count(y.shape[0], epochs, batch_size, max_steps) for _, y in tensors]
     order = sorted(range(len(tensors)), key=lambda i: -steps[i])
     chunk = len(order) if max_chunk is None else min(max_chunk, len(order))
     results: dict[int, ClientResult] = {}
@@ -237,12 +238,6 @@ def dropout_seed(seeds: Sequence[int]) -> int:
     return int(np.random.SeedSequence([int(s) for s in seeds]).generate_state(1)[0])
 
 
-def _step_count(n: int, epochs: int, batch_size: int, max_steps: int) -> int:
-    """The optimizer steps ``train`` takes on ``n`` examples."""
-    steps = epochs * math.ceil(n / batch_size)
-    return min(steps, max_steps) if max_steps else steps
-
-
 def _batch_plan(
     sizes: Sequence[int], seeds: Sequence[int], epochs: int, batch_size: int, max_steps: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int], list[int]]:
@@ -258,7 +253,7 @@ def _batch_plan(
     batch (then each takes one step an epoch on all its examples: padding to the batch
     size would only add rows of weight 0).
     """
-    total = max(_step_count(n, epochs, batch_size, max_steps) for n in sizes)
+    total = max(step_count(n, epochs, batch_size, max_steps) for n in sizes)
     width = min(batch_size, max(sizes))
     c = len(sizes)
     index = torch.zeros((c, total, width), dtype=torch.long)
@@ -275,7 +270,7 @@ def _batch_plan(
         slots[:, :n] = perms
         # a client's real examples fill the first min(n, batch_size) <= width columns
         slots = slots.reshape(epochs * per_epoch, batch_size)[:, :width]
-        count = _step_count(n, epochs, batch_size, max_steps)
+        count = step_count(n, epochs, batch_size, max_steps)
         slots = slots[:count]
         real = slots >= 0
         rows = real.sum(dim=1, keepdim=True)

@@ -129,6 +129,13 @@ def _seed_global_rng(seed: int, cuda_index: int | None) -> None:
             torch.cuda.manual_seed(seed)
 
 
+def step_count(n: int, epochs: int, batch_size: int, max_steps: int = 0) -> int:
+    """The optimizer steps :func:`train` takes on ``n`` examples: ``ceil(n / batch_size)``
+    an epoch, capped at ``max_steps`` when that is > 0."""
+    steps = epochs * math.ceil(n / batch_size)
+    return min(steps, max_steps) if max_steps else steps
+
+
 def train(
     model: nn.Module,
     x: Array,
@@ -182,9 +189,7 @@ def train(
     _check_data(x, y)
     device = torch.device(device)
     n = y.shape[0]
-    last = epochs * math.ceil(n / batch_size)  # the step training ends after
-    if max_steps:
-        last = min(last, max_steps)
+    last = step_count(n, epochs, batch_size, max_steps)  # the step training ends after
     model.to(device)
     model.train()
     optimizer = torch.optim.SGD(
