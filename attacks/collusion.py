@@ -23,6 +23,16 @@ computed from the attackers' view of the round:
   updates left out: the full knowledge of Shejwalkar & Houmansadr's code (its attackers
   compute no benign gradient; the view is the ``n - m`` benign ones). A config error on
   the ``deployment`` engine, as ``full``.
+
+``space`` says what the formula is applied to. ``"update"`` (default): the clients'
+model updates, ``w_client - w_global``. ``"gradient"``: their gradients, as the NDSS'21
+paper states its formulas and the ALIE and NDSS'21 authors' codes compute them; a client's
+update is read as minus a gradient (one step of SGD at lr 1: exact for FedSGD, the
+sign for any SGD), so the stage crafts ``-craft(-updates)``. The two agree for every
+formula but a shift along the per-coordinate standard deviation, which has no sign of
+its own: ALIE's ``mean - z std`` of gradients is ``mean + z std`` of updates, and
+Min-Max / Min-Sum's ``mean - gamma std`` (``direction = "std"``) likewise; ``unit``,
+``sign`` and IPM are the same in both spaces.
 """
 
 from __future__ import annotations
@@ -40,6 +50,8 @@ from fedsec_core.params import one_of, param
 KNOWLEDGE = ("partial", "full")
 #: Who the colluding attackers see: also ``honest``, the view of the NDSS'21 code.
 COLLUSION_KNOWLEDGE = (*KNOWLEDGE, "honest")
+#: What the crafting formula is applied to (``attack.space``).
+SPACES = ("update", "gradient")
 
 
 def check_knowledge(knowledge: str, config) -> None:
@@ -63,6 +75,16 @@ class CollusionAttack(UntargetedAttack):
     knowledge: str = param(
         "partial", one_of(*COLLUSION_KNOWLEDGE), "one of 'partial', 'full', 'honest'"
     )
+    space: str = param("update", one_of(*SPACES), "one of 'update', 'gradient'")
+
+    def crafted_update(
+        self, benign: torch.Tensor, num_clients: int, num_attackers: int
+    ) -> torch.Tensor:
+        """:meth:`craft` in ``space``: on the updates, or on the gradients they stand for
+        (``-craft(-benign)``, an update back)."""
+        if self.space == "gradient":
+            return -self.craft(-benign, num_clients, num_attackers)
+        return self.craft(benign, num_clients, num_attackers)
 
     def craft(self, benign: torch.Tensor, num_clients: int, num_attackers: int) -> torch.Tensor:
         """The malicious update every attacker of the round sends, from ``benign``, the

@@ -96,7 +96,7 @@ class CraftingStage(ServerStage):
                 "the attackers sent their honest updates"
             )
             return outcome
-        update = self.attack.craft(torch.stack(rows), num_clients, len(malicious))
+        update = self.attack.crafted_update(torch.stack(rows), num_clients, len(malicious))
         if len(honest) >= 2:  # the measured reason a rule kept or dropped it (the round's)
             outcome.log.update(position(torch.stack(honest), update).as_log())
         crafted = w0 + update.to(w0.dtype)

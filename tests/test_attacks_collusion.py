@@ -197,6 +197,10 @@ SMALL = [
         ),
         (["attack.name=min-max", "attack.direction=up"], "attack.direction must be one of"),
         (["attack.name=ipm", "attack.eps=0"], "attack.eps must be > 0"),
+        (
+            ["attack.name=min-sum", "attack.space=gradients"],
+            "attack.space must be one of 'update', 'gradient', got 'gradients'",
+        ),
     ],
 )
 def test_impossible_threat_models_are_config_errors(overrides, message):
@@ -210,3 +214,63 @@ def test_partial_knowledge_with_two_attackers_a_round_is_valid():
         [*SMALL, "attack.name=alie", "attack.num_attackers=2", "attack.attackers_per_round=2"],
     )
     assert config.attack.params == {}
+
+
+def test_gradient_space_shifts_along_plus_std_of_the_updates():
+    """``space = "gradient"``: the formula on the gradients (-updates). ALIE's fixed z:
+    ``mean + z std`` of the updates where the update space gives ``mean - z std``."""
+    benign = torch.tensor([[0.0, 2.0], [2.0, 4.0]])  # mean (1, 3), std (sqrt 2, sqrt 2)
+    shift = 1.5 * 2**0.5
+    gradient = ALIE(z_formula="fixed", z=1.5, space="gradient")
+    update = ALIE(z_formula="fixed", z=1.5)
+    assert gradient.crafted_update(benign, 51, 12).tolist() == pytest.approx([1 + shift, 3 + shift])
+    assert update.crafted_update(benign, 51, 12).tolist() == pytest.approx([1 - shift, 3 - shift])
+
+
+def _largest_fitting_gamma(benign: np.ndarray, p: np.ndarray) -> float:
+    """Brute force: the largest gamma on a 1e-4 grid whose update ``mean + gamma p`` is no
+    farther from any benign update than the farthest benign pair."""
+    bound = max(np.linalg.norm(a - b) for a in benign for b in benign)
+    gammas = np.arange(0, 10, 1e-4)
+    crafted = benign.mean(axis=0) + gammas[:, None] * p
+    worst = np.linalg.norm(crafted[:, None, :] - benign[None], axis=2).max(axis=1)
+    return float(gammas[worst <= bound].max())
+
+
+def test_min_max_std_in_gradient_space_is_the_search_along_plus_std():
+    # asymmetric on purpose: +std and -std reach the bound at different gammas
+    benign = torch.tensor([[0.0, 0.0, 1.0], [3.0, 1.0, 0.0], [1.0, 4.0, 0.5], [0.5, 0.5, 3.0]])
+    sd = benign.std(dim=0)
+    b = benign.numpy().astype(np.float64)
+    for space, sign in (("update", -1.0), ("gradient", 1.0)):
+        crafted = MinMax(direction="std", space=space).crafted_update(benign, 8, 4)
+        gamma = float(((crafted - benign.mean(dim=0)) / (sign * sd)).mean())
+        np.testing.assert_allclose(crafted, benign.mean(dim=0) + gamma * sign * sd, rtol=1e-5)
+        assert gamma == pytest.approx(_largest_fitting_gamma(b, sign * sd.numpy()), abs=2e-4)
+    gammas = {
+        space: MinMax(direction="std", space=space).crafted_update(benign, 8, 4)
+        for space in ("update", "gradient")
+    }
+    assert not torch.allclose(gammas["update"], gammas["gradient"])
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [MinMax(direction="unit"), MinMax(direction="sign"), IPM(eps=0.7)],
+    ids=["min-max-unit", "min-max-sign", "ipm"],
+)
+def test_shifts_relative_to_the_mean_are_the_same_in_both_spaces(attack):
+    benign = torch.from_numpy(np.random.default_rng(3).normal(size=(6, 5)))
+    expected = attack.crafted_update(benign, 9, 3)
+    attack.space = "gradient"
+    torch.testing.assert_close(attack.crafted_update(benign, 9, 3), expected)
+
+
+def test_the_stage_crafts_in_the_configured_space():
+    global_arrays, updates, replies = round_of(8, seed=4)
+    CraftingStage(ALIE(knowledge="full", space="gradient"))(
+        global_arrays, replies, PARTITION_OF, 8, {6, 7}
+    )
+    view = torch.from_numpy(updates)
+    expected = flat(global_arrays) - alie(-view, 8, 2).numpy()
+    np.testing.assert_allclose(flat(replies[7].content["arrays"]), expected, rtol=1e-5, atol=1e-6)

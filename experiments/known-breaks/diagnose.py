@@ -154,7 +154,7 @@ class Diagnosis:
             if problem:
                 raise ConfigError(f"round {server_round}: {problem}")
             view = updates[bad] if self.attack.knowledge == "partial" else updates
-            crafted = self.attack.craft(view, len(sampled), len(malicious))
+            crafted = self.attack.crafted_update(view, len(sampled), len(malicious))
             models[bad] = self.w + crafted.to(self.w.dtype)
             record.update(vars(position(honest, crafted)))
         mu = honest.mean(dim=0)
