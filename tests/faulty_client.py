@@ -13,7 +13,7 @@ from flwr.clientapp import ClientApp
 from fedsec.apps import client_app as real
 from fedsec_core.protocol import CONFIG, IDENTIFY, SERVER_ROUND
 
-SLEEP_S = 12.0
+SLEEP_S = 30.0
 app = ClientApp()
 
 

@@ -24,7 +24,7 @@ BASE = [
     "train.rounds=2",
     "train.local_epochs=1",
     "engine.client_num_cpus=1",
-    "engine.round_timeout=8",
+    "engine.round_timeout=25",
     "seed=2",
 ]
 
