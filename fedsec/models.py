@@ -34,23 +34,25 @@ def _require_min_size(name: str, input_shape: InputShape, min_size: int) -> None
 
 
 class MLP(nn.Module):
-    """Two hidden layers of 200 ReLU units on the flattened image.
+    """Fully-connected ReLU layers on the flattened image; it runs on any image size,
+    including the 8x8 scikit-learn digits.
 
-    The classic fully-connected baseline of the FedAvg paper (McMahan et al. 2017,
-    "2NN"); it runs on any image size, including the 8x8 scikit-learn digits.
+    ``mlp``: two hidden layers of 200 units, the classic baseline of the FedAvg paper
+    (McMahan et al. 2017, "2NN"). ``mlp-512``: one hidden layer of 512, the MNIST network
+    of Shejwalkar & Houmansadr (NDSS 2021, "FC 784-512-10").
     """
 
-    def __init__(self, input_shape: InputShape, num_classes: int, hidden: int = 200) -> None:
+    def __init__(
+        self, input_shape: InputShape, num_classes: int, hidden: tuple[int, ...] = (200, 200)
+    ) -> None:
         super().__init__()
         channels, height, width = input_shape
-        self.net = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(channels * height * width, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, num_classes),
-        )
+        layers: list[nn.Module] = [nn.Flatten()]
+        width_in = channels * height * width
+        for units in hidden:
+            layers += [nn.Linear(width_in, units), nn.ReLU()]
+            width_in = units
+        self.net = nn.Sequential(*layers, nn.Linear(width_in, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -273,6 +275,10 @@ def _build_mlp(input_shape: InputShape, num_classes: int) -> nn.Module:
     return MLP(input_shape, num_classes)
 
 
+def _build_mlp_512(input_shape: InputShape, num_classes: int) -> nn.Module:
+    return MLP(input_shape, num_classes, hidden=(512,))
+
+
 def _build_lenet(input_shape: InputShape, num_classes: int) -> nn.Module:
     _require_min_size("lenet", input_shape, LeNet.min_size)
     return LeNet(input_shape, num_classes)
@@ -301,6 +307,7 @@ MODELS: Registry[ModelBuilder] = Registry(
     "model.name",
     {
         "mlp": _build_mlp,
+        "mlp-512": _build_mlp_512,
         "lenet": _build_lenet,
         "cnn": _build_cnn,
         "mnistnet": _build_mnistnet,

@@ -26,6 +26,7 @@ def one_thread() -> Iterator[None]:
 # Shapes each model must accept; vgg9 needs >= 32x32.
 ACCEPTED = {
     "mlp": [DIGITS, MNIST, CIFAR],
+    "mlp-512": [DIGITS, MNIST, CIFAR],
     "cnn": [DIGITS, MNIST, CIFAR],
     "lenet": [DIGITS, MNIST, CIFAR],
     "mnistnet": [MNIST, CIFAR],
@@ -40,7 +41,9 @@ def count(model: torch.nn.Module) -> int:
 
 def test_model_names_are_the_registry() -> None:
     assert (
-        model_names() == sorted(MODELS) == ["cnn", "lenet", "mlp", "mnistnet", "resnet18", "vgg9"]
+        model_names()
+        == sorted(MODELS)
+        == ["cnn", "lenet", "mlp", "mlp-512", "mnistnet", "resnet18", "vgg9"]
     )
 
 
@@ -51,6 +54,7 @@ def test_model_names_are_the_registry() -> None:
         ("vgg9", CIFAR, 9_225_610),  # Wang et al. 2020, CIFAR-10 VGG-9
         ("resnet18", CIFAR, 11_173_962),  # CIFAR ResNet-18
         ("mlp", MNIST, 784 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10),
+        ("mlp-512", MNIST, 784 * 512 + 512 + 512 * 10 + 10),  # NDSS'21's FC 784-512-10
         # the DBA authors' MnistNet: conv 1->20 and 20->50 (5x5), fc 800->500->10
         ("mnistnet", MNIST, 20 * 25 + 20 + 50 * 20 * 25 + 50 + 800 * 500 + 500 + 500 * 10 + 10),
     ],
@@ -103,7 +107,9 @@ def test_building_is_reproducible_under_a_seed() -> None:
 def test_unknown_name_lists_valid_names() -> None:
     with pytest.raises(
         ConfigError,
-        match="unknown model.name 'vgg99'; valid: cnn, lenet, mlp, mnistnet, resnet18, vgg9",
+        match=(
+            "unknown model.name 'vgg99'; valid: cnn, lenet, mlp, mlp-512, mnistnet, resnet18, vgg9"
+        ),
     ):
         build_model("vgg99", CIFAR, 10)
 
