@@ -52,7 +52,7 @@ def test_ci_runs_exactly_the_readme_test_command_with_lint_imports():
     assert steps[-3:] == [
         ".venv/bin/ruff check .",
         ".venv/bin/lint-imports",
-        ".venv/bin/python -m pytest -q -n auto",
+        ".venv/bin/python -m pytest -q -n auto --dist worksteal",
     ]
 
 
