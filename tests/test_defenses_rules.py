@@ -33,6 +33,7 @@ from defenses.rules import (
     TrimmedMeanRule,
     WeakDPRule,
 )
+from fedsec_core.errors import ConfigError
 
 
 def honest_and_outlier(n: int = 10, d: int = 200, outlier: int = 3, seed: int = 0):
@@ -602,3 +603,77 @@ def test_trimmed_mean_around_the_median_is_the_alie_codes():
         torch.from_numpy(values), torch.ones(51, dtype=torch.float64), torch.zeros(40)
     )
     np.testing.assert_allclose(ours.model.numpy(), _alie_code_trimmed_mean(values, 12), atol=1e-12)
+
+
+def _alie_code_krum_index(grads: np.ndarray, corrupted: int) -> int:
+    """The index the ALIE authors' ``krum`` (``defences.py``) returns, rewritten loop for
+    loop: per user, the sum of its ``n - f`` smallest L2 distances (not squared) to the
+    others; the first user with the smallest sum."""
+    n = len(grads)
+    best, best_error = -1, 1e20
+    for user in range(n):
+        errors = sorted(np.linalg.norm(grads[user] - grads[j]) for j in range(n) if j != user)
+        error = sum(errors[: n - corrupted])
+        if error < best_error:
+            best, best_error = user, error
+    return best
+
+
+def _alie_like_round(seed: int, z: float = 1.5) -> np.ndarray:
+    """51 updates, the first 12 the same crafted one: the attackers' own mean shifted by
+    ``z`` of their own (population) standard deviations, as ALIE's code crafts it."""
+    g = np.random.default_rng(seed)
+    updates = g.normal(size=(51, 300))
+    own = updates[:12]
+    updates[:12] = own.mean(axis=0) + z * own.std(axis=0)
+    return updates
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_krum_with_the_alie_codes_distance_and_neighbours_picks_as_its_code(seed):
+    updates = _alie_like_round(seed)
+    models, start = torch.from_numpy(updates), torch.zeros(300, dtype=torch.float64)
+    code = KrumRule(num_malicious=12, distance="euclidean", neighbours="n-f")
+    picked = run(code, models, start).accepted.nonzero().flatten().tolist()
+    assert picked == [_alie_code_krum_index(updates, 12)]
+    # random updates, no group: the same pick as the code's loop
+    other = np.random.default_rng(100 + seed).normal(size=(20, 50))
+    rule = KrumRule(num_malicious=4, distance="euclidean", neighbours="n-f")
+    chosen = run(rule, torch.from_numpy(other), torch.zeros(50, dtype=torch.float64)).accepted
+    assert chosen.nonzero().flatten().tolist() == [_alie_code_krum_index(other, 4)]
+
+
+@pytest.mark.parametrize("neighbours", ["n-f-2", "n-f"])
+def test_krum_distance_decides_whether_alies_identical_group_wins(neighbours):
+    # 12 identical updates 1.5 own-stds off the honest mean, in 300 dimensions: each is at
+    # about sqrt(1 + 1/12 + 1.5^2 * 11/12) = 1.8 honest stds from an honest update, where
+    # two honest ones are sqrt(2) = 1.41 apart. Summing plain distances, 11 zeros and 26
+    # (or 28) times 1.8 beat 37 (39) times 1.41; summing squares, 26 x 3.2 = 83 (28 x 3.2
+    # = 90) loses to 37 x 2 = 74 (39 x 2 = 78).
+    updates = torch.from_numpy(_alie_like_round(0))
+    start = torch.zeros(300, dtype=torch.float64)
+    for distance, crafted_wins in (("euclidean", True), ("squared", False)):
+        rule = KrumRule(num_malicious=12, distance=distance, neighbours=neighbours)
+        picked = int(run(rule, updates, start).accepted.nonzero())
+        assert (picked < 12) is crafted_wins, (distance, picked)
+        multi = MultiKrumRule(num_malicious=12, distance=distance, neighbours=neighbours)
+        kept = run(multi, updates, start).accepted
+        assert bool(kept[:12].all()) is crafted_wins
+
+
+def test_krum_defaults_are_blanchard_et_als():
+    models, global_model = far_first_row(0)
+    exact = exact_squared_distances(models)
+    from defenses.rules.krum import krum_scores
+
+    expected = exact.clone().fill_diagonal_(torch.inf).sort(dim=1).values[:, : 11 - 2 - 2].sum(1)
+    torch.testing.assert_close(krum_scores(exact, 2), expected)
+    default = run(KrumRule(num_malicious=2), models, global_model)
+    spelled = run(
+        KrumRule(num_malicious=2, distance="squared", neighbours="n-f-2"), models, global_model
+    )
+    assert torch.equal(default.model, spelled.model)
+    with pytest.raises(ConfigError, match="'distance' must be one of 'squared', 'euclidean'"):
+        KrumRule(distance="l1").validate()
+    with pytest.raises(ConfigError, match="'neighbours' must be one of 'n-f-2', 'n-f'"):
+        MultiKrumRule(neighbours="n-f-1").validate()

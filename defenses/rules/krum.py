@@ -9,29 +9,50 @@ from dataclasses import dataclass
 
 import torch
 
+from fedsec_core.params import one_of
+
 from .base import (
     AggregationResult,
     ByzantineRule,
     ClientBatch,
     keep_mask,
     lowest,
+    param,
     squared_distances,
 )
 
+#: What a Krum score sums: Blanchard et al.'s squared L2 distances, or the L2 distances
+#: themselves, as the ALIE authors' Krum (``defences.py``, ``np.linalg.norm``) sums them.
+KRUM_DISTANCES = ("squared", "euclidean")
+#: How many nearest neighbours a Krum score sums: Blanchard et al.'s ``n - f - 2``, or
+#: the ALIE authors' ``n - f`` (``sum(errors[:non_malicious_count])``).
+KRUM_NEIGHBOURS = {"n-f-2": 2, "n-f": 0}
 
-def krum_scores(distances: torch.Tensor, num_malicious: int) -> torch.Tensor:
-    """Krum score of each client: the sum of its ``n - f - 2`` smallest squared distances.
 
-    ``distances`` is the ``(n, n)`` squared-distance matrix; a client's distance to
-    itself never counts. At least one neighbour counts (for ``n - f - 2 < 1``).
+def krum_scores(
+    distances: torch.Tensor, num_malicious: int, neighbours: str = "n-f-2"
+) -> torch.Tensor:
+    """Krum score of each client: the sum of its ``n - f - 2`` (or ``n - f``, see
+    :data:`KRUM_NEIGHBOURS`) smallest entries of ``distances``.
+
+    ``distances`` is the ``(n, n)`` matrix of squared (or plain) distances; a client's
+    distance to itself never counts. At least one neighbour counts.
     """
     others = distances.clone().fill_diagonal_(torch.inf)
-    return sum_of_nearest(others, krum_neighbours(distances.shape[0], num_malicious))
+    count = krum_neighbours(distances.shape[0], num_malicious, KRUM_NEIGHBOURS[neighbours])
+    return sum_of_nearest(others, count)
 
 
-def krum_neighbours(n: int, num_malicious: int) -> int:
-    """How many nearest neighbours a Krum score sums over among ``n`` clients."""
-    return min(max(1, n - num_malicious - 2), n - 1)
+def krum_distances(models: torch.Tensor, distance: str = "squared") -> torch.Tensor:
+    """Pairwise distances ``(n, n)`` in float64 that a Krum score sums (:data:`KRUM_DISTANCES`)."""
+    squared = squared_distances(models)
+    return squared if distance == "squared" else squared.sqrt()
+
+
+def krum_neighbours(n: int, num_malicious: int, slack: int = 2) -> int:
+    """How many nearest neighbours a Krum score sums over among ``n`` clients:
+    ``n - f - slack``, at least 1 and at most ``n - 1``."""
+    return min(max(1, n - num_malicious - slack), n - 1)
 
 
 def sum_of_nearest(distances: torch.Tensor, k: int) -> torch.Tensor:
@@ -52,17 +73,31 @@ class KrumRule(ByzantineRule):
     num_malicious : int (default: 1)
         ``f``, the number of attackers to tolerate per round (the paper's schedule
         has one attacker per round).
+    distance : {"squared", "euclidean"} (default: "squared")
+        What a score sums: Blanchard et al.'s squared distances, or the distances
+        themselves, as the Krum of Baruch et al.'s code
+        (``moranant/attacking_distributed_learning``, ``defences.py``), against which
+        ALIE was published. The choice decides whom Krum picks when one group of
+        identical updates lies farther from the honest ones than they lie from each
+        other: a sum of squares weighs the far neighbours more.
+    neighbours : {"n-f-2", "n-f"} (default: "n-f-2")
+        How many nearest neighbours a score sums: Blanchard et al.'s ``n - f - 2``, or
+        the ``n - f`` of Baruch et al.'s code. Either way at least 1 and at most
+        ``n - 1``.
 
     Cost: O(n^2 d) flops for the Gram matrix, O(n^2) memory. Scores: Krum scores.
     """
 
     name = "krum"
+    distance: str = param("squared", one_of(*KRUM_DISTANCES), "one of 'squared', 'euclidean'")
+    neighbours: str = param("n-f-2", one_of(*KRUM_NEIGHBOURS), "one of 'n-f-2', 'n-f'")
 
     def selection_quota(self, num_clients: int) -> str:
         return f"keeps exactly 1 of the {num_clients} clients of each round by design"
 
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:
-        scores = krum_scores(squared_distances(batch.models), self.num_malicious)
+        distances = krum_distances(batch.models, self.distance)
+        scores = krum_scores(distances, self.num_malicious, self.neighbours)
         best = lowest(scores, 1)
         model = batch.models.index_select(0, best).squeeze(0)
         chosen = keep_mask(batch.n, best, batch.models.device)

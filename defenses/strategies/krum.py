@@ -15,6 +15,12 @@ class Krum(DefenseStrategy):
     ----------
     num_malicious : int (default: 1)
         ``f``; see :class:`~defenses.rules.KrumRule` (needs ``n >= 2f + 3``).
+    distance : {"squared", "euclidean"} (default: "squared")
+        What a score sums: Blanchard et al.'s squared distances, or the distances (the
+        ALIE authors' code).
+    neighbours : {"n-f-2", "n-f"} (default: "n-f-2")
+        How many nearest neighbours a score sums: Blanchard et al.'s, or the ALIE
+        authors' code's ``n - f``.
     **strategy_kwargs
         ``device`` and Flower ``FedAvg`` parameters, see
         :class:`~defenses.adapter.DefenseStrategy`.
@@ -22,5 +28,12 @@ class Krum(DefenseStrategy):
 
     rule_class = KrumRule
 
-    def __init__(self, num_malicious: int = 1, **strategy_kwargs: Any) -> None:
-        super().__init__(KrumRule(num_malicious=num_malicious), **strategy_kwargs)
+    def __init__(
+        self,
+        num_malicious: int = 1,
+        distance: str = "squared",
+        neighbours: str = "n-f-2",
+        **strategy_kwargs: Any,
+    ) -> None:
+        rule = KrumRule(num_malicious=num_malicious, distance=distance, neighbours=neighbours)
+        super().__init__(rule, **strategy_kwargs)

@@ -17,6 +17,10 @@ class MultiKrum(DefenseStrategy):
         ``f``; needs ``n >= 2f + 3``.
     num_selected : int or None (default: None)
         ``m``; ``None`` means ``n - f``. See :class:`~defenses.rules.MultiKrumRule`.
+    distance : {"squared", "euclidean"} (default: "squared")
+        What a Krum score sums (the ALIE authors' code: ``"euclidean"``).
+    neighbours : {"n-f-2", "n-f"} (default: "n-f-2")
+        How many nearest neighbours a Krum score sums (the ALIE authors' code: ``"n-f"``).
     **strategy_kwargs
         ``device`` and Flower ``FedAvg`` parameters, see
         :class:`~defenses.adapter.DefenseStrategy`.
@@ -25,7 +29,17 @@ class MultiKrum(DefenseStrategy):
     rule_class = MultiKrumRule
 
     def __init__(
-        self, num_malicious: int = 1, num_selected: int | None = None, **strategy_kwargs: Any
+        self,
+        num_malicious: int = 1,
+        num_selected: int | None = None,
+        distance: str = "squared",
+        neighbours: str = "n-f-2",
+        **strategy_kwargs: Any,
     ) -> None:
-        rule = MultiKrumRule(num_malicious=num_malicious, num_selected=num_selected)
+        rule = MultiKrumRule(
+            num_malicious=num_malicious,
+            num_selected=num_selected,
+            distance=distance,
+            neighbours=neighbours,
+        )
         super().__init__(rule, **strategy_kwargs)
