@@ -39,7 +39,11 @@ class MLP(nn.Module):
 
     ``mlp``: two hidden layers of 200 units, the classic baseline of the FedAvg paper
     (McMahan et al. 2017, "2NN"). ``mlp-512``: one hidden layer of 512, the MNIST network
-    of Shejwalkar & Houmansadr (NDSS 2021, "FC 784-512-10").
+    of Shejwalkar & Houmansadr (NDSS 2021, "FC 784-512-10"). ``mlp-100``: one hidden
+    layer of 100, the MNIST network of Baruch et al.'s code (ALIE, NeurIPS 2019;
+    ``moranant/attacking_distributed_learning``, ``data_sets.py``'s ``MnistNet``, which
+    fedsec's ``mnistnet``, the DBA authors' conv net, is not), with its Xavier-uniform
+    first layer; the output is logits instead of its log-softmax.
     """
 
     def __init__(
@@ -279,6 +283,13 @@ def _build_mlp_512(input_shape: InputShape, num_classes: int) -> nn.Module:
     return MLP(input_shape, num_classes, hidden=(512,))
 
 
+def _build_mlp_100(input_shape: InputShape, num_classes: int) -> nn.Module:
+    model = MLP(input_shape, num_classes, hidden=(100,))
+    # the ALIE code initialises fc1's weight Xavier-uniform, the rest PyTorch's default
+    nn.init.xavier_uniform_(model.net[1].weight)
+    return model
+
+
 def _build_lenet(input_shape: InputShape, num_classes: int) -> nn.Module:
     _require_min_size("lenet", input_shape, LeNet.min_size)
     return LeNet(input_shape, num_classes)
@@ -308,6 +319,7 @@ MODELS: Registry[ModelBuilder] = Registry(
     {
         "mlp": _build_mlp,
         "mlp-512": _build_mlp_512,
+        "mlp-100": _build_mlp_100,
         "lenet": _build_lenet,
         "cnn": _build_cnn,
         "mnistnet": _build_mnistnet,

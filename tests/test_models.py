@@ -27,6 +27,7 @@ def one_thread() -> Iterator[None]:
 ACCEPTED = {
     "mlp": [DIGITS, MNIST, CIFAR],
     "mlp-512": [DIGITS, MNIST, CIFAR],
+    "mlp-100": [DIGITS, MNIST, CIFAR],
     "cnn": [DIGITS, MNIST, CIFAR],
     "lenet": [DIGITS, MNIST, CIFAR],
     "mnistnet": [MNIST, CIFAR],
@@ -43,7 +44,7 @@ def test_model_names_are_the_registry() -> None:
     assert (
         model_names()
         == sorted(MODELS)
-        == ["cnn", "lenet", "mlp", "mlp-512", "mnistnet", "resnet18", "vgg9"]
+        == ["cnn", "lenet", "mlp", "mlp-100", "mlp-512", "mnistnet", "resnet18", "vgg9"]
     )
 
 
@@ -55,12 +56,25 @@ def test_model_names_are_the_registry() -> None:
         ("resnet18", CIFAR, 11_173_962),  # CIFAR ResNet-18
         ("mlp", MNIST, 784 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10),
         ("mlp-512", MNIST, 784 * 512 + 512 + 512 * 10 + 10),  # NDSS'21's FC 784-512-10
+        ("mlp-100", MNIST, 784 * 100 + 100 + 100 * 10 + 10),  # the ALIE code's MnistNet
         # the DBA authors' MnistNet: conv 1->20 and 20->50 (5x5), fc 800->500->10
         ("mnistnet", MNIST, 20 * 25 + 20 + 50 * 20 * 25 + 50 + 800 * 500 + 500 + 500 * 10 + 10),
     ],
 )
 def test_parameter_counts(name: str, shape: tuple[int, int, int], expected: int) -> None:
     assert count(build_model(name, shape, 10)) == expected
+
+
+def test_mlp_100_first_layer_is_xavier_uniform_as_the_alie_code() -> None:
+    # Xavier-uniform bound sqrt(6 / (784 + 100)) = 0.082; PyTorch's default for a
+    # Linear of fan-in 784 is 1 / sqrt(784) = 0.036, which fc2 (fan-in 100: 0.1) keeps
+    torch.manual_seed(0)
+    net = build_model("mlp-100", MNIST, 10).net
+    first, last = (m for m in net if isinstance(m, torch.nn.Linear))
+    xavier, default = (6 / (784 + 100)) ** 0.5, 1 / 784**0.5
+    assert default < float(first.weight.abs().max()) <= xavier
+    assert float(first.weight.std()) == pytest.approx(xavier / 3**0.5, rel=0.02)
+    assert float(last.weight.abs().max()) <= 1 / 100**0.5
 
 
 def test_lenet_layout_matches_the_pytorch_mnist_example() -> None:
@@ -108,7 +122,8 @@ def test_unknown_name_lists_valid_names() -> None:
     with pytest.raises(
         ConfigError,
         match=(
-            "unknown model.name 'vgg99'; valid: cnn, lenet, mlp, mlp-512, mnistnet, resnet18, vgg9"
+            "unknown model.name 'vgg99'; valid: cnn, lenet, mlp, mlp-100, mlp-512, mnistnet, "
+            "resnet18, vgg9"
         ),
     ):
         build_model("vgg99", CIFAR, 10)
