@@ -231,3 +231,80 @@ def test_pilot_pairs_each_attack_with_its_no_attack_cell(tmp_path, capsys):
     assert cell["ma_lost"] == pytest.approx([45.0, 25.0])
     with pytest.raises(SystemExit):
         pilot.main([str(tmp_path), "--best", "--last", "2"])
+
+
+def test_pilot_pairs_with_the_baseline_label_it_is_given(tmp_path, capsys):
+    """A sweep whose no-attack cells are labelled `none-300` (mnist.toml): no pair under
+    the default label, the pair under ``--baseline none-300``."""
+    import json
+
+    pilot = load_script("pilot")
+    for attack, ma in (("none-300", 0.9), ("min-max", 0.6)):
+        run = tmp_path / f"regime=r/defense=d/attack={attack}/seed=0"
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps({"final_main_accuracy": ma}))
+    runs = [
+        {
+            "dir": f"regime=r/defense=d/attack={a}/seed=0",
+            "labels": {"regime": "r", "defense": "d", "attack": a, "seed": "0"},
+        }
+        for a in ("none-300", "min-max")
+    ]
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": runs}))
+    record = tmp_path / "pilot.json"
+    assert pilot.main([str(tmp_path), "--json", str(record)]) == 0
+    assert json.loads(record.read_text())["cells"] == []
+    assert pilot.main([str(tmp_path), "--baseline", "none-300", "--json", str(record)]) == 0
+    (cell,) = json.loads(record.read_text())["cells"]
+    assert cell["attack"] == "min-max" and cell["ma_lost"] == pytest.approx([30.0])
+
+
+def test_position_summarises_each_run_from_its_metrics(tmp_path, capsys):
+    """Three rounds, their keys in metrics.jsonl's order: no crafting in round 1; in
+    round 2 the rule keeps attacker 0 (ratio 1.2), in round 3 it keeps neither (ratio
+    1.8). The best MA, 0.8, is first reached in round 2. A run's labels come from its
+    folder, whatever sweep.json lists."""
+    import json
+
+    position_script = load_script("position")
+    run = tmp_path / "regime=r/defense=krum/attack=alie/seed=4"
+    run.mkdir(parents=True)
+    lines = [
+        {"round": 1, "main_accuracy": 0.5, "accepted_clients": [0, 2, 3]},
+        {
+            "round": 2,
+            "main_accuracy": 0.8,
+            "crafted_clients": [0, 1],
+            "crafted_z": 0.5,
+            "crafted_norm_ratio": 1.2,
+            "crafted_cos": 0.25,
+            "accepted_clients": [0, 2],
+            "malicious_clients": [0, 1],
+        },
+        {
+            "round": 3,
+            "main_accuracy": 0.8,
+            "crafted_clients": [0, 1],
+            "crafted_z": 1.5,
+            "crafted_norm_ratio": 1.8,
+            "crafted_cos": 0.75,
+            "accepted_clients": [2, 3],
+            "malicious_clients": [0, 1],
+        },
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (run / "summary.json").write_text("{}")
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": []}))
+    record = tmp_path / "position.json"
+    assert position_script.main([str(tmp_path), "--json", str(record)]) == 0
+    (rec,) = json.loads(record.read_text())["runs"]
+    assert (rec["regime"], rec["defense"], rec["attack"], rec["seed"]) == ("r", "krum", "alie", "4")
+    assert rec["crafted_rounds"] == 2 and rec["kept_share"] == 0.5
+    assert rec["crafted_z"] == pytest.approx(1.0) and rec["crafted_cos"] == pytest.approx(0.5)
+    assert rec["crafted_norm_ratio"] == pytest.approx(1.5)
+    assert (rec["norm_ratio_kept"], rec["norm_ratio_not_kept"]) == (1.2, 1.8)
+    assert (rec["best_ma"], rec["best_round"], rec["final_ma"], rec["rounds"]) == (80.0, 2, 80.0, 3)
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| r |")]
+    assert row == [
+        "| r | krum | alie | 4 | 1.000 | 1.500 | 0.500 | 50% | 1.200 / 1.800 | 80.00 (2) | 80.00 |"
+    ]

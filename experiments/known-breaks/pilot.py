@@ -2,8 +2,9 @@
 full sweep needs.
 
 Reads a ``fedsec sweep`` output of ``sweep.toml`` (any slice of it), pairs every attack
-cell with its regime's and defense's no-attack cell (``attack=none``) seed by seed, and
-prints one markdown row per cell: the final main accuracy (MA) per seed, the MA lost to
+cell with its regime's and defense's no-attack cell (``attack=none``, or the label that
+``--baseline`` names) seed by seed, and prints one markdown row per cell: the final
+main accuracy (MA) per seed, the MA lost to
 the attack per seed and its mean with the 95% t interval over seeds, and, from the
 per-seed spread of that loss, the seeds a paired two-sided t test would need (80%
 power, ``fedsec.report.stats.seeds_needed``) to separate a loss of 5 or 10 points
@@ -74,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--json", type=Path, help="also write the table's numbers here")
     parser.add_argument(
+        "--baseline",
+        default="none",
+        help="the attack label of the no-attack cells (default: none)",
+    )
+    parser.add_argument(
         "--last",
         type=int,
         default=1,
@@ -91,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     alpha = 0.05 / ATTACK_CELLS
     rows = []
     for (regime, defense, attack), by_seed in sorted(table.items()):
-        if attack == "none":
+        if attack == args.baseline:
             continue
-        base = table.get((regime, defense, "none"), {})
+        base = table.get((regime, defense, args.baseline), {})
         seeds = sorted(set(by_seed) & set(base))
         if not seeds:
             continue
@@ -121,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     records = []
     for regime, defense, attack, seeds, ma, lost in rows:
-        base = table[(regime, defense, "none")]
+        base = table[(regime, defense, args.baseline)]
         sd = statistics.stdev(lost) if len(lost) >= 2 else None
         source = ""
         if not sd:
