@@ -269,28 +269,23 @@ def test_position_summarises_each_run_from_its_metrics(tmp_path, capsys):
     position_script = load_script("position")
     run = tmp_path / "regime=r/defense=krum/attack=alie/seed=4"
     run.mkdir(parents=True)
+
+    def crafted_round(number, accepted, z, ratio, cos):
+        return {
+            "round": number,
+            "main_accuracy": 0.8,
+            "crafted_clients": [0, 1],
+            "crafted_z": z,
+            "crafted_norm_ratio": ratio,
+            "crafted_cos": cos,
+            "accepted_clients": accepted,
+            "malicious_clients": [0, 1],
+        }
+
     lines = [
         {"round": 1, "main_accuracy": 0.5, "accepted_clients": [0, 2, 3]},
-        {
-            "round": 2,
-            "main_accuracy": 0.8,
-            "crafted_clients": [0, 1],
-            "crafted_z": 0.5,
-            "crafted_norm_ratio": 1.2,
-            "crafted_cos": 0.25,
-            "accepted_clients": [0, 2],
-            "malicious_clients": [0, 1],
-        },
-        {
-            "round": 3,
-            "main_accuracy": 0.8,
-            "crafted_clients": [0, 1],
-            "crafted_z": 1.5,
-            "crafted_norm_ratio": 1.8,
-            "crafted_cos": 0.75,
-            "accepted_clients": [2, 3],
-            "malicious_clients": [0, 1],
-        },
+        crafted_round(2, [0, 2], 0.5, 1.2, 0.25),
+        crafted_round(3, [2, 3], 1.5, 1.8, 0.75),
     ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     (run / "summary.json").write_text("{}")
