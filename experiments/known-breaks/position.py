@@ -7,10 +7,11 @@ measures (``attacks.crafted.position``: ``crafted_z``, the crafted update's mean
 per-coordinate distance to the honest mean in honest standard deviations;
 ``crafted_norm_ratio``, its distance to the honest mean over the honest updates' rms
 distance to it; ``crafted_cos``, its cosine to the honest mean), the mean of each; the
-share of attack rounds in which the rule kept an attacker (``fedsec.results.
-attacker_acceptance``, for rules that select clients) and the mean ``crafted_norm_ratio``
-of those rounds and of the others; and, for every run, the round of the best MA and that
-MA. No-attack runs have only the last two.
+share of attack rounds in which the rule kept an attacker (counted as ``fedsec.results.
+attacker_acceptance`` counts them, here over the crafted rounds so that each can be
+split by its ratio; meaningful for rules that select clients, 100% for those that keep
+every reply) and the mean ``crafted_norm_ratio`` of those rounds and of the others;
+and, for every run, the round of the best MA and that MA. No-attack runs have only the last two.
 
     python experiments/known-breaks/position.py runs/known-breaks-mnist --json position-mnist.json
 
