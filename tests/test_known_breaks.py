@@ -259,6 +259,35 @@ def test_pilot_pairs_with_the_baseline_label_it_is_given(tmp_path, capsys):
     assert cell["attack"] == "min-max" and cell["ma_lost"] == pytest.approx([30.0])
 
 
+def test_pilot_plans_at_the_holm_level_of_the_sweeps_own_cells(tmp_path):
+    """The family is the grid's attack cells in sweep.json, finished or not (two here:
+    min-max and alie on one defense; the baseline and a second seed are not cells), so
+    the strictest level is 0.05 / 2; ``--cells 143`` plans in another family."""
+    import json
+
+    pilot = load_script("pilot")
+    runs = []
+    for attack in ("none", "min-max", "alie"):
+        for seed in (0, 1):
+            run = f"regime=r/defense=d/attack={attack}/seed={seed}"
+            labels = {"regime": "r", "defense": "d", "attack": attack, "seed": str(seed)}
+            runs.append({"id": run, "dir": run, "labels": labels})
+    for attack, ma in (("none", 0.9), ("min-max", 0.6)):
+        (tmp_path / f"regime=r/defense=d/attack={attack}/seed=0").mkdir(parents=True)
+        summary = tmp_path / f"regime=r/defense=d/attack={attack}/seed=0/summary.json"
+        summary.write_text(json.dumps({"final_main_accuracy": ma}))
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": runs}))
+    record = tmp_path / "pilot.json"
+    assert pilot.main([str(tmp_path), "--json", str(record)]) == 0
+    out = json.loads(record.read_text())
+    assert (out["attack_cells"], out["holm_level"]) == (2, 0.025)
+    assert pilot.main([str(tmp_path), "--cells", "143", "--json", str(record)]) == 0
+    out = json.loads(record.read_text())
+    assert (out["attack_cells"], out["holm_level"]) == (143, 0.05 / 143)
+    with pytest.raises(SystemExit):
+        pilot.main([str(tmp_path), "--cells", "0"])
+
+
 def test_position_summarises_each_run_from_its_metrics(tmp_path, capsys):
     """Three rounds, their keys in metrics.jsonl's order: no crafting in round 1; in
     round 2 the rule keeps attacker 0 (ratio 1.2), in round 3 it keeps neither (ratio
@@ -303,3 +332,28 @@ def test_position_summarises_each_run_from_its_metrics(tmp_path, capsys):
     assert row == [
         "| r | krum | alie | 4 | 1.000 | 1.500 | 0.500 | 50% | 1.200 / 1.800 | 80.00 (2) | 80.00 |"
     ]
+
+
+def test_position_reads_a_run_that_logged_no_main_accuracy(tmp_path, capsys):
+    """A finished run without MA in any round (no test set evaluated): its MA fields are
+    empty, "-" in the table, and the other runs are summarised as before."""
+    import json
+
+    position_script = load_script("position")
+    run = tmp_path / "regime=r/defense=krum/attack=none/seed=0"
+    run.mkdir(parents=True)
+    lines = [{"round": 1, "accepted_clients": [0, 1]}, {"round": 2, "accepted_clients": [1]}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (run / "summary.json").write_text("{}")
+    record = tmp_path / "position.json"
+    assert position_script.main([str(tmp_path), "--json", str(record)]) == 0
+    (rec,) = json.loads(record.read_text())["runs"]
+    assert (rec["best_ma"], rec["best_round"], rec["final_ma"], rec["rounds"]) == (
+        None,
+        None,
+        None,
+        2,
+    )
+    assert rec["crafted_rounds"] == 0 and rec["kept_share"] is None
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| r |")]
+    assert row == ["| r | krum | none | 0 | - | - | - | - | - / - | - (-) | - |"]

@@ -1,7 +1,7 @@
 """The pilot of the known-breaks sweep: what each attack cost, and how many seeds the
 full sweep needs.
 
-Reads a ``fedsec sweep`` output of ``sweep.toml`` (any slice of it), pairs every attack
+Reads a ``fedsec sweep`` output of this folder's sweeps (any slice), pairs every attack
 cell with its regime's and defense's no-attack cell (``attack=none``, or the label that
 ``--baseline`` names) seed by seed, and prints one markdown row per cell: the final
 main accuracy (MA) per seed, the MA lost to
@@ -9,9 +9,12 @@ the attack per seed and its mean with the 95% t interval over seeds, and, from t
 per-seed spread of that loss, the seeds a paired two-sided t test would need (80%
 power, ``fedsec.report.stats.seeds_needed``) to separate a loss of 5 or 10 points
 beyond the 5-point "breaks" threshold at the strictest Holm level of the whole sweep
-(0.05 / its number of attack cells). A cell with one seed has no spread of its own: it
-is planned with the pooled standard deviation of the cells that have two or more
-(marked "pooled").
+(0.05 / its number of attack cells: the (regime, defense, attack) cells of the sweep's
+``sweep.json``, which lists the whole grid whatever slice ran, that are not the
+baseline; ``--cells N`` sets another family, e.g. ``--cells 143``, sweep.toml's, for a
+side study planned as part of the main sweep's family). A cell with one seed has no
+spread of its own: it is planned with the pooled standard deviation of the cells that
+have two or more (marked "pooled").
 
     python experiments/known-breaks/pilot.py runs/known-breaks-pilot --json pilot.json
 
@@ -35,7 +38,6 @@ from fedsec.results import METRICS_FILE, read_rounds
 
 THRESHOLD = 5.0  # points of MA lost: the robustness matrix's "breaks"
 EFFECTS = (5.0, 10.0)  # beyond the threshold
-ATTACK_CELLS = 143  # sweep.toml: 7 defenses x 9 ndss attacks + 2 ALIE regimes x 8 x 5
 
 
 def final_accuracy(run_dir: Path, last: int = 1, best: bool = False) -> float | None:
@@ -70,6 +72,19 @@ def cells(
     return out
 
 
+def attack_cells(sweep_dir: Path, baseline: str) -> int:
+    """The number of attack cells in the sweep's grid: distinct (regime, defense, attack)
+    in its ``sweep.json`` with an attack other than ``baseline``."""
+    listing = json.loads((sweep_dir / "sweep.json").read_text())
+    return len(
+        {
+            (run["labels"]["regime"], run["labels"]["defense"], run["labels"]["attack"])
+            for run in listing["runs"]
+            if run["labels"]["attack"] != baseline
+        }
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
@@ -90,11 +105,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the best MA of any round instead (the papers' end point; not with --last)",
     )
+    parser.add_argument(
+        "--cells",
+        type=int,
+        help="the Holm family's size (default: the sweep's own attack cells, from sweep.json)",
+    )
     args = parser.parse_args(argv)
     if args.best and args.last != 1:
         parser.error("--best and --last N > 1 are two end points: give one")
+    if args.cells is not None and args.cells < 1:
+        parser.error(f"--cells must be a positive number of cells, got {args.cells}")
     table = cells(args.sweep_dir, args.last, args.best)
-    alpha = 0.05 / ATTACK_CELLS
+    family = attack_cells(args.sweep_dir, args.baseline) if args.cells is None else args.cells
+    alpha = 0.05 / max(family, 1)
     rows = []
     for (regime, defense, attack), by_seed in sorted(table.items()):
         if attack == args.baseline:
@@ -108,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     spreads = [statistics.stdev(r[5]) for r in rows if len(r[5]) >= 2]
     pooled = statistics.fmean(s**2 for s in spreads) ** 0.5 if spreads and any(spreads) else None
     print(
-        f"Holm's strictest level: 0.05 / {ATTACK_CELLS} = {alpha:.5f}; pooled sd of the "
+        f"Holm's strictest level: 0.05 / {family} = {alpha:.5f}; pooled sd of the "
         f"MA lost over {len(spreads)} cells with 2+ seeds: "
         + ("-" if pooled is None else f"{pooled:.2f} points")
     )
@@ -161,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         out = {
             "sweep_dir": str(args.sweep_dir),
             "holm_level": alpha,
-            "attack_cells": ATTACK_CELLS,
+            "attack_cells": family,
             "ma_over_last_rounds": args.last,
             "best_ma_of_any_round": args.best,
             "pooled_sd": pooled,

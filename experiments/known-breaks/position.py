@@ -62,11 +62,13 @@ def summarize_run(rounds: list[RoundRecord]) -> dict:
     out["norm_ratio_kept"] = _mean(kept)
     out["norm_ratio_not_kept"] = _mean(other)
     accuracies = [(r.main_accuracy, r.round) for r in rounds if r.main_accuracy is not None]
-    best, best_round = max(accuracies, key=lambda pair: (pair[0], -pair[1]))
-    out["best_ma"] = 100.0 * best
-    out["best_round"] = best_round
-    out["final_ma"] = 100.0 * accuracies[-1][0]
-    out["rounds"] = rounds[-1].round
+    out["best_ma"] = out["best_round"] = out["final_ma"] = None  # a run that logged no MA
+    if accuracies:
+        best, best_round = max(accuracies, key=lambda pair: (pair[0], -pair[1]))
+        out["best_ma"] = 100.0 * best
+        out["best_round"] = best_round
+        out["final_ma"] = 100.0 * accuracies[-1][0]
+    out["rounds"] = rounds[-1].round if rounds else 0
     return out
 
 
@@ -108,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{_fmt(rec['crafted_z'])} | {_fmt(rec['crafted_norm_ratio'])} | "
             f"{_fmt(rec['crafted_cos'])} | {_fmt(rec['kept_share'], '.0%')} | "
             f"{_fmt(rec['norm_ratio_kept'])} / {_fmt(rec['norm_ratio_not_kept'])} | "
-            f"{rec['best_ma']:.2f} ({rec['best_round']}) | {rec['final_ma']:.2f} |"
+            f"{_fmt(rec['best_ma'], '.2f')} ({_fmt(rec['best_round'], 'd')}) | "
+            f"{_fmt(rec['final_ma'], '.2f')} |"
         )
     if args.json is not None:
         out = {"sweep_dir": str(args.sweep_dir), "runs": records}
