@@ -105,6 +105,27 @@ def test_trimmed_mean_of_known_vectors():
     assert run(TrimmedMeanRule(beta=0.0), models, torch.zeros(1)).model.tolist() == [22.0]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_sorted_columns_is_torch_sort_bit_for_bit(dtype):
+    """numpy's sort on the CPU (float32, float64) and torch's otherwise give the same
+    tensor as ``torch.sort(dim=0)``: on a column slice of a wider matrix (strided), with
+    ties (values rounded to quarters) and a NaN, which goes last in both; a tensor that
+    needs its graph keeps torch's (and its graph)."""
+    generator = torch.Generator().manual_seed(5)
+    wide = (torch.randn(37, 300, generator=generator) * 4).round() / 4
+    wide[3, 120] = torch.nan
+    block = wide.to(dtype)[:, 100:250]
+    expected = torch.sort(block, dim=0).values
+    got = rules_base.sorted_columns(block)
+    assert got.dtype == dtype and got.shape == (37, 150)
+    assert torch.equal(got.nan_to_num(7.5), expected.nan_to_num(7.5))
+    assert bool(got[-1, 20].isnan()) and int(got.isnan().sum()) == 1
+    leaf = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    ordered = rules_base.sorted_columns(leaf)
+    ordered.sum().backward()
+    assert torch.equal(leaf.grad, torch.ones(5, 4, dtype=torch.float64))
+
+
 def test_bulyan_ignores_an_outlier_and_needs_4f_plus_3_clients():
     models, base = honest_and_outlier(n=7)
     result = run(BulyanRule(num_malicious=1), models, base)

@@ -15,6 +15,7 @@ from .base import (
     ClientBatch,
     column_blocks,
     keep_mask,
+    sorted_columns,
     squared_distances,
 )
 from .krum import krum_neighbours, sum_of_nearest
@@ -84,7 +85,7 @@ def _repeated_krum(distances: torch.Tensor, num_malicious: int, theta: int) -> t
 def distance_to_median(values: torch.Tensor) -> torch.Tensor:
     """Per column, each value's distance to the column's median (the mean of the two
     middle values when the count is even)."""
-    ordered = torch.sort(values, dim=0).values
+    ordered = sorted_columns(values)
     rows = values.shape[0]
     median = (ordered[(rows - 1) // 2] + ordered[rows // 2]) / 2
     return (values - median).abs()

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import AggregationResult, AggregationRule, ClientBatch, column_blocks
+from .base import AggregationResult, AggregationRule, ClientBatch, column_blocks, sorted_columns
 
 
 @dataclass(kw_only=True)
@@ -27,7 +27,7 @@ class MedianRule(AggregationRule):
         n = batch.n
         model = torch.empty_like(batch.global_model, dtype=batch.models.dtype)
         for cols in column_blocks(batch.models.shape[1]):
-            ordered = torch.sort(batch.models[:, cols], dim=0).values
+            ordered = sorted_columns(batch.models[:, cols])
             model[cols] = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
         accepted = torch.ones(n, dtype=torch.bool, device=batch.models.device)
         return AggregationResult(model, accepted)

@@ -9,7 +9,14 @@ import torch
 
 from fedsec_core.params import one_of
 
-from .base import AggregationResult, AggregationRule, ClientBatch, column_blocks, param
+from .base import (
+    AggregationResult,
+    AggregationRule,
+    ClientBatch,
+    column_blocks,
+    param,
+    sorted_columns,
+)
 from .bulyan import mean_around_median
 
 
@@ -72,7 +79,7 @@ class TrimmedMeanRule(AggregationRule):
             if self.around == "median":
                 model[cols] = mean_around_median(batch.models[:, cols], max(n - cut - 1, 1))
                 continue
-            ordered = torch.sort(batch.models[:, cols], dim=0).values
+            ordered = sorted_columns(batch.models[:, cols])
             model[cols] = ordered[cut : n - cut].mean(dim=0)
         accepted = torch.ones(n, dtype=torch.bool, device=batch.models.device)
         return AggregationResult(model, accepted)
