@@ -640,6 +640,53 @@ def _alie_code_krum_index(grads: np.ndarray, corrupted: int) -> int:
     return best
 
 
+def _ndss_code_multi_krum(updates: np.ndarray, n_attackers: int) -> tuple[np.ndarray, list[int]]:
+    """The NDSS'21 authors' ``multi_krum(all_updates, n_attackers, multi_k=True)``
+    (``cifar10/release-fedsgd-alexnet-mkrum.ipynb``), rewritten loop for loop in numpy:
+    while more than ``2f + 2`` remain, each remaining update's score is the sum of the
+    ``r - 2 - f`` smallest squared distances in its row (its own zero among them); the
+    lowest moves to the candidates; the aggregate is the candidates' plain mean."""
+    remaining = list(range(len(updates)))
+    candidates = []
+    while len(remaining) > 2 * n_attackers + 2:
+        r = len(remaining)
+        rows = [[np.sum((updates[i] - updates[j]) ** 2) for j in remaining] for i in remaining]
+        scores = np.sort(np.array(rows), axis=1)[:, : r - 2 - n_attackers].sum(axis=1)
+        best = int(np.argsort(scores, kind="stable")[0])
+        candidates.append(remaining.pop(best))
+    return updates[candidates].mean(axis=0), candidates
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_repeated_multi_krum_chooses_as_the_ndss_codes_multi_krum(seed):
+    """On identical inputs (30 updates, f = 6; a colluding group of 6 identical updates
+    half an honest std off the honest mean, and rounds with no group), the NDSS'21
+    paper's Multi-Krum (``selection="repeated"``, ``m = n - 2f - 2``, ``"n-f-3"``)
+    chooses the code's 16 candidates and averages them to its aggregate. One round of
+    scores (Blanchard et al.'s) chooses other clients on these rounds."""
+    g = np.random.default_rng(seed)
+    n, f, d = 30, 6, 40
+    grouped = g.normal(size=(n, d))
+    grouped[:f] = grouped[f:].mean(axis=0) - 0.5 * grouped[f:].std(axis=0)
+    spread = g.normal(size=(n, d)) * g.uniform(0.5, 2.0, size=(n, 1))
+    rule = MultiKrumRule(
+        num_malicious=f, num_selected=n - 2 * f - 2, neighbours="n-f-3", selection="repeated"
+    )
+    once = MultiKrumRule(num_malicious=f, num_selected=n - 2 * f - 2, neighbours="n-f-3")
+    start = torch.zeros(d, dtype=torch.float64)
+    differs = False
+    for updates in (grouped, spread):
+        expected_model, expected = _ndss_code_multi_krum(updates, f)
+        result = run(rule, torch.from_numpy(updates), start)
+        assert result.accepted.nonzero().flatten().tolist() == sorted(expected)
+        np.testing.assert_allclose(result.model.numpy(), expected_model, rtol=1e-12, atol=1e-12)
+        differs |= not torch.equal(
+            run(once, torch.from_numpy(updates), start).accepted, result.accepted
+        )
+    assert set(range(f)) <= set(_ndss_code_multi_krum(grouped, f)[1])  # the group gets in
+    assert differs
+
+
 def _alie_like_round(seed: int, z: float = 1.5) -> np.ndarray:
     """51 updates, the first 12 the same crafted one: the attackers' own mean shifted by
     ``z`` of their own (population) standard deviations, as ALIE's code crafts it."""

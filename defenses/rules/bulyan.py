@@ -18,7 +18,7 @@ from .base import (
     sorted_columns,
     squared_distances,
 )
-from .krum import krum_neighbours, sum_of_nearest
+from .krum import krum_neighbours, repeated_krum, sum_of_nearest
 
 
 @dataclass(kw_only=True)
@@ -56,30 +56,11 @@ class BulyanRule(ByzantineRule):
         f, n = self.num_malicious, batch.n
         distances = squared_distances(batch.models).fill_diagonal_(torch.inf)
         first_scores = sum_of_nearest(distances, krum_neighbours(n, f))
-        chosen = _repeated_krum(distances, f, n - 2 * f)
+        chosen = repeated_krum(distances, f, n - 2 * f)
         model = torch.empty_like(batch.global_model, dtype=batch.models.dtype)
         for cols in column_blocks(batch.models.shape[1]):
             model[cols] = mean_around_median(batch.models[chosen, cols], n - 4 * f)
         return AggregationResult(model, keep_mask(n, chosen, distances.device), first_scores)
-
-
-def _repeated_krum(distances: torch.Tensor, num_malicious: int, theta: int) -> torch.Tensor:
-    """Indices of ``theta`` clients picked one by one by Krum among those not yet picked.
-
-    ``distances`` has ``inf`` on its diagonal. Picked clients get ``inf`` distances so
-    that they no longer count as neighbours; the loop never syncs with the host.
-    """
-    n = distances.shape[0]
-    distances = distances.clone()
-    taken = torch.zeros(n, dtype=torch.bool, device=distances.device)
-    picked = []
-    for step in range(theta):
-        scores = sum_of_nearest(distances, krum_neighbours(n - step, num_malicious))
-        winner = torch.argmin(scores.masked_fill(taken, torch.inf)).reshape(1)
-        picked.append(winner)
-        taken.index_fill_(0, winner, True)
-        distances.index_fill_(1, winner, torch.inf)
-    return torch.cat(picked)
 
 
 def distance_to_median(values: torch.Tensor) -> torch.Tensor:

@@ -24,9 +24,13 @@ from .base import (
 #: What a Krum score sums: Blanchard et al.'s squared L2 distances, or the L2 distances
 #: themselves, as the ALIE authors' Krum (``defences.py``, ``np.linalg.norm``) sums them.
 KRUM_DISTANCES = ("squared", "euclidean")
-#: How many nearest neighbours a Krum score sums: Blanchard et al.'s ``n - f - 2``, or
-#: the ALIE authors' ``n - f`` (``sum(errors[:non_malicious_count])``).
-KRUM_NEIGHBOURS = {"n-f-2": 2, "n-f": 0}
+#: How many nearest neighbours a Krum score sums: Blanchard et al.'s ``n - f - 2``, the
+#: ALIE authors' ``n - f`` (``sum(errors[:non_malicious_count])``), or the NDSS'21
+#: authors' ``n - f - 3`` (``multi_krum``: the ``n - f - 2`` smallest entries of a row
+#: that holds the client's own zero distance).
+KRUM_NEIGHBOURS = {"n-f-2": 2, "n-f": 0, "n-f-3": 3}
+#: The ``neighbours`` parameter's description of what is valid.
+NEIGHBOURS_VALID = "one of 'n-f-2', 'n-f', 'n-f-3'"
 
 
 def krum_scores(
@@ -60,6 +64,29 @@ def sum_of_nearest(distances: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(distances, k, dim=1, largest=False).values.sum(dim=1)
 
 
+def repeated_krum(
+    distances: torch.Tensor, num_malicious: int, count: int, slack: int = 2
+) -> torch.Tensor:
+    """Indices of ``count`` clients picked one by one by Krum among those not yet picked
+    (Bulyan's selection; the NDSS'21 paper's Multi-Krum). Among ``r`` remaining, each
+    Krum counts ``r - f - slack`` neighbours (:func:`krum_neighbours`).
+
+    ``distances`` has ``inf`` on its diagonal. Picked clients get ``inf`` distances so
+    that they no longer count as neighbours; the loop never syncs with the host.
+    """
+    n = distances.shape[0]
+    distances = distances.clone()
+    taken = torch.zeros(n, dtype=torch.bool, device=distances.device)
+    picked = []
+    for step in range(count):
+        scores = sum_of_nearest(distances, krum_neighbours(n - step, num_malicious, slack))
+        winner = torch.argmin(scores.masked_fill(taken, torch.inf)).reshape(1)
+        picked.append(winner)
+        taken.index_fill_(0, winner, True)
+        distances.index_fill_(1, winner, torch.inf)
+    return torch.cat(picked)
+
+
 @dataclass(kw_only=True)
 class KrumRule(ByzantineRule):
     """Krum: the new global model is the one client model with the lowest Krum score.
@@ -80,17 +107,18 @@ class KrumRule(ByzantineRule):
         ALIE was published. The choice decides whom Krum picks when one group of
         identical updates lies farther from the honest ones than they lie from each
         other: a sum of squares weighs the far neighbours more.
-    neighbours : {"n-f-2", "n-f"} (default: "n-f-2")
-        How many nearest neighbours a score sums: Blanchard et al.'s ``n - f - 2``, or
-        the ``n - f`` of Baruch et al.'s code. Either way at least 1 and at most
-        ``n - 1``.
+    neighbours : {"n-f-2", "n-f", "n-f-3"} (default: "n-f-2")
+        How many nearest neighbours a score sums: Blanchard et al.'s ``n - f - 2``, the
+        ``n - f`` of Baruch et al.'s code, or the ``n - f - 3`` of Shejwalkar and
+        Houmansadr's (NDSS'21) code, whose ``n - f - 2`` smallest entries of a row
+        include the client's own zero. Either way at least 1 and at most ``n - 1``.
 
     Cost: O(n^2 d) flops for the Gram matrix, O(n^2) memory. Scores: Krum scores.
     """
 
     name = "krum"
     distance: str = param("squared", one_of(*KRUM_DISTANCES), "one of 'squared', 'euclidean'")
-    neighbours: str = param("n-f-2", one_of(*KRUM_NEIGHBOURS), "one of 'n-f-2', 'n-f'")
+    neighbours: str = param("n-f-2", one_of(*KRUM_NEIGHBOURS), NEIGHBOURS_VALID)
 
     def selection_quota(self, num_clients: int) -> str:
         return f"keeps exactly 1 of the {num_clients} clients of each round by design"

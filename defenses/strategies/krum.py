@@ -18,9 +18,9 @@ class Krum(DefenseStrategy):
     distance : {"squared", "euclidean"} (default: "squared")
         What a score sums: Blanchard et al.'s squared distances, or the distances (the
         ALIE authors' code).
-    neighbours : {"n-f-2", "n-f"} (default: "n-f-2")
-        How many nearest neighbours a score sums: Blanchard et al.'s, or the ALIE
-        authors' code's ``n - f``.
+    neighbours : {"n-f-2", "n-f", "n-f-3"} (default: "n-f-2")
+        How many nearest neighbours a score sums: Blanchard et al.'s, the ALIE authors'
+        code's ``n - f``, or the NDSS'21 authors' code's ``n - f - 3``.
     **strategy_kwargs
         ``device`` and Flower ``FedAvg`` parameters, see
         :class:`~defenses.adapter.DefenseStrategy`.

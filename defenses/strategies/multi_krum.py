@@ -9,7 +9,7 @@ from ..rules import MultiKrumRule
 
 
 class MultiKrum(DefenseStrategy):
-    """Multi-Krum: the weighted mean of the ``m`` models with the lowest Krum scores.
+    """Multi-Krum: the weighted mean of ``m`` models chosen by their Krum scores.
 
     Parameters
     ----------
@@ -19,8 +19,12 @@ class MultiKrum(DefenseStrategy):
         ``m``; ``None`` means ``n - f``. See :class:`~defenses.rules.MultiKrumRule`.
     distance : {"squared", "euclidean"} (default: "squared")
         What a Krum score sums (the ALIE authors' code: ``"euclidean"``).
-    neighbours : {"n-f-2", "n-f"} (default: "n-f-2")
-        How many nearest neighbours a Krum score sums (the ALIE authors' code: ``"n-f"``).
+    neighbours : {"n-f-2", "n-f", "n-f-3"} (default: "n-f-2")
+        How many nearest neighbours a Krum score sums (the ALIE authors' code: ``"n-f"``;
+        the NDSS'21 authors' code: ``"n-f-3"``).
+    selection : {"once", "repeated"} (default: "once")
+        Blanchard et al.'s one round of Krum scores, or Krum repeated on the models not
+        yet chosen (the NDSS'21 paper's Multi-Krum).
     **strategy_kwargs
         ``device`` and Flower ``FedAvg`` parameters, see
         :class:`~defenses.adapter.DefenseStrategy`.
@@ -34,6 +38,7 @@ class MultiKrum(DefenseStrategy):
         num_selected: int | None = None,
         distance: str = "squared",
         neighbours: str = "n-f-2",
+        selection: str = "once",
         **strategy_kwargs: Any,
     ) -> None:
         rule = MultiKrumRule(
@@ -41,5 +46,6 @@ class MultiKrum(DefenseStrategy):
             num_selected=num_selected,
             distance=distance,
             neighbours=neighbours,
+            selection=selection,
         )
         super().__init__(rule, **strategy_kwargs)
