@@ -288,6 +288,41 @@ def test_pilot_plans_at_the_holm_level_of_the_sweeps_own_cells(tmp_path):
         pilot.main([str(tmp_path), "--cells", "0"])
 
 
+def test_pilot_versus_pairs_two_defenses_losses_seed_by_seed(tmp_path):
+    """Defense a loses 30 and 20 points (seeds 0, 1), b loses 10 and 10, so a minus b is
+    20 and 10: mean 15, t interval 15 -+ 12.706 x 5 (sd 5 sqrt(2), n 2). A malformed
+    pair is a usage error."""
+    import json
+
+    pilot = load_script("pilot")
+    finals = {("a", "none"): (0.9, 0.8), ("a", "mm"): (0.6, 0.6)}
+    finals |= {("b", "none"): (0.9, 0.9), ("b", "mm"): (0.8, 0.8)}
+    runs = []
+    for (defense, attack), per_seed in finals.items():
+        for seed, ma in enumerate(per_seed):
+            run = f"regime=r/defense={defense}/attack={attack}/seed={seed}"
+            (tmp_path / run).mkdir(parents=True)
+            (tmp_path / run / "summary.json").write_text(json.dumps({"final_main_accuracy": ma}))
+            labels = {"regime": "r", "defense": defense, "attack": attack, "seed": str(seed)}
+            runs.append({"id": run, "dir": run, "labels": labels})
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": runs}))
+    record = tmp_path / "pilot.json"
+    assert pilot.main([str(tmp_path), "--versus", "a=b", "--json", str(record)]) == 0
+    (pair,) = json.loads(record.read_text())["versus"]
+    assert (pair["regime"], pair["attack"], pair["defense"], pair["versus"]) == (
+        "r",
+        "mm",
+        "a",
+        "b",
+    )
+    assert pair["seeds"] == [0, 1] and pair["difference"] == pytest.approx([20.0, 10.0])
+    assert pair["mean_difference"] == pytest.approx(15.0)
+    half = 12.706204736174703 * 5.0
+    assert pair["difference_ci"] == pytest.approx([15.0 - half, 15.0 + half])
+    with pytest.raises(SystemExit):
+        pilot.main([str(tmp_path), "--versus", "a"])
+
+
 def test_position_summarises_each_run_from_its_metrics(tmp_path, capsys):
     """Three rounds, their keys in metrics.jsonl's order: no crafting in round 1; in
     round 2 the rule keeps attacker 0 (ratio 1.2), in round 3 it keeps neither (ratio

@@ -18,6 +18,11 @@ have two or more (marked "pooled").
 
     python experiments/known-breaks/pilot.py runs/known-breaks-pilot --json pilot.json
 
+``--versus A=B`` (repeatable) adds, for every regime and attack that both defenses
+``A`` and ``B`` ran, the paired difference of their MA lost (A's minus B's, seed by
+seed) with its 95% t interval: whether one rule loses more than another to the same
+attack.
+
 ``--json`` also writes the table's numbers (unrounded) to a file, the machine-readable
 record that prose quoting the pilot copies from. ``--best`` uses the papers' end point
 instead of the final MA: the best MA the run reached in any round (ALIE's Table 1,
@@ -110,7 +115,20 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="the Holm family's size (default: the sweep's own attack cells, from sweep.json)",
     )
+    parser.add_argument(
+        "--versus",
+        action="append",
+        default=[],
+        metavar="A=B",
+        help="also the paired difference of defense A's MA lost minus defense B's (repeatable)",
+    )
     args = parser.parse_args(argv)
+    pairs = []
+    for spec in args.versus:
+        first, sep, second = spec.partition("=")
+        if not sep or not first or not second:
+            parser.error(f"--versus takes two defense labels as A=B, got {spec!r}")
+        pairs.append((first, second))
     if args.best and args.last != 1:
         parser.error("--best and --last N > 1 are two end points: give one")
     if args.cells is not None and args.cells < 1:
@@ -180,6 +198,38 @@ def main(argv: list[str] | None = None) -> int:
                 "seeds_needed": dict(zip(("+5", "+10"), needed, strict=True)),
             }
         )
+    versus = []
+    lost_of = {(r[0], r[1], r[2]): dict(zip(r[3], r[5], strict=True)) for r in rows}
+    for first, second in pairs:
+        print(
+            f"\n| regime | attack | MA lost, {first} minus {second}: seeds | per seed "
+            "| mean [95% interval] |"
+        )
+        print("|---|---|---|---|---|")
+        for regime, attack in sorted({(r[0], r[2]) for r in rows}):
+            a = lost_of.get((regime, first, attack), {})
+            b = lost_of.get((regime, second, attack), {})
+            seeds = sorted(set(a) & set(b))
+            if not seeds:
+                continue
+            diff = [a[s] - b[s] for s in seeds]
+            stat = summarize(dict(zip(seeds, diff, strict=True)))
+            print(
+                f"| {regime} | {attack} | {', '.join(map(str, seeds))} | "
+                f"{', '.join(f'{v:.1f}' for v in diff)} | {format_ci(stat)} |"
+            )
+            versus.append(
+                {
+                    "regime": regime,
+                    "attack": attack,
+                    "defense": first,
+                    "versus": second,
+                    "seeds": seeds,
+                    "difference": diff,
+                    "mean_difference": statistics.fmean(diff),
+                    "difference_ci": stat["ci"],
+                }
+            )
     if args.json is not None:
         out = {
             "sweep_dir": str(args.sweep_dir),
@@ -190,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             "pooled_sd": pooled,
             "cells": records,
         }
+        if pairs:
+            out["versus"] = versus
         args.json.write_text(json.dumps(out, indent=1) + "\n")
     return 0
 
