@@ -79,9 +79,10 @@ class MultiKrumRule(ByzantineRule):
 
     def selection_quota(self, num_clients: int) -> str:
         m = num_clients - self.num_malicious if self.num_selected is None else self.num_selected
-        return (
-            f"keeps the {min(m, num_clients)} of the {num_clients} clients of each round "
+        return f"keeps the {min(m, num_clients)} of the {num_clients} clients of each round " + (
             "with the lowest Krum scores by design"
+            if self.selection == "once"
+            else "that repeated Krum picks by design"
         )
 
     def _aggregate(self, batch: ClientBatch) -> AggregationResult:
