@@ -30,7 +30,7 @@ KRUM_DISTANCES = ("squared", "euclidean")
 #: that holds the client's own zero distance).
 KRUM_NEIGHBOURS = {"n-f-2": 2, "n-f": 0, "n-f-3": 3}
 #: The ``neighbours`` parameter's description of what is valid.
-NEIGHBOURS_VALID = "one of 'n-f-2', 'n-f', 'n-f-3'"
+NEIGHBOURS_VALID = "one of " + ", ".join(f"'{name}'" for name in KRUM_NEIGHBOURS)
 
 
 def krum_scores(

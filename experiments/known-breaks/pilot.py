@@ -61,13 +61,12 @@ def final_accuracy(run_dir: Path, last: int = 1, best: bool = False) -> float | 
 
 
 def cells(
-    sweep_dir: Path, last: int = 1, best: bool = False
+    sweep_dir: Path, runs: list[dict], last: int = 1, best: bool = False
 ) -> dict[tuple[str, str, str], dict[int, float]]:
-    """(regime, defense, attack) -> {seed: MA} over the finished runs (see
-    :func:`final_accuracy` for ``last`` and ``best``)."""
-    listing = json.loads((sweep_dir / "sweep.json").read_text())
+    """(regime, defense, attack) -> {seed: MA} over the finished ones of ``runs`` (the
+    sweep.json listing's; see :func:`final_accuracy` for ``last`` and ``best``)."""
     out: dict[tuple[str, str, str], dict[int, float]] = {}
-    for run in listing["runs"]:
+    for run in runs:
         labels = run["labels"]
         ma = final_accuracy(sweep_dir / run["dir"], last, best)
         if ma is None:
@@ -77,14 +76,13 @@ def cells(
     return out
 
 
-def attack_cells(sweep_dir: Path, baseline: str) -> int:
-    """The number of attack cells in the sweep's grid: distinct (regime, defense, attack)
-    in its ``sweep.json`` with an attack other than ``baseline``."""
-    listing = json.loads((sweep_dir / "sweep.json").read_text())
+def attack_cells(runs: list[dict], baseline: str) -> int:
+    """The number of attack cells in the sweep's grid (``runs``, sweep.json's listing):
+    distinct (regime, defense, attack) with an attack other than ``baseline``."""
     return len(
         {
             (run["labels"]["regime"], run["labels"]["defense"], run["labels"]["attack"])
-            for run in listing["runs"]
+            for run in runs
             if run["labels"]["attack"] != baseline
         }
     )
@@ -133,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--best and --last N > 1 are two end points: give one")
     if args.cells is not None and args.cells < 1:
         parser.error(f"--cells must be a positive number of cells, got {args.cells}")
-    table = cells(args.sweep_dir, args.last, args.best)
-    family = attack_cells(args.sweep_dir, args.baseline) if args.cells is None else args.cells
+    runs = json.loads((args.sweep_dir / "sweep.json").read_text())["runs"]
+    table = cells(args.sweep_dir, runs, args.last, args.best)
+    family = attack_cells(runs, args.baseline) if args.cells is None else args.cells
     alpha = 0.05 / max(family, 1)
     rows = []
     for (regime, defense, attack), by_seed in sorted(table.items()):
