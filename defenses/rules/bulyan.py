@@ -32,6 +32,15 @@ class BulyanRule(ByzantineRule):
     2. Per coordinate, average the ``beta = theta - 2f`` selected values closest to
        the selected models' median there. Unweighted.
 
+    The NDSS'21 authors' code (Shejwalkar & Houmansadr, ``bulyan`` in their
+    ``release-fedsgd-alexnet-bulyan.ipynb``) differs in two details; fedsec follows El
+    Mhamdi et al.'s Krum (``r - f - 2`` neighbours) and the usual median instead: each
+    of the code's Krum passes sums the ``r - f - 2`` smallest entries of a row that
+    holds the model's own zero distance (``r - f - 3`` neighbours; what
+    :class:`~defenses.rules.KrumRule`'s ``neighbours = "n-f-3"`` selects for Krum), and
+    its median is ``torch.median``'s lower middle value where ``theta`` is even (60 of
+    100 at ``f = 20``), where fedsec's is the mean of the two middle values.
+
     Parameters
     ----------
     num_malicious : int (default: 1)
