@@ -591,6 +591,20 @@ def test_dba_persistence_pairs_distributed_with_centralized_by_seed(tmp_path, mo
     assert "| fedavg-equal | centralized | 20.0, 30.0, 40.0 |" in capsys.readouterr().out
     assert module.main([str(path), "--versus", "rfa=fedavg"]) == 2
 
+    # the same cells split over two reports pair as in one; a cell in both is refused
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    groups = report["sets"][0]["groups"]
+    first.write_text(json.dumps({"sets": [{"groups": groups[:2]}]}))
+    second.write_text(json.dumps({"sets": [{"groups": groups[2:]}]}))
+    split_json = tmp_path / "split.json"
+    argv = [str(first), str(second), "--versus", "fedavg-equal=fedavg", "--json", str(split_json)]
+    assert module.main(argv) == 0
+    split = json.loads(split_json.read_text())
+    assert split["comparisons"] == numbers
+    assert split["report"] == [str(first), str(second)]
+    assert module.main([str(path), str(second)]) == 2
+    assert "fedavg-equal/centralized is in more than one report" in capsys.readouterr().err
+
 
 def test_dba_persistence_at_a_round_reads_the_runs_metrics(tmp_path, monkeypatch, capsys):
     """--at-round R: each run's BA of round R from its metrics.jsonl (the final round's

@@ -15,6 +15,11 @@ t and exact sign-flip p-values and how many seeds are above 0:
     python experiments/dba/persistence.py experiments/results/dba/report.json \\
         --versus fedavg-equal=fedavg --json experiments/results/dba/persistence.json
 
+Several reports may be given: their cells are read together, so a sweep reported on its
+own pairs with one reported earlier (``--versus fedavg-mnist=fedavg-scratch`` across
+``scratch/report.json`` and ``mnist/report.json``) without its runs on this machine. A
+cell (defense x attack) may be in one report only.
+
 ``--json`` writes every number printed, unrounded: prose copies from that file.
 
 ``--at-round R`` reads the BA of round R instead of the final round, from each run's
@@ -49,9 +54,21 @@ from fedsec.results import METRICS_FILE, read_rounds
 DISTRIBUTED, CENTRALIZED = "distributed", "centralized"
 
 
-def cells(report: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-    """``{(defense, attack): group}`` over every set of the report."""
-    return {(g["row"], g["col"]): g for s in report["sets"] for g in s["groups"]}
+def cells(reports: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """``{(defense, attack): group}`` over every set of the reports; a cell in two reports
+    is an error (which of its runs to pair would be a guess)."""
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for report in reports:
+        for s in report["sets"]:
+            for g in s["groups"]:
+                key = (g["row"], g["col"])
+                if key in groups:
+                    raise ValueError(
+                        f"cell {key[0]}/{key[1]} is in more than one report; "
+                        "give each cell's report once"
+                    )
+                groups[key] = g
+    return groups
 
 
 def at_round(report: dict[str, Any], server_round: int) -> None:
@@ -114,7 +131,9 @@ def pvalue(p: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("report", type=Path, help="report.json of `fedsec report`")
+    parser.add_argument(
+        "reports", type=Path, nargs="+", metavar="report", help="report.json of `fedsec report`"
+    )
     parser.add_argument(
         "--versus",
         action="append",
@@ -130,10 +149,15 @@ def main(argv: list[str] | None = None) -> int:
         help="the BA of round R instead of the final round's (from the runs' metrics.jsonl)",
     )
     args = parser.parse_args(argv)
-    report = json.loads(args.report.read_text())
+    reports = [json.loads(path.read_text()) for path in args.reports]
     if args.at_round is not None:
-        at_round(report, args.at_round)
-    groups = cells(report)
+        for report in reports:
+            at_round(report, args.at_round)
+    try:
+        groups = cells(reports)
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
     rows = sorted({d for d, _ in groups})
     versus = []
     for spec in args.versus:
@@ -144,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         versus.append((a, b))
 
     out: dict[str, Any] = {
-        "report": str(args.report),
+        # one path as before; several as a list
+        "report": str(args.reports[0])
+        if len(args.reports) == 1
+        else [str(p) for p in args.reports],
         "backdoor_accuracy_at": "final round" if args.at_round is None else args.at_round,
         "cells": {},
         "comparisons": {},
