@@ -660,74 +660,68 @@ def test_dba_persistence_at_a_round_reads_the_runs_metrics(tmp_path, monkeypatch
 
 
 def test_dba_shot_scale_is_scale_times_server_lr_times_the_attackers_weight(tmp_path, monkeypatch):
-    """experiments/dba/shot_scale.py: a shot scaled by 100 under server lr 0.1 moves the
-    model by exactly its own update when 10 clients are weighed equally (1.0); weighed by
-    examples on an IID split (sizes 1/10 of the examples, to one example) about 1.0; a
-    rejected shot by 0; no-attack and unfinished runs are left out."""
+    """experiments/dba/shot_scale.py: a shot scaled by 100 under server lr 0.1 in a round
+    of 10 clients moves the model by exactly its own update when they are weighed equally
+    (1.0); weighed by examples on an IID split (every client 1/11 of the examples, to one
+    example) by 10 x its share, about 1.0. The shot is where the schedule puts it (round
+    2); the final BA is the report's for that seed; RFA's runs, no-attack runs and runs
+    no report holds are left out."""
     module = load_experiment_script(monkeypatch, "dba/shot_scale")
-    config = """seed = 3
-[data]
-name = "digits"
-partition = "iid"
-num_clients = 10
-[model]
-name = "mlp"
-[train]
-rounds = 2
-clients_per_round = 10
-server_lr = 0.1
-[defense]
-name = "fedavg"
-weighting = "{weighting}"
-[attack]
-name = "dba"
-num_attackers = 1
-schedule = "random-pool"
-trigger_size = 2
-trigger_gap = 1
-scale = 100.0
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(
+        """name = "shots"
+order = ["defense", "attack", "seed"]
+[base]
+seed = 0
+data = { name = "digits", partition = "iid", num_clients = 11 }
+model = { name = "mlp" }
+train = { rounds = 3, clients_per_round = 10, server_lr = 0.1 }
+[axes]
+seed = [3, 4]
+[axes.defense]
+examples = { "defense.name" = "fedavg" }
+equal = { "defense.name" = "fedavg", "defense.weighting" = "equal" }
+rfa = { "defense.name" = "rfa" }
+[axes.attack]
+none = { "attack.name" = "none" }
+[axes.attack.shot]
+"attack.name" = "dba"
+"attack.num_attackers" = 1
+"attack.lone_attacker" = "full"
+"attack.schedule" = "fixed-frequency"
+"attack.start_round" = 2
+"attack.end_round" = 2
+"attack.scale" = 100.0
+"attack.trigger_size" = 2
+"attack.trigger_gap" = 1
 """
-
-    def run(name, weighting, accepted, finished=True, attacker=(4,)):
-        run_dir = tmp_path / name
-        run_dir.mkdir()
-        (run_dir / "config.toml").write_text(config.format(weighting=weighting))
-        rounds = [
-            {
-                "round": 1,
-                "main_accuracy": 0.5,
-                "backdoor_accuracy": 0.1,
-                "clients": list(range(10)),
-            },
-            {
-                "round": 2,
-                "main_accuracy": 0.5,
-                "backdoor_accuracy": 0.625,
-                "clients": list(range(10)),
-                "accepted_clients": accepted,
-                "malicious_clients": list(attacker),
-            },
-        ]
-        lines = [json.dumps({**r, "format_version": 1}) for r in rounds]
-        (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-        if finished:
-            (run_dir / "summary.json").write_text("{}")
-
-    run("equal", "equal", list(range(10)))
-    run("examples", "examples", list(range(10)))
-    run("rejected", "examples", [c for c in range(10) if c != 4])
-    run("unfinished", "equal", list(range(10)), finished=False)
-    run("none", "equal", list(range(10)), attacker=())
+    )
+    groups, runs = [], []
+    for defense in ("examples", "equal", "rfa"):
+        for attack in ("none", "shot"):
+            ids = [f"defense={defense}/attack={attack}/seed={seed}" for seed in (3, 4)]
+            runs += [
+                {"id": i, "labels": {"defense": defense, "attack": attack, "seed": s}}
+                for i, s in zip(ids, ("3", "4"), strict=True)
+            ]
+            ba = {"values": [62.5, None], "seeds": ["3", "4"]}  # seed 4 not run
+            groups.append({"runs": ids, "metrics": {"final_backdoor_accuracy": ba}})
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"seed_axis": "seed", "runs": runs, "sets": [{"groups": groups}]}))
     out_json = tmp_path / "shots.json"
-    assert module.main([str(tmp_path), "--json", str(out_json)]) == 0
+    assert module.main([str(sweep), "--report", str(report), "--json", str(out_json)]) == 0
     numbers = json.loads(out_json.read_text())
-    assert sorted(numbers) == ["equal", "examples", "rejected"]
-    equal = numbers["equal"]
-    assert equal["shots"][0]["effective_scale"] == pytest.approx(1.0)
-    assert equal["final_backdoor_accuracy"] == pytest.approx(62.5) and equal["seed"] == 3
-    shot = numbers["examples"]["shots"][0]
-    assert (shot["round"], shot["client"]) == (2, 4)
-    assert shot["effective_scale"] == pytest.approx(1.0, abs=0.01)
+    assert sorted(numbers) == [
+        "defense=equal/attack=shot/seed=3",
+        "defense=examples/attack=shot/seed=3",
+    ]
+    equal = numbers["defense=equal/attack=shot/seed=3"]
+    (shot,) = equal["shots"]
+    assert shot["round"] == 2 and shot["effective_scale"] == pytest.approx(1.0)
+    assert equal["final_backdoor_accuracy"] == 62.5 and equal["weighting"] == "equal"
+    (shot,) = numbers["defense=examples/attack=shot/seed=3"]["shots"]
+    assert shot["round"] == 2 and shot["effective_scale"] == pytest.approx(1.0, abs=0.01)
     assert shot["effective_scale"] == pytest.approx(10.0 * shot["share_of_examples"])
-    assert numbers["rejected"]["shots"][0]["effective_scale"] == 0.0
-    assert module.main([str(tmp_path / "none" / "nothing-here")]) == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text(sweep.read_text().replace('"digits"', '"no-such-data"'))
+    assert module.main([str(bad), "--report", str(report)]) == 2

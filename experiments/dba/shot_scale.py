@@ -1,24 +1,28 @@
-"""How far each scaled shot moved the global model, run by run: the measured reason a
-single shot lasts or fades under FedAvg.
+"""How far each scaled shot moved the global model under FedAvg, run by run, beside the
+run's final backdoor accuracy: the measured reason a single shot lasts or fades.
 
 An attacker of the single-shot attack sends ``scale x (w - w0)``; FedAvg adds
 ``server_lr x weight x`` that to the model, where ``weight`` is the attacker's share of
 the round's examples (``defense.weighting = "examples"``) or one over the number of
-clients aggregated (``"equal"``, the DBA authors' server). The product
+clients of the round (``"equal"``, the DBA authors' server). The product
 ``scale x server_lr x weight`` is the shot's *effective scale*: 1 is model replacement
 (the global model steps exactly onto the attacker's model), below 1 the shot lands
 short of it, above 1 past it. With the DBA authors' ``scale = 100``, ``eta = 0.1`` and 10
 clients a round it is 1 in every round when clients are weighed equally, and
 ``10 x share`` when they are weighed by examples.
 
-For every finished run (one with a ``summary.json``) under ``root`` (a sweep's output,
-or any folder of runs) it rebuilds the run's partition from its ``config.toml`` (the
-data must be on this machine), reads who attacked in which round from its
-``metrics.jsonl``, and prints per run the shots (round, client, its examples, its
-share, the effective scale) and the final BA. No-attack runs are skipped.
+Who attacks in which round, beside whom, and how many examples each holds follow from
+the config alone (the partition and the sampling are fixed by the seed, not by
+training), so the shots are computed from the sweep files, and each run's final BA is
+read from the ``report.json`` of ``fedsec report`` that holds it: the numbers are
+rebuilt from the repository and the data, without the runs' folders. Only FedAvg runs
+are measured (every reply is aggregated, so the weight is the config's); runs without an
+attacker, and runs no report holds, are left out.
 
-    M=experiments/results/dba/mnist
-    python experiments/dba/shot_scale.py runs/dba-mnist --json $M/shot-scale.json > $M/shot-scale.md
+    R=experiments/results/dba
+    python experiments/dba/shot_scale.py experiments/dba/sweep.toml \\
+        experiments/dba/sweep-scratch.toml --report $R/report.json \\
+        --report $R/scratch/report.json --json $R/shot-scale.json
 
 ``--json`` writes every number printed, unrounded.
 """
@@ -31,83 +35,99 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedsec.config import load_config
-from fedsec.results import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_rounds
+from fedsec.config import ExperimentConfig
+from fedsec.sweep import load_sweep
 from fedsec.task import get_task
+from fedsec_core.errors import FedsecError
+from fedsec_core.sampling import AttackSchedule
 
 
-def shots(run_dir: Path) -> dict[str, Any] | None:
-    """The run's shots and final BA; None for a run without attackers."""
-    config = load_config(run_dir / CONFIG_FILE)
+def final_backdoor_accuracy(reports: list[dict[str, Any]]) -> dict[str, float]:
+    """``{run id: final BA in percent}`` over every group of the reports."""
+    out: dict[str, float] = {}
+    for report in reports:
+        seed_of = {run["id"]: run["labels"][report["seed_axis"]] for run in report["runs"]}
+        for s in report["sets"]:
+            for group in s["groups"]:
+                ba = group["metrics"]["final_backdoor_accuracy"]
+                by_seed = dict(zip(ba["seeds"], ba["values"], strict=True))
+                for run_id in group["runs"]:
+                    if by_seed.get(seed_of[run_id]) is not None:
+                        out[run_id] = by_seed[seed_of[run_id]]
+    return out
+
+
+def shots(config: ExperimentConfig) -> list[dict[str, Any]]:
+    """Every shot of the run: round, client, its examples, its share of the round's
+    examples and its effective scale."""
     flat = config.to_flat()
-    rounds = read_rounds(run_dir / METRICS_FILE)
-    attacked = [r for r in rounds if r.malicious_clients]
-    if not attacked:
-        return None
-    sizes = [len(p) for p in get_task(config).partitions]
     scale = float(flat.get("attack.scale", 1.0))
     server_lr = float(flat["train.server_lr"])
     weighting = flat.get("defense.weighting", "examples")
+    schedule = AttackSchedule.for_config(config)
+    sizes = [len(p) for p in get_task(config).partitions]
     out = []
-    for record in attacked:
-        # a rule that logs no selection aggregated every reply
-        aggregated = record.accepted_clients or record.clients
-        total = sum(sizes[c] for c in aggregated)
-        for client in record.malicious_clients:
+    for server_round in schedule.attack_rounds():
+        clients, malicious = schedule.sample(server_round)
+        total = sum(sizes[c] for c in clients)
+        for client in malicious:
             share = sizes[client] / total
-            weight = share if weighting == "examples" else 1.0 / len(aggregated)
-            if client not in aggregated:  # rejected: the shot moved nothing
-                weight = 0.0
+            weight = share if weighting == "examples" else 1.0 / len(clients)
             out.append(
                 {
-                    "round": record.round,
+                    "round": server_round,
                     "client": client,
                     "examples": sizes[client],
                     "share_of_examples": share,
                     "effective_scale": scale * server_lr * weight,
                 }
             )
-    final = rounds[-1]
-    return {
-        "seed": config.seed,
-        "weighting": weighting,
-        "rounds": final.round,
-        "final_backdoor_accuracy": 100.0 * final.backdoor_accuracy,
-        "shots": out,
-    }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", type=Path, help="a folder of runs (a sweep's --out)")
+    parser.add_argument("sweeps", type=Path, nargs="+", metavar="sweep", help="sweep files")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        action="append",
+        required=True,
+        help="report.json of `fedsec report` holding the runs' final BA (repeatable)",
+    )
     parser.add_argument("--json", type=Path, help="write the numbers to this file")
     args = parser.parse_args(argv)
-    run_dirs = sorted(p.parent for p in args.root.rglob(CONFIG_FILE))
-    if not run_dirs:
-        print(f"{args.root}: no runs (no {CONFIG_FILE} below it)", file=sys.stderr)
+    try:
+        runs = [run for path in args.sweeps for run in load_sweep(path).runs]
+    except FedsecError as error:
+        print(error, file=sys.stderr)
         return 2
+    final_ba = final_backdoor_accuracy([json.loads(p.read_text()) for p in args.report])
     out: dict[str, Any] = {}
     print(
         "| run | weighting | shots: round, client (examples, share) -> effective scale | final BA |"
     )
     print("|---|---|---|---|")
-    for run_dir in run_dirs:
-        if not (run_dir / SUMMARY_FILE).is_file():  # not finished: no final BA yet
+    for run in runs:
+        config = run.config
+        if config.defense.name != "fedavg" or run.id not in final_ba:
             continue
-        numbers = shots(run_dir)
-        if numbers is None:
+        measured = shots(config)
+        if not measured:
             continue
-        run_id = str(run_dir.relative_to(args.root))
-        out[run_id] = numbers
+        weighting = config.to_flat().get("defense.weighting", "examples")
+        out[run.id] = {
+            "seed": config.seed,
+            "weighting": weighting,
+            "final_backdoor_accuracy": final_ba[run.id],
+            "shots": measured,
+        }
         shot_text = "; ".join(
             f"{s['round']}, {s['client']} ({s['examples']}, {s['share_of_examples']:.3f}) "
             f"-> {s['effective_scale']:.2f}"
-            for s in numbers["shots"]
+            for s in measured
         )
-        print(
-            f"| {run_id} | {numbers['weighting']} | {shot_text} | "
-            f"{numbers['final_backdoor_accuracy']:.1f} |"
-        )
+        print(f"| {run.id} | {weighting} | {shot_text} | {final_ba[run.id]:.1f} |")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
     return 0
