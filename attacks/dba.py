@@ -25,6 +25,15 @@ trigger (its "centralized attack"). Here by default (``lone_attacker = "part"``)
 attacker at pool position 0 stamps part 0 whatever the pool's size, as the paper's
 rule "attacker i stamps part i" reads; ``lone_attacker = "full"`` stamps the full
 trigger when the attacker pool has one member, as the authors' code.
+
+``scale`` is the authors' ``scale_weights_poison``, but what it does depends on the
+server: theirs averages the round's updates equally (``w += eta / no_models x sum``), so
+their ``scale = 100`` with ``eta = 0.1`` and 10 clients a round moves the model by
+exactly the attacker's own update (model replacement). fedsec's FedAvg weighs clients
+by examples by default, where the same shot moves it by ``scale x train.server_lr x``
+the attacker's share of the round's examples, more or less than 1 as that share is above
+or below 1/10; ``defense.weighting = "equal"`` is the authors' server
+(``experiments/dba/shot_scale.py`` measures the factor run by run).
 """
 
 from __future__ import annotations
