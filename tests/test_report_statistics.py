@@ -710,11 +710,14 @@ none = { "attack.name" = "none" }
     report.write_text(json.dumps({"seed_axis": "seed", "runs": runs, "sets": [{"groups": groups}]}))
     out_json = tmp_path / "shots.json"
     assert module.main([str(sweep), "--report", str(report), "--json", str(out_json)]) == 0
-    numbers = json.loads(out_json.read_text())
+    document = json.loads(out_json.read_text())
+    numbers = document["runs"]
     assert sorted(numbers) == [
         "defense=equal/attack=shot/seed=3",
         "defense=examples/attack=shot/seed=3",
     ]
+    one_seed = document["one_shot_rank_correlation"]["defense=equal/attack=shot"]
+    assert one_seed["n"] == 1 and one_seed["spearman_rho"] is None
     equal = numbers["defense=equal/attack=shot/seed=3"]
     (shot,) = equal["shots"]
     assert shot["round"] == 2 and shot["effective_scale"] == pytest.approx(1.0)
@@ -725,3 +728,14 @@ none = { "attack.name" = "none" }
     bad = tmp_path / "bad.toml"
     bad.write_text(sweep.read_text().replace('"digits"', '"no-such-data"'))
     assert module.main([str(bad), "--report", str(report)]) == 2
+
+
+def test_dba_shot_scale_rank_correlation_is_exact_over_every_pairing(monkeypatch):
+    """Four seeds in the same order: rho 1, reached by 2 of the 4! = 24 pairings in
+    absolute value (the same order and its reverse), so the two-sided p is 1/12."""
+    module = load_experiment_script(monkeypatch, "dba/shot_scale")
+    result = module.rank_correlation([0.9, 1.2, 1.5, 1.8], [13.0, 48.0, 66.0, 99.0])
+    assert result["spearman_rho"] == pytest.approx(1.0)
+    assert result["p"] == pytest.approx(2 / 24)
+    swapped = module.rank_correlation([0.9, 1.2, 1.5, 1.8], [48.0, 13.0, 66.0, 99.0])
+    assert swapped["spearman_rho"] == pytest.approx(0.8)

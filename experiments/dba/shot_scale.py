@@ -24,6 +24,11 @@ attacker, and runs no report holds, are left out.
         experiments/dba/sweep-scratch.toml --report $R/report.json \\
         --report $R/scratch/report.json --json $R/shot-scale.json
 
+Then, per cell (the run's labels but the seed) whose runs have one shot each (the
+centralized attack), Spearman's rank correlation of the shot's effective scale with the
+final BA over the seeds, with its exact two-sided permutation p-value (every pairing of
+the seeds, ``scipy.stats.permutation_test``).
+
 ``--json`` writes every number printed, unrounded.
 """
 
@@ -34,6 +39,9 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from scipy import stats
 
 from fedsec.config import ExperimentConfig
 from fedsec.sweep import load_sweep
@@ -85,6 +93,22 @@ def shots(config: ExperimentConfig) -> list[dict[str, Any]]:
     return out
 
 
+def rank_correlation(scales: list[float], final_ba: list[float]) -> dict[str, Any]:
+    """Spearman's rho of the one-shot runs' effective scale with their final BA and its
+    exact two-sided permutation p over every pairing (None below 3 runs)."""
+    out: dict[str, Any] = {"n": len(scales), "effective_scale": scales, "final_ba": final_ba}
+    if len(scales) < 3:
+        return {**out, "spearman_rho": None, "p": None}
+    result = stats.permutation_test(
+        (scales, final_ba),
+        lambda a, b: stats.spearmanr(a, b).statistic,
+        permutation_type="pairings",
+        n_resamples=np.inf,
+        alternative="two-sided",
+    )
+    return {**out, "spearman_rho": float(result.statistic), "p": float(result.pvalue)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweeps", type=Path, nargs="+", metavar="sweep", help="sweep files")
@@ -128,8 +152,27 @@ def main(argv: list[str] | None = None) -> int:
             for s in measured
         )
         print(f"| {run.id} | {weighting} | {shot_text} | {final_ba[run.id]:.1f} |")
+    one_shot: dict[str, list[tuple[float, float]]] = {}
+    for run in runs:
+        numbers = out.get(run.id)
+        if numbers is not None and len(numbers["shots"]) == 1:
+            cell = "/".join(f"{a}={v}" for a, v in run.labels.items() if a != "seed")
+            scale = numbers["shots"][0]["effective_scale"]
+            one_shot.setdefault(cell, []).append((scale, numbers["final_backdoor_accuracy"]))
+    correlations = {
+        cell: rank_correlation([a for a, _ in pairs], [b for _, b in pairs])
+        for cell, pairs in one_shot.items()
+    }
+    print()
+    print("| one-shot cell | seeds | Spearman rho (effective scale, final BA) | exact p |")
+    print("|---|---|---|---|")
+    for cell, c in correlations.items():
+        rho = "-" if c["spearman_rho"] is None else f"{c['spearman_rho']:.2f}"
+        p = "-" if c["p"] is None else f"{c['p']:.3g}"
+        print(f"| {cell} | {c['n']} | {rho} | {p} |")
     if args.json:
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+        document = {"runs": out, "one_shot_rank_correlation": correlations}
+        args.json.write_text(json.dumps(document, indent=1) + "\n")
     return 0
 
 
