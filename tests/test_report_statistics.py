@@ -739,3 +739,5 @@ def test_dba_shot_scale_rank_correlation_is_exact_over_every_pairing(monkeypatch
     assert result["p"] == pytest.approx(2 / 24)
     swapped = module.rank_correlation([0.9, 1.2, 1.5, 1.8], [48.0, 13.0, 66.0, 99.0])
     assert swapped["spearman_rho"] == pytest.approx(0.8)
+    constant = module.rank_correlation([1.0, 1.0, 1.0], [13.0, 63.0, 40.0])
+    assert constant["spearman_rho"] is None and constant["p"] is None

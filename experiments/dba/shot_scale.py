@@ -95,9 +95,10 @@ def shots(config: ExperimentConfig) -> list[dict[str, Any]]:
 
 def rank_correlation(scales: list[float], final_ba: list[float]) -> dict[str, Any]:
     """Spearman's rho of the one-shot runs' effective scale with their final BA and its
-    exact two-sided permutation p over every pairing (None below 3 runs)."""
+    exact two-sided permutation p over every pairing (None below 3 runs, and where
+    either is the same in every run: equal weights give every shot the same scale)."""
     out: dict[str, Any] = {"n": len(scales), "effective_scale": scales, "final_ba": final_ba}
-    if len(scales) < 3:
+    if len(scales) < 3 or len(set(scales)) < 2 or len(set(final_ba)) < 2:
         return {**out, "spearman_rho": None, "p": None}
     result = stats.permutation_test(
         (scales, final_ba),
