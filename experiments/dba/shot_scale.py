@@ -11,7 +11,7 @@ short of it, above 1 past it. With the DBA authors' ``scale = 100``, ``eta = 0.1
 clients a round it is 1 in every round when clients are weighed equally, and
 ``10 x share`` when they are weighed by examples.
 
-Who attacks in which round, beside whom, and how many examples each holds follow from
+Who attacks in which round, beside whom, and how many examples each reports follow from
 the config alone (the partition and the sampling are fixed by the seed, not by
 training), so the shots are computed from the sweep files, and each run's final BA is
 read from the ``report.json`` of ``fedsec report`` that holds it: the numbers are
@@ -65,32 +65,37 @@ def final_backdoor_accuracy(reports: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def shots(config: ExperimentConfig) -> list[dict[str, Any]]:
-    """Every shot of the run: round, client, its examples, its share of the round's
-    examples and its effective scale."""
+def shots(config: ExperimentConfig) -> tuple[str, list[dict[str, Any]]]:
+    """FedAvg's weighting and every shot of the run: round, client, the examples it
+    reports, its share of the round's examples and its effective scale."""
     flat = config.to_flat()
     scale = float(flat.get("attack.scale", 1.0))
     server_lr = float(flat["train.server_lr"])
     weighting = flat.get("defense.weighting", "examples")
     schedule = AttackSchedule.for_config(config)
-    sizes = [len(p) for p in get_task(config).partitions]
+    task = get_task(config)
+    sizes = [len(p) for p in task.partitions]
     out = []
     for server_round in schedule.attack_rounds():
         clients, malicious = schedule.sample(server_round)
-        total = sum(sizes[c] for c in clients)
+        # what each client reports to FedAvg: an attacker may train on other data
+        reported = {
+            c: task.attack.num_examples(sizes[c]) if c in malicious else sizes[c] for c in clients
+        }
+        total = sum(reported.values())
         for client in malicious:
-            share = sizes[client] / total
+            share = reported[client] / total
             weight = share if weighting == "examples" else 1.0 / len(clients)
             out.append(
                 {
                     "round": server_round,
                     "client": client,
-                    "examples": sizes[client],
+                    "examples": reported[client],
                     "share_of_examples": share,
                     "effective_scale": scale * server_lr * weight,
                 }
             )
-    return out
+    return weighting, out
 
 
 def rank_correlation(scales: list[float], final_ba: list[float]) -> dict[str, Any]:
@@ -137,10 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         config = run.config
         if config.defense.name != "fedavg" or run.id not in final_ba:
             continue
-        measured = shots(config)
+        weighting, measured = shots(config)
         if not measured:
             continue
-        weighting = config.to_flat().get("defense.weighting", "examples")
         out[run.id] = {
             "seed": config.seed,
             "weighting": weighting,
